@@ -1,0 +1,230 @@
+"""The MIRNet-v2 network in pure PyTorch, with state-dict names that match the official checkpoints.
+
+Written from the paper (Zamir et al., TPAMI 2022) and the published checkpoint layout; the module
+attribute names (``dau_top``, ``skff_mid``, ``gcnet`` ...) exist only so that official weights load
+key for key.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["MIRNetConfig", "MIRNetV2", "config_from_state_dict", "STRIDE"]
+
+#: Input height and width must be multiples of this (two 2x poolings inside every MRB).
+STRIDE = 4
+#: RCB 3x3 conv groups of the four RRGs; fixed in the released architecture.
+RRG_GROUPS = (1, 2, 4, 4)
+_SLOPE = 0.2
+
+
+@dataclass(frozen=True)
+class MIRNetConfig:
+    """Hyper-parameters of one MIRNet-v2 network; the defaults are every official release's."""
+
+    in_channels: int = 3
+    out_channels: int = 3
+    n_feat: int = 80
+    chan_factor: float = 1.5
+    n_mrb: int = 2
+    bias: bool = False
+    dual_pixel: bool = False
+
+    def stream_channels(self) -> tuple[int, int, int]:
+        """Channels of the full, 1/2 and 1/4 resolution streams."""
+        mid = int(self.n_feat * self.chan_factor)
+        return self.n_feat, mid, int(mid * self.chan_factor)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _conv(cin: int, cout: int, k: int, bias: bool, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias, groups=groups)
+
+
+def _act() -> nn.LeakyReLU:
+    return nn.LeakyReLU(_SLOPE)
+
+
+class ContextBlock(nn.Module):
+    """Global context: a softmax-weighted mean over all positions, transformed and added back."""
+
+    def __init__(self, c: int, bias: bool):
+        super().__init__()
+        self.conv_mask = _conv(c, 1, 1, bias)
+        self.channel_add_conv = nn.Sequential(_conv(c, c, 1, bias), _act(), _conv(c, c, 1, bias))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        weights = self.conv_mask(x).view(b, 1, h * w).softmax(dim=-1)
+        context = torch.bmm(x.view(b, c, h * w), weights.transpose(1, 2)).view(b, c, 1, 1)
+        return x + self.channel_add_conv(context)
+
+
+class RCB(nn.Module):
+    """Residual contextual block: two (grouped) 3x3 convs, a context block, a residual."""
+
+    def __init__(self, c: int, bias: bool, groups: int):
+        super().__init__()
+        self.body = nn.Sequential(_conv(c, c, 3, bias, groups), _act(), _conv(c, c, 3, bias, groups))
+        self.gcnet = ContextBlock(c, bias)
+        self.act = _act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.act(self.gcnet(self.body(x)))
+
+
+class SKFF(nn.Module):
+    """Selective kernel feature fusion of two or more same-shape streams."""
+
+    def __init__(self, c: int, n_inputs: int = 2):
+        super().__init__()
+        d = max(int(c / 8), 4)
+        self.conv_du = nn.Sequential(_conv(c, d, 1, False), _act())
+        self.fcs = nn.ModuleList(_conv(d, c, 1, False) for _ in range(n_inputs))
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        stacked = torch.stack(feats, dim=1)
+        z = self.conv_du(stacked.sum(dim=1).mean(dim=(2, 3), keepdim=True))
+        attention = torch.stack([fc(z) for fc in self.fcs], dim=1).softmax(dim=1)
+        return (stacked * attention).sum(dim=1)
+
+
+class _Resample(nn.Module):
+    # Holds ``body.0.bot`` so that the parameter names match the release.
+    def __init__(self, bot: nn.Sequential):
+        super().__init__()
+        self.body = nn.Sequential(nn.Module())
+        self.body[0].bot = bot
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body[0].bot(x)
+
+
+def _down(cin: int, cout: int) -> _Resample:
+    pool = nn.AvgPool2d(2, ceil_mode=True, count_include_pad=False)
+    return _Resample(nn.Sequential(pool, _conv(cin, cout, 1, False)))
+
+
+def _up(cin: int, cout: int) -> _Resample:
+    upsample = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+    return _Resample(nn.Sequential(_conv(cin, cout, 1, False), upsample))
+
+
+class MRB(nn.Module):
+    """Multi-scale residual block: three resolution streams, each RCB applied twice, SKFF fusion."""
+
+    def __init__(self, cfg: MIRNetConfig, groups: int):
+        super().__init__()
+        top, mid, bot = cfg.stream_channels()
+        self.dau_top = RCB(top, cfg.bias, groups)
+        self.dau_mid = RCB(mid, cfg.bias, groups)
+        self.dau_bot = RCB(bot, cfg.bias, groups)
+        self.down2 = _down(top, mid)
+        self.down4 = nn.Sequential(_down(top, mid), _down(mid, bot))
+        self.up21_1 = _up(mid, top)
+        self.up21_2 = _up(mid, top)
+        self.up32_1 = _up(bot, mid)
+        self.up32_2 = _up(bot, mid)
+        self.conv_out = _conv(top, top, 1, cfg.bias)
+        self.skff_top = SKFF(top)
+        self.skff_mid = SKFF(mid)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, mid, bot = x, self.down2(x), self.down4(x)
+        for up32, up21 in ((self.up32_1, self.up21_1), (self.up32_2, self.up21_2)):
+            top, mid, bot = self.dau_top(top), self.dau_mid(mid), self.dau_bot(bot)
+            mid = self.skff_mid([mid, up32(bot)])
+            top = self.skff_top([top, up21(mid)])
+        return x + self.conv_out(top)
+
+
+class RRG(nn.Module):
+    """Recursive residual group: ``n_mrb`` MRBs and a 3x3 conv, with a residual."""
+
+    def __init__(self, cfg: MIRNetConfig, groups: int):
+        super().__init__()
+        blocks: list[nn.Module] = [MRB(cfg, groups) for _ in range(cfg.n_mrb)]
+        blocks.append(_conv(cfg.n_feat, cfg.n_feat, 3, cfg.bias))
+        self.body = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class MIRNetV2(nn.Module):
+    """MIRNet-v2. Takes (B, C, H, W) in [0, 1]; any H and W (reflection-padded to a multiple of 4)."""
+
+    def __init__(self, config: MIRNetConfig | None = None, **kwargs):
+        super().__init__()
+        cfg = config if config is not None else MIRNetConfig(**kwargs)
+        if config is not None and kwargs:
+            raise TypeError("pass either a MIRNetConfig or keyword arguments, not both")
+        top, mid, bot = cfg.stream_channels()
+        if int(bot / cfg.chan_factor) != mid or int(mid / cfg.chan_factor) != top:
+            raise ValueError(
+                f"n_feat={cfg.n_feat} with chan_factor={cfg.chan_factor} gives streams of "
+                f"{top}/{mid}/{bot} channels that do not scale back exactly; choose values where "
+                "n_feat * chan_factor**2 is a whole number"
+            )
+        for g in RRG_GROUPS:
+            if any(c % g for c in (top, mid, bot)):
+                raise ValueError(f"stream channels {top}/{mid}/{bot} must all be divisible by {g}")
+        self.config = cfg
+        self.conv_in = _conv(cfg.in_channels, cfg.n_feat, 3, cfg.bias)
+        self.body = nn.Sequential(*(RRG(cfg, g) for g in RRG_GROUPS))
+        self.conv_out = _conv(cfg.n_feat, cfg.out_channels, 3, cfg.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        pad_h, pad_w = (-h) % STRIDE, (-w) % STRIDE
+        if pad_h or pad_w:
+            # reflection needs pad < size; replicate covers the 1-3 px images reflection cannot
+            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        shallow = self.conv_in(x)
+        deep = self.body(shallow)
+        if self.config.dual_pixel:
+            out = self.conv_out(deep + shallow)
+        else:
+            out = self.conv_out(deep) + x[:, : self.config.out_channels]
+        return out[..., :h, :w]
+
+
+def config_from_state_dict(sd: dict[str, torch.Tensor]) -> MIRNetConfig:
+    """Infer the network's configuration from parameter names and shapes."""
+    try:
+        conv_in, conv_out = sd["conv_in.weight"], sd["conv_out.weight"]
+        mid = sd["body.0.body.0.dau_mid.body.0.weight"].shape[0]
+    except KeyError as err:
+        raise ValueError(f"not a MIRNet-v2 state dict: key {err.args[0]!r} is missing") from None
+    n_feat = int(conv_in.shape[0])
+    n_mrb = 0
+    while f"body.0.body.{n_mrb}.dau_top.body.0.weight" in sd:
+        n_mrb += 1
+    in_ch, out_ch = int(conv_in.shape[1]), int(conv_out.shape[0])
+    return MIRNetConfig(
+        in_channels=in_ch,
+        out_channels=out_ch,
+        n_feat=n_feat,
+        chan_factor=_round_factor(mid / n_feat),
+        n_mrb=n_mrb,
+        bias="conv_in.bias" in sd,
+        # the only released multi-input model is the dual-pixel one, with its feature-level residual
+        dual_pixel=in_ch != out_ch,
+    )
+
+
+def _round_factor(f: float) -> float:
+    # mid = int(n_feat * cf) truncates, so recover the simplest factor that reproduces it
+    for denom in (1, 2, 4, 8, 10, 100):
+        cand = round(f * denom) / denom
+        if math.isclose(cand, f, rel_tol=0.02):
+            return cand
+    return f
