@@ -1,0 +1,644 @@
+"""Training MIRNet-v2 restoration models: Python API and the ``napari-mirnet train`` command.
+
+The recipe follows the paper (L1 loss, Adam 2e-4, cosine decay, gradient-norm clipping, 8-way
+flips/rotations, progressive patch sizes) with sizes fit for a CPU or a single GPU.
+
+Reproducibility: the model is initialised from ``seed``, and every iteration draws its crops,
+augmentations and synthetic noise from generators seeded with ``(seed, iteration)`` alone, so a run
+resumed from a checkpoint follows the same loss curve as an uninterrupted one.
+
+Checkpoints use the official layout ``{'params': state_dict}`` plus ``'meta'`` (task, network config,
+normalisation, data, degradation, code version) and, for resuming, ``'optimizer'``, ``'scheduler'``,
+``'rng'``, ``'iteration'``, ``'train_config'`` and ``'loss_window'``. :func:`export_model` writes the
+slim fp16 ``{'params', 'meta'}`` file that is shipped or shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .degradations import TASK_DEFAULTS, degrade
+from .model import MIRNetConfig, MIRNetV2
+
+__all__ = [
+    "TASKS",
+    "TrainConfig",
+    "TrainResult",
+    "train",
+    "export_model",
+    "load_images",
+    "skimage_images",
+    "SKIMAGE_TRAIN_IMAGES",
+    "HELD_OUT_IMAGES",
+    "code_version",
+    "add_train_command",
+]
+
+TASKS = ("denoise", "super_resolution", "lowlight")
+
+#: Images bundled with scikit-image that shipped models were trained on (those present on disk).
+SKIMAGE_TRAIN_IMAGES = (
+    "brick", "cell", "clock_motion", "coins", "color", "grass", "gravel", "horse",
+    "hubble_deep_field", "ihc", "logo", "microaneurysms", "moon", "motorcycle_left",
+    "motorcycle_right", "page", "phantom", "retina", "rocket", "text",
+)
+#: Bundled images never trained on; benchmarks and tests evaluate on these only.
+HELD_OUT_IMAGES = ("camera", "astronaut", "chelsea", "coffee")
+
+NORMALISATION = {
+    "input_range": [0.0, 1.0],
+    "output_range": [0.0, 1.0],
+    "integer_inputs": "divided by the dtype's maximum (uint8 / 255, uint16 / 65535)",
+    "layout": "B,C,H,W",
+}
+
+
+def code_version() -> str:
+    """napari-mirnet's version, from the installed metadata when there is one."""
+    try:
+        from importlib.metadata import version
+
+        return version("napari-mirnet")
+    except Exception:
+        pass
+    try:
+        from . import __version__  # type: ignore[attr-defined]
+
+        return str(__version__)
+    except Exception:
+        return "0.1.0+unknown"
+
+
+# --------------------------------------------------------------------------------------- images
+def _to_float(img: np.ndarray) -> np.ndarray:
+    a = np.asarray(img)
+    if np.issubdtype(a.dtype, np.integer):
+        return a.astype(np.float32) / float(np.iinfo(a.dtype).max)
+    if a.dtype == bool:
+        return a.astype(np.float32)
+    return a.astype(np.float32)
+
+
+def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
+    """Float (H, W, C) image with ``channels`` channels (alpha dropped, gray<->RGB converted)."""
+    a = _to_float(img)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3:
+        raise ValueError(f"expected a 2D gray or colour image, got shape {a.shape}")
+    if a.shape[-1] == 4:
+        a = a[..., :3]
+    if a.shape[-1] == channels:
+        return np.ascontiguousarray(a)
+    if a.shape[-1] == 1:
+        return np.ascontiguousarray(np.repeat(a, channels, axis=-1))
+    if a.shape[-1] == 3 and channels == 1:
+        # ITU-R 601 luma, as skimage.color.rgb2gray
+        return np.ascontiguousarray(a @ np.array([0.2125, 0.7154, 0.0721], np.float32))[..., None]
+    raise ValueError(f"cannot convert {a.shape[-1]} channels to {channels}")
+
+
+def load_images(source) -> list[np.ndarray]:
+    """Images from a folder, a file, a list of files, or arrays (returned as given)."""
+    from skimage import io
+
+    if isinstance(source, np.ndarray):
+        return [source] if source.ndim in (2, 3) else list(source)
+    if isinstance(source, (str, os.PathLike)):
+        p = Path(source)
+        if p.is_dir():
+            exts = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+            files = sorted(f for f in p.iterdir() if f.suffix.lower() in exts)
+            if not files:
+                raise FileNotFoundError(f"no images in {p}")
+            return [io.imread(f) for f in files]
+        return [io.imread(p)]
+    return [x if isinstance(x, np.ndarray) else io.imread(x) for x in source]
+
+
+def _skimage_data_dir() -> Path:
+    import skimage
+
+    return Path(skimage.__file__).parent / "data"
+
+
+def skimage_images(names: Sequence[str], data_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+    """Bundled scikit-image images by name, from disk only (nothing is downloaded)."""
+    from skimage import io
+
+    folder = Path(data_dir) if data_dir else _skimage_data_dir()
+    out = {}
+    for name in names:
+        hits = sorted(folder.glob(f"{name}.*"))
+        hits = [h for h in hits if h.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif")]
+        if hits:
+            out[name] = io.imread(hits[0])
+    return out
+
+
+# --------------------------------------------------------------------------------------- config
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (besides the images)."""
+
+    task: str = "denoise"
+    channels: int = 3
+    n_feat: int = 32
+    chan_factor: float = 1.5
+    n_mrb: int = 1
+    bias: bool = False
+    #: synthetic degradation spec (see napari_mirnet.degradations); None = the task's default,
+    #: ignored when degraded images are given
+    degradation: dict | None = None
+    iters: int = 2000
+    lr: float = 2e-4
+    lr_min: float = 1e-6
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    #: gradient-norm clipping threshold (the paper's 0.01; Adam rescales steps anyway)
+    grad_clip: float = 0.01
+    #: fraction of the run with a linear learning-rate warm-up before the cosine decay
+    warmup: float = 0.0
+    #: progressive training: (patch size, batch size) stages, each for an equal share of the run
+    stages: tuple[tuple[int, int], ...] = ((64, 8), (96, 4), (128, 2))
+    augment: bool = True
+    seed: int = 0
+    log_every: int = 10
+    save_every: int = 500
+    #: stop by wall clock after this many seconds (schedule then follows elapsed time, not bit-exact)
+    time_budget: float | None = None
+    device: str = "auto"
+    #: bf16 autocast on CUDA
+    amp: bool = True
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        self.stages = tuple((int(p), int(b)) for p, b in self.stages)
+        self.betas = tuple(float(b) for b in self.betas)
+        if self.degradation is None:
+            self.degradation = json.loads(json.dumps(TASK_DEFAULTS[self.task]))
+
+    def model_config(self) -> MIRNetConfig:
+        return MIRNetConfig(
+            in_channels=self.channels, out_channels=self.channels, n_feat=self.n_feat,
+            chan_factor=self.chan_factor, n_mrb=self.n_mrb, bias=self.bias,
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    iteration: int
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    stopped_early: bool = False
+    elapsed: float = 0.0
+
+
+# --------------------------------------------------------------------------------------- data
+class _Data:
+    """Clean targets and optional paired inputs, as float tensors (C, H, W) on the device."""
+
+    def __init__(self, clean: list[np.ndarray], degraded: list[np.ndarray] | None, channels: int, device):
+        self.targets = [torch.from_numpy(to_channels(c, channels)).permute(2, 0, 1).contiguous() for c in clean]
+        self.inputs = None
+        if degraded is not None:
+            if len(degraded) != len(clean):
+                raise ValueError(f"{len(degraded)} degraded images for {len(clean)} clean ones")
+            self.inputs = []
+            for d, t in zip(degraded, self.targets):
+                x = torch.from_numpy(to_channels(d, channels)).permute(2, 0, 1).contiguous()
+                if x.shape[-2:] != t.shape[-2:]:
+                    # low-res super-resolution inputs: the network restores them at the target size
+                    x = F.interpolate(x[None], size=t.shape[-2:], mode="bicubic", align_corners=False)[0]
+                    x = x.clamp(0, 1)
+                self.inputs.append(x.to(device))
+        self.targets = [t.to(device) for t in self.targets]
+        areas = np.array([t.shape[-1] * t.shape[-2] for t in self.targets], np.float64)
+        # cap the weight of huge images so that one does not dominate the sampling
+        self.weights = np.minimum(areas, 512.0 * 512.0)
+        self.sizes = [tuple(t.shape[-2:]) for t in self.targets]
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for t in self.targets + (self.inputs or []):
+            h.update(str(tuple(t.shape)).encode())
+            h.update(np.float64(t.double().sum().item()).tobytes())
+        return h.hexdigest()[:16]
+
+    def batch(self, rng: np.random.Generator, patch: int, bs: int, augment: bool):
+        ok = np.array([min(s) >= patch for s in self.sizes])
+        if not ok.any():
+            raise ValueError(f"no training image is at least {patch}x{patch} pixels")
+        w = self.weights * ok
+        idx = rng.choice(len(self.targets), size=bs, p=w / w.sum())
+        tgt, inp = [], []
+        for i in idx:
+            h, wd = self.sizes[i]
+            y0, x0 = int(rng.integers(0, h - patch + 1)), int(rng.integers(0, wd - patch + 1))
+            k = int(rng.integers(0, 8)) if augment else 0
+            crops = [self.targets[i]] + ([self.inputs[i]] if self.inputs is not None else [])
+            crops = [_aug(c[:, y0 : y0 + patch, x0 : x0 + patch], k) for c in crops]
+            tgt.append(crops[0])
+            if self.inputs is not None:
+                inp.append(crops[1])
+        return torch.stack(tgt), (torch.stack(inp) if inp else None)
+
+
+def _aug(x: torch.Tensor, k: int) -> torch.Tensor:
+    """One of the 8 flips/rotations of the square."""
+    if k >= 4:
+        x = x.flip(-1)
+    return torch.rot90(x, k % 4, dims=(-2, -1)) if k % 4 else x
+
+
+# --------------------------------------------------------------------------------------- schedule
+def _progress(cfg: TrainConfig, it: int, elapsed: float) -> float:
+    p = it / cfg.iters
+    if cfg.time_budget:
+        p = max(p, elapsed / cfg.time_budget)
+    return min(p, 1.0)
+
+
+def _lr(cfg: TrainConfig, p: float) -> float:
+    if cfg.warmup > 0 and p < cfg.warmup:
+        return cfg.lr * max(p / cfg.warmup, 1e-3)
+    q = (p - cfg.warmup) / max(1e-12, 1.0 - cfg.warmup)
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * q))
+
+
+def _stage(cfg: TrainConfig, p: float) -> tuple[int, int]:
+    return cfg.stages[min(int(p * len(cfg.stages)), len(cfg.stages) - 1)]
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _iteration_rngs(seed: int, it: int, device: torch.device) -> tuple[np.random.Generator, torch.Generator]:
+    rng = np.random.default_rng([seed, it])
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(rng.integers(0, 2**62)))
+    return rng, gen
+
+
+# --------------------------------------------------------------------------------------- checkpoints
+def _meta(cfg: TrainConfig, data_desc: dict, it: int, elapsed: float, paired: bool) -> dict:
+    meta = {
+        "task": cfg.task,
+        "config": cfg.model_config().to_dict(),
+        "global_residual": True,
+        "normalisation": dict(NORMALISATION),
+        "training_data": data_desc,
+        "degradation": {"kind": "paired"} if paired else cfg.degradation,
+        "code_version": code_version(),
+        "training": {
+            "iterations": it,
+            "elapsed_s": round(elapsed, 1),
+            "loss": "L1",
+            "optimizer": f"Adam lr={cfg.lr} betas={list(cfg.betas)}",
+            "schedule": f"cosine to {cfg.lr_min}, warm-up {cfg.warmup}",
+            "grad_clip": cfg.grad_clip,
+            "stages": [list(s) for s in cfg.stages],
+            "seed": cfg.seed,
+        },
+    }
+    if cfg.task == "super_resolution":
+        spec = cfg.degradation or {}
+        meta["scale"] = int(spec.get("scale", 2))
+    return meta
+
+
+def _save(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # never leave a half-written checkpoint behind
+
+
+def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, half: bool = True) -> Path:
+    """Write the slim ``{'params', 'meta'}`` file (fp16 params by default) from a training checkpoint."""
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    params = {k: (v.half() if half and v.is_floating_point() else v) for k, v in ck["params"].items()}
+    meta = dict(ck["meta"])
+    meta["params_dtype"] = "float16" if half else "float32"
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _save(out, {"params": params, "meta": meta})
+    return out
+
+
+def loss_log_path(checkpoint: str | os.PathLike) -> Path:
+    """The JSON-lines loss log that lives next to a checkpoint."""
+    p = Path(checkpoint)
+    return p.with_name(p.stem + ".loss.jsonl")
+
+
+# --------------------------------------------------------------------------------------- training
+def train(
+    config: TrainConfig | None = None,
+    clean=None,
+    degraded=None,
+    out: str | os.PathLike = "mirnet_train.pth",
+    resume: str | os.PathLike | None = None,
+    data_description: dict | None = None,
+    callback: Callable[[int, float], bool | None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train (or resume training) a MIRNet-v2 model and write checkpoints to ``out``.
+
+    ``clean``: clean target images (folder, file list or arrays). ``degraded``: matching inputs, or
+    None to synthesise them with ``config.degradation``. ``resume``: a checkpoint written by this
+    function; its stored config is used when ``config`` is None. ``callback(iteration, loss)`` may
+    return False to stop early (a checkpoint is saved). Returns the iteration reached and the losses.
+    """
+    ck = None
+    if resume is not None:
+        ck = torch.load(resume, map_location="cpu", weights_only=True)
+        stored = TrainConfig.from_dict(ck["train_config"])
+        if config is None:
+            config = stored
+        else:
+            diff = [k for k, v in asdict(stored).items() if k not in ("device", "save_every", "log_every")
+                    and asdict(config)[k] != v]
+            if diff:
+                print(f"warning: resuming with changed settings: {', '.join(diff)}", file=sys.stderr)
+    cfg = config if config is not None else TrainConfig()
+    if clean is None:
+        raise ValueError("no training images given (clean=...)")
+    device = _resolve_device(cfg.device)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log_path = loss_log_path(out)
+
+    clean_list = load_images(clean)
+    degraded_list = load_images(degraded) if degraded is not None else None
+    data = _Data(clean_list, degraded_list, cfg.channels, device)
+    desc = dict(data_description or {"description": "user-supplied images"})
+    desc.setdefault("n_images", len(clean_list))
+    desc["fingerprint"] = data.fingerprint()
+
+    torch.manual_seed(cfg.seed)
+    model = MIRNetV2(cfg.model_config()).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    start, elapsed0, window = 0, 0.0, []
+    if ck is not None:
+        if ck["meta"]["training_data"].get("fingerprint") != desc["fingerprint"]:
+            print("warning: resuming on different training images than the checkpoint's", file=sys.stderr)
+        model.load_state_dict(ck["params"])
+        opt.load_state_dict(ck["optimizer"])
+        start, elapsed0 = int(ck["iteration"]), float(ck["scheduler"]["elapsed"])
+        window = [float(v) for v in ck.get("loss_window", [])]
+        _set_rng_state(ck["rng"])
+        _truncate_log(log_path, start)
+    elif log_path.exists():
+        log_path.unlink()
+
+    use_amp = cfg.amp and device.type == "cuda"
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    def checkpoint(it: int, elapsed: float) -> None:
+        _save(out, {
+            "params": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "meta": _meta(cfg, desc, it, elapsed, degraded_list is not None),
+            "optimizer": opt.state_dict(),
+            "scheduler": {"kind": "cosine", "lr": cfg.lr, "lr_min": cfg.lr_min, "warmup": cfg.warmup,
+                          "iters": cfg.iters, "time_budget": cfg.time_budget, "elapsed": elapsed,
+                          "progress": _progress(cfg, it, elapsed)},
+            "rng": _get_rng_state(),
+            "iteration": it,
+            "train_config": asdict(cfg),
+            "loss_window": list(window),
+        })
+
+    losses: list[tuple[int, float]] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.iters, initial=start, desc=f"train {cfg.task}", unit="it", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    it, stopped, elapsed = start, False, elapsed0
+    model.train()
+    try:
+        with log_path.open("a") as log:
+            while True:
+                elapsed = elapsed0 + time.perf_counter() - t0
+                p = _progress(cfg, it, elapsed)
+                if p >= 1.0:
+                    break
+                patch, bs = _stage(cfg, p)
+                lr = _lr(cfg, p)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                rng, gen = _iteration_rngs(cfg.seed, it, device)
+                target, inp = data.batch(rng, patch, bs, cfg.augment)
+                if inp is None:
+                    inp = degrade(target, cfg.degradation, gen)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    pred = model(inp)
+                loss = F.l1_loss(pred.float(), target)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                it += 1
+                lv = float(loss.detach())
+                losses.append((it, lv))
+                window.append(lv)
+                if it % cfg.log_every == 0:
+                    rec = {"iter": it, "loss": sum(window) / len(window), "lr": lr, "patch": patch,
+                           "batch": bs, "elapsed_s": round(elapsed0 + time.perf_counter() - t0, 3)}
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                    window = []
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{lv:.4f}", lr=f"{lr:.2e}", patch=patch)
+                stop = callback is not None and callback(it, lv) is False
+                if it % cfg.save_every == 0 or stop:
+                    checkpoint(it, elapsed0 + time.perf_counter() - t0)
+                if stop:
+                    stopped = True
+                    break
+    except KeyboardInterrupt:
+        checkpoint(it, elapsed0 + time.perf_counter() - t0)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed = elapsed0 + time.perf_counter() - t0
+    if not stopped:
+        checkpoint(it, elapsed)
+    return TrainResult(checkpoint=out, iteration=it, losses=losses, stopped_early=stopped, elapsed=elapsed)
+
+
+def _get_rng_state() -> dict:
+    # plain types and tensors only, so that torch.load(weights_only=True) can read it back
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": list(random.getstate()[1]),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), int(n[2]), int(n[3]), float(n[4])))
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        try:
+            torch.cuda.set_rng_state_all(state["cuda"])
+        except Exception:  # a different number of GPUs: the per-iteration generators do not need it
+            pass
+
+
+def _truncate_log(path: Path, upto: int) -> None:
+    # entries after the checkpoint's iteration are re-run after a resume; drop them to avoid duplicates
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["iter"] <= upto]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+# --------------------------------------------------------------------------------------- CLI
+def _parse_stages(text: str) -> tuple[tuple[int, int], ...]:
+    try:
+        return tuple(tuple(int(v) for v in s.split(":")) for s in text.split(","))  # type: ignore[misc]
+    except ValueError:
+        raise argparse.ArgumentTypeError("stages look like 64:8,96:4,128:2 (patch:batch,...)") from None
+
+
+def add_train_command(subparsers) -> argparse.ArgumentParser:
+    """Add the ``train`` sub-command to an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "train",
+        help="train a MIRNet-v2 model on image pairs or clean images with a synthetic degradation",
+        description="Train MIRNet-v2. Give --clean (and --degraded for real pairs), or --skimage-data to "
+        "train on scikit-image's bundled images (minus the held-out ones).",
+    )
+    p.add_argument("--task", choices=TASKS, default="denoise")
+    src = p.add_argument_group("data")
+    src.add_argument("--clean", nargs="+", help="folder(s) or files of clean target images")
+    src.add_argument("--degraded", nargs="+", help="matching degraded inputs (same order); omit to synthesise")
+    src.add_argument("--skimage-data", action="store_true",
+                     help=f"train on bundled scikit-image images, holding out {', '.join(HELD_OUT_IMAGES)}")
+    src.add_argument("--data-dir", help="folder holding the bundled images (default: skimage's own)")
+    deg = p.add_argument_group("synthetic degradation (default: the task's)")
+    deg.add_argument("--noise", choices=["gaussian", "poisson_gaussian", "mixed"],
+                     help="denoise: Gaussian, Poisson-Gaussian, or a mix of both")
+    deg.add_argument("--sigma-max", type=float, default=50.0, help="largest Gaussian sigma (0-255 scale)")
+    deg.add_argument("--scale", type=int, default=2, help="super-resolution factor")
+    deg.add_argument("--degradation-json", help="a full degradation spec as JSON (overrides the above)")
+    net = p.add_argument_group("network")
+    net.add_argument("--channels", type=int, default=3, choices=[1, 3])
+    net.add_argument("--n-feat", type=int, default=32)
+    net.add_argument("--n-mrb", type=int, default=1)
+    net.add_argument("--chan-factor", type=float, default=1.5)
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--iters", type=int, default=2000)
+    opt.add_argument("--lr", type=float, default=2e-4)
+    opt.add_argument("--warmup", type=float, default=0.0)
+    opt.add_argument("--grad-clip", type=float, default=0.01)
+    opt.add_argument("--stages", type=_parse_stages, default="64:8,96:4,128:2",
+                     help="progressive patch:batch stages, each for an equal share of the run")
+    opt.add_argument("--time-budget", type=float, help="stop after this many seconds of training")
+    opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--no-augment", action="store_true")
+    run = p.add_argument_group("run")
+    run.add_argument("--out", "-o", required=True, help="checkpoint path (.pth); the loss log goes next to it")
+    run.add_argument("--resume", help="checkpoint to resume from (usually the same as --out)")
+    run.add_argument("--export", help="also write a slim fp16 {'params','meta'} model file here")
+    run.add_argument("--device", default="auto")
+    run.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    run.add_argument("--save-every", type=int, default=500)
+    run.add_argument("--log-every", type=int, default=10)
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_train)
+    return p
+
+
+def degradation_from_args(task: str, noise: str | None, sigma_max: float, scale: int) -> dict:
+    """The synthetic degradation spec for the CLI's options."""
+    if task == "super_resolution":
+        return {"kind": "bicubic", "scale": int(scale)}
+    if task == "lowlight":
+        return json.loads(json.dumps(TASK_DEFAULTS["lowlight"]))
+    gauss = {"kind": "gaussian", "sigma_range": [0.0, float(sigma_max)]}
+    pg = {"kind": "poisson_gaussian", "peak_range": [5.0, 300.0], "sigma_range": [0.0, 10.0]}
+    if noise == "poisson_gaussian":
+        return pg
+    if noise == "mixed":
+        return {"kind": "mixture", "choices": [gauss, pg], "weights": [0.75, 0.25]}
+    return gauss
+
+
+def _run_train(args) -> int:
+    if args.degradation_json:
+        spec = json.loads(args.degradation_json)
+    else:
+        spec = degradation_from_args(args.task, args.noise, args.sigma_max, args.scale)
+    if args.skimage_data:
+        imgs = skimage_images(SKIMAGE_TRAIN_IMAGES, args.data_dir)
+        if not imgs:
+            print("error: no bundled scikit-image images found on disk", file=sys.stderr)
+            return 2
+        clean, degraded = list(imgs.values()), None
+        desc = {"description": "scikit-image bundled images", "images": sorted(imgs),
+                "held_out": list(HELD_OUT_IMAGES)}
+    elif args.clean:
+        clean = [im for s in args.clean for im in load_images(s)]
+        degraded = [im for s in args.degraded for im in load_images(s)] if args.degraded else None
+        desc = {"description": "user images", "clean": [str(s) for s in args.clean],
+                "degraded": [str(s) for s in args.degraded] if args.degraded else None}
+    else:
+        print("error: give --clean or --skimage-data", file=sys.stderr)
+        return 2
+    cfg = TrainConfig(
+        task=args.task, channels=args.channels, n_feat=args.n_feat, chan_factor=args.chan_factor,
+        n_mrb=args.n_mrb, degradation=spec, iters=args.iters, lr=args.lr, warmup=args.warmup,
+        grad_clip=args.grad_clip, stages=args.stages, augment=not args.no_augment, seed=args.seed,
+        log_every=args.log_every, save_every=args.save_every, time_budget=args.time_budget,
+        device=args.device, amp=not args.no_amp,
+    )
+    try:
+        res = train(cfg if not args.resume else None, clean=clean, degraded=degraded, out=args.out,
+                    resume=args.resume, data_description=desc, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"interrupted; checkpoint saved to {args.out} (resume with --resume {args.out})", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"checkpoint: {res.checkpoint} (iteration {res.iteration}); loss log: {loss_log_path(res.checkpoint)}")
+    if args.export:
+        print(f"model: {export_model(res.checkpoint, args.export)}")
+    return 0
