@@ -6,6 +6,7 @@ torch, so the two files that the architecture needs are loaded directly from the
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 import types
@@ -20,6 +21,7 @@ def _load(name: str, path: Path) -> types.ModuleType:
     return module
 
 
+@functools.lru_cache(maxsize=None)
 def reference_mirnet_class():
     """The reference ``MIRNet_v2`` class, or raise ImportError if the package is not installed."""
     spandrel_spec = importlib.util.find_spec("spandrel")

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny real MIRNet-v2 checkpoints in the official format."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_mirnet.model import MIRNetConfig, MIRNetV2
+
+
+def make_checkpoint(path, *, seed=0, identity=False, key="params", **config) -> str:
+    """Save a small random MIRNet-v2 as ``{key: state_dict}``; ``identity`` zeroes conv_out.
+
+    With conv_out zeroed the global residual makes the network an exact identity, which lets the
+    pre/post-processing be checked bit for bit through a real model.
+    """
+    torch.manual_seed(seed)
+    cfg = MIRNetConfig(**{"n_feat": 16, "n_mrb": 1, **config})
+    model = MIRNetV2(cfg)
+    if identity:
+        torch.nn.init.zeros_(model.conv_out.weight)
+    sd = model.state_dict()
+    torch.save(sd if key is None else {key: sd}, path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> str:
+    """A random 3->3 MIRNet-v2 with n_feat=16, one MRB per RRG."""
+    return make_checkpoint(tmp_path_factory.mktemp("w") / "tiny.pth")
+
+
+@pytest.fixture(scope="session")
+def identity_weights(tmp_path_factory) -> str:
+    return make_checkpoint(tmp_path_factory.mktemp("w") / "identity.pth", identity=True)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    # no test may read or fill the user's real weights cache
+    monkeypatch.setenv("NAPARI_MIRNET_CACHE", str(tmp_path / "weights-cache"))
