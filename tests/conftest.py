@@ -39,3 +39,9 @@ def identity_weights(tmp_path_factory) -> str:
 def _private_cache(tmp_path, monkeypatch):
     # no test may read or fill the user's real weights cache
     monkeypatch.setenv("NAPARI_MIRNET_CACHE", str(tmp_path / "weights-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dual_weights(tmp_path_factory) -> str:
+    """A random 6->3 dual-pixel MIRNet-v2 with n_feat=16, one MRB per RRG."""
+    return make_checkpoint(tmp_path_factory.mktemp("w") / "tiny_dual.pth", in_channels=6, dual_pixel=True)

@@ -1,0 +1,264 @@
+"""The napari widgets, driven as a script would: set values, call the widget, wait for the worker."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari_mirnet import sample_data  # noqa: E402
+from napari_mirnet.widgets import (  # noqa: E402
+    LOCAL_FILE,
+    OUTPUT_LAZY,
+    OUTPUT_ZARR,
+    DefocusWidget,
+    DenoiseWidget,
+    EnhanceWidget,
+    LowLightWidget,
+    SuperResolutionWidget,
+)
+
+pytestmark = pytest.mark.gui
+
+
+def _sample(fn, size=96, index=0):
+    data, kwargs = fn()[index]
+    return data[..., :size, :size, :] if data.ndim == 3 and data.shape[-1] == 3 else data, kwargs
+
+
+def _widget(cls, viewer, weights):
+    w = cls(viewer)
+    viewer.window.add_dock_widget(w)
+    w.weights.value = LOCAL_FILE
+    w.weights_file.value = weights
+    return w
+
+
+def _run(qtbot, w, timeout=60_000):
+    worker = w()
+    assert worker is not None, w.last_status
+    qtbot.waitUntil(lambda: w.worker is None, timeout=timeout)
+    return w.result_layer
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    """Messages sent to napari's notifications (error and warning)."""
+    import napari.utils.notifications as notes
+
+    seen = []
+    monkeypatch.setattr(notes, "show_error", lambda msg: seen.append(("error", msg)))
+    monkeypatch.setattr(notes, "show_warning", lambda msg: seen.append(("warning", msg)))
+    return seen
+
+
+CASES = [
+    # widget, sample, scale option, expected shape factor, name suffix
+    (DenoiseWidget, sample_data.noisy_astronaut, None, 1, "denoised"),
+    (SuperResolutionWidget, sample_data.lowres_chelsea, 2, 2, "SR x2"),
+    (LowLightWidget, sample_data.lowlight_coffee, None, 1, "low-light enhanced"),
+    (EnhanceWidget, sample_data.low_contrast_moon, None, 1, "enhanced"),
+]
+
+
+@pytest.mark.parametrize("cls, sample, scale, factor, suffix", CASES, ids=lambda v: getattr(v, "__name__", None))
+def test_task_widget_adds_layer(make_napari_viewer, qtbot, tiny_weights, cls, sample, scale, factor, suffix):
+    viewer = make_napari_viewer()
+    size = 48 if factor > 1 else 96
+    data, kwargs = _sample(sample, size)
+    layer = viewer.add_image(
+        data,
+        **kwargs,
+        scale=(0.5, 0.25),
+        translate=(10.0, -4.0),
+        axis_labels=("y", "x"),
+    )
+    layer.metadata["acquired"] = "today"
+    w = _widget(cls, viewer, tiny_weights)
+    if scale:
+        w.scale.value = scale
+    assert w.image.value is layer
+    out = _run(qtbot, w)
+    assert out is not None, w.last_status
+    assert out.name == f"{layer.name} {suffix}"
+    assert out.data.shape == (size * factor, size * factor, 3)
+    assert out.data.dtype == data.dtype and out.rgb
+    np.testing.assert_allclose(out.scale, (0.5 / factor, 0.25 / factor))
+    if factor == 1:
+        np.testing.assert_allclose(out.translate, (10.0, -4.0))
+    else:  # pixel centres stay where the bicubic resize puts them
+        np.testing.assert_allclose(out.translate, (10.0 - 0.5 * 0.25, -4.0 - 0.25 * 0.25))
+    assert tuple(out.axis_labels) == ("y", "x")
+    assert out.metadata["acquired"] == "today" and out.metadata["mirnet"]["task"] == w.task
+    assert viewer.layers[-1] is out
+
+
+def test_defocus_widget_two_inputs(make_napari_viewer, qtbot, tiny_dual_weights):
+    viewer = make_napari_viewer()
+    (left, lk), (right, rk) = sample_data.dual_pixel_pair()
+    lay_l = viewer.add_image(left[:64, :64], **lk)
+    lay_r = viewer.add_image(right[:64, :64], **rk)
+    w = _widget(DefocusWidget, viewer, tiny_dual_weights)
+    w.left.value, w.right.value = lay_l, lay_r
+    out = _run(qtbot, w)
+    assert out is not None, w.last_status
+    assert out.name == "dual-pixel left deblurred"
+    assert out.data.shape == (64, 64, 3) and out.data.dtype == np.uint16
+
+
+def test_3d_stack_whole_and_preview(make_napari_viewer, qtbot, tiny_weights):
+    viewer = make_napari_viewer()
+    data, kwargs = sample_data.noisy_stack()[0]
+    data = data[:4, :64, :64]
+    layer = viewer.add_image(data, **kwargs)
+    w = _widget(DenoiseWidget, viewer, tiny_weights)
+    out = _run(qtbot, w)
+    assert out.data.shape == data.shape and out.data.dtype == np.uint8
+    np.testing.assert_allclose(out.scale, layer.scale)
+    assert not np.array_equal(out.data[1], data[1])  # every slice was processed, not just the shown one
+
+    viewer.dims.set_current_step(0, 2)
+    w.preview.value = True
+    prev = _run(qtbot, w)
+    assert prev.name == "noisy stack denoised preview"
+    assert prev.data.shape == (1, 64, 64)
+    np.testing.assert_allclose(prev.translate, (2 * layer.scale[0], 0, 0))
+    np.testing.assert_array_equal(prev.data[0], out.data[2])
+
+
+def test_lazy_output_from_dask(make_napari_viewer, qtbot, tiny_weights):
+    import dask.array as da
+
+    viewer = make_napari_viewer()
+    data = sample_data.noisy_stack()[0][0][:3, :64, :64]
+    viewer.add_image(da.from_array(data, chunks=(1, 64, 64)), name="lazy stack", contrast_limits=(0, 255))
+    w = _widget(DenoiseWidget, viewer, tiny_weights)
+    w.output.value = OUTPUT_LAZY
+    out = _run(qtbot, w)
+    assert out is not None, w.last_status
+    assert hasattr(out.data, "dask")  # still lazy: only what napari shows gets computed
+    assert out.data.shape == data.shape
+    assert np.asarray(out.data[1]).shape == (64, 64)
+
+
+def test_zarr_output(make_napari_viewer, qtbot, tiny_weights, tmp_path):
+    viewer = make_napari_viewer()
+    data, kwargs = _sample(sample_data.noisy_astronaut, 64)
+    viewer.add_image(data, **kwargs)
+    w = _widget(DenoiseWidget, viewer, tiny_weights)
+    w.output.value = OUTPUT_ZARR
+    w.zarr_path.value = tmp_path / "out.zarr"
+    out = _run(qtbot, w)
+    assert out is not None, w.last_status
+    assert (tmp_path / "out.zarr").exists()
+    arr = out.data[0] if out.multiscale else out.data
+    assert arr.shape == (64, 64, 3)
+
+
+def test_cancel_leaves_no_layer(make_napari_viewer, qtbot, tiny_weights):
+    viewer = make_napari_viewer()
+    data = np.repeat(sample_data.noisy_stack()[0][0][:1, :64, :64], 40, axis=0)
+    viewer.add_image(data, name="long stack")
+    w = _widget(DenoiseWidget, viewer, tiny_weights)
+    worker = w()
+    qtbot.waitUntil(lambda: w._pbar is not None and w._pbar.n >= 1, timeout=30_000)
+    w.cancel()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)
+    assert worker is not None
+    assert w.result_layer is None
+    assert [lay.name for lay in viewer.layers] == ["long stack"]
+    assert "cancelled" in w.last_status
+    assert w.run_button.enabled
+
+
+def test_gui_stays_responsive(make_napari_viewer, qtbot, tiny_weights):
+    from qtpy.QtCore import QTimer
+
+    viewer = make_napari_viewer()
+    data = np.repeat(sample_data.noisy_stack()[0][0][:1, :128, :128], 12, axis=0)
+    viewer.add_image(data, name="stack")
+    w = _widget(DenoiseWidget, viewer, tiny_weights)
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    t0 = time.perf_counter()
+    out = _run(qtbot, w)
+    run_s = time.perf_counter() - t0
+    timer.stop()
+    assert out is not None, w.last_status
+    gaps = np.diff(ticks)
+    print(f"run {run_s:.2f} s, {len(ticks)} ticks, max event-loop gap {gaps.max() * 1000:.0f} ms")
+    assert run_s > 0.5  # the run was long enough for the measurement to mean something
+    assert gaps.max() < 0.25
+
+
+def test_labels_layer_is_refused_with_message(make_napari_viewer, qtbot, tiny_weights, errors):
+    viewer = make_napari_viewer()
+    viewer.add_labels(np.zeros((32, 32), np.uint8), name="masks")
+    w = _widget(DenoiseWidget, viewer, tiny_weights)
+    w.image.value = viewer.layers["masks"]
+    assert w() is None
+    assert "Labels layer" in w.last_status
+    assert errors and errors[0][0] == "error" and "masks" in errors[0][1]
+    assert len(viewer.layers) == 1
+
+
+def test_dual_pixel_bad_inputs(make_napari_viewer, qtbot, tiny_dual_weights, errors):
+    viewer = make_napari_viewer()
+    both = viewer.add_image(np.zeros((2, 32, 32), np.uint16), name="both views")
+    a = viewer.add_image(np.zeros((32, 32, 3), np.uint16), name="a", rgb=True)
+    b = viewer.add_image(np.zeros((40, 32, 3), np.uint16), name="b", rgb=True)
+    w = _widget(DefocusWidget, viewer, tiny_dual_weights)
+    w.left.value, w.right.value = both, a
+    assert w() is None
+    assert "2-channel" in w.last_status and "two layers" in w.last_status
+    w.left.value, w.right.value = a, b
+    assert w() is None
+    assert "same shape" in w.last_status and "(32, 32, 3)" in w.last_status
+    assert [kind for kind, _ in errors] == ["error", "error"]
+    assert len(viewer.layers) == 3
+
+
+def test_missing_weights_file_and_engine_errors_are_messages(make_napari_viewer, qtbot, tmp_path, errors):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32), np.uint8), name="img")
+    w = DenoiseWidget(viewer)
+    w.weights.value = LOCAL_FILE
+    w.weights_file.value = tmp_path / "nope.pth"
+    assert w() is None and "weights file" in w.last_status
+    bad = tmp_path / "bad.pth"
+    bad.write_text("<html>not a checkpoint</html>")
+    w.weights_file.value = bad
+    assert _run(qtbot, w) is None
+    assert "HTML" in w.last_status or "cannot read" in w.last_status
+    assert errors and all(kind == "error" for kind, _ in errors)
+
+
+def test_weights_and_device_choices(make_napari_viewer):
+    viewer = make_napari_viewer()
+    w = SuperResolutionWidget(viewer)
+    labels = [w.weights.native.itemText(i) for i in range(w.weights.native.count())]
+    assert labels[0].startswith("auto") and labels[-1].startswith("local file")
+    assert any("sr_x2" in t and "non-commercial" in t for t in labels)
+    w.scale.value = 4
+    labels = [w.weights.native.itemText(i) for i in range(w.weights.native.count())]
+    assert any("sr_x4" in t for t in labels) and not any("sr_x2" in t for t in labels)
+    assert w.device.choices[:2] == ("auto", "cpu")
+    assert w.device_label.value.startswith("auto:")
+    assert w.tile.native.isHidden()
+    w.advanced.value = True
+    assert not w.tile.native.isHidden() and not w.halo.native.isHidden()
+
+
+def test_sample_data_opens(make_napari_viewer):
+    viewer = make_napari_viewer()
+    for key in ("noisy_image", "lowlight_image", "lowres_image", "low_contrast_image", "dual_pixel_views"):
+        viewer.open_sample("napari-mirnet", key)
+    names = [lay.name for lay in viewer.layers]
+    assert "noisy astronaut" in names and "dual-pixel right" in names
