@@ -429,6 +429,12 @@ class TaskWidget(Container):
         )
         # "auto" reads better than 0 / -1 for the engine's own tile and halo choice
         self.tile.native.setSpecialValueText("auto")
+        # long messages wrap instead of widening the dock and squeezing the canvas
+        from qtpy.QtWidgets import QSizePolicy
+
+        for label in (self.device_label, self.status):
+            label.native.setWordWrap(True)
+            label.native.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Minimum)
         self.halo.native.setSpecialValueText("auto")
         self.weights.changed.connect(self._update_visibility)
         self.output.changed.connect(self._update_visibility)
@@ -481,7 +487,7 @@ class TaskWidget(Container):
         from napari.utils.notifications import show_error, show_info, show_warning
 
         self.last_status = text
-        self.status.value = text if len(text) < 90 else text[:87] + "…"
+        self.status.value = text if len(text) < 160 else text[:157] + "…"
         self.status.tooltip = text
         {"error": show_error, "warning": show_warning, "info": show_info}[level](f"MIRNet: {text}")
 
