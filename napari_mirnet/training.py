@@ -81,7 +81,16 @@ def code_version() -> str:
 
         return str(__version__)
     except Exception:
-        return "0.1.0+unknown"
+        pass
+    # a source checkout that is not installed (e.g. a training machine): read pyproject.toml
+    try:
+        text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+        for line in text.splitlines():
+            if line.startswith("version"):
+                return line.split("=", 1)[1].strip().strip('"') + "+source"
+    except OSError:
+        pass
+    return "unknown"
 
 
 # --------------------------------------------------------------------------------------- images

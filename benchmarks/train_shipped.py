@@ -1,0 +1,144 @@
+"""Train the models shipped in napari_mirnet/models/ (all four at once, or one).
+
+    python benchmarks/train_shipped.py --all --out-dir runs/shipped --device cuda
+    python benchmarks/train_shipped.py --model small-sr-x2 --out-dir runs/shipped --iters 20000
+
+Each model trains on scikit-image's bundled images minus ``HELD_OUT_IMAGES`` with the settings in
+``SHIPPED``; writes ``<name>.ckpt.pth`` (resumable), ``<name>.ckpt.loss.jsonl`` (loss log),
+``<name>.pth`` (slim fp16 model) and ``<name>.eval.json`` (held-out PSNR vs the degraded input).
+``--all`` runs the four trainings as concurrent processes (one GPU is shared) and waits for them.
+With ``--time-budget`` a run stops by wall clock and its learning-rate and patch schedules follow
+elapsed time instead of iterations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quality  # noqa: E402  (also makes napari_mirnet importable without its GUI dependencies)
+
+import torch  # noqa: E402
+
+from napari_mirnet.training import (  # noqa: E402
+    HELD_OUT_IMAGES,
+    SKIMAGE_TRAIN_IMAGES,
+    TrainConfig,
+    export_model,
+    skimage_images,
+    train,
+)
+
+GAUSS_0_50 = {"kind": "gaussian", "sigma_range": [0.0, 50.0]}
+MICROSCOPY = {"kind": "poisson_gaussian", "peak_range": [5.0, 300.0], "sigma_range": [0.0, 10.0]}
+GPU_STAGES = ((96, 24), (128, 16), (160, 10), (192, 8))
+
+#: name -> (TrainConfig fields, time budget in seconds on the shared GPU)
+SHIPPED = {
+    "small-denoise-gray": dict(
+        task="denoise", channels=1, n_feat=48, n_mrb=2,
+        degradation={"kind": "mixture", "choices": [GAUSS_0_50, MICROSCOPY], "weights": [0.8, 0.2]},
+    ),
+    "small-denoise-rgb": dict(task="denoise", channels=3, n_feat=48, n_mrb=2, degradation=GAUSS_0_50),
+    "small-sr-x2": dict(task="super_resolution", channels=3, n_feat=32, n_mrb=2,
+                        degradation={"kind": "bicubic", "scale": 2}),
+    "small-lowlight": dict(task="lowlight", channels=3, n_feat=32, n_mrb=1, degradation=None),
+}
+#: the denoisers have the hardest targets: they keep the GPU to themselves once the others finish
+BUDGET_SHARE = {"small-denoise-gray": 1.0, "small-denoise-rgb": 1.0, "small-sr-x2": 0.7, "small-lowlight": 0.6}
+
+
+def train_one(name: str, args) -> dict:
+    torch.set_num_threads(args.threads)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fields = dict(SHIPPED[name])
+    if args.n_feat:
+        fields["n_feat"] = args.n_feat
+    if args.n_mrb:
+        fields["n_mrb"] = args.n_mrb
+    budget = args.time_budget * BUDGET_SHARE[name] if args.time_budget else None
+    cfg = TrainConfig(
+        **fields, iters=args.iters, lr=args.lr, warmup=args.warmup, stages=args.stages, seed=args.seed,
+        time_budget=budget, device=args.device, log_every=args.log_every, save_every=args.save_every,
+    )
+    imgs = skimage_images(SKIMAGE_TRAIN_IMAGES, args.data_dir)
+    desc = {"description": "scikit-image bundled images (skimage/data), held-out ones excluded",
+            "images": sorted(imgs), "held_out": list(HELD_OUT_IMAGES)}
+    ckpt = out_dir / f"{name}.ckpt.pth"
+    resume = ckpt if args.resume and ckpt.exists() else None
+    t0 = time.time()
+    res = train(cfg if resume is None else None, clean=list(imgs.values()), out=ckpt, resume=resume,
+                data_description=desc, progress=not args.quiet)
+    model_path = export_model(ckpt, out_dir / f"{name}.pth")
+    device = "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"
+    model, _ = quality.load_model(model_path, device)
+    ev = quality.evaluate_model(model, cfg.task, cfg.channels, device=device, data_dir=args.data_dir)
+    rec = {"name": name, "iterations": res.iteration, "train_seconds": round(res.elapsed, 1),
+           "wall_seconds": round(time.time() - t0, 1), "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+           "torch": torch.__version__, "size_bytes": model_path.stat().st_size, "eval": ev,
+           "config": {k: v for k, v in fields.items()}, "time_budget": budget, "command": " ".join(sys.argv)}
+    (out_dir / f"{name}.eval.json").write_text(json.dumps(rec, indent=1))
+    print(json.dumps(rec), flush=True)
+    return rec
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=list(SHIPPED))
+    ap.add_argument("--all", action="store_true", help="train all four concurrently (subprocesses)")
+    ap.add_argument("--out-dir", default="runs/shipped")
+    ap.add_argument("--data-dir", help="folder with the bundled images (default: scikit-image's)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--iters", type=int, default=100000, help="planned iterations (schedule length)")
+    ap.add_argument("--time-budget", type=float, help="seconds of training for the denoisers (others less)")
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--warmup", type=float, default=0.02)
+    ap.add_argument("--stages", default=",".join(f"{p}:{b}" for p, b in GPU_STAGES))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-feat", type=int, help="override every model's width (smoke tests)")
+    ap.add_argument("--n-mrb", type=int)
+    ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 4) // 4))
+    ap.add_argument("--log-every", type=int, default=25)
+    ap.add_argument("--save-every", type=int, default=1000)
+    ap.add_argument("--resume", action="store_true", help="continue from <out-dir>/<name>.ckpt.pth")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    args.stages = tuple(tuple(int(v) for v in s.split(":")) for s in args.stages.split(","))
+    if args.model:
+        train_one(args.model, args)
+        return 0
+    if not args.all:
+        ap.error("give --model NAME or --all")
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--all"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    procs = {}
+    for name in SHIPPED:
+        log = open(out_dir / f"{name}.log", "w")
+        procs[name] = subprocess.Popen([sys.executable, __file__, "--model", name, "--quiet", *base],
+                                       stdout=log, stderr=subprocess.STDOUT, env=env)
+    rc = 0
+    for name, p in procs.items():
+        rc |= p.wait()
+        print(f"{name}: exit {p.returncode}", flush=True)
+    summary = {}
+    for name in SHIPPED:
+        f = out_dir / f"{name}.eval.json"
+        if f.exists():
+            summary[name] = json.loads(f.read_text())
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps({k: {"it": v["iterations"], "eval": v["eval"]} for k, v in summary.items()}, indent=1))
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
