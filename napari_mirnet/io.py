@@ -1,0 +1,324 @@
+"""Reading images (tif, png, jpg, zarr, OME-Zarr) and writing results (OME-Zarr v3, tif, png).
+
+The zarr writer is resumable: a run fingerprint sits in the group's attributes, a ``mirnet_done``
+array holds one byte per output chunk (set after that chunk is written), and the OME-NGFF
+metadata plus ``complete: true`` are written last, so a store looks incomplete until it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+__all__ = [
+    "FingerprintMismatch",
+    "ImageSource",
+    "OutputError",
+    "OutputExistsError",
+    "ZarrOutput",
+    "is_complete",
+    "open_image",
+    "open_output",
+    "ome_order",
+    "write_chunk",
+    "write_image",
+]
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".zarr")
+ATTR = "napari_mirnet"
+DONE = "mirnet_done"
+
+
+class OutputError(RuntimeError):
+    """The output cannot be written, or was only partly written; the message says what to do."""
+
+
+class OutputExistsError(OutputError):
+    """The output is a complete result already; pass overwrite=True (--overwrite) to replace it."""
+
+    def __init__(self, msg: str, matches: bool):
+        super().__init__(msg)
+        self.matches = matches  # the existing result came from the same settings
+
+
+class FingerprintMismatch(OutputError):
+    """An unfinished output was started with other settings; it cannot be resumed with these."""
+
+
+# -------------------------------------------------------------------------------------- reading
+@dataclass
+class ImageSource:
+    array: object  # numpy or zarr array (read region by region)
+    axes: str | None  # None when the file does not say
+    pixel_scale: dict | None  # axis letter -> pixel size
+
+
+def _axes_from_letters(letters: str) -> str | None:
+    # tifffile: S samples (colour) is our C; Q/I (unknown, image sequence) leave it to inference
+    letters = letters.upper().replace("S", "C")
+    ok = set(letters) <= set("TZCYX") and len(set(letters)) == len(letters)
+    return letters if ok else None
+
+
+def open_image(path: str | os.PathLike) -> ImageSource:
+    """Open an image file or zarr store without loading it (png/jpg are small and read whole)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"input {p} does not exist")
+    suffix = p.suffix.lower()
+    if p.is_dir() or suffix == ".zarr":
+        return _open_zarr(p)
+    if suffix in (".tif", ".tiff"):
+        return _open_tif(p)
+    if suffix in (".png", ".jpg", ".jpeg"):
+        from PIL import Image
+
+        with Image.open(p) as im:
+            if im.mode in ("P", "PA", "LA", "1", "CMYK", "YCbCr"):
+                im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+            arr = np.asarray(im)
+        return ImageSource(arr, "YX" if arr.ndim == 2 else "YXC", None)
+    raise ValueError(f"cannot read {p}: unsupported file type {suffix!r} (use {', '.join(IMAGE_SUFFIXES)})")
+
+
+def _open_tif(p: Path) -> ImageSource:
+    import tifffile
+
+    with tifffile.TiffFile(p) as tif:
+        series = tif.series[0]
+        axes = _axes_from_letters(series.axes)
+        scale = {}
+        if tif.is_imagej and tif.imagej_metadata:
+            if "spacing" in tif.imagej_metadata:
+                scale["Z"] = float(tif.imagej_metadata["spacing"])
+            tag = tif.pages[0].tags.get("XResolution")
+            if tag is not None and tag.value[0]:
+                scale["X"] = scale["Y"] = tag.value[1] / tag.value[0]
+    z = zarr.open(tifffile.imread(p, aszarr=True), mode="r")
+    if isinstance(z, zarr.Group):  # a pyramid: full resolution is level 0
+        z = z["0"]
+    return ImageSource(z, axes, scale or None)
+
+
+def _multiscales(attrs: dict) -> list | None:
+    ome = attrs.get("ome")
+    if isinstance(ome, dict) and "multiscales" in ome:
+        return ome["multiscales"]
+    return attrs.get("multiscales")
+
+
+def _open_zarr(p: Path) -> ImageSource:
+    try:
+        node = zarr.open(str(p), mode="r")
+    except Exception as err:  # zarr raises several types for non-stores
+        raise ValueError(f"cannot open {p} as a zarr store ({type(err).__name__}: {err})") from err
+    if isinstance(node, zarr.Array):
+        return ImageSource(node, None, None)
+    attrs = dict(node.attrs)
+    ms = _multiscales(attrs)
+    if ATTR in attrs and not attrs[ATTR].get("complete", False):
+        raise ValueError(f"{p} is an unfinished napari-mirnet output; finish or remove it before reading it")
+    if not ms:
+        arrays = [k for k, _ in node.arrays()]
+        if len(arrays) == 1:
+            return ImageSource(node[arrays[0]], None, None)
+        raise ValueError(f"{p} is a zarr group without OME-NGFF multiscales metadata; point at one array")
+    m = ms[0]
+    ds = m["datasets"][0]
+    axes_meta = m.get("axes")
+    axes = None
+    if axes_meta:
+        names = [(a["name"] if isinstance(a, dict) else a).upper() for a in axes_meta]
+        axes = _axes_from_letters("".join(n[0] for n in names))
+    scale = None
+    for t in ds.get("coordinateTransformations", []):
+        if t.get("type") == "scale" and axes:
+            scale = dict(zip(axes, t["scale"]))
+    return ImageSource(node[ds["path"]], axes, scale)
+
+
+def list_inputs(paths) -> list[Path]:
+    """Expand folders into the images they hold (zarr stores count as one image)."""
+    out = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir() and p.suffix.lower() != ".zarr" and not (p / "zarr.json").exists() and not (p / ".zarray").exists() and not (p / ".zgroup").exists():
+            found = sorted(c for c in p.iterdir() if c.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"folder {p} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            out.extend(found)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"input {p} does not exist")
+    return out
+
+
+# -------------------------------------------------------------------------------------- writing
+def ome_order(axes: str) -> str:
+    """OME-NGFF wants time, channel, then space: T, C, Z, Y, X (those present)."""
+    return "".join(a for a in "TCZYX" if a in axes)
+
+
+_AXIS_TYPES = {"T": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
+
+
+def _norm(obj):
+    return json.loads(json.dumps(obj))
+
+
+def _diff(a: dict, b: dict) -> str:
+    keys = sorted(set(a) | set(b))
+    parts = [f"{k}: {a.get(k)!r} (store) vs {b.get(k)!r} (now)" for k in keys if a.get(k) != b.get(k)]
+    return "; ".join(parts[:4])
+
+
+def is_complete(path) -> bool:
+    try:
+        g = zarr.open_group(str(path), mode="r")
+    except Exception:
+        return False
+    return bool(dict(g.attrs).get(ATTR, {}).get("complete", False))
+
+
+class ZarrOutput:
+    """A napari-mirnet zarr store being written: data at '0', done markers at 'mirnet_done'."""
+
+    def __init__(self, path: Path, group: zarr.Group):
+        self.path = path
+        self.group = group
+
+    def done_mask(self) -> np.ndarray:
+        return np.asarray(self.group[DONE][...]).astype(bool)
+
+    def finalize(self, axes: str, scale, name: str | None = None) -> None:
+        attrs = dict(self.group.attrs)
+        meta = attrs[ATTR]
+        meta["complete"] = True
+        ome = {
+            "version": "0.5",
+            "multiscales": [
+                {
+                    "name": Path(name).name if name else "restored",
+                    "axes": [{"name": a.lower(), "type": _AXIS_TYPES[a]} for a in axes],
+                    "datasets": [
+                        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [float(s) for s in scale]}]}
+                    ],
+                }
+            ],
+        }
+        # one write of zarr.json (atomic in LocalStore): metadata and the completion marker together
+        self.group.attrs.update({"ome": ome, ATTR: meta})
+
+
+def open_output(path, fingerprint: dict, shape, chunks, dtype, axes: str, overwrite: bool = False) -> ZarrOutput:
+    """Create the store, or reopen an unfinished one with the same fingerprint (resume)."""
+    p = Path(path)
+    fingerprint = _norm(fingerprint)
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"output {p} is an existing file, not a zarr store; choose another path")
+    if p.exists():
+        attrs = None
+        try:
+            attrs = dict(zarr.open_group(str(p), mode="r").attrs)
+        except Exception:
+            pass
+        if attrs is None or ATTR not in attrs:
+            if any(p.iterdir()):
+                raise OutputError(
+                    f"output {p} exists and is not a napari-mirnet result; it is left alone: choose another path"
+                )
+        else:
+            meta = attrs[ATTR]
+            same = meta.get("fingerprint") == fingerprint
+            if meta.get("complete") and not overwrite:
+                raise OutputExistsError(
+                    f"output {p} is already complete" + ("" if same else " (from other settings)")
+                    + "; pass --overwrite (overwrite=True) to replace it",
+                    same,
+                )
+            if not meta.get("complete") and not overwrite:
+                if not same:
+                    raise FingerprintMismatch(
+                        f"output {p} holds an unfinished run with other settings ({_diff(meta.get('fingerprint', {}), fingerprint)}); "
+                        "re-run with the original settings to resume it, or pass --overwrite to start again"
+                    )
+                g = zarr.open_group(str(p), mode="r+")
+                if tuple(g["0"].shape) != tuple(shape):
+                    raise FingerprintMismatch(f"output {p} has shape {g['0'].shape}, expected {tuple(shape)}")
+                return ZarrOutput(p, g)
+            shutil.rmtree(p)  # overwrite a store we wrote ourselves
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        g = zarr.create_group(str(p), zarr_format=3, overwrite=False)
+        g.attrs.update({ATTR: {"fingerprint": fingerprint, "complete": False}})
+        g.create_array(
+            "0", shape=tuple(shape), chunks=tuple(chunks), dtype=np.dtype(dtype), fill_value=0,
+            dimension_names=[a.lower() for a in axes],
+        )
+        grid = tuple(-(-n // c) for n, c in zip(shape, chunks))
+        # one byte per output chunk, one file each: concurrent writers never share a chunk
+        g.create_array(DONE, shape=grid, chunks=(1,) * len(grid), dtype="uint8", fill_value=0, compressors=None)
+    except OSError as err:
+        raise OutputError(f"cannot create output {p}: {err.strerror or err} (is the location writable?)") from err
+    return ZarrOutput(p, g)
+
+
+_open_arrays: dict[str, tuple] = {}
+
+
+def write_chunk(path: str, block: np.ndarray, chunk_index: tuple[int, ...]) -> None:
+    """Write one chunk-aligned block, then its done marker (never the other way round)."""
+    if path not in _open_arrays:
+        g = zarr.open_group(path, mode="r+")
+        _open_arrays[path] = (g["0"], g[DONE])
+    data, done = _open_arrays[path]
+    region = tuple(slice(i * c, i * c + n) for i, c, n in zip(chunk_index, data.chunks, block.shape))
+    data[region] = block
+    done[tuple(chunk_index)] = 1
+
+
+def write_image(path, arr, axes: str) -> Path:
+    """Write a (dask or numpy) result as tif (chunk by chunk into a memory map) or png/jpg."""
+    import dask.array as da
+
+    p = Path(path)
+    suffix = p.suffix.lower()
+    tmp = p.with_name(f".{p.name}.partial")
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            # imagej-style axes only for the layouts it knows; plain tif otherwise
+            photometric = "rgb" if axes.endswith("C") and arr.shape[-1] in (3, 4) else "minisblack"
+            mm = tifffile.memmap(tmp, shape=arr.shape, dtype=arr.dtype, photometric=photometric, metadata={"axes": axes})
+            if isinstance(arr, da.Array):
+                da.store(arr, mm, lock=False)
+            else:
+                mm[...] = arr
+            mm.flush()
+            del mm
+        elif suffix in (".png", ".jpg", ".jpeg"):
+            from PIL import Image
+
+            data = np.asarray(arr)
+            if data.dtype != np.uint8 and not (suffix == ".png" and data.dtype == np.uint16 and data.ndim == 2):
+                raise OutputError(f"{p.name}: {suffix} holds 8-bit images only (this result is {data.dtype}); write .tif or .zarr")
+            if axes not in ("YX", "YXC"):
+                raise OutputError(f"{p.name}: {suffix} holds one 2-D image; this result has axes {axes}; write .tif or .zarr")
+            Image.fromarray(data).save(tmp, format="PNG" if suffix == ".png" else "JPEG", quality=95)
+        else:
+            raise OutputError(f"cannot write {p}: use .zarr, .tif, .png or .jpg")
+        os.replace(tmp, p)
+    except OSError as err:
+        raise OutputError(f"writing {p} failed: {err}") from err
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return p
