@@ -1,4 +1,4 @@
-"""The Python API: ``restore`` for one in-memory image, by whole-image inference."""
+"""The Python API: ``restore`` (routed through the chunked engine) and whole-image helpers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from .axes import infer_axes, inverse_order, to_cyx_order, validate_axes
 from .presets import SHIPPED_GRAY_DENOISER, IntensityMap, check_dtype, get_preset, restore_chw
 from .weights import cached_model, resolve_device, shipped_models
 
-__all__ = ["restore", "choose_weights", "resolve_precision"]
+__all__ = ["restore", "restore_whole", "choose_weights", "resolve_precision"]
 
 
 def choose_weights(task: str, scale: int, n_channels: int, weights=None) -> str:
@@ -47,14 +47,38 @@ def restore(
     device="auto",
     precision: str = "auto",
     normalisation: str = "auto",
-) -> np.ndarray:
-    """Restore a numpy image with MIRNet-v2 and return it in the input's dtype and range.
+    **engine_options,
+):
+    """Restore an image with MIRNet-v2, in the input's dtype and range.
 
-    ``task`` is one of ``denoise``, ``super_resolution`` (with ``scale`` 2, 3 or 4), ``lowlight``,
-    ``enhance`` or ``defocus`` (then ``image`` is a ``(left, right)`` pair). ``weights`` defaults to
-    the shipped model for the task. ``axes`` (e.g. ``'YXC'``) is inferred when unambiguous; axes other
-    than Y, X and C are iterated.
+    ``image`` is a numpy, dask or zarr array or a path (tif, png, jpg, zarr, OME-Zarr); ``task`` is
+    one of ``denoise``, ``super_resolution`` (with ``scale`` 2, 3 or 4), ``lowlight``, ``enhance``
+    or ``defocus`` (then ``image`` is a ``(left, right)`` pair). ``weights`` defaults to the shipped
+    model for the task. ``axes`` (e.g. ``'YXC'``, ``'TZCYX'``) is inferred when unambiguous; Y and X
+    are tiled, other axes iterated. Numpy in gives numpy out; dask, zarr or path in gives a lazy
+    dask array. Further options (``tile``, ``halo``, ``blend``, ``out``, ``overwrite``, ``client``,
+    ``progress``, ``cancel``, ``pixel_size``) are those of :func:`napari_mirnet.engine.restore`.
     """
+    from . import engine
+
+    return engine.restore(
+        image, task, weights, scale=scale, axes=axes, device=device, precision=precision,
+        normalisation=normalisation, **engine_options,
+    )
+
+
+def restore_whole(
+    image,
+    task: str = "denoise",
+    weights=None,
+    *,
+    scale: int | None = None,
+    axes: str | None = None,
+    device="auto",
+    precision: str = "auto",
+    normalisation: str = "auto",
+) -> np.ndarray:
+    """Whole-image inference of an in-memory image, without tiling (the reference for tiled output)."""
     preset = get_preset(task)
     scale = preset.check_scale(scale if scale is not None else preset.scales[0])
     views = _views(image, preset.dual_pixel)
