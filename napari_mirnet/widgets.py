@@ -142,6 +142,8 @@ class Job:
     layer_kwargs: dict
     options: dict = field(default_factory=dict)
     zarr_path: str | None = None
+    overwrite: bool = False
+    pixel_size: tuple | None = None
     pyramid: bool = False
 
 
@@ -227,13 +229,18 @@ def run_job(job: Job, progress=None, cancel: threading.Event | None = None):
     """Run a job with the engine (in the calling thread); returns the data for the result layer."""
     eng = _engine()
     common = dict(task=job.task, weights=job.weights, scale=job.scale, axes=job.axes, **job.options)
+    if job.output == OUTPUT_ZARR:
+        common["pixel_size"] = job.pixel_size
     if job.output == OUTPUT_LAZY:
         levels = job.image if job.pyramid else [job.image]
         out = [eng.restore_lazy(level, **common) for level in levels]
         return out if job.pyramid else out[0]
     if job.output == OUTPUT_ZARR:
-        eng.restore(job.image, **common, out=job.zarr_path, overwrite=True, progress=progress, cancel=cancel)
-        return open_zarr_result(job.zarr_path)
+        out = eng.restore(
+            job.image, **common, out=job.zarr_path, overwrite=job.overwrite, progress=progress, cancel=cancel
+        )
+        # the engine hands back a lazy array reading the written store, in the input's axis order
+        return out if hasattr(out, "shape") else open_zarr_result(job.zarr_path)
     out = eng.restore(job.image, **common, progress=progress, cancel=cancel)
     if hasattr(out, "dask") and hasattr(out, "compute"):
         # a lazy input gives a lazy result; "computed now" means the tiles run here, in the worker
@@ -404,6 +411,7 @@ class TaskWidget(Container):
         )
         self.output = ComboBox(label="output", choices=[OUTPUT_NOW, OUTPUT_LAZY, OUTPUT_ZARR], value=OUTPUT_NOW)
         self.zarr_path = FileEdit(label="zarr path", mode="w", filter="*.zarr")
+        self.overwrite = CheckBox(text="replace a finished store (else resume an unfinished one)", value=False)
         self.preview = CheckBox(text="displayed slice only (quick preview)", value=False)
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -421,6 +429,7 @@ class TaskWidget(Container):
                 self.normalisation,
                 self.output,
                 self.zarr_path,
+                self.overwrite,
                 self.preview,
                 self.run_button,
                 self.cancel_button,
@@ -478,7 +487,7 @@ class TaskWidget(Container):
 
     def _update_visibility(self, *_):
         self.weights_file.visible = self.weights.value == LOCAL_FILE
-        self.zarr_path.visible = self.output.value == OUTPUT_ZARR
+        self.zarr_path.visible = self.overwrite.visible = self.output.value == OUTPUT_ZARR
         for w in (self.tile, self.halo, self.precision, self.normalisation):
             w.visible = self.advanced.value
 
@@ -558,6 +567,9 @@ class TaskWidget(Container):
             layer_kwargs=kwargs,
             options=self._options(),
             zarr_path=str(self.zarr_path.value) if output == OUTPUT_ZARR else None,
+            overwrite=bool(self.overwrite.value),
+            # the zarr's pixel size: the layer's scale, 1 for the RGB channel axis
+            pixel_size=tuple(float(v) for v in ref.scale) + ((1.0,) if ref.rgb else ()),
             pyramid=pyramid,
         )
 
