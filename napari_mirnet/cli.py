@@ -1,0 +1,284 @@
+"""The ``napari-mirnet`` command: ``restore`` files, folders and zarr stores; ``weights``; ``train``.
+
+Exit codes: 0 success (complete outputs that match are skipped), 1 a restoration or download failed
+(each failure is reported, the others still run), 2 a usage error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .presets import TASKS
+
+__all__ = ["main", "build_parser"]
+
+_SUFFIX_OUT = {".tif": ".tif", ".tiff": ".tif", ".png": ".png", ".jpg": ".png", ".jpeg": ".png", ".zarr": ".zarr"}
+_IMAGE_OUT = (".zarr", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+
+class UsageError(Exception):
+    pass
+
+
+def _multiple_of_4(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 0 or v % 4:
+        raise argparse.ArgumentTypeError(f"{v} must be a non-negative multiple of 4")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="napari-mirnet",
+        description="MIRNet-v2 image restoration for large images and stacks (tiled, resumable).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    r = sub.add_parser(
+        "restore",
+        help="restore images, folders or zarr stores",
+        description="Restore each INPUT (file, folder of images, zarr/OME-Zarr store) into OUTPUT. "
+        "With one input, OUTPUT may be a file (.zarr, .tif, .png); otherwise it is a folder that gets one "
+        "output per input. Zarr outputs are written chunk by chunk and resume when the same command is re-run.",
+    )
+    r.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders or zarr stores (defocus: LEFT RIGHT)")
+    r.add_argument("-o", "--output", required=True, help="output file or folder")
+    r.add_argument("--task", choices=list(TASKS), default="denoise")
+    r.add_argument("--scale", type=int, help="super-resolution factor (2, 3 or 4)")
+    r.add_argument("--weights", help="model name, official asset, file or URL (default: the task's)")
+    r.add_argument("--axes", help="axes of the inputs, e.g. YX, YXC, ZYX, TZCYX (default: from the file)")
+    r.add_argument("--tile", type=_multiple_of_4, help="tile edge in model pixels, halo included (default: from memory)")
+    r.add_argument("--halo", type=_multiple_of_4, help="halo on each side of a tile, in pixels")
+    r.add_argument("--blend", type=int, help="feathered blend margin at tile borders, in pixels (0: none)")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    r.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    r.add_argument("--normalisation", choices=["auto", "fixed", "percentile"], default="auto")
+    r.add_argument("--format", choices=["same", "zarr", "tif", "png"], default="same",
+                   help="output format for folder outputs (same: like the input; jpg becomes png)")
+    r.add_argument("--scheduler", help="dask.distributed scheduler address (tcp://host:8786) to run on a cluster")
+    r.add_argument("--overwrite", action="store_true", help="replace complete outputs")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=_cmd_restore)
+
+    w = sub.add_parser("weights", help="list, download or locate model weights")
+    wsub = w.add_subparsers(dest="weights_command", metavar="ACTION")
+    wsub.required = True
+    wsub.add_parser("list", help="shipped and official models").set_defaults(func=_cmd_weights_list)
+    f = wsub.add_parser("fetch", help="download official weights into the cache")
+    f.add_argument("names", nargs="+", metavar="NAME")
+    f.set_defaults(func=_cmd_weights_fetch)
+    p = wsub.add_parser("path", help="print the local file of a model (downloading nothing)")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(func=_cmd_weights_path)
+
+    try:
+        from . import training
+    except ImportError:  # training is optional for restoring
+        training = None
+    if training is not None and hasattr(training, "add_train_command"):
+        training.add_train_command(sub)
+    return parser
+
+
+def _err(msg: str) -> None:
+    print(f"napari-mirnet: error: {msg}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------- weights
+def _cmd_weights_list(args) -> int:
+    from .weights import available_weights
+
+    rows = [(i.name, i.kind, i.task, "yes" if i.available else "no", i.licence) for i in available_weights()]
+    head = ("NAME", "KIND", "TASK", "LOCAL", "LICENCE")
+    widths = [max(len(str(r[k])) for r in [head, *rows]) for k in range(len(head))]
+    for row in [head, *rows]:
+        print("  ".join(str(v).ljust(n) for v, n in zip(row, widths)).rstrip())
+    return 0
+
+
+def _cmd_weights_fetch(args) -> int:
+    from .weights import WeightsError, fetch
+
+    rc = 0
+    for name in args.names:
+        try:
+            print(fetch(name))
+        except WeightsError as err:
+            _err(str(err))
+            rc = 1
+    return rc
+
+
+def _cmd_weights_path(args) -> int:
+    from .weights import OFFICIAL_ASSETS, cache_dir, shipped_models
+
+    name = args.name
+    if name in shipped_models():
+        print(shipped_models()[name])
+        return 0
+    if name in OFFICIAL_ASSETS:
+        path = cache_dir() / f"{name}.pth"
+        if path.is_file():
+            print(path)
+            return 0
+        _err(f"{name} is not downloaded yet; run: napari-mirnet weights fetch {name}")
+        return 1
+    if Path(name).is_file():
+        print(Path(name).resolve())
+        return 0
+    _err(f"unknown model {name!r}; see: napari-mirnet weights list")
+    return 1
+
+
+# ------------------------------------------------------------------------------------- restore
+def _plan_outputs(args) -> list[tuple[object, Path]]:
+    """(input, output path) pairs; defocus inputs are (left, right) tuples."""
+    from .io import list_inputs
+
+    if args.task == "defocus":
+        if len(args.inputs) != 2:
+            raise UsageError("the defocus task takes two inputs: LEFT RIGHT (files or folders)")
+        lefts, rights = list_inputs([args.inputs[0]]), list_inputs([args.inputs[1]])
+        if len(lefts) != len(rights):
+            raise UsageError(f"{len(lefts)} left views but {len(rights)} right views")
+        items = list(zip(lefts, rights))
+    else:
+        items = list_inputs(args.inputs)
+    out = Path(args.output)
+    single = len(items) == 1 and (len(args.inputs) == 1 or args.task == "defocus")
+    if single and out.suffix.lower() in _IMAGE_OUT:
+        return [(items[0], out)]
+    if out.suffix.lower() in (".tif", ".tiff", ".png", ".jpg", ".jpeg") or (out.exists() and not out.is_dir()):
+        raise UsageError(f"{len(items)} inputs need an output folder, not the file {out}")
+    pairs = []
+    for item in items:
+        src = item[0] if isinstance(item, tuple) else item
+        ext = "." + args.format if args.format != "same" else _SUFFIX_OUT.get(src.suffix.lower(), ".zarr")
+        if src.is_dir() and args.format == "same":
+            ext = ".zarr"
+        pairs.append((item, out / f"{src.stem if src.suffix else src.name}{ext}"))
+    names = [p for _, p in pairs]
+    if len(set(names)) != len(names):
+        raise UsageError("two inputs would write the same output name; give them distinct names")
+    return pairs
+
+
+def _cmd_restore(args) -> int:
+    from . import engine
+    from .io import OutputError, OutputExistsError, write_image
+
+    if args.blend is not None and args.blend < 0:
+        raise UsageError("--blend must be >= 0")
+    try:
+        pairs = _plan_outputs(args)
+    except FileNotFoundError as err:
+        _err(str(err))
+        return 1
+    client = None
+    if args.scheduler:
+        try:
+            from distributed import Client
+        except ImportError:
+            _err("--scheduler needs dask.distributed: pip install 'napari-mirnet[distributed]'")
+            return 1
+        try:
+            client = Client(args.scheduler, timeout="20s")
+        except OSError as err:
+            _err(f"cannot reach the scheduler at {args.scheduler}: {err}")
+            return 1
+    rc = 0
+    try:
+        for i, (src, dst) in enumerate(pairs):
+            label = f"[{i + 1}/{len(pairs)}] {dst.name}"
+            try:
+                _restore_one(args, src, dst, label, client, engine, write_image)
+            except OutputExistsError as err:
+                if err.matches:
+                    print(f"{label}: already complete, skipped (--overwrite to redo)", file=sys.stderr)
+                else:
+                    _err(f"{dst}: {err}")
+                    rc = 1
+            except (OutputError, ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as err:
+                _err(f"{_name(src)}: {err}")
+                rc = 1
+    finally:
+        if client is not None:
+            client.close()
+    return rc
+
+
+def _name(src) -> str:
+    return " + ".join(map(str, src)) if isinstance(src, tuple) else str(src)
+
+
+def _restore_one(args, src, dst: Path, label: str, client, engine, write_image) -> None:
+    from tqdm import tqdm
+
+    bars = []
+
+    def progress(done, total):
+        if args.quiet:
+            return
+        if not bars:  # created on the first tile: skipped outputs show no empty bar
+            bars.append(tqdm(desc=label, total=total, unit="tile", file=sys.stderr, dynamic_ncols=True))
+        bars[0].n = done
+        bars[0].refresh()
+
+    options = dict(
+        task=args.task, weights=args.weights, scale=args.scale, axes=args.axes, tile=args.tile,
+        halo=args.halo, blend=args.blend, device=args.device, precision=args.precision,
+        normalisation=args.normalisation, client=client, progress=progress,
+    )
+    image = tuple(map(str, src)) if isinstance(src, tuple) else str(src)
+    try:
+        if dst.suffix.lower() == ".zarr":
+            engine.restore(image, out=str(dst), overwrite=args.overwrite, **options)
+        else:
+            if dst.exists() and not args.overwrite:
+                from .io import OutputExistsError
+
+                raise OutputExistsError(f"output {dst} exists; pass --overwrite to replace it", matches=False)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            arr = engine.restore(image, **options)
+            axes = args.axes or _axes_of(image, arr)
+            import dask
+
+            cfg = {} if client is not None else {"scheduler": "threads", "num_workers": 1}
+            with dask.config.set(cfg):
+                write_image(dst, arr, axes)
+    finally:
+        for bar in bars:
+            bar.close()
+
+
+def _axes_of(image, arr) -> str:
+    from .axes import infer_axes
+    from .io import open_image
+
+    first = image[0] if isinstance(image, tuple) else image
+    return open_image(first).axes or infer_axes(arr.shape)
+
+
+# ------------------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as err:
+        parser.print_usage(sys.stderr)
+        _err(str(err))
+        return 2
+    except KeyboardInterrupt:
+        print("\nnapari-mirnet: interrupted; re-run the same command to resume zarr outputs", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
