@@ -262,3 +262,45 @@ def test_sample_data_opens(make_napari_viewer):
         viewer.open_sample("napari-mirnet", key)
     names = [lay.name for lay in viewer.layers]
     assert "noisy astronaut" in names and "dual-pixel right" in names
+
+
+def test_cancel_zarr_leaves_store_incomplete(make_napari_viewer, qtbot, tiny_weights, tmp_path):
+    io = pytest.importorskip("napari_mirnet.io")
+    viewer = make_napari_viewer()
+    data = np.repeat(sample_data.noisy_stack()[0][0][:1, :64, :64], 40, axis=0)
+    viewer.add_image(data, name="long stack")
+    w = _widget(DenoiseWidget, viewer, tiny_weights)
+    w.output.value = OUTPUT_ZARR
+    w.zarr_path.value = tmp_path / "cancelled.zarr"
+    w()
+    qtbot.waitUntil(lambda: w._pbar is not None and w._pbar.n >= 1, timeout=30_000)
+    w.cancel()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)
+    assert w.result_layer is None and len(viewer.layers) == 1
+    assert not io.is_complete(tmp_path / "cancelled.zarr")
+
+
+@pytest.mark.slow
+def test_huge_lazy_scene_opens_at_once(make_napari_viewer, qtbot, tiny_weights):
+    """A 20k x 20k dask scene: the lazy result is a pyramid and only a coarse level gets computed."""
+    import dask.array as da
+
+    viewer = make_napari_viewer()
+    scene = da.random.default_rng(0).integers(0, 255, (20_000, 20_000), dtype=np.uint8, chunks=4096)
+    viewer.add_image(scene, name="scene", contrast_limits=(0, 255))
+    w = _widget(DenoiseWidget, viewer, tiny_weights)
+    w.output.value = OUTPUT_LAZY
+    w.tile.value = 512
+    t0 = time.perf_counter()
+    out = _run(qtbot, w, timeout=120_000)
+    seconds = time.perf_counter() - t0
+    assert out is not None, w.last_status
+    assert out.multiscale and out.data[0].shape == (20_000, 20_000)
+    assert all(hasattr(level, "dask") for level in out.data)
+    shown = np.asarray(out.data[-1])
+    print(f"lazy 20k x 20k: layer shown in {seconds:.1f} s, levels {[lvl.shape for lvl in out.data]}")
+    assert shown.shape[0] <= 1024 and seconds < 90
+    t0 = time.perf_counter()
+    zoomed = np.asarray(out.data[0][9_000:9_256, 12_000:12_256])  # what a zoomed-in view asks for
+    print(f"a 256 x 256 full-resolution region in {time.perf_counter() - t0:.1f} s")
+    assert zoomed.shape == (256, 256) and time.perf_counter() - t0 < 60
