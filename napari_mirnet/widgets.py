@@ -154,75 +154,9 @@ class _Relay(QObject):
 
 
 def _engine():
-    try:
-        from . import engine
-    except ImportError:  # TEMPORARY until engine.py lands: whole planes through api.restore
-        return _ApiEngine
+    from . import engine
+
     return engine
-
-
-class _ApiEngine:
-    """Stand-in for the engine contract (restore/restore_lazy/Cancelled), one plane per step."""
-
-    class Cancelled(Exception):
-        pass
-
-    @staticmethod
-    def _planes(image, axes):
-        views = list(image) if isinstance(image, tuple) else [image]
-        lead = [i for i, a in enumerate(axes) if a not in "CYX"]
-        shape = [views[0].shape[i] for i in lead]
-        sub_axes = "".join(a for a in axes if a in "CYX")
-        for idx in np.ndindex(*shape):
-            index = [slice(None)] * len(axes)
-            for i, j in zip(lead, idx):
-                index[i] = j
-            subs = [np.asarray(v[tuple(index)]) for v in views]
-            yield tuple(index), (tuple(subs) if len(subs) > 1 else subs[0]), sub_axes, int(np.prod(shape))
-
-    @classmethod
-    def restore(cls, image, task="denoise", weights=None, *, scale=None, axes=None, out=None,
-                overwrite=False, progress=None, cancel=None, device="auto", precision="auto",
-                normalisation="auto", **_):
-        from .api import restore
-
-        result = None
-        for n, (index, sub, sub_axes, total) in enumerate(cls._planes(image, axes)):
-            if cancel is not None and cancel.is_set():
-                raise cls.Cancelled()
-            r = restore(sub, task, weights, scale=scale, axes=sub_axes, device=device,
-                        precision=precision, normalisation=normalisation)
-            if result is None:
-                ref = image[0] if isinstance(image, tuple) else image
-                shape = list(ref.shape)
-                for a, size in zip(sub_axes, r.shape):
-                    shape[axes.index(a)] = size
-                result = np.empty(shape, r.dtype)
-            result[index] = r
-            if progress is not None:
-                progress(n + 1, total)
-        if out is not None:
-            import zarr
-
-            arr = zarr.create_array(str(out), shape=result.shape, dtype=result.dtype, overwrite=True)
-            arr[...] = result
-            return arr
-        return result
-
-    @classmethod
-    def restore_lazy(cls, image, task="denoise", weights=None, **kw):
-        import dask
-
-        import dask.array as da
-
-        ref = image[0] if isinstance(image, tuple) else image
-        f = kw.get("scale") or 1
-        shape = tuple(s * f if a in "YX" else s for s, a in zip(ref.shape, kw["axes"]))
-        return da.from_delayed(dask.delayed(cls.restore)(image, task, weights, **kw), shape, ref.dtype)
-
-
-def _cancelled_type():
-    return getattr(_engine(), "Cancelled", None)
 
 
 def run_job(job: Job, progress=None, cancel: threading.Event | None = None):
@@ -240,27 +174,12 @@ def run_job(job: Job, progress=None, cancel: threading.Event | None = None):
             job.image, **common, out=job.zarr_path, overwrite=job.overwrite, progress=progress, cancel=cancel
         )
         # the engine hands back a lazy array reading the written store, in the input's axis order
-        return out if hasattr(out, "shape") else open_zarr_result(job.zarr_path)
+        return out
     out = eng.restore(job.image, **common, progress=progress, cancel=cancel)
     if hasattr(out, "dask") and hasattr(out, "compute"):
         # a lazy input gives a lazy result; "computed now" means the tiles run here, in the worker
         out = out.compute()
     return np.asarray(out)
-
-
-def open_zarr_result(path: str):
-    """The written OME-Zarr as lazy dask arrays: one array, or a list of levels."""
-    import dask.array as da
-    import zarr
-
-    node = zarr.open(path, mode="r")
-    if isinstance(node, zarr.Array):
-        return da.from_zarr(node)
-    attrs = dict(node.attrs)
-    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-    names = [d["path"] for d in multiscales[0]["datasets"]] if multiscales else ["0"]
-    levels = [da.from_zarr(node[name]) for name in names]
-    return levels if len(levels) > 1 else levels[0]
 
 
 # ----------------------------------------------------------------------------- layer helpers
@@ -663,11 +582,10 @@ def _official_to_download() -> set[str]:
 
 def _work(job: Job, progress, cancel):
     """The worker body: never raises, so napari shows our message, not a traceback dialog."""
-    cancelled = _cancelled_type()
     try:
         return "ok", run_job(job, progress, cancel)
     except BaseException as err:  # noqa: BLE001 - every failure becomes a message
-        if (cancelled is not None and isinstance(err, cancelled)) or cancel.is_set():
+        if isinstance(err, _engine().Cancelled) or cancel.is_set():
             return "cancelled", None
         if isinstance(err, (KeyboardInterrupt, SystemExit)):
             raise

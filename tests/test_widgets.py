@@ -179,7 +179,7 @@ def test_gui_stays_responsive(make_napari_viewer, qtbot, tiny_weights):
     from qtpy.QtCore import QTimer
 
     viewer = make_napari_viewer()
-    data = np.repeat(sample_data.noisy_stack()[0][0][:1, :128, :128], 12, axis=0)
+    data = np.repeat(sample_data.noisy_stack()[0][0][:1, :128, :128], 24, axis=0)
     viewer.add_image(data, name="stack")
     w = _widget(DenoiseWidget, viewer, tiny_weights)
     ticks = []
