@@ -219,17 +219,43 @@ def level0(layer):
 
 
 def displayed_slice(layer, viewer) -> tuple[tuple[slice, ...], np.ndarray]:
-    """Index of the displayed slice of a layer (leading dims kept at size 1) and its data offset."""
+    """Index of what the canvas shows of a layer: the current slice (leading dims kept at size 1),
+    cropped to the visible Y/X region when zoomed in; and that index's offset in data pixels."""
     lead = layer.ndim - 2
     point = np.asarray(viewer.dims.point[-layer.ndim :], dtype=float)
     scale, translate = np.asarray(layer.scale), np.asarray(layer.translate)
     shape = level0(layer).shape
     idx = np.rint((point - translate) / scale).astype(int)
     idx = np.clip(idx, 0, np.asarray(shape[: layer.ndim]) - 1)
-    slices = tuple(slice(i, i + 1) for i in idx[:lead]) + (slice(None),) * (len(shape) - lead)
     offset = np.zeros(layer.ndim)
     offset[:lead] = idx[:lead]
+    yx = [slice(None), slice(None)]
+    box = _visible_yx(layer, viewer)
+    if box is not None:
+        (y0, x0), (y1, x1) = box
+        yx = [slice(y0, y1), slice(x0, x1)]
+        offset[-2:] = (y0, x0)
+    slices = tuple(slice(i, i + 1) for i in idx[:lead]) + tuple(yx) + (slice(None),) * (len(shape) - layer.ndim)
     return slices, offset
+
+
+def _visible_yx(layer, viewer, min_size: int = 32):
+    """The level-0 (start, stop) of Y and X shown on a 2D canvas, or None when all of it is shown."""
+    if viewer.dims.ndisplay != 2 or tuple(viewer.dims.displayed[-2:]) != (viewer.dims.ndim - 2, viewer.dims.ndim - 1):
+        return None
+    corners = np.asarray(layer.corner_pixels, dtype=float)[:, -2:]
+    if layer.multiscale:  # corner pixels are counted at the displayed level
+        corners = corners * np.asarray(layer.downsample_factors[layer.data_level])[-2:]
+    size = np.asarray(level0(layer).shape[layer.ndim - 2 : layer.ndim])
+    start = np.clip(np.floor(corners[0]).astype(int), 0, size)
+    stop = np.clip(np.ceil(corners[1]).astype(int) + 1, 0, size)
+    if np.all(start == 0) and np.all(stop == size):
+        return None
+    # a tiny crop restores badly (the model sees too little context): widen it around its centre
+    grow = np.maximum(min_size - (stop - start), 0)
+    start = np.clip(start - grow // 2, 0, np.maximum(size - min_size, 0))
+    stop = np.minimum(np.maximum(stop, start + min_size), size)
+    return tuple(int(v) for v in start), tuple(int(v) for v in stop)
 
 
 def result_layer_kwargs(layer, task: str, scale: int | None, offset=None, preview: bool = False) -> dict:
@@ -507,10 +533,11 @@ class TaskWidget(Container):
         except (InputError, ValueError, TypeError) as err:
             self._say(str(err), "error")
             return None
-        if job.weights in _official_to_download():
+        chosen = job.weights or _auto_weights(self.task, job.scale, job.layer_kwargs["rgb"])
+        if chosen in _official_to_download():
             from .weights import OFFICIAL_LICENCE
 
-            self._say(f"downloading {job.weights}. {OFFICIAL_LICENCE}", "warning")
+            self._say(f"downloading the official {chosen!r} weights. {OFFICIAL_LICENCE}", "warning")
         self._cancel = threading.Event()
         self._pbar = progress(total=0, desc=f"MIRNet {self.preset.title.lower()}")
         self.run_button.enabled = False
@@ -569,6 +596,16 @@ class TaskWidget(Container):
         self._cancel = None
         self.run_button.enabled = True
         self.cancel_button.enabled = False
+
+
+def _auto_weights(task: str, scale: int | None, rgb: bool) -> str | None:
+    """What 'auto' weights will be for this input (as the engine chooses them)."""
+    from .api import choose_weights
+
+    try:
+        return choose_weights(task, scale or 1, 3 if rgb else 1)
+    except Exception:
+        return None
 
 
 def _official_to_download() -> set[str]:

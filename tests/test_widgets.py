@@ -304,3 +304,41 @@ def test_huge_lazy_scene_opens_at_once(make_napari_viewer, qtbot, tiny_weights):
     zoomed = np.asarray(out.data[0][9_000:9_256, 12_000:12_256])  # what a zoomed-in view asks for
     print(f"a 256 x 256 full-resolution region in {time.perf_counter() - t0:.1f} s")
     assert zoomed.shape == (256, 256) and time.perf_counter() - t0 < 60
+
+
+def test_preview_of_zoomed_2d_view_restores_only_the_visible_region(make_napari_viewer, qtbot, tiny_weights):
+    from qtpy.QtWidgets import QApplication
+
+    viewer = make_napari_viewer(show=True)
+    data, kwargs = _sample(sample_data.noisy_astronaut, 128)
+    layer = viewer.add_image(data, **kwargs, scale=(2.0, 2.0))
+    viewer.scene.camera.zoom = viewer.scene.camera.zoom * 4
+    viewer.scene.camera.center = (64.0, 160.0)  # world units: data pixel (32, 80)
+    for _ in range(5):
+        QApplication.processEvents()
+    w = _widget(DenoiseWidget, viewer, tiny_weights)
+    w.preview.value = True
+    out = _run(qtbot, w)
+    assert out is not None, w.last_status
+    h, wd = out.data.shape[:2]
+    assert 32 <= h < 128 and 32 <= wd < 128 and out.data.shape[2] == 3
+    # placed where it was cut from
+    y0, x0 = (np.asarray(out.translate) - np.asarray(layer.translate)) / 2.0
+    assert 0 <= y0 <= 32 <= y0 + h and 0 <= x0 <= 80 <= x0 + wd
+
+
+def test_official_weights_warn_licence_and_failed_download_is_a_message(
+    make_napari_viewer, qtbot, errors, monkeypatch
+):
+    monkeypatch.setenv("NAPARI_MIRNET_BASE_URL", "http://127.0.0.1:9/")  # nothing listens: fails at once
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="img")
+    w = DenoiseWidget(viewer)
+    labels = [w.weights.native.itemText(i) for i in range(w.weights.native.count())]
+    assert "real_denoising (official, non-commercial, download)" in labels
+    w.weights.value = "real_denoising"
+    assert _run(qtbot, w) is None
+    kinds = [kind for kind, _ in errors]
+    assert kinds[0] == "warning" and "non-commercial" in errors[0][1]
+    assert kinds[-1] == "error" and "download" in errors[-1][1]
+    assert len(viewer.layers) == 1
