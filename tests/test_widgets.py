@@ -342,3 +342,20 @@ def test_official_weights_warn_licence_and_failed_download_is_a_message(
     assert kinds[0] == "warning" and "non-commercial" in errors[0][1]
     assert kinds[-1] == "error" and "download" in errors[-1][1]
     assert len(viewer.layers) == 1
+
+
+def test_multiscale_input_gives_lazy_multiscale_result(make_napari_viewer, qtbot, tiny_weights):
+    import dask.array as da
+
+    viewer = make_napari_viewer()
+    full = sample_data.noisy_stack()[0][0][0, :128, :128]
+    levels = [da.from_array(full, chunks=64), da.from_array(full[::2, ::2], chunks=64)]
+    layer = viewer.add_image(levels, multiscale=True, name="pyramid", contrast_limits=(0, 255), scale=(0.3, 0.3))
+    w = _widget(SuperResolutionWidget, viewer, tiny_weights)
+    w.scale.value = 2
+    w.output.value = OUTPUT_LAZY
+    out = _run(qtbot, w)
+    assert out is not None, w.last_status
+    assert out.multiscale and [lvl.shape for lvl in out.data] == [(256, 256), (128, 128)]
+    np.testing.assert_allclose(out.scale, np.asarray(layer.scale) / 2)
+    assert np.asarray(out.data[1]).dtype == np.uint8
