@@ -417,7 +417,8 @@ def _forward(model, x: torch.Tensor, precision: str, depth: int = 0) -> torch.Te
 
 def _split_forward(model, x: torch.Tensor, precision: str, depth: int) -> torch.Tensor:
     h, w = x.shape[-2:]
-    ov = 8 * STRIDE
+    # the parts overlap by a little context each side; the seam is cut in the middle of it
+    ov = min(16 * STRIDE, max(STRIDE, _round4(min(h, w) / 8)))
     hm, wm = _round4(h / 2), _round4(w / 2)
     out = None
     for (y0, y1, oy0, oy1), (x0, x1, ox0, ox1) in itertools.product(

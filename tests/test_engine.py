@@ -1,0 +1,322 @@
+"""The chunked engine: tiling, blending, axes, lazy dask, SR chunks, OOM split, progress/cancel, bad inputs."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import threading
+import warnings
+
+import dask.array as da
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from napari_mirnet import engine, io as mio
+from napari_mirnet.api import restore_whole
+
+RNG = np.random.default_rng(1)
+TILED = dict(tile=48, halo=8, blend=4, device="cpu")
+
+
+def _rgb(h=90, w=110):
+    return RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+# ------------------------------------------------------------------------------------ plan
+def test_plan_partitions_the_image_and_keeps_multiples_of_4():
+    plan = engine.plan_tiles(203, 150, tile=64, halo=12, blend=6)
+    assert plan.core == (40, 40) and plan.halo == (12, 12) and plan.window == (64, 64)
+    for ax, n in ((0, 203), (1, 150)):
+        cores = [plan.core_range(ax, i) for i in range(plan.grid[ax])]
+        assert cores[0][0] == 0 and cores[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(cores, cores[1:]))  # each pixel in exactly one core
+        for i in range(plan.grid[ax]):
+            w0, w1 = plan.window_range(ax, i)
+            p0, p1 = plan.pred_range(ax, i)
+            assert 0 <= w0 <= p0 and p1 <= w1 <= n and w1 - w0 == 64
+        # the feathered weights of all tiles sum to one at every pixel
+        total = sum(
+            np.pad(engine._ramp(*plan.pred_range(ax, i), *plan.core_range(ax, i), plan.margin[ax], n),
+                   (plan.pred_range(ax, i)[0], n - plan.pred_range(ax, i)[1]))
+            for i in range(plan.grid[ax])
+        )
+        np.testing.assert_allclose(total, 1.0)
+
+
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        (dict(tile=50, halo=8, blend=0), "multiples of 4"),
+        (dict(tile=48, halo=6, blend=0), "multiples of 4"),
+        (dict(tile=48, halo=8, blend=12), "cannot exceed the halo"),
+        (dict(tile=32, halo=16, blend=0), "leaves a core"),
+    ],
+)
+def test_bad_tile_settings(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        engine.plan_tiles(100, 100, **kw)
+
+
+def test_super_resolution_plan_scales_chunks():
+    plan = engine.plan_tiles(100, 70, tile=96, halo=16, blend=8, factor=2)
+    assert plan.core == (32, 32) and plan.halo == (8, 8)
+    ys, xs = plan.out_chunks()
+    assert sum(ys) == 200 and sum(xs) == 140 and ys[0] == 64
+
+
+def test_default_tile_comes_from_measured_bytes_per_pixel(tiny_weights, monkeypatch):
+    from napari_mirnet.weights import cached_model
+
+    model = cached_model(tiny_weights, "cpu")
+    bpp = engine.bytes_per_pixel(model)
+    # n_feat=16: a few hundred bytes per pixel (about 48 bytes per feature channel)
+    assert 300 < bpp < 3000
+    monkeypatch.setattr(engine, "_memory_budget", lambda dev: bpp * 1000**2)
+    assert engine.default_tile(model) == 992
+    monkeypatch.setattr(engine, "_memory_budget", lambda dev: bpp * 10)
+    assert engine.default_tile(model) == 64
+
+
+# ------------------------------------------------------------------------------- correctness
+def test_one_tile_equals_whole_image_inference(tiny_weights):
+    img = _rgb()
+    out = engine.restore(img, weights=tiny_weights, device="cpu", tile=256, halo=16)
+    np.testing.assert_array_equal(out, restore_whole(img, weights=tiny_weights, device="cpu"))
+
+
+@pytest.mark.parametrize("blend", [0, 4])
+def test_identity_model_survives_tiling_exactly(identity_weights, blend):
+    """With an identity network every crop, offset and blend weight shows up as a difference."""
+    img = _rgb(101, 77)
+    out = engine.restore(img, weights=identity_weights, device="cpu", tile=32, halo=8, blend=blend)
+    np.testing.assert_array_equal(out, img)
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+def test_tiled_super_resolution_matches_whole_bicubic(identity_weights, scale):
+    img = _rgb(41, 53)
+    whole = restore_whole(img, "super_resolution", identity_weights, scale=scale, device="cpu")
+    lazy = engine.restore(da.from_array(img, chunks=(20, 20, 3)), "super_resolution", identity_weights,
+                          scale=scale, tile=48 * scale // 2 + 16, halo=8, blend=4, device="cpu")
+    assert lazy.shape == whole.shape and lazy.chunks[0][0] % scale == 0
+    np.testing.assert_allclose(lazy.compute().astype(int), whole.astype(int), atol=1)
+
+
+def test_numpy_dask_and_zarr_inputs_agree(tiny_weights, tmp_path):
+    img = _rgb()
+    ref = engine.restore(img, weights=tiny_weights, **TILED)
+    assert isinstance(ref, np.ndarray) and ref.shape == img.shape and ref.dtype == img.dtype
+    lazy = engine.restore(da.from_array(img, chunks=(37, 29, 3)), weights=tiny_weights, **TILED)
+    assert isinstance(lazy, da.Array)
+    np.testing.assert_array_equal(lazy.compute(), ref)
+    z = zarr.create_array(str(tmp_path / "in.zarr"), shape=img.shape, chunks=(32, 32, 3), dtype=img.dtype)
+    z[...] = img
+    np.testing.assert_array_equal(engine.restore(z, weights=tiny_weights, **TILED).compute(), ref)
+    path_lazy = engine.restore(str(tmp_path / "in.zarr"), weights=tiny_weights, **TILED)
+    np.testing.assert_array_equal(path_lazy.compute(), ref)
+
+
+def test_dask_input_stays_lazy(tiny_weights):
+    calls = []
+
+    def count(block):
+        if block.size:  # dask probes with empty arrays while building its own map_blocks
+            calls.append(block.shape)
+        return block
+
+    src = da.from_array(_rgb(), chunks=(45, 55, 3)).map_blocks(count, dtype=np.uint8)
+    progress = []
+    out = engine.restore(src, weights=tiny_weights, progress=lambda d, t: progress.append(d), **TILED)
+    lazy2 = engine.restore_lazy(_rgb(), weights=tiny_weights, **TILED)
+    assert calls == [] and progress == [] and isinstance(lazy2, da.Array)
+    out.compute()
+    assert calls and progress[-1] == len(progress)
+
+
+@pytest.mark.parametrize("axes, shape", [("ZYX", (3, 50, 60)), ("CYX", (2, 50, 60)), ("TZCYX", (2, 1, 3, 40, 44))])
+def test_other_axes_are_iterated(tiny_weights, axes, shape):
+    img = RNG.integers(0, 65535, shape, dtype=np.uint16)
+    out = engine.restore(img, weights=tiny_weights, axes=axes, **TILED)
+    assert out.shape == img.shape and out.dtype == img.dtype
+    # each plane alone gives the same result: the other axes are iterated, not mixed
+    lead = [i for i, a in enumerate(axes) if a not in "CYX"]
+    first = tuple(0 if i in lead else slice(None) for i in range(len(axes)))
+    plane_axes = "".join(a for a in axes if a in "CYX")
+    np.testing.assert_array_equal(
+        engine.restore(img[first], weights=tiny_weights, axes=plane_axes, **TILED), out[first]
+    )
+
+
+def test_output_scale_divides_y_and_x():
+    assert engine.output_scale((2.0, 0.5, 0.5, 1.0), "ZYXC", 2) == (2.0, 0.25, 0.25, 1.0)
+
+
+# ---------------------------------------------------------------------------- OOM and batching
+class _Picky(torch.nn.Module):
+    """Doubles its input; raises CUDA out-of-memory on batches > 1 or tiles over 40x40."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append(tuple(x.shape))
+        if x.shape[0] > 1 or x.shape[-1] * x.shape[-2] > 1600:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return x * 2
+
+
+def test_out_of_memory_halves_the_batch_then_splits_the_tile():
+    model, x = _Picky(), torch.rand(2, 3, 64, 72)
+    with pytest.warns(RuntimeWarning) as record:
+        y = engine._forward(model, x, "fp32")
+    torch.testing.assert_close(y, x * 2)
+    text = " ".join(str(r.message) for r in record)
+    assert "batches of 1" in text and "splitting it into 4" in text
+
+
+def test_tiles_are_batched_when_memory_allows(tiny_weights, monkeypatch):
+    sizes = []
+    real = engine._forward
+
+    def spy(model, x, precision, depth=0):
+        sizes.append(x.shape[0])
+        return real(model, x, precision, depth)
+
+    monkeypatch.setattr(engine, "_forward", spy)
+    monkeypatch.setattr(engine, "default_batch", lambda *a: 4)
+    img = _rgb()
+    out = engine.restore(img, weights=tiny_weights, **TILED)
+    assert max(sizes) == 4
+    monkeypatch.setattr(engine, "default_batch", lambda *a: 1)
+    # batched and single convolutions may differ in the last float bit: at most 1 LSB
+    np.testing.assert_allclose(out.astype(int), engine.restore(img, weights=tiny_weights, **TILED).astype(int), atol=1)
+
+
+# ------------------------------------------------------------------------- progress and cancel
+def test_progress_and_cancel(tiny_weights, tmp_path):
+    seen = []
+    engine.restore(_rgb(), weights=tiny_weights, progress=lambda d, t: seen.append((d, t)), **TILED)
+    assert seen[-1][0] == seen[-1][1] == len(seen) == 12
+    cancel = threading.Event()
+
+    def stop_after_two(done, total):
+        if done >= 2:
+            cancel.set()
+
+    with pytest.raises(engine.Cancelled):
+        engine.restore(_rgb(), weights=tiny_weights, progress=stop_after_two, cancel=cancel, out=tmp_path / "c.zarr", **TILED)
+    assert not mio.is_complete(tmp_path / "c.zarr")
+
+
+# ------------------------------------------------------------------------------- bad inputs
+@pytest.mark.parametrize(
+    "image, axes, exc, msg",
+    [
+        (np.zeros((20, 20), np.uint8), "YXQ", ValueError, "unknown axis"),
+        (np.zeros((20, 20), np.uint8), "ZYX", ValueError, "has 3 letters"),
+        (np.zeros((20, 20), np.complex64), None, TypeError, "cannot be restored"),
+        (np.zeros((20, 20), bool), None, TypeError, "cannot be restored"),
+        (np.zeros((0, 20), np.uint8), None, ValueError, "empty"),
+        (np.zeros((1, 20), np.uint8), None, ValueError, "at least 2x2"),
+        (np.zeros((20, 1), np.float32), None, ValueError, "at least 2x2"),
+        (np.zeros((5, 6, 7), np.uint8), None, ValueError, "cannot tell the axes"),
+    ],
+)
+def test_bad_inputs_are_refused(tiny_weights, tmp_path, image, axes, exc, msg):
+    with pytest.raises(exc, match=msg):
+        engine.restore(image, weights=tiny_weights, axes=axes, out=tmp_path / "o.zarr", **TILED)
+    assert not mio.is_complete(tmp_path / "o.zarr")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_and_inf_pixels(tiny_weights, tmp_path, bad):
+    img = RNG.random((60, 70)).astype(np.float32)
+    img[50, 60] = bad
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        engine.restore(img, weights=tiny_weights, **TILED)
+    # a lazy input is checked tile by tile: the error comes when the tile is reached
+    lazy = da.from_array(img, chunks=30)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        engine.restore(lazy, weights=tiny_weights, normalisation="fixed", out=tmp_path / "n.zarr", **TILED)
+    assert not mio.is_complete(tmp_path / "n.zarr")
+
+
+def test_dual_pixel_views_must_match(tiny_dual_weights):
+    left = _rgb(40, 40)
+    with pytest.raises(ValueError, match="left and right views must match"):
+        engine.restore((left, left[:30]), "defocus", tiny_dual_weights, **TILED)
+    out = engine.restore((left, left[::-1].copy()), "defocus", tiny_dual_weights, **TILED)
+    assert out.shape == left.shape
+
+
+def test_output_path_that_is_a_file(tiny_weights, tmp_path):
+    f = tmp_path / "taken.zarr"
+    f.write_text("not a store")
+    with pytest.raises(mio.OutputError, match="existing file"):
+        engine.restore(_rgb(), weights=tiny_weights, out=f, **TILED)
+    assert f.read_text() == "not a store"
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount a small tmpfs (root only); yields a function that remounts it with options."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    mounted = []
+
+    def mount(opts: str):
+        if mounted:
+            subprocess.run(["umount", str(mnt)], check=True)
+            mounted.clear()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)], capture_output=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+        mounted.append(True)
+        return mnt
+
+    yield mount
+    if mounted:
+        subprocess.run(["umount", str(mnt)])
+
+
+def test_read_only_output_location(tiny_weights, tmpfs):
+    mnt = tmpfs("ro,size=1m")
+    with pytest.raises(mio.OutputError, match="cannot create output.*writable"):
+        engine.restore(_rgb(), weights=tiny_weights, out=mnt / "o.zarr", **TILED)
+
+
+def test_disk_full_mid_run_then_resume(tiny_weights, tmp_path, monkeypatch):
+    """ENOSPC after a few chunks: a clear error, an incomplete store, and a clean resume."""
+    img = _rgb()
+    real = mio.write_chunk
+    count = [0]
+
+    def failing(path, block, index):
+        count[0] += 1
+        if count[0] > 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, block, index)
+
+    monkeypatch.setattr(mio, "write_chunk", failing)
+    out = tmp_path / "full.zarr"
+    with pytest.raises(mio.OutputError, match="No space left.*re-run the same command"):
+        engine.restore(img, weights=tiny_weights, out=out, **TILED)
+    assert not mio.is_complete(out)
+    assert 0 < zarr.open_group(str(out))["mirnet_done"][...].sum() < 12
+    monkeypatch.setattr(mio, "write_chunk", real)
+    resumed = engine.restore(img, weights=tiny_weights, out=out, **TILED).compute()
+    assert mio.is_complete(out)
+    np.testing.assert_array_equal(resumed, engine.restore(img, weights=tiny_weights, **TILED))
+
+
+def test_real_full_disk(tiny_weights, tmpfs):
+    mnt = tmpfs("size=48k")
+    img = RNG.integers(0, 65535, (160, 160, 3), dtype=np.uint16)  # ~150 kB of noise: does not fit
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(mio.OutputError, match="(No space|space left).*re-run"):
+            engine.restore(img, weights=tiny_weights, out=mnt / "o.zarr", **TILED)
+    assert not mio.is_complete(mnt / "o.zarr")
