@@ -117,13 +117,24 @@ def weights_choices(task: str, scale: int = 1) -> list[tuple[str, str]]:
     except Exception:  # a broken shipped file must not break the widget; it is reported when used
         infos = []
     for info in infos:
-        if info.kind == "shipped" and info.task == task:
+        if info.kind == "shipped" and info.task == task and _shipped_scale(info.name) in (None, scale):
             choices.append((info.label, info.name))
     for info in infos:
         if info.kind == "official" and info.name == official:
             choices.append((info.label, info.name))
     choices.append(("local file…", LOCAL_FILE))
     return choices
+
+
+def _shipped_scale(name: str) -> int | None:
+    """The super-resolution factor a shipped model was trained for (None when it says none)."""
+    from .weights import shipped_meta
+
+    try:
+        scale = shipped_meta(name).get("scale")
+    except Exception:
+        return None
+    return None if scale is None else int(scale)
 
 
 # ----------------------------------------------------------------------------- jobs
