@@ -301,6 +301,19 @@ def result_layer_kwargs(layer, task: str, scale: int | None, offset=None, previe
     return kwargs
 
 
+def check_fits_in_memory(shape, dtype: np.dtype, axes: str, factor: int = 1) -> None:
+    """Refuse a computed-now result that would not fit in half the free memory: offer lazy or zarr."""
+    import psutil
+
+    nbytes = float(np.prod(shape, dtype=float)) * dtype.itemsize * factor**2
+    free = psutil.virtual_memory().available
+    if nbytes > free / 2:
+        raise InputError(
+            f"the result would take {nbytes / 2**30:.1f} GiB and only {free / 2**30:.1f} GiB of memory is "
+            f"free; choose output '{OUTPUT_LAZY}' or '{OUTPUT_ZARR}', or the preview option"
+        )
+
+
 def lazy_pyramid(data, axes: str) -> list:
     """Strided views of a big plane, full resolution first, for a lazy multiscale result."""
     import dask.array as da
@@ -510,6 +523,8 @@ class TaskWidget(Container):
                 image, pyramid = list(ref.data), True
             elif max(arrays[0].shape[axes.index("Y")], arrays[0].shape[axes.index("X")]) > PYRAMID_ABOVE:
                 image, pyramid = lazy_pyramid(arrays[0], axes), True
+        if output == OUTPUT_NOW:
+            check_fits_in_memory(arrays[0].shape, np.dtype(ref.dtype), axes, scale or 1)
         kwargs = result_layer_kwargs(ref, self.task, scale, offset, preview)
         if pyramid:
             kwargs["multiscale"] = True

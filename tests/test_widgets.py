@@ -359,3 +359,14 @@ def test_multiscale_input_gives_lazy_multiscale_result(make_napari_viewer, qtbot
     assert out.multiscale and [lvl.shape for lvl in out.data] == [(256, 256), (128, 128)]
     np.testing.assert_allclose(out.scale, np.asarray(layer.scale) / 2)
     assert np.asarray(out.data[1]).dtype == np.uint8
+
+
+def test_result_too_big_for_memory_suggests_lazy_or_zarr(make_napari_viewer, errors):
+    import dask.array as da
+
+    viewer = make_napari_viewer()
+    viewer.add_image(da.zeros((200_000, 2048, 2048), np.uint16, chunks=(1, 2048, 2048)), name="huge", contrast_limits=(0, 1))
+    w = DenoiseWidget(viewer)
+    assert w() is None
+    assert "GiB" in w.last_status and "lazy" in w.last_status and "zarr" in w.last_status.lower()
+    assert errors[0][0] == "error"
