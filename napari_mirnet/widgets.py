@@ -368,12 +368,13 @@ class TaskWidget(Container):
         else:
             self.scale = None
         self.weights = ComboBox(label="weights", choices=weights_choices(self.task, self._scale_value()))
-        self.weights_file = FileEdit(label="weights file", mode="r", filter="*.pth *.pt *.ckpt *.safetensors")
+        self.weights_file = FileEdit(label="weights file", mode="r", filter="*.pth *.pt *.ckpt")
         self.device = ComboBox(label="device", choices=device_choices(), value="auto")
         self.device_label = Label(label="", value=device_status("auto"))
         self.advanced = CheckBox(text="advanced options", value=False)
         self.tile = SpinBox(label="tile (px)", min=0, max=16384, step=32, value=0)
         self.halo = SpinBox(label="halo (px)", min=-1, max=1024, step=8, value=-1)
+        self.blend = SpinBox(label="blend (px)", min=-1, max=1024, step=4, value=-1)
         self.precision = ComboBox(label="precision", choices=["auto", "fp32", "bf16"], value="auto")
         self.normalisation = ComboBox(
             label="intensity", choices=["auto", "fixed", "percentile"], value="auto"
@@ -394,6 +395,7 @@ class TaskWidget(Container):
                 self.advanced,
                 self.tile,
                 self.halo,
+                self.blend,
                 self.precision,
                 self.normalisation,
                 self.output,
@@ -405,15 +407,16 @@ class TaskWidget(Container):
                 self.status,
             ]
         )
-        # "auto" reads better than 0 / -1 for the engine's own tile and halo choice
-        self.tile.native.setSpecialValueText("auto")
+        # "auto" reads better than 0 / -1 for the engine's own tile, halo and blend choice
+        for spin in (self.tile, self.halo, self.blend):
+            spin.native.setSpecialValueText("auto")
+            spin.tooltip = "model pixels, multiples of 4; 'auto' lets the engine choose"
         # long messages wrap instead of widening the dock and squeezing the canvas
         from qtpy.QtWidgets import QSizePolicy
 
         for label in (self.device_label, self.status):
             label.native.setWordWrap(True)
             label.native.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Minimum)
-        self.halo.native.setSpecialValueText("auto")
         self.weights.changed.connect(self._update_visibility)
         self.output.changed.connect(self._update_visibility)
         self.advanced.changed.connect(self._update_visibility)
@@ -457,7 +460,7 @@ class TaskWidget(Container):
     def _update_visibility(self, *_):
         self.weights_file.visible = self.weights.value == LOCAL_FILE
         self.zarr_path.visible = self.overwrite.visible = self.output.value == OUTPUT_ZARR
-        for w in (self.tile, self.halo, self.precision, self.normalisation):
+        for w in (self.tile, self.halo, self.blend, self.precision, self.normalisation):
             w.visible = self.advanced.value
 
     # -- messages
@@ -485,6 +488,7 @@ class TaskWidget(Container):
         return dict(
             tile=self.tile.value or None,
             halo=None if self.halo.value < 0 else self.halo.value,
+            blend=None if self.blend.value < 0 else self.blend.value,
             device=self.device.value,
             precision=self.precision.value,
             normalisation=self.normalisation.value,

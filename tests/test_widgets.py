@@ -253,7 +253,7 @@ def test_weights_and_device_choices(make_napari_viewer):
     assert w.device_label.value.startswith("auto:")
     assert w.tile.native.isHidden()
     w.advanced.value = True
-    assert not w.tile.native.isHidden() and not w.halo.native.isHidden()
+    assert not w.tile.native.isHidden() and not w.halo.native.isHidden() and not w.blend.native.isHidden()
 
 
 def test_sample_data_opens(make_napari_viewer):
