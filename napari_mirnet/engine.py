@@ -664,6 +664,8 @@ def _prepare(image, task, weights, scale, axes, tile, halo, blend, device, preci
         "plan": plan.to_dict(),
         "precision": prec,
         "normalisation": imap.to_dict(),
+        # a path identifies the input of a re-run command; arrays are known by shape and dtype only
+        "input": os.path.abspath(inp.source_name) if inp.source_name else None,
         "input_shape": list(inp.shape),
         "input_dtype": inp.dtype.str,
         "axes": inp.axes,
