@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import (
@@ -30,6 +31,9 @@ from magicgui.widgets import (
 from qtpy.QtCore import QObject, Signal
 
 from .presets import get_preset
+
+if TYPE_CHECKING:
+    import napari
 
 __all__ = [
     "AUTO_WEIGHTS",
@@ -339,7 +343,8 @@ class TaskWidget(Container):
     task = "denoise"
     inputs: tuple[tuple[str, str], ...] = (("image", "image"),)
 
-    def __init__(self, viewer=None):
+    # napari passes its viewer to a parameter annotated with exactly this string
+    def __init__(self, viewer: napari.viewer.Viewer = None):
         super().__init__(labels=True)
         if viewer is None:
             import napari

@@ -370,3 +370,18 @@ def test_result_too_big_for_memory_suggests_lazy_or_zarr(make_napari_viewer, err
     assert w() is None
     assert "GiB" in w.last_status and "lazy" in w.last_status and "zarr" in w.last_status.lower()
     assert errors[0][0] == "error"
+
+
+def test_plugin_menu_widgets_get_the_viewer_and_run(make_napari_viewer, qtbot, tiny_weights):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.zeros((32, 32), np.uint8), name="img")
+    names = ["Denoise", "Super-resolution", "Low-light enhancement", "Contrast enhancement", "Dual-pixel defocus deblur"]
+    widgets = [viewer.window.add_plugin_dock_widget("napari-mirnet", name)[1] for name in names]
+    assert all(w.viewer is not None for w in widgets)
+    w = widgets[0]  # napari hands plugins a proxy of the viewer: the widget must work through it
+    assert w.image.value is not None and w.image.value.name == "img"
+    w.weights.value = LOCAL_FILE
+    w.weights_file.value = tiny_weights
+    out = _run(qtbot, w)
+    assert out is not None, w.last_status
+    assert [lay.name for lay in viewer.layers] == ["img", "img denoised"] and layer.name == "img"
