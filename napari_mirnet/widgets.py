@@ -355,6 +355,7 @@ class TaskWidget(Container):
         self.worker = None
         self.result_layer = None
         self.last_status = ""
+        self.last_progress = (0, 0)  # (tiles done, total) of the latest run
         self._cancel = None
         self._pbar = None
         self._relay = _Relay()
@@ -563,6 +564,7 @@ class TaskWidget(Container):
             self._say("a run is already going; cancel it first", "warning")
             return self.worker
         self.result_layer = None
+        self.last_progress = (0, 0)
         try:
             job = self.make_job()
         except (InputError, ValueError, TypeError) as err:
@@ -604,6 +606,7 @@ class TaskWidget(Container):
             self.status.value = "cancelling…"
 
     def _on_progress(self, done: int, total: int) -> None:
+        self.last_progress = (done, total)
         if self._pbar is None:
             return
         if self._pbar.total != total:

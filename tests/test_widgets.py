@@ -118,6 +118,8 @@ def test_3d_stack_whole_and_preview(make_napari_viewer, qtbot, tiny_weights):
     w = _widget(DenoiseWidget, viewer, tiny_weights)
     out = _run(qtbot, w)
     assert out.data.shape == data.shape and out.data.dtype == np.uint8
+    done, total = w.last_progress  # the progress bar counted tiles, at least one per slice
+    assert done == total >= 4
     np.testing.assert_allclose(out.scale, layer.scale)
     assert not np.array_equal(out.data[1], data[1])  # every slice was processed, not just the shown one
 
