@@ -621,7 +621,11 @@ class TaskWidget(Container):
         if kind == "error":
             self._say(payload, "error")
             return
-        self.result_layer = self.viewer.add_image(payload, **job.layer_kwargs)
+        try:
+            self.result_layer = self.viewer.add_image(payload, **job.layer_kwargs)
+        except Exception as err:  # e.g. the viewer was closed during the run, or napari refused the data
+            self._say(f"could not add the result layer: {type(err).__name__}: {err}", "error")
+            return
         seconds = time.perf_counter() - self._started
         what = "lazy layer added" if job.output == OUTPUT_LAZY else f"done in {seconds:.1f} s"
         self._say(f"{what}: {self.result_layer.name}", "info")
