@@ -79,7 +79,8 @@ def code_version() -> str:
     try:
         from . import __version__  # type: ignore[attr-defined]
 
-        return str(__version__)
+        if "unknown" not in str(__version__):
+            return str(__version__)
     except Exception:
         pass
     # a source checkout that is not installed (e.g. a training machine): read pyproject.toml

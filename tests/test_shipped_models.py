@@ -82,7 +82,7 @@ def test_shipped_file_format(name):
 def test_denoiser_beats_noisy_input(name, image):
     model, _, _ = _load(name)
     clean = _crop(image, SHIPPED[name][1])
-    for sigma, gain in ((25, 6.0), (50, 8.0)):
+    for sigma, gain in ((25, 7.0), (50, 9.0)):
         noisy = degrade(clean, {"kind": "gaussian", "sigma": sigma}, torch.Generator().manual_seed(sigma))
         p_noisy, p_out = _psnr(noisy, clean), _psnr(_run(model, noisy), clean)
         assert p_out > p_noisy + gain, (sigma, p_noisy, p_out)
@@ -94,7 +94,7 @@ def test_gray_denoiser_handles_poisson_gaussian():
     model, _, _ = _load("small-denoise-gray")
     clean = _crop("camera", 1)
     noisy = degrade(clean, {"kind": "poisson_gaussian", "peak": 30.0, "sigma": 3.0}, torch.Generator().manual_seed(1))
-    assert _psnr(_run(model, noisy), clean) > _psnr(noisy, clean) + 5.0
+    assert _psnr(_run(model, noisy), clean) > _psnr(noisy, clean) + 6.0
 
 
 def test_sr_beats_bicubic():
@@ -104,7 +104,7 @@ def test_sr_beats_bicubic():
         clean = _crop(image, 3)
         low = bicubic_down_up(clean, 2)
         gains.append(_psnr(_run(model, low), clean) - _psnr(low, clean))
-    assert np.mean(gains) > 0.7, gains
+    assert np.mean(gains) > 1.0, gains
 
 
 def test_lowlight_beats_gamma():
