@@ -30,7 +30,7 @@ class TaskPreset:
     name: str
     title: str
     official: dict[int, str]  # scale (1 for non-SR tasks) -> official asset
-    shipped: str | None  # our default model, if we ship one
+    shipped: dict[int, str]  # scale -> our default model, where we ship one
     scales: tuple[int, ...] = (1,)
     dual_pixel: bool = False
     # how the official model was trained to see its input; also what the output range means
@@ -38,9 +38,10 @@ class TaskPreset:
     extra: dict = field(default_factory=dict)
 
     def default_weights(self, scale: int = 1, shipped_available: set[str] | None = None) -> str:
-        """Our shipped model when there is one, otherwise the official checkpoint."""
-        if self.shipped and (shipped_available is None or self.shipped in shipped_available):
-            return self.shipped
+        """Our shipped model for this scale when there is one, otherwise the official checkpoint."""
+        ours = self.shipped.get(scale)
+        if ours and (shipped_available is None or ours in shipped_available):
+            return ours
         return self.official[scale if scale in self.official else 1]
 
     def check_scale(self, scale: int | None) -> int:
@@ -54,22 +55,22 @@ class TaskPreset:
 TASKS: dict[str, TaskPreset] = {
     p.name: p
     for p in (
-        TaskPreset("denoise", "Denoise", {1: "real_denoising"}, "small-denoise-rgb"),
+        TaskPreset("denoise", "Denoise", {1: "real_denoising"}, {1: "small-denoise-rgb"}),
         TaskPreset(
             "super_resolution",
             "Super-resolution",
             {2: "sr_x2", 3: "sr_x3", 4: "sr_x4"},
-            "small-sr-x2",
+            {2: "small-sr-x2"},
             scales=(2, 3, 4),
             input_note="low-res 8-bit / 255, bicubic-resized to the target size first",
         ),
-        TaskPreset("lowlight", "Low-light enhancement", {1: "enhancement_lol"}, "small-lowlight"),
-        TaskPreset("enhance", "Contrast enhancement", {1: "enhancement_fivek"}, None),
+        TaskPreset("lowlight", "Low-light enhancement", {1: "enhancement_lol"}, {1: "small-lowlight"}),
+        TaskPreset("enhance", "Contrast enhancement", {1: "enhancement_fivek"}, {}),
         TaskPreset(
             "defocus",
             "Dual-pixel defocus deblur",
             {1: "dual_pixel_defocus_deblurring"},
-            None,
+            {},
             dual_pixel=True,
             input_note="16-bit left and right views / 65535, left first",
         ),

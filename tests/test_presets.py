@@ -100,7 +100,10 @@ def test_intensity_maps():
 
 def test_presets_are_data():
     assert set(TASKS) == {"denoise", "super_resolution", "lowlight", "enhance", "defocus"}
-    assert get_preset("super_resolution").default_weights(3, set()) == "sr_x3"
+    sr = get_preset("super_resolution")
+    assert sr.default_weights(3, set()) == "sr_x3"
+    assert sr.default_weights(2, {"small-sr-x2"}) == "small-sr-x2"
+    assert sr.default_weights(4, {"small-sr-x2"}) == "sr_x4"  # never a model trained for another factor
     assert get_preset("defocus").default_weights() == "dual_pixel_defocus_deblurring"
     assert get_preset("enhance").default_weights() == "enhancement_fivek"
     with pytest.raises(ValueError, match="unknown task 'sharpen'"):
