@@ -252,6 +252,7 @@ class _Input:
     pixel_scale: dict | None = None
     kind: str = "numpy"  # numpy, dask, zarr (anything sliceable without loading it whole)
     source_name: str | None = None
+    eager: bool = False  # numpy in: numpy out
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -282,7 +283,7 @@ def _load_input(image, axes, dual_pixel: bool, client) -> _Input:
         kind = "dask" if "dask" in kinds else ("zarr" if "zarr" in kinds else "numpy")
         if kind == "dask":
             arrays = [a if _is_dask(a) else da.from_array(a) for a in arrays]
-        return _Input(arrays, lv.axes, lv.pixel_scale, kind, lv.source_name)
+        return _Input(arrays, lv.axes, lv.pixel_scale, kind, lv.source_name, lv.eager and rv.eager)
     pixel_scale, name = None, None
     if isinstance(image, (str, os.PathLike)):
         src = mio.open_image(image)
@@ -308,9 +309,10 @@ def _load_input(image, axes, dual_pixel: bool, client) -> _Input:
         raise ValueError(f"the image is {ny}x{nx} pixels (Y x X); restoration needs at least 2x2")
     if kind == "numpy" and image.dtype.kind == "f" and not np.isfinite(image).all():
         raise ValueError("the image contains NaN or Inf pixels; replace them (e.g. np.nan_to_num) first")
+    eager = kind == "numpy"
     if client is not None and kind == "numpy":
         kind, image = "dask", da.from_array(image)  # scattered through the graph, not a closure
-    return _Input([image], axes, pixel_scale, kind, name)
+    return _Input([image], axes, pixel_scale, kind, name, eager)
 
 
 def _region_index(axes: str, lead: tuple[int, ...], ys: slice, xs: slice) -> tuple:
@@ -838,7 +840,7 @@ def restore(
         if out is None:
             _register(job, progress if client is None else None, cancel, len(job.keys))
             arr = _lazy_array(job)
-            if job.inp.kind != "numpy":
+            if not job.inp.eager:
                 return arr  # lazy: the callbacks stay registered for when it is computed
             try:
                 if client is not None:
