@@ -6,7 +6,8 @@
 Each model trains on scikit-image's bundled images minus ``HELD_OUT_IMAGES`` with the settings in
 ``SHIPPED``; writes ``<name>.ckpt.pth`` (resumable), ``<name>.ckpt.loss.jsonl`` (loss log),
 ``<name>.pth`` (slim fp16 model) and ``<name>.eval.json`` (held-out PSNR vs the degraded input).
-``--all`` runs the four trainings as concurrent processes (one GPU is shared) and waits for them.
+``--all`` runs the four trainings (or ``--only`` some) as concurrent processes sharing one GPU and
+waits for them; ``--init-dir`` starts each from an existing model file (fine-tuning).
 With ``--time-budget`` a run stops by wall clock and its learning-rate and patch schedules follow
 elapsed time instead of iterations.
 """
@@ -75,8 +76,9 @@ def train_one(name: str, args) -> dict:
     ckpt = out_dir / f"{name}.ckpt.pth"
     resume = ckpt if args.resume and ckpt.exists() else None
     t0 = time.time()
+    init = Path(args.init_dir) / f"{name}.pth" if args.init_dir else None
     res = train(cfg if resume is None else None, clean=list(imgs.values()), out=ckpt, resume=resume,
-                data_description=desc, progress=not args.quiet)
+                init=init, data_description=desc, progress=not args.quiet)
     model_path = export_model(ckpt, out_dir / f"{name}.pth")
     device = "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"
     model, _ = quality.load_model(model_path, device)
@@ -94,6 +96,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=list(SHIPPED))
     ap.add_argument("--all", action="store_true", help="train all four concurrently (subprocesses)")
+    ap.add_argument("--only", nargs="+", choices=list(SHIPPED), help="with --all: just these models")
+    ap.add_argument("--init-dir", help="fine-tune: start each model from <init-dir>/<name>.pth")
     ap.add_argument("--out-dir", default="runs/shipped")
     ap.add_argument("--data-dir", help="folder with the bundled images (default: scikit-image's)")
     ap.add_argument("--device", default="auto")
@@ -119,10 +123,18 @@ def main(argv=None) -> int:
         ap.error("give --model NAME or --all")
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    base = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--all"]
+    argl = list(argv if argv is not None else sys.argv[1:])
+    if "--only" in argl:  # drop "--only NAME..." from what the children get
+        i = argl.index("--only")
+        j = i + 1
+        while j < len(argl) and not argl[j].startswith("--"):
+            j += 1
+        del argl[i:j]
+    base = [a for a in argl if a != "--all"]
+    names = args.only or list(SHIPPED)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     procs = {}
-    for name in SHIPPED:
+    for name in names:
         log = open(out_dir / f"{name}.log", "w")
         procs[name] = subprocess.Popen([sys.executable, __file__, "--model", name, "--quiet", *base],
                                        stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -131,7 +143,7 @@ def main(argv=None) -> int:
         rc |= p.wait()
         print(f"{name}: exit {p.returncode}", flush=True)
     summary = {}
-    for name in SHIPPED:
+    for name in names:
         f = out_dir / f"{name}.eval.json"
         if f.exists():
             summary[name] = json.loads(f.read_text())

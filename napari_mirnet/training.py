@@ -372,6 +372,7 @@ def train(
     degraded=None,
     out: str | os.PathLike = "mirnet_train.pth",
     resume: str | os.PathLike | None = None,
+    init: str | os.PathLike | None = None,
     data_description: dict | None = None,
     callback: Callable[[int, float], bool | None] | None = None,
     progress: bool = True,
@@ -380,7 +381,9 @@ def train(
 
     ``clean``: clean target images (folder, file list or arrays). ``degraded``: matching inputs, or
     None to synthesise them with ``config.degradation``. ``resume``: a checkpoint written by this
-    function; its stored config is used when ``config`` is None. ``callback(iteration, loss)`` may
+    function; its stored config is used when ``config`` is None. ``init``: a model file (any
+    ``{'params': ...}`` file, fp16 included) to start a new run from (fine-tuning); ignored on resume.
+    ``callback(iteration, loss)`` may
     return False to stop early (a checkpoint is saved). Returns the iteration reached and the losses.
     """
     ck = None
@@ -411,6 +414,11 @@ def train(
 
     torch.manual_seed(cfg.seed)
     model = MIRNetV2(cfg.model_config()).to(device)
+    if init is not None and ck is None:
+        params = torch.load(init, map_location="cpu", weights_only=True)
+        params = params.get("params", params)
+        model.load_state_dict({k: v.float() for k, v in params.items()})
+        desc["initialised_from"] = Path(init).name
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     start, elapsed0, window = 0, 0.0, []
     if ck is not None:
@@ -586,6 +594,7 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
     run = p.add_argument_group("run")
     run.add_argument("--out", "-o", required=True, help="checkpoint path (.pth); the loss log goes next to it")
     run.add_argument("--resume", help="checkpoint to resume from (usually the same as --out)")
+    run.add_argument("--init", help="start from this model file's weights (fine-tuning)")
     run.add_argument("--export", help="also write a slim fp16 {'params','meta'} model file here")
     run.add_argument("--device", default="auto")
     run.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
@@ -641,7 +650,7 @@ def _run_train(args) -> int:
     )
     try:
         res = train(cfg if not args.resume else None, clean=clean, degraded=degraded, out=args.out,
-                    resume=args.resume, data_description=desc, progress=not args.quiet)
+                    resume=args.resume, init=args.init, data_description=desc, progress=not args.quiet)
     except KeyboardInterrupt:
         print(f"interrupted; checkpoint saved to {args.out} (resume with --resume {args.out})", file=sys.stderr)
         return 130

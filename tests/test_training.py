@@ -96,6 +96,14 @@ def test_checkpoint_metadata_and_export(tmp_path):
         y = model(torch.rand(1, 3, 20, 24))
     assert y.shape == (1, 3, 20, 24) and torch.isfinite(y).all()
 
+    # fine-tuning starts from the exported (fp16) weights
+    tuned = train(_cfg(iters=1, task="super_resolution", lr=1e-9, warmup=0.0), clean=_images(2),
+                  out=tmp_path / "ft.pth", init=slim, progress=False)
+    after = torch.load(tuned.checkpoint, weights_only=True)
+    assert after["meta"]["training_data"]["initialised_from"] == "sr_slim.pth"
+    for k, v in ck["params"].items():
+        torch.testing.assert_close(after["params"][k], v.float(), rtol=0, atol=1e-6)
+
 
 def test_training_reduces_loss_on_pairs(tmp_path):
     # real pairs (gray): the model must learn to remove a fixed offset, a trivially learnable mapping
