@@ -443,8 +443,11 @@ def _check_cancel(ctx: _Ctx) -> None:
         raise Cancelled("restoration cancelled")
 
 
-def _run_tiles(ctx: _Ctx, tiles: list, *blocks) -> dict:
-    """Stage 1: restore a group of tiles in one batch. Returns {tile: (y0, x0, float32 C,H,W)}."""
+def _run_tiles(ctx: _Ctx, tiles: list, after: list, *blocks) -> dict:
+    """Stage 1: restore a group of tiles in one batch. Returns {tile: (y0, x0, float32 C,H,W)}.
+
+    ``after`` holds results of earlier chunk writes: ordering edges only, their values are unused.
+    """
     _check_cancel(ctx)
     plan, s = ctx.plan, ctx.plan.factor
     model = cached_model(ctx.weights, ctx.device)
@@ -645,7 +648,7 @@ def _prepare(image, task, weights, scale, axes, tile, halo, blend, device, preci
                 # pick the plane inside each chunk, then stitch the chunks and cut the window out
                 blocks = [(_pick, k, tuple(lead_off)) for k in src_keys]
                 args.append((_gather, (len(yi), len(xi)), (ysl, xsl), *blocks))
-        graph[(name1, g)] = (_run_tiles, ctx, group, *args)
+        graph[(name1, g)] = (_run_tiles, ctx, group, [], *args)
         for k in group:
             group_of[k] = g
 
@@ -729,6 +732,36 @@ def _from_canon(canon: da.Array, axes: str) -> da.Array:
         canon_axes = canon_axes.replace("C", "")
     order = [canon_axes.index(a) for a in axes]
     return canon.transpose(order) if order != sorted(order) else canon
+
+
+def _throttle(job: _Job, dsk: dict, wkey_of: dict) -> None:
+    """Make each tile group wait for the write of a chunk about one row above it.
+
+    Blending needs the next row of tiles before a chunk can be written, so some rows of predictions
+    must be held; without these edges the scheduler runs further ahead and memory grows with the
+    image width. The edge targets a write whose own tiles all lie in earlier groups (no cycles).
+    """
+    members: dict[int, list] = {}
+    for key, g in job.group_of.items():
+        members.setdefault(g, []).append(key)
+    ny, nx = job.ctx.plan.grid
+    for g, keys in members.items():
+        after = set()
+        for lead, ty, tx in keys:
+            # the latest chunks in row-major order whose tiles are all computed before this group
+            # (three of them, so that none is skipped at the end of a row and left to the last)
+            found = 0
+            for lin in range((ty - 1) * nx + tx - 1, -1, -1):
+                target = (lead, lin // nx, lin % nx)
+                if max(_needed_groups(job, target)) < g:
+                    if target in wkey_of:  # not written yet (on resume, done chunks have no task)
+                        after.add(wkey_of[target])
+                    found += 1
+                    if found == 3:
+                        break
+        if after:
+            task = dsk[(job.name, g)]
+            dsk[(job.name, g)] = task[:3] + (sorted(after),) + task[4:]
 
 
 def _register(job: _Job, progress, cancel, total: int) -> None:
@@ -887,6 +920,7 @@ def _restore_to_zarr(job: _Job, out, overwrite, client, progress, cancel, pixel_
         wk = (name2, len(wkeys))
         dsk[wk] = (_write, job.ctx, key, *gkeys)
         wkeys.append(wk)
+    _throttle(job, dsk, dict(zip(todo, wkeys)))
     dsk[(name2, "finish")] = (_finish, *wkeys)
     hg = HighLevelGraph.from_collections(name2, dsk, dependencies=job.deps)
     _register(job, progress if client is None else None, cancel, total)
