@@ -178,10 +178,10 @@ class TilePlan:
         return start, start + w
 
     def pred_range(self, axis: int, i: int) -> tuple[int, int]:
-        """Rows (or columns) a tile predicts for blending: its core plus the margin, in the image."""
+        """Rows (or columns) a tile's prediction covers: its core and the blend band after it."""
         n, m = (self.height, self.width)[axis], self.margin[axis]
         c0, c1 = self.core_range(axis, i)
-        return max(c0 - m, 0), min(c1 + m, n)
+        return c0, min(c1 + m, n)
 
     def out_chunks(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         return tuple(
@@ -208,15 +208,15 @@ def plan_tiles(height: int, width: int, tile: int, halo: int, blend: int, factor
     if blend > halo:
         raise ValueError(f"blend ({blend}) cannot exceed the halo ({halo}): the margin must be predicted")
     core_model = tile - 2 * halo
-    if core_model < 2 * blend or core_model < STRIDE * factor:
+    if core_model < blend or core_model < STRIDE * factor:
         raise ValueError(
             f"tile {tile} leaves a core of {core_model} px after a halo of {halo} on each side; "
-            f"use a larger tile or a smaller halo (the core must be >= 2*blend and >= {STRIDE * factor})"
+            f"use a larger tile or a smaller halo (the core must be >= blend and >= {STRIDE * factor})"
         )
     core = max(STRIDE, _round4(core_model / factor))
     h = _round4(halo / factor, up=True)
     m = int(math.ceil(blend / factor))
-    m = min(m, h, core // 2)
+    m = min(m, h, core)
     cores, halos, margins = [], [], []
     for n in (height, width):
         # one tile when the image fits: then the output equals whole-image inference
@@ -232,13 +232,18 @@ def plan_tiles(height: int, width: int, tile: int, halo: int, blend: int, factor
 
 
 def _ramp(lo: int, hi: int, c0: int, c1: int, m: int, n: int) -> np.ndarray:
-    """1-D blend weights on [lo, hi) for a tile with core [c0, c1): ramps of 2*m across inner borders."""
+    """1-D blend weights on [lo, hi) for a tile with core [c0, c1).
+
+    The blend band of a border b is [b, b + m), just after it: there the previous tile's weight falls
+    from 1 to 0 while this tile's rises, so each band needs only tiles at or before it (row-major),
+    and a chunk can be written as soon as its own tile is done.
+    """
     p = np.arange(lo, hi, dtype=np.float64) + 0.5
     w = np.ones(hi - lo, dtype=np.float64)
     if m > 0 and c0 > 0:
-        w = np.minimum(w, np.clip((p - (c0 - m)) / (2 * m), 0, 1))
+        w = np.minimum(w, np.clip((p - c0) / m, 0, 1))
     if m > 0 and c1 < n:
-        w = np.minimum(w, np.clip(((c1 + m) - p) / (2 * m), 0, 1))
+        w = np.where(p >= c1, np.clip(1 - (p - c1) / m, 0, 1), w)
     return w
 
 
@@ -494,7 +499,8 @@ def _run_tiles(ctx: _Ctx, tiles: list, after: list, *blocks) -> dict:
 
 
 def _assemble(ctx: _Ctx, key: tuple, *groups) -> np.ndarray:
-    """Stage 2: one output chunk from its tile (and its neighbours' margins), in the output dtype."""
+    """Stage 2: one output chunk from its tile and, when blending, the bands of the tiles above
+    and to the left. ``groups`` are dicts {tile: (y0, x0, float32 prediction)}."""
     plan, s = ctx.plan, ctx.plan.factor
     lead, ty, tx = key
     (cy0, cy1), (cx0, cx1) = plan.core_range(0, ty), plan.core_range(1, tx)
@@ -527,8 +533,22 @@ def _assemble(ctx: _Ctx, key: tuple, *groups) -> np.ndarray:
     return block.reshape((1,) * len(ctx.lead_shape) + block.shape)
 
 
-def _write(ctx: _Ctx, key: tuple, *groups) -> int:
-    """Stage 2 for zarr output: assemble, write the chunk-aligned region, then mark it done."""
+def _strip(ctx: _Ctx, key: tuple, *groups) -> dict:
+    """The part of a tile's prediction the chunks below it blend with: its band past the core."""
+    plan, s = ctx.plan, ctx.plan.factor
+    for g in groups:
+        if key in g:
+            py0, px0, arr = g[key]
+            c1 = s * plan.core_range(0, key[1])[1]
+            return {key: (c1, px0, arr[:, c1 - py0 :].copy())}  # a copy: a view would keep the tile
+    raise KeyError(key)
+
+
+def _write(ctx: _Ctx, key: tuple, *groups) -> dict:
+    """Stage 2 for zarr output: assemble, write the chunk-aligned region, then mark it done.
+
+    Returns the tile's band for the chunks below, so that the full prediction is released at once.
+    """
     block = _assemble(ctx, key, *groups)
     lead, ty, tx = key
     canon_index = tuple(lead) + (0, ty, tx)
@@ -536,11 +556,11 @@ def _write(ctx: _Ctx, key: tuple, *groups) -> int:
         block = block[..., 0, :, :]
         canon_index = tuple(lead) + (ty, tx)
     mio.write_chunk(ctx.out_path, np.transpose(block, ctx.out_perm), tuple(canon_index[i] for i in ctx.out_perm))
-    return 1
+    return _strip(ctx, key, *groups) if ctx.plan.margin[0] else {}
 
 
 def _finish(*tokens) -> int:
-    return int(sum(tokens))
+    return len(tokens)
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -564,6 +584,7 @@ class _Job:
     perm: tuple
     fingerprint: dict
     group_of: dict  # tile key -> index of its stage-1 group
+    batch: int = 1
 
 
 def _prepare(image, task, weights, scale, axes, tile, halo, blend, device, precision, normalisation, client) -> _Job:
@@ -675,7 +696,7 @@ def _prepare(image, task, weights, scale, axes, tile, halo, blend, device, preci
         "input_dtype": inp.dtype.str,
         "axes": inp.axes,
     }
-    return _Job(inp, ctx, name1, graph, deps, keys, canon_shape, chunks, imap.dtype, perm, fingerprint, group_of)
+    return _Job(inp, ctx, name1, graph, deps, keys, canon_shape, chunks, imap.dtype, perm, fingerprint, group_of, batch)
 
 
 def _pick(block: np.ndarray, lead_off: tuple) -> np.ndarray:
@@ -697,28 +718,39 @@ def _version() -> str:
     return __version__
 
 
-def _needed_groups(job: _Job, key) -> list:
+def _deps(job: _Job, key, strip_key) -> list:
+    """Graph keys a chunk needs: its tile's group, the left tile's group, the strips from above."""
     plan = job.ctx.plan
     lead, ty, tx = key
-    if plan.margin == (0, 0):
-        nbrs = [key]
-    else:
-        nbrs = [
-            (lead, ty + dy, tx + dx)
-            for dy in (-1, 0, 1)
-            for dx in (-1, 0, 1)
-            if 0 <= ty + dy < plan.grid[0] and 0 <= tx + dx < plan.grid[1]
-        ]
-    return sorted({job.group_of[k] for k in nbrs})
+    deps = [(job.name, job.group_of[key])]
+    if plan.margin[1] and tx > 0:
+        deps.append((job.name, job.group_of[(lead, ty, tx - 1)]))
+    if plan.margin[0] and ty > 0:
+        deps.append(strip_key((lead, ty - 1, tx)))
+        if plan.margin[1] and tx > 0:
+            deps.append(strip_key((lead, ty - 1, tx - 1)))
+    return list(dict.fromkeys(deps))
+
+
+def _strip_tasks(job: _Job, dsk: dict, name: str, keys) -> callable:
+    """Add strip tasks for ``keys`` (tiles) on demand; returns key -> strip graph key."""
+
+    def strip_key(tile):
+        k = (name, *tile[0], tile[1], tile[2])
+        if k not in dsk:
+            dsk[k] = (_strip, job.ctx, tile, (job.name, job.group_of[tile]))
+        return k
+
+    return strip_key
 
 
 def _lazy_array(job: _Job) -> da.Array:
     name2 = f"mirnet-out-{job.ctx.run_id}"
     dsk = dict(job.graph)
+    strip_key = _strip_tasks(job, dsk, f"mirnet-strip-{job.ctx.run_id}", job.keys)
     for key in job.keys:
         lead, ty, tx = key
-        gkeys = [(job.name, g) for g in _needed_groups(job, key)]
-        dsk[(name2, *lead, 0, ty, tx)] = (_assemble, job.ctx, key, *gkeys)
+        dsk[(name2, *lead, 0, ty, tx)] = (_assemble, job.ctx, key, *_deps(job, key, strip_key))
     hg = HighLevelGraph.from_collections(name2, dsk, dependencies=job.deps)
     canon = da.Array(hg, name2, chunks=job.chunks, dtype=job.dtype)
     return _from_canon(canon, job.inp.axes)
@@ -734,34 +766,26 @@ def _from_canon(canon: da.Array, axes: str) -> da.Array:
     return canon.transpose(order) if order != sorted(order) else canon
 
 
-def _throttle(job: _Job, dsk: dict, wkey_of: dict) -> None:
-    """Make each tile group wait for the write of a chunk about one row above it.
+def _throttle(job: _Job, dsk: dict, wkey_of: dict, lag: int) -> None:
+    """Make each tile group wait for the write of a chunk ``lag`` tiles before it (row-major).
 
-    Blending needs the next row of tiles before a chunk can be written, so some rows of predictions
-    must be held; without these edges the scheduler runs further ahead and memory grows with the
-    image width. The edge targets a write whose own tiles all lie in earlier groups (no cycles).
+    Without these edges the scheduler may run tiles far ahead of the writes, and the predictions
+    held in between grow with the image. Targets are chunks whose tiles lie in earlier groups.
     """
     members: dict[int, list] = {}
     for key, g in job.group_of.items():
         members.setdefault(g, []).append(key)
-    ny, nx = job.ctx.plan.grid
+    nx = job.ctx.plan.grid[1]
     for g, keys in members.items():
-        after = set()
-        for lead, ty, tx in keys:
-            # the latest chunks in row-major order whose tiles are all computed before this group
-            # (three of them, so that none is skipped at the end of a row and left to the last)
-            found = 0
-            for lin in range((ty - 1) * nx + tx - 1, -1, -1):
-                target = (lead, lin // nx, lin % nx)
-                if max(_needed_groups(job, target)) < g:
-                    if target in wkey_of:  # not written yet (on resume, done chunks have no task)
-                        after.add(wkey_of[target])
-                    found += 1
-                    if found == 3:
-                        break
-        if after:
+        lead, ty, tx = keys[0]
+        lin = ty * nx + tx - lag
+        target = (lead, lin // nx, lin % nx) if lin >= 0 else None
+        if target is None or target not in wkey_of:
+            continue
+        left = (lead, target[1], target[2] - 1)
+        if job.group_of[target] < g and job.group_of.get(left, -1) < g:
             task = dsk[(job.name, g)]
-            dsk[(job.name, g)] = task[:3] + (sorted(after),) + task[4:]
+            dsk[(job.name, g)] = task[:3] + ([wkey_of[target]],) + task[4:]
 
 
 def _register(job: _Job, progress, cancel, total: int) -> None:
@@ -914,13 +938,18 @@ def _restore_to_zarr(job: _Job, out, overwrite, client, progress, cancel, pixel_
     total = len(todo)
     name2 = f"mirnet-write-{job.ctx.run_id}"
     dsk = dict(job.graph)
-    wkeys = []
+    wkey_of = {key: (name2, *key[0], key[1], key[2]) for key in todo}
+    strip_task = _strip_tasks(job, dsk, f"mirnet-strip-{job.ctx.run_id}", job.keys)
+
+    def strip_key(tile):
+        # a chunk being written hands its band on; a finished one (resume) needs a strip task
+        return wkey_of[tile] if tile in wkey_of else strip_task(tile)
+
     for key in todo:
-        gkeys = [(job.name, g) for g in _needed_groups(job, key)]
-        wk = (name2, len(wkeys))
-        dsk[wk] = (_write, job.ctx, key, *gkeys)
-        wkeys.append(wk)
-    _throttle(job, dsk, dict(zip(todo, wkeys)))
+        dsk[wkey_of[key]] = (_write, job.ctx, key, *_deps(job, key, strip_key))
+    wkeys = list(wkey_of.values())
+    workers = len(client.scheduler_info()["workers"]) if client is not None else 1
+    _throttle(job, dsk, wkey_of, lag=max(2, 2 * job.batch, 4 * workers))
     dsk[(name2, "finish")] = (_finish, *wkeys)
     hg = HighLevelGraph.from_collections(name2, dsk, dependencies=job.deps)
     _register(job, progress if client is None else None, cancel, total)
