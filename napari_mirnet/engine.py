@@ -383,6 +383,7 @@ class _Ctx:
     arrays: list | None = None  # numpy/zarr sources read directly; None when tiles come from dask
     out_path: str | None = None
     out_perm: tuple[int, ...] | None = None  # canonical -> stored axis order
+    threads: int | None = None  # the caller's torch thread count, applied in the worker thread
     extra: dict = field(default_factory=dict)
 
 
@@ -457,6 +458,10 @@ def _run_tiles(ctx: _Ctx, tiles: list, after: list, *blocks) -> dict:
     plan, s = ctx.plan, ctx.plan.factor
     model = cached_model(ctx.weights, ctx.device)
     device = next(model.parameters()).device
+    if ctx.threads and torch.get_num_threads() != ctx.threads:
+        # torch's thread setting is per thread: dask's pool threads would keep an older one, and
+        # CPU results depend (in the last bit) on the thread count
+        torch.set_num_threads(ctx.threads)
     precision = resolve_precision(ctx.precision, device) if ctx.precision == "auto" else ctx.precision
     items, hows, ups = [], [], []
     for k, (lead, ty, tx) in enumerate(tiles):
@@ -639,6 +644,7 @@ def _prepare(image, task, weights, scale, axes, tile, halo, blend, device, preci
         axes=inp.axes,
         lead_shape=lead_shape,
         arrays=None if inp.kind == "dask" else inp.arrays,
+        threads=torch.get_num_threads() if client is None else None,
     )
     keys = [(lead, ty, tx) for lead in np.ndindex(*lead_shape) for ty in range(plan.grid[0]) for tx in range(plan.grid[1])]
     keys = [(tuple(int(v) for v in lead), ty, tx) for lead, ty, tx in keys]
