@@ -31,7 +31,15 @@ HERE = Path(__file__).resolve()
 
 
 def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """Peak RSS of this process. VmHWM, not ru_maxrss: Linux carries the parent's RSS at fork time
+    into a child's ru_maxrss across exec, which would inflate every worker's figure."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def make_weights(path: Path, full: bool, seed: int = 0) -> str:
@@ -46,12 +54,11 @@ def make_weights(path: Path, full: bool, seed: int = 0) -> str:
 
 
 def test_image(size: int, seed: int = 0) -> np.ndarray:
-    """A natural-looking RGB uint8 image of size x size: tiled astronaut plus mild noise."""
-    from skimage import data
+    """A natural-looking RGB uint8 image of size x size: the resized astronaut plus mild noise."""
+    from skimage import data, transform
 
-    base = data.astronaut()
-    reps = -(-size // base.shape[0])
-    img = np.tile(base, (reps, reps, 1))[:size, :size].astype(np.float32)
+    # resized, not tiled: a tiled image has its own seams, which would pollute the seam score
+    img = transform.resize(data.astronaut(), (size, size), order=1, preserve_range=True).astype(np.float32)
     rng = np.random.default_rng(seed)
     img += rng.normal(0, 10, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
@@ -86,7 +93,9 @@ def naive_restore(model, img: np.ndarray, tile: int = 720, overlap: int = 32) ->
         for i in hs:
             for j in ws:
                 patch = x[..., i : i + tile, j : j + tile]
-                out = model(patch)
+                # same precision as the engine's default: bf16 autocast on CUDA, fp32 on CPU
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                    out = model(patch).float()
                 E[..., i : i + tile, j : j + tile] += out
                 W[..., i : i + tile, j : j + tile] += 1
     y = (E / W).clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
@@ -339,8 +348,8 @@ def main() -> None:
                     help="auto: the stand-in model on CPU without --full (MIRNet at 8192^2 takes ~30 min on 2 cores)")
     ap.add_argument("--q-size", type=int, default=768)
     ap.add_argument("--q-tiles", type=lambda s: [int(v) for v in s.split(",")], default=[256, 512])
-    ap.add_argument("--kr-size", type=int, default=768)
-    ap.add_argument("--kr-tile", type=int, default=192)
+    ap.add_argument("--kr-size", type=int, default=1024)
+    ap.add_argument("--kr-tile", type=int, default=256)
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     if args.worker:
