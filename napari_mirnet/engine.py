@@ -799,10 +799,12 @@ def _register(job: _Job, progress, cancel, total: int) -> None:
 
 
 def _local_compute(collection, device_type: str):
-    # one worker thread: torch already uses every core inside a forward pass, and two concurrent
-    # tiles would double the memory; on a GPU a second thread overlaps reading with the forward pass
-    workers = 2 if device_type == "cuda" else 1
-    return dask.compute(collection, scheduler="threads", num_workers=workers)[0]
+    if device_type == "cuda":
+        # a second thread overlaps reading and writing with the forward pass (one forward at a time)
+        return dask.compute(collection, scheduler="threads", num_workers=2)[0]
+    # on CPU torch already uses every core inside a forward pass, and concurrent tiles would only
+    # add memory: run the tasks in the calling thread (no second malloc arena, same torch threads)
+    return dask.compute(collection, scheduler="sync")[0]
 
 
 def _get_client(client):
