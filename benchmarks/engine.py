@@ -348,7 +348,7 @@ def main() -> None:
                     help="auto: the stand-in model on CPU without --full (MIRNet at 8192^2 takes ~30 min on 2 cores)")
     ap.add_argument("--q-size", type=int, default=768)
     ap.add_argument("--q-tiles", type=lambda s: [int(v) for v in s.split(",")], default=[256, 512])
-    ap.add_argument("--kr-size", type=int, default=1024)
+    ap.add_argument("--kr-size", type=int, default=1536)
     ap.add_argument("--kr-tile", type=int, default=256)
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
