@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from napari_mirnet.model import MIRNetConfig, MIRNetV2, config_from_state_dict
 from reference_arch import reference_mirnet_class
 
-FACTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mirnet_v2_state_dict_80nf.tsv"
+FACTS = Path(__file__).parent / "data" / "mirnet_v2_state_dict_80nf.tsv"  # copy of shared/reference
 OFFICIAL = {  # asset -> reference constructor arguments (every release uses n_feat 80, cf 1.5, 2 MRBs)
     "real_denoising": {},
     "sr_x2": {},
