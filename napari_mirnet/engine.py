@@ -16,7 +16,8 @@ import os
 import threading
 import uuid
 import warnings
-from dataclasses import dataclass, field
+import weakref
+from dataclasses import dataclass
 
 import dask
 import dask.array as da
@@ -26,7 +27,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from . import io as mio
 from .api import choose_weights, resolve_precision
-from .axes import infer_axes, inverse_order, to_cyx_order, validate_axes
+from .axes import infer_axes, to_cyx_order, validate_axes
 from .model import STRIDE
 from .presets import IntensityMap, check_dtype, finish_channels, get_preset, prepare_channels, upscale
 from .weights import cached_model, resolve_device
@@ -81,8 +82,6 @@ class _TensorPeak(torch.utils._python_dispatch.TorchDispatchMode):
                     self.live += st.nbytes()
                     self.peak = max(self.peak, self.live)
                     # the storage dies with its last tensor; weakref on the tensor is close enough
-                    import weakref
-
                     weakref.finalize(t, self._release, ptr, st.nbytes())
         return out
 
@@ -384,7 +383,6 @@ class _Ctx:
     out_path: str | None = None
     out_perm: tuple[int, ...] | None = None  # canonical -> stored axis order
     threads: int | None = None  # the caller's torch thread count, applied in the worker thread
-    extra: dict = field(default_factory=dict)
 
 
 def _forward_plain(model, x: torch.Tensor, precision: str) -> torch.Tensor:
@@ -899,6 +897,13 @@ def restore(
     to the zarr metadata when the input carries none.
     """
     client, own_client = _get_client(client)
+    if out is not None and not overwrite and None in (tile, halo, blend):
+        # resuming with default settings: the defaults depend on free memory, which may have
+        # changed since the interrupted run; keep the settings the store was started with
+        stored = mio.stored_fingerprint(out) or {}
+        tile = stored.get("tile", tile) if tile is None else tile
+        halo = stored.get("halo", halo) if halo is None else halo
+        blend = stored.get("blend", blend) if blend is None else blend
     try:
         job = _prepare(image, task, weights, scale, axes, tile, halo, blend, device, precision, normalisation, client)
         dev_type = "cuda" if job.ctx.device.startswith("cuda") else "cpu"

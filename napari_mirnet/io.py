@@ -179,6 +179,15 @@ def _diff(a: dict, b: dict) -> str:
     return "; ".join(parts[:4])
 
 
+def stored_fingerprint(path) -> dict | None:
+    """The fingerprint of a napari-mirnet store at ``path``, or None."""
+    try:
+        g = zarr.open_group(str(path), mode="r")
+    except Exception:
+        return None
+    return dict(g.attrs).get(ATTR, {}).get("fingerprint")
+
+
 def is_complete(path) -> bool:
     try:
         g = zarr.open_group(str(path), mode="r")

@@ -163,3 +163,20 @@ def test_write_image_tif_and_png(tmp_path):
     with pytest.raises(mio.OutputError, match="2-D image"):
         mio.write_image(tmp_path / "z.png", arr, "ZYX")
     assert not (tmp_path / "z.png").exists() and not list(tmp_path.glob(".*partial"))
+
+
+def test_resume_with_default_tile_keeps_the_stored_settings(tiny_weights, tmp_path, monkeypatch):
+    """Default tiles follow free memory; a resumed run must not be refused because memory changed."""
+    from napari_mirnet.weights import cached_model
+
+    bpp = engine.bytes_per_pixel(cached_model(tiny_weights, "cpu"))
+    img = _rgb(200, 200)
+    out = tmp_path / "d.zarr"
+    monkeypatch.setattr(engine, "_memory_budget", lambda dev: bpp * 128**2)
+    cancel = threading.Event()
+    with pytest.raises(engine.Cancelled):
+        engine.restore(img, weights=tiny_weights, device="cpu", out=out, cancel=cancel, progress=lambda d, t: cancel.set())
+    monkeypatch.setattr(engine, "_memory_budget", lambda dev: bpp * 96**2)  # less memory now
+    res = engine.restore(img, weights=tiny_weights, device="cpu", out=out)
+    assert mio.is_complete(out) and mio.stored_fingerprint(out)["tile"] == 128
+    np.testing.assert_array_equal(res.compute(), engine.restore(img, weights=tiny_weights, device="cpu", tile=128))
