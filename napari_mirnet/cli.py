@@ -77,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
     p.set_defaults(func=_cmd_weights_path)
 
+    smp = sub.add_parser(
+        "sample",
+        help="write a sample image (made offline from scikit-image's bundled images)",
+        description="Write a sample degraded image to try a task on: " + ", ".join(_SAMPLES) + ".",
+    )
+    smp.add_argument("name", choices=list(_SAMPLES), metavar="NAME", help=", ".join(_SAMPLES))
+    smp.add_argument("output", help="file to write (.png, .tif or .zarr); dualpixel writes OUTPUT's _left/_right")
+    smp.set_defaults(func=_cmd_sample)
+
     try:
         from . import training
     except ImportError:  # training is optional for restoring
@@ -88,6 +97,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _err(msg: str) -> None:
     print(f"napari-mirnet: error: {msg}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------- sample
+#: CLI name -> sample_data function (the same samples napari offers).
+_SAMPLES = {
+    "noisy": "noisy_astronaut",
+    "lowlight": "lowlight_coffee",
+    "lowres": "lowres_chelsea",
+    "lowcontrast": "low_contrast_moon",
+    "dualpixel": "dual_pixel_pair",
+    "stack": "noisy_stack",
+}
+
+
+def _cmd_sample(args) -> int:
+    from . import sample_data
+    from .io import write_image
+
+    layers = getattr(sample_data, _SAMPLES[args.name])()
+    out = Path(args.output)
+    for data, meta in layers:
+        path = out
+        if len(layers) > 1:  # the dual-pixel pair: one file per view
+            path = out.with_name(f"{out.stem}_{meta['name'].split()[-1]}{out.suffix}")
+        axes = "YXC" if data.ndim == 3 and data.shape[-1] in (3, 4) else "ZYX"[-data.ndim :]
+        print(write_image(path, data, axes))
+    return 0
 
 
 # ------------------------------------------------------------------------------------- weights
