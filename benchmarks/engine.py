@@ -275,7 +275,7 @@ def quality(args, weights: str, report: dict) -> None:
     settings += [(f"tile {args.q_tiles[0]}, no blend", args.q_tiles[0], None, 0)]
     settings += [(f"tile {args.q_tiles[-1]}, halo 128", args.q_tiles[-1], 128, None)]
     rows = []
-    print(f"[4] tiled vs whole-image output, {args.q_size}x{args.q_size} RGB, random model:")
+    print(f"[4] tiled vs whole-image output, {args.q_size}x{args.q_size} RGB, {'random model' if 'bench.pth' in weights else weights}:")
     for label, tile, halo, blend in settings:
         out = engine.restore(img, weights=weights, device=args.device, tile=tile, halo=halo, blend=blend)
         t = tile or engine.default_tile(model)
@@ -350,6 +350,7 @@ def main() -> None:
     ap.add_argument("--q-tiles", type=lambda s: [int(v) for v in s.split(",")], default=[256, 512])
     ap.add_argument("--kr-size", type=int, default=1536)
     ap.add_argument("--kr-tile", type=int, default=256)
+    ap.add_argument("--weights", help="a model name or file instead of random weights (e.g. small-denoise-rgb)")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     if args.worker:
@@ -358,14 +359,16 @@ def main() -> None:
     import torch
 
     tmp = Path(tempfile.mkdtemp(prefix="mirnet-bench-"))
-    report = {"device": args.device, "full": args.full, "torch_threads": torch.get_num_threads()}
+    report = {"device": args.device, "full": args.full, "weights": args.weights, "torch_threads": torch.get_num_threads()}
+    model_desc = (f"{args.weights} (trained)" if args.weights
+                  else f"{'full n_feat=80 n_mrb=2' if args.full else 'small n_feat=16 n_mrb=1'} (random weights)")
     if args.device.startswith("cuda"):
         report["gpu"] = torch.cuda.get_device_name()
     print(f"napari-mirnet engine benchmark: device {args.device}"
-          f"{' (' + report['gpu'] + ')' if 'gpu' in report else ''}, model {'full n_feat=80 n_mrb=2' if args.full else 'small n_feat=16 n_mrb=1'} (random weights), "
+          f"{' (' + report['gpu'] + ')' if 'gpu' in report else ''}, model {model_desc}, "
           f"torch threads {report['torch_threads']}")
     try:
-        weights = make_weights(tmp / "bench.pth", args.full)
+        weights = args.weights or make_weights(tmp / "bench.pth", args.full)
         sections = set(args.sections.split(","))
         if "1" in sections:
             throughput(args, weights, report)
