@@ -756,6 +756,8 @@ def _lazy_array(job: _Job) -> da.Array:
         lead, ty, tx = key
         dsk[(name2, *lead, 0, ty, tx)] = (_assemble, job.ctx, key, *_deps(job, key, strip_key))
     hg = HighLevelGraph.from_collections(name2, dsk, dependencies=job.deps)
+    # every array derived from this one shares the layer: once none is left, the run's callbacks go too
+    weakref.finalize(hg.layers[name2], _RUNS.pop, job.ctx.run_id, None)
     canon = da.Array(hg, name2, chunks=job.chunks, dtype=job.dtype)
     return _from_canon(canon, job.inp.axes)
 

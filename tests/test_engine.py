@@ -320,3 +320,19 @@ def test_real_full_disk(tiny_weights, tmpfs):
         with pytest.raises(mio.OutputError, match="(No space|space left).*re-run"):
             engine.restore(img, weights=tiny_weights, out=mnt / "o.zarr", **TILED)
     assert not mio.is_complete(mnt / "o.zarr")
+
+
+def test_lazy_run_callbacks_are_released_with_the_array(tiny_weights):
+    import gc
+
+    before = set(engine._RUNS)
+    lazy = engine.restore_lazy(_rgb(), weights=tiny_weights, progress=lambda d, t: None, **TILED)
+    view = lazy[:10]  # derived arrays keep the run alive
+    (run_id,) = set(engine._RUNS) - before
+    del lazy
+    gc.collect()
+    assert run_id in engine._RUNS
+    view.compute()
+    del view
+    gc.collect()
+    assert run_id not in engine._RUNS
