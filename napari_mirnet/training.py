@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from .degradations import TASK_DEFAULTS, degrade
 from .model import MIRNetConfig, MIRNetV2
+from .weights import resolve_device
 
 __all__ = [
     "TASKS",
@@ -69,29 +70,10 @@ NORMALISATION = {
 
 
 def code_version() -> str:
-    """napari-mirnet's version, from the installed metadata when there is one."""
-    try:
-        from importlib.metadata import version
+    """napari-mirnet's version (installed metadata, else the source tree's pyproject.toml)."""
+    from . import __version__
 
-        return version("napari-mirnet")
-    except Exception:
-        pass
-    try:
-        from . import __version__  # type: ignore[attr-defined]
-
-        if "unknown" not in str(__version__):
-            return str(__version__)
-    except Exception:
-        pass
-    # a source checkout that is not installed (e.g. a training machine): read pyproject.toml
-    try:
-        text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
-        for line in text.splitlines():
-            if line.startswith("version"):
-                return line.split("=", 1)[1].strip().strip('"') + "+source"
-    except OSError:
-        pass
-    return "unknown"
+    return __version__
 
 
 # --------------------------------------------------------------------------------------- images
@@ -301,12 +283,6 @@ def _stage(cfg: TrainConfig, p: float) -> tuple[int, int]:
     return cfg.stages[min(int(p * len(cfg.stages)), len(cfg.stages) - 1)]
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _iteration_rngs(seed: int, it: int, device: torch.device) -> tuple[np.random.Generator, torch.Generator]:
     rng = np.random.default_rng([seed, it])
     gen = torch.Generator(device=device)
@@ -400,7 +376,7 @@ def train(
     cfg = config if config is not None else TrainConfig()
     if clean is None:
         raise ValueError("no training images given (clean=...)")
-    device = _resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     log_path = loss_log_path(out)
