@@ -161,41 +161,35 @@ def bm3d_denoise(noisy: np.ndarray, sigma01: float) -> np.ndarray:
     return np.asarray(out, np.float32).reshape(noisy.shape)
 
 
+def _oracle(candidates, clean: np.ndarray) -> np.ndarray:
+    """The candidate with the highest PSNR against the ground truth (the first of equals)."""
+    return np.asarray(max(candidates, key=lambda out: psnr(out, clean)), np.float32)
+
+
 def best_gamma(dark: np.ndarray, clean: np.ndarray) -> np.ndarray:
-    best, best_p = dark, -1.0
-    for g in np.linspace(1.0, 8.0, 71):
-        out = np.clip(dark, 0, 1) ** (1.0 / g)
-        p = psnr(out, clean)
-        if p > best_p:
-            best, best_p = out, p
-    return best.astype(np.float32)
+    base = np.clip(dark, 0, 1)
+    return _oracle((base ** (1.0 / g) for g in np.linspace(1.0, 8.0, 71)), clean)
 
 
 def best_gain_gamma(dark: np.ndarray, clean: np.ndarray) -> np.ndarray:
     """Gamma correction followed by the least-squares gain against the ground truth (an oracle)."""
-    best, best_p = dark, -1.0
-    for g in np.linspace(1.0, 4.0, 31):
-        out = np.clip(dark, 0, 1) ** (1.0 / g)
+
+    def gained(out):
         gain = float((out * clean).sum() / max((out * out).sum(), 1e-12))
-        out = np.clip(gain * out, 0, 1)
-        p = psnr(out, clean)
-        if p > best_p:
-            best, best_p = out, p
-    return best.astype(np.float32)
+        return np.clip(gain * out, 0, 1)
+
+    base = np.clip(dark, 0, 1)
+    return _oracle((gained(base ** (1.0 / g)) for g in np.linspace(1.0, 4.0, 31)), clean)
 
 
 def best_clahe(dark: np.ndarray, clean: np.ndarray) -> np.ndarray:
     from skimage.exposure import equalize_adapthist
 
-    best, best_p = dark, -1.0
-    for c in (0.005, 0.01, 0.02, 0.03, 0.05, 0.1):
-        img = np.clip(dark, 0, 1)
-        # colour images are equalised on their HSV value channel; gray ones directly
-        out = equalize_adapthist(img if img.shape[-1] == 3 else img[..., 0], clip_limit=c).reshape(dark.shape)
-        p = psnr(out, clean)
-        if p > best_p:
-            best, best_p = out, p
-    return np.asarray(best, np.float32)
+    img = np.clip(dark, 0, 1)
+    # colour images are equalised on their HSV value channel; gray ones directly
+    plane = img if img.shape[-1] == 3 else img[..., 0]
+    clip_limits = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
+    return _oracle((equalize_adapthist(plane, clip_limit=c).reshape(dark.shape) for c in clip_limits), clean)
 
 
 # ------------------------------------------------------------------------------------ benchmark
