@@ -49,7 +49,7 @@ _import_package()
 
 from napari_mirnet.degradations import bicubic_down_up, degrade  # noqa: E402
 from napari_mirnet.model import MIRNetV2, config_from_state_dict  # noqa: E402
-from napari_mirnet.training import HELD_OUT_IMAGES, skimage_images, to_channels  # noqa: E402
+from napari_mirnet.training import HELD_OUT_IMAGES, bundled_images, to_channels  # noqa: E402
 
 MODELS_DIR = ROOT / "napari_mirnet" / "models"
 CROP = 256
@@ -67,7 +67,7 @@ SHIPPED = {
 # ------------------------------------------------------------------------------------ helpers
 def held_out_images(channels: int, crop: int = CROP, data_dir=None) -> dict[str, np.ndarray]:
     """Centre crops (H, W, C) float32 of the held-out bundled images."""
-    imgs = skimage_images(HELD_OUT_IMAGES, data_dir)
+    imgs = bundled_images(HELD_OUT_IMAGES, data_dir)
     out = {}
     for name, im in imgs.items():
         a = to_channels(im, channels)

@@ -3,8 +3,8 @@
     python benchmarks/train_shipped.py --all --out-dir runs/shipped --device cuda
     python benchmarks/train_shipped.py --model small-sr-x2 --out-dir runs/shipped --iters 20000
 
-Each model trains on scikit-image's bundled images minus ``HELD_OUT_IMAGES`` with the settings in
-``SHIPPED``; writes ``<name>.ckpt.pth`` (resumable), ``<name>.ckpt.loss.jsonl`` (loss log),
+Each model trains on the bundled images (``TRAIN_IMAGES``: scikit-image's, plus sklearn's and
+matplotlib's sample photos) minus ``HELD_OUT_IMAGES``, with the settings in ``SHIPPED``; writes ``<name>.ckpt.pth`` (resumable), ``<name>.ckpt.loss.jsonl`` (loss log),
 ``<name>.pth`` (slim fp16 model) and ``<name>.eval.json`` (held-out PSNR vs the degraded input).
 ``--all`` runs the four trainings (or ``--only`` some) as concurrent processes sharing one GPU and
 waits for them; ``--init-dir`` starts each from an existing model file (fine-tuning).
@@ -30,10 +30,11 @@ import torch  # noqa: E402
 
 from napari_mirnet.training import (  # noqa: E402
     HELD_OUT_IMAGES,
-    SKIMAGE_TRAIN_IMAGES,
+    TRAIN_IMAGES,
     TrainConfig,
+    bundled_images,
     export_model,
-    skimage_images,
+    is_colour,
     train,
 )
 
@@ -47,7 +48,10 @@ SHIPPED = {
         task="denoise", channels=1, n_feat=48, n_mrb=2,
         degradation={"kind": "mixture", "choices": [GAUSS_0_50, MICROSCOPY], "weights": [0.8, 0.2]},
     ),
-    "small-denoise-rgb": dict(task="denoise", channels=3, n_feat=48, n_mrb=2, degradation=GAUSS_0_50),
+    # gray scenes replicated to RGB teach a colour denoiser nothing about colour: colour images only,
+    # with their channels permuted for variety
+    "small-denoise-rgb": dict(task="denoise", channels=3, n_feat=48, n_mrb=2, degradation=GAUSS_0_50,
+                              colour_only=True, channel_shuffle=True),
     "small-sr-x2": dict(task="super_resolution", channels=3, n_feat=32, n_mrb=2,
                         degradation={"kind": "bicubic", "scale": 2}),
     "small-lowlight": dict(task="lowlight", channels=3, n_feat=32, n_mrb=1, degradation=None),
@@ -61,6 +65,7 @@ def train_one(name: str, args) -> dict:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fields = dict(SHIPPED[name])
+    colour_only = fields.pop("colour_only", False)
     if args.n_feat:
         fields["n_feat"] = args.n_feat
     if args.n_mrb:
@@ -69,9 +74,13 @@ def train_one(name: str, args) -> dict:
     cfg = TrainConfig(
         **fields, iters=args.iters, lr=args.lr, warmup=args.warmup, stages=args.stages, seed=args.seed,
         time_budget=budget, device=args.device, log_every=args.log_every, save_every=args.save_every,
+        channels_last=args.channels_last,
     )
-    imgs = skimage_images(SKIMAGE_TRAIN_IMAGES, args.data_dir)
-    desc = {"description": "scikit-image bundled images (skimage/data), held-out ones excluded",
+    imgs = bundled_images(TRAIN_IMAGES, args.data_dir)
+    if colour_only:
+        imgs = {k: v for k, v in imgs.items() if is_colour(v)}
+    desc = {"description": "images bundled with scikit-image (skimage/data), scikit-learn and matplotlib; "
+            "held-out ones excluded" + ("; colour images only" if colour_only else ""),
             "images": sorted(imgs), "held_out": list(HELD_OUT_IMAGES)}
     ckpt = out_dir / f"{name}.ckpt.pth"
     resume = ckpt if args.resume and ckpt.exists() else None
@@ -86,10 +95,34 @@ def train_one(name: str, args) -> dict:
     rec = {"name": name, "iterations": res.iteration, "train_seconds": round(res.elapsed, 1),
            "wall_seconds": round(time.time() - t0, 1), "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
            "torch": torch.__version__, "size_bytes": model_path.stat().st_size, "eval": ev,
-           "config": {k: v for k, v in fields.items()}, "time_budget": budget, "command": " ".join(sys.argv)}
+           "config": {**fields, "colour_only": colour_only}, "time_budget": budget, "command": " ".join(sys.argv)}
     (out_dir / f"{name}.eval.json").write_text(json.dumps(rec, indent=1))
     print(json.dumps(rec), flush=True)
     return rec
+
+
+def probe(args) -> list[dict]:
+    """Training-step speed of the RGB denoiser per (patch, batch, layout): ``--probe 192:8 192:32``."""
+    imgs = list(bundled_images(TRAIN_IMAGES, args.data_dir).values())
+    rows = []
+    for spec in args.probe:
+        for cl in (False, True):
+            patch, bs = (int(v) for v in spec.split(":"))
+            fields = {k: v for k, v in SHIPPED["small-denoise-rgb"].items() if k != "colour_only"}
+            cfg = TrainConfig(**fields, iters=args.probe_iters, stages=((patch, bs),), device=args.device,
+                              channels_last=cl, log_every=10**9, save_every=10**9)
+            marks = {}
+
+            def tick(it, _loss):
+                marks[it] = time.perf_counter()
+
+            train(cfg, clean=imgs, out=Path(args.out_dir) / "probe.pth", callback=tick, progress=False)
+            first = max(3, args.probe_iters // 4)  # cudnn autotuning happens in the first steps
+            sec = (marks[args.probe_iters] - marks[first]) / (args.probe_iters - first)
+            rows.append({"patch": patch, "batch": bs, "channels_last": cl, "s_per_iter": round(sec, 4),
+                         "mpix_per_s": round(patch * patch * bs / sec / 1e6, 2)})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def main(argv=None) -> int:
@@ -113,9 +146,17 @@ def main(argv=None) -> int:
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--save-every", type=int, default=1000)
     ap.add_argument("--resume", action="store_true", help="continue from <out-dir>/<name>.ckpt.pth")
+    ap.add_argument("--channels-last", action="store_true", help="NHWC layout (faster bf16 convs on GPUs)")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--probe", nargs="+", metavar="PATCH:BATCH", help="only time training steps")
+    ap.add_argument("--probe-iters", type=int, default=20)
     args = ap.parse_args(argv)
     args.stages = tuple(tuple(int(v) for v in s.split(":")) for s in args.stages.split(","))
+    if args.probe:
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+        rows = probe(args)
+        (Path(args.out_dir) / "probe.json").write_text(json.dumps(rows, indent=1))
+        return 0
     if args.model:
         train_one(args.model, args)
         return 0

@@ -394,31 +394,31 @@ def _forward_plain(model, x: torch.Tensor, precision: str) -> torch.Tensor:
 
 def _forward(model, x: torch.Tensor, precision: str, depth: int = 0) -> torch.Tensor:
     """Model forward that survives CUDA out-of-memory by halving the batch, then splitting the tile."""
+    b, _, h, w = x.shape
     try:
         return _forward_plain(model, x, precision)
     except torch.cuda.OutOfMemoryError:
-        if depth >= 6:
+        if depth >= 6 or (b == 1 and min(h, w) < 8 * STRIDE):
             raise
-        if x.is_cuda:
-            torch.cuda.empty_cache()
-        b, _, h, w = x.shape
-        if b > 1:
-            warnings.warn(
-                f"out of GPU memory on a batch of {b} tiles of {h}x{w}; retrying in batches of {b - b // 2}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            half = b - b // 2
-            return torch.cat([_forward(model, x[:half], precision, depth + 1), _forward(model, x[half:], precision, depth + 1)])
-        if min(h, w) < 8 * STRIDE:
-            raise
+    # Retry only after leaving the except block: while the exception is being handled its traceback
+    # keeps the failed forward's activations alive, and every retry would run out of memory too.
+    if x.is_cuda:
+        torch.cuda.empty_cache()
+    if b > 1:
         warnings.warn(
-            f"out of GPU memory on a {h}x{w} tile; splitting it into 4 overlapping parts and retrying "
-            "(pass a smaller tile to avoid this; split tiles are less consistent with their neighbours)",
+            f"out of GPU memory on a batch of {b} tiles of {h}x{w}; retrying in batches of {b - b // 2}",
             RuntimeWarning,
             stacklevel=2,
         )
-        return _split_forward(model, x, precision, depth + 1)
+        half = b - b // 2
+        return torch.cat([_forward(model, x[:half], precision, depth + 1), _forward(model, x[half:], precision, depth + 1)])
+    warnings.warn(
+        f"out of GPU memory on a {h}x{w} tile; splitting it into 4 overlapping parts and retrying "
+        "(pass a smaller tile to avoid this; split tiles are less consistent with their neighbours)",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return _split_forward(model, x, precision, depth + 1)
 
 
 def _split_forward(model, x: torch.Tensor, precision: str, depth: int) -> torch.Tensor:

@@ -43,8 +43,11 @@ __all__ = [
     "train",
     "export_model",
     "load_images",
-    "skimage_images",
+    "bundled_images",
+    "is_colour",
     "SKIMAGE_TRAIN_IMAGES",
+    "PACKAGE_TRAIN_IMAGES",
+    "TRAIN_IMAGES",
     "HELD_OUT_IMAGES",
     "code_version",
     "add_train_command",
@@ -58,6 +61,14 @@ SKIMAGE_TRAIN_IMAGES = (
     "hubble_deep_field", "ihc", "logo", "microaneurysms", "moon", "motorcycle_left",
     "motorcycle_right", "page", "phantom", "retina", "rocket", "text",
 )
+#: Photographs bundled with other installable packages: name -> (package, path inside it). These add
+#: natural colour scenes, which scikit-image's training images are short of.
+PACKAGE_TRAIN_IMAGES = {
+    "china": ("sklearn", "datasets/images/china.jpg"),
+    "flower": ("sklearn", "datasets/images/flower.jpg"),
+    "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+}
+TRAIN_IMAGES = SKIMAGE_TRAIN_IMAGES + tuple(PACKAGE_TRAIN_IMAGES)
 #: Bundled images never trained on; benchmarks and tests evaluate on these only.
 HELD_OUT_IMAGES = ("camera", "astronaut", "chelsea", "coffee")
 
@@ -123,24 +134,50 @@ def load_images(source) -> list[np.ndarray]:
     return [x if isinstance(x, np.ndarray) else io.imread(x) for x in source]
 
 
-def _skimage_data_dir() -> Path:
-    import skimage
+def _package_dir(package: str) -> Path | None:
+    """Where an installed package lives, without importing it (sklearn and matplotlib are heavy)."""
+    import importlib.util
 
-    return Path(skimage.__file__).parent / "data"
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
 
 
-def skimage_images(names: Sequence[str], data_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
-    """Bundled scikit-image images by name, from disk only (nothing is downloaded)."""
+def bundled_images(names: Sequence[str], data_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+    """Images bundled with installed packages, by name, from disk only (nothing is downloaded).
+
+    Names are scikit-image's data files (``camera``, ``astronaut``, ...) or keys of
+    :data:`PACKAGE_TRAIN_IMAGES`; with ``data_dir`` every name is looked up there instead.
+    Names not found on disk (e.g. the package is not installed) are left out.
+    """
     from skimage import io
 
-    folder = Path(data_dir) if data_dir else _skimage_data_dir()
     out = {}
     for name in names:
-        hits = sorted(folder.glob(f"{name}.*"))
-        hits = [h for h in hits if h.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif")]
+        if data_dir is not None:
+            folder, stem = Path(data_dir), name
+        elif name in PACKAGE_TRAIN_IMAGES:
+            package, rel = PACKAGE_TRAIN_IMAGES[name]
+            root = _package_dir(package)
+            if root is None:
+                continue
+            folder, stem = (root / rel).parent, Path(rel).stem
+        else:
+            folder, stem = _package_dir("skimage") / "data", name
+        hits = [h for h in sorted(folder.glob(f"{stem}.*"))
+                if h.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif")]
         if hits:
             out[name] = io.imread(hits[0])
     return out
+
+
+def is_colour(img: np.ndarray) -> bool:
+    """True for images with three or more channels that are not all the same."""
+    if img.ndim != 3 or img.shape[-1] < 3:
+        return False
+    rgb = img[..., :3]
+    return not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]))
 
 
 # --------------------------------------------------------------------------------------- config
@@ -169,6 +206,9 @@ class TrainConfig:
     #: progressive training: (patch size, batch size) stages, each for an equal share of the run
     stages: tuple[tuple[int, int], ...] = ((64, 8), (96, 4), (128, 2))
     augment: bool = True
+    #: also permute the colour channels of each crop at random (3-channel models; noise that is
+    #: independent per channel looks the same after any permutation)
+    channel_shuffle: bool = False
     seed: int = 0
     log_every: int = 10
     save_every: int = 500
@@ -177,11 +217,15 @@ class TrainConfig:
     device: str = "auto"
     #: bf16 autocast on CUDA
     amp: bool = True
+    #: NHWC memory layout (often faster for bf16 convolutions on GPUs)
+    channels_last: bool = False
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         self.stages = tuple((int(p), int(b)) for p, b in self.stages)
+        if not self.stages or any(p < 8 or b < 1 for p, b in self.stages):
+            raise ValueError(f"stages must be (patch >= 8, batch >= 1) pairs, got {self.stages}")
         self.betas = tuple(float(b) for b in self.betas)
         if self.degradation is None:
             self.degradation = json.loads(json.dumps(TASK_DEFAULTS[self.task]))
@@ -238,7 +282,7 @@ class _Data:
             h.update(np.float64(t.double().sum().item()).tobytes())
         return h.hexdigest()[:16]
 
-    def batch(self, rng: np.random.Generator, patch: int, bs: int, augment: bool):
+    def batch(self, rng: np.random.Generator, patch: int, bs: int, augment: bool, shuffle: bool = False):
         ok = np.array([min(s) >= patch for s in self.sizes])
         if not ok.any():
             raise ValueError(f"no training image is at least {patch}x{patch} pixels")
@@ -251,6 +295,9 @@ class _Data:
             k = int(rng.integers(0, 8)) if augment else 0
             crops = [self.targets[i]] + ([self.inputs[i]] if self.inputs is not None else [])
             crops = [_aug(c[:, y0 : y0 + patch, x0 : x0 + patch], k) for c in crops]
+            if shuffle and crops[0].shape[0] == 3:
+                perm = torch.from_numpy(rng.permutation(3)).to(crops[0].device)
+                crops = [c[perm] for c in crops]
             tgt.append(crops[0])
             if self.inputs is not None:
                 inp.append(crops[1])
@@ -395,6 +442,8 @@ def train(
         params = params.get("params", params)
         model.load_state_dict({k: v.float() for k, v in params.items()})
         desc["initialised_from"] = Path(init).name
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     start, elapsed0, window = 0, 0.0, []
     if ck is not None:
@@ -448,9 +497,11 @@ def train(
                 for g in opt.param_groups:
                     g["lr"] = lr
                 rng, gen = _iteration_rngs(cfg.seed, it, device)
-                target, inp = data.batch(rng, patch, bs, cfg.augment)
+                target, inp = data.batch(rng, patch, bs, cfg.augment, cfg.channel_shuffle)
                 if inp is None:
                     inp = degrade(target, cfg.degradation, gen)
+                if cfg.channels_last:
+                    inp = inp.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     pred = model(inp)
                 loss = F.l1_loss(pred.float(), target)
@@ -536,16 +587,19 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train",
         help="train a MIRNet-v2 model on image pairs or clean images with a synthetic degradation",
-        description="Train MIRNet-v2. Give --clean (and --degraded for real pairs), or --skimage-data to "
-        "train on scikit-image's bundled images (minus the held-out ones).",
+        description="Train MIRNet-v2. Give --clean (and --degraded for real pairs), or --bundled-data to "
+        "train on images bundled with installed packages (minus the held-out ones).",
     )
     p.add_argument("--task", choices=TASKS, default="denoise")
     src = p.add_argument_group("data")
     src.add_argument("--clean", nargs="+", help="folder(s) or files of clean target images")
     src.add_argument("--degraded", nargs="+", help="matching degraded inputs (same order); omit to synthesise")
-    src.add_argument("--skimage-data", action="store_true",
-                     help=f"train on bundled scikit-image images, holding out {', '.join(HELD_OUT_IMAGES)}")
-    src.add_argument("--data-dir", help="folder holding the bundled images (default: skimage's own)")
+    src.add_argument("--bundled-data", "--skimage-data", dest="bundled_data", action="store_true",
+                     help="train on scikit-image's bundled images plus sklearn's and matplotlib's sample "
+                     f"photos (where installed), holding out {', '.join(HELD_OUT_IMAGES)}")
+    src.add_argument("--colour-only", action="store_true",
+                     help="with --bundled-data: skip gray images (for 3-channel models)")
+    src.add_argument("--data-dir", help="folder holding the bundled images (default: the packages' own)")
     deg = p.add_argument_group("synthetic degradation (default: the task's)")
     deg.add_argument("--noise", choices=["gaussian", "poisson_gaussian", "mixed"],
                      help="denoise: Gaussian, Poisson-Gaussian, or a mix of both")
@@ -567,6 +621,7 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
     opt.add_argument("--time-budget", type=float, help="stop after this many seconds of training")
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--no-augment", action="store_true")
+    opt.add_argument("--channel-shuffle", action="store_true", help="also permute colour channels at random")
     run = p.add_argument_group("run")
     run.add_argument("--out", "-o", required=True, help="checkpoint path (.pth); the loss log goes next to it")
     run.add_argument("--resume", help="checkpoint to resume from (usually the same as --out)")
@@ -574,6 +629,7 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
     run.add_argument("--export", help="also write a slim fp16 {'params','meta'} model file here")
     run.add_argument("--device", default="auto")
     run.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    run.add_argument("--channels-last", action="store_true", help="NHWC memory layout (GPU speed)")
     run.add_argument("--save-every", type=int, default=500)
     run.add_argument("--log-every", type=int, default=10)
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -601,13 +657,15 @@ def _run_train(args) -> int:
         spec = json.loads(args.degradation_json)
     else:
         spec = degradation_from_args(args.task, args.noise, args.sigma_max, args.scale)
-    if args.skimage_data:
-        imgs = skimage_images(SKIMAGE_TRAIN_IMAGES, args.data_dir)
+    if args.bundled_data:
+        imgs = bundled_images(TRAIN_IMAGES, args.data_dir)
+        if args.colour_only:
+            imgs = {k: v for k, v in imgs.items() if is_colour(v)}
         if not imgs:
-            print("error: no bundled scikit-image images found on disk", file=sys.stderr)
+            print("error: no bundled images found on disk (is scikit-image installed?)", file=sys.stderr)
             return 2
         clean, degraded = list(imgs.values()), None
-        desc = {"description": "scikit-image bundled images", "images": sorted(imgs),
+        desc = {"description": "images bundled with installed packages", "images": sorted(imgs),
                 "held_out": list(HELD_OUT_IMAGES)}
     elif args.clean:
         clean = [im for s in args.clean for im in load_images(s)]
@@ -615,12 +673,13 @@ def _run_train(args) -> int:
         desc = {"description": "user images", "clean": [str(s) for s in args.clean],
                 "degraded": [str(s) for s in args.degraded] if args.degraded else None}
     else:
-        print("error: give --clean or --skimage-data", file=sys.stderr)
+        print("error: give --clean or --bundled-data", file=sys.stderr)
         return 2
     cfg = TrainConfig(
         task=args.task, channels=args.channels, n_feat=args.n_feat, chan_factor=args.chan_factor,
         n_mrb=args.n_mrb, degradation=spec, iters=args.iters, lr=args.lr, warmup=args.warmup,
-        grad_clip=args.grad_clip, stages=args.stages, augment=not args.no_augment, seed=args.seed,
+        grad_clip=args.grad_clip, stages=args.stages, augment=not args.no_augment,
+        channel_shuffle=args.channel_shuffle, channels_last=args.channels_last, seed=args.seed,
         log_every=args.log_every, save_every=args.save_every, time_budget=args.time_budget,
         device=args.device, amp=not args.no_amp,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import subprocess
+import sys
 import threading
 import warnings
 
@@ -162,7 +163,9 @@ class _Picky(torch.nn.Module):
         self.calls = []
 
     def forward(self, x):
-        self.calls.append(tuple(x.shape))
+        # an exception still being handled here means the caller retries inside its except block,
+        # where the failed attempt's tensors are kept alive (a real GPU then fails again)
+        self.calls.append((tuple(x.shape), sys.exc_info()[0]))
         if x.shape[0] > 1 or x.shape[-1] * x.shape[-2] > 1600:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return x * 2
@@ -175,6 +178,12 @@ def test_out_of_memory_halves_the_batch_then_splits_the_tile():
     torch.testing.assert_close(y, x * 2)
     text = " ".join(str(r.message) for r in record)
     assert "batches of 1" in text and "splitting it into 4" in text
+    assert len(model.calls) > 3 and all(exc is None for _, exc in model.calls)
+
+
+def test_out_of_memory_on_a_tile_too_small_to_split_is_raised():
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        engine._forward(_Picky(), torch.rand(1, 3, 24, 80), "fp32")
 
 
 def test_tiles_are_batched_when_memory_allows(tiny_weights, monkeypatch):

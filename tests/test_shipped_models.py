@@ -13,7 +13,7 @@ import torch
 
 from napari_mirnet.degradations import bicubic_down_up, degrade
 from napari_mirnet.model import MIRNetV2, config_from_state_dict
-from napari_mirnet.training import HELD_OUT_IMAGES, SKIMAGE_TRAIN_IMAGES, skimage_images, to_channels
+from napari_mirnet.training import HELD_OUT_IMAGES, TRAIN_IMAGES, bundled_images, to_channels
 
 MODELS = Path(__file__).resolve().parents[1] / "napari_mirnet" / "models"
 SHIPPED = {
@@ -35,7 +35,7 @@ def _load(name):
 
 
 def _crop(name, channels, crop=CROP):
-    img = skimage_images([name])[name]
+    img = bundled_images([name])[name]
     a = to_channels(img, channels)
     h, w = a.shape[:2]
     y0, x0 = (h - crop) // 2, (w - crop) // 2
@@ -73,7 +73,7 @@ def test_shipped_file_format(name):
     assert meta["code_version"] and meta["normalisation"]["input_range"] == [0.0, 1.0]
     assert set(meta["training_data"]["held_out"]) == set(HELD_OUT_IMAGES)
     assert not set(meta["training_data"]["images"]) & set(HELD_OUT_IMAGES)
-    assert set(meta["training_data"]["images"]) <= set(SKIMAGE_TRAIN_IMAGES)
+    assert set(meta["training_data"]["images"]) <= set(TRAIN_IMAGES)
     if task == "super_resolution":
         assert meta["scale"] == 2
 

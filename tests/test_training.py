@@ -13,10 +13,13 @@ from napari_mirnet.degradations import bicubic_down_up, degrade, degrade_numpy
 from napari_mirnet.model import MIRNetV2, config_from_state_dict
 from napari_mirnet.training import (
     HELD_OUT_IMAGES,
-    SKIMAGE_TRAIN_IMAGES,
+    TRAIN_IMAGES,
     TrainConfig,
+    _Data,
     add_train_command,
+    bundled_images,
     export_model,
+    is_colour,
     loss_log_path,
     train,
 )
@@ -138,8 +141,62 @@ def test_degradations():
     assert a.shape == (16, 16) and np.array_equal(a, b)
 
 
+def test_channel_shuffle_permutes_input_and_target_alike():
+    levels = np.array([0.1, 0.2, 0.3], np.float32)
+    clean = [np.ones((40, 40, 3), np.float32) * levels]  # each channel says where it came from
+    degraded = [clean[0] * 0.5]
+    data = _Data(clean, degraded, 3, torch.device("cpu"))
+    perms = set()
+    for it in range(30):
+        tgt, inp = data.batch(np.random.default_rng([0, it]), 16, 2, augment=False, shuffle=True)
+        torch.testing.assert_close(inp, tgt * 0.5)  # input and target get the same permutation
+        for t in tgt:
+            perm = tuple(int(np.argmin(abs(levels - float(v)))) for v in t[:, 0, 0])
+            assert sorted(perm) == [0, 1, 2]
+            perms.add(perm)
+    assert len(perms) >= 4  # several permutations are drawn, not only the identity
+    # shuffle=False draws nothing extra: the same crops as a call without the option
+    rng_img = np.random.default_rng(1)
+    data = _Data([rng_img.random((40, 40, 3)).astype(np.float32)], None, 3, torch.device("cpu"))
+    x, _ = data.batch(np.random.default_rng([0, 5]), 16, 2, augment=True)
+    y, _ = data.batch(np.random.default_rng([0, 5]), 16, 2, augment=True, shuffle=False)
+    z, _ = data.batch(np.random.default_rng([0, 5]), 16, 2, augment=True, shuffle=True)
+    assert torch.equal(x, y) and not torch.equal(x, z)
+
+
+def test_channels_last_trains_the_same_model(tmp_path):
+    imgs = _images(2)
+    a = train(_cfg(iters=3), clean=imgs, out=tmp_path / "a.pth", progress=False)
+    b = train(_cfg(iters=3, channels_last=True), clean=imgs, out=tmp_path / "b.pth", progress=False)
+    np.testing.assert_allclose([v for _, v in a.losses], [v for _, v in b.losses], rtol=1e-4)
+    pa = torch.load(a.checkpoint, weights_only=True)["params"]
+    pb = torch.load(b.checkpoint, weights_only=True)["params"]
+    for k in pa:
+        torch.testing.assert_close(pa[k], pb[k], rtol=1e-3, atol=1e-5)
+
+
+def test_bad_stages_are_refused():
+    with pytest.raises(ValueError, match="stages"):
+        _cfg(stages=((256, 0),))
+    with pytest.raises(ValueError, match="stages"):
+        _cfg(stages=())
+
+
+def test_bundled_images_and_colour_test(tmp_path):
+    import skimage.io
+
+    imgs = bundled_images(["camera", "astronaut", "not_an_image"])
+    assert set(imgs) == {"camera", "astronaut"}
+    assert is_colour(imgs["astronaut"]) and not is_colour(imgs["camera"])
+    assert not is_colour(np.repeat(imgs["camera"][..., None], 3, -1))
+    # a data folder replaces the packages' own locations, for every name (package photos included)
+    skimage.io.imsave(tmp_path / "china.png", imgs["astronaut"][:64, :64], check_contrast=False)
+    got = bundled_images(["china", "camera"], tmp_path)
+    assert list(got) == ["china"] and got["china"].shape == (64, 64, 3)
+
+
 def test_held_out_split_is_disjoint():
-    assert not set(HELD_OUT_IMAGES) & set(SKIMAGE_TRAIN_IMAGES)
+    assert not set(HELD_OUT_IMAGES) & set(TRAIN_IMAGES)
 
 
 def test_cli_train_command(tmp_path, capsys):

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Fine-tune shipped models on one GPU (the device tool), in one call: unless STAGES is given, probe
+# the training-step speed per batch size and memory layout and pick the batch; then train MODELS
+# concurrently for TB seconds from the shipped files, and pack the results into one file.
+# Needs .whl/ (dask, zarr, ... wheels for the device's Python) and .traindata/ (the bundled images).
+set -euo pipefail
+TB=${TB:-430}
+DEVICE=${DEVICE:-cuda}
+PROBE=${PROBE:-192:8 192:16 192:32}
+MODELS=${MODELS:-small-denoise-gray small-denoise-rgb}
+LR=${LR:-4e-4}
+STAGES=${STAGES:-}  # empty: probe the speed and choose the batch
+OUTDIR=${OUT:-runs/out}
+mkdir -p "$OUTDIR" runs
+pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+if [ -z "$STAGES" ]; then
+    python3 benchmarks/train_shipped.py --probe $PROBE --probe-iters 16 --out-dir runs/probe \
+        --device "$DEVICE" --data-dir .traindata --quiet 2>&1 | grep '^{'
+    read -r B CL < <(python3 - <<'PY'
+import json
+rows = json.load(open("runs/probe/probe.json"))
+t = {(r["batch"], r["channels_last"]): r["s_per_iter"] for r in rows}
+sizes = sorted({r["batch"] for r in rows})
+cl = sum(t[(s, True)] for s in sizes) < sum(t[(s, False)] for s in sizes)
+b = sizes[0]
+for nb in sizes[1:]:  # double the batch while that costs less than 1.5x the step time
+    if t[(nb, cl)] <= 1.5 * t[(b, cl)]:
+        b = nb
+    else:
+        break
+print(b, "--channels-last" if cl else "")
+PY
+)
+    echo "chosen batch $B ${CL:-(NCHW)}"
+    STAGES="128:$((2 * B)),192:$B,256:$(((B + 1) / 2))"
+else
+    CL=""
+fi
+timeout $((TB + 100)) python3 benchmarks/train_shipped.py --all --only $MODELS \
+    --init-dir napari_mirnet/models --out-dir runs/ft --device "$DEVICE" --data-dir .traindata \
+    --time-budget "$TB" --lr "$LR" --warmup 0.05 --threads 4 --log-every 50 \
+    --stages "$STAGES" $CL || echo "training exit $?"
+tail -n 3 runs/ft/*.log || true
+tar czf "$OUTDIR/ft.tgz" --exclude="*.ckpt.pth" runs/ft $(ls runs/probe/probe.json 2>/dev/null)
