@@ -355,6 +355,8 @@ def _meta(cfg: TrainConfig, data_desc: dict, it: int, elapsed: float, paired: bo
             "schedule": f"cosine to {cfg.lr_min}, warm-up {cfg.warmup}",
             "grad_clip": cfg.grad_clip,
             "stages": [list(s) for s in cfg.stages],
+            "augment": "8-way flips/rotations" if cfg.augment else None,
+            "channel_shuffle": cfg.channel_shuffle,
             "seed": cfg.seed,
         },
     }
@@ -438,10 +440,17 @@ def train(
     torch.manual_seed(cfg.seed)
     model = MIRNetV2(cfg.model_config()).to(device)
     if init is not None and ck is None:
-        params = torch.load(init, map_location="cpu", weights_only=True)
-        params = params.get("params", params)
+        loaded = torch.load(init, map_location="cpu", weights_only=True)
+        params = loaded.get("params", loaded)
         model.load_state_dict({k: v.float() for k, v in params.items()})
         desc["initialised_from"] = Path(init).name
+        prev = loaded.get("meta") if isinstance(loaded.get("meta"), dict) else None
+        if prev is not None:  # keep the lineage: a fine-tuned model says how its start was trained
+            prev_data = prev.get("training_data", {})
+            desc["earlier_runs"] = list(prev_data.get("earlier_runs", [])) + [{
+                "file": Path(init).name, "training": prev.get("training"),
+                "images": prev_data.get("images"), "degradation": prev.get("degradation"),
+            }]
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)

@@ -104,6 +104,9 @@ def test_checkpoint_metadata_and_export(tmp_path):
                   out=tmp_path / "ft.pth", init=slim, progress=False)
     after = torch.load(tuned.checkpoint, weights_only=True)
     assert after["meta"]["training_data"]["initialised_from"] == "sr_slim.pth"
+    earlier = after["meta"]["training_data"]["earlier_runs"]
+    assert len(earlier) == 1 and earlier[0]["training"]["iterations"] == 2
+    assert earlier[0]["degradation"] == {"kind": "bicubic", "scale": 2}
     for k, v in ck["params"].items():
         torch.testing.assert_close(after["params"][k], v.float(), rtol=0, atol=1e-6)
 
