@@ -198,6 +198,26 @@ def test_bundled_images_and_colour_test(tmp_path):
     assert list(got) == ["china"] and got["china"].shape == (64, 64, 3)
 
 
+def test_cli_trains_on_bundled_colour_images_only(tmp_path):
+    import skimage.io
+
+    data = tmp_path / "data"
+    data.mkdir()
+    imgs = bundled_images(["astronaut", "camera"])
+    skimage.io.imsave(data / "rocket.png", imgs["astronaut"][:64, :64], check_contrast=False)
+    skimage.io.imsave(data / "moon.png", imgs["camera"][:64, :64], check_contrast=False)
+    parser = argparse.ArgumentParser(prog="napari-mirnet")
+    add_train_command(parser.add_subparsers(dest="command"))
+    out = tmp_path / "c.pth"
+    args = parser.parse_args([
+        "train", "--bundled-data", "--data-dir", str(data), "--colour-only", "--channel-shuffle",
+        "--n-feat", "16", "--iters", "1", "--stages", "32:1", "--device", "cpu", "--out", str(out), "--quiet",
+    ])
+    assert args.func(args) == 0
+    meta = torch.load(out, weights_only=True)["meta"]
+    assert meta["training_data"]["images"] == ["rocket"] and meta["training"]["channel_shuffle"] is True
+
+
 def test_held_out_split_is_disjoint():
     assert not set(HELD_OUT_IMAGES) & set(TRAIN_IMAGES)
 
