@@ -6,6 +6,7 @@ import errno
 import subprocess
 import sys
 import threading
+import weakref
 import warnings
 
 import dask.array as da
@@ -179,6 +180,36 @@ def test_out_of_memory_halves_the_batch_then_splits_the_tile():
     text = " ".join(str(r.message) for r in record)
     assert "batches of 1" in text and "splitting it into 4" in text
     assert len(model.calls) > 3 and all(exc is None for _, exc in model.calls)
+
+
+class _GpuLike(torch.nn.Module):
+    """Doubles its input through two scratch buffers drawn from a fixed memory budget, as on a GPU:
+    buffers that something else keeps alive (a traceback, say) still count against the budget."""
+
+    def __init__(self, budget: int):
+        super().__init__()
+        self.budget, self.live = budget, weakref.WeakSet()
+
+    def _alloc(self, n: int) -> torch.Tensor:
+        if sum(t.numel() for t in self.live) + n > self.budget:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (emulated)")
+        buf = torch.empty(n)
+        self.live.add(buf)
+        return buf
+
+    def forward(self, x):
+        first = self._alloc(2 * x.numel())  # noqa: F841  (held, like an early layer's activation)
+        self._alloc(2 * x.numel())
+        return x * 2
+
+
+def test_out_of_memory_retry_frees_the_failed_attempt_first():
+    # the whole 64x64 tile needs 2 x 24576 > 30000: it fails after its first buffer; a quarter tile
+    # fits only if that buffer has been freed by then
+    x = torch.rand(1, 3, 64, 64)
+    with pytest.warns(RuntimeWarning, match="splitting it into 4"):
+        y = engine._forward(_GpuLike(30000), x, "fp32")
+    torch.testing.assert_close(y, x * 2)
 
 
 def test_out_of_memory_on_a_tile_too_small_to_split_is_raised():
