@@ -1,0 +1,43 @@
+"""benchmarks/quality.py: its variance-stabilising baseline and a small end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import quality  # noqa: E402
+
+from napari_mirnet.degradations import degrade  # noqa: E402
+
+
+@pytest.mark.parametrize("peak", [10.0, 100.0])
+def test_anscombe_gives_unit_noise_and_an_unbiased_inverse(peak):
+    x = np.full((1, 1, 256, 256), 0.3, np.float32)
+    y = degrade(torch.from_numpy(x), {"kind": "poisson_gaussian", "peak": peak, "sigma": 2.0},
+                torch.Generator().manual_seed(0)).numpy()
+    v = quality.anscombe(y, peak, 2.0)
+    assert abs(v.std() - 1.0) < 0.03
+    # the naive algebraic inverse of the mean is biased at low counts; the unbiased one is not
+    back = quality.inverse_anscombe(np.full_like(v, v.mean()), peak, 2.0)
+    assert abs(float(back.mean()) - 0.3) < 0.003
+    naive = ((v.mean() / 2) ** 2 - 0.375 - (2.0 / 255 * peak) ** 2) / peak
+    assert abs(naive - 0.3) > abs(float(back.mean()) - 0.3)
+
+
+@pytest.mark.slow
+def test_quality_benchmark_runs_end_to_end(tmp_path):
+    out = tmp_path / "q.json"
+    rc = quality.main(["--quick", "--crop", "64", "--json", str(out)])
+    res = json.loads(out.read_text())
+    settings = {(r["model"], r["setting"]) for r in res["rows"]}
+    assert ("small-denoise-gray", "PG peak 30") in settings and ("small-denoise-rgb", "sigma 50") in settings
+    assert {r["model"] for r in res["rows"]} == set(quality.SHIPPED)
+    assert len(res["targets"]) == 6 and rc == (0 if all(ok for _, ok, _ in res["targets"]) else 1)
+    for r in res["rows"]:
+        assert len(r["psnr_per_image"]) == 4 and np.isfinite(r["psnr"])
