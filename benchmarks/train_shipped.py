@@ -125,6 +125,25 @@ def probe(args) -> list[dict]:
     return rows
 
 
+def profile(args) -> str:
+    """Where a training step of the RGB denoiser spends its time: the top operators (``--profile 192:32``)."""
+    from torch.profiler import ProfilerActivity, schedule
+    from torch.profiler import profile as torch_profile
+
+    imgs = list(bundled_images(TRAIN_IMAGES, args.data_dir).values())
+    patch, bs = (int(v) for v in args.profile.split(":"))
+    fields = {k: v for k, v in SHIPPED["small-denoise-rgb"].items() if k != "colour_only"}
+    cfg = TrainConfig(**fields, iters=10, stages=((patch, bs),), device=args.device,
+                      channels_last=args.channels_last, log_every=10**9, save_every=10**9)
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch_profile(activities=acts, schedule=schedule(wait=3, warmup=2, active=5)) as prof:
+        train(cfg, clean=imgs, out=Path(args.out_dir) / "profile.pth", callback=lambda it, loss: prof.step(),
+              progress=False)
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=25)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=list(SHIPPED))
@@ -150,8 +169,15 @@ def main(argv=None) -> int:
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--probe", nargs="+", metavar="PATCH:BATCH", help="only time training steps")
     ap.add_argument("--probe-iters", type=int, default=20)
+    ap.add_argument("--profile", metavar="PATCH:BATCH", help="only profile 5 training steps (top operators)")
     args = ap.parse_args(argv)
     args.stages = tuple(tuple(int(v) for v in s.split(":")) for s in args.stages.split(","))
+    if args.profile:
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+        table = profile(args)
+        (Path(args.out_dir) / "profile.txt").write_text(table)
+        print(table)
+        return 0
     if args.probe:
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
         rows = probe(args)

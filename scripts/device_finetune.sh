@@ -2,6 +2,8 @@
 # Fine-tune shipped models on one GPU (the device tool), in one call: unless STAGES is given, probe
 # the training-step speed per batch size and memory layout and pick the batch; then train MODELS
 # concurrently for TB seconds from the shipped files, and pack the results into one file.
+# Example (the RGB denoiser alone, batch found best on an H200, with a profile first):
+#   MODELS=small-denoise-rgb TB=480 STAGES="192:32,256:16" LR=2e-4 PROFILE=192:32 bash scripts/device_finetune.sh
 # Needs .whl/ (dask, zarr, ... wheels for the device's Python) and .traindata/ (the bundled images).
 set -euo pipefail
 TB=${TB:-430}
@@ -10,11 +12,16 @@ PROBE=${PROBE:-192:8 192:16 192:32}
 MODELS=${MODELS:-small-denoise-gray small-denoise-rgb}
 LR=${LR:-4e-4}
 STAGES=${STAGES:-}  # empty: probe the speed and choose the batch
+PROFILE=${PROFILE:-}  # e.g. 192:32: first profile 5 training steps (top operators, ~15 s)
 OUTDIR=${OUT:-runs/out}
 mkdir -p "$OUTDIR" runs
 pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+if [ -n "$PROFILE" ]; then
+    python3 benchmarks/train_shipped.py --profile "$PROFILE" --out-dir runs/profile --device "$DEVICE" \
+        --data-dir .traindata 2>&1 | grep -v '^USDT' | head -n 30 || true
+fi
 if [ -z "$STAGES" ]; then
     python3 benchmarks/train_shipped.py --probe $PROBE --probe-iters 16 --out-dir runs/probe \
         --device "$DEVICE" --data-dir .traindata --quiet 2>&1 | grep '^{'
@@ -43,4 +50,4 @@ timeout $((TB + 100)) python3 benchmarks/train_shipped.py --all --only $MODELS \
     --time-budget "$TB" --lr "$LR" --warmup 0.05 --threads 4 --log-every 50 \
     --stages "$STAGES" $CL || echo "training exit $?"
 tail -n 3 runs/ft/*.log || true
-tar czf "$OUTDIR/ft.tgz" --exclude="*.ckpt.pth" runs/ft $(ls runs/probe/probe.json 2>/dev/null)
+tar czf "$OUTDIR/ft.tgz" --exclude="*.ckpt.pth" runs/ft $(ls runs/probe/probe.json runs/profile/profile.txt 2>/dev/null)
