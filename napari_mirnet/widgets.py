@@ -358,6 +358,7 @@ class TaskWidget(Container):
         self.last_progress = (0, 0)  # (tiles done, total) of the latest run
         self._cancel = None
         self._pbar = None
+        self._closed = False  # the Qt side is gone (viewer closed): a run must not touch it any more
         self._relay = _Relay()
         self._relay.progressed.connect(self._on_progress)
 
@@ -429,6 +430,7 @@ class TaskWidget(Container):
         self.device.changed.connect(lambda v: setattr(self.device_label, "value", device_status(v)))
         self.run_button.changed.connect(lambda: self())
         self.cancel_button.changed.connect(self.cancel)
+        self.native.destroyed.connect(self._on_destroyed)
         self._update_visibility()
         events = self.viewer.layers.events
         for ev in (events.inserted, events.removed, events.reordered):
@@ -605,6 +607,12 @@ class TaskWidget(Container):
             self._cancel.set()
             self.status.value = "cancelling…"
 
+    def _on_destroyed(self, *_) -> None:
+        # closing the viewer deletes the dock: stop the run instead of computing a result nobody sees
+        self._closed = True
+        if self._cancel is not None:
+            self._cancel.set()
+
     def _on_progress(self, done: int, total: int) -> None:
         self.last_progress = (done, total)
         if self._pbar is None:
@@ -615,6 +623,8 @@ class TaskWidget(Container):
 
     def _on_returned(self, job: Job, result) -> None:
         kind, payload = result
+        if self._closed:
+            return
         if kind == "cancelled" or (self._cancel is not None and self._cancel.is_set()):
             self._say("cancelled; no layer was added", "info")
             return
@@ -636,8 +646,9 @@ class TaskWidget(Container):
         self._pbar = None
         self.worker = None
         self._cancel = None
-        self.run_button.enabled = True
-        self.cancel_button.enabled = False
+        if not self._closed:
+            self.run_button.enabled = True
+            self.cancel_button.enabled = False
 
 
 def _auto_weights(task: str, scale: int | None, rgb: bool) -> str | None:

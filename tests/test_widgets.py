@@ -177,6 +177,23 @@ def test_cancel_leaves_no_layer(make_napari_viewer, qtbot, tiny_weights):
     assert w.run_button.enabled
 
 
+def test_closing_the_viewer_cancels_the_run(make_napari_viewer, qtbot, tiny_weights):
+    viewer = make_napari_viewer()
+    data = np.repeat(sample_data.noisy_stack()[0][0][:1, :64, :64], 400, axis=0)
+    viewer.add_image(data, name="long stack")
+    w = _widget(DenoiseWidget, viewer, tiny_weights)
+    worker = w()
+    cancel = w._cancel
+    qtbot.waitUntil(lambda: w._pbar is not None and w._pbar.n >= 1, timeout=30_000)
+    viewer.close()
+    qtbot.waitUntil(cancel.is_set, timeout=10_000)
+    # the worker stops at the next tile and finishes without touching the deleted Qt widgets
+    # (pytest-qt fails the test on an exception raised in a Qt callback)
+    qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)
+    assert worker is not None and w.result_layer is None
+    assert w.last_progress[0] < w.last_progress[1] == 400
+
+
 def test_gui_stays_responsive(make_napari_viewer, qtbot, tiny_weights):
     from qtpy.QtCore import QTimer
 
