@@ -41,3 +41,26 @@ def test_quality_benchmark_runs_end_to_end(tmp_path):
     assert len(res["targets"]) == 6 and rc == (0 if all(ok for _, ok, _ in res["targets"]) else 1)
     for r in res["rows"]:
         assert len(r["psnr_per_image"]) == 4 and np.isfinite(r["psnr"])
+
+
+@pytest.mark.slow
+def test_train_shipped_runs_end_to_end_on_cpu(tmp_path):
+    """The shipped-model recipe on CPU: train (tiny), export fp16, evaluate on the held-out crops."""
+    import train_shipped
+
+    out = tmp_path / "run"
+    argv = ["--model", "small-denoise-rgb", "--n-feat", "16", "--n-mrb", "1", "--iters", "2",
+            "--stages", "32:1", "--device", "cpu", "--out-dir", str(out), "--quiet", "--threads", "1"]
+    threads = torch.get_num_threads()
+    try:
+        assert train_shipped.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)  # the script sets it for the whole process
+    rec = json.loads((out / "small-denoise-rgb.eval.json").read_text())
+    assert rec["iterations"] == 2 and rec["config"]["colour_only"] is True
+    assert set(rec["eval"]) == {"sigma15", "sigma25", "sigma50"}
+    ck = torch.load(out / "small-denoise-rgb.pth", weights_only=True)
+    assert all(v.dtype == torch.float16 for v in ck["params"].values())
+    imgs = ck["meta"]["training_data"]["images"]
+    assert imgs and not set(imgs) & set(quality.HELD_OUT_IMAGES)
+    assert ck["meta"]["training"]["channel_shuffle"] is True
