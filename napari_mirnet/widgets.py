@@ -389,6 +389,14 @@ class TaskWidget(Container):
         self.output = ComboBox(label="output", choices=[OUTPUT_NOW, OUTPUT_LAZY, OUTPUT_ZARR], value=OUTPUT_NOW)
         self.zarr_path = FileEdit(label="zarr path", mode="w", filter="*.zarr")
         self.overwrite = CheckBox(text="replace a finished store (else resume an unfinished one)", value=False)
+        self.background = CheckBox(
+            text="compute viewed tiles in the background (turns on napari's asynchronous rendering)", value=True
+        )
+        self.background.tooltip = (
+            "Without it napari computes each newly viewed region on the GUI thread and the viewer "
+            "freezes while it does. The setting is napari's Preferences > Experimental > "
+            "'Render Images Asynchronously'."
+        )
         self.preview = CheckBox(text="displayed slice only (quick preview)", value=False)
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -408,6 +416,7 @@ class TaskWidget(Container):
                 self.output,
                 self.zarr_path,
                 self.overwrite,
+                self.background,
                 self.preview,
                 self.run_button,
                 self.cancel_button,
@@ -468,6 +477,7 @@ class TaskWidget(Container):
     def _update_visibility(self, *_):
         self.weights_file.visible = self.weights.value == LOCAL_FILE
         self.zarr_path.visible = self.overwrite.visible = self.output.value == OUTPUT_ZARR
+        self.background.visible = self.output.value == OUTPUT_LAZY
         for w in (self.tile, self.halo, self.blend, self.precision, self.normalisation):
             w.visible = self.advanced.value
 
@@ -638,6 +648,8 @@ class TaskWidget(Container):
             return
         seconds = time.perf_counter() - self._started
         what = "lazy layer added" if job.output == OUTPUT_LAZY else f"done in {seconds:.1f} s"
+        if job.output == OUTPUT_LAZY:
+            what += _background_slicing(bool(self.background.value))
         self._say(f"{what}: {self.result_layer.name}", "info")
 
     def _on_finished(self) -> None:
@@ -649,6 +661,19 @@ class TaskWidget(Container):
         if not self._closed:
             self.run_button.enabled = True
             self.cancel_button.enabled = False
+
+
+def _background_slicing(wanted: bool) -> str:
+    """Turn on napari's asynchronous slicing if wanted; a note for the status line."""
+    from napari.settings import get_settings
+
+    experimental = get_settings().experimental
+    if wanted and not experimental.async_:
+        experimental.async_ = True
+        return " (turned on napari's asynchronous rendering: viewed tiles are computed in the background)"
+    if not experimental.async_:
+        return " (napari's asynchronous rendering is off: the viewer pauses while a newly viewed region is computed)"
+    return ""
 
 
 def _auto_weights(task: str, scale: int | None, rgb: bool) -> str | None:

@@ -56,6 +56,19 @@ def errors(monkeypatch):
     return seen
 
 
+@pytest.fixture(autouse=True)
+def async_setting():
+    """napari's asynchronous-slicing setting: off at the start of each test, restored afterwards
+    (it is global, and lazy runs may turn it on)."""
+    from napari.settings import get_settings
+
+    experimental = get_settings().experimental
+    old = experimental.async_
+    experimental.async_ = False
+    yield experimental
+    experimental.async_ = old
+
+
 CASES = [
     # widget, sample, scale option, expected shape factor, name suffix
     (DenoiseWidget, sample_data.noisy_astronaut, None, 1, "denoised"),
@@ -297,6 +310,46 @@ def test_cancel_zarr_leaves_store_incomplete(make_napari_viewer, qtbot, tiny_wei
     qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)
     assert w.result_layer is None and len(viewer.layers) == 1
     assert not io.is_complete(tmp_path / "cancelled.zarr")
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_lazy_layer_is_computed_off_the_gui_thread(make_napari_viewer, qtbot, tiny_weights, async_setting, background):
+    import dask.array as da
+    from qtpy.QtCore import QTimer
+
+    viewer = make_napari_viewer(show=True)
+    stack = da.random.default_rng(0).integers(0, 255, (8, 768, 768), dtype=np.uint8, chunks=(1, 768, 768))
+    viewer.add_image(stack, name="stack", contrast_limits=(0, 255))
+    w = _widget(DenoiseWidget, viewer, tiny_weights)
+    assert w.background.native.isHidden()  # an option of the lazy output only
+    w.output.value = OUTPUT_LAZY
+    assert not w.background.native.isHidden()
+    w.background.value = background
+    out = _run(qtbot, w)
+    assert out is not None, w.last_status
+    assert async_setting.async_ is background
+    assert ("turned on napari's asynchronous" in w.last_status) is background
+    viewer.layers["stack"].visible = False
+    qtbot.waitUntil(lambda: not viewer._layer_slicer._layers_to_task, timeout=60_000)
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    t0 = time.perf_counter()
+    viewer.dims.set_current_step(0, 5)  # a plane nobody has computed yet
+    qtbot.waitUntil(lambda: time.perf_counter() - t0 > 0.3 and not viewer._layer_slicer._layers_to_task,
+                    timeout=60_000)
+    timer.stop()
+    seconds = time.perf_counter() - t0
+    gap = np.diff(ticks).max() if len(ticks) > 1 else seconds
+    print(f"background={background}: new plane in {seconds:.2f} s, longest event-loop gap {gap * 1000:.0f} ms")
+    expected = np.asarray(out.data[5])
+    np.testing.assert_array_equal(np.asarray(out._slice.image.raw), expected)  # the plane was computed
+    if background:
+        assert gap < 0.25
+    else:
+        assert gap > 0.25  # the same work on the GUI thread: the measurement can tell them apart
 
 
 @pytest.mark.slow
