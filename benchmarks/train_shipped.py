@@ -15,6 +15,7 @@ elapsed time instead of iterations.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -74,7 +75,7 @@ def train_one(name: str, args) -> dict:
     cfg = TrainConfig(
         **fields, iters=args.iters, lr=args.lr, warmup=args.warmup, stages=args.stages, seed=args.seed,
         time_budget=budget, device=args.device, log_every=args.log_every, save_every=args.save_every,
-        channels_last=args.channels_last,
+        channels_last=args.channels_last, dense_groups=args.dense_groups,
     )
     imgs = bundled_images(TRAIN_IMAGES, args.data_dir)
     if colour_only:
@@ -102,15 +103,16 @@ def train_one(name: str, args) -> dict:
 
 
 def probe(args) -> list[dict]:
-    """Training-step speed of the RGB denoiser per (patch, batch, layout): ``--probe 192:8 192:32``."""
+    """Training-step speed of the RGB denoiser per (patch, batch) and variant (memory layout, dense
+    or grouped convolutions): ``--probe 192:8 192:32``."""
     imgs = list(bundled_images(TRAIN_IMAGES, args.data_dir).values())
     rows = []
     for spec in args.probe:
-        for cl in (False, True):
+        for cl, dense in itertools.product((False, True), (False, True)):
             patch, bs = (int(v) for v in spec.split(":"))
             fields = {k: v for k, v in SHIPPED["small-denoise-rgb"].items() if k != "colour_only"}
             cfg = TrainConfig(**fields, iters=args.probe_iters, stages=((patch, bs),), device=args.device,
-                              channels_last=cl, log_every=10**9, save_every=10**9)
+                              channels_last=cl, dense_groups=dense, log_every=10**9, save_every=10**9)
             marks = {}
 
             def tick(it, _loss):
@@ -119,7 +121,8 @@ def probe(args) -> list[dict]:
             train(cfg, clean=imgs, out=Path(args.out_dir) / "probe.pth", callback=tick, progress=False)
             first = max(3, args.probe_iters // 4)  # cudnn autotuning happens in the first steps
             sec = (marks[args.probe_iters] - marks[first]) / (args.probe_iters - first)
-            rows.append({"patch": patch, "batch": bs, "channels_last": cl, "s_per_iter": round(sec, 4),
+            rows.append({"patch": patch, "batch": bs, "channels_last": cl, "dense_groups": dense,
+                         "s_per_iter": round(sec, 4),
                          "mpix_per_s": round(patch * patch * bs / sec / 1e6, 2)})
             print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -134,7 +137,8 @@ def profile(args) -> str:
     patch, bs = (int(v) for v in args.profile.split(":"))
     fields = {k: v for k, v in SHIPPED["small-denoise-rgb"].items() if k != "colour_only"}
     cfg = TrainConfig(**fields, iters=10, stages=((patch, bs),), device=args.device,
-                      channels_last=args.channels_last, log_every=10**9, save_every=10**9)
+                      channels_last=args.channels_last, dense_groups=args.dense_groups,
+                      log_every=10**9, save_every=10**9)
     cuda = torch.cuda.is_available() and args.device != "cpu"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with torch_profile(activities=acts, schedule=schedule(wait=3, warmup=2, active=5)) as prof:
@@ -166,6 +170,7 @@ def main(argv=None) -> int:
     ap.add_argument("--save-every", type=int, default=1000)
     ap.add_argument("--resume", action="store_true", help="continue from <out-dir>/<name>.ckpt.pth")
     ap.add_argument("--channels-last", action="store_true", help="NHWC layout (faster bf16 convs on GPUs)")
+    ap.add_argument("--dense-groups", action="store_true", help="grouped convs as dense block-diagonal ones")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--probe", nargs="+", metavar="PATCH:BATCH", help="only time training steps")
     ap.add_argument("--probe-iters", type=int, default=20)

@@ -8,7 +8,7 @@
 set -euo pipefail
 TB=${TB:-430}
 DEVICE=${DEVICE:-cuda}
-PROBE=${PROBE:-192:8 192:16 192:32}
+PROBE=${PROBE:-192:16 192:32}
 MODELS=${MODELS:-small-denoise-gray small-denoise-rgb}
 LR=${LR:-4e-4}
 STAGES=${STAGES:-}  # empty: probe the speed and choose the batch
@@ -25,29 +25,30 @@ fi
 if [ -z "$STAGES" ]; then
     python3 benchmarks/train_shipped.py --probe $PROBE --probe-iters 16 --out-dir runs/probe \
         --device "$DEVICE" --data-dir .traindata --quiet 2>&1 | grep '^{'
-    read -r B CL < <(python3 - <<'PY'
+    read -r B FLAGS < <(python3 - <<'PY'
 import json
 rows = json.load(open("runs/probe/probe.json"))
-t = {(r["batch"], r["channels_last"]): r["s_per_iter"] for r in rows}
+t = {(r["batch"], r["channels_last"], r["dense_groups"]): r["s_per_iter"] for r in rows}
 sizes = sorted({r["batch"] for r in rows})
-cl = sum(t[(s, True)] for s in sizes) < sum(t[(s, False)] for s in sizes)
+variants = sorted({k[1:] for k in t}, key=lambda v: sum(t[(s,) + v] for s in sizes))
+v = variants[0]  # the fastest layout / convolution variant over all probed batch sizes
 b = sizes[0]
 for nb in sizes[1:]:  # double the batch while that costs less than 1.5x the step time
-    if t[(nb, cl)] <= 1.5 * t[(b, cl)]:
+    if t[(nb,) + v] <= 1.5 * t[(b,) + v]:
         b = nb
     else:
         break
-print(b, "--channels-last" if cl else "")
+print(b, ("--channels-last " if v[0] else "") + ("--dense-groups" if v[1] else ""))
 PY
 )
-    echo "chosen batch $B ${CL:-(NCHW)}"
+    echo "chosen batch $B ${FLAGS:-(NCHW, grouped convolutions)}"
     STAGES="128:$((2 * B)),192:$B,256:$(((B + 1) / 2))"
 else
-    CL=""
+    FLAGS=${FLAGS:-}  # e.g. --dense-groups
 fi
 timeout $((TB + 100)) python3 benchmarks/train_shipped.py --all --only $MODELS \
     --init-dir napari_mirnet/models --out-dir runs/ft --device "$DEVICE" --data-dir .traindata \
     --time-budget "$TB" --lr "$LR" --warmup 0.05 --threads 4 --log-every 50 \
-    --stages "$STAGES" $CL || echo "training exit $?"
+    --stages "$STAGES" $FLAGS || echo "training exit $?"
 tail -n 3 runs/ft/*.log || true
 tar czf "$OUTDIR/ft.tgz" --exclude="*.ckpt.pth" runs/ft $(ls runs/probe/probe.json runs/profile/profile.txt 2>/dev/null)

@@ -178,6 +178,33 @@ def test_channels_last_trains_the_same_model(tmp_path):
         torch.testing.assert_close(pa[k], pb[k], rtol=1e-3, atol=1e-5)
 
 
+def test_dense_groups_compute_the_same_network(tmp_path):
+    from napari_mirnet.training import _BlockDiagonalConv2d, use_dense_groups
+
+    torch.manual_seed(0)
+    model = MIRNetV2(config_from_state_dict(MIRNetV2().state_dict()))  # the official layout: groups 1, 2, 4
+    x = torch.rand(2, 3, 40, 44)
+    ref = model(x)
+    ref.square().mean().backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+    keys = list(model.state_dict())
+    grouped = sum(isinstance(m, torch.nn.Conv2d) and m.groups > 1 for m in model.modules())
+    model.zero_grad()
+    use_dense_groups(model)
+    assert grouped == 36 and sum(isinstance(m, _BlockDiagonalConv2d) for m in model.modules()) == grouped
+    assert list(model.state_dict()) == keys  # checkpoints are unchanged
+    out = model(x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    out.square().mean().backward()
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[k], rtol=1e-3, atol=1e-6)
+    # and a training run with it follows the plain one
+    imgs = _images(2)
+    a = train(_cfg(iters=2), clean=imgs, out=tmp_path / "a.pth", progress=False)
+    b = train(_cfg(iters=2, dense_groups=True), clean=imgs, out=tmp_path / "b.pth", progress=False)
+    np.testing.assert_allclose([v for _, v in a.losses], [v for _, v in b.losses], rtol=1e-4)
+
+
 def test_bad_stages_are_refused():
     with pytest.raises(ValueError, match="stages"):
         _cfg(stages=((256, 0),))
