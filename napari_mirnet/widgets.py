@@ -174,6 +174,19 @@ def _engine():
     return engine
 
 
+def _preload_torch_dispatch() -> None:
+    """Import what the engine's first memory measurement needs, while the dock opens.
+
+    That measurement runs a forward pass under a TorchDispatchMode, whose first use imports
+    ``torch._dynamo``; done in the worker, the import holds the GIL long enough (0.2-0.5 s) to
+    freeze the GUI in the middle of the first run.
+    """
+    try:
+        import torch._dynamo  # noqa: F401
+    except ImportError:
+        pass
+
+
 def run_job(job: Job, progress=None, cancel: threading.Event | None = None):
     """Run a job with the engine (in the calling thread); returns the data for the result layer."""
     eng = _engine()
@@ -359,6 +372,7 @@ class TaskWidget(Container):
         self._cancel = None
         self._pbar = None
         self._closed = False  # the Qt side is gone (viewer closed): a run must not touch it any more
+        _preload_torch_dispatch()
         self._relay = _Relay()
         self._relay.progressed.connect(self._on_progress)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -174,13 +175,19 @@ def test_zarr_output(make_napari_viewer, qtbot, tiny_weights, tmp_path):
     assert arr.shape == (64, 64, 3)
 
 
-def test_cancel_leaves_no_layer(make_napari_viewer, qtbot, tiny_weights):
-    viewer = make_napari_viewer()
-    data = np.repeat(sample_data.noisy_stack()[0][0][:1, :64, :64], 40, axis=0)
+def _start_long_run(viewer, qtbot, weights, planes: int):
+    """A denoising run over a stack of ``planes`` planes, once its first tile is done."""
+    data = np.repeat(sample_data.noisy_stack()[0][0][:1, :64, :64], planes, axis=0)
     viewer.add_image(data, name="long stack")
-    w = _widget(DenoiseWidget, viewer, tiny_weights)
+    w = _widget(DenoiseWidget, viewer, weights)
     worker = w()
     qtbot.waitUntil(lambda: w._pbar is not None and w._pbar.n >= 1, timeout=30_000)
+    return w, worker
+
+
+def test_cancel_leaves_no_layer(make_napari_viewer, qtbot, tiny_weights):
+    viewer = make_napari_viewer()
+    w, worker = _start_long_run(viewer, qtbot, tiny_weights, 40)
     w.cancel()
     qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)
     assert worker is not None
@@ -192,12 +199,8 @@ def test_cancel_leaves_no_layer(make_napari_viewer, qtbot, tiny_weights):
 
 def test_closing_the_viewer_cancels_the_run(make_napari_viewer, qtbot, tiny_weights):
     viewer = make_napari_viewer()
-    data = np.repeat(sample_data.noisy_stack()[0][0][:1, :64, :64], 400, axis=0)
-    viewer.add_image(data, name="long stack")
-    w = _widget(DenoiseWidget, viewer, tiny_weights)
-    worker = w()
+    w, worker = _start_long_run(viewer, qtbot, tiny_weights, 400)
     cancel = w._cancel
-    qtbot.waitUntil(lambda: w._pbar is not None and w._pbar.n >= 1, timeout=30_000)
     viewer.close()
     qtbot.waitUntil(cancel.is_set, timeout=10_000)
     # the worker stops at the next tile and finishes without touching the deleted Qt widgets
@@ -207,22 +210,31 @@ def test_closing_the_viewer_cancels_the_run(make_napari_viewer, qtbot, tiny_weig
     assert w.last_progress[0] < w.last_progress[1] == 400
 
 
-def test_gui_stays_responsive(make_napari_viewer, qtbot, tiny_weights):
+@contextlib.contextmanager
+def _event_loop_ticks():
+    """Times at which a 10 ms Qt timer fired while the block ran: long gaps are GUI freezes."""
     from qtpy.QtCore import QTimer
 
-    viewer = make_napari_viewer()
-    data = np.repeat(sample_data.noisy_stack()[0][0][:1, :128, :128], 24, axis=0)
-    viewer.add_image(data, name="stack")
-    w = _widget(DenoiseWidget, viewer, tiny_weights)
     ticks = []
     timer = QTimer()
     timer.setInterval(10)
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     timer.start()
-    t0 = time.perf_counter()
-    out = _run(qtbot, w)
-    run_s = time.perf_counter() - t0
-    timer.stop()
+    try:
+        yield ticks
+    finally:
+        timer.stop()
+
+
+def test_gui_stays_responsive(make_napari_viewer, qtbot, tiny_weights):
+    viewer = make_napari_viewer()
+    data = np.repeat(sample_data.noisy_stack()[0][0][:1, :128, :128], 24, axis=0)
+    viewer.add_image(data, name="stack")
+    w = _widget(DenoiseWidget, viewer, tiny_weights)
+    with _event_loop_ticks() as ticks:
+        t0 = time.perf_counter()
+        out = _run(qtbot, w)
+        run_s = time.perf_counter() - t0
     assert out is not None, w.last_status
     gaps = np.diff(ticks)
     print(f"run {run_s:.2f} s, {len(ticks)} ticks, max event-loop gap {gaps.max() * 1000:.0f} ms")
@@ -315,7 +327,6 @@ def test_cancel_zarr_leaves_store_incomplete(make_napari_viewer, qtbot, tiny_wei
 @pytest.mark.parametrize("background", [True, False])
 def test_lazy_layer_is_computed_off_the_gui_thread(make_napari_viewer, qtbot, tiny_weights, async_setting, background):
     import dask.array as da
-    from qtpy.QtCore import QTimer
 
     viewer = make_napari_viewer(show=True)
     stack = da.random.default_rng(0).integers(0, 255, (8, 768, 768), dtype=np.uint8, chunks=(1, 768, 768))
@@ -331,16 +342,11 @@ def test_lazy_layer_is_computed_off_the_gui_thread(make_napari_viewer, qtbot, ti
     assert ("turned on napari's asynchronous" in w.last_status) is background
     viewer.layers["stack"].visible = False
     qtbot.waitUntil(lambda: not viewer._layer_slicer._layers_to_task, timeout=60_000)
-    ticks = []
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
-    timer.start()
-    t0 = time.perf_counter()
-    viewer.dims.set_current_step(0, 5)  # a plane nobody has computed yet
-    qtbot.waitUntil(lambda: time.perf_counter() - t0 > 0.3 and not viewer._layer_slicer._layers_to_task,
-                    timeout=60_000)
-    timer.stop()
+    with _event_loop_ticks() as ticks:
+        t0 = time.perf_counter()
+        viewer.dims.set_current_step(0, 5)  # a plane nobody has computed yet
+        qtbot.waitUntil(lambda: time.perf_counter() - t0 > 0.3 and not viewer._layer_slicer._layers_to_task,
+                        timeout=60_000)
     seconds = time.perf_counter() - t0
     gap = np.diff(ticks).max() if len(ticks) > 1 else seconds
     print(f"background={background}: new plane in {seconds:.2f} s, longest event-loop gap {gap * 1000:.0f} ms")
