@@ -697,6 +697,13 @@ def _run_train(args) -> int:
         spec = json.loads(args.degradation_json)
     else:
         spec = degradation_from_args(args.task, args.noise, args.sigma_max, args.scale)
+    if args.bundled_data and args.clean:
+        print("error: give either --clean or --bundled-data, not both", file=sys.stderr)
+        return 2
+    if args.colour_only and not args.bundled_data:
+        print("error: --colour-only selects among the bundled images: use it with --bundled-data "
+              "(with --clean, pass only colour images)", file=sys.stderr)
+        return 2
     if args.bundled_data:
         imgs = bundled_images(TRAIN_IMAGES, args.data_dir)
         if args.colour_only:

@@ -243,6 +243,14 @@ def test_cli_trains_on_bundled_colour_images_only(tmp_path):
     assert args.func(args) == 0
     meta = torch.load(out, weights_only=True)["meta"]
     assert meta["training_data"]["images"] == ["rocket"] and meta["training"]["channel_shuffle"] is True
+    # contradictory data options are refused, with a message
+    for extra in (["--clean", str(data)], []):
+        bad = ["train", "--colour-only", "--out", str(tmp_path / "x.pth"), *extra]
+        if extra:
+            bad.insert(1, "--bundled-data")
+        args = parser.parse_args(bad)
+        assert args.func(args) == 2
+        assert not (tmp_path / "x.pth").exists()
 
 
 def test_held_out_split_is_disjoint():
