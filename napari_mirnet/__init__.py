@@ -3,7 +3,6 @@
 from importlib.metadata import PackageNotFoundError, version
 
 
-
 def _source_version() -> str:
     """For a source tree that is not installed (e.g. on a training machine): read pyproject.toml."""
     from pathlib import Path

@@ -179,21 +179,22 @@ def _diff(a: dict, b: dict) -> str:
     return "; ".join(parts[:4])
 
 
-def stored_fingerprint(path) -> dict | None:
-    """The fingerprint of a napari-mirnet store at ``path``, or None."""
+def _stored_meta(path) -> dict | None:
+    """Our metadata in the zarr store at ``path``; None if it is not a napari-mirnet store."""
     try:
-        g = zarr.open_group(str(path), mode="r")
+        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
     except Exception:
         return None
-    return dict(g.attrs).get(ATTR, {}).get("fingerprint")
+    return attrs.get(ATTR)
+
+
+def stored_fingerprint(path) -> dict | None:
+    """The fingerprint of a napari-mirnet store at ``path``, or None."""
+    return (_stored_meta(path) or {}).get("fingerprint")
 
 
 def is_complete(path) -> bool:
-    try:
-        g = zarr.open_group(str(path), mode="r")
-    except Exception:
-        return False
-    return bool(dict(g.attrs).get(ATTR, {}).get("complete", False))
+    return bool((_stored_meta(path) or {}).get("complete", False))
 
 
 class ZarrOutput:
@@ -233,18 +234,13 @@ def open_output(path, fingerprint: dict, shape, chunks, dtype, axes: str, overwr
     if p.exists() and not p.is_dir():
         raise OutputError(f"output {p} is an existing file, not a zarr store; choose another path")
     if p.exists():
-        attrs = None
-        try:
-            attrs = dict(zarr.open_group(str(p), mode="r").attrs)
-        except Exception:
-            pass
-        if attrs is None or ATTR not in attrs:
+        meta = _stored_meta(p)
+        if meta is None:
             if any(p.iterdir()):
                 raise OutputError(
                     f"output {p} exists and is not a napari-mirnet result; it is left alone: choose another path"
                 )
         else:
-            meta = attrs[ATTR]
             same = meta.get("fingerprint") == fingerprint
             if meta.get("complete") and not overwrite:
                 raise OutputExistsError(
