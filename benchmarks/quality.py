@@ -157,6 +157,21 @@ def nlm(noisy: np.ndarray, sigma01: float, h_factor: float) -> np.ndarray:
     return out.reshape(noisy.shape).astype(np.float32)
 
 
+def best_nlm(noisy, cleans, sigma01: float, quick: bool, after=lambda out: out):
+    """NLM with the strength h (a multiple of sigma) that gives the best mean PSNR on these images.
+
+    ``after`` maps each NLM output back before scoring (e.g. an inverse transform).
+    Returns (h factor, outputs).
+    """
+    best = None
+    for hf in ((0.8,) if quick else (0.4, 0.6, 0.8, 1.0, 1.2)):
+        outs = [after(nlm(n, sigma01, hf)) for n in noisy]
+        m = np.mean([psnr(o, c) for o, c in zip(outs, cleans)])
+        if best is None or m > best[0]:
+            best = (m, hf, outs)
+    return best[1], best[2]
+
+
 def bm3d_denoise(noisy: np.ndarray, sigma01: float) -> np.ndarray:
     import bm3d
 
@@ -239,13 +254,8 @@ def run(models_dir=MODELS_DIR, crop=CROP, data_dir=None, sigmas=SIGMAS, quick=Fa
                 setting = f"sigma {s}"
                 _row(rows, task, name, setting, "noisy input", noisy, cleans, 0)
                 t = time.perf_counter()
-                best = None
-                for hf in ((0.8,) if quick else (0.4, 0.6, 0.8, 1.0, 1.2)):
-                    outs = [nlm(n, s / 255, hf) for n in noisy]
-                    m = np.mean([psnr(o, c) for o, c in zip(outs, cleans)])
-                    if best is None or m > best[0]:
-                        best = (m, hf, outs)
-                _row(rows, task, name, setting, f"NLM (h={best[1]}*sigma)", best[2], cleans, time.perf_counter() - t)
+                hf, outs = best_nlm(noisy, cleans, s / 255, quick)
+                _row(rows, task, name, setting, f"NLM (h={hf}*sigma)", outs, cleans, time.perf_counter() - t)
                 t = time.perf_counter()
                 outs = [bm3d_denoise(n, s / 255) for n in noisy]
                 _row(rows, task, name, setting, "BM3D", outs, cleans, time.perf_counter() - t)
@@ -291,13 +301,8 @@ def _microscopy_rows(rows, model, name, cleans, quick) -> None:
         _row(rows, "denoise", name, setting, "noisy input", noisy, cleans, 0)
         vst = [anscombe(n, peak, sig).astype(np.float32) for n in noisy]
         t = time.perf_counter()
-        best = None
-        for hf in ((0.8,) if quick else (0.4, 0.6, 0.8, 1.0, 1.2)):
-            outs = [inverse_anscombe(nlm(v, 1.0, hf), peak, sig) for v in vst]
-            m = np.mean([psnr(o, c) for o, c in zip(outs, cleans)])
-            if best is None or m > best[0]:
-                best = (m, hf, outs)
-        _row(rows, "denoise", name, setting, f"VST+NLM (h={best[1]})", best[2], cleans, time.perf_counter() - t)
+        hf, outs = best_nlm(vst, cleans, 1.0, quick, after=lambda d: inverse_anscombe(d, peak, sig))
+        _row(rows, "denoise", name, setting, f"VST+NLM (h={hf})", outs, cleans, time.perf_counter() - t)
         t = time.perf_counter()
         outs = [inverse_anscombe(bm3d_denoise(v, 1.0), peak, sig) for v in vst]
         _row(rows, "denoise", name, setting, "VST+BM3D", outs, cleans, time.perf_counter() - t)
