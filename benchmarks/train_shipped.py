@@ -31,12 +31,11 @@ import torch  # noqa: E402
 
 from napari_mirnet.training import (  # noqa: E402
     HELD_OUT_IMAGES,
-    TRAIN_IMAGES,
     TrainConfig,
-    bundled_images,
     export_model,
-    is_colour,
+    parse_stages,
     train,
+    training_images,
 )
 
 GAUSS_0_50 = {"kind": "gaussian", "sigma_range": [0.0, 50.0]}
@@ -77,9 +76,7 @@ def train_one(name: str, args) -> dict:
         time_budget=budget, device=args.device, log_every=args.log_every, save_every=args.save_every,
         channels_last=args.channels_last, dense_groups=args.dense_groups,
     )
-    imgs = bundled_images(TRAIN_IMAGES, args.data_dir)
-    if colour_only:
-        imgs = {k: v for k, v in imgs.items() if is_colour(v)}
+    imgs = training_images(args.data_dir, colour_only)
     desc = {"description": "images bundled with scikit-image (skimage/data), scikit-learn and matplotlib; "
             "held-out ones excluded" + ("; colour images only" if colour_only else ""),
             "images": sorted(imgs), "held_out": list(HELD_OUT_IMAGES)}
@@ -102,17 +99,26 @@ def train_one(name: str, args) -> dict:
     return rec
 
 
+def _one_stage(text: str) -> tuple[int, int]:
+    return parse_stages(text)[0]
+
+
+def _step_config(args, patch: int, bs: int, iters: int, channels_last: bool, dense_groups: bool) -> TrainConfig:
+    """The RGB denoiser's training config at one fixed (patch, batch), for timing steps."""
+    fields = {k: v for k, v in SHIPPED["small-denoise-rgb"].items() if k != "colour_only"}
+    return TrainConfig(**fields, iters=iters, stages=((patch, bs),), device=args.device,
+                       channels_last=channels_last, dense_groups=dense_groups,
+                       log_every=10**9, save_every=10**9)
+
+
 def probe(args) -> list[dict]:
     """Training-step speed of the RGB denoiser per (patch, batch) and variant (memory layout, dense
     or grouped convolutions): ``--probe 192:8 192:32``."""
-    imgs = list(bundled_images(TRAIN_IMAGES, args.data_dir).values())
+    imgs = list(training_images(args.data_dir).values())
     rows = []
-    for spec in args.probe:
+    for patch, bs in args.probe:
         for cl, dense in itertools.product((False, True), (False, True)):
-            patch, bs = (int(v) for v in spec.split(":"))
-            fields = {k: v for k, v in SHIPPED["small-denoise-rgb"].items() if k != "colour_only"}
-            cfg = TrainConfig(**fields, iters=args.probe_iters, stages=((patch, bs),), device=args.device,
-                              channels_last=cl, dense_groups=dense, log_every=10**9, save_every=10**9)
+            cfg = _step_config(args, patch, bs, args.probe_iters, cl, dense)
             marks = {}
 
             def tick(it, _loss):
@@ -133,12 +139,8 @@ def profile(args) -> str:
     from torch.profiler import ProfilerActivity, schedule
     from torch.profiler import profile as torch_profile
 
-    imgs = list(bundled_images(TRAIN_IMAGES, args.data_dir).values())
-    patch, bs = (int(v) for v in args.profile.split(":"))
-    fields = {k: v for k, v in SHIPPED["small-denoise-rgb"].items() if k != "colour_only"}
-    cfg = TrainConfig(**fields, iters=10, stages=((patch, bs),), device=args.device,
-                      channels_last=args.channels_last, dense_groups=args.dense_groups,
-                      log_every=10**9, save_every=10**9)
+    imgs = list(training_images(args.data_dir).values())
+    cfg = _step_config(args, *args.profile, 10, args.channels_last, args.dense_groups)
     cuda = torch.cuda.is_available() and args.device != "cpu"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with torch_profile(activities=acts, schedule=schedule(wait=3, warmup=2, active=5)) as prof:
@@ -161,7 +163,7 @@ def main(argv=None) -> int:
     ap.add_argument("--time-budget", type=float, help="seconds of training for the denoisers (others less)")
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--warmup", type=float, default=0.02)
-    ap.add_argument("--stages", default=",".join(f"{p}:{b}" for p, b in GPU_STAGES))
+    ap.add_argument("--stages", type=parse_stages, default=",".join(f"{p}:{b}" for p, b in GPU_STAGES))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-feat", type=int, help="override every model's width (smoke tests)")
     ap.add_argument("--n-mrb", type=int)
@@ -172,11 +174,10 @@ def main(argv=None) -> int:
     ap.add_argument("--channels-last", action="store_true", help="NHWC layout (faster bf16 convs on GPUs)")
     ap.add_argument("--dense-groups", action="store_true", help="grouped convs as dense block-diagonal ones")
     ap.add_argument("--quiet", action="store_true")
-    ap.add_argument("--probe", nargs="+", metavar="PATCH:BATCH", help="only time training steps")
+    ap.add_argument("--probe", nargs="+", type=_one_stage, metavar="PATCH:BATCH", help="only time training steps")
     ap.add_argument("--probe-iters", type=int, default=20)
-    ap.add_argument("--profile", metavar="PATCH:BATCH", help="only profile 5 training steps (top operators)")
+    ap.add_argument("--profile", type=_one_stage, metavar="PATCH:BATCH", help="only profile 5 training steps (top operators)")
     args = ap.parse_args(argv)
-    args.stages = tuple(tuple(int(v) for v in s.split(":")) for s in args.stages.split(","))
     if args.profile:
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
         table = profile(args)

@@ -45,12 +45,14 @@ __all__ = [
     "load_images",
     "bundled_images",
     "is_colour",
+    "training_images",
     "SKIMAGE_TRAIN_IMAGES",
     "PACKAGE_TRAIN_IMAGES",
     "TRAIN_IMAGES",
     "HELD_OUT_IMAGES",
     "code_version",
     "add_train_command",
+    "parse_stages",
 ]
 
 TASKS = ("denoise", "super_resolution", "lowlight")
@@ -170,6 +172,12 @@ def bundled_images(names: Sequence[str], data_dir: str | os.PathLike | None = No
         if hits:
             out[name] = io.imread(hits[0])
     return out
+
+
+def training_images(data_dir: str | os.PathLike | None = None, colour_only: bool = False) -> dict[str, np.ndarray]:
+    """The bundled training images (:data:`TRAIN_IMAGES` found on disk), optionally colour ones only."""
+    imgs = bundled_images(TRAIN_IMAGES, data_dir)
+    return {k: v for k, v in imgs.items() if is_colour(v)} if colour_only else imgs
 
 
 def is_colour(img: np.ndarray) -> bool:
@@ -613,7 +621,8 @@ def _truncate_log(path: Path, upto: int) -> None:
 
 
 # --------------------------------------------------------------------------------------- CLI
-def _parse_stages(text: str) -> tuple[tuple[int, int], ...]:
+def parse_stages(text: str) -> tuple[tuple[int, int], ...]:
+    """``"64:8,96:4"`` -> ((64, 8), (96, 4)): (patch, batch) stages, as the command line gives them."""
     try:
         return tuple(tuple(int(v) for v in s.split(":")) for s in text.split(","))  # type: ignore[misc]
     except ValueError:
@@ -654,7 +663,7 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
     opt.add_argument("--lr", type=float, default=2e-4)
     opt.add_argument("--warmup", type=float, default=0.0)
     opt.add_argument("--grad-clip", type=float, default=0.01)
-    opt.add_argument("--stages", type=_parse_stages, default="64:8,96:4,128:2",
+    opt.add_argument("--stages", type=parse_stages, default="64:8,96:4,128:2",
                      help="progressive patch:batch stages, each for an equal share of the run")
     opt.add_argument("--time-budget", type=float, help="stop after this many seconds of training")
     opt.add_argument("--seed", type=int, default=0)
@@ -705,9 +714,7 @@ def _run_train(args) -> int:
               "(with --clean, pass only colour images)", file=sys.stderr)
         return 2
     if args.bundled_data:
-        imgs = bundled_images(TRAIN_IMAGES, args.data_dir)
-        if args.colour_only:
-            imgs = {k: v for k, v in imgs.items() if is_colour(v)}
+        imgs = training_images(args.data_dir, args.colour_only)
         if not imgs:
             print("error: no bundled images found on disk (is scikit-image installed?)", file=sys.stderr)
             return 2
