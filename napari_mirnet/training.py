@@ -225,6 +225,9 @@ class TrainConfig:
     device: str = "auto"
     #: bf16 autocast on CUDA
     amp: bool = True
+    #: bf16 autocast on the CPU too: about 1.5x faster per step where the CPU has native bf16
+    #: (AVX512-BF16 or AMX; measured with channels_last on a 2-core EPYC), slower elsewhere
+    amp_cpu: bool = False
     #: NHWC memory layout (often faster for bf16 convolutions on GPUs)
     channels_last: bool = False
     #: compute the grouped 3x3 convolutions as dense ones with block-diagonal weights (same result
@@ -373,7 +376,7 @@ def _iteration_rngs(seed: int, it: int, device: torch.device) -> tuple[np.random
 
 
 # --------------------------------------------------------------------------------------- checkpoints
-def _meta(cfg: TrainConfig, data_desc: dict, it: int, elapsed: float, paired: bool) -> dict:
+def _meta(cfg: TrainConfig, data_desc: dict, it: int, elapsed: float, paired: bool, amp: bool) -> dict:
     meta = {
         "task": cfg.task,
         "config": cfg.model_config().to_dict(),
@@ -392,6 +395,7 @@ def _meta(cfg: TrainConfig, data_desc: dict, it: int, elapsed: float, paired: bo
             "stages": [list(s) for s in cfg.stages],
             "augment": "8-way flips/rotations" if cfg.augment else None,
             "channel_shuffle": cfg.channel_shuffle,
+            "precision": "bf16 autocast" if amp else "fp32",
             "seed": cfg.seed,
         },
     }
@@ -504,14 +508,14 @@ def train(
     elif log_path.exists():
         log_path.unlink()
 
-    use_amp = cfg.amp and device.type == "cuda"
+    use_amp = (cfg.amp and device.type == "cuda") or (cfg.amp_cpu and device.type == "cpu")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
     def checkpoint(it: int, elapsed: float) -> None:
         _save(out, {
             "params": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "meta": _meta(cfg, desc, it, elapsed, degraded_list is not None),
+            "meta": _meta(cfg, desc, it, elapsed, degraded_list is not None, use_amp),
             "optimizer": opt.state_dict(),
             "scheduler": {"kind": "cosine", "lr": cfg.lr, "lr_min": cfg.lr_min, "warmup": cfg.warmup,
                           "iters": cfg.iters, "time_budget": cfg.time_budget, "elapsed": elapsed,
@@ -676,6 +680,8 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
     run.add_argument("--export", help="also write a slim fp16 {'params','meta'} model file here")
     run.add_argument("--device", default="auto")
     run.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    run.add_argument("--amp-cpu", action="store_true",
+                     help="bf16 autocast on the CPU (faster on CPUs with native bf16; use with --channels-last)")
     run.add_argument("--channels-last", action="store_true", help="NHWC memory layout (GPU speed)")
     run.add_argument("--dense-groups", action="store_true",
                      help="grouped convolutions as dense block-diagonal ones (GPU speed; same result)")
@@ -736,7 +742,7 @@ def _run_train(args) -> int:
         channel_shuffle=args.channel_shuffle, channels_last=args.channels_last,
         dense_groups=args.dense_groups, seed=args.seed,
         log_every=args.log_every, save_every=args.save_every, time_budget=args.time_budget,
-        device=args.device, amp=not args.no_amp,
+        device=args.device, amp=not args.no_amp, amp_cpu=args.amp_cpu,
     )
     try:
         res = train(cfg if not args.resume else None, clean=clean, degraded=degraded, out=args.out,

@@ -178,6 +178,33 @@ def test_channels_last_trains_the_same_model(tmp_path):
         torch.testing.assert_close(pa[k], pb[k], rtol=1e-3, atol=1e-5)
 
 
+def test_amp_cpu_trains_in_bf16_close_to_fp32(tmp_path):
+    imgs = _images(2)
+    dtypes = set()
+
+    def hook(module, args, out):
+        if isinstance(module, torch.nn.Conv2d) and module.training:
+            dtypes.add(out.dtype)
+
+    a = train(_cfg(iters=3), clean=imgs, out=tmp_path / "a.pth", progress=False)
+    assert dtypes == set()  # the hook is not installed yet
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        b = train(_cfg(iters=3, amp_cpu=True, channels_last=True), clean=imgs, out=tmp_path / "b.pth",
+                  progress=False)
+    finally:
+        handle.remove()
+    assert dtypes == {torch.bfloat16}
+    la, lb = [v for _, v in a.losses], [v for _, v in b.losses]
+    assert la != lb  # really a different arithmetic...
+    np.testing.assert_allclose(la, lb, rtol=3e-2)  # ...that trains the same network
+    pb = torch.load(b.checkpoint, weights_only=True)
+    assert all(v.dtype == torch.float32 for v in pb["params"].values())
+    assert pb["train_config"]["amp_cpu"] is True
+    assert pb["meta"]["training"]["precision"] == "bf16 autocast"
+    assert torch.load(a.checkpoint, weights_only=True)["meta"]["training"]["precision"] == "fp32"
+
+
 def test_dense_groups_compute_the_same_network(tmp_path):
     from napari_mirnet.training import _BlockDiagonalConv2d, use_dense_groups
 
