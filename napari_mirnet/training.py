@@ -9,8 +9,9 @@ resumed from a checkpoint follows the same loss curve as an uninterrupted one.
 
 Checkpoints use the official layout ``{'params': state_dict}`` plus ``'meta'`` (task, network config,
 normalisation, data, degradation, code version) and, for resuming, ``'optimizer'``, ``'scheduler'``,
-``'rng'``, ``'iteration'``, ``'train_config'`` and ``'loss_window'``. :func:`export_model` writes the
-slim fp16 ``{'params', 'meta'}`` file that is shipped or shared.
+``'rng'``, ``'iteration'``, ``'train_config'`` and ``'loss_window'``; with ``ema`` on, the moving
+average of the weights is kept under ``'params_ema'`` (BasicSR's name). :func:`export_model` writes
+the slim fp16 ``{'params', 'meta'}`` file that is shipped or shared (the average, when there is one).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 
 from .degradations import TASK_DEFAULTS, degrade
 from .model import MIRNetConfig, MIRNetV2
-from .weights import resolve_device
+from .weights import read_checkpoint, resolve_device
 
 __all__ = [
     "TASKS",
@@ -220,6 +221,9 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     save_every: int = 500
+    #: decay of an exponential moving average of the weights, kept beside them and exported instead
+    #: of them (0 = off; 0.999 is usual): it evens out the step-to-step noise of small batches
+    ema: float = 0.0
     #: stop by wall clock after this many seconds (schedule then follows elapsed time, not bit-exact)
     time_budget: float | None = None
     device: str = "auto"
@@ -240,6 +244,8 @@ class TrainConfig:
         self.stages = tuple((int(p), int(b)) for p, b in self.stages)
         if not self.stages or any(p < 8 or b < 1 for p, b in self.stages):
             raise ValueError(f"stages must be (patch >= 8, batch >= 1) pairs, got {self.stages}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema is a decay per step in [0, 1) (0 = off, e.g. 0.999), got {self.ema}")
         self.betas = tuple(float(b) for b in self.betas)
         if self.degradation is None:
             self.degradation = json.loads(json.dumps(TASK_DEFAULTS[self.task]))
@@ -396,6 +402,7 @@ def _meta(cfg: TrainConfig, data_desc: dict, it: int, elapsed: float, paired: bo
             "augment": "8-way flips/rotations" if cfg.augment else None,
             "channel_shuffle": cfg.channel_shuffle,
             "precision": "bf16 autocast" if amp else "fp32",
+            "ema": cfg.ema or None,
             "seed": cfg.seed,
         },
     }
@@ -414,8 +421,11 @@ def _save(path: Path, obj: dict) -> None:
 def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, half: bool = True) -> Path:
     """Write the slim ``{'params', 'meta'}`` file (fp16 params by default) from a training checkpoint."""
     ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    params = {k: (v.half() if half and v.is_floating_point() else v) for k, v in ck["params"].items()}
+    # a run with a moving average of its weights ships the average (what it was trained to give)
+    source = ck.get("params_ema") or ck["params"]
+    params = {k: (v.half() if half and v.is_floating_point() else v) for k, v in source.items()}
     meta = dict(ck["meta"])
+    meta["exported_weights"] = "params_ema" if ck.get("params_ema") else "params"
     meta["params_dtype"] = "float16" if half else "float32"
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -479,12 +489,10 @@ def train(
     torch.manual_seed(cfg.seed)
     model = MIRNetV2(cfg.model_config()).to(device)
     if init is not None and ck is None:
-        loaded = torch.load(init, map_location="cpu", weights_only=True)
-        params = loaded.get("params", loaded)
+        params, prev = read_checkpoint(init)  # any convention; a moving average first, as for inference
         model.load_state_dict({k: v.float() for k, v in params.items()})
         desc["initialised_from"] = Path(init).name
-        prev = loaded.get("meta") if isinstance(loaded.get("meta"), dict) else None
-        if prev is not None:  # keep the lineage: a fine-tuned model says how its start was trained
+        if prev:  # keep the lineage: a fine-tuned model says how its start was trained
             prev_data = prev.get("training_data", {})
             desc["earlier_runs"] = list(prev_data.get("earlier_runs", [])) + [{
                 "file": Path(init).name, "training": prev.get("training"),
@@ -495,12 +503,18 @@ def train(
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()} if cfg.ema else None
     start, elapsed0, window = 0, 0.0, []
     if ck is not None:
         if ck["meta"]["training_data"].get("fingerprint") != desc["fingerprint"]:
             print("warning: resuming on different training images than the checkpoint's", file=sys.stderr)
         model.load_state_dict(ck["params"])
         opt.load_state_dict(ck["optimizer"])
+        if ema is not None:
+            if "params_ema" not in ck:
+                raise ValueError(f"{resume} was trained without ema: resume it with ema=0")
+            for k, v in ck["params_ema"].items():
+                ema[k].copy_(v)
         start, elapsed0 = int(ck["iteration"]), float(ck["scheduler"]["elapsed"])
         window = [float(v) for v in ck.get("loss_window", [])]
         _set_rng_state(ck["rng"])
@@ -515,6 +529,7 @@ def train(
     def checkpoint(it: int, elapsed: float) -> None:
         _save(out, {
             "params": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            **({"params_ema": {k: v.cpu() for k, v in ema.items()}} if ema is not None else {}),
             "meta": _meta(cfg, desc, it, elapsed, degraded_list is not None, use_amp),
             "optimizer": opt.state_dict(),
             "scheduler": {"kind": "cosine", "lr": cfg.lr, "lr_min": cfg.lr_min, "warmup": cfg.warmup,
@@ -534,6 +549,8 @@ def train(
         bar = tqdm(total=cfg.iters, initial=start, desc=f"train {cfg.task}", unit="it", dynamic_ncols=True)
     t0 = time.perf_counter()
     it, stopped, elapsed = start, False, elapsed0
+    # state_dict() tensors share storage with the parameters, so these pairs follow the training
+    ema_pairs = [(ema[k], v) for k, v in model.state_dict().items() if k in ema] if ema is not None else []
     model.train()
     try:
         with log_path.open("a") as log:
@@ -561,6 +578,8 @@ def train(
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
                 it += 1
+                if ema is not None:
+                    _update_ema(ema_pairs, min(cfg.ema, (1 + it) / (10 + it)))
                 lv = float(loss.detach())
                 losses.append((it, lv))
                 window.append(lv)
@@ -589,6 +608,13 @@ def train(
     if not stopped:
         checkpoint(it, elapsed)
     return TrainResult(checkpoint=out, iteration=it, losses=losses, stopped_early=stopped, elapsed=elapsed)
+
+
+@torch.no_grad()
+def _update_ema(pairs, decay: float) -> None:
+    # the decay ramps up over the first steps (1+t)/(10+t), so that the start weights fade quickly
+    for avg, cur in pairs:
+        avg.lerp_(cur, 1.0 - decay)
 
 
 def _get_rng_state() -> dict:
@@ -685,6 +711,8 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
     run.add_argument("--channels-last", action="store_true", help="NHWC memory layout (GPU speed)")
     run.add_argument("--dense-groups", action="store_true",
                      help="grouped convolutions as dense block-diagonal ones (GPU speed; same result)")
+    run.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                     help="keep and export a moving average of the weights (e.g. 0.999; 0 = off)")
     run.add_argument("--save-every", type=int, default=500)
     run.add_argument("--log-every", type=int, default=10)
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -742,7 +770,7 @@ def _run_train(args) -> int:
         channel_shuffle=args.channel_shuffle, channels_last=args.channels_last,
         dense_groups=args.dense_groups, seed=args.seed,
         log_every=args.log_every, save_every=args.save_every, time_budget=args.time_budget,
-        device=args.device, amp=not args.no_amp, amp_cpu=args.amp_cpu,
+        device=args.device, amp=not args.no_amp, amp_cpu=args.amp_cpu, ema=args.ema,
     )
     try:
         res = train(cfg if not args.resume else None, clean=clean, degraded=degraded, out=args.out,

@@ -42,7 +42,8 @@ OFFICIAL_LICENCE = (
     "License': non-commercial, academic use only. By using them you accept its terms."
 )
 SHIPPED_DIR = Path(__file__).parent / "models"
-_STATE_KEYS = ("params", "params_ema", "state_dict", "model")
+# a moving average of the weights, where a checkpoint has one, is what its trainer evaluated
+_STATE_KEYS = ("params_ema", "params", "state_dict", "model")
 _licence_shown = False
 _licence_lock = threading.Lock()
 

@@ -52,14 +52,15 @@ def _threads():
     torch.set_num_threads(old)
 
 
-def test_resume_follows_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_follows_uninterrupted_run(tmp_path, ema):
     imgs = _images()
-    full = train(_cfg(), clean=imgs, out=tmp_path / "full.pth", progress=False)
+    full = train(_cfg(ema=ema), clean=imgs, out=tmp_path / "full.pth", progress=False)
     assert full.iteration == 6 and len(full.losses) == 6
 
     # interrupt after 3 iterations (callback), then resume from the checkpoint on disk
     part_path = tmp_path / "part.pth"
-    first = train(_cfg(), clean=imgs, out=part_path, progress=False, callback=lambda it, loss: it < 3)
+    first = train(_cfg(ema=ema), clean=imgs, out=part_path, progress=False, callback=lambda it, loss: it < 3)
     assert first.stopped_early and first.iteration == 3
     ck = torch.load(part_path, map_location="cpu", weights_only=True)
     assert ck["iteration"] == 3 and {"params", "meta", "optimizer", "scheduler", "rng"} <= set(ck)
@@ -69,10 +70,11 @@ def test_resume_follows_uninterrupted_run(tmp_path):
     resumed = first.losses + second.losses
     assert [i for i, _ in resumed] == [i for i, _ in full.losses]
     np.testing.assert_allclose([v for _, v in resumed], [v for _, v in full.losses], rtol=0, atol=1e-6)
-    a = torch.load(tmp_path / "full.pth", weights_only=True)["params"]
-    b = torch.load(part_path, weights_only=True)["params"]
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    ca, cb = torch.load(tmp_path / "full.pth", weights_only=True), torch.load(part_path, weights_only=True)
+    assert ("params_ema" in ca) == ("params_ema" in cb) == bool(ema)
+    for key in ("params", "params_ema") if ema else ("params",):
+        for k in ca[key]:
+            torch.testing.assert_close(ca[key][k], cb[key][k], rtol=0, atol=1e-6)
     # the loss log next to the checkpoint holds each iteration once, with the same values
     log = [json.loads(ln) for ln in loss_log_path(part_path).read_text().splitlines()]
     assert [r["iter"] for r in log] == list(range(1, 7))
@@ -109,6 +111,43 @@ def test_checkpoint_metadata_and_export(tmp_path):
     assert earlier[0]["degradation"] == {"kind": "bicubic", "scale": 2}
     for k, v in ck["params"].items():
         torch.testing.assert_close(after["params"][k], v.float(), rtol=0, atol=1e-6)
+
+
+def test_ema_averages_the_weight_trajectory_and_is_exported(tmp_path):
+    imgs, decay = _images(2), 0.3
+    cfg = _cfg(iters=4, ema=decay)
+    torch.manual_seed(cfg.seed)
+    traj = [MIRNetV2(cfg.model_config()).state_dict()]  # the start, as train() initialises it
+    for stop in (1, 2, 3, 4):  # the same run stopped after each step: the raw weights' trajectory
+        res = train(cfg, clean=imgs, out=tmp_path / f"s{stop}.pth", progress=False,
+                    callback=lambda it, loss, stop=stop: it < stop)
+        assert res.iteration == stop
+        traj.append(torch.load(res.checkpoint, weights_only=True)["params"])
+    expected = {k: v.clone() for k, v in traj[0].items() if v.is_floating_point()}
+    for t, params in enumerate(traj[1:], start=1):
+        d = min(decay, (1 + t) / (10 + t))
+        for k in expected:
+            expected[k] = d * expected[k] + (1 - d) * params[k]
+    ck = torch.load(tmp_path / "s4.pth", weights_only=True)
+    moved = 0
+    for k, v in expected.items():
+        torch.testing.assert_close(ck["params_ema"][k], v, rtol=1e-5, atol=1e-7)
+        moved += not torch.allclose(ck["params_ema"][k], ck["params"][k])
+    assert moved > 10  # the average is not just the last weights
+    assert ck["meta"]["training"]["ema"] == decay
+    out = export_model(tmp_path / "s4.pth", tmp_path / "slim.pth")
+    slim = torch.load(out, weights_only=True)
+    assert slim["meta"]["exported_weights"] == "params_ema" and "params_ema" not in slim
+    for k, v in slim["params"].items():
+        assert torch.equal(v, ck["params_ema"][k].half())
+    # fine-tuning from a training checkpoint starts from its average, as inference would use
+    tune = train(_cfg(iters=1, ema=0.0, lr=1e-12, grad_clip=0.0), clean=imgs, out=tmp_path / "tune.pth",
+                 init=tmp_path / "s4.pth", progress=False)
+    tuned = torch.load(tune.checkpoint, weights_only=True)["params"]
+    for k in expected:
+        torch.testing.assert_close(tuned[k], ck["params_ema"][k], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="ema"):
+        _cfg(ema=1.0)
 
 
 def test_training_reduces_loss_on_pairs(tmp_path):

@@ -94,6 +94,16 @@ def test_state_dict_conventions_and_module_prefix(tmp_path, key):
         assert torch.equal(loaded.state_dict()[k], v)
 
 
+def test_moving_average_is_preferred_to_raw_params(tmp_path):
+    torch.manual_seed(0)
+    raw, avg = MIRNetV2(n_feat=16, n_mrb=1), MIRNetV2(n_feat=16, n_mrb=1)  # two different inits
+    path = tmp_path / "basicsr.pth"
+    torch.save({"params": raw.state_dict(), "params_ema": avg.state_dict()}, path)
+    loaded = W.load_model(path)
+    for k, v in avg.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v)
+
+
 def test_pickled_code_is_never_executed(tmp_path):
     class Evil:
         def __reduce__(self):
