@@ -13,6 +13,7 @@ MODELS=${MODELS:-small-denoise-gray small-denoise-rgb}
 LR=${LR:-4e-4}
 STAGES=${STAGES:-}  # empty: probe the speed and choose the batch
 PROFILE=${PROFILE:-}  # e.g. 192:32: first profile 5 training steps (top operators, ~15 s)
+EMA=${EMA:-0.999}  # export a moving average of the weights (0 = off; see docs/NOTES.md)
 OUTDIR=${OUT:-runs/out}
 mkdir -p "$OUTDIR" runs
 pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
@@ -49,6 +50,6 @@ fi
 timeout $((TB + 100)) python3 benchmarks/train_shipped.py --all --only $MODELS \
     --init-dir napari_mirnet/models --out-dir runs/ft --device "$DEVICE" --data-dir .traindata \
     --time-budget "$TB" --lr "$LR" --warmup 0.05 --threads 4 --log-every 50 \
-    --stages "$STAGES" $FLAGS || echo "training exit $?"
+    --stages "$STAGES" --ema "$EMA" $FLAGS || echo "training exit $?"
 tail -n 3 runs/ft/*.log || true
 tar czf "$OUTDIR/ft.tgz" --exclude="*.ckpt.pth" runs/ft $(ls runs/probe/probe.json runs/profile/profile.txt 2>/dev/null)
