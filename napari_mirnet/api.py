@@ -57,7 +57,7 @@ def restore(
     model for the task. ``axes`` (e.g. ``'YXC'``, ``'TZCYX'``) is inferred when unambiguous; Y and X
     are tiled, other axes iterated. Numpy in gives numpy out; dask, zarr or path in gives a lazy
     dask array. Further options (``tile``, ``halo``, ``blend``, ``out``, ``overwrite``, ``client``,
-    ``progress``, ``cancel``, ``pixel_size``) are those of :func:`napari_mirnet.engine.restore`.
+    ``progress``, ``cancel``, ``pixel_size``, ``tta``) are those of :func:`napari_mirnet.engine.restore`.
     """
     from . import engine
 
@@ -77,6 +77,7 @@ def restore_whole(
     device="auto",
     precision: str = "auto",
     normalisation: str = "auto",
+    tta: bool = False,
 ) -> np.ndarray:
     """Whole-image inference of an in-memory image, without tiling (the reference for tiled output)."""
     preset = get_preset(task)
@@ -92,7 +93,7 @@ def restore_whole(
     prec = resolve_precision(precision, device)
     out = np.stack(
         [
-            restore_chw(model, imap.forward(p), scale=scale, dual_pixel=preset.dual_pixel, precision=prec)
+            restore_chw(model, imap.forward(p), scale=scale, dual_pixel=preset.dual_pixel, precision=prec, tta=tta)
             for p in planes
         ]
     )

@@ -28,7 +28,7 @@ from dask.highlevelgraph import HighLevelGraph
 from . import io as mio
 from .api import choose_weights, resolve_precision
 from .axes import infer_axes, to_cyx_order, validate_axes
-from .model import STRIDE
+from .model import STRIDE, self_ensemble
 from .presets import IntensityMap, check_dtype, finish_channels, get_preset, prepare_channels, upscale
 from .weights import cached_model, resolve_device
 
@@ -383,6 +383,7 @@ class _Ctx:
     out_path: str | None = None
     out_perm: tuple[int, ...] | None = None  # canonical -> stored axis order
     threads: int | None = None  # the caller's torch thread count, applied in the worker thread
+    tta: bool = False  # average each tile over flips/rotations (model.self_ensemble)
 
 
 def _forward_plain(model, x: torch.Tensor, precision: str) -> torch.Tensor:
@@ -483,7 +484,10 @@ def _run_tiles(ctx: _Ctx, tiles: list, after: list, *blocks) -> dict:
     x = torch.from_numpy(np.ascontiguousarray(np.concatenate(items))).to(device)
     lock = _device_locks.setdefault(str(device), threading.Lock())
     with lock, torch.inference_mode():
-        y = _forward(model, x, precision).cpu().numpy()
+        if ctx.tta:
+            y = self_ensemble(lambda v: _forward(model, v, precision), x, ctx.dual_pixel).cpu().numpy()
+        else:
+            y = _forward(model, x, precision).cpu().numpy()
     preds = {}
     for k, ((lead, ty, tx), how, up) in enumerate(zip(tiles, hows, ups)):
         start = sum(sizes[:k])
@@ -590,7 +594,8 @@ class _Job:
     batch: int = 1
 
 
-def _prepare(image, task, weights, scale, axes, tile, halo, blend, device, precision, normalisation, client) -> _Job:
+def _prepare(image, task, weights, scale, axes, tile, halo, blend, device, precision, normalisation, client,
+             tta=False) -> _Job:
     preset = get_preset(task)
     factor = preset.check_scale(scale if scale is not None else preset.scales[0])
     inp = _load_input(image, axes, preset.dual_pixel, client)
@@ -643,6 +648,7 @@ def _prepare(image, task, weights, scale, axes, tile, halo, blend, device, preci
         lead_shape=lead_shape,
         arrays=None if inp.kind == "dask" else inp.arrays,
         threads=torch.get_num_threads() if client is None else None,
+        tta=bool(tta),
     )
     keys = [(lead, ty, tx) for lead in np.ndindex(*lead_shape) for ty in range(plan.grid[0]) for tx in range(plan.grid[1])]
     keys = [(tuple(int(v) for v in lead), ty, tx) for lead, ty, tx in keys]
@@ -693,6 +699,7 @@ def _prepare(image, task, weights, scale, axes, tile, halo, blend, device, preci
         "blend": int(blend),
         "plan": plan.to_dict(),
         "precision": prec,
+        "tta": bool(tta),
         "normalisation": imap.to_dict(),
         # a path identifies the input of a re-run command; arrays are known by shape and dtype only
         "input": os.path.abspath(inp.source_name) if inp.source_name else None,
@@ -855,12 +862,13 @@ def restore_lazy(
     progress=None,
     cancel=None,
     pixel_size=None,
+    tta=False,
 ) -> da.Array:
     """Like :func:`restore`, but always return a lazy dask array (nothing runs until computed)."""
     if out is not None:
         raise ValueError("restore_lazy returns a lazy array; use restore(..., out=path) to write a zarr store")
     client, _own = _get_client(client) if isinstance(client, str) else (client, False)
-    job = _prepare(image, task, weights, scale, axes, tile, halo, blend, device, precision, normalisation, client)
+    job = _prepare(image, task, weights, scale, axes, tile, halo, blend, device, precision, normalisation, client, tta)
     _register(job, progress, cancel, len(job.keys))
     return _lazy_array(job)
 
@@ -884,6 +892,7 @@ def restore(
     progress=None,
     cancel=None,
     pixel_size=None,
+    tta=False,
 ):
     """Restore an image of any size, tile by tile.
 
@@ -896,7 +905,9 @@ def restore(
     the written store is returned. ``progress(done, total)`` is called after each tile;
     ``cancel`` (a threading.Event) stops the run with :class:`Cancelled`. ``client`` is a
     dask.distributed Client or scheduler address. ``pixel_size`` (per axis of the input) is written
-    to the zarr metadata when the input carries none.
+    to the zarr metadata when the input carries none. ``tta=True`` averages each tile over its 8
+    flips/rotations (test-time augmentation: 8x the compute, e.g. +0.08 dB for the shipped RGB
+    denoiser at sigma 25; dual-pixel input gets 2 vertical flips).
     """
     client, own_client = _get_client(client)
     if out is not None and not overwrite and None in (tile, halo, blend):
@@ -907,7 +918,9 @@ def restore(
         halo = stored.get("halo", halo) if halo is None else halo
         blend = stored.get("blend", blend) if blend is None else blend
     try:
-        job = _prepare(image, task, weights, scale, axes, tile, halo, blend, device, precision, normalisation, client)
+        job = _prepare(
+            image, task, weights, scale, axes, tile, halo, blend, device, precision, normalisation, client, tta
+        )
         dev_type = "cuda" if job.ctx.device.startswith("cuda") else "cpu"
         if out is None:
             _register(job, progress if client is None else None, cancel, len(job.keys))

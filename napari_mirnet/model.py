@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MIRNetConfig", "MIRNetV2", "config_from_state_dict", "STRIDE"]
+__all__ = ["MIRNetConfig", "MIRNetV2", "config_from_state_dict", "self_ensemble", "STRIDE"]
 
 #: Input height and width must be multiples of this (two 2x poolings inside every MRB).
 STRIDE = 4
@@ -195,6 +195,32 @@ class MIRNetV2(nn.Module):
         else:
             out = self.conv_out(deep) + x[:, : self.config.out_channels]
         return out[..., :h, :w]
+
+
+def self_ensemble(forward, x: torch.Tensor, dual_pixel: bool = False) -> torch.Tensor:
+    """Test-time augmentation: the mean of ``forward`` over the 8 flips/rotations of ``x`` (B, C, H, W).
+
+    Each output is mapped back before averaging, so any restoration (super-resolution included)
+    can be averaged. Dual-pixel input gets only the vertical flip: its left/right views encode a
+    horizontal disparity that rotations and horizontal flips would break.
+    """
+    if dual_pixel:
+        views = [(False, 0, False), (False, 0, True)]
+    else:
+        views = [(t, k, False) for t in (False, True) for k in range(4)]
+    total = None
+    for transpose, k, vflip in views:
+        v = x.transpose(-1, -2) if transpose else x
+        v = torch.rot90(v, k, (-2, -1)) if k else v
+        v = v.flip(-2) if vflip else v
+        y = forward(v).float()
+        y = y.flip(-2) if vflip else y
+        y = torch.rot90(y, -k, (-2, -1)) if k else y
+        y = y.transpose(-1, -2) if transpose else y
+        # a running sum keeps memory near that of one forward; the copy keeps forward's output
+        # (which may be its input) untouched
+        total = y.clone() if total is None else total.add_(y)
+    return total / len(views)
 
 
 def config_from_state_dict(sd: dict[str, torch.Tensor]) -> MIRNetConfig:

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .model import self_ensemble
+
 __all__ = [
     "TASKS",
     "TaskPreset",
@@ -216,17 +218,25 @@ def run_model(
     *,
     precision: str = "fp32",
     max_batch: int = 8,
+    tta: bool = False,
+    dual_pixel: bool = False,
 ) -> np.ndarray:
-    """Run a (B, C, H, W) float32 batch in [0, 1] through the model; returns float32 numpy on the CPU."""
+    """Run a (B, C, H, W) float32 batch in [0, 1] through the model; returns float32 numpy on the CPU.
+
+    ``tta``: average over flips/rotations (:func:`~napari_mirnet.model.self_ensemble`).
+    """
     device = next(model.parameters()).device
+
+    def forward(x):
+        if precision == "bf16":
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                return model(x)
+        return model(x)
+
     outs = []
     for start in range(0, batch.shape[0], max_batch):
         x = torch.from_numpy(np.ascontiguousarray(batch[start : start + max_batch])).to(device)
-        if precision == "bf16":
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                y = model(x)
-        else:
-            y = model(x)
+        y = self_ensemble(forward, x, dual_pixel) if tta else forward(x)
         outs.append(y.float().cpu().numpy())
     return np.concatenate(outs, axis=0)
 
@@ -239,9 +249,10 @@ def restore_chw(
     dual_pixel: bool = False,
     precision: str = "fp32",
     max_batch: int = 8,
+    tta: bool = False,
 ) -> np.ndarray:
     """Restore one normalised (C, H, W) float image: upscale for SR, channel handling, the model."""
     up = upscale(chw, scale) if scale > 1 else chw
     batch, how = prepare_channels(up, model.config.in_channels, dual_pixel)
-    out = run_model(model, batch, precision=precision, max_batch=max_batch)
+    out = run_model(model, batch, precision=precision, max_batch=max_batch, tta=tta, dual_pixel=dual_pixel)
     return finish_channels(out, how, up)

@@ -400,6 +400,11 @@ class TaskWidget(Container):
         self.normalisation = ComboBox(
             label="intensity", choices=["auto", "fixed", "percentile"], value="auto"
         )
+        self.tta = CheckBox(text="test-time augmentation (8 flips/rotations: 8x slower)", value=False)
+        self.tta.tooltip = (
+            "Average the model over the flipped and rotated image: slightly better results (about "
+            "+0.1 dB for the shipped denoisers) for 8x the compute."
+        )
         self.output = ComboBox(label="output", choices=[OUTPUT_NOW, OUTPUT_LAZY, OUTPUT_ZARR], value=OUTPUT_NOW)
         self.zarr_path = FileEdit(label="zarr path", mode="w", filter="*.zarr")
         self.overwrite = CheckBox(text="replace a finished store (else resume an unfinished one)", value=False)
@@ -427,6 +432,7 @@ class TaskWidget(Container):
                 self.blend,
                 self.precision,
                 self.normalisation,
+                self.tta,
                 self.output,
                 self.zarr_path,
                 self.overwrite,
@@ -492,7 +498,7 @@ class TaskWidget(Container):
         self.weights_file.visible = self.weights.value == LOCAL_FILE
         self.zarr_path.visible = self.overwrite.visible = self.output.value == OUTPUT_ZARR
         self.background.visible = self.output.value == OUTPUT_LAZY
-        for w in (self.tile, self.halo, self.blend, self.precision, self.normalisation):
+        for w in (self.tile, self.halo, self.blend, self.precision, self.normalisation, self.tta):
             w.visible = self.advanced.value
 
     # -- messages
@@ -524,6 +530,7 @@ class TaskWidget(Container):
             device=self.device.value,
             precision=self.precision.value,
             normalisation=self.normalisation.value,
+            tta=self.tta.value,
         )
 
     def _input_layers(self) -> list:
@@ -562,6 +569,7 @@ class TaskWidget(Container):
         if output == OUTPUT_NOW:
             check_fits_in_memory(arrays[0].shape, np.dtype(ref.dtype), axes, scale or 1)
         kwargs = result_layer_kwargs(ref, self.task, scale, offset, preview)
+        kwargs["metadata"]["mirnet"]["tta"] = bool(self.tta.value)
         if pyramid:
             kwargs["multiscale"] = True
         return Job(

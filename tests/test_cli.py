@@ -51,6 +51,18 @@ def test_restore_file_to_zarr_then_skip_refuse_overwrite(tiny_weights, files, tm
     assert main(["restore", str(files / "c.tif"), "-o", str(out), *args, "--overwrite"]) == 0
 
 
+def test_tta_flag_reaches_the_engine_and_the_store(tiny_weights, files, tmp_path):
+    out = tmp_path / "t.zarr"
+    assert main(["restore", str(files / "a.png"), "-o", str(out), *_args(tiny_weights, "--tta")]) == 0
+    rgb = np.asarray(Image.open(files / "a.png"))
+    kw = dict(weights=tiny_weights, tile=48, halo=8, blend=4, device="cpu")
+    got = np.moveaxis(zarr.open_group(str(out))["0"][...], 0, -1)  # stored as CYX
+    np.testing.assert_array_equal(got, engine.restore(rgb, tta=True, **kw))
+    assert not np.array_equal(got, engine.restore(rgb, **kw))
+    # the same output without --tta is another run, not a finished one to skip
+    assert main(["restore", str(files / "a.png"), "-o", str(out), *_args(tiny_weights)]) == 1
+
+
 def test_folder_gives_one_output_per_input(tiny_weights, files, tmp_path):
     out = tmp_path / "out"
     assert main(["restore", str(files), "-o", str(out), *_args(tiny_weights)]) == 0

@@ -376,3 +376,29 @@ def test_lazy_run_callbacks_are_released_with_the_array(tiny_weights):
     del view
     gc.collect()
     assert run_id not in engine._RUNS
+
+
+# ------------------------------------------------------------------------------------ test-time augmentation
+def test_tta_one_tile_equals_whole_image_and_differs_from_one_pass(tiny_weights):
+    img = _rgb()
+    out = engine.restore(img, weights=tiny_weights, device="cpu", tile=256, halo=16, tta=True)
+    np.testing.assert_array_equal(out, restore_whole(img, weights=tiny_weights, device="cpu", tta=True))
+    plain = engine.restore(img, weights=tiny_weights, device="cpu", tile=256, halo=16)
+    assert np.abs(out.astype(int) - plain.astype(int)).max() > 0
+
+
+@pytest.mark.parametrize("task,scale", [("denoise", None), ("super_resolution", 2)])
+def test_tta_survives_tiling_and_super_resolution(identity_weights, task, scale):
+    img = _rgb(61, 45)
+    ref = restore_whole(img, task, identity_weights, scale=scale, device="cpu")
+    out = engine.restore(da.from_array(img, chunks=(30, 30, 3)), task, identity_weights, scale=scale,
+                         tile=32, halo=8, blend=4, device="cpu", tta=True).compute()
+    np.testing.assert_allclose(out.astype(int), ref.astype(int), atol=1)
+
+
+def test_tta_is_part_of_the_store_fingerprint(tiny_weights, tmp_path):
+    img = _rgb(40, 40)
+    engine.restore(img, weights=tiny_weights, out=str(tmp_path / "a.zarr"), tta=True, **TILED)
+    assert mio.stored_fingerprint(tmp_path / "a.zarr")["tta"] is True
+    engine.restore(img, weights=tiny_weights, out=str(tmp_path / "b.zarr"), **TILED)
+    assert mio.stored_fingerprint(tmp_path / "b.zarr")["tta"] is False

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_mirnet.model import MIRNetConfig, MIRNetV2, config_from_state_dict
+from napari_mirnet.model import MIRNetConfig, MIRNetV2, config_from_state_dict, self_ensemble
 from reference_arch import reference_mirnet_class
 
 FACTS = Path(__file__).parent / "data" / "mirnet_v2_state_dict_80nf.tsv"  # copy of shared/reference
@@ -94,3 +94,39 @@ def test_invalid_configs_are_refused_with_reasons():
         MIRNetV2(n_feat=8)
     with pytest.raises(ValueError, match="missing"):
         config_from_state_dict({"conv_in.weight": torch.zeros(8, 3, 3, 3)})
+
+
+# ------------------------------------------------------------------------------------ self-ensemble
+def _dihedral(x, k, transpose):
+    x = x.transpose(-1, -2) if transpose else x
+    return torch.rot90(x, k, (-2, -1))
+
+
+def test_self_ensemble_maps_every_view_back():
+    x = torch.rand(2, 3, 8, 12)
+    exact = dict(atol=1e-6, rtol=0)  # a sum of 8 equal floats over 8 may differ in the last bit
+    torch.testing.assert_close(self_ensemble(lambda v: v, x), x, **exact)
+    # super-resolution: each view's output is mapped back on its own (upscaled) grid
+    up = lambda v: v.repeat_interleave(2, -1).repeat_interleave(2, -2)  # noqa: E731
+    torch.testing.assert_close(self_ensemble(up, x), up(x), **exact)
+    calls = []
+    self_ensemble(lambda v: calls.append(v.shape) or v, x)
+    assert sorted(calls) == sorted([(2, 3, 8, 12)] * 4 + [(2, 3, 12, 8)] * 4)
+
+
+@pytest.mark.parametrize("dual", [False, True])
+def test_self_ensemble_is_exactly_equivariant_where_the_model_is_not(dual):
+    torch.manual_seed(0)
+    cfg = dict(n_feat=16, in_channels=6, dual_pixel=True) if dual else dict(n_feat=16)
+    model = MIRNetV2(**cfg).eval()
+    x = torch.rand(1, 6 if dual else 3, 16, 24)
+    # dual-pixel views only allow the vertical flip; otherwise all 8 flips/rotations
+    moves = [lambda t: t.flip(-2)] if dual else [lambda t, k=k, tr=tr: _dihedral(t, k, tr)
+                                                  for k in range(4) for tr in (False, True)][1:]
+    with torch.no_grad():
+        ens = self_ensemble(model, x, dual)
+        plain = model(x)
+        for move in moves:
+            assert not torch.allclose(model(move(x)), move(plain), atol=1e-4)
+            torch.testing.assert_close(self_ensemble(model, move(x), dual), move(ens), atol=2e-6, rtol=0)
+    assert (ens - plain).abs().max() > 1e-3  # the average really differs from one pass

@@ -33,12 +33,19 @@ def test_anscombe_gives_unit_noise_and_an_unbiased_inverse(peak):
 @pytest.mark.slow
 def test_quality_benchmark_runs_end_to_end(tmp_path):
     out = tmp_path / "q.json"
-    rc = quality.main(["--quick", "--crop", "64", "--json", str(out)])
+    rc = quality.main(["--quick", "--tta", "--crop", "64", "--json", str(out)])
     res = json.loads(out.read_text())
     settings = {(r["model"], r["setting"]) for r in res["rows"]}
     assert ("small-denoise-gray", "PG peak 30") in settings and ("small-denoise-rgb", "sigma 50") in settings
     assert {r["model"] for r in res["rows"]} == set(quality.SHIPPED)
     assert len(res["targets"]) == 6 and rc == (0 if all(ok for _, ok, _ in res["targets"]) else 1)
+    # every model setting has a self-ensemble row next to the plain one; the targets use the plain one
+    rows = {(r["model"], r["setting"], r["method"]): r["psnr"] for r in res["rows"]}
+    for model, setting in settings:
+        plain, ens = rows[model, setting, model], rows[model, setting, model + quality.TTA_SUFFIX]
+        assert plain != ens
+    label, _, detail = next(t for t in res["targets"] if t[0] == "small-denoise-rgb sigma 25: >= BM3D")
+    assert detail.startswith(f"{rows['small-denoise-rgb', 'sigma 25', 'small-denoise-rgb']:.2f} vs")
     for r in res["rows"]:
         assert len(r["psnr_per_image"]) == 4 and np.isfinite(r["psnr"])
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from napari_mirnet.degradations import bicubic_down_up, degrade
-from napari_mirnet.model import MIRNetV2, config_from_state_dict
+from napari_mirnet.model import MIRNetV2, config_from_state_dict, self_ensemble
 from napari_mirnet.training import HELD_OUT_IMAGES, TRAIN_IMAGES, bundled_images, to_channels
 
 MODELS = Path(__file__).resolve().parents[1] / "napari_mirnet" / "models"
@@ -115,3 +115,12 @@ def test_lowlight_beats_gamma():
     best_gamma = max(_psnr(dark.clamp(0, 1) ** (1 / g), clean) for g in np.linspace(1, 8, 71))
     out = _psnr(_run(model, dark), clean)
     assert out > best_gamma + 1.0, (out, best_gamma)
+
+
+def test_test_time_augmentation_improves_the_shipped_denoiser():
+    model, _, _ = _load("small-denoise-rgb")
+    clean = _crop("astronaut", 3, crop=128)
+    noisy = degrade(clean, {"kind": "gaussian", "sigma": 25}, torch.Generator().manual_seed(25))
+    with torch.no_grad():
+        plain, ens = _psnr(_run(model, noisy), clean), _psnr(self_ensemble(model, noisy).clamp(0, 1), clean)
+    assert ens > plain + 0.02, (plain, ens)

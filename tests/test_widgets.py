@@ -124,6 +124,26 @@ def test_defocus_widget_two_inputs(make_napari_viewer, qtbot, tiny_dual_weights)
     assert out.data.shape == (64, 64, 3) and out.data.dtype == np.uint16
 
 
+def test_tta_option_reaches_the_engine(make_napari_viewer, qtbot, tiny_dual_weights):
+    from napari_mirnet import engine
+
+    viewer = make_napari_viewer()
+    (left, lk), (right, rk) = sample_data.dual_pixel_pair()
+    left, right = left[:64, :64], right[:64, :64]
+    w = _widget(DefocusWidget, viewer, tiny_dual_weights)
+    w.left.value, w.right.value = viewer.add_image(left, **lk), viewer.add_image(right, **rk)
+    assert w.tta.native.isHidden()  # an advanced option
+    w.advanced.value = True
+    assert not w.tta.native.isHidden()
+    w.tta.value = True
+    out = _run(qtbot, w)
+    assert out is not None, w.last_status
+    assert out.metadata["mirnet"]["tta"] is True
+    kw = dict(weights=tiny_dual_weights, device="cpu")
+    np.testing.assert_array_equal(out.data, engine.restore((left, right), "defocus", tta=True, **kw))
+    assert not np.array_equal(out.data, engine.restore((left, right), "defocus", **kw))
+
+
 def test_3d_stack_whole_and_preview(make_napari_viewer, qtbot, tiny_weights):
     viewer = make_napari_viewer()
     data, kwargs = sample_data.noisy_stack()[0]
