@@ -75,7 +75,7 @@ def train_one(name: str, args) -> dict:
         **fields, iters=args.iters, lr=args.lr, warmup=args.warmup, stages=args.stages, seed=args.seed,
         time_budget=budget, device=args.device, log_every=args.log_every, save_every=args.save_every,
         channels_last=args.channels_last, dense_groups=args.dense_groups, amp_cpu=args.amp_cpu,
-        ema=args.ema,
+        ema=args.ema, loss=args.loss,
     )
     imgs = training_images(args.data_dir, colour_only)
     desc = {"description": "images bundled with scikit-image (skimage/data), scikit-learn and matplotlib; "
@@ -175,6 +175,7 @@ def main(argv=None) -> int:
     ap.add_argument("--channels-last", action="store_true", help="NHWC layout (faster bf16 convs on GPUs)")
     ap.add_argument("--dense-groups", action="store_true", help="grouped convs as dense block-diagonal ones")
     ap.add_argument("--amp-cpu", action="store_true", help="bf16 autocast on the CPU too (native-bf16 CPUs)")
+    ap.add_argument("--loss", choices=["l1", "l2", "psnr"], default="l1", help="l2 or psnr for a last fine-tune")
     ap.add_argument("--ema", type=float, default=0.0, metavar="DECAY", help="export a moving average of the weights")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--probe", nargs="+", type=_one_stage, metavar="PATCH:BATCH", help="only time training steps")

@@ -58,6 +58,17 @@ __all__ = [
 
 TASKS = ("denoise", "super_resolution", "lowlight")
 
+
+def psnr_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Minus the mean per-sample PSNR (data range 1): each patch weighs the same, whatever its noise
+    level, where L2 lets the noisiest ones dominate (HINet's PSNR loss). ``eps`` caps a clean patch's
+    weight at 50 dB."""
+    mse = (pred - target).square().flatten(1).mean(1)
+    return 10.0 * torch.log10(mse + eps).mean()
+
+
+LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss, "psnr": psnr_loss}
+
 #: Images bundled with scikit-image that shipped models were trained on (those present on disk).
 SKIMAGE_TRAIN_IMAGES = (
     "brick", "cell", "clock_motion", "coins", "color", "grass", "gravel", "horse",
@@ -224,6 +235,8 @@ class TrainConfig:
     #: decay of an exponential moving average of the weights, kept beside them and exported instead
     #: of them (0 = off; 0.999 is usual): it evens out the step-to-step noise of small batches
     ema: float = 0.0
+    #: "l1" (the paper's), "l2", or "psnr" (minus the mean per-patch PSNR) for a last fine-tune
+    loss: str = "l1"
     #: stop by wall clock after this many seconds (schedule then follows elapsed time, not bit-exact)
     time_budget: float | None = None
     device: str = "auto"
@@ -244,6 +257,8 @@ class TrainConfig:
         self.stages = tuple((int(p), int(b)) for p, b in self.stages)
         if not self.stages or any(p < 8 or b < 1 for p, b in self.stages):
             raise ValueError(f"stages must be (patch >= 8, batch >= 1) pairs, got {self.stages}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema is a decay per step in [0, 1) (0 = off, e.g. 0.999), got {self.ema}")
         self.betas = tuple(float(b) for b in self.betas)
@@ -394,7 +409,7 @@ def _meta(cfg: TrainConfig, data_desc: dict, it: int, elapsed: float, paired: bo
         "training": {
             "iterations": it,
             "elapsed_s": round(elapsed, 1),
-            "loss": "L1",
+            "loss": cfg.loss.upper(),
             "optimizer": f"Adam lr={cfg.lr} betas={list(cfg.betas)}",
             "schedule": f"cosine to {cfg.lr_min}, warm-up {cfg.warmup}",
             "grad_clip": cfg.grad_clip,
@@ -550,6 +565,7 @@ def train(
     t0 = time.perf_counter()
     it, stopped, elapsed = start, False, elapsed0
     # state_dict() tensors share storage with the parameters, so these pairs follow the training
+    loss_fn = LOSSES[cfg.loss]
     ema_pairs = [(ema[k], v) for k, v in model.state_dict().items() if k in ema] if ema is not None else []
     model.train()
     try:
@@ -571,7 +587,7 @@ def train(
                     inp = inp.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     pred = model(inp)
-                loss = F.l1_loss(pred.float(), target)
+                loss = loss_fn(pred.float(), target)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
@@ -699,6 +715,8 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--no-augment", action="store_true")
     opt.add_argument("--channel-shuffle", action="store_true", help="also permute colour channels at random")
+    opt.add_argument("--loss", choices=sorted(LOSSES), default="l1",
+                     help="l1 (the paper's); l2 or psnr (minus the per-patch PSNR) for a last fine-tune")
     opt.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                      help="keep and export a moving average of the weights (e.g. 0.999; 0 = off)")
     run = p.add_argument_group("run")
@@ -771,6 +789,7 @@ def _run_train(args) -> int:
         dense_groups=args.dense_groups, seed=args.seed,
         log_every=args.log_every, save_every=args.save_every, time_budget=args.time_budget,
         device=args.device, amp=not args.no_amp, amp_cpu=args.amp_cpu, ema=args.ema,
+        loss=args.loss,
     )
     try:
         res = train(cfg if not args.resume else None, clean=clean, degraded=degraded, out=args.out,

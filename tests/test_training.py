@@ -21,6 +21,7 @@ from napari_mirnet.training import (
     export_model,
     is_colour,
     loss_log_path,
+    psnr_loss,
     train,
 )
 
@@ -161,6 +162,43 @@ def test_training_reduces_loss_on_pairs(tmp_path):
     assert last < 0.5 * first
     meta = torch.load(res.checkpoint, weights_only=True)["meta"]
     assert meta["degradation"] == {"kind": "paired"} and meta["config"]["in_channels"] == 1
+
+
+def test_loss_option_trains_on_the_chosen_loss(tmp_path):
+    # one 32x32 pair, patch 32, no augmentation: the batch is the pair itself, so the logged loss of
+    # the first step (taken before any update) can be recomputed from the saved, barely moved model
+    clean = [im.astype(np.float32) / 255 for im in _images(1, size=32)]
+    degraded = [np.clip(c + 0.05 * np.random.default_rng(1).standard_normal(c.shape), 0, 1).astype(np.float32)
+                for c in clean]
+    x = torch.from_numpy(degraded[0]).permute(2, 0, 1)[None]
+    y = torch.from_numpy(clean[0]).permute(2, 0, 1)[None]
+    def minus_psnr(a, b):
+        return -10 * np.log10(float(torch.mean((a - b) ** 2)) + 1e-5)
+
+    for loss, fn in (("l1", torch.nn.functional.l1_loss), ("l2", torch.nn.functional.mse_loss),
+                     ("psnr", lambda a, b: -minus_psnr(a, b))):
+        cfg = _cfg(iters=1, stages=((32, 1),), augment=False, lr=1e-12, grad_clip=0, loss=loss)
+        res = train(cfg, clean=clean, degraded=degraded, out=tmp_path / f"{loss}.pth", progress=False)
+        ck = torch.load(res.checkpoint, weights_only=True)
+        assert ck["meta"]["training"]["loss"] == loss.upper()
+        model = MIRNetV2(config_from_state_dict(ck["params"]))
+        model.load_state_dict(ck["params"])
+        with torch.no_grad():
+            expected = float(fn(model.eval()(x), y))
+        assert res.losses[0][1] == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        _cfg(loss="ssim")
+
+
+def test_psnr_loss_weighs_every_patch_alike():
+    # two patches, one 10x noisier: L2 is dominated by the noisy one, the PSNR loss is not
+    target = torch.zeros(2, 1, 8, 8)
+    pred = torch.cat([torch.full((1, 1, 8, 8), 0.01), torch.full((1, 1, 8, 8), 0.1)]).requires_grad_()
+    psnr_loss(pred, target, eps=0).backward()
+    g = pred.grad.abs().flatten(1).sum(1)
+    # d/dp log(mse) = 2 / (p * n): the cleaner patch gets the 10x larger gradient
+    assert float(g[0] / g[1]) == pytest.approx(10, rel=1e-4)
+    assert float(psnr_loss(pred.detach(), target, eps=0)) == pytest.approx(-(40 + 20) / 2, rel=1e-5)
 
 
 def test_degradations():
