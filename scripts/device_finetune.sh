@@ -3,7 +3,7 @@
 # the training-step speed per batch size and memory layout and pick the batch; then train MODELS
 # concurrently for TB seconds from the shipped files, and pack the results into one file.
 # Example (the RGB denoiser alone, batch found best on an H200, with a profile first):
-#   MODELS=small-denoise-rgb TB=480 STAGES="192:32,256:16" LR=2e-4 PROFILE=192:32 bash scripts/device_finetune.sh
+#   MODELS=small-denoise-rgb TB=480 STAGES="192:32,256:16" FLAGS=--dense-groups LR=1e-4 LOSS=psnr bash scripts/device_finetune.sh
 # Needs .whl/ (dask, zarr, ... wheels for the device's Python) and .traindata/ (the bundled images).
 set -euo pipefail
 TB=${TB:-430}
@@ -13,6 +13,7 @@ MODELS=${MODELS:-small-denoise-gray small-denoise-rgb}
 LR=${LR:-4e-4}
 STAGES=${STAGES:-}  # empty: probe the speed and choose the batch
 PROFILE=${PROFILE:-}  # e.g. 192:32: first profile 5 training steps (top operators, ~15 s)
+LOSS=${LOSS:-l1}  # l1, l2 or psnr (minus the per-patch PSNR: the last RGB runs' choice)
 EMA=${EMA:-0.999}  # export a moving average of the weights (0 = off; see docs/NOTES.md)
 OUTDIR=${OUT:-runs/out}
 mkdir -p "$OUTDIR" runs
@@ -50,6 +51,6 @@ fi
 timeout $((TB + 100)) python3 benchmarks/train_shipped.py --all --only $MODELS \
     --init-dir napari_mirnet/models --out-dir runs/ft --device "$DEVICE" --data-dir .traindata \
     --time-budget "$TB" --lr "$LR" --warmup 0.05 --threads 4 --log-every 50 \
-    --stages "$STAGES" --ema "$EMA" $FLAGS || echo "training exit $?"
+    --stages "$STAGES" --ema "$EMA" --loss "$LOSS" $FLAGS || echo "training exit $?"
 tail -n 3 runs/ft/*.log || true
 tar czf "$OUTDIR/ft.tgz" --exclude="*.ckpt.pth" runs/ft $(ls runs/probe/probe.json runs/profile/profile.txt 2>/dev/null)
