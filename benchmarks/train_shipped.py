@@ -31,6 +31,7 @@ import torch  # noqa: E402
 
 from napari_mirnet.training import (  # noqa: E402
     HELD_OUT_IMAGES,
+    LOSSES,
     TrainConfig,
     export_model,
     parse_stages,
@@ -175,7 +176,7 @@ def main(argv=None) -> int:
     ap.add_argument("--channels-last", action="store_true", help="NHWC layout (faster bf16 convs on GPUs)")
     ap.add_argument("--dense-groups", action="store_true", help="grouped convs as dense block-diagonal ones")
     ap.add_argument("--amp-cpu", action="store_true", help="bf16 autocast on the CPU too (native-bf16 CPUs)")
-    ap.add_argument("--loss", choices=["l1", "l2", "psnr"], default="l1", help="l2 or psnr for a last fine-tune")
+    ap.add_argument("--loss", choices=sorted(LOSSES), default="l1", help="l2 or psnr for a last fine-tune")
     ap.add_argument("--ema", type=float, default=0.0, metavar="DECAY", help="export a moving average of the weights")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--probe", nargs="+", type=_one_stage, metavar="PATCH:BATCH", help="only time training steps")

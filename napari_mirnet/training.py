@@ -564,8 +564,8 @@ def train(
         bar = tqdm(total=cfg.iters, initial=start, desc=f"train {cfg.task}", unit="it", dynamic_ncols=True)
     t0 = time.perf_counter()
     it, stopped, elapsed = start, False, elapsed0
-    # state_dict() tensors share storage with the parameters, so these pairs follow the training
     loss_fn = LOSSES[cfg.loss]
+    # state_dict() tensors share storage with the parameters, so these pairs follow the training
     ema_pairs = [(ema[k], v) for k, v in model.state_dict().items() if k in ema] if ema is not None else []
     model.train()
     try:
