@@ -154,22 +154,32 @@ def _cmd_weights_fetch(args) -> int:
 
 
 def _cmd_weights_path(args) -> int:
-    from .weights import OFFICIAL_ASSETS, cache_dir, shipped_models
+    from .weights import (
+        OFFICIAL_ASSETS, WeightsError, cached_path, local_checkpoint, official_url, shipped_models,
+    )
 
     name = args.name
     if name in shipped_models():
         print(shipped_models()[name])
         return 0
-    if name in OFFICIAL_ASSETS:
-        path = cache_dir() / f"{name}.pth"
+    if name in OFFICIAL_ASSETS or name.lower().startswith(("http://", "https://")):
+        path = cached_path(name)
         if path.is_file():
             print(path)
             return 0
-        _err(f"{name} is not downloaded yet; run: napari-mirnet weights fetch {name}")
+        source = official_url(name) if name in OFFICIAL_ASSETS else name
+        _err(
+            f"{name} is not downloaded yet; its place is {path}. Run: napari-mirnet weights fetch {name}"
+            f"  (offline: download {source} elsewhere and copy it to that path)"
+        )
         return 1
-    if Path(name).is_file():
-        print(Path(name).resolve())
-        return 0
+    if name.lower().startswith("file:") or Path(name).expanduser().exists() or Path(name).is_symlink():
+        try:  # a folder, a dangling link or an empty file is named as such, not as an unknown model
+            print(local_checkpoint(name).resolve())
+            return 0
+        except WeightsError as err:
+            _err(str(err))
+            return 1
     _err(f"unknown model {name!r}; see: napari-mirnet weights list")
     return 1
 
@@ -304,9 +314,34 @@ def _axes_of(image, arr) -> str:
 
 
 # ------------------------------------------------------------------------------------------ main
+def _plain_licence_notice() -> None:
+    """Show the official weights' licence notice as one plain ``napari-mirnet: note:`` line on stderr.
+
+    Python's default rendering adds the category and a source line, which reads like a bug in a
+    command-line tool. Other warnings keep the default rendering; the Python API keeps the warning.
+    """
+    import warnings
+
+    shown = warnings.showwarning
+    if getattr(shown, "_napari_mirnet_plain", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        # the weights module is imported by then if the notice is being shown; no import here
+        weights = sys.modules.get(f"{__package__}.weights")
+        if weights is not None and issubclass(category, weights.OfficialWeightsNotice):
+            print(f"napari-mirnet: note: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    show._napari_mirnet_plain = True
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _plain_licence_notice()
     try:
         return int(args.func(args) or 0)
     except UsageError as err:
