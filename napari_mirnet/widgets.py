@@ -12,6 +12,7 @@ Drive one from a script::
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,12 +26,13 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     Label,
+    ProgressBar,
     PushButton,
     SpinBox,
 )
 from qtpy.QtCore import QObject, Signal
 
-from .presets import get_preset
+from .tasks import get_task
 
 if TYPE_CHECKING:
     import napari
@@ -113,7 +115,7 @@ def weights_choices(task: str, scale: int = 1) -> list[tuple[str, str]]:
     """(label, value) pairs: auto, shipped models for the task, the official checkpoint, a local file."""
     from .weights import available_weights
 
-    preset = get_preset(task)
+    preset = get_task(task)
     official = preset.official.get(scale, preset.official[min(preset.official)])
     choices = [(f"auto (default for {preset.title.lower()})", AUTO_WEIGHTS)]
     try:
@@ -172,19 +174,6 @@ def _engine():
     from . import engine
 
     return engine
-
-
-def _preload_torch_dispatch() -> None:
-    """Import what the engine's first memory measurement needs, while the dock opens.
-
-    That measurement runs a forward pass under a TorchDispatchMode, whose first use imports
-    ``torch._dynamo``; done in the worker, the import holds the GIL long enough (0.2-0.5 s) to
-    freeze the GUI in the middle of the first run.
-    """
-    try:
-        import torch._dynamo  # noqa: F401
-    except ImportError:
-        pass
 
 
 def run_job(job: Job, progress=None, cancel: threading.Event | None = None):
@@ -347,124 +336,288 @@ def lazy_pyramid(data, axes: str) -> list:
     return levels
 
 
+# ----------------------------------------------------------------------------- display helpers
+
+_OUTPUT_CHOICES = [("new layer", OUTPUT_NOW), ("lazy layer", OUTPUT_LAZY), ("OME-Zarr", OUTPUT_ZARR)]
+#: combo boxes show about this many characters, so that long layer or weights names do not widen the
+#: dock and squeeze the canvas; their pop-up lists still show every entry whole
+_COMBO_CHARS = 14
+_RIGHT = {"left": "right", "Left": "Right", "LEFT": "RIGHT"}
+
+
+def _compact_combo(combo: ComboBox, show_text_as_tooltip: bool = True) -> None:
+    """Let a combo box be narrower than its longest entry (the current text goes in the tooltip)."""
+    from qtpy.QtWidgets import QComboBox
+
+    native = combo.native
+    native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    native.setMinimumContentsLength(_COMBO_CHARS)
+    view = native.view()
+
+    def fit_popup(*_):
+        view.setMinimumWidth(view.sizeHintForColumn(0) + 24)
+
+    native.model().rowsInserted.connect(fit_popup)
+    fit_popup()
+    if show_text_as_tooltip:
+        native.currentTextChanged.connect(native.setToolTip)
+        native.setToolTip(native.currentText())
+
+
+def _auto_at_minimum(spin: SpinBox) -> None:
+    """Show (and accept) 'auto' for a spin box's minimum. magicgui's spin box is superqt's
+    QLargeIntSpinBox, which ignores Qt's special-value text; this adapts its text handling."""
+    from qtpy.QtGui import QValidator
+
+    native = spin.native
+    try:
+        from superqt.spinbox._intspin import _EmitPolicy
+    except ImportError:
+        return  # a superqt that works differently: plain numbers then
+    if not all(hasattr(native, a) for a in ("_setValue", "_interpret", "_editor_text_changed")):
+        return
+    edit = native.lineEdit()
+
+    def value_of(text: str) -> int:
+        return native.minimum() if text.strip().lower() in ("auto", "") else int(text)
+
+    def show():
+        text = "auto" if native.value() == native.minimum() else str(native.value())
+        if edit.text() != text:
+            edit.setText(text)
+
+    def interpret(policy):
+        try:
+            native._setValue(value_of(edit.displayText()), policy)
+        except ValueError:
+            show()
+
+    def on_text(text: str) -> None:  # while typing: numbers only, half-typed text waits
+        if text.strip().lstrip("-").isdigit():
+            native._setValue(int(text), _EmitPolicy.EmitIfChanged)
+
+    class Validator(QValidator):
+        def validate(self, text, pos):
+            ok = "auto".startswith(text.strip().lower()) or text.lstrip("-").isdigit() or text in ("", "-")
+            return (QValidator.State.Acceptable if ok else QValidator.State.Invalid), text, pos
+
+    edit.textChanged.disconnect(native._editor_text_changed)
+    edit.textChanged.connect(on_text)
+    edit.setValidator(Validator(native))
+    native._interpret = interpret
+    native._updateEdit = show
+    native.valueChanged.connect(lambda *_: show())
+    show()
+
+
+def _box(widgets: list, margins=(0, 0, 0, 0), **kwargs) -> Container:
+    """A nested container without margins of its own (they would add to the dock's width)."""
+    box = Container(widgets=widgets, **kwargs)
+    box.margins = margins
+    return box
+
+
+def _wrapping(label: Label) -> Label:
+    """A label whose long text wraps and grows in height instead of widening the dock."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    native = label.native
+    native.setWordWrap(True)
+    policy = QSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
+    policy.setHeightForWidth(True)
+    native.setSizePolicy(policy)
+    return label
+
+
+def _breakable(text: str) -> str:
+    """Text with break opportunities after path separators: Qt wraps only at spaces, so a long path
+    would otherwise run off the edge of a narrow dock."""
+    return re.sub(r"([/\\])", "\\1\u200b", text)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def progress_text(done: int, total: int, seconds_left: float | None) -> str:
+    """The progress bar's text: tiles done, and the time left once two reports give a rate."""
+    text = f"{done}/{total} tiles"
+    if done < total and seconds_left is not None:
+        text += f", about {_duration(seconds_left)} left"
+    return text
+
+
+def weights_note(value: str, task: str, scale: int | None, rgb: bool) -> str:
+    """A line for the widget when the weights chosen (or what 'auto' means here) are official ones:
+    non-commercial, and downloaded on first use."""
+    from .weights import available_weights
+
+    if value == LOCAL_FILE:
+        return ""
+    name = _auto_weights(task, scale, rgb) if value == AUTO_WEIGHTS else value
+    try:
+        official = {i.name: i.available for i in available_weights() if i.kind == "official"}
+    except Exception:  # a broken registry is reported when a run uses it
+        return ""
+    if name not in official:
+        return ""
+    what = f"auto = official {name!r} weights" if value == AUTO_WEIGHTS else "official weights"
+    download = "" if official[name] else ", downloaded on the first run"
+    return f"{what}: non-commercial, academic use only{download}"
+
+
+def left_right_pair(layers: list, prefer=None) -> tuple | None:
+    """Two layers whose names differ only in 'left' / 'right' (e.g. 'dp left', 'dp right'): the pair
+    that holds ``prefer`` if there is one, else the topmost; None without such a pair."""
+    by_name = {lay.name: lay for lay in layers}
+    pairs = []
+    for lay in layers:
+        for m in re.finditer("|".join(_RIGHT), lay.name):
+            other = by_name.get(lay.name[: m.start()] + _RIGHT[m.group()] + lay.name[m.end() :])
+            if other is not None and other is not lay:
+                pairs.append((lay, other))
+    if not pairs:
+        return None
+    return next((p for p in pairs if prefer is not None and any(prefer is x for x in p)), pairs[-1])
+
+
 # ----------------------------------------------------------------------------- widgets
 
 
 class TaskWidget(Container):
-    """The shared widget: inputs, weights, device, advanced options, output, run and cancel."""
+    """The shared widget: inputs, weights, device, output, advanced options, run, progress, status."""
 
     task = "denoise"
     inputs: tuple[tuple[str, str], ...] = (("image", "image"),)
 
     # napari passes its viewer to a parameter annotated with exactly this string
     def __init__(self, viewer: napari.viewer.Viewer = None):
-        super().__init__(labels=True)
+        # no label column at this level, so that the progress bar and status line get the full width
+        super().__init__(labels=False)
         if viewer is None:
             import napari
 
             viewer = napari.current_viewer()
         self.viewer = viewer
-        self.preset = get_preset(self.task)
+        self.preset = get_task(self.task)
         self.worker = None
         self.result_layer = None
         self.last_status = ""
         self.last_progress = (0, 0)  # (tiles done, total) of the latest run
         self._cancel = None
-        self._pbar = None
+        self._first_tile = None  # (time, tiles done) of the run's first progress report: the ETA's origin
+        self._started = 0.0
         self._closed = False  # the Qt side is gone (viewer closed): a run must not touch it any more
-        _preload_torch_dispatch()
         self._relay = _Relay()
         self._relay.progressed.connect(self._on_progress)
-
-        for attr, label in self.inputs:
-            combo = ComboBox(label=label, choices=self._layer_choices, nullable=True)
-            setattr(self, attr, combo)
-            self.append(combo)
-        if len(self.preset.scales) > 1:
-            self.scale = ComboBox(
-                label="scale", choices=[(f"x{s}", s) for s in self.preset.scales], value=self.preset.scales[0]
-            )
-            self.scale.changed.connect(self._refresh_weights)
-            self.append(self.scale)
-        else:
-            self.scale = None
-        self.weights = ComboBox(label="weights", choices=weights_choices(self.task, self._scale_value()))
-        self.weights_file = FileEdit(label="weights file", mode="r", filter="*.pth *.pt *.ckpt")
-        self.device = ComboBox(label="device", choices=device_choices(), value="auto")
-        self.device_label = Label(label="", value=device_status("auto"))
-        self.advanced = CheckBox(text="advanced options", value=False)
-        self.tile = SpinBox(label="tile (px)", min=0, max=16384, step=32, value=0)
-        self.halo = SpinBox(label="halo (px)", min=-1, max=1024, step=8, value=-1)
-        self.blend = SpinBox(label="blend (px)", min=-1, max=1024, step=4, value=-1)
-        self.precision = ComboBox(label="precision", choices=["auto", "fp32", "bf16"], value="auto")
-        self.normalisation = ComboBox(
-            label="intensity", choices=["auto", "fixed", "percentile"], value="auto"
-        )
-        self.tta = CheckBox(text="test-time augmentation (8 flips/rotations: 8x slower)", value=False)
-        self.tta.tooltip = (
-            "Average the model over the flipped and rotated image: slightly better results (about "
-            "+0.1 dB for the shipped denoisers) for 8x the compute."
-        )
-        self.output = ComboBox(label="output", choices=[OUTPUT_NOW, OUTPUT_LAZY, OUTPUT_ZARR], value=OUTPUT_NOW)
-        self.zarr_path = FileEdit(label="zarr path", mode="w", filter="*.zarr")
-        self.overwrite = CheckBox(text="replace a finished store (else resume an unfinished one)", value=False)
-        self.background = CheckBox(
-            text="compute viewed tiles in the background (turns on napari's asynchronous rendering)", value=True
-        )
-        self.background.tooltip = (
-            "Without it napari computes each newly viewed region on the GUI thread and the viewer "
-            "freezes while it does. The setting is napari's Preferences > Experimental > "
-            "'Render Images Asynchronously'."
-        )
-        self.preview = CheckBox(text="displayed slice only (quick preview)", value=False)
-        self.run_button = PushButton(text="Run")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.status = Label(label="status", value="ready")
-        self.extend(
-            [
-                self.weights,
-                self.weights_file,
-                self.device,
-                self.device_label,
-                self.advanced,
-                self.tile,
-                self.halo,
-                self.blend,
-                self.precision,
-                self.normalisation,
-                self.tta,
-                self.output,
-                self.zarr_path,
-                self.overwrite,
-                self.background,
-                self.preview,
-                self.run_button,
-                self.cancel_button,
-                self.status,
-            ]
-        )
-        # "auto" reads better than 0 / -1 for the engine's own tile, halo and blend choice
-        for spin in (self.tile, self.halo, self.blend):
-            spin.native.setSpecialValueText("auto")
-            spin.tooltip = "model pixels, multiples of 4; 'auto' lets the engine choose"
-        # long messages wrap instead of widening the dock and squeezing the canvas
-        from qtpy.QtWidgets import QSizePolicy
-
-        for label in (self.device_label, self.status):
-            label.native.setWordWrap(True)
-            label.native.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Minimum)
-        self.weights.changed.connect(self._update_visibility)
-        self.output.changed.connect(self._update_visibility)
-        self.advanced.changed.connect(self._update_visibility)
-        self.device.changed.connect(lambda v: setattr(self.device_label, "value", device_status(v)))
-        self.run_button.changed.connect(lambda: self())
-        self.cancel_button.changed.connect(self.cancel)
-        self.native.destroyed.connect(self._on_destroyed)
+        self.extend([self._build_form(), *self._build_output_options(), *self._build_advanced(), *self._build_run()])
+        self._connect()
         self._update_visibility()
         events = self.viewer.layers.events
         for ev in (events.inserted, events.removed, events.reordered):
             ev.connect(self._on_layers_changed)
         self._on_layers_changed()
+
+    # -- building the widget
+    def _build_form(self) -> Container:
+        """Inputs, scale, weights, device and output: a labelled form."""
+        form = []
+        for attr, label in self.inputs:
+            combo = ComboBox(label=label, choices=self._layer_choices, nullable=True)
+            setattr(self, attr, combo)
+            form.append(combo)
+        self.scale = None
+        if len(self.preset.scales) > 1:
+            choices = [(f"x{s}", s) for s in self.preset.scales]
+            self.scale = ComboBox(label="scale", choices=choices, value=self.preset.scales[0])
+            form.append(self.scale)
+        self.weights = ComboBox(label="weights", choices=weights_choices(self.task, self._scale_value()))
+        self.weights_file = FileEdit(label="file", mode="r", filter="*.pth *.pt *.ckpt")
+        self.weights_note = _wrapping(Label(label="", value=""))
+        self.device = ComboBox(label="device", choices=device_choices(), value="auto")
+        self.device_label = _wrapping(Label(label="", value=device_status("auto")))
+        self.output = ComboBox(label="output", choices=_OUTPUT_CHOICES, value=OUTPUT_NOW)
+        self.output.tooltip = (
+            "new layer: computed now. lazy layer: computed tile by tile as napari shows it. "
+            "OME-Zarr: written to disk (an unfinished store from the same settings is resumed)."
+        )
+        self.zarr_path = FileEdit(label="path", mode="w", filter="*.zarr")
+        form += [self.weights, self.weights_file, self.weights_note, self.device, self.device_label]
+        form += [self.output, self.zarr_path]
+        for combo in form:
+            if isinstance(combo, ComboBox):
+                _compact_combo(combo, show_text_as_tooltip=combo is not self.output)
+        return _box(form, labels=True)
+
+    def _build_output_options(self) -> list:
+        """The check boxes of the output choice, and the preview option."""
+        self.overwrite = CheckBox(text="replace a finished store", value=False)
+        self.overwrite.tooltip = "Unticked, an unfinished store from the same settings is resumed."
+        self.background = CheckBox(text="compute in the background", value=True)
+        self.background.tooltip = (
+            "Compute newly viewed tiles off the GUI thread: turns on napari's Preferences > "
+            "Experimental > 'Render Images Asynchronously'. Without it the viewer freezes while "
+            "napari computes each newly viewed region."
+        )
+        self.preview = CheckBox(text="displayed slice only (preview)", value=False)
+        self.preview.tooltip = (
+            "Restore only the current slice of an nD stack, cut to the visible region when zoomed in."
+        )
+        return [self.overwrite, self.background, self.preview]
+
+    def _build_advanced(self) -> list:
+        """Tile, halo, blend, precision, intensity mapping and TTA, collapsed under a check box."""
+        self.advanced = CheckBox(text="advanced options", value=False)
+        self.tile = SpinBox(label="tile", min=0, max=16384, step=32, value=0)
+        self.halo = SpinBox(label="halo", min=-1, max=1024, step=8, value=-1)
+        self.blend = SpinBox(label="blend", min=-1, max=1024, step=4, value=-1)
+        # "auto" reads better than 0 / -1 for the engine's own tile, halo and blend choice
+        what = {"tile": "tile size", "halo": "context around a tile", "blend": "blend margin"}
+        for spin in (self.tile, self.halo, self.blend):
+            _auto_at_minimum(spin)
+            spin.tooltip = f"{what[spin.label]} in model pixels, multiples of 4; 'auto' lets the engine choose"
+        self.precision = ComboBox(label="precision", choices=["auto", "fp32", "bf16"], value="auto")
+        self.normalisation = ComboBox(label="intensity", choices=["auto", "fixed", "percentile"], value="auto")
+        self.normalisation.tooltip = (
+            "How intensities map to [0, 1]: 'fixed' by the dtype's range, 'percentile' by the "
+            "image's 0.1-99.9 percentiles; 'auto': integers fixed, floats percentile."
+        )
+        self.tta = CheckBox(text="test-time augmentation (8x slower)", value=False)
+        self.tta.tooltip = (
+            "Average the model over the 8 flipped and rotated images: slightly better results (about "
+            "+0.1 dB for the shipped denoisers) for 8x the compute."
+        )
+        fields = [self.tile, self.halo, self.blend, self.precision, self.normalisation, self.tta]
+        self._advanced_box = _box(fields, labels=True, margins=(12, 0, 0, 0))
+        return [self.advanced, self._advanced_box]
+
+    def _build_run(self) -> list:
+        """Run and Cancel side by side, the progress bar, the status line."""
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        buttons = _box([self.run_button, self.cancel_button], labels=False, layout="horizontal")
+        self.progress_bar = ProgressBar(min=0, max=1, value=0, visible=False)
+        self.status = _wrapping(Label(value="ready"))
+        return [buttons, self.progress_bar, self.status]
+
+    def _connect(self) -> None:
+        if self.scale is not None:
+            self.scale.changed.connect(self._refresh_weights)
+        self.weights.changed.connect(self._update_visibility)
+        self.output.changed.connect(self._update_visibility)
+        self.advanced.changed.connect(self._update_visibility)
+        self.weights.changed.connect(self._update_weights_note)
+        for attr, _ in self.inputs:
+            getattr(self, attr).changed.connect(self._update_weights_note)
+        self.device.changed.connect(lambda v: setattr(self.device_label, "value", device_status(v)))
+        self.run_button.changed.connect(lambda: self())
+        self.cancel_button.changed.connect(self.cancel)
+        self.native.destroyed.connect(self._on_destroyed)
 
     # -- choices and visibility
     def _layer_choices(self, widget=None):
@@ -474,16 +627,19 @@ class TaskWidget(Container):
 
     def _on_layers_changed(self, event=None):
         self.reset_choices()
-        # default to the selected (else topmost) image layer, the one a user most likely means
         from napari.layers import Image
 
         images = [lay for lay in self.viewer.layers if isinstance(lay, Image)]
         active = self.viewer.layers.selection.active
         first = active if isinstance(active, Image) else (images[-1] if images else None)
-        for attr, _ in self.inputs:
-            combo = getattr(self, attr)
-            if combo.value is None and first is not None:
-                combo.value = first
+        for attr, layer in self._default_inputs(images, first).items():
+            if layer is not None:
+                getattr(self, attr).value = layer
+
+    def _default_inputs(self, images: list, first) -> dict:
+        """Layers to preselect where none is chosen: the selected (else topmost) image, the one a
+        user most likely means."""
+        return {attr: first for attr, _ in self.inputs if getattr(self, attr).value is None}
 
     def _scale_value(self) -> int | None:
         return None if self.scale is None else int(self.scale.value)
@@ -493,22 +649,33 @@ class TaskWidget(Container):
         self.weights.choices = weights_choices(self.task, self._scale_value())
         if current in (AUTO_WEIGHTS, LOCAL_FILE):
             self.weights.value = current
+        self._update_weights_note()
+
+    def _update_weights_note(self, *_):
+        layer = getattr(self, self.inputs[0][0]).value
+        rgb = True if layer is None else bool(getattr(layer, "rgb", True))
+        self.weights_note.value = weights_note(self.weights.value, self.task, self._scale_value(), rgb)
+        self.weights_note.visible = bool(self.weights_note.value)
 
     def _update_visibility(self, *_):
         self.weights_file.visible = self.weights.value == LOCAL_FILE
         self.zarr_path.visible = self.overwrite.visible = self.output.value == OUTPUT_ZARR
         self.background.visible = self.output.value == OUTPUT_LAZY
-        for w in (self.tile, self.halo, self.blend, self.precision, self.normalisation, self.tta):
-            w.visible = self.advanced.value
+        self._advanced_box.visible = self.advanced.value
 
     # -- messages
     def _say(self, text: str, level: str = "info") -> None:
+        """Show a message in the status line (whole, wrapped) and as a napari notification."""
         from napari.utils.notifications import show_error, show_info, show_warning
 
-        self.last_status = text
-        self.status.value = text if len(text) < 160 else text[:157] + "…"
-        self.status.tooltip = text
+        self._show_status(text)
         {"error": show_error, "warning": show_warning, "info": show_info}[level](f"MIRNet: {text}")
+
+    def _show_status(self, text: str) -> None:
+        self.last_status = text
+        if not self._closed:
+            self.status.value = _breakable(text)
+            self.status.tooltip = text
 
     # -- building a job (GUI thread)
     def _weights_value(self) -> str | None:
@@ -592,7 +759,6 @@ class TaskWidget(Container):
     def __call__(self):
         """Start a run off the GUI thread; returns the napari worker (None if the choices are bad)."""
         from napari.qt.threading import thread_worker
-        from napari.utils import progress
 
         if self.worker is not None:
             self._say("a run is already going; cancel it first", "warning")
@@ -610,10 +776,13 @@ class TaskWidget(Container):
 
             self._say(f"downloading the official {chosen!r} weights. {OFFICIAL_LICENCE}", "warning")
         self._cancel = threading.Event()
-        self._pbar = progress(total=0, desc=f"MIRNet {self.preset.title.lower()}")
+        self._first_tile = None
         self.run_button.enabled = False
         self.cancel_button.enabled = True
-        self.status.value = "running…"
+        # the engine reports progress(0, total) once the model is loaded and the tiles are planned
+        self._show_status("loading model and planning…")
+        self.progress_bar.native.setRange(0, 0)  # a busy bar until then
+        self.progress_bar.visible = True
         self._started = time.perf_counter()
         worker = thread_worker(_work, start_thread=False)(job, self._relay.progressed.emit, self._cancel)
         worker.returned.connect(lambda result, job=job: self._on_returned(job, result))
@@ -637,7 +806,7 @@ class TaskWidget(Container):
         """Ask the run to stop at the next tile boundary; no result layer is added."""
         if self._cancel is not None:
             self._cancel.set()
-            self.status.value = "cancelling…"
+            self._show_status("cancelling…")
 
     def _on_destroyed(self, *_) -> None:
         # closing the viewer deletes the dock: stop the run instead of computing a result nobody sees
@@ -647,11 +816,18 @@ class TaskWidget(Container):
 
     def _on_progress(self, done: int, total: int) -> None:
         self.last_progress = (done, total)
-        if self._pbar is None:
+        if self._closed or self.worker is None:
             return
-        if self._pbar.total != total:
-            self._pbar.total = total
-        self._pbar.update(done - self._pbar.n)
+        now = time.perf_counter()
+        if self._first_tile is None:  # planning is over: tiles from here on
+            self._first_tile = (now, done)
+            self._show_status("restoring…")
+        t0, done0 = self._first_tile
+        left = (now - t0) / (done - done0) * (total - done) if done > done0 else None
+        bar = self.progress_bar.native
+        bar.setRange(0, max(total, 1))
+        bar.setValue(min(done, total))
+        bar.setFormat(progress_text(done, total, left))
 
     def _on_returned(self, job: Job, result) -> None:
         kind, payload = result
@@ -675,12 +851,10 @@ class TaskWidget(Container):
         self._say(f"{what}: {self.result_layer.name}", "info")
 
     def _on_finished(self) -> None:
-        if self._pbar is not None:
-            self._pbar.close()
-        self._pbar = None
         self.worker = None
         self._cancel = None
         if not self._closed:
+            self.progress_bar.visible = False
             self.run_button.enabled = True
             self.cancel_button.enabled = False
 
@@ -700,7 +874,7 @@ def _background_slicing(wanted: bool) -> str:
 
 def _auto_weights(task: str, scale: int | None, rgb: bool) -> str | None:
     """What 'auto' weights will be for this input (as the engine chooses them)."""
-    from .api import choose_weights
+    from .tasks import choose_weights
 
     try:
         return choose_weights(task, scale or 1, 3 if rgb else 1)
@@ -759,7 +933,21 @@ class DefocusWidget(TaskWidget):
     """Dual-pixel defocus deblurring from separate left and right view layers."""
 
     task = "defocus"
-    inputs = (("left", "left view"), ("right", "right view"))
+    inputs = (("left", "left"), ("right", "right"))
+
+    def _default_inputs(self, images: list, first) -> dict:
+        """A left/right pair by name ('... left', '... right') unless two layers are chosen already;
+        else the selected layer and another of the same shape."""
+        left, right = self.left.value, self.right.value
+        if left is not None and right is not None and left is not right:
+            return {}
+        pair = left_right_pair(images, prefer=left or first)
+        if pair is not None:
+            return {"left": pair[0], "right": pair[1]}
+        left = left or first
+        shape = None if left is None else level0(left).shape
+        same = [lay for lay in reversed(images) if lay is not left and level0(lay).shape == shape]
+        return {"left": left, "right": same[0] if same else left}
 
     def _input_layers(self) -> list:
         left, right = super()._input_layers()

@@ -39,6 +39,11 @@ def _widget(cls, viewer, weights):
     return w
 
 
+def _shown(w, child) -> bool:
+    """Whether a child widget shows when the widget does (its own flag and its parents')."""
+    return child.native.isVisibleTo(w.native)
+
+
 def _run(qtbot, w, timeout=60_000):
     worker = w()
     assert worker is not None, w.last_status
@@ -132,9 +137,9 @@ def test_tta_option_reaches_the_engine(make_napari_viewer, qtbot, tiny_dual_weig
     left, right = left[:64, :64], right[:64, :64]
     w = _widget(DefocusWidget, viewer, tiny_dual_weights)
     w.left.value, w.right.value = viewer.add_image(left, **lk), viewer.add_image(right, **rk)
-    assert w.tta.native.isHidden()  # an advanced option
+    assert not _shown(w, w.tta)  # an advanced option
     w.advanced.value = True
-    assert not w.tta.native.isHidden()
+    assert _shown(w, w.tta)
     w.tta.value = True
     out = _run(qtbot, w)
     assert out is not None, w.last_status
@@ -201,7 +206,7 @@ def _start_long_run(viewer, qtbot, weights, planes: int):
     viewer.add_image(data, name="long stack")
     w = _widget(DenoiseWidget, viewer, weights)
     worker = w()
-    qtbot.waitUntil(lambda: w._pbar is not None and w._pbar.n >= 1, timeout=30_000)
+    qtbot.waitUntil(lambda: w.last_progress[0] >= 1, timeout=60_000)
     return w, worker
 
 
@@ -315,9 +320,10 @@ def test_weights_and_device_choices(make_napari_viewer):
     assert any("sr_x4" in t for t in labels) and not any("x2" in t for t in labels)  # no x2 model at x4
     assert w.device.choices[:2] == ("auto", "cpu")
     assert w.device_label.value.startswith("auto:")
-    assert w.tile.native.isHidden()
+    assert not _shown(w, w.tile)
     w.advanced.value = True
-    assert not w.tile.native.isHidden() and not w.halo.native.isHidden() and not w.blend.native.isHidden()
+    assert _shown(w, w.tile) and _shown(w, w.halo) and _shown(w, w.blend)
+    assert [s.native.text() for s in (w.tile, w.halo, w.blend)] == ["auto"] * 3  # not 0 / -1
 
 
 def test_sample_data_opens(make_napari_viewer):
@@ -337,7 +343,7 @@ def test_cancel_zarr_leaves_store_incomplete(make_napari_viewer, qtbot, tiny_wei
     w.output.value = OUTPUT_ZARR
     w.zarr_path.value = tmp_path / "cancelled.zarr"
     w()
-    qtbot.waitUntil(lambda: w._pbar is not None and w._pbar.n >= 1, timeout=30_000)
+    qtbot.waitUntil(lambda: w.last_progress[0] >= 1, timeout=60_000)
     w.cancel()
     qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)
     assert w.result_layer is None and len(viewer.layers) == 1
@@ -352,9 +358,9 @@ def test_lazy_layer_is_computed_off_the_gui_thread(make_napari_viewer, qtbot, ti
     stack = da.random.default_rng(0).integers(0, 255, (8, 768, 768), dtype=np.uint8, chunks=(1, 768, 768))
     viewer.add_image(stack, name="stack", contrast_limits=(0, 255))
     w = _widget(DenoiseWidget, viewer, tiny_weights)
-    assert w.background.native.isHidden()  # an option of the lazy output only
+    assert not _shown(w, w.background)  # an option of the lazy output only
     w.output.value = OUTPUT_LAZY
-    assert not w.background.native.isHidden()
+    assert _shown(w, w.background)
     w.background.value = background
     out = _run(qtbot, w)
     assert out is not None, w.last_status
@@ -470,16 +476,125 @@ def test_result_too_big_for_memory_suggests_lazy_or_zarr(make_napari_viewer, err
     assert errors[0][0] == "error"
 
 
-def test_plugin_menu_widgets_get_the_viewer_and_run(make_napari_viewer, qtbot, tiny_weights):
-    viewer = make_napari_viewer()
-    layer = viewer.add_image(np.zeros((32, 32), np.uint8), name="img")
+def test_every_widget_docks_compact_and_one_runs_with_progress(make_napari_viewer, qtbot, tiny_weights):
+    """Dock all five widgets from the plugin menu (narrow docks), then run one restore and follow its
+    progress: a planning stage from the click, then tiles with a time estimate."""
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1280, 800)
+    data = np.repeat(sample_data.noisy_stack()[0][0][:1, :64, :64], 12, axis=0)
+    layer = viewer.add_image(data, name="img")
     names = ["Denoise", "Super-resolution", "Low-light enhancement", "Contrast enhancement", "Dual-pixel defocus deblur"]
-    widgets = [viewer.window.add_plugin_dock_widget("napari-mirnet", name)[1] for name in names]
+    docked = [viewer.window.add_plugin_dock_widget("napari-mirnet", name) for name in names]
+    widgets = [w for _, w in docked]
     assert all(w.viewer is not None for w in widgets)
+    qtbot.wait(50)
+    widths = [dock.width() for dock, _ in docked]
+    print(f"dock widths {widths} px, window {viewer.window._qt_window.width()} px")
+    assert max(widths) <= 360  # was 451-630 px before the compact layout
     w = widgets[0]  # napari hands plugins a proxy of the viewer: the widget must work through it
     assert w.image.value is not None and w.image.value.name == "img"
     w.weights.value = LOCAL_FILE
     w.weights_file.value = tiny_weights
-    out = _run(qtbot, w)
+    formats = []
+    w._relay.progressed.connect(lambda *_: formats.append(w.progress_bar.native.format()))
+    worker = w()
+    assert worker is not None, w.last_status
+    bar = w.progress_bar.native
+    assert w.last_status == "loading model and planning…" and bar.maximum() == 0 and _shown(w, w.progress_bar)
+    qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
+    out = w.result_layer
     assert out is not None, w.last_status
     assert [lay.name for lay in viewer.layers] == ["img", "img denoised"] and layer.name == "img"
+    assert formats[-1] == "12/12 tiles" and w.last_progress == (12, 12)
+    assert any(f.endswith(" left") and "/12 tiles, about " in f for f in formats), formats
+    assert not _shown(w, w.progress_bar) and w.last_status.startswith("done in")
+
+
+def test_progress_text():
+    from napari_mirnet.widgets import progress_text
+
+    assert progress_text(0, 16, None) == "0/16 tiles"
+    assert progress_text(3, 16, 12.4) == "3/16 tiles, about 12 s left"
+    assert progress_text(3, 400, 125) == "3/400 tiles, about 2 min 05 s left"
+    assert progress_text(16, 16, 0.0) == "16/16 tiles"
+
+
+_DOCK_ALL = """
+import sys
+import napari
+from napari_mirnet import widgets as W
+
+viewer = napari.Viewer(show=False)
+for cls in (W.DenoiseWidget, W.SuperResolutionWidget, W.LowLightWidget, W.EnhanceWidget, W.DefocusWidget):
+    viewer.window.add_dock_widget(cls(viewer))
+loaded = sorted(m for m in sys.modules if m.split(".")[0] == "triton" or m.startswith("torch._dynamo"))
+print("compiler modules:", loaded)
+viewer.close()
+sys.exit(1 if loaded else 0)
+"""
+
+
+def test_docking_loads_no_compiler_stack():
+    """torch._dynamo loads triton's LLVM, which crashes a process where Qt's OpenGL loaded Mesa's
+    (llvmpipe: Xvfb, VNC, virtual desktops). In a fresh process, as napari starts: docking must not."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _DOCK_ALL], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"rc {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+def test_defocus_preselects_the_left_right_pair(make_napari_viewer):
+    from napari_mirnet.widgets import left_right_pair
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((16, 16), np.uint8), name="other")
+    w = DefocusWidget(viewer)  # docked first, then its sample opens: left, then right
+    viewer.open_sample("napari-mirnet", "dual_pixel_views")
+    assert (w.left.value.name, w.right.value.name) == ("dual-pixel left", "dual-pixel right")
+    w2 = DefocusWidget(viewer)  # docked with the sample open
+    assert (w2.left.value.name, w2.right.value.name) == ("dual-pixel left", "dual-pixel right")
+
+    class L:
+        def __init__(self, name):
+            self.name = name
+
+    a, b, c, d = L("cam Left 1"), L("cam Right 1"), L("x_LEFT"), L("x_RIGHT")
+    assert left_right_pair([a, b, c, d]) == (c, d)  # the topmost pair
+    assert left_right_pair([a, b, c, d], prefer=b) == (a, b)
+    assert left_right_pair([a, d]) is None
+
+
+def test_long_error_is_shown_whole_and_wraps(make_napari_viewer, qtbot, tmp_path, errors):
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1280, 800)
+    viewer.add_image(np.zeros((32, 32), np.uint8), name="img")
+    w = DenoiseWidget(viewer)
+    dock = viewer.window.add_dock_widget(w)
+    qtbot.wait(50)
+    width = dock.width()
+    w.weights.value = LOCAL_FILE
+    missing = tmp_path / "a_folder_with_a_rather_long_name" / "another_folder_for_good_measure" / "model.pth"
+    w.weights_file.value = missing
+    assert w() is None
+    qtbot.wait(50)
+    label = w.status.native
+    assert str(missing) in w.last_status and label.text().replace("\u200b", "") == w.last_status
+    assert label.height() >= label.heightForWidth(label.width()) > label.fontMetrics().height()  # wrapped, all lines
+    assert dock.width() == width  # wrapped instead of widening the dock
+
+
+def test_weights_note_says_when_auto_means_official_download(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="img", rgb=True)
+    w = DefocusWidget(viewer)  # no shipped dual-pixel model: auto = the official one
+    assert _shown(w, w.weights_note)
+    assert "non-commercial" in w.weights_note.value and "downloaded" in w.weights_note.value
+    d = DenoiseWidget(viewer)  # auto = a shipped model: nothing to say
+    assert not _shown(d, d.weights_note)
+    d.weights.value = "real_denoising"
+    assert _shown(d, d.weights_note) and "non-commercial" in d.weights_note.value
+    s = SuperResolutionWidget(viewer)
+    assert not _shown(s, s.weights_note)  # x2 has a shipped model
+    s.scale.value = 3
+    assert _shown(s, s.weights_note) and "sr_x3" in s.weights_note.value
