@@ -1,0 +1,752 @@
+"""Self-supervised fine-tuning: adapt a trained MIRNet-v2 denoiser to your own noisy data, no clean images.
+
+The default objective is neighbour sub-sampling (Huang et al., *Neighbor2Neighbor*, CVPR 2021): two
+half-resolution images are drawn from each noisy patch by taking, in every 2x2 cell, one pixel and one
+of its direct neighbours. Their noise is independent where the noise is independent from pixel to
+pixel, so the model learns to map one to the other and can only predict the shared signal. A
+consistency term ties the half-resolution outputs to the model's full-resolution output. Where the
+noise is correlated along rows (or columns), only pixel pairs across the other direction are used
+(``pairs='auto'`` measures this on the data). ``objective='blindspot'`` is the alternative
+(Noise2Void / Noise2Self-style input masking); ``docs/finetune.md`` says why it is not the default.
+
+Patches are read region by region from numpy, dask or zarr arrays and tif/zarr/png files, so inputs of
+any size are never loaded whole. The run ends after ``minutes`` or ``steps``; the best model so far
+(by a self-supervised loss on held-out patches) is written to ``out`` every time it improves, so a
+cancelled or killed run leaves the best model behind, and the state to resume from lives next to it
+(``<out>.state.pth``).
+
+The output is a model file in the official layout, ``{'params': fp16 state dict, 'meta': {...}}``,
+that ``restore(..., weights=out)``, the CLI and the napari widgets load like any other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .model import MIRNetV2
+from .training import NORMALISATION, _save, code_version
+from .weights import load_model, locate
+
+try:
+    from .devices import resolve_device
+except ImportError:  # before the devices module existed
+    from .weights import resolve_device
+
+__all__ = ["finetune", "FinetuneConfig", "FinetuneResult", "FinetuneProgress", "OBJECTIVES",
+           "state_path", "models_dir", "noise_correlation"]
+
+OBJECTIVES = ("neighbor2neighbor", "blindspot")
+PAIRS = ("auto", "any", "vertical", "horizontal")
+#: The smallest plane edge we fine-tune on: a patch's half-resolution sub-images must be at least 16 px.
+MIN_EDGE = 32
+
+
+def models_dir() -> Path:
+    """Where the napari widget saves fine-tuned models: ``$NAPARI_MIRNET_MODELS`` or the user data folder."""
+    env = os.environ.get("NAPARI_MIRNET_MODELS")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("napari-mirnet")) / "models"
+
+
+def state_path(out: str | os.PathLike) -> Path:
+    """The resumable training state that lives next to a fine-tuned model file."""
+    p = Path(out)
+    return p.with_name(p.name + ".state.pth")
+
+
+# ------------------------------------------------------------------------------------------ config
+@dataclass
+class FinetuneConfig:
+    """Settings of one fine-tuning run. Defaults suit 2 CPU cores and 10 minutes."""
+
+    objective: str = "neighbor2neighbor"
+    #: which neighbour pairs have independent noise: "auto" measures it, "vertical" pairs pixels of
+    #: adjacent rows (for noise correlated along rows), "horizontal" the converse, "any" both
+    pairs: str = "auto"
+    #: patch edge at full resolution (a multiple of 8) and patches per step
+    patch: int = 96
+    batch: int = 2
+    lr: float = 1e-4
+    lr_min: float = 1e-6
+    #: weight of Neighbor2Neighbor's consistency term (ties the half- to the full-resolution output)
+    gamma: float = 1.0
+    #: blind-spot objective: one masked pixel per ``mask_spacing`` x ``mask_spacing`` cell
+    mask_spacing: int = 4
+    #: moving average of the weights (validated and saved instead of the raw weights; 0 = off)
+    ema: float = 0.98
+    #: held-out validation patches (fewer on small data) and how often to validate (fraction of the run)
+    val_patches: int = 6
+    val_every: float = 0.05
+    #: "wall" seconds, or "cpu" seconds of this process (exact CPU cost for benchmarks)
+    clock: str = "wall"
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.pairs not in PAIRS:
+            raise ValueError(f"pairs must be one of {PAIRS}, got {self.pairs!r}")
+        if self.patch < MIN_EDGE or self.patch % 8:
+            raise ValueError(f"patch must be a multiple of 8 and at least {MIN_EDGE}, got {self.patch}")
+        if self.batch < 1:
+            raise ValueError(f"batch must be >= 1, got {self.batch}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
+        if self.clock not in ("wall", "cpu"):
+            raise ValueError(f"clock must be 'wall' or 'cpu', got {self.clock!r}")
+        if self.mask_spacing < 3:
+            raise ValueError(f"mask_spacing must be >= 3, got {self.mask_spacing}")
+
+
+@dataclass
+class FinetuneProgress:
+    """What a progress callback receives after each step (and after each validation)."""
+
+    step: int
+    loss: float
+    fraction: float  # of the budget (time or steps) used
+    elapsed: float
+    val_loss: float | None = None  # set on steps that validated
+    best_val: float | None = None
+    best_step: int | None = None
+    model: MIRNetV2 | None = None  # the weights being validated (the moving average); do not train it
+
+
+@dataclass
+class FinetuneResult:
+    """Where the model went and how the run went."""
+
+    path: Path
+    steps: int
+    best_step: int
+    best_val: float
+    source_val: float
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    val_losses: list[tuple[int, float]] = field(default_factory=list)
+    stopped: bool = False
+    elapsed: float = 0.0
+
+
+# ------------------------------------------------------------------------------------------ data
+class _Plane:
+    """One 2D plane (C, H, W) of an array, read region by region and normalised on the fly."""
+
+    def __init__(self, array, index: tuple, yx: tuple[int, int], channel_axis: int | None,
+                 channels: tuple[int, ...] | None, imap, model_channels: int):
+        self.array, self.index, self.yx = array, index, yx
+        self.channel_axis, self.channels, self.imap = channel_axis, channels, imap
+        self.model_channels = model_channels
+        self.shape = (int(array.shape[yx[0]]), int(array.shape[yx[1]]))
+
+    def read(self, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+        idx = list(self.index)
+        idx[self.yx[0]], idx[self.yx[1]] = slice(y0, y0 + h), slice(x0, x0 + w)
+        region = self.array[tuple(idx)]
+        region = np.asarray(region.compute() if hasattr(region, "compute") else region)
+        # the remaining axes are (C, Y, X) or (Y, X) in the array's order: make it (C, H, W)
+        if self.channel_axis is None:
+            chw = region[None]
+        else:
+            c_first = self.channel_axis < self.yx[0]
+            chw = region if c_first else np.moveaxis(region, -1, 0)
+            chw = chw[list(self.channels)]
+        chw = self.imap.forward(chw)
+        if chw.shape[0] == 1 and self.model_channels == 3:
+            chw = np.repeat(chw, 3, axis=0)  # gray data through a colour model, as restore does
+        return chw
+
+
+def _as_sources(data, axes) -> list[tuple[object, str]]:
+    """(array, axes) pairs from an array, a path (file, zarr, folder) or a list of these."""
+    from .axes import infer_axes, validate_axes
+    from .io import list_inputs, open_image
+
+    items = data if isinstance(data, (list, tuple)) else [data]
+    out = []
+    for item in items:
+        if isinstance(item, (str, os.PathLike)):
+            for path in list_inputs([item]):
+                src = open_image(path)
+                out.append((src.array, axes or src.axes))
+        else:
+            arr = item
+            if not hasattr(arr, "shape") or not hasattr(arr, "dtype"):
+                arr = np.asarray(arr)
+            out.append((arr, axes))
+    resolved = []
+    for arr, ax in out:
+        shape = tuple(arr.shape)
+        if ax is None:
+            try:
+                ax = infer_axes(shape)
+            except ValueError:
+                # a stack with no axes metadata: every leading axis indexes planes
+                if len(shape) > 5:
+                    raise
+                ax = "TZYX"[-len(shape):] if len(shape) <= 4 else "TZCYX"
+        resolved.append((arr, validate_axes(ax, shape)))
+    return resolved
+
+
+def _planes(sources, model_channels: int, normalisation: str) -> list[_Plane]:
+    from itertools import product
+
+    try:
+        from .processing import IntensityMap
+    except ImportError:  # before processing.py existed
+        from .presets import IntensityMap
+
+    planes = []
+    for arr, axes in sources:
+        dtype = np.dtype(arr.dtype)
+        if dtype.kind not in "uif" or dtype.itemsize > 8:
+            raise TypeError(f"cannot fine-tune on data of dtype {dtype}; convert it to uint8, uint16 or float32")
+        imap = IntensityMap.for_image(arr, normalisation)
+        yx = (axes.index("Y"), axes.index("X"))
+        c_ax = axes.index("C") if "C" in axes else None
+        lead = [i for i, a in enumerate(axes) if a not in "CYX"]
+        n_c = int(arr.shape[c_ax]) if c_ax is not None else 1
+        if model_channels == 3 and c_ax is not None and n_c in (3, 4):
+            groups = [(0, 1, 2)]  # RGB(A): alpha is not denoised
+        elif c_ax is not None:
+            groups = [(c,) for c in range(n_c)]  # each channel is a gray plane
+        else:
+            groups = [None]
+        for pos in product(*(range(int(arr.shape[i])) for i in lead)):
+            index: list = [slice(None)] * len(axes)
+            for i, p in zip(lead, pos):
+                index[i] = p
+            for g in groups:
+                planes.append(_Plane(arr, tuple(index), yx, c_ax, g, imap, model_channels))
+    return planes
+
+
+class _Data:
+    """Random patches from many planes, with a few held out for validation."""
+
+    def __init__(self, planes: list[_Plane], patch: int, n_val: int, seed: int):
+        if not planes:
+            raise ValueError("the data holds no image planes")
+        edge = min(min(p.shape) for p in planes)
+        big = [p for p in planes if min(p.shape) >= patch]
+        if not big:
+            fit = (edge // 8) * 8
+            if fit < MIN_EDGE:
+                raise ValueError(
+                    f"the images are too small to learn from: planes of {planes[0].shape[0]}x"
+                    f"{planes[0].shape[1]} pixels; fine-tuning needs at least {MIN_EDGE}x{MIN_EDGE}"
+                )
+            patch, big = fit, [p for p in planes if min(p.shape) >= fit]
+        self.patch, self.planes = patch, big
+        area = np.array([p.shape[0] * p.shape[1] for p in big], np.float64)
+        n_patches = area.sum() / patch**2
+        if n_patches < 4:
+            raise ValueError(
+                f"the data is too small to learn from: {int(area.sum())} pixels hold fewer than 4 patches of "
+                f"{patch}x{patch}; give a larger image or more planes"
+            )
+        # hold out at most an eighth of the data for validation
+        self.n_val = int(max(1, min(n_val, n_patches // 8)))
+        self.weights = area / area.sum()
+        rng = np.random.default_rng([seed, 7919])
+        self.val_boxes: list[tuple[int, int, int]] = []
+        for _ in range(self.n_val):
+            for _try in range(50):
+                box = self._draw(rng)
+                if not any(self._overlap(box, b) for b in self.val_boxes):
+                    break
+            self.val_boxes.append(box)
+        self.val = np.stack([self._read(b) for b in self.val_boxes])
+
+    def _draw(self, rng) -> tuple[int, int, int]:
+        i = int(rng.choice(len(self.planes), p=self.weights))
+        h, w = self.planes[i].shape
+        return i, int(rng.integers(0, h - self.patch + 1)), int(rng.integers(0, w - self.patch + 1))
+
+    def _overlap(self, a, b) -> bool:
+        return a[0] == b[0] and abs(a[1] - b[1]) < self.patch and abs(a[2] - b[2]) < self.patch
+
+    def _read(self, box) -> np.ndarray:
+        i, y, x = box
+        return self.planes[i].read(y, x, self.patch, self.patch)
+
+    def batch(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        out = []
+        for _ in range(n):
+            for _try in range(20):  # training patches avoid the held-out ones
+                box = self._draw(rng)
+                if not any(self._overlap(box, b) for b in self.val_boxes):
+                    break
+            out.append((self._read(box), int(rng.integers(0, 8))))  # crop, symmetry (see _augment)
+        return out
+
+    def sample_pixels(self, rng, n_boxes: int = 16) -> np.ndarray:
+        boxes = [self._draw(rng) for _ in range(n_boxes)]
+        return np.stack([self._read(b) for b in boxes])
+
+
+def _fingerprint(sources, planes: list[_Plane]) -> str:
+    """A data fingerprint from shapes, dtypes and a fixed sample of pixels (never the whole data)."""
+    h = hashlib.sha256()
+    for arr, axes in sources:
+        h.update(f"{tuple(arr.shape)}{np.dtype(arr.dtype).str}{axes}".encode())
+    rng = np.random.default_rng(12345)
+    for _ in range(min(16, len(planes) * 4)):
+        p = planes[int(rng.integers(len(planes)))]
+        e = min(16, *p.shape)
+        y, x = int(rng.integers(0, p.shape[0] - e + 1)), int(rng.integers(0, p.shape[1] - e + 1))
+        h.update(np.ascontiguousarray(p.read(y, x, e, e), dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+def noise_correlation(patches: np.ndarray) -> tuple[float, float]:
+    """Correlation of the fine-scale residual between horizontal and between vertical neighbours.
+
+    ``patches`` is (N, C, H, W). The residual is the image minus its 3x3 mean without the centre,
+    which keeps mostly noise. Equal values mean isotropic noise (white noise gives about -0.12
+    for both); a clearly higher horizontal value means noise correlated along rows (read-out stripes).
+    """
+    x = torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32)).flatten(0, 1)[:, None]
+    k = torch.ones(1, 1, 3, 3) / 8.0
+    k[0, 0, 1, 1] = 0.0
+    r = x[..., 1:-1, 1:-1] - F.conv2d(x, k)  # the valid region of the 3x3 mean
+
+    def corr(a, b):
+        a, b = a - a.mean(), b - b.mean()
+        return float((a * b).mean() / (a.std() * b.std() + 1e-12))
+
+    return corr(r[..., :, 1:], r[..., :, :-1]), corr(r[..., 1:, :], r[..., :-1, :])
+
+
+def _choose_pairs(pairs: str, data: _Data, rng) -> tuple[str, dict]:
+    sample = data.sample_pixels(rng)
+    ch, cv = noise_correlation(sample)
+    info = {"horizontal_neighbour_correlation": round(ch, 3), "vertical_neighbour_correlation": round(cv, 3)}
+    if pairs != "auto":
+        return pairs, info
+    # white noise gives equal values; a margin of 0.1 keeps anisotropic signal from tipping the choice
+    if ch - cv > 0.1:
+        return "vertical", info
+    if cv - ch > 0.1:
+        return "horizontal", info
+    return "any", info
+
+
+def _check_not_uniform(data: _Data, rng) -> None:
+    sample = data.sample_pixels(rng, 32)
+    spread = float(np.std(sample))
+    if not np.isfinite(spread):
+        raise ValueError("the data contains NaN or Inf pixels; replace them (e.g. np.nan_to_num) first")
+    if spread < 1e-3 or np.unique(sample).size < 4:
+        raise ValueError(
+            f"the data is too uniform to learn from (intensity spread {spread:.2g} of the normalised range, "
+            f"{np.unique(sample).size} distinct values in a sample): is it blank or saturated?"
+        )
+
+
+# ------------------------------------------------------------------------------------------ objectives
+# 2x2 cell positions 0 1 / 2 3; neighbour pairs (a, b) in both orders
+_PAIRS = {
+    "horizontal": [(0, 1), (1, 0), (2, 3), (3, 2)],
+    "vertical": [(0, 2), (2, 0), (1, 3), (3, 1)],
+}
+_PAIRS["any"] = _PAIRS["horizontal"] + _PAIRS["vertical"]
+
+
+def _augment(x: torch.Tensor, k: int, pairs: str) -> torch.Tensor:
+    # with direction-dependent noise only flips keep rows as rows; otherwise all 8 symmetries
+    if pairs != "any":
+        x = x.flip(-1) if k & 1 else x
+        return x.flip(-2) if k & 2 else x
+    if k >= 4:
+        x = x.flip(-1)
+    return torch.rot90(x, k % 4, dims=(-2, -1)) if k % 4 else x
+
+
+def _subsample(x: torch.Tensor, gen: torch.Generator, pairs: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two half-resolution images of neighbouring pixels, and the chosen cell positions."""
+    b, c, h, w = x.shape
+    cells = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(b, c, h // 2, w // 2, 4)
+    table = torch.tensor(_PAIRS[pairs], device=x.device)
+    pick = torch.randint(len(table), (b, 1, h // 2, w // 2), generator=gen, device=gen.device).to(x.device)
+    ab = table[pick]  # (b, 1, h/2, w/2, 2)
+    return _gather(cells, ab[..., 0]), _gather(cells, ab[..., 1]), ab
+
+
+def _gather(cells: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    idx = pos.expand(*cells.shape[:-1])[..., None]
+    return cells.gather(-1, idx)[..., 0]
+
+
+def _n2n_loss(model, x: torch.Tensor, gen, pairs: str, gamma: float, with_consistency: bool = True):
+    g1, g2, ab = _subsample(x, gen, pairs)
+    out1 = model(g1)
+    loss = F.mse_loss(out1, g2)
+    if gamma and with_consistency:
+        with torch.no_grad():
+            full = model(x)
+        b, c, h, w = full.shape
+        cells = full.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(b, c, h // 2, w // 2, 4)
+        f1, f2 = _gather(cells, ab[..., 0]), _gather(cells, ab[..., 1])
+        loss = loss + gamma * F.mse_loss(out1 - g2, f1 - f2)
+    return loss
+
+
+def _blindspot_inputs(x: torch.Tensor, gen, pairs: str, spacing: int):
+    """Mask one pixel per spacing x spacing cell (random offset) and the pixels its noise is correlated
+    with; replace each by the mean of its neighbours across the uncorrelated direction."""
+    b, c, h, w = x.shape
+    oy, ox = (int(v) for v in torch.randint(spacing, (2,), generator=gen, device=gen.device))
+    centre = torch.zeros(h, w, dtype=torch.bool, device=x.device)
+    centre[oy::spacing, ox::spacing] = True
+    masked = centre.clone()
+    if pairs == "vertical":  # noise correlated along rows: hide the row neighbours too
+        masked |= centre.roll(1, 1) | centre.roll(-1, 1)
+    elif pairs == "horizontal":
+        masked |= centre.roll(1, 0) | centre.roll(-1, 0)
+    pad = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    up, down = pad[..., :-2, 1:-1], pad[..., 2:, 1:-1]
+    left, right = pad[..., 1:-1, :-2], pad[..., 1:-1, 2:]
+    if pairs == "vertical":
+        fill = (up + down) / 2
+    elif pairs == "horizontal":
+        fill = (left + right) / 2
+    else:
+        fill = (up + down + left + right) / 4
+    # masked neighbours of a centre are filled from their own unmasked neighbours; none of these
+    # values carries the centre's noise, wherever the network looks (its receptive field is global)
+    inp = torch.where(masked, fill, x)
+    return inp, centre
+
+
+def _blindspot_loss(model, x, gen, pairs: str, spacing: int):
+    inp, centre = _blindspot_inputs(x, gen, pairs, spacing)
+    out = model(inp)
+    return (out - x).square()[..., centre].mean()
+
+
+def _objective_loss(cfg: FinetuneConfig, model, x, gen, pairs: str):
+    if cfg.objective == "neighbor2neighbor":
+        return _n2n_loss(model, x, gen, pairs, cfg.gamma)
+    return _blindspot_loss(model, x, gen, pairs, cfg.mask_spacing)
+
+
+@torch.no_grad()
+def _validate(cfg: FinetuneConfig, model, val: torch.Tensor, pairs: str, seed: int) -> float:
+    # fixed sub-samplings / masks, so that values compare across the run; the main term only
+    gen = torch.Generator(device=val.device)
+    gen.manual_seed(seed)
+    total = 0.0
+    for i in range(val.shape[0]):
+        x = val[i : i + 1]
+        for _ in range(2):
+            if cfg.objective == "neighbor2neighbor":
+                g1, g2, _ = _subsample(x, gen, pairs)
+                total += float(F.mse_loss(model(g1), g2))
+            else:
+                total += float(_blindspot_loss(model, x, gen, pairs, cfg.mask_spacing))
+    return total / (2 * val.shape[0])
+
+
+# ------------------------------------------------------------------------------------------ main
+def _clock(kind: str) -> Callable[[], float]:
+    return time.process_time if kind == "cpu" else time.perf_counter
+
+
+def finetune(
+    data,
+    out: str | os.PathLike,
+    weights: str | os.PathLike = "small-denoise-gray",
+    *,
+    minutes: float | None = 10.0,
+    steps: int | None = None,
+    axes: str | None = None,
+    normalisation: str = "auto",
+    resume: bool = False,
+    config: FinetuneConfig | None = None,
+    callback: Callable[[FinetuneProgress], bool | None] | None = None,
+    progress: bool = False,
+    **options,
+) -> FinetuneResult:
+    """Fine-tune a MIRNet-v2 denoiser on noisy images alone (self-supervised) and save the best model.
+
+    Parameters
+    ----------
+    data : array, path, or list of these
+        Noisy images: numpy, dask or zarr arrays, tif/png/zarr files, or folders of them. Read patch
+        by patch, so they may be larger than memory.
+    out : path
+        The model file to write (``.pth``); the resumable state goes to ``<out>.state.pth``.
+    weights : str or path
+        The model to start from: a shipped name (default ``small-denoise-gray``), a file or a URL.
+    minutes, steps : float, int
+        Budget: the run ends at whichever comes first (``minutes=None`` for steps only).
+    axes : str, optional
+        Axes of array inputs, e.g. ``"ZYX"``, ``"TYX"``, ``"YXC"`` (default: from the file or shape).
+    normalisation : {"auto", "fixed", "percentile"}
+        Intensity mapping, as in :func:`napari_mirnet.restore`; restore with the same setting.
+    resume : bool
+        Continue the run saved in ``<out>.state.pth`` (same data and settings); ``minutes``/``steps``
+        are the whole run's budget.
+    config : FinetuneConfig, optional
+        All other settings; keyword ``options`` (``lr=``, ``patch=``, ``objective=`` ...) override it.
+    callback : callable, optional
+        Called with a :class:`FinetuneProgress` after every step; returning ``False`` stops the run,
+        keeping the best model so far.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    FinetuneResult
+    """
+    if config is None:
+        config = FinetuneConfig(**options)
+    elif options:
+        config = FinetuneConfig(**{**asdict(config), **options})
+    cfg = config
+    if minutes is None and steps is None:
+        raise ValueError("give a budget: minutes=..., steps=..., or both")
+    if minutes is not None and minutes <= 0:
+        raise ValueError(f"minutes must be positive, got {minutes}")
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    out = Path(out)
+    spath = state_path(out)
+    device = resolve_device(cfg.device)
+    clock = _clock(cfg.clock)
+
+    source_path = locate(weights)
+    model = load_model(source_path, device)
+    source_meta = dict(getattr(model, "meta", {}) or {})
+    source_sha = model.weights_sha256
+    if model.config.dual_pixel or model.config.in_channels != model.config.out_channels:
+        raise ValueError(f"weights={weights!r} is not a denoiser (dual-pixel model); pick a denoising model")
+    task = source_meta.get("task", "denoise")
+    if task not in ("denoise", None):
+        raise ValueError(f"weights={weights!r} is a {task} model; self-supervised fine-tuning is for denoisers")
+
+    sources = _as_sources(data, axes)
+    planes = _planes(sources, model.config.in_channels, normalisation)
+    dataset = _Data(planes, cfg.patch, cfg.val_patches, cfg.seed)
+    rng0 = np.random.default_rng([cfg.seed, 1])
+    _check_not_uniform(dataset, rng0)
+    fingerprint = _fingerprint(sources, planes)
+    pairs, corr_info = _choose_pairs(cfg.pairs, dataset, rng0)
+    val = torch.from_numpy(dataset.val).to(device)
+
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()} if cfg.ema else None
+    # the validated model: the moving average, else the raw weights themselves
+    eval_model = MIRNetV2(model.config).to(device).eval()
+    for p in eval_model.parameters():
+        p.requires_grad_(False)
+
+    def sync_eval() -> None:
+        sd = model.state_dict()
+        if ema is not None:
+            sd = {**sd, **ema}
+        eval_model.load_state_dict(sd)
+
+    step, elapsed0 = 0, 0.0
+    losses: list[tuple[int, float]] = []
+    val_losses: list[tuple[int, float]] = []
+    # the source model is the best so far until a validation beats it
+    best_sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if resume:
+        if not spath.is_file():
+            raise FileNotFoundError(f"resume=True but there is no saved state at {spath}; start without resume")
+        st = torch.load(spath, map_location="cpu", weights_only=True)
+        if st["fingerprint"] != fingerprint:
+            raise ValueError(f"resume=True but the data differs from the run saved in {spath} "
+                             "(other images, axes or normalisation); start a new run or use the same data")
+        if st["source_sha256"] != source_sha:
+            raise ValueError(f"resume=True but weights={weights!r} is not the model the saved run started from")
+        model.load_state_dict(st["params"])
+        opt.load_state_dict(st["optimizer"])
+        if ema is not None and "ema" in st:
+            for k, v in st["ema"].items():
+                ema[k].copy_(v)
+        step, elapsed0 = int(st["step"]), float(st["elapsed"])
+        losses = [tuple(v) for v in st["losses"]]
+        val_losses = [tuple(v) for v in st["val_losses"]]
+        best = {"val": float(st["best_val"]), "step": int(st["best_step"])}
+        source_val = float(st["source_val"])
+        best_sd = {k: v.to(device) for k, v in st["best_params"].items()}
+        pairs = st["pairs"]
+    else:
+        sync_eval()
+        source_val = _validate(cfg, eval_model, val, pairs, cfg.seed)
+        best = {"val": source_val, "step": 0}
+        val_losses.append((0, source_val))
+
+    budget_s = None if minutes is None else 60.0 * float(minutes)
+
+    def fraction(it: int, el: float) -> float:
+        f = 0.0
+        if steps is not None:
+            f = max(f, it / steps)
+        if budget_s is not None:
+            f = max(f, el / budget_s)
+        return min(f, 1.0)
+
+    def meta(it: int, el: float) -> dict:
+        prev_data = source_meta.get("training_data", {}) or {}
+        return {
+            "task": "denoise",
+            "config": model.config.to_dict(),
+            "global_residual": True,
+            "normalisation": {**NORMALISATION, "mode": normalisation,
+                              "note": f"fine-tuned with normalisation={normalisation!r}: restore with the same"},
+            "training_data": {
+                "description": "the user's noisy images (self-supervised: no clean targets)",
+                "fingerprint": fingerprint,
+                "sources": [f"{type(a).__name__}{tuple(a.shape)} {np.dtype(a.dtype)} axes {ax}" for a, ax in sources],
+                "n_planes": len(dataset.planes),
+                "initialised_from": Path(str(weights)).name,
+                "earlier_runs": list(prev_data.get("earlier_runs", [])) + [{
+                    "file": Path(str(source_path)).name, "training": source_meta.get("training"),
+                    "images": prev_data.get("images"), "degradation": source_meta.get("degradation"),
+                }],
+            },
+            "degradation": {"kind": "self-supervised", "noise": "the data's own (unknown)"},
+            "code_version": code_version(),
+            "finetune": {
+                "source_model": str(weights),
+                "source_sha256": source_sha,
+                "objective": cfg.objective,
+                "pairs": pairs,
+                **corr_info,
+                "steps": it,
+                "best_step": best["step"],
+                "elapsed_s": round(el, 1),
+                "clock": cfg.clock,
+                "val_loss": {"source": source_val, "best": best["val"]},
+                "loss_curve": [[s, round(v, 7)] for s, v in _thin(losses)],
+                "val_curve": [[s, round(v, 7)] for s, v in val_losses],
+                "settings": asdict(cfg),
+                "budget": {"minutes": minutes, "steps": steps},
+            },
+            "params_dtype": "float16",
+        }
+
+    def save_best(it: int, el: float) -> None:
+        sd = best_sd
+        out.parent.mkdir(parents=True, exist_ok=True)
+        params = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu() for k, v in sd.items()}
+        _save(out, {"params": params, "meta": meta(it, el)})
+
+    def save_state(it: int, el: float) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _save(spath, {
+            "params": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            **({"ema": {k: v.cpu() for k, v in ema.items()}} if ema is not None else {}),
+            "optimizer": opt.state_dict(),
+            "best_params": {k: v.detach().cpu() for k, v in best_sd.items()},
+            "best_val": best["val"], "best_step": best["step"], "source_val": source_val,
+            "step": it, "elapsed": el, "losses": [list(v) for v in losses],
+            "val_losses": [list(v) for v in val_losses], "fingerprint": fingerprint,
+            "source_sha256": source_sha, "pairs": pairs, "config": asdict(cfg),
+        })
+
+    if not resume:
+        save_best(0, 0.0)  # the source model is the best so far: a cancel right away keeps it
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=100, desc="fine-tune", unit="%", dynamic_ncols=True, file=sys.stderr)
+    t0 = clock()
+    last_val_frac = fraction(step, elapsed0)
+    stopped = False
+    model.train()
+    ema_pairs = [(ema[k], v) for k, v in model.state_dict().items() if k in ema] if ema is not None else []
+
+    def validate_now(it: int, el: float) -> float:
+        nonlocal best_sd
+        sync_eval()
+        v = _validate(cfg, eval_model, val, pairs, cfg.seed)
+        val_losses.append((it, v))
+        if v < best["val"]:
+            best["val"], best["step"] = v, it
+            best_sd = {k: t.detach().clone() for k, t in eval_model.state_dict().items()}
+            save_best(it, el)
+        save_state(it, el)
+        return v
+
+    try:
+        while True:
+            elapsed = elapsed0 + clock() - t0
+            frac = fraction(step, elapsed)
+            if frac >= 1.0:
+                break
+            lr = cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * frac))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            rng = np.random.default_rng([cfg.seed, step, 2])
+            gen = torch.Generator(device="cpu")
+            gen.manual_seed(int(rng.integers(0, 2**62)))
+            x = torch.stack([_augment(torch.from_numpy(c), k, pairs) for c, k in dataset.batch(rng, cfg.batch)])
+            x = x.to(device)
+            loss = _objective_loss(cfg, model, x, gen, pairs)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            if ema is not None:
+                with torch.no_grad():
+                    d = min(cfg.ema, (1 + step) / (10 + step))
+                    for avg, cur in ema_pairs:
+                        avg.lerp_(cur, 1.0 - d)
+            lv = float(loss.detach())
+            losses.append((step, lv))
+            elapsed = elapsed0 + clock() - t0
+            frac = fraction(step, elapsed)
+            info = FinetuneProgress(step, lv, frac, elapsed, best_val=best["val"], best_step=best["step"])
+            if frac - last_val_frac >= cfg.val_every or frac >= 1.0:
+                last_val_frac = frac
+                info.val_loss = validate_now(step, elapsed)
+                info.best_val, info.best_step, info.model = best["val"], best["step"], eval_model
+            if bar is not None:
+                bar.n = int(100 * frac)
+                bar.set_postfix(step=step, loss=f"{lv:.3g}", best=f"{best['val']:.3g}@{best['step']}")
+            if callback is not None and callback(info) is False:
+                stopped = True
+                break
+    except KeyboardInterrupt:
+        save_state(step, elapsed0 + clock() - t0)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed = elapsed0 + clock() - t0
+    if not val_losses or val_losses[-1][0] != step:
+        validate_now(step, elapsed)
+    save_best(step, elapsed)  # the final metadata (steps, curves), with the best weights
+    save_state(step, elapsed)
+    return FinetuneResult(out, step, best["step"], best["val"], source_val, losses, val_losses, stopped, elapsed)
+
+
+def _thin(curve: list[tuple[int, float]], n: int = 500) -> list[tuple[int, float]]:
+    """At most ``n`` points of a loss curve, each the mean of its stretch (metadata stays small)."""
+    if len(curve) <= n:
+        return curve
+    edges = np.linspace(0, len(curve), n + 1).astype(int)
+    return [(curve[b - 1][0], float(np.mean([v for _, v in curve[a:b]]))) for a, b in zip(edges[:-1], edges[1:])]
