@@ -128,6 +128,11 @@ def weights_choices(task: str, scale: int = 1) -> list[tuple[str, str]]:
     for info in infos:
         if info.kind == "official" and info.name == official:
             choices.append((info.label, info.name))
+    if task == "denoise":  # models saved by the Fine-tune widget
+        from .finetune import models_dir
+
+        folder = models_dir()
+        choices += [(f"{p.stem} (fine-tuned)", str(p)) for p in sorted(folder.glob("*.pth"))] if folder.is_dir() else []
     choices.append(("local file…", LOCAL_FILE))
     return choices
 

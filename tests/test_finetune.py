@@ -1,0 +1,223 @@
+"""Self-supervised fine-tuning: the library, the CLI and the napari widget, with real tiny models."""
+
+from __future__ import annotations
+
+import time
+
+import dask.array as da
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+
+from napari_mirnet import finetune, restore
+from napari_mirnet.finetune import noise_correlation, state_path
+from napari_mirnet.weights import read_checkpoint
+
+from conftest import make_checkpoint
+
+# tiny and fast: 32-px patches, 2 per step
+FAST = dict(patch=32, batch=2, lr=1e-3, device="cpu", val_patches=2)
+
+
+@pytest.fixture(scope="module")
+def gray_identity(tmp_path_factory) -> str:
+    """A 1->1 MIRNet-v2 (n_feat 16) that starts as the identity: its PSNR is the noisy input's."""
+    return make_checkpoint(tmp_path_factory.mktemp("w") / "gray_id.pth", identity=True, in_channels=1, out_channels=1)
+
+
+def toy(n=3, size=96, sigma=0.1, seed=0):
+    yy, xx = np.mgrid[0:size, 0:size]
+    clean = np.stack([0.5 + 0.3 * np.sin(xx / 9 + k) * np.cos(yy / 7) for k in range(n)]).astype(np.float32)
+    noisy = clean + np.random.default_rng(seed).normal(0, sigma, clean.shape).astype(np.float32)
+    return clean, noisy.astype(np.float32)
+
+
+def psnr(a, b):
+    return 10 * np.log10(1 / np.mean((np.asarray(a, np.float64) - b) ** 2))
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.slow
+def test_finetuning_improves_psnr_on_a_toy_problem(tmp_path, gray_identity):
+    clean, noisy = toy()
+    out = tmp_path / "ft.pth"
+    res = finetune(noisy, out, gray_identity, minutes=None, steps=40, axes="ZYX", normalisation="fixed", **FAST)
+    assert res.steps == 40 and res.best_val < res.source_val
+    before = psnr(noisy, clean)
+    after = psnr(restore(noisy, "denoise", weights=str(out), axes="ZYX", normalisation="fixed", device="cpu"), clean)
+    assert after > before + 3, (before, after)
+    sd, meta = read_checkpoint(out)
+    assert all(v.dtype == torch.float16 for v in sd.values())
+    ft = meta["finetune"]
+    assert ft["source_model"] == gray_identity and ft["objective"] == "neighbor2neighbor" and ft["steps"] == 40
+    assert len(ft["loss_curve"]) == 40 and meta["training_data"]["fingerprint"]
+
+
+@pytest.mark.slow
+def test_resume_continues_the_same_run(tmp_path, gray_identity):
+    _, noisy = toy(n=2, size=64)
+    out = tmp_path / "ft.pth"
+    kw = dict(axes="ZYX", normalisation="fixed", **FAST)
+    # a run of 5 steps interrupted after 3 (steps/minutes are the whole run's budget), then resumed
+    first = finetune(noisy, out, gray_identity, minutes=None, steps=5, callback=lambda i: i.step < 3, **kw)
+    assert state_path(out).is_file() and first.steps == 3 and first.stopped
+    again = finetune(noisy, out, gray_identity, minutes=None, steps=5, resume=True, **kw)
+    assert again.steps == 5 and again.losses[:3] == first.losses and len(again.losses) == 5
+    straight = finetune(noisy, tmp_path / "straight.pth", gray_identity, minutes=None, steps=5, **kw)
+    np.testing.assert_allclose([v for _, v in straight.losses], [v for _, v in again.losses], rtol=1e-4)
+    with pytest.raises(ValueError, match="data differs"):
+        finetune(noisy[:1], out, gray_identity, minutes=None, steps=6, resume=True, **kw)
+    with pytest.raises(FileNotFoundError, match="no saved state"):
+        finetune(noisy, tmp_path / "other.pth", gray_identity, steps=2, resume=True, **kw)
+
+
+def test_time_budget_ends_the_run(tmp_path, gray_identity):
+    _, noisy = toy(n=2, size=64)
+    t = time.perf_counter()
+    res = finetune(noisy, tmp_path / "ft.pth", gray_identity, minutes=3 / 60, axes="ZYX", **FAST)
+    took = time.perf_counter() - t
+    assert res.steps >= 1 and 3.0 <= res.elapsed < 3.0 + 10.0 and took < 60
+    assert read_checkpoint(tmp_path / "ft.pth")[1]["finetune"]["budget"]["minutes"] == pytest.approx(0.05)
+
+
+def test_callback_cancel_keeps_the_best_model(tmp_path, gray_identity):
+    _, noisy = toy(n=2, size=64)
+    seen = []
+    res = finetune(noisy, tmp_path / "ft.pth", gray_identity, minutes=None, steps=100, axes="ZYX",
+                   callback=lambda info: seen.append(info.step) or info.step < 2, **FAST)
+    assert res.stopped and res.steps == 2 and seen == [1, 2]
+    sd, meta = read_checkpoint(tmp_path / "ft.pth")
+    assert meta["finetune"]["best_step"] == res.best_step
+
+
+def test_errors_for_tiny_uniform_or_unbudgeted_data(tmp_path, gray_identity):
+    with pytest.raises(ValueError, match="too small"):
+        finetune(np.random.rand(20, 20).astype(np.float32), tmp_path / "a.pth", gray_identity, steps=2, **FAST)
+    with pytest.raises(ValueError, match="too uniform"):
+        finetune(np.full((4, 64, 64), 0.5, np.float32), tmp_path / "b.pth", gray_identity, steps=2, axes="ZYX", **FAST)
+    with pytest.raises(ValueError, match="budget"):
+        finetune(toy()[1], tmp_path / "c.pth", gray_identity, minutes=None, axes="ZYX", **FAST)
+    with pytest.raises(ValueError, match="objective"):
+        finetune(toy()[1], tmp_path / "d.pth", gray_identity, steps=1, objective="noise2clean")
+
+
+def test_lazy_zarr_and_dask_inputs(tmp_path, gray_identity):
+    _, noisy = toy(n=4, size=128)
+    z = zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=noisy.shape, chunks=(1, 64, 64), dtype="f4")
+    z[:] = noisy
+    reads = []
+
+    class Counting:  # a real zarr array that records the size of every read
+        shape, dtype, ndim = z.shape, z.dtype, z.ndim
+
+        def __getitem__(self, idx):
+            a = z[idx]
+            reads.append(a.size)
+            return a
+
+    res = finetune(Counting(), tmp_path / "z.pth", gray_identity, minutes=None, steps=2, axes="ZYX",
+                   normalisation="fixed", **FAST)
+    assert res.steps == 2
+    # training reads patches only, never a whole plane or the stack
+    assert sorted(reads)[len(reads) // 2] <= 32 * 32
+    res = finetune(da.from_zarr(z), tmp_path / "d.pth", gray_identity, minutes=None, steps=2, axes="ZYX", **FAST)
+    assert res.steps == 2
+
+
+def test_blindspot_objective_and_row_noise_detection(tmp_path, gray_identity):
+    rng = np.random.default_rng(0)
+    clean, _ = toy(n=2, size=96)
+    rows = np.apply_along_axis(lambda r: np.convolve(r, np.ones(5) / np.sqrt(5), "same"), -1,
+                               rng.normal(0, 0.08, clean.shape))
+    noisy = (clean + rows).astype(np.float32)
+    ch, cv = noise_correlation(noisy[:, None])
+    assert ch > cv + 0.3
+    res = finetune(noisy, tmp_path / "b.pth", gray_identity, minutes=None, steps=2, axes="ZYX",
+                   objective="blindspot", **FAST)
+    meta = read_checkpoint(tmp_path / "b.pth")[1]["finetune"]
+    assert res.steps == 2 and meta["objective"] == "blindspot" and meta["pairs"] == "vertical"
+
+
+def test_cli_finetune(tmp_path, gray_identity, capsys):
+    from napari_mirnet.cli import main
+
+    _, noisy = toy(n=2, size=64)
+    src = tmp_path / "stack.tif"
+    tifffile.imwrite(src, noisy)
+    out = tmp_path / "my-model.pth"
+    args = ["finetune", str(src), "-o", str(out), "--weights", gray_identity, "--steps", "2", "--patch", "32",
+            "--axes", "ZYX", "--device", "cpu", "-q"]
+    assert main(args) == 0
+    assert "napari-mirnet restore" in capsys.readouterr().out and out.is_file()
+    assert main(args) == 2  # the output exists: refuses without --resume
+    assert "--resume" in capsys.readouterr().err
+    assert main(args + ["--resume"]) == 0
+    tiny = tmp_path / "tiny.tif"
+    tifffile.imwrite(tiny, np.random.rand(16, 16).astype(np.float32))
+    assert main(["finetune", str(tiny), "-o", str(tmp_path / "t.pth"), "--weights", gray_identity, "--steps", "1",
+                 "--patch", "32", "-q"]) == 2
+    assert "too small" in capsys.readouterr().err
+    assert main(["finetune", str(src), "-o", str(tmp_path / "u.pth"), "--minutes", "0"]) == 2
+    assert "--minutes must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.gui
+def test_widget_adapts_the_layer_and_the_model_appears_in_denoise(make_napari_viewer, qtbot, tmp_path, monkeypatch,
+                                                                  gray_identity):
+    import shutil
+
+    monkeypatch.setenv("NAPARI_MIRNET_MODELS", str(tmp_path / "models"))
+    (tmp_path / "models").mkdir()
+    shutil.copy(gray_identity, tmp_path / "models" / "start.pth")
+    from napari_mirnet.finetune_widget import FinetuneWidget
+    from napari_mirnet.widgets import weights_choices
+
+    _, noisy = toy(n=3, size=96)
+    viewer = make_napari_viewer()
+    viewer.add_image(noisy, name="cells")
+    w = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.weights.value = str(tmp_path / "models" / "start.pth")
+    w.minutes.value = 0.1  # 6 s
+    w.start.clicked()
+    assert not w.start.enabled and w.cancel.enabled
+    qtbot.waitUntil(lambda: w.result is not None or w.error is not None, timeout=120_000)
+    assert w.error is None, w.error
+    assert w.result.path == tmp_path / "models" / "cells-finetuned.pth" and w.result.path.is_file()
+    assert "cells (fine-tune preview)" in viewer.layers
+    assert viewer.layers["cells (fine-tune preview)"].data.shape == (96, 96)
+    assert len(w.plot.train) == w.result.steps
+    qtbot.waitUntil(lambda: w.start.enabled, timeout=10_000)
+    assert any(v == str(w.result.path) for _, v in weights_choices("denoise"))
+    out = restore(noisy, "denoise", weights=str(w.result.path), axes="ZYX", device="cpu")
+    assert out.shape == noisy.shape
+
+
+@pytest.mark.gui
+def test_widget_cancel_keeps_the_best_model(make_napari_viewer, qtbot, tmp_path, monkeypatch, gray_identity):
+    monkeypatch.setenv("NAPARI_MIRNET_MODELS", str(tmp_path / "models"))
+    from napari_mirnet.finetune_widget import FinetuneWidget
+
+    _, noisy = toy(n=2, size=64)
+    viewer = make_napari_viewer()
+    viewer.add_image(noisy, name="cells")
+    w = FinetuneWidget(viewer)
+    w.weights.choices = [("start", gray_identity)]
+    w.weights.value = gray_identity
+    w.minutes.value = 30
+    w.start.clicked()
+    qtbot.waitUntil(lambda: len(w.plot.train) >= 1, timeout=60_000)
+    t = time.perf_counter()
+    w.cancel.clicked()
+    qtbot.waitUntil(lambda: w.result is not None, timeout=60_000)
+    assert w.result.stopped and w.result.path.is_file() and time.perf_counter() - t < 30
+    assert "cancelled" in w.status.value
