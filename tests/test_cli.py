@@ -34,6 +34,7 @@ def files(tmp_path):
     return d
 
 
+@pytest.mark.slow
 def test_restore_file_to_zarr_then_skip_refuse_overwrite(tiny_weights, files, tmp_path, capsys):
     out = tmp_path / "o.zarr"
     assert main(["restore", str(files / "c.tif"), "-o", str(out), *_args(tiny_weights)]) == 0
@@ -51,6 +52,7 @@ def test_restore_file_to_zarr_then_skip_refuse_overwrite(tiny_weights, files, tm
     assert main(["restore", str(files / "c.tif"), "-o", str(out), *args, "--overwrite"]) == 0
 
 
+@pytest.mark.slow
 def test_tta_flag_reaches_the_engine_and_the_store(tiny_weights, files, tmp_path):
     out = tmp_path / "t.zarr"
     assert main(["restore", str(files / "a.png"), "-o", str(out), *_args(tiny_weights, "--tta")]) == 0
@@ -63,6 +65,7 @@ def test_tta_flag_reaches_the_engine_and_the_store(tiny_weights, files, tmp_path
     assert main(["restore", str(files / "a.png"), "-o", str(out), *_args(tiny_weights)]) == 1
 
 
+@pytest.mark.slow
 def test_folder_gives_one_output_per_input(tiny_weights, files, tmp_path):
     out = tmp_path / "out"
     assert main(["restore", str(files), "-o", str(out), *_args(tiny_weights)]) == 0
@@ -115,6 +118,7 @@ def test_train_subcommand_is_registered(capsys):
     assert e.value.code == 0 and "usage" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_an_identical_result(tiny_weights, tmp_path):
     """A real CLI process killed with SIGKILL mid-run; the same command finishes it bit for bit."""
     img = RNG.integers(0, 256, (384, 384, 3), dtype=np.uint8)

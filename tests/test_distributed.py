@@ -37,6 +37,7 @@ def cluster():
         yield lc
 
 
+@pytest.mark.slow
 def test_cluster_output_is_bit_identical(tiny_weights, cluster, tmp_path, one_thread):
     img = np.random.default_rng(4).integers(0, 65535, (2, 90, 110), dtype=np.uint16)
     local = engine.restore(img, weights=tiny_weights, axes="ZYX", **TILED)
@@ -58,6 +59,7 @@ def test_cluster_output_is_bit_identical(tiny_weights, cluster, tmp_path, one_th
         assert all(n <= 1 for n in loaded.values()) and sum(loaded.values()) >= 1
 
 
+@pytest.mark.slow
 def test_scheduler_address_and_cancel(tiny_weights, cluster, tmp_path, one_thread):
     img = np.random.default_rng(5).integers(0, 256, (90, 110, 3), dtype=np.uint8)
     local = engine.restore(img, weights=tiny_weights, **TILED)

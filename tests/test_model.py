@@ -115,6 +115,7 @@ def test_self_ensemble_maps_every_view_back():
 
 
 @pytest.mark.parametrize("dual", [False, True])
+@pytest.mark.slow
 def test_self_ensemble_is_exactly_equivariant_where_the_model_is_not(dual):
     torch.manual_seed(0)
     cfg = dict(n_feat=16, in_channels=6, dual_pixel=True) if dual else dict(n_feat=16)

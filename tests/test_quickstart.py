@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from skimage import data, io
 from skimage.metrics import peak_signal_noise_ratio as psnr
 
@@ -16,6 +17,7 @@ def _cli(*args, cwd):
     )
 
 
+@pytest.mark.slow
 def test_sample_then_restore_offline(tmp_path):
     made = _cli("sample", "noisy", "noisy.png", cwd=tmp_path)
     assert made.returncode == 0, made.stderr
@@ -27,6 +29,7 @@ def test_sample_then_restore_offline(tmp_path):
     assert psnr(clean, restored) > psnr(clean, noisy) + 6
 
 
+@pytest.mark.slow
 def test_dual_pixel_sample_writes_both_views(tmp_path):
     made = _cli("sample", "dualpixel", "dp.tif", cwd=tmp_path)
     assert made.returncode == 0, made.stderr

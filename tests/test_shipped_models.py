@@ -79,6 +79,7 @@ def test_shipped_file_format(name):
 
 
 @pytest.mark.parametrize("name,image", [("small-denoise-gray", "camera"), ("small-denoise-rgb", "astronaut")])
+@pytest.mark.slow
 def test_denoiser_beats_noisy_input(name, image):
     model, _, _ = _load(name)
     clean = _crop(image, SHIPPED[name][1])
@@ -117,6 +118,7 @@ def test_lowlight_beats_gamma():
     assert out > best_gamma + 1.0, (out, best_gamma)
 
 
+@pytest.mark.slow
 def test_test_time_augmentation_improves_the_shipped_denoiser():
     model, _, _ = _load("small-denoise-rgb")
     clean = _crop("astronaut", 3, crop=128)

@@ -54,6 +54,7 @@ def _threads():
 
 
 @pytest.mark.parametrize("ema", [0.0, 0.9])
+@pytest.mark.slow
 def test_resume_follows_uninterrupted_run(tmp_path, ema):
     imgs = _images()
     full = train(_cfg(ema=ema), clean=imgs, out=tmp_path / "full.pth", progress=False)
@@ -114,6 +115,7 @@ def test_checkpoint_metadata_and_export(tmp_path):
         torch.testing.assert_close(after["params"][k], v.float(), rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_ema_averages_the_weight_trajectory_and_is_exported(tmp_path):
     imgs, decay = _images(2), 0.3
     cfg = _cfg(iters=4, ema=decay)
@@ -151,6 +153,7 @@ def test_ema_averages_the_weight_trajectory_and_is_exported(tmp_path):
         _cfg(ema=1.0)
 
 
+@pytest.mark.slow
 def test_training_reduces_loss_on_pairs(tmp_path):
     # real pairs (gray): the model must learn to remove a fixed offset, a trivially learnable mapping
     clean = [im.astype(np.float32) / 255 * 0.8 for im in _images(3, channels=1)]
@@ -164,6 +167,7 @@ def test_training_reduces_loss_on_pairs(tmp_path):
     assert meta["degradation"] == {"kind": "paired"} and meta["config"]["in_channels"] == 1
 
 
+@pytest.mark.slow
 def test_loss_option_trains_on_the_chosen_loss(tmp_path):
     # one 32x32 pair, patch 32, no augmentation: the batch is the pair itself, so the logged loss of
     # the first step (taken before any update) can be recomputed from the saved, barely moved model
@@ -244,6 +248,7 @@ def test_channel_shuffle_permutes_input_and_target_alike():
     assert torch.equal(x, y) and not torch.equal(x, z)
 
 
+@pytest.mark.slow
 def test_channels_last_trains_the_same_model(tmp_path):
     imgs = _images(2)
     a = train(_cfg(iters=3), clean=imgs, out=tmp_path / "a.pth", progress=False)
@@ -255,6 +260,7 @@ def test_channels_last_trains_the_same_model(tmp_path):
         torch.testing.assert_close(pa[k], pb[k], rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_amp_cpu_trains_in_bf16_close_to_fp32(tmp_path):
     imgs = _images(2)
     dtypes = set()
@@ -282,6 +288,7 @@ def test_amp_cpu_trains_in_bf16_close_to_fp32(tmp_path):
     assert torch.load(a.checkpoint, weights_only=True)["meta"]["training"]["precision"] == "fp32"
 
 
+@pytest.mark.slow
 def test_dense_groups_compute_the_same_network(tmp_path):
     from napari_mirnet.training import _BlockDiagonalConv2d, use_dense_groups
 

@@ -85,6 +85,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("cls, sample, scale, factor, suffix", CASES, ids=lambda v: getattr(v, "__name__", None))
+@pytest.mark.slow
 def test_task_widget_adds_layer(make_napari_viewer, qtbot, tiny_weights, cls, sample, scale, factor, suffix):
     viewer = make_napari_viewer()
     size = 48 if factor > 1 else 96
@@ -116,6 +117,7 @@ def test_task_widget_adds_layer(make_napari_viewer, qtbot, tiny_weights, cls, sa
     assert viewer.layers[-1] is out
 
 
+@pytest.mark.slow
 def test_defocus_widget_two_inputs(make_napari_viewer, qtbot, tiny_dual_weights):
     viewer = make_napari_viewer()
     (left, lk), (right, rk) = sample_data.dual_pixel_pair()
@@ -129,6 +131,7 @@ def test_defocus_widget_two_inputs(make_napari_viewer, qtbot, tiny_dual_weights)
     assert out.data.shape == (64, 64, 3) and out.data.dtype == np.uint16
 
 
+@pytest.mark.slow
 def test_tta_option_reaches_the_engine(make_napari_viewer, qtbot, tiny_dual_weights):
     from napari_mirnet import engine
 
@@ -149,6 +152,7 @@ def test_tta_option_reaches_the_engine(make_napari_viewer, qtbot, tiny_dual_weig
     assert not np.array_equal(out.data, engine.restore((left, right), "defocus", **kw))
 
 
+@pytest.mark.slow
 def test_3d_stack_whole_and_preview(make_napari_viewer, qtbot, tiny_weights):
     viewer = make_napari_viewer()
     data, kwargs = sample_data.noisy_stack()[0]
@@ -171,6 +175,7 @@ def test_3d_stack_whole_and_preview(make_napari_viewer, qtbot, tiny_weights):
     np.testing.assert_array_equal(prev.data[0], out.data[2])
 
 
+@pytest.mark.slow
 def test_lazy_output_from_dask(make_napari_viewer, qtbot, tiny_weights):
     import dask.array as da
 
@@ -186,6 +191,7 @@ def test_lazy_output_from_dask(make_napari_viewer, qtbot, tiny_weights):
     assert np.asarray(out.data[1]).shape == (64, 64)
 
 
+@pytest.mark.slow
 def test_zarr_output(make_napari_viewer, qtbot, tiny_weights, tmp_path):
     viewer = make_napari_viewer()
     data, kwargs = _sample(sample_data.noisy_astronaut, 64)
@@ -210,6 +216,7 @@ def _start_long_run(viewer, qtbot, weights, planes: int):
     return w, worker
 
 
+@pytest.mark.slow
 def test_cancel_leaves_no_layer(make_napari_viewer, qtbot, tiny_weights):
     viewer = make_napari_viewer()
     w, worker = _start_long_run(viewer, qtbot, tiny_weights, 40)
@@ -222,6 +229,7 @@ def test_cancel_leaves_no_layer(make_napari_viewer, qtbot, tiny_weights):
     assert w.run_button.enabled
 
 
+@pytest.mark.slow
 def test_closing_the_viewer_cancels_the_run(make_napari_viewer, qtbot, tiny_weights):
     viewer = make_napari_viewer()
     w, worker = _start_long_run(viewer, qtbot, tiny_weights, 400)
@@ -251,6 +259,7 @@ def _event_loop_ticks():
         timer.stop()
 
 
+@pytest.mark.slow
 def test_gui_stays_responsive(make_napari_viewer, qtbot, tiny_weights):
     viewer = make_napari_viewer()
     data = np.repeat(sample_data.noisy_stack()[0][0][:1, :128, :128], 24, axis=0)
@@ -267,6 +276,7 @@ def test_gui_stays_responsive(make_napari_viewer, qtbot, tiny_weights):
     assert gaps.max() < 0.25
 
 
+@pytest.mark.slow
 def test_labels_layer_is_refused_with_message(make_napari_viewer, qtbot, tiny_weights, errors):
     viewer = make_napari_viewer()
     viewer.add_labels(np.zeros((32, 32), np.uint8), name="masks")
@@ -278,6 +288,7 @@ def test_labels_layer_is_refused_with_message(make_napari_viewer, qtbot, tiny_we
     assert len(viewer.layers) == 1
 
 
+@pytest.mark.slow
 def test_dual_pixel_bad_inputs(make_napari_viewer, qtbot, tiny_dual_weights, errors):
     viewer = make_napari_viewer()
     both = viewer.add_image(np.zeros((2, 32, 32), np.uint16), name="both views")
@@ -294,6 +305,7 @@ def test_dual_pixel_bad_inputs(make_napari_viewer, qtbot, tiny_dual_weights, err
     assert len(viewer.layers) == 3
 
 
+@pytest.mark.slow
 def test_missing_weights_file_and_engine_errors_are_messages(make_napari_viewer, qtbot, tmp_path, errors):
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((32, 32), np.uint8), name="img")
@@ -309,6 +321,7 @@ def test_missing_weights_file_and_engine_errors_are_messages(make_napari_viewer,
     assert errors and all(kind == "error" for kind, _ in errors)
 
 
+@pytest.mark.slow
 def test_weights_and_device_choices(make_napari_viewer):
     viewer = make_napari_viewer()
     w = SuperResolutionWidget(viewer)
@@ -326,6 +339,7 @@ def test_weights_and_device_choices(make_napari_viewer):
     assert [s.native.text() for s in (w.tile, w.halo, w.blend)] == ["auto"] * 3  # not 0 / -1
 
 
+@pytest.mark.slow
 def test_sample_data_opens(make_napari_viewer):
     viewer = make_napari_viewer()
     for key in ("noisy_image", "lowlight_image", "lowres_image", "low_contrast_image", "dual_pixel_views"):
@@ -334,6 +348,7 @@ def test_sample_data_opens(make_napari_viewer):
     assert "noisy astronaut" in names and "dual-pixel right" in names
 
 
+@pytest.mark.slow
 def test_cancel_zarr_leaves_store_incomplete(make_napari_viewer, qtbot, tiny_weights, tmp_path):
     io = pytest.importorskip("napari_mirnet.io")
     viewer = make_napari_viewer()
@@ -351,6 +366,7 @@ def test_cancel_zarr_leaves_store_incomplete(make_napari_viewer, qtbot, tiny_wei
 
 
 @pytest.mark.parametrize("background", [True, False])
+@pytest.mark.slow
 def test_lazy_layer_is_computed_off_the_gui_thread(make_napari_viewer, qtbot, tiny_weights, async_setting, background):
     import dask.array as da
 
@@ -448,6 +464,7 @@ def test_official_weights_warn_licence_and_failed_download_is_a_message(
     assert len(viewer.layers) == 1
 
 
+@pytest.mark.slow
 def test_multiscale_input_gives_lazy_multiscale_result(make_napari_viewer, qtbot, tiny_weights):
     import dask.array as da
 
