@@ -252,8 +252,11 @@ class _Data:
                     f"{planes[0].shape[1]} pixels; fine-tuning needs at least {MIN_EDGE}x{MIN_EDGE}"
                 )
             patch, big = fit, [p for p in planes if min(p.shape) >= fit]
-        self.patch, self.planes = patch, big
         area = np.array([p.shape[0] * p.shape[1] for p in big], np.float64)
+        # on little data, smaller patches (down to MIN_EDGE) rather than too few of them
+        while patch > MIN_EDGE and area.sum() / patch**2 < 16:
+            patch -= 8
+        self.patch, self.planes = patch, big
         n_patches = area.sum() / patch**2
         if n_patches < 4:
             raise ValueError(
