@@ -190,7 +190,7 @@ def throughput(args, weights: str, report: dict) -> None:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
             for x in xs:
-                engine._forward_plain(model, x, prec).cpu()
+                engine.forward.forward_plain(model, x, prec).cpu()
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             return time.perf_counter() - t0
@@ -278,7 +278,7 @@ def quality(args, weights: str, report: dict) -> None:
     for label, tile, halo, blend in settings:
         out = engine.restore(img, weights=weights, device=args.device, tile=tile, halo=halo, blend=blend)
         t = tile or engine.default_tile(model)
-        h = halo if halo is not None else min(engine.DEFAULT_HALO, engine._round4(t / 4))
+        h = halo if halo is not None else min(engine.DEFAULT_HALO, engine.plan.round_to_stride(t / 4))
         b = blend if blend is not None else min(engine.DEFAULT_BLEND, h)
         plan = engine.plan_tiles(img.shape[0], img.shape[1], t, h, b)
         by = [plan.core_range(0, i)[0] for i in range(1, plan.grid[0])]

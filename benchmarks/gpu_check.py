@@ -36,18 +36,18 @@ def main() -> None:
     win_px = plan_tile * plan_tile
     print("default batch for 512^2 tiles (bf16):", engine.default_batch(model, win_px, "bf16", 1))
     sizes = []
-    real = engine._forward
+    real = engine.forward.forward_with_retry
 
     def spy(m, x, precision, depth=0):
         sizes.append((x.shape[0], precision))
         return real(m, x, precision, depth)
 
-    engine._forward = spy
+    engine.forward.forward_with_retry = spy
     t0 = time.perf_counter()
     out = engine.restore(img, weights=str(full), device="cuda", tile=plan_tile, halo=halo)
     torch.cuda.synchronize()
     print(f"1536^2 tile 512: {time.perf_counter() - t0:.2f} s, batches {sorted(set(sizes))}")
-    engine._forward = real
+    engine.forward.forward_with_retry = real
     out32 = engine.restore(img, weights=str(full), device="cuda", tile=plan_tile, halo=halo, precision="fp32")
     print("bf16 vs fp32 output: max |diff|", int(np.abs(out.astype(int) - out32).max()),
           "mean", float(np.abs(out.astype(int) - out32).mean()))

@@ -1,30 +1,10 @@
 """napari-mirnet: MIRNet-v2 image restoration for napari, Python and the command line."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-
-def _source_version() -> str:
-    """For a source tree that is not installed (e.g. on a training machine): read pyproject.toml."""
-    from pathlib import Path
-
-    try:
-        text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
-    except OSError:
-        return "0.0.0+unknown"
-    for line in text.splitlines():
-        if line.startswith("version"):
-            return line.split("=", 1)[1].strip().strip('"') + "+source"
-    return "0.0.0+unknown"
-
-
-try:
-    __version__ = version("napari-mirnet")
-except PackageNotFoundError:
-    __version__ = _source_version()
-
+from .version import __version__
 from .api import restore
+from .finetune import finetune
 from .model import MIRNetConfig, MIRNetV2
-from .presets import TASKS
+from .tasks import TASKS
 from .weights import WeightsError, available_weights, load_model
 
 __all__ = [
@@ -34,6 +14,7 @@ __all__ = [
     "WeightsError",
     "__version__",
     "available_weights",
+    "finetune",
     "load_model",
     "restore",
 ]

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .presets import TASKS
+from .tasks import TASKS
 
 __all__ = ["main", "build_parser"]
 
@@ -88,6 +88,35 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("output", help="file to write (.png, .tif or .zarr); dualpixel writes OUTPUT's _left/_right")
     smp.set_defaults(func=_cmd_sample)
 
+    ft = sub.add_parser(
+        "finetune",
+        help="adapt a denoiser to your own noisy images, without clean ones (self-supervised)",
+        description="Fine-tune a MIRNet-v2 denoiser on noisy images alone (Neighbor2Neighbor-style "
+        "self-supervision) and write the best model (by a held-out self-supervised loss) to OUTPUT, "
+        "updated as it improves; use it with: napari-mirnet restore ... --weights OUTPUT. "
+        "Re-run with --resume to continue an interrupted run.",
+    )
+    ft.add_argument("inputs", nargs="+", metavar="INPUT", help="noisy images, stacks, folders or zarr stores")
+    ft.add_argument("-o", "--output", required=True, help="model file to write (.pth)")
+    ft.add_argument("--weights", default="small-denoise-gray", help="model to start from (default: small-denoise-gray)")
+    ft.add_argument("--minutes", type=float, default=10.0, help="time budget in minutes (default: 10)")
+    ft.add_argument("--steps", type=int, help="stop after this many steps (with --minutes: whichever comes first)")
+    ft.add_argument("--axes", help="axes of the inputs, e.g. ZYX, TYX, YXC (default: from the file)")
+    ft.add_argument("--normalisation", choices=["auto", "fixed", "percentile"], default="auto",
+                    help="intensity mapping; restore with the same one (default: auto)")
+    ft.add_argument("--objective", choices=["neighbor2neighbor", "blindspot"], default="neighbor2neighbor")
+    ft.add_argument("--pairs", choices=["auto", "any", "vertical", "horizontal"], default="auto",
+                    help="neighbours whose noise is independent: vertical for noise correlated along rows "
+                    "(default: measured on the data)")
+    ft.add_argument("--lr", type=float, default=1e-4, help="learning rate (default: 1e-4)")
+    ft.add_argument("--patch", type=int, default=96, help="patch edge, a multiple of 8 (default: 96)")
+    ft.add_argument("--batch", type=int, default=2, help="patches per step (default: 2)")
+    ft.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--resume", action="store_true", help="continue the run saved next to OUTPUT")
+    ft.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ft.set_defaults(func=_cmd_finetune)
+
     try:
         from . import training
     except ImportError:  # training is optional for restoring
@@ -125,6 +154,54 @@ def _cmd_sample(args) -> int:
             path = out.with_name(f"{out.stem}_{meta['name'].split()[-1]}{out.suffix}")
         axes = "YXC" if data.ndim == 3 and data.shape[-1] in (3, 4) else "ZYX"[-data.ndim :]
         print(write_image(path, data, axes))
+    return 0
+
+
+# ------------------------------------------------------------------------------------- finetune
+#: Python argument names in finetune's messages -> this command's flags
+_FINETUNE_FLAGS = {"resume=True": "--resume", "weights=": "--weights ", "minutes=...": "--minutes",
+                   "steps=...": "--steps", "minutes": "--minutes", "steps": "--steps", "patch": "--patch",
+                   "batch": "--batch", "axes=": "--axes ", "objective": "--objective", "pairs": "--pairs"}
+
+
+def _in_flags(msg: str) -> str:
+    import re
+
+    names = "|".join(re.escape(k) for k in sorted(_FINETUNE_FLAGS, key=len, reverse=True))
+    return re.sub(rf"(?<![-\w])({names})(?!\w)", lambda m: _FINETUNE_FLAGS[m.group(1)], msg)
+
+
+def _cmd_finetune(args) -> int:
+    from .finetune import finetune, state_path
+    from .weights import WeightsError
+
+    if args.minutes is not None and args.minutes <= 0:
+        raise UsageError("--minutes must be positive")
+    if args.steps is not None and args.steps < 1:
+        raise UsageError("--steps must be at least 1")
+    if args.patch < 32 or args.patch % 8:
+        raise UsageError("--patch must be a multiple of 8 and at least 32")
+    if args.batch < 1:
+        raise UsageError("--batch must be at least 1")
+    out = Path(args.output)
+    if out.exists() and not args.resume:
+        raise UsageError(f"{out} exists; pass --resume to continue its run, or choose another --output")
+    data = args.inputs if len(args.inputs) > 1 else args.inputs[0]
+    try:
+        res = finetune(data, out, args.weights, minutes=args.minutes, steps=args.steps, axes=args.axes,
+                       normalisation=args.normalisation, resume=args.resume, progress=not args.quiet,
+                       objective=args.objective, pairs=args.pairs, lr=args.lr, patch=args.patch,
+                       batch=args.batch, device=args.device, seed=args.seed)
+    except KeyboardInterrupt:
+        print(f"interrupted; the best model so far is in {out} (continue with --resume)", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, WeightsError) as err:
+        _err(_in_flags(str(err)))
+        return 2
+    print(f"model: {res.path} (best of {res.steps} steps at step {res.best_step}; validation loss "
+          f"{res.source_val:.4g} -> {res.best_val:.4g}); resumable state: {state_path(res.path)}")
+    print(f"use it: napari-mirnet restore INPUT -o OUTPUT --weights {res.path}"
+          + (f" --normalisation {args.normalisation}" if args.normalisation != "auto" else ""))
     return 0
 
 
@@ -278,39 +355,31 @@ def _restore_one(args, src, dst: Path, label: str, client, engine, write_image) 
         bars[0].n = done
         bars[0].refresh()
 
-    options = dict(
-        task=args.task, weights=args.weights, scale=args.scale, axes=args.axes, tile=args.tile,
-        halo=args.halo, blend=args.blend, device=args.device, precision=args.precision,
-        normalisation=args.normalisation, client=client, progress=progress, tta=args.tta,
+    options = engine.RestoreOptions(
+        tile=args.tile, halo=args.halo, blend=args.blend, device=args.device, precision=args.precision,
+        normalisation=args.normalisation, tta=args.tta,
     )
     image = tuple(map(str, src)) if isinstance(src, tuple) else str(src)
     try:
         if dst.suffix.lower() == ".zarr":
-            engine.restore(image, out=str(dst), overwrite=args.overwrite, **options)
+            engine.restore(image, args.task, args.weights, scale=args.scale, axes=args.axes, out=str(dst),
+                           overwrite=args.overwrite, client=client, progress=progress, **options.to_dict())
         else:
             if dst.exists() and not args.overwrite:
                 from .io import OutputExistsError
 
                 raise OutputExistsError(f"output {dst} exists; pass --overwrite to replace it", matches=False)
             dst.parent.mkdir(parents=True, exist_ok=True)
-            arr = engine.restore(image, **options)
-            axes = args.axes or _axes_of(image, arr)
+            run = engine.prepare(image, args.task, args.weights, scale=args.scale, axes=args.axes,
+                                 options=options, client=client)
+            arr = engine.execute(run, client=client, progress=progress)
             import dask
 
-            cfg = {} if client is not None else {"scheduler": "threads", "num_workers": 1}
-            with dask.config.set(cfg):
-                write_image(dst, arr, axes)
+            with dask.config.set(engine.scheduler_config(run.device, client)):
+                write_image(dst, arr, run.axes)
     finally:
         for bar in bars:
             bar.close()
-
-
-def _axes_of(image, arr) -> str:
-    from .axes import infer_axes
-    from .io import open_image
-
-    first = image[0] if isinstance(image, tuple) else image
-    return open_image(first).axes or infer_axes(arr.shape)
 
 
 # ------------------------------------------------------------------------------------------ main

@@ -38,10 +38,7 @@ from .model import MIRNetV2
 from .training import NORMALISATION, _save, code_version
 from .weights import load_model, locate
 
-try:
-    from .devices import resolve_device
-except ImportError:  # before the devices module existed
-    from .weights import resolve_device
+from .devices import resolve_device
 
 __all__ = ["finetune", "FinetuneConfig", "FinetuneResult", "FinetuneProgress", "OBJECTIVES",
            "state_path", "models_dir", "noise_correlation"]
@@ -206,10 +203,7 @@ def _as_sources(data, axes) -> list[tuple[object, str]]:
 def _planes(sources, model_channels: int, normalisation: str) -> list[_Plane]:
     from itertools import product
 
-    try:
-        from .processing import IntensityMap
-    except ImportError:  # before processing.py existed
-        from .presets import IntensityMap
+    from .processing import IntensityMap
 
     planes = []
     for arr, axes in sources:

@@ -275,15 +275,9 @@ def open_output(path, fingerprint: dict, shape, chunks, dtype, axes: str, overwr
     return ZarrOutput(p, g)
 
 
-_open_arrays: dict[str, tuple] = {}
-
-
-def write_chunk(path: str, block: np.ndarray, chunk_index: tuple[int, ...]) -> None:
+def write_chunk(output: ZarrOutput, block: np.ndarray, chunk_index: tuple[int, ...]) -> None:
     """Write one chunk-aligned block, then its done marker (never the other way round)."""
-    if path not in _open_arrays:
-        g = zarr.open_group(path, mode="r+")
-        _open_arrays[path] = (g["0"], g[DONE])
-    data, done = _open_arrays[path]
+    data, done = output.group["0"], output.group[DONE]
     region = tuple(slice(i * c, i * c + n) for i, c, n in zip(chunk_index, data.chunks, block.shape))
     data[region] = block
     done[tuple(chunk_index)] = 1

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 
 from .degradations import TASK_DEFAULTS, degrade
 from .model import MIRNetConfig, MIRNetV2
-from .weights import read_checkpoint, resolve_device
+from .devices import resolve_device
+from .weights import read_checkpoint
 
 __all__ = [
     "TASKS",
@@ -96,7 +97,7 @@ NORMALISATION = {
 
 def code_version() -> str:
     """napari-mirnet's version (installed metadata, else the source tree's pyproject.toml)."""
-    from . import __version__
+    from .version import __version__
 
     return __version__
 

@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 import torch
 
+from .devices import resolve_device
 from .model import MIRNetConfig, MIRNetV2, config_from_state_dict
 
 __all__ = [
@@ -38,7 +39,6 @@ __all__ = [
     "load_model",
     "local_checkpoint",
     "read_checkpoint",
-    "resolve_device",
 ]
 
 OFFICIAL_BASE_URL = "https://github.com/swz30/MIRNetv2/releases/download/v1.0.0/"
@@ -612,23 +612,6 @@ def _download(url: str, target: Path, *, official: str | None, progress: bool) -
         # only the temporary file that this call wrote is ever removed
         tmp.unlink(missing_ok=True)
     return target
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """'auto' picks CUDA, then Apple MPS, then CPU; an unavailable device is a clear error."""
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise WeightsError(
-            f"device {device!r} was asked for, but this PyTorch ({torch.__version__}) sees no CUDA GPU; "
-            "use device='cpu' or install a CUDA build of PyTorch"
-        )
-    return dev
 
 
 def _resolve(weights: str | os.PathLike) -> tuple[Path, str | None]:

@@ -197,10 +197,13 @@ def run_job(job: Job, progress=None, cancel: threading.Event | None = None):
         )
         # the engine hands back a lazy array reading the written store, in the input's axis order
         return out
-    out = eng.restore(job.image, **common, progress=progress, cancel=cancel)
+    run = eng.prepare(job.image, job.task, job.weights, scale=job.scale, axes=job.axes,
+                      options=eng.RestoreOptions(**job.options))
+    out = eng.execute(run, progress=progress, cancel=cancel)
     if hasattr(out, "dask") and hasattr(out, "compute"):
-        # a lazy input gives a lazy result; "computed now" means the tiles run here, in the worker
-        out = out.compute()
+        # a lazy input gives a lazy result; "computed now" means the tiles run here, in the worker,
+        # on the scheduler the engine picks for the device
+        out = eng.compute(out, run)
     return np.asarray(out)
 
 

@@ -40,7 +40,7 @@ def test_plan_partitions_the_image_and_keeps_multiples_of_4():
             assert 0 <= w0 <= p0 and p1 <= w1 <= n and w1 - w0 == 64
         # the feathered weights of all tiles sum to one at every pixel
         total = sum(
-            np.pad(engine._ramp(*plan.pred_range(ax, i), *plan.core_range(ax, i), plan.margin[ax], n),
+            np.pad(engine.plan.blend_ramp(*plan.pred_range(ax, i), *plan.core_range(ax, i), plan.margin[ax], n),
                    (plan.pred_range(ax, i)[0], n - plan.pred_range(ax, i)[1]))
             for i in range(plan.grid[ax])
         )
@@ -68,6 +68,7 @@ def test_super_resolution_plan_scales_chunks():
     assert sum(ys) == 200 and sum(xs) == 140 and ys[0] == 64
 
 
+@pytest.mark.slow
 def test_default_tile_comes_from_measured_bytes_per_pixel(tiny_weights, monkeypatch):
     from napari_mirnet.weights import cached_model
 
@@ -75,9 +76,9 @@ def test_default_tile_comes_from_measured_bytes_per_pixel(tiny_weights, monkeypa
     bpp = engine.bytes_per_pixel(model)
     # n_feat=16: a few hundred bytes per pixel (about 48 bytes per feature channel)
     assert 300 < bpp < 3000
-    monkeypatch.setattr(engine, "_memory_budget", lambda dev: bpp * 1000**2)
+    monkeypatch.setattr(engine.memory, "memory_budget", lambda dev: bpp * 1000**2)
     assert engine.default_tile(model) == 992
-    monkeypatch.setattr(engine, "_memory_budget", lambda dev: bpp * 10)
+    monkeypatch.setattr(engine.memory, "memory_budget", lambda dev: bpp * 10)
     assert engine.default_tile(model) == 64
 
 
@@ -106,6 +107,7 @@ def test_tiled_super_resolution_matches_whole_bicubic(identity_weights, scale):
     np.testing.assert_allclose(lazy.compute().astype(int), whole.astype(int), atol=1)
 
 
+@pytest.mark.slow
 def test_numpy_dask_and_zarr_inputs_agree(tiny_weights, tmp_path):
     img = _rgb()
     ref = engine.restore(img, weights=tiny_weights, **TILED)
@@ -175,7 +177,7 @@ class _Picky(torch.nn.Module):
 def test_out_of_memory_halves_the_batch_then_splits_the_tile():
     model, x = _Picky(), torch.rand(2, 3, 64, 72)
     with pytest.warns(RuntimeWarning) as record:
-        y = engine._forward(model, x, "fp32")
+        y = engine.forward.forward_with_retry(model, x, "fp32")
     torch.testing.assert_close(y, x * 2)
     text = " ".join(str(r.message) for r in record)
     assert "batches of 1" in text and "splitting it into 4" in text
@@ -208,29 +210,29 @@ def test_out_of_memory_retry_frees_the_failed_attempt_first():
     # fits only if that buffer has been freed by then
     x = torch.rand(1, 3, 64, 64)
     with pytest.warns(RuntimeWarning, match="splitting it into 4"):
-        y = engine._forward(_GpuLike(30000), x, "fp32")
+        y = engine.forward.forward_with_retry(_GpuLike(30000), x, "fp32")
     torch.testing.assert_close(y, x * 2)
 
 
 def test_out_of_memory_on_a_tile_too_small_to_split_is_raised():
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        engine._forward(_Picky(), torch.rand(1, 3, 24, 80), "fp32")
+        engine.forward.forward_with_retry(_Picky(), torch.rand(1, 3, 24, 80), "fp32")
 
 
 def test_tiles_are_batched_when_memory_allows(tiny_weights, monkeypatch):
     sizes = []
-    real = engine._forward
+    real = engine.forward.forward_with_retry
 
     def spy(model, x, precision, depth=0):
         sizes.append(x.shape[0])
         return real(model, x, precision, depth)
 
-    monkeypatch.setattr(engine, "_forward", spy)
-    monkeypatch.setattr(engine, "default_batch", lambda *a: 4)
+    monkeypatch.setattr(engine.forward, "forward_with_retry", spy)
+    monkeypatch.setattr(engine.memory, "default_batch", lambda *a: 4)
     img = _rgb()
     out = engine.restore(img, weights=tiny_weights, **TILED)
     assert max(sizes) == 4
-    monkeypatch.setattr(engine, "default_batch", lambda *a: 1)
+    monkeypatch.setattr(engine.memory, "default_batch", lambda *a: 1)
     # batched and single convolutions may differ in the last float bit: at most 1 LSB
     np.testing.assert_allclose(out.astype(int), engine.restore(img, weights=tiny_weights, **TILED).astype(int), atol=1)
 
@@ -365,20 +367,24 @@ def test_real_full_disk(tiny_weights, tmpfs):
 def test_lazy_run_callbacks_are_released_with_the_array(tiny_weights):
     import gc
 
-    before = set(engine._RUNS)
-    lazy = engine.restore_lazy(_rgb(), weights=tiny_weights, progress=lambda d, t: None, **TILED)
+    def callback(done, total):
+        pass
+
+    alive = weakref.ref(callback)
+    lazy = engine.restore_lazy(_rgb(), weights=tiny_weights, progress=callback, **TILED)
+    del callback
     view = lazy[:10]  # derived arrays keep the run alive
-    (run_id,) = set(engine._RUNS) - before
     del lazy
     gc.collect()
-    assert run_id in engine._RUNS
+    assert alive() is not None
     view.compute()
     del view
     gc.collect()
-    assert run_id not in engine._RUNS
+    assert alive() is None
 
 
 # ------------------------------------------------------------------------------------ test-time augmentation
+@pytest.mark.slow
 def test_tta_one_tile_equals_whole_image_and_differs_from_one_pass(tiny_weights):
     img = _rgb()
     out = engine.restore(img, weights=tiny_weights, device="cpu", tile=256, halo=16, tta=True)
@@ -388,6 +394,7 @@ def test_tta_one_tile_equals_whole_image_and_differs_from_one_pass(tiny_weights)
 
 
 @pytest.mark.parametrize("task,scale", [("denoise", None), ("super_resolution", 2)])
+@pytest.mark.slow
 def test_tta_survives_tiling_and_super_resolution(identity_weights, task, scale):
     img = _rgb(61, 45)
     ref = restore_whole(img, task, identity_weights, scale=scale, device="cpu")

@@ -49,6 +49,7 @@ def test_tif_input_restores_lazily(tiny_weights, tmp_path):
 
 
 # ----------------------------------------------------------------------------- OME-Zarr output
+@pytest.mark.slow
 def test_ome_zarr_output_metadata_and_sr_scale(identity_weights, tmp_path):
     img = RNG.integers(0, 256, (2, 3, 40, 44), dtype=np.uint8)  # ZCYX: stored as CZYX
     out = tmp_path / "o.zarr"
@@ -165,6 +166,7 @@ def test_write_image_tif_and_png(tmp_path):
     assert not (tmp_path / "z.png").exists() and not list(tmp_path.glob(".*partial"))
 
 
+@pytest.mark.slow
 def test_resume_with_default_tile_keeps_the_stored_settings(tiny_weights, tmp_path, monkeypatch):
     """Default tiles follow free memory; a resumed run must not be refused because memory changed."""
     from napari_mirnet.weights import cached_model
@@ -172,11 +174,32 @@ def test_resume_with_default_tile_keeps_the_stored_settings(tiny_weights, tmp_pa
     bpp = engine.bytes_per_pixel(cached_model(tiny_weights, "cpu"))
     img = _rgb(200, 200)
     out = tmp_path / "d.zarr"
-    monkeypatch.setattr(engine, "_memory_budget", lambda dev: bpp * 128**2)
+    monkeypatch.setattr(engine.memory, "memory_budget", lambda dev: bpp * 128**2)
     cancel = threading.Event()
     with pytest.raises(engine.Cancelled):
         engine.restore(img, weights=tiny_weights, device="cpu", out=out, cancel=cancel, progress=lambda d, t: cancel.set())
-    monkeypatch.setattr(engine, "_memory_budget", lambda dev: bpp * 96**2)  # less memory now
+    monkeypatch.setattr(engine.memory, "memory_budget", lambda dev: bpp * 96**2)  # less memory now
     res = engine.restore(img, weights=tiny_weights, device="cpu", out=out)
     assert mio.is_complete(out) and mio.stored_fingerprint(out)["tile"] == 128
     np.testing.assert_array_equal(res.compute(), engine.restore(img, weights=tiny_weights, device="cpu", tile=128))
+
+
+def test_overwriting_a_store_in_the_same_process_writes_through_fresh_arrays(tiny_weights, tmp_path):
+    """Re-running into the same path with another tile (or another image) must not reuse old arrays."""
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, (90, 110, 3), dtype=np.uint8)
+    out = str(tmp_path / "again.zarr")
+    engine.restore(img, weights=tiny_weights, out=out, tile=48, halo=8, blend=4, device="cpu")
+    # other chunks: stale arrays would raise BoundsCheckError or write a misaligned store
+    second = engine.restore(img, weights=tiny_weights, out=out, overwrite=True, tile=64, halo=8, blend=4, device="cpu")
+    np.testing.assert_array_equal(
+        second.compute(), engine.restore(img, weights=tiny_weights, tile=64, halo=8, blend=4, device="cpu")
+    )
+    # another shape: the store must read back as the new image
+    other = rng.integers(0, 256, (70, 60, 3), dtype=np.uint8)
+    third = engine.restore(other, weights=tiny_weights, out=out, overwrite=True, tile=48, halo=8, blend=4, device="cpu")
+    assert third.shape == other.shape
+    np.testing.assert_array_equal(
+        np.asarray(zarr.open_group(out, mode="r")["0"]),
+        engine.restore(other, weights=tiny_weights, tile=48, halo=8, blend=4, device="cpu"),
+    )

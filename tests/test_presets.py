@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 import napari_mirnet as nm
 from conftest import make_checkpoint
-from napari_mirnet.presets import TASKS, IntensityMap, get_preset, upscale
+from napari_mirnet.processing import IntensityMap, upscale
+from napari_mirnet.tasks import TASKS, get_task as get_preset
 
 RNG = np.random.default_rng(0)
 

@@ -1,92 +1,21 @@
-"""Task presets (as data) and the shared pre/post-processing: intensity mapping and channel handling.
-
-Everything here is numpy in, numpy out, except :func:`run_model`, which feeds prepared tiles to a
-torch model. The engine, the CLI and the napari widgets all go through these functions.
-"""
+"""Pre- and post-processing around the model: the intensity mapping and the channel adapter (numpy)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model import self_ensemble
-
 __all__ = [
-    "TASKS",
-    "TaskPreset",
+    "ChannelAdapter",
     "IntensityMap",
-    "get_preset",
+    "check_dtype",
+    "finish_channels",
     "prepare_channels",
-    "run_model",
     "upscale",
 ]
-
-
-@dataclass(frozen=True)
-class TaskPreset:
-    """What one restoration task needs: its checkpoints, its input convention and its geometry."""
-
-    name: str
-    title: str
-    official: dict[int, str]  # scale (1 for non-SR tasks) -> official asset
-    shipped: dict[int, str]  # scale -> our default model, where we ship one
-    scales: tuple[int, ...] = (1,)
-    dual_pixel: bool = False
-    # how the official model was trained to see its input; also what the output range means
-    input_note: str = "8-bit sRGB / 255"
-    extra: dict = field(default_factory=dict)
-
-    def default_weights(self, scale: int = 1, shipped_available: set[str] | None = None) -> str:
-        """Our shipped model for this scale when there is one, otherwise the official checkpoint."""
-        ours = self.shipped.get(scale)
-        if ours and (shipped_available is None or ours in shipped_available):
-            return ours
-        return self.official[scale if scale in self.official else 1]
-
-    def check_scale(self, scale: int | None) -> int:
-        scale = 1 if scale is None else int(scale)
-        if scale not in self.scales:
-            allowed = ", ".join(map(str, self.scales))
-            raise ValueError(f"task {self.name!r} supports scale {allowed}, not {scale}")
-        return scale
-
-
-TASKS: dict[str, TaskPreset] = {
-    p.name: p
-    for p in (
-        TaskPreset("denoise", "Denoise", {1: "real_denoising"}, {1: "small-denoise-rgb"}),
-        TaskPreset(
-            "super_resolution",
-            "Super-resolution",
-            {2: "sr_x2", 3: "sr_x3", 4: "sr_x4"},
-            {2: "small-sr-x2"},
-            scales=(2, 3, 4),
-            input_note="low-res 8-bit / 255, bicubic-resized to the target size first",
-        ),
-        TaskPreset("lowlight", "Low-light enhancement", {1: "enhancement_lol"}, {1: "small-lowlight"}),
-        TaskPreset("enhance", "Contrast enhancement", {1: "enhancement_fivek"}, {}),
-        TaskPreset(
-            "defocus",
-            "Dual-pixel defocus deblur",
-            {1: "dual_pixel_defocus_deblurring"},
-            {},
-            dual_pixel=True,
-            input_note="16-bit left and right views / 65535, left first",
-        ),
-    )
-}
-#: Shipped gray denoiser, chosen over the RGB one for single-channel data.
-SHIPPED_GRAY_DENOISER = "small-denoise-gray"
-
-
-def get_preset(task: str) -> TaskPreset:
-    try:
-        return TASKS[task]
-    except KeyError:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}") from None
 
 
 @dataclass(frozen=True)
@@ -141,6 +70,7 @@ class IntensityMap:
 
 
 def check_dtype(dtype: np.dtype) -> None:
+    """Raise a TypeError for dtypes the intensity mapping cannot handle (bool, complex, objects...)."""
     if dtype.kind not in "uif" or dtype.itemsize > 8:
         raise TypeError(
             f"images of dtype {dtype} cannot be restored; convert to uint8, uint16 or float32 first"
@@ -202,6 +132,33 @@ def finish_channels(out: np.ndarray, how: str, source: np.ndarray | None = None)
     raise ValueError(how)
 
 
+@dataclass(frozen=True)
+class ChannelAdapter:
+    """How an image's channels meet the model's: the batch items per tile and the output channels."""
+
+    channels_in: int  # image channels (both views together for dual-pixel)
+    model_in: int
+    model_out: int
+    dual_pixel: bool
+    how: str  # the rule of prepare_channels
+    items: int  # batch items per tile
+    channels_out: int
+
+    @classmethod
+    def for_model(cls, channels_in: int, model_in: int, model_out: int, dual_pixel: bool) -> "ChannelAdapter":
+        """Apply the rules of :func:`prepare_channels` / :func:`finish_channels` to a 4x4 probe."""
+        probe = np.zeros((channels_in, 4, 4), np.float32)
+        batch, how = prepare_channels(probe, model_in, dual_pixel)
+        out = finish_channels(np.zeros((batch.shape[0], model_out, 4, 4), np.float32), how, probe)
+        return cls(channels_in, model_in, model_out, dual_pixel, how, batch.shape[0], out.shape[0])
+
+    def prepare(self, chw: np.ndarray) -> np.ndarray:
+        return prepare_channels(chw, self.model_in, self.dual_pixel)[0]
+
+    def finish(self, out: np.ndarray, source: np.ndarray) -> np.ndarray:
+        return finish_channels(out, self.how, source)
+
+
 def upscale(chw: np.ndarray, factor: int) -> np.ndarray:
     """Bicubic resize of a (C, H, W) float image by an integer factor (the SR models' input)."""
     if factor == 1:
@@ -209,50 +166,3 @@ def upscale(chw: np.ndarray, factor: int) -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32))[None]
     up = F.interpolate(t, scale_factor=factor, mode="bicubic", align_corners=False)
     return up[0].numpy()
-
-
-@torch.inference_mode()
-def run_model(
-    model: torch.nn.Module,
-    batch: np.ndarray,
-    *,
-    precision: str = "fp32",
-    max_batch: int = 8,
-    tta: bool = False,
-    dual_pixel: bool = False,
-) -> np.ndarray:
-    """Run a (B, C, H, W) float32 batch in [0, 1] through the model; returns float32 numpy on the CPU.
-
-    ``tta``: average over flips/rotations (:func:`~napari_mirnet.model.self_ensemble`).
-    """
-    device = next(model.parameters()).device
-
-    def forward(x):
-        if precision == "bf16":
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                return model(x)
-        return model(x)
-
-    outs = []
-    for start in range(0, batch.shape[0], max_batch):
-        x = torch.from_numpy(np.ascontiguousarray(batch[start : start + max_batch])).to(device)
-        y = self_ensemble(forward, x, dual_pixel) if tta else forward(x)
-        outs.append(y.float().cpu().numpy())
-    return np.concatenate(outs, axis=0)
-
-
-def restore_chw(
-    model: torch.nn.Module,
-    chw: np.ndarray,
-    *,
-    scale: int = 1,
-    dual_pixel: bool = False,
-    precision: str = "fp32",
-    max_batch: int = 8,
-    tta: bool = False,
-) -> np.ndarray:
-    """Restore one normalised (C, H, W) float image: upscale for SR, channel handling, the model."""
-    up = upscale(chw, scale) if scale > 1 else chw
-    batch, how = prepare_channels(up, model.config.in_channels, dual_pixel)
-    out = run_model(model, batch, precision=precision, max_batch=max_batch, tta=tta, dual_pixel=dual_pixel)
-    return finish_channels(out, how, up)

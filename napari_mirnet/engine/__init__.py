@@ -1,0 +1,191 @@
+"""Chunked MIRNet-v2 restoration of images of any size on dask: ``restore`` and ``restore_lazy``.
+
+A run is prepared once (:func:`prepare` -> :class:`RestorationRun`) and executed into numpy, a lazy
+dask array or a resumable zarr store (:func:`execute`). The modules, in the order data flows:
+``source`` (reading the input), ``plan`` (the tile grid), ``memory`` (default tile and batch),
+``forward`` (the model call), ``steps`` (what each graph task does), ``graph`` (the dask graph),
+``sinks`` (the zarr store), ``run`` (prepare, execute, the scheduler).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+
+from .. import io as mio
+from .memory import bytes_per_pixel, default_batch, default_tile
+from .options import DEFAULT_BLEND, DEFAULT_HALO, RestoreOptions
+from .plan import TilePlan, plan_tiles
+from .run import RestorationRun, compute, execute, prepare, scheduler_config
+from .sinks import output_scale
+from .steps import Cancelled, RunControl
+
+__all__ = [
+    "DEFAULT_BLEND",
+    "DEFAULT_HALO",
+    "Cancelled",
+    "RestorationRun",
+    "RestoreOptions",
+    "RunControl",
+    "TilePlan",
+    "bytes_per_pixel",
+    "compute",
+    "default_batch",
+    "default_tile",
+    "execute",
+    "output_scale",
+    "plan_tiles",
+    "prepare",
+    "restore",
+    "restore_lazy",
+    "scheduler_config",
+]
+
+
+def restore(
+    image,
+    task: str = "denoise",
+    weights=None,
+    *,
+    scale: int | None = None,
+    axes: str | None = None,
+    tile: int | None = None,
+    halo: int | None = None,
+    blend: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    normalisation: str = "auto",
+    tta: bool = False,
+    pixel_size=None,
+    out=None,
+    overwrite: bool = False,
+    client=None,
+    progress=None,
+    cancel=None,
+):
+    """Restore an image of any size with MIRNet-v2, tile by tile, in the input's dtype and range.
+
+    Parameters
+    ----------
+    image : array-like, path, or (left, right) pair
+        numpy, dask or zarr array, or a path (tif, png, jpg, zarr, OME-Zarr); a ``(left, right)``
+        pair for ``task='defocus'``.
+    task : str
+        ``denoise``, ``super_resolution``, ``lowlight``, ``enhance`` or ``defocus``.
+    weights : str or path, optional
+        Shipped model name, official asset name, file or URL; default: the task's model.
+    scale : int, optional
+        Super-resolution factor (2, 3 or 4).
+    axes : str, optional
+        E.g. ``'YX'``, ``'YXC'``, ``'CYX'``, ``'ZYX'``, ``'TZCYX'``; inferred when the shape leaves
+        no doubt. Y and X are tiled, other axes iterated.
+    tile, halo, blend : int, optional
+        Tile edge including the halo on both sides, and halo (model pixels, multiples of 4); the
+        feathered blend margin. Default: the tile from memory, halo 64, blend 16.
+    device : str
+        ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
+    precision : str
+        ``auto`` (bf16 on CUDA, else fp32), ``fp32`` or ``bf16``.
+    normalisation : str
+        ``auto`` (fixed range for integers, percentiles for floats), ``fixed`` or ``percentile``.
+    tta : bool
+        Average each tile over its 8 flips/rotations (8x the compute; dual-pixel: 2 flips).
+    pixel_size : sequence of float, optional
+        Pixel size per input axis, written to zarr metadata when the input carries none.
+    out : str or path, optional
+        A zarr store to write chunk by chunk (resumable: re-run the same call to continue).
+    overwrite : bool
+        Replace a complete store at ``out``.
+    client : distributed.Client or str, optional
+        A dask.distributed client or scheduler address to run the tiles on.
+    progress : callable, optional
+        ``progress(done, total)`` after each tile.
+    cancel : threading.Event, optional
+        Stops the run with :class:`Cancelled` once set.
+
+    Returns
+    -------
+    numpy.ndarray or dask.array.Array
+        numpy for numpy input; a lazy dask array for dask, zarr or path input; with ``out``, a dask
+        array reading the written store.
+    """
+    options = RestoreOptions(tile, halo, blend, device, precision, normalisation, bool(tta),
+                             None if pixel_size is None else tuple(pixel_size))
+    if out is not None and not overwrite:
+        options = _resume_geometry(options, out)
+    client, own_client = _connect(client)
+    try:
+        run = prepare(image, task, weights, scale=scale, axes=axes, options=options, client=client)
+        return execute(run, out=out, overwrite=overwrite, client=client, progress=progress, cancel=cancel)
+    finally:
+        if own_client:
+            client.close()
+
+
+def restore_lazy(
+    image,
+    task: str = "denoise",
+    weights=None,
+    *,
+    scale: int | None = None,
+    axes: str | None = None,
+    tile: int | None = None,
+    halo: int | None = None,
+    blend: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    normalisation: str = "auto",
+    tta: bool = False,
+    client=None,
+    progress=None,
+    cancel=None,
+    out=None,
+):
+    """Like :func:`restore`, but always return a lazy dask array: nothing runs until it is computed.
+
+    Parameters are those of :func:`restore` (without ``out``: use ``restore(..., out=path)`` to
+    write a store). ``progress`` and ``cancel`` stay attached for as long as the array (or one
+    derived from it) exists; a ``client`` given as an address is closed with the last of them.
+    """
+    if out is not None:
+        raise ValueError("restore_lazy returns a lazy array; use restore(..., out=path) to write a zarr store")
+    options = RestoreOptions(tile, halo, blend, device, precision, normalisation, bool(tta))
+    client, own_client = _connect(client)
+    try:
+        run = prepare(image, task, weights, scale=scale, axes=axes, options=options, client=client)
+    except BaseException:
+        if own_client:
+            client.close()
+        raise
+    from .graph import lazy_array
+
+    arr = lazy_array(run, run.context(RunControl(progress if client is None else None, cancel, len(run.keys))))
+    if own_client:
+        # the connection is needed until the last array that reads this graph is gone
+        weakref.finalize(arr.dask.layers[arr.name] if arr.name in arr.dask.layers else arr.dask, client.close)
+    return arr
+
+
+def _resume_geometry(options: RestoreOptions, out) -> RestoreOptions:
+    """Resuming with default settings keeps the tile, halo and blend the store was started with.
+
+    The defaults depend on free memory, which may have changed since the interrupted run.
+    """
+    if None not in (options.tile, options.halo, options.blend):
+        return options
+    stored = mio.stored_fingerprint(out) or {}
+    return dataclasses.replace(
+        options,
+        tile=stored.get("tile") if options.tile is None else options.tile,
+        halo=stored.get("halo") if options.halo is None else options.halo,
+        blend=stored.get("blend") if options.blend is None else options.blend,
+    )
+
+
+def _connect(client):
+    """A Client for a scheduler address (owned: closed by the caller), or the client as given."""
+    if isinstance(client, str):
+        from distributed import Client
+
+        return Client(client), True
+    return client, False

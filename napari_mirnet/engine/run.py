@@ -1,0 +1,292 @@
+"""A restoration run: ``prepare`` decides everything once; ``execute`` drives it to numpy, dask or zarr.
+
+The :class:`RestorationRun` is the single description of a run that every front end reads (axes,
+weights, tile plan, output geometry, fingerprint); ``compute`` is the one place that picks the
+dask scheduler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+from dataclasses import dataclass
+from functools import cached_property
+
+import dask
+import numpy as np
+import torch
+
+from .. import io as mio
+from ..devices import resolve_device, resolve_precision
+from ..model import MIRNetConfig
+from ..processing import ChannelAdapter, IntensityMap
+from ..tasks import choose_weights, get_task
+from ..weights import cached_model
+from . import memory
+from .graph import lazy_array, write_graph
+from .options import DEFAULT_BLEND, DEFAULT_HALO, RestoreOptions
+from .plan import TilePlan, plan_tiles, round_to_stride
+from .sinks import open_zarr_sink, output_scale
+from .source import Source, open_source
+from .steps import Cancelled, RunControl, TileContext
+
+__all__ = ["RestorationRun", "compute", "execute", "prepare", "scheduler_config"]
+
+
+@dataclass(frozen=True, eq=False)
+class RestorationRun:
+    """Everything decided about one run before any tile is computed (frozen, picklable)."""
+
+    run_id: str
+    task: str
+    source: Source
+    weights: str  # the name or path the model was loaded from
+    weights_sha256: str | None
+    model_config: MIRNetConfig
+    device: str
+    precision: str
+    imap: IntensityMap
+    channels: ChannelAdapter
+    plan: TilePlan
+    options: RestoreOptions
+    batch: int  # tiles per forward pass
+    threads: int | None  # torch threads of the caller, for the same last bit in every worker
+
+    @property
+    def axes(self) -> str:
+        return self.source.axes
+
+    @property
+    def factor(self) -> int:
+        return self.plan.factor
+
+    @cached_property
+    def keys(self) -> list[tuple]:
+        """Tile keys (lead index, tile row, tile column) in row-major order."""
+        grid = self.plan.grid
+        return [
+            (tuple(int(v) for v in lead), ty, tx)
+            for lead in np.ndindex(*self.source.lead_shape)
+            for ty in range(grid[0])
+            for tx in range(grid[1])
+        ]
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """Canonical output shape (lead..., C, Y, X)."""
+        s = self.factor
+        return self.source.lead_shape + (self.channels.channels_out, s * self.plan.height, s * self.plan.width)
+
+    @property
+    def out_chunks(self) -> tuple:
+        """Canonical output chunks: one plane, all channels, one tile core."""
+        out_y, out_x = self.plan.out_chunks()
+        return tuple((1,) * n for n in self.source.lead_shape) + ((self.channels.channels_out,), out_y, out_x)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Output shape in the input's axis order."""
+        s = self.factor
+        return tuple(
+            s * n if a in "YX" else (self.channels.channels_out if a == "C" else n)
+            for a, n in zip(self.axes, self.source.shape)
+        )
+
+    @property
+    def pixel_size(self) -> dict | None:
+        """Physical pixel size per input axis: the file's, else the caller's ``pixel_size``."""
+        if self.source.pixel_scale:
+            return dict(self.source.pixel_scale)
+        if self.options.pixel_size is not None:
+            return dict(zip(self.axes, self.options.pixel_size))
+        return None
+
+    @property
+    def fingerprint(self) -> dict:
+        """What identifies this run's output in a store (resume only continues an identical run)."""
+        from ..version import __version__
+
+        src = self.source
+        return {
+            "version": __version__,
+            "task": self.task,
+            "scale": self.factor,
+            "weights": os.path.basename(self.weights),
+            "weights_sha256": self.weights_sha256,
+            "model": self.model_config.to_dict(),
+            "tile": int(self.options.tile),
+            "halo": int(self.options.halo),
+            "blend": int(self.options.blend),
+            "plan": self.plan.to_dict(),
+            "precision": self.precision,
+            "tta": bool(self.options.tta),
+            "normalisation": self.imap.to_dict(),
+            # a path identifies the input of a re-run command; arrays are known by shape and dtype only
+            "input": os.path.abspath(src.name) if src.name else None,
+            "input_shape": list(src.shape),
+            "input_dtype": src.dtype.str,
+            "axes": self.axes,
+        }
+
+    def context(self, control: RunControl | None = None, sink=None) -> TileContext:
+        """The small picklable part of the run that the graph's tasks carry."""
+        return TileContext(
+            weights=self.weights,
+            device=self.device,
+            precision=self.precision,
+            imap=self.imap,
+            channels=self.channels,
+            plan=self.plan,
+            axes=self.axes,
+            lead_shape=self.source.lead_shape,
+            arrays=None if self.source.kind == "dask" else self.source.arrays,
+            threads=self.threads,
+            tta=bool(self.options.tta),
+            sink=sink,
+            control=control or RunControl(),
+        )
+
+
+def prepare(
+    image, task: str = "denoise", weights=None, *, scale=None, axes=None,
+    options: RestoreOptions = RestoreOptions(), client=None,
+) -> RestorationRun:
+    """Open the input and decide the run: axes, weights, intensity mapping, channels, tile plan.
+
+    With a dask.distributed ``client`` the model is loaded on the CPU here only to read its
+    config; the workers own the devices.
+    """
+    spec = get_task(task)
+    factor = spec.check_scale(scale if scale is not None else spec.scales[0])
+    source = open_source(image, axes, spec.dual_pixel, client)
+    n_c = source.size("C")
+    weights = str(choose_weights(task, factor, n_c, weights))
+    model = cached_model(weights, "cpu" if client is not None else options.device)
+    if client is None:
+        dev = resolve_device(options.device)
+        device, prec = str(dev), resolve_precision(options.precision, dev)
+    else:
+        device = str(options.device)
+        prec = options.precision if options.precision == "auto" else resolve_precision(options.precision, "cpu")
+    cfg = model.config
+    channels = ChannelAdapter.for_model(n_c * len(source.arrays), cfg.in_channels, cfg.out_channels, spec.dual_pixel)
+    options = _with_default_geometry(options, model, prec)
+    plan = plan_tiles(source.size("Y"), source.size("X"), options.tile, options.halo, options.blend, factor)
+    imap = _intensity_map(source, options.normalisation)
+    win_px = plan.window[0] * plan.window[1] * factor**2
+    batch = 1 if client is not None else memory.default_batch(model, win_px, prec if prec != "auto" else "bf16", channels.items)
+    return RestorationRun(
+        run_id=uuid.uuid4().hex,
+        task=task,
+        source=source,
+        weights=weights,
+        weights_sha256=getattr(model, "weights_sha256", None),
+        model_config=cfg,
+        device=device,
+        precision=prec,
+        imap=imap,
+        channels=channels,
+        plan=plan,
+        options=options,
+        batch=batch,
+        threads=torch.get_num_threads() if client is None else None,
+    )
+
+
+def _with_default_geometry(options: RestoreOptions, model, precision: str) -> RestoreOptions:
+    tile = options.tile
+    if tile is None:
+        tile = memory.default_tile(model, precision if precision != "auto" else "fp32")
+    halo = options.halo if options.halo is not None else min(DEFAULT_HALO, max(0, round_to_stride(tile / 4)))
+    blend = options.blend if options.blend is not None else min(DEFAULT_BLEND, halo)
+    return dataclasses.replace(options, tile=int(tile), halo=int(halo), blend=int(blend))
+
+
+def _intensity_map(source: Source, normalisation: str) -> IntensityMap:
+    sample = source.as_dask()
+    if len(sample) == 1:
+        return IntensityMap.for_image(sample[0], normalisation)
+    import dask.array as da
+
+    stack = da.stack(sample) if source.kind != "numpy" else np.stack(sample)
+    return IntensityMap.for_image(stack, normalisation)
+
+
+def scheduler_config(device: str, client=None) -> dict:
+    """The dask scheduler for a run on ``device``, as a ``dask.config.set`` mapping.
+
+    On CPU torch already uses every core inside a forward pass and concurrent tiles would only add
+    memory: tasks run in the calling thread (no second malloc arena, same torch threads). On a GPU
+    a second thread overlaps reading and writing with the forward pass (one forward at a time).
+    With a dask.distributed client, the client's scheduler.
+    """
+    if client is not None:
+        return {}
+    if device.startswith("cuda"):
+        return {"scheduler": "threads", "num_workers": 2}
+    return {"scheduler": "sync"}
+
+
+def compute(collection, run: RestorationRun, client=None):
+    """Compute a collection of ``run`` with the scheduler :func:`scheduler_config` picks."""
+    if client is not None:
+        return client.compute(collection).result()
+    with dask.config.set(scheduler_config(run.device)):
+        return dask.compute(collection)[0]
+
+
+def execute(run: RestorationRun, *, out=None, overwrite: bool = False, client=None, progress=None, cancel=None):
+    """Carry out a prepared run: numpy for numpy input, else a lazy dask array; with ``out``, a store."""
+    if out is not None:
+        return _to_zarr(run, out, overwrite, client, progress, cancel)
+    # on a cluster the client reports nothing per tile: the result comes back in one piece
+    control = RunControl(progress if client is None else None, cancel, len(run.keys))
+    arr = lazy_array(run, run.context(control))
+    if not run.source.eager:
+        return arr  # lazy: the callbacks live as long as the array's graph
+    return compute(arr, run, client)
+
+
+def _to_zarr(run: RestorationRun, out, overwrite: bool, client, progress, cancel):
+    from dask.delayed import Delayed
+
+    sink = open_zarr_sink(run, out, overwrite)
+    todo = sink.todo(run.keys)
+    control = RunControl(progress if client is None else None, cancel, len(todo))
+    workers = len(client.scheduler_info()["workers"]) if client is not None else 1
+    graph, write_keys, final = write_graph(run, run.context(control, sink), todo, lag=max(2, 2 * run.batch, 4 * workers))
+    try:
+        if todo:
+            if client is None:
+                compute(Delayed(final, graph, layer=final[0]), run)
+            else:
+                _distributed_compute(client, [Delayed(k, graph, layer=final[0]) for k in write_keys], progress, cancel)
+        pixel = run.pixel_size or {}
+        scale = [float(pixel.get(a, 1.0)) for a in sink.store_axes]
+        sink.output.finalize(sink.store_axes, output_scale(scale, sink.store_axes, run.factor), name=run.source.name)
+    except OSError as err:
+        raise mio.OutputError(
+            f"writing {sink.output.path} failed ({err}); the store is left incomplete. Fix the cause (free disk "
+            "space, permissions) and re-run the same command to resume."
+        ) from err
+    return sink.read_back(run.axes)
+
+
+def _distributed_compute(client, delayeds: list, progress, cancel) -> int:
+    from distributed import as_completed
+
+    futures = client.compute(delayeds)
+    done = 0
+    try:
+        for fut in as_completed(futures):
+            fut.result()
+            done += 1
+            if progress is not None:
+                progress(done, len(futures))
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("restoration cancelled")
+    except BaseException:
+        client.cancel(futures)
+        raise
+    return done

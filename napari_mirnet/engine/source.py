@@ -1,0 +1,162 @@
+"""The input as the engine sees it: one or two arrays with axes, opened lazily and read region by region."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import dask.array as da
+import numpy as np
+
+from .. import io as mio
+from ..axes import infer_axes, to_cyx_order, validate_axes
+from ..processing import check_dtype
+
+__all__ = ["Source", "open_source", "read_region"]
+
+
+@dataclass(frozen=True, eq=False)
+class Source:
+    """An image (or a dual-pixel pair) ready to be read tile by tile."""
+
+    arrays: tuple  # numpy, zarr, dask or array-like; dual-pixel pairs have two
+    axes: str
+    pixel_scale: dict | None = None  # axis letter -> physical pixel size, when the file says
+    kind: str = "numpy"  # numpy, dask, zarr (anything sliceable without loading it whole)
+    name: str | None = None  # the path it came from
+    eager: bool = False  # numpy in: numpy out
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.arrays[0].shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.arrays[0].dtype)
+
+    def size(self, axis: str) -> int:
+        """Length of ``axis`` (1 for an axis the image does not have)."""
+        return self.shape[self.axes.index(axis)] if axis in self.axes else 1
+
+    @property
+    def lead_axes(self) -> str:
+        """The iterated axes (all but C, Y, X), in the input's order."""
+        return "".join(a for a in self.axes if a not in "CYX")
+
+    @property
+    def lead_shape(self) -> tuple[int, ...]:
+        return tuple(self.size(a) for a in self.lead_axes)
+
+    def as_dask(self) -> list[da.Array]:
+        """The arrays as dask arrays (for sampling intensities without loading them whole)."""
+        if self.kind == "zarr":
+            return [da.from_array(a, chunks=getattr(a, "chunks", "auto")) for a in self.arrays]
+        return list(self.arrays)
+
+
+def open_source(image, axes: str | None, dual_pixel: bool, client=None) -> Source:
+    """Accept numpy, dask, zarr, array-likes and paths (or a pair of those for dual-pixel)."""
+    if dual_pixel:
+        if not isinstance(image, (tuple, list)) or len(image) != 2:
+            raise ValueError("the defocus task takes a (left, right) pair of images")
+        lv, rv = (open_source(v, axes, False, client) for v in image)
+        if lv.shape != rv.shape or lv.dtype != rv.dtype:
+            raise ValueError(
+                f"left and right views must match: {lv.shape} {lv.dtype} vs {rv.shape} {rv.dtype}"
+            )
+        kinds = {lv.kind, rv.kind}
+        arrays = (lv.arrays[0], rv.arrays[0])
+        kind = "dask" if "dask" in kinds else ("zarr" if "zarr" in kinds else "numpy")
+        if kind == "dask":
+            arrays = tuple(a if isinstance(a, da.Array) else da.from_array(a) for a in arrays)
+        return Source(arrays, lv.axes, lv.pixel_scale, kind, lv.name, lv.eager and rv.eager)
+    pixel_scale, name = None, None
+    if isinstance(image, (str, os.PathLike)):
+        src = mio.open_image(image)
+        image, pixel_scale, name = src.array, src.pixel_scale, str(image)
+        if axes is None:
+            axes = src.axes
+    if isinstance(image, da.Array):
+        kind = "dask"
+    elif isinstance(image, np.ndarray):
+        kind = "numpy"
+    elif hasattr(image, "shape") and hasattr(image, "dtype") and hasattr(image, "__getitem__"):
+        kind = "zarr"  # zarr arrays, tifffile stores, h5py datasets: sliced per tile
+    else:
+        image = np.asarray(image)
+        kind = "numpy"
+    shape = tuple(image.shape)
+    check_dtype(np.dtype(image.dtype))
+    if any(n == 0 for n in shape) or not shape:
+        raise ValueError(f"the image is empty (shape {shape}); nothing to restore")
+    axes = validate_axes(axes, shape) if axes else infer_axes(shape)
+    ny, nx = shape[axes.index("Y")], shape[axes.index("X")]
+    if ny < 2 or nx < 2:
+        raise ValueError(f"the image is {ny}x{nx} pixels (Y x X); restoration needs at least 2x2")
+    if kind == "numpy" and image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise ValueError("the image contains NaN or Inf pixels; replace them (e.g. np.nan_to_num) first")
+    eager = kind == "numpy"
+    if client is not None and kind == "numpy":
+        kind, image = "dask", da.from_array(image)  # scattered through the graph, not a closure
+    return Source((image,), axes, pixel_scale, kind, name, eager)
+
+
+def _region_index(axes: str, lead: tuple[int, ...], ys: slice, xs: slice) -> tuple:
+    lead_axes = [a for a in axes if a not in "CYX"]
+    idx = []
+    for a in axes:
+        if a == "Y":
+            idx.append(ys)
+        elif a == "X":
+            idx.append(xs)
+        elif a == "C":
+            idx.append(slice(None))
+        else:
+            idx.append(lead[lead_axes.index(a)])
+    return tuple(idx)
+
+
+def _to_cyx(block: np.ndarray, axes: str) -> np.ndarray:
+    """A region read with _region_index (lead axes dropped) to (C, Y, X)."""
+    rest = [a for a in axes if a in "CYX"]
+    block = np.transpose(block, [rest.index(a) for a in "CYX" if a in rest])
+    return block if "C" in rest else block[None]
+
+
+def read_region(arrays, axes: str, lead: tuple[int, ...], ys: slice, xs: slice) -> np.ndarray:
+    """One plane's (C, Y, X) region of numpy/zarr arrays; dual-pixel views are joined along C."""
+    idx = _region_index(axes, lead, ys, xs)
+    parts = [_to_cyx(np.asarray(a[idx]), axes) for a in arrays]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+
+# ------------------------------------------------------------------ dask inputs: regions from chunks
+def canonical_dask(source: Source) -> da.Array:
+    """The dask input as (lead..., C, Y, X), views joined along C, one chunk along C."""
+    perm, _ = to_cyx_order(source.axes)
+    parts = []
+    for a in source.arrays:
+        arr = (a if isinstance(a, da.Array) else da.from_array(a)).transpose(perm)
+        parts.append(arr if "C" in source.axes else arr[..., None, :, :])
+    src = parts[0] if len(parts) == 1 else da.concatenate(parts, axis=len(source.lead_shape))
+    # whole channel axis per chunk, so that a tile needs one chunk per Y/X position
+    return src.rechunk({src.ndim - 3: -1})
+
+
+def chunk_span(bounds: np.ndarray, lo: int, hi: int) -> tuple[list[int], slice]:
+    """Chunk indices covering [lo, hi) and the slice of their concatenation that is [lo, hi)."""
+    first = int(np.searchsorted(bounds, lo, side="right")) - 1
+    last = int(np.searchsorted(bounds, hi, side="left")) - 1
+    return list(range(first, last + 1)), slice(lo - int(bounds[first]), hi - int(bounds[first]))
+
+
+def pick_plane(block: np.ndarray, lead_off: tuple) -> np.ndarray:
+    """The plane at ``lead_off`` inside a chunk that may hold several planes."""
+    return block[lead_off] if lead_off else block
+
+
+def gather(grid_shape, slices, *blocks) -> np.ndarray:
+    """Concatenate dask source chunks (C, Y, X, as a flat list) and cut the tile's region out."""
+    rows = [np.concatenate(blocks[i * grid_shape[1] : (i + 1) * grid_shape[1]], axis=-1) for i in range(grid_shape[0])]
+    out = np.concatenate(rows, axis=-2) if len(rows) > 1 else rows[0]
+    return out[..., slices[0], slices[1]]

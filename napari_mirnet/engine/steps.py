@@ -1,0 +1,178 @@
+"""What the graph's tasks do: restore a group of tiles, assemble or write an output chunk, pass a blend strip.
+
+Each task gets a small picklable :class:`TileContext` (the model is looked up per process, never
+shipped). Progress and cancel travel in the context's :class:`RunControl`, which stays behind when
+a context is pickled for dask.distributed workers (the client reports progress there).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..devices import resolve_precision
+from ..processing import ChannelAdapter, IntensityMap, upscale
+from ..weights import cached_model
+from . import forward
+from .plan import TilePlan, blend_ramp
+
+__all__ = ["Cancelled", "RunControl", "TileContext", "assemble", "restore_tiles", "strip", "write"]
+
+
+class Cancelled(RuntimeError):
+    """The run was cancelled through its ``cancel`` event; no output is marked complete."""
+
+
+class RunControl:
+    """Progress and cancel of one run: counts finished tiles, reports them, and stops on request."""
+
+    def __init__(self, progress=None, cancel: threading.Event | None = None, total: int = 0):
+        self.progress, self.cancel, self.total = progress, cancel, total
+        self.done = 0
+        self._lock = threading.Lock()
+
+    def __reduce__(self):
+        # callbacks and events stay with the client: a worker gets a control that reports nothing
+        return (RunControl, ())
+
+    def check(self) -> None:
+        """Raise :class:`Cancelled` once the cancel event is set."""
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("restoration cancelled")
+
+    def tiles_done(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+            done = self.done
+        if self.progress is not None:
+            self.progress(done, self.total)
+
+
+@dataclass(eq=False)
+class TileContext:
+    """Everything a tile task needs; small and picklable."""
+
+    weights: str
+    device: str
+    precision: str
+    imap: IntensityMap
+    channels: ChannelAdapter
+    plan: TilePlan
+    axes: str
+    lead_shape: tuple[int, ...]
+    arrays: tuple | None = None  # numpy/zarr sources read directly; None when tiles come from dask
+    threads: int | None = None  # the caller's torch thread count, applied in the worker thread
+    tta: bool = False  # average each tile over flips/rotations (model.self_ensemble)
+    sink: object = None  # a ZarrSink for zarr output
+    control: RunControl = field(default_factory=RunControl)
+
+
+def restore_tiles(ctx: TileContext, tiles: list, after: list, *blocks) -> dict:
+    """Stage 1: restore a group of tiles in one batch. Returns {tile: (y0, x0, float32 C,H,W)}.
+
+    ``after`` holds results of earlier chunk writes: ordering edges only, their values are unused.
+    ``blocks`` are the tiles' input windows when they come from a dask graph.
+    """
+    from .source import read_region
+
+    ctx.control.check()
+    plan, s = ctx.plan, ctx.plan.factor
+    model = cached_model(ctx.weights, ctx.device)
+    device = next(model.parameters()).device
+    if ctx.threads and torch.get_num_threads() != ctx.threads:
+        # torch's thread setting is per thread: dask's pool threads would keep an older one, and
+        # CPU results depend (in the last bit) on the thread count
+        torch.set_num_threads(ctx.threads)
+    items, ups = [], []
+    for k, (lead, ty, tx) in enumerate(tiles):
+        (wy0, wy1), (wx0, wx1) = plan.window_range(0, ty), plan.window_range(1, tx)
+        if blocks:
+            raw = np.asarray(blocks[k])
+        else:
+            raw = read_region(ctx.arrays, ctx.axes, lead, slice(wy0, wy1), slice(wx0, wx1))
+        if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+            raise ValueError(
+                f"the image contains NaN or Inf pixels (plane {lead}, rows {wy0}-{wy1}, columns "
+                f"{wx0}-{wx1}); replace them (e.g. np.nan_to_num) first"
+            )
+        x = ctx.imap.forward(raw)
+        up = upscale(x, s) if s > 1 else x
+        items.append(ctx.channels.prepare(up))
+        ups.append(up)
+    x = torch.from_numpy(np.ascontiguousarray(np.concatenate(items))).to(device)
+    # "auto" reaches here only on dask.distributed workers, where the device is known at last
+    precision = resolve_precision(ctx.precision, device) if ctx.precision == "auto" else ctx.precision
+    y = forward.run_batch(model, x, precision, ctx.tta, ctx.channels.dual_pixel)
+    preds, start = {}, 0
+    for (lead, ty, tx), item, up in zip(tiles, items, ups):
+        out = ctx.channels.finish(y[start : start + item.shape[0]], up)
+        start += item.shape[0]
+        (wy0, _), (wx0, _) = plan.window_range(0, ty), plan.window_range(1, tx)
+        (py0, py1), (px0, px1) = plan.pred_range(0, ty), plan.pred_range(1, tx)
+        crop = out[:, s * (py0 - wy0) : s * (py1 - wy0), s * (px0 - wx0) : s * (px1 - wx0)]
+        preds[(lead, ty, tx)] = (s * py0, s * px0, np.ascontiguousarray(crop, dtype=np.float32))
+    ctx.control.tiles_done(len(tiles))
+    return preds
+
+
+def assemble(ctx: TileContext, key: tuple, *groups) -> np.ndarray:
+    """Stage 2: one output chunk from its tile and, when blending, the bands of the tiles above
+    and to the left. ``groups`` are dicts {tile: (y0, x0, float32 prediction)}."""
+    plan, s = ctx.plan, ctx.plan.factor
+    lead, ty, tx = key
+    (cy0, cy1), (cx0, cx1) = plan.core_range(0, ty), plan.core_range(1, tx)
+    oy0, oy1, ox0, ox1 = s * cy0, s * cy1, s * cx0, s * cx1
+    preds = {}
+    for g in groups:
+        preds.update(g)
+    own = preds[key][2]
+    if plan.margin == (0, 0):
+        py0, px0, arr = preds[key]
+        acc = arr[:, oy0 - py0 : oy1 - py0, ox0 - px0 : ox1 - px0]
+    else:
+        acc = np.zeros((own.shape[0], oy1 - oy0, ox1 - ox0), dtype=np.float32)
+        H, W = s * plan.height, s * plan.width
+        for (ld, iy, ix), (py0, px0, arr) in preds.items():
+            if ld != lead:
+                continue
+            # overlap of this tile's prediction with the chunk, in output pixels
+            y0, y1 = max(oy0, py0), min(oy1, py0 + arr.shape[1])
+            x0, x1 = max(ox0, px0), min(ox1, px0 + arr.shape[2])
+            if y0 >= y1 or x0 >= x1:
+                continue
+            ty0, ty1 = (s * v for v in plan.core_range(0, iy))
+            tx0, tx1 = (s * v for v in plan.core_range(1, ix))
+            wy = blend_ramp(y0, y1, ty0, ty1, s * plan.margin[0], H)
+            wx = blend_ramp(x0, x1, tx0, tx1, s * plan.margin[1], W)
+            wgt = (wy[:, None] * wx[None, :]).astype(np.float32)
+            acc[:, y0 - oy0 : y1 - oy0, x0 - ox0 : x1 - ox0] += wgt * arr[:, y0 - py0 : y1 - py0, x0 - px0 : x1 - px0]
+    block = ctx.imap.inverse(acc)
+    return block.reshape((1,) * len(ctx.lead_shape) + block.shape)
+
+
+def strip(ctx: TileContext, key: tuple, *groups) -> dict:
+    """The part of a tile's prediction the chunks below it blend with: its band past the core."""
+    plan, s = ctx.plan, ctx.plan.factor
+    for g in groups:
+        if key in g:
+            py0, px0, arr = g[key]
+            c1 = s * plan.core_range(0, key[1])[1]
+            return {key: (c1, px0, arr[:, c1 - py0 :].copy())}  # a copy: a view would keep the tile
+    raise KeyError(key)
+
+
+def write(ctx: TileContext, key: tuple, *groups) -> dict:
+    """Stage 2 for zarr output: assemble, write the chunk-aligned region, then mark it done.
+
+    Returns the tile's band for the chunks below, so that the full prediction is released at once.
+    """
+    ctx.sink.write(key, assemble(ctx, key, *groups))
+    return strip(ctx, key, *groups) if ctx.plan.margin[0] else {}
+
+
+def finish(*tokens) -> int:
+    """The last task of a zarr run: depends on every chunk write."""
+    return len(tokens)
