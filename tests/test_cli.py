@@ -109,10 +109,6 @@ def test_weights_commands(capsys, tiny_weights):
 
 
 def test_train_subcommand_is_registered(capsys):
-    from napari_mirnet import training
-
-    if not hasattr(training, "add_train_command"):
-        pytest.skip("training.add_train_command has not landed")
     with pytest.raises(SystemExit) as e:
         main(["train", "--help"])
     assert e.value.code == 0 and "usage" in capsys.readouterr().out

@@ -11,12 +11,12 @@ import torch
 
 from napari_mirnet.degradations import bicubic_down_up, degrade, degrade_numpy
 from napari_mirnet.model import MIRNetV2, config_from_state_dict
+from napari_mirnet.cli import _add_train_command as add_train_command
 from napari_mirnet.training import (
     HELD_OUT_IMAGES,
     TRAIN_IMAGES,
     TrainConfig,
     _Data,
-    add_train_command,
     bundled_images,
     export_model,
     is_colour,

@@ -212,8 +212,10 @@ def test_cache_dir_env_override(tmp_path, monkeypatch):
 def test_cuda_request_without_gpu_is_explained():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    with pytest.raises(W.WeightsError, match="sees no CUDA GPU"):
-        W.resolve_device("cuda")
+    from napari_mirnet.devices import DeviceError, resolve_device
+
+    with pytest.raises(DeviceError, match="sees no CUDA GPU"):
+        resolve_device("cuda")
 
 
 # ------------------------------------------------------------------ hostile cases (issue 15)
