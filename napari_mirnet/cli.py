@@ -453,6 +453,8 @@ def _add_train_command(subparsers) -> argparse.ArgumentParser:
 
 
 def _cmd_train(args) -> int:
+    import json
+
     from .training import (
         HELD_OUT_IMAGES, TrainConfig, degradation_from_args, export_model, load_images, loss_log_path, train,
         training_images,
