@@ -17,7 +17,14 @@ import pytest
 npe2 = pytest.importorskip("npe2")
 
 ROOT = Path(__file__).resolve().parents[1]
-WIDGETS = {"Denoise", "Super-resolution", "Low-light enhancement", "Contrast enhancement", "Dual-pixel defocus deblur"}
+WIDGETS = {
+    "Denoise",
+    "Super-resolution",
+    "Low-light enhancement",
+    "Contrast enhancement",
+    "Dual-pixel defocus deblur",
+    "Fine-tune denoiser (self-supervised)",
+}
 SAMPLES = {"noisy_image", "lowlight_image", "lowres_image", "low_contrast_image", "dual_pixel_views", "noisy_stack"}
 
 
@@ -96,7 +103,9 @@ def test_wheel_in_fresh_venv_is_listed(tmp_path):
     # build from a copy: the shared tree's build/ folder may be in use by someone else
     src = tmp_path / "src"
     shutil.copytree(
-        ROOT, src, symlinks=True,
+        ROOT,
+        src,
+        symlinks=True,
         ignore=shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".venv", "*.zarr"),
     )
     _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", tmp_path / "dist", src])
@@ -139,4 +148,4 @@ def test_wheel_in_fresh_venv_is_listed(tmp_path):
     listing = _run([py, "-m", "npe2", "list", "-f", "json"], cwd=tmp_path, env=env).stdout
     print(listing)
     entry = next(p for p in json.loads(listing) if p["name"] == "napari-mirnet")
-    assert entry["version"] == "0.1.0" and entry["contributions"]["widgets"] == 5
+    assert entry["version"] == "0.1.0" and entry["contributions"]["widgets"] == len(WIDGETS)
