@@ -1,4 +1,4 @@
-"""Training MIRNet-v2 restoration models: Python API and the ``napari-mirnet train`` command.
+"""Training MIRNet-v2 restoration models: the loop, its data and its checkpoints (the command is in ``cli``).
 
 The recipe follows the paper (L1 loss, Adam 2e-4, cosine decay, gradient-norm clipping, 8-way
 flips/rotations, progressive patch sizes) with sizes fit for a CPU or a single GPU.
@@ -16,6 +16,7 @@ the slim fp16 ``{'params', 'meta'}`` file that is shipped or shared (the average
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -33,8 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from .degradations import TASK_DEFAULTS, degrade
-from .model import MIRNetConfig, MIRNetV2
 from .devices import resolve_device
+from .model import MIRNetConfig, MIRNetV2
 from .weights import read_checkpoint
 
 __all__ = [
@@ -52,7 +53,6 @@ __all__ = [
     "TRAIN_IMAGES",
     "HELD_OUT_IMAGES",
     "code_version",
-    "add_train_command",
     "parse_stages",
 ]
 
@@ -72,9 +72,26 @@ LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss, "psnr": psnr_loss}
 
 #: Images bundled with scikit-image that shipped models were trained on (those present on disk).
 SKIMAGE_TRAIN_IMAGES = (
-    "brick", "cell", "clock_motion", "coins", "color", "grass", "gravel", "horse",
-    "hubble_deep_field", "ihc", "logo", "microaneurysms", "moon", "motorcycle_left",
-    "motorcycle_right", "page", "phantom", "retina", "rocket", "text",
+    "brick",
+    "cell",
+    "clock_motion",
+    "coins",
+    "color",
+    "grass",
+    "gravel",
+    "horse",
+    "hubble_deep_field",
+    "ihc",
+    "logo",
+    "microaneurysms",
+    "moon",
+    "motorcycle_left",
+    "motorcycle_right",
+    "page",
+    "phantom",
+    "retina",
+    "rocket",
+    "text",
 )
 #: Photographs bundled with other installable packages: name -> (package, path inside it). These add
 #: natural colour scenes, which scikit-image's training images are short of.
@@ -180,8 +197,7 @@ def bundled_images(names: Sequence[str], data_dir: str | os.PathLike | None = No
             folder, stem = (root / rel).parent, Path(rel).stem
         else:
             folder, stem = _package_dir("skimage") / "data", name
-        hits = [h for h in sorted(folder.glob(f"{stem}.*"))
-                if h.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif")]
+        hits = [h for h in sorted(folder.glob(f"{stem}.*")) if h.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif")]
         if hits:
             out[name] = io.imread(hits[0])
     return out
@@ -268,8 +284,12 @@ class TrainConfig:
 
     def model_config(self) -> MIRNetConfig:
         return MIRNetConfig(
-            in_channels=self.channels, out_channels=self.channels, n_feat=self.n_feat,
-            chan_factor=self.chan_factor, n_mrb=self.n_mrb, bias=self.bias,
+            in_channels=self.channels,
+            out_channels=self.channels,
+            n_feat=self.n_feat,
+            chan_factor=self.chan_factor,
+            n_mrb=self.n_mrb,
+            bias=self.bias,
         )
 
     @classmethod
@@ -469,13 +489,70 @@ def train(
 ) -> TrainResult:
     """Train (or resume training) a MIRNet-v2 model and write checkpoints to ``out``.
 
-    ``clean``: clean target images (folder, file list or arrays). ``degraded``: matching inputs, or
-    None to synthesise them with ``config.degradation``. ``resume``: a checkpoint written by this
-    function; its stored config is used when ``config`` is None. ``init``: a model file (any
-    ``{'params': ...}`` file, fp16 included) to start a new run from (fine-tuning); ignored on resume.
-    ``callback(iteration, loss)`` may
-    return False to stop early (a checkpoint is saved). Returns the iteration reached and the losses.
+    Parameters
+    ----------
+    config : TrainConfig, optional
+        The run's settings; on resume, None takes the checkpoint's (default ``TrainConfig()``).
+    clean : folder, file, list of files or arrays
+        Clean target images.
+    degraded : same as ``clean``, optional
+        Matching inputs, or None to synthesise them with ``config.degradation``.
+    out : path
+        The training checkpoint to write; its loss log goes next to it (:func:`loss_log_path`).
+    resume : path, optional
+        A checkpoint written by this function, to continue from.
+    init : path, optional
+        A model file (any ``{'params': ...}`` file, fp16 included) to start a new run from
+        (fine-tuning); ignored on resume.
+    data_description : dict, optional
+        Recorded in the metadata as ``training_data`` (with the image count and a fingerprint).
+    callback : callable, optional
+        ``callback(iteration, loss)`` after every step; returning False stops the run (a checkpoint
+        is saved).
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    TrainResult
+        The checkpoint, the iteration reached and the losses.
     """
+    cfg, ck = _train_config(config, resume)
+    if clean is None:
+        raise ValueError("no training images given (clean=...)")
+    device = resolve_device(cfg.device)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    run = _TrainRun.create(cfg, device, out, clean, degraded, data_description, init if ck is None else None)
+    if ck is not None:
+        run.resume_from(ck, resume)
+    elif run.log_path.exists():
+        run.log_path.unlink()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.iters, initial=run.it, desc=f"train {cfg.task}", unit="it", dynamic_ncols=True)
+    run.t0 = time.perf_counter()
+    try:
+        stopped = run.loop(callback, bar)
+    except KeyboardInterrupt:
+        run.checkpoint(run.elapsed())
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed = run.elapsed()
+    if not stopped:
+        run.checkpoint(elapsed)
+    return TrainResult(checkpoint=out, iteration=run.it, losses=run.losses, stopped_early=stopped, elapsed=elapsed)
+
+
+def _train_config(config: TrainConfig | None, resume) -> tuple[TrainConfig, dict | None]:
+    """The run's settings and, on resume, the checkpoint (whose settings stand in for a missing config)."""
     ck = None
     if resume is not None:
         ck = torch.load(resume, map_location="cpu", weights_only=True)
@@ -483,148 +560,193 @@ def train(
         if config is None:
             config = stored
         else:
-            diff = [k for k, v in asdict(stored).items() if k not in ("device", "save_every", "log_every")
-                    and asdict(config)[k] != v]
+            diff = [
+                k
+                for k, v in asdict(stored).items()
+                if k not in ("device", "save_every", "log_every") and asdict(config)[k] != v
+            ]
             if diff:
                 print(f"warning: resuming with changed settings: {', '.join(diff)}", file=sys.stderr)
-    cfg = config if config is not None else TrainConfig()
-    if clean is None:
-        raise ValueError("no training images given (clean=...)")
-    device = resolve_device(cfg.device)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    log_path = loss_log_path(out)
+    return (config if config is not None else TrainConfig()), ck
 
-    clean_list = load_images(clean)
-    degraded_list = load_images(degraded) if degraded is not None else None
-    data = _Data(clean_list, degraded_list, cfg.channels, device)
-    desc = dict(data_description or {"description": "user-supplied images"})
-    desc.setdefault("n_images", len(clean_list))
-    desc["fingerprint"] = data.fingerprint()
 
-    torch.manual_seed(cfg.seed)
-    model = MIRNetV2(cfg.model_config()).to(device)
-    if init is not None and ck is None:
-        params, prev = read_checkpoint(init)  # any convention; a moving average first, as for inference
-        model.load_state_dict({k: v.float() for k, v in params.items()})
-        desc["initialised_from"] = Path(init).name
-        if prev:  # keep the lineage: a fine-tuned model says how its start was trained
-            prev_data = prev.get("training_data", {})
-            desc["earlier_runs"] = list(prev_data.get("earlier_runs", [])) + [{
-                "file": Path(init).name, "training": prev.get("training"),
-                "images": prev_data.get("images"), "degradation": prev.get("degradation"),
-            }]
-    if cfg.dense_groups:
-        use_dense_groups(model)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    ema = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()} if cfg.ema else None
-    start, elapsed0, window = 0, 0.0, []
-    if ck is not None:
-        if ck["meta"]["training_data"].get("fingerprint") != desc["fingerprint"]:
+def _init_from(model: MIRNetV2, init, desc: dict) -> None:
+    """Load ``init``'s weights into ``model`` and add its lineage to the data description."""
+    params, prev = read_checkpoint(init)  # any convention; a moving average first, as for inference
+    model.load_state_dict({k: v.float() for k, v in params.items()})
+    desc["initialised_from"] = Path(init).name
+    if prev:  # keep the lineage: a fine-tuned model says how its start was trained
+        prev_data = prev.get("training_data", {})
+        desc["earlier_runs"] = list(prev_data.get("earlier_runs", [])) + [
+            {
+                "file": Path(init).name,
+                "training": prev.get("training"),
+                "images": prev_data.get("images"),
+                "degradation": prev.get("degradation"),
+            }
+        ]
+
+
+@dataclass
+class _TrainRun:
+    """One training run: the model, optimiser and moving average, and what the loop counts and logs."""
+
+    cfg: TrainConfig
+    device: torch.device
+    out: Path
+    data: _Data
+    desc: dict
+    paired: bool
+    model: MIRNetV2
+    opt: torch.optim.Optimizer
+    ema: dict[str, torch.Tensor] | None
+    use_amp: bool
+    it: int = 0
+    elapsed0: float = 0.0  # seconds spent before this session (resumed runs)
+    t0: float = 0.0
+    window: list[float] = field(default_factory=list)  # losses since the last log line
+    losses: list[tuple[int, float]] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, cfg: TrainConfig, device, out: Path, clean, degraded, data_description, init) -> _TrainRun:
+        """Load the images and build the seeded model (from ``init`` when given) and its optimiser."""
+        clean_list = load_images(clean)
+        degraded_list = load_images(degraded) if degraded is not None else None
+        data = _Data(clean_list, degraded_list, cfg.channels, device)
+        desc = dict(data_description or {"description": "user-supplied images"})
+        desc.setdefault("n_images", len(clean_list))
+        desc["fingerprint"] = data.fingerprint()
+
+        torch.manual_seed(cfg.seed)
+        model = MIRNetV2(cfg.model_config()).to(device)
+        if init is not None:
+            _init_from(model, init, desc)
+        if cfg.dense_groups:
+            use_dense_groups(model)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        ema = None
+        if cfg.ema:
+            ema = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+        use_amp = (cfg.amp and device.type == "cuda") or (cfg.amp_cpu and device.type == "cpu")
+        return cls(cfg, device, out, data, desc, degraded_list is not None, model, opt, ema, use_amp)
+
+    @property
+    def log_path(self) -> Path:
+        return loss_log_path(self.out)
+
+    def elapsed(self) -> float:
+        return self.elapsed0 + time.perf_counter() - self.t0
+
+    def resume_from(self, ck: dict, resume) -> None:
+        """Take the weights, optimiser, counters and random state from a training checkpoint."""
+        if ck["meta"]["training_data"].get("fingerprint") != self.desc["fingerprint"]:
             print("warning: resuming on different training images than the checkpoint's", file=sys.stderr)
-        model.load_state_dict(ck["params"])
-        opt.load_state_dict(ck["optimizer"])
-        if ema is not None:
+        self.model.load_state_dict(ck["params"])
+        self.opt.load_state_dict(ck["optimizer"])
+        if self.ema is not None:
             if "params_ema" not in ck:
                 raise ValueError(f"{resume} was trained without ema: resume it with ema=0")
             for k, v in ck["params_ema"].items():
-                ema[k].copy_(v)
-        start, elapsed0 = int(ck["iteration"]), float(ck["scheduler"]["elapsed"])
-        window = [float(v) for v in ck.get("loss_window", [])]
+                self.ema[k].copy_(v)
+        self.it, self.elapsed0 = int(ck["iteration"]), float(ck["scheduler"]["elapsed"])
+        self.window = [float(v) for v in ck.get("loss_window", [])]
         _set_rng_state(ck["rng"])
-        _truncate_log(log_path, start)
-    elif log_path.exists():
-        log_path.unlink()
+        _truncate_log(self.log_path, self.it)
 
-    use_amp = (cfg.amp and device.type == "cuda") or (cfg.amp_cpu and device.type == "cpu")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    def checkpoint(self, elapsed: float) -> None:
+        """Save everything a resume needs to ``out``."""
+        cfg = self.cfg
+        _save(
+            self.out,
+            {
+                "params": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                **({"params_ema": {k: v.cpu() for k, v in self.ema.items()}} if self.ema is not None else {}),
+                "meta": _meta(cfg, self.desc, self.it, elapsed, self.paired, self.use_amp),
+                "optimizer": self.opt.state_dict(),
+                "scheduler": {
+                    "kind": "cosine",
+                    "lr": cfg.lr,
+                    "lr_min": cfg.lr_min,
+                    "warmup": cfg.warmup,
+                    "iters": cfg.iters,
+                    "time_budget": cfg.time_budget,
+                    "elapsed": elapsed,
+                    "progress": _progress(cfg, self.it, elapsed),
+                },
+                "rng": _get_rng_state(),
+                "iteration": self.it,
+                "train_config": asdict(cfg),
+                "loss_window": list(self.window),
+            },
+        )
 
-    def checkpoint(it: int, elapsed: float) -> None:
-        _save(out, {
-            "params": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            **({"params_ema": {k: v.cpu() for k, v in ema.items()}} if ema is not None else {}),
-            "meta": _meta(cfg, desc, it, elapsed, degraded_list is not None, use_amp),
-            "optimizer": opt.state_dict(),
-            "scheduler": {"kind": "cosine", "lr": cfg.lr, "lr_min": cfg.lr_min, "warmup": cfg.warmup,
-                          "iters": cfg.iters, "time_budget": cfg.time_budget, "elapsed": elapsed,
-                          "progress": _progress(cfg, it, elapsed)},
-            "rng": _get_rng_state(),
-            "iteration": it,
-            "train_config": asdict(cfg),
-            "loss_window": list(window),
-        })
-
-    losses: list[tuple[int, float]] = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.iters, initial=start, desc=f"train {cfg.task}", unit="it", dynamic_ncols=True)
-    t0 = time.perf_counter()
-    it, stopped, elapsed = start, False, elapsed0
-    loss_fn = LOSSES[cfg.loss]
-    # state_dict() tensors share storage with the parameters, so these pairs follow the training
-    ema_pairs = [(ema[k], v) for k, v in model.state_dict().items() if k in ema] if ema is not None else []
-    model.train()
-    try:
-        with log_path.open("a") as log:
+    def loop(self, callback, bar) -> bool:
+        """Step until the schedule ends (False) or ``callback`` returns False (True)."""
+        cfg = self.cfg
+        # state_dict() tensors share storage with the parameters, so these pairs follow the training
+        ema = self.ema
+        ema_pairs = [(ema[k], v) for k, v in self.model.state_dict().items() if k in ema] if ema is not None else []
+        self.model.train()
+        with self.log_path.open("a") as log:
             while True:
-                elapsed = elapsed0 + time.perf_counter() - t0
-                p = _progress(cfg, it, elapsed)
+                p = _progress(cfg, self.it, self.elapsed())
                 if p >= 1.0:
-                    break
+                    return False
                 patch, bs = _stage(cfg, p)
                 lr = _lr(cfg, p)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                rng, gen = _iteration_rngs(cfg.seed, it, device)
-                target, inp = data.batch(rng, patch, bs, cfg.augment, cfg.channel_shuffle)
-                if inp is None:
-                    inp = degrade(target, cfg.degradation, gen)
-                if cfg.channels_last:
-                    inp = inp.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    pred = model(inp)
-                loss = loss_fn(pred.float(), target)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                it += 1
+                lv = self.step(patch, bs, lr)
                 if ema is not None:
-                    _update_ema(ema_pairs, min(cfg.ema, (1 + it) / (10 + it)))
-                lv = float(loss.detach())
-                losses.append((it, lv))
-                window.append(lv)
-                if it % cfg.log_every == 0:
-                    rec = {"iter": it, "loss": sum(window) / len(window), "lr": lr, "patch": patch,
-                           "batch": bs, "elapsed_s": round(elapsed0 + time.perf_counter() - t0, 3)}
-                    log.write(json.dumps(rec) + "\n")
-                    log.flush()
-                    window = []
+                    _update_ema(ema_pairs, min(cfg.ema, (1 + self.it) / (10 + self.it)))
+                self.record(log, lv, lr, patch, bs)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{lv:.4f}", lr=f"{lr:.2e}", patch=patch)
-                stop = callback is not None and callback(it, lv) is False
-                if it % cfg.save_every == 0 or stop:
-                    checkpoint(it, elapsed0 + time.perf_counter() - t0)
+                stop = callback is not None and callback(self.it, lv) is False
+                if self.it % cfg.save_every == 0 or stop:
+                    self.checkpoint(self.elapsed())
                 if stop:
-                    stopped = True
-                    break
-    except KeyboardInterrupt:
-        checkpoint(it, elapsed0 + time.perf_counter() - t0)
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-    elapsed = elapsed0 + time.perf_counter() - t0
-    if not stopped:
-        checkpoint(it, elapsed)
-    return TrainResult(checkpoint=out, iteration=it, losses=losses, stopped_early=stopped, elapsed=elapsed)
+                    return True
+
+    def step(self, patch: int, bs: int, lr: float) -> float:
+        """One optimiser step on a batch drawn for this iteration alone; returns its loss."""
+        cfg = self.cfg
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        rng, gen = _iteration_rngs(cfg.seed, self.it, self.device)
+        target, inp = self.data.batch(rng, patch, bs, cfg.augment, cfg.channel_shuffle)
+        if inp is None:
+            inp = degrade(target, cfg.degradation, gen)
+        if cfg.channels_last:
+            inp = inp.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            pred = self.model(inp)
+        loss = LOSSES[cfg.loss](pred.float(), target)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.it += 1
+        return float(loss.detach())
+
+    def record(self, log, lv: float, lr: float, patch: int, bs: int) -> None:
+        """Keep the step's loss and write a log line (the mean since the last one) every ``log_every``."""
+        self.losses.append((self.it, lv))
+        self.window.append(lv)
+        if self.it % self.cfg.log_every == 0:
+            rec = {
+                "iter": self.it,
+                "loss": sum(self.window) / len(self.window),
+                "lr": lr,
+                "patch": patch,
+                "batch": bs,
+                "elapsed_s": round(self.elapsed(), 3),
+            }
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            self.window = []
 
 
 @torch.no_grad()
@@ -653,10 +775,9 @@ def _set_rng_state(state: dict) -> None:
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), int(n[2]), int(n[3]), float(n[4])))
     random.setstate((3, tuple(state["python"]), None))
     if "cuda" in state and torch.cuda.is_available():
-        try:
+        # a different number of GPUs fails: the per-iteration generators do not need this state
+        with contextlib.suppress(Exception):
             torch.cuda.set_rng_state_all(state["cuda"])
-        except Exception:  # a different number of GPUs: the per-iteration generators do not need it
-            pass
 
 
 def _truncate_log(path: Path, upto: int) -> None:
