@@ -34,14 +34,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .devices import resolve_device
 from .model import MIRNetV2
 from .training import NORMALISATION, _save, code_version
 from .weights import load_model, locate
 
-from .devices import resolve_device
-
-__all__ = ["finetune", "FinetuneConfig", "FinetuneResult", "FinetuneProgress", "OBJECTIVES",
-           "state_path", "models_dir", "noise_correlation"]
+__all__ = [
+    "finetune",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "FinetuneProgress",
+    "OBJECTIVES",
+    "state_path",
+    "models_dir",
+    "noise_correlation",
+]
 
 OBJECTIVES = ("neighbor2neighbor", "blindspot")
 PAIRS = ("auto", "any", "vertical", "horizontal")
@@ -143,8 +150,16 @@ class FinetuneResult:
 class _Plane:
     """One 2D plane (C, H, W) of an array, read region by region and normalised on the fly."""
 
-    def __init__(self, array, index: tuple, yx: tuple[int, int], channel_axis: int | None,
-                 channels: tuple[int, ...] | None, imap, model_channels: int):
+    def __init__(
+        self,
+        array,
+        index: tuple,
+        yx: tuple[int, int],
+        channel_axis: int | None,
+        channels: tuple[int, ...] | None,
+        imap,
+        model_channels: int,
+    ):
         self.array, self.index, self.yx = array, index, yx
         self.channel_axis, self.channels, self.imap = channel_axis, channels, imap
         self.model_channels = model_channels
@@ -195,7 +210,7 @@ def _as_sources(data, axes) -> list[tuple[object, str]]:
                 # a stack with no axes metadata: every leading axis indexes planes
                 if len(shape) > 5:
                     raise
-                ax = "TZYX"[-len(shape):] if len(shape) <= 4 else "TZCYX"
+                ax = "TZYX"[-len(shape) :] if len(shape) <= 4 else "TZCYX"
         resolved.append((arr, validate_axes(ax, shape)))
     return resolved
 
@@ -512,233 +527,343 @@ def finetune(
     -------
     FinetuneResult
     """
-    if config is None:
-        config = FinetuneConfig(**options)
-    elif options:
-        config = FinetuneConfig(**{**asdict(config), **options})
-    cfg = config
-    if minutes is None and steps is None:
-        raise ValueError("give a budget: minutes=..., steps=..., or both")
-    if minutes is not None and minutes <= 0:
-        raise ValueError(f"minutes must be positive, got {minutes}")
-    if steps is not None and steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    out = Path(out)
-    spath = state_path(out)
-    device = resolve_device(cfg.device)
-    clock = _clock(cfg.clock)
-
-    source_path = locate(weights)
-    model = load_model(source_path, device)
-    source_meta = dict(getattr(model, "meta", {}) or {})
-    source_sha = model.weights_sha256
-    if model.config.dual_pixel or model.config.in_channels != model.config.out_channels:
-        raise ValueError(f"weights={weights!r} is not a denoiser (dual-pixel model); pick a denoising model")
-    task = source_meta.get("task", "denoise")
-    if task not in ("denoise", None):
-        raise ValueError(f"weights={weights!r} is a {task} model; self-supervised fine-tuning is for denoisers")
-
-    sources = _as_sources(data, axes)
-    planes = _planes(sources, model.config.in_channels, normalisation)
-    dataset = _Data(planes, cfg.patch, cfg.val_patches, cfg.seed)
-    rng0 = np.random.default_rng([cfg.seed, 1])
-    _check_not_uniform(dataset, rng0)
-    fingerprint = _fingerprint(sources, planes)
-    pairs, corr_info = _choose_pairs(cfg.pairs, dataset, rng0)
-    val = torch.from_numpy(dataset.val).to(device)
-
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    ema = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()} if cfg.ema else None
-    # the validated model: the moving average, else the raw weights themselves
-    eval_model = MIRNetV2(model.config).to(device).eval()
-    for p in eval_model.parameters():
-        p.requires_grad_(False)
-
-    def sync_eval() -> None:
-        sd = model.state_dict()
-        if ema is not None:
-            sd = {**sd, **ema}
-        eval_model.load_state_dict(sd)
-
-    step, elapsed0 = 0, 0.0
-    losses: list[tuple[int, float]] = []
-    val_losses: list[tuple[int, float]] = []
-    # the source model is the best so far until a validation beats it
-    best_sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    cfg = _finetune_config(config, options, minutes, steps)
+    run = _FinetuneRun.create(data, Path(out), weights, cfg, minutes, steps, axes, normalisation)
     if resume:
-        if not spath.is_file():
-            raise FileNotFoundError(f"resume=True but there is no saved state at {spath}; start without resume")
-        st = torch.load(spath, map_location="cpu", weights_only=True)
-        if st["fingerprint"] != fingerprint:
-            raise ValueError(f"resume=True but the data differs from the run saved in {spath} "
-                             "(other images, axes or normalisation); start a new run or use the same data")
-        if st["source_sha256"] != source_sha:
-            raise ValueError(f"resume=True but weights={weights!r} is not the model the saved run started from")
-        model.load_state_dict(st["params"])
-        opt.load_state_dict(st["optimizer"])
-        if ema is not None and "ema" in st:
-            for k, v in st["ema"].items():
-                ema[k].copy_(v)
-        step, elapsed0 = int(st["step"]), float(st["elapsed"])
-        losses = [tuple(v) for v in st["losses"]]
-        val_losses = [tuple(v) for v in st["val_losses"]]
-        best = {"val": float(st["best_val"]), "step": int(st["best_step"])}
-        source_val = float(st["source_val"])
-        best_sd = {k: v.to(device) for k, v in st["best_params"].items()}
-        pairs = st["pairs"]
+        run.resume()
     else:
-        sync_eval()
-        source_val = _validate(cfg, eval_model, val, pairs, cfg.seed)
-        best = {"val": source_val, "step": 0}
-        val_losses.append((0, source_val))
-
-    budget_s = None if minutes is None else 60.0 * float(minutes)
-
-    def fraction(it: int, el: float) -> float:
-        f = 0.0
-        if steps is not None:
-            f = max(f, it / steps)
-        if budget_s is not None:
-            f = max(f, el / budget_s)
-        return min(f, 1.0)
-
-    def meta(it: int, el: float) -> dict:
-        prev_data = source_meta.get("training_data", {}) or {}
-        return {
-            "task": "denoise",
-            "config": model.config.to_dict(),
-            "global_residual": True,
-            "normalisation": {**NORMALISATION, "mode": normalisation,
-                              "note": f"fine-tuned with normalisation={normalisation!r}: restore with the same"},
-            "training_data": {
-                "description": "the user's noisy images (self-supervised: no clean targets)",
-                "fingerprint": fingerprint,
-                "sources": [f"{type(a).__name__}{tuple(a.shape)} {np.dtype(a.dtype)} axes {ax}" for a, ax in sources],
-                "n_planes": len(dataset.planes),
-                "initialised_from": Path(str(weights)).name,
-                "earlier_runs": list(prev_data.get("earlier_runs", [])) + [{
-                    "file": Path(str(source_path)).name, "training": source_meta.get("training"),
-                    "images": prev_data.get("images"), "degradation": source_meta.get("degradation"),
-                }],
-            },
-            "degradation": {"kind": "self-supervised", "noise": "the data's own (unknown)"},
-            "code_version": code_version(),
-            "finetune": {
-                "source_model": str(weights),
-                "source_sha256": source_sha,
-                "objective": cfg.objective,
-                "pairs": pairs,
-                **corr_info,
-                "steps": it,
-                "best_step": best["step"],
-                "elapsed_s": round(el, 1),
-                "clock": cfg.clock,
-                "val_loss": {"source": source_val, "best": best["val"]},
-                "loss_curve": [[s, round(v, 7)] for s, v in _thin(losses)],
-                "val_curve": [[s, round(v, 7)] for s, v in val_losses],
-                "settings": asdict(cfg),
-                "budget": {"minutes": minutes, "steps": steps},
-            },
-            "params_dtype": "float16",
-        }
-
-    def save_best(it: int, el: float) -> None:
-        sd = best_sd
-        out.parent.mkdir(parents=True, exist_ok=True)
-        params = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu() for k, v in sd.items()}
-        _save(out, {"params": params, "meta": meta(it, el)})
-
-    def save_state(it: int, el: float) -> None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _save(spath, {
-            "params": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            **({"ema": {k: v.cpu() for k, v in ema.items()}} if ema is not None else {}),
-            "optimizer": opt.state_dict(),
-            "best_params": {k: v.detach().cpu() for k, v in best_sd.items()},
-            "best_val": best["val"], "best_step": best["step"], "source_val": source_val,
-            "step": it, "elapsed": el, "losses": [list(v) for v in losses],
-            "val_losses": [list(v) for v in val_losses], "fingerprint": fingerprint,
-            "source_sha256": source_sha, "pairs": pairs, "config": asdict(cfg),
-        })
-
-    if not resume:
-        save_best(0, 0.0)  # the source model is the best so far: a cancel right away keeps it
+        run.validate_source()
+        run.save_best(0, 0.0)  # the source model is the best so far: a cancel right away keeps it
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=100, desc="fine-tune", unit="%", dynamic_ncols=True, file=sys.stderr)
-    t0 = clock()
-    last_val_frac = fraction(step, elapsed0)
-    stopped = False
-    model.train()
-    ema_pairs = [(ema[k], v) for k, v in model.state_dict().items() if k in ema] if ema is not None else []
-
-    def validate_now(it: int, el: float) -> float:
-        nonlocal best_sd
-        sync_eval()
-        v = _validate(cfg, eval_model, val, pairs, cfg.seed)
-        val_losses.append((it, v))
-        if v < best["val"]:
-            best["val"], best["step"] = v, it
-            best_sd = {k: t.detach().clone() for k, t in eval_model.state_dict().items()}
-            save_best(it, el)
-        save_state(it, el)
-        return v
-
+    run.t0 = run.clock()
     try:
-        while True:
-            elapsed = elapsed0 + clock() - t0
-            frac = fraction(step, elapsed)
-            if frac >= 1.0:
-                break
-            lr = cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * frac))
-            for g in opt.param_groups:
-                g["lr"] = lr
-            rng = np.random.default_rng([cfg.seed, step, 2])
-            gen = torch.Generator(device="cpu")
-            gen.manual_seed(int(rng.integers(0, 2**62)))
-            x = torch.stack([_augment(torch.from_numpy(c), k, pairs) for c, k in dataset.batch(rng, cfg.batch)])
-            x = x.to(device)
-            loss = _objective_loss(cfg, model, x, gen, pairs)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            step += 1
-            if ema is not None:
-                with torch.no_grad():
-                    d = min(cfg.ema, (1 + step) / (10 + step))
-                    for avg, cur in ema_pairs:
-                        avg.lerp_(cur, 1.0 - d)
-            lv = float(loss.detach())
-            losses.append((step, lv))
-            elapsed = elapsed0 + clock() - t0
-            frac = fraction(step, elapsed)
-            info = FinetuneProgress(step, lv, frac, elapsed, best_val=best["val"], best_step=best["step"])
-            if frac - last_val_frac >= cfg.val_every or frac >= 1.0:
-                last_val_frac = frac
-                info.val_loss = validate_now(step, elapsed)
-                info.best_val, info.best_step, info.model = best["val"], best["step"], eval_model
-            if bar is not None:
-                bar.n = int(100 * frac)
-                bar.set_postfix(step=step, loss=f"{lv:.3g}", best=f"{best['val']:.3g}@{best['step']}")
-            if callback is not None and callback(info) is False:
-                stopped = True
-                break
+        stopped = run.loop(callback, bar)
     except KeyboardInterrupt:
-        save_state(step, elapsed0 + clock() - t0)
+        run.save_state(run.step, run.elapsed())
         raise
     finally:
         if bar is not None:
             bar.close()
-    elapsed = elapsed0 + clock() - t0
-    if not val_losses or val_losses[-1][0] != step:
-        validate_now(step, elapsed)
-    save_best(step, elapsed)  # the final metadata (steps, curves), with the best weights
-    save_state(step, elapsed)
-    return FinetuneResult(out, step, best["step"], best["val"], source_val, losses, val_losses, stopped, elapsed)
+    return run.finish(stopped)
+
+
+def _finetune_config(config: FinetuneConfig | None, options: dict, minutes, steps) -> FinetuneConfig:
+    """The run's settings (``options`` override ``config``), with the budget checked."""
+    if config is None:
+        config = FinetuneConfig(**options)
+    elif options:
+        config = FinetuneConfig(**{**asdict(config), **options})
+    if minutes is None and steps is None:
+        raise ValueError("give a budget: minutes=..., steps=..., or both")
+    if minutes is not None and minutes <= 0:
+        raise ValueError(f"minutes must be positive, got {minutes}")
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return config
+
+
+def _source_model(weights, device) -> tuple[MIRNetV2, Path, dict]:
+    """The denoiser to start from, its file and its metadata; other kinds of model are refused."""
+    source_path = locate(weights)
+    model = load_model(source_path, device)
+    source_meta = dict(getattr(model, "meta", {}) or {})
+    if model.config.dual_pixel or model.config.in_channels != model.config.out_channels:
+        raise ValueError(f"weights={weights!r} is not a denoiser (dual-pixel model); pick a denoising model")
+    task = source_meta.get("task", "denoise")
+    if task not in ("denoise", None):
+        raise ValueError(f"weights={weights!r} is a {task} model; self-supervised fine-tuning is for denoisers")
+    return model, source_path, source_meta
+
+
+@dataclass
+class _FinetuneRun:
+    """One fine-tuning run: the model, optimiser and moving average, the data, and the best model so far."""
+
+    cfg: FinetuneConfig
+    out: Path
+    weights: str | os.PathLike  # as the caller named them (recorded in the metadata)
+    minutes: float | None
+    steps: int | None
+    normalisation: str
+    device: torch.device
+    model: MIRNetV2
+    source_path: Path
+    source_meta: dict
+    source_sha: str
+    sources: list
+    dataset: _Data
+    fingerprint: str
+    pairs: str
+    corr_info: dict
+    val: torch.Tensor
+    opt: torch.optim.Optimizer
+    ema: dict[str, torch.Tensor] | None
+    eval_model: MIRNetV2  # the validated model: the moving average, else the raw weights themselves
+    best_sd: dict[str, torch.Tensor]
+    step: int = 0
+    elapsed0: float = 0.0  # budget spent before this session (resumed runs)
+    t0: float = 0.0
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    val_losses: list[tuple[int, float]] = field(default_factory=list)
+    best_val: float = math.inf
+    best_step: int = 0
+    source_val: float = math.inf
+
+    @classmethod
+    def create(cls, data, out: Path, weights, cfg: FinetuneConfig, minutes, steps, axes, normalisation) -> _FinetuneRun:
+        """Load the source model, index the data's planes, hold out validation patches, measure the noise."""
+        device = resolve_device(cfg.device)
+        model, source_path, source_meta = _source_model(weights, device)
+        sources = _as_sources(data, axes)
+        planes = _planes(sources, model.config.in_channels, normalisation)
+        dataset = _Data(planes, cfg.patch, cfg.val_patches, cfg.seed)
+        rng0 = np.random.default_rng([cfg.seed, 1])
+        _check_not_uniform(dataset, rng0)
+        fingerprint = _fingerprint(sources, planes)
+        pairs, corr_info = _choose_pairs(cfg.pairs, dataset, rng0)
+        val = torch.from_numpy(dataset.val).to(device)
+
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        ema = None
+        if cfg.ema:
+            ema = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+        eval_model = MIRNetV2(model.config).to(device).eval()
+        for p in eval_model.parameters():
+            p.requires_grad_(False)
+        # the source model is the best so far until a validation beats it
+        best_sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return cls(
+            cfg=cfg, out=out, weights=weights, minutes=minutes, steps=steps, normalisation=normalisation,
+            device=device, model=model, source_path=source_path, source_meta=source_meta,
+            source_sha=model.weights_sha256, sources=sources, dataset=dataset, fingerprint=fingerprint,
+            pairs=pairs, corr_info=corr_info, val=val, opt=opt, ema=ema, eval_model=eval_model, best_sd=best_sd,
+        )  # fmt: skip
+
+    # -------------------------------------------------------------------------------------- clock
+    @property
+    def clock(self) -> Callable[[], float]:
+        return _clock(self.cfg.clock)
+
+    def elapsed(self) -> float:
+        return self.elapsed0 + self.clock() - self.t0
+
+    def fraction(self, it: int, el: float) -> float:
+        """The share of the budget (steps or time, whichever is further) used after ``it`` steps."""
+        f = 0.0
+        if self.steps is not None:
+            f = max(f, it / self.steps)
+        if self.minutes is not None:
+            f = max(f, el / (60.0 * float(self.minutes)))
+        return min(f, 1.0)
+
+    # -------------------------------------------------------------------------------------- start
+    def resume(self) -> None:
+        """Take the run saved next to ``out``, refusing one made on other data or another source model."""
+        spath = state_path(self.out)
+        if not spath.is_file():
+            raise FileNotFoundError(f"resume=True but there is no saved state at {spath}; start without resume")
+        st = torch.load(spath, map_location="cpu", weights_only=True)
+        if st["fingerprint"] != self.fingerprint:
+            raise ValueError(
+                f"resume=True but the data differs from the run saved in {spath} "
+                "(other images, axes or normalisation); start a new run or use the same data"
+            )
+        if st["source_sha256"] != self.source_sha:
+            raise ValueError(f"resume=True but weights={self.weights!r} is not the model the saved run started from")
+        self.model.load_state_dict(st["params"])
+        self.opt.load_state_dict(st["optimizer"])
+        if self.ema is not None and "ema" in st:
+            for k, v in st["ema"].items():
+                self.ema[k].copy_(v)
+        self.step, self.elapsed0 = int(st["step"]), float(st["elapsed"])
+        self.losses = [tuple(v) for v in st["losses"]]
+        self.val_losses = [tuple(v) for v in st["val_losses"]]
+        self.best_val, self.best_step = float(st["best_val"]), int(st["best_step"])
+        self.source_val = float(st["source_val"])
+        self.best_sd = {k: v.to(self.device) for k, v in st["best_params"].items()}
+        self.pairs = st["pairs"]
+
+    def validate_source(self) -> None:
+        """Measure the source model: the value later validations must beat."""
+        self.sync_eval()
+        self.source_val = _validate(self.cfg, self.eval_model, self.val, self.pairs, self.cfg.seed)
+        self.best_val, self.best_step = self.source_val, 0
+        self.val_losses.append((0, self.source_val))
+
+    # -------------------------------------------------------------------------------------- loop
+    def loop(self, callback, bar) -> bool:
+        """Step until the budget is used (False) or ``callback`` returns False (True)."""
+        cfg = self.cfg
+        last_val_frac = self.fraction(self.step, self.elapsed0)
+        self.model.train()
+        ema = self.ema
+        ema_pairs = [(ema[k], v) for k, v in self.model.state_dict().items() if k in ema] if ema is not None else []
+        while True:
+            frac = self.fraction(self.step, self.elapsed())
+            if frac >= 1.0:
+                return False
+            lv = self.train_step(frac)
+            if ema is not None:
+                with torch.no_grad():
+                    d = min(cfg.ema, (1 + self.step) / (10 + self.step))
+                    for avg, cur in ema_pairs:
+                        avg.lerp_(cur, 1.0 - d)
+            self.losses.append((self.step, lv))
+            elapsed = self.elapsed()
+            frac = self.fraction(self.step, elapsed)
+            info = FinetuneProgress(self.step, lv, frac, elapsed, best_val=self.best_val, best_step=self.best_step)
+            if frac - last_val_frac >= cfg.val_every or frac >= 1.0:
+                last_val_frac = frac
+                info.val_loss = self.validate(self.step, elapsed)
+                info.best_val, info.best_step, info.model = self.best_val, self.best_step, self.eval_model
+            if bar is not None:
+                bar.n = int(100 * frac)
+                bar.set_postfix(step=self.step, loss=f"{lv:.3g}", best=f"{self.best_val:.3g}@{self.best_step}")
+            if callback is not None and callback(info) is False:
+                return True
+
+    def train_step(self, frac: float) -> float:
+        """One optimiser step (cosine learning rate at ``frac`` of the budget) on patches seeded by the step."""
+        cfg = self.cfg
+        lr = cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * frac))
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        rng = np.random.default_rng([cfg.seed, self.step, 2])
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(int(rng.integers(0, 2**62)))
+        x = torch.stack([_augment(torch.from_numpy(c), k, self.pairs) for c, k in self.dataset.batch(rng, cfg.batch)])
+        x = x.to(self.device)
+        loss = _objective_loss(cfg, self.model, x, gen, self.pairs)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.step += 1
+        return float(loss.detach())
+
+    def sync_eval(self) -> None:
+        sd = self.model.state_dict()
+        if self.ema is not None:
+            sd = {**sd, **self.ema}
+        self.eval_model.load_state_dict(sd)
+
+    def validate(self, it: int, el: float) -> float:
+        """Validate the current model; keep (and save) it when it is the best so far; save the state."""
+        self.sync_eval()
+        v = _validate(self.cfg, self.eval_model, self.val, self.pairs, self.cfg.seed)
+        self.val_losses.append((it, v))
+        if v < self.best_val:
+            self.best_val, self.best_step = v, it
+            self.best_sd = {k: t.detach().clone() for k, t in self.eval_model.state_dict().items()}
+            self.save_best(it, el)
+        self.save_state(it, el)
+        return v
+
+    def finish(self, stopped: bool) -> FinetuneResult:
+        """Validate the last step (unless just done), write the final files and say how the run went."""
+        elapsed = self.elapsed()
+        if not self.val_losses or self.val_losses[-1][0] != self.step:
+            self.validate(self.step, elapsed)
+        self.save_best(self.step, elapsed)  # the final metadata (steps, curves), with the best weights
+        self.save_state(self.step, elapsed)
+        return FinetuneResult(
+            self.out, self.step, self.best_step, self.best_val, self.source_val, self.losses, self.val_losses,
+            stopped, elapsed,
+        )  # fmt: skip
+
+    # -------------------------------------------------------------------------------------- files
+    def save_best(self, it: int, el: float) -> None:
+        """The best weights so far, in fp16, with the run's metadata, to ``out``."""
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        params = {
+            k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu() for k, v in self.best_sd.items()
+        }
+        _save(self.out, {"params": params, "meta": self.meta(it, el)})
+
+    def save_state(self, it: int, el: float) -> None:
+        """Everything a resume needs, to ``<out>.state.pth``."""
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        ema = self.ema
+        _save(
+            state_path(self.out),
+            {
+                "params": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                **({"ema": {k: v.cpu() for k, v in ema.items()}} if ema is not None else {}),
+                "optimizer": self.opt.state_dict(),
+                "best_params": {k: v.detach().cpu() for k, v in self.best_sd.items()},
+                "best_val": self.best_val,
+                "best_step": self.best_step,
+                "source_val": self.source_val,
+                "step": it,
+                "elapsed": el,
+                "losses": [list(v) for v in self.losses],
+                "val_losses": [list(v) for v in self.val_losses],
+                "fingerprint": self.fingerprint,
+                "source_sha256": self.source_sha,
+                "pairs": self.pairs,
+                "config": asdict(self.cfg),
+            },
+        )
+
+    def meta(self, it: int, el: float) -> dict:
+        """The model file's metadata: the official keys plus the data's and the run's record."""
+        return {
+            "task": "denoise",
+            "config": self.model.config.to_dict(),
+            "global_residual": True,
+            "normalisation": {
+                **NORMALISATION,
+                "mode": self.normalisation,
+                "note": f"fine-tuned with normalisation={self.normalisation!r}: restore with the same",
+            },
+            "training_data": self._data_meta(),
+            "degradation": {"kind": "self-supervised", "noise": "the data's own (unknown)"},
+            "code_version": code_version(),
+            "finetune": self._run_meta(it, el),
+            "params_dtype": "float16",
+        }
+
+    def _data_meta(self) -> dict:
+        prev_data = self.source_meta.get("training_data", {}) or {}
+        return {
+            "description": "the user's noisy images (self-supervised: no clean targets)",
+            "fingerprint": self.fingerprint,
+            "sources": [f"{type(a).__name__}{tuple(a.shape)} {np.dtype(a.dtype)} axes {ax}" for a, ax in self.sources],
+            "n_planes": len(self.dataset.planes),
+            "initialised_from": Path(str(self.weights)).name,
+            "earlier_runs": list(prev_data.get("earlier_runs", []))
+            + [
+                {
+                    "file": Path(str(self.source_path)).name,
+                    "training": self.source_meta.get("training"),
+                    "images": prev_data.get("images"),
+                    "degradation": self.source_meta.get("degradation"),
+                }
+            ],
+        }
+
+    def _run_meta(self, it: int, el: float) -> dict:
+        return {
+            "source_model": str(self.weights),
+            "source_sha256": self.source_sha,
+            "objective": self.cfg.objective,
+            "pairs": self.pairs,
+            **self.corr_info,
+            "steps": it,
+            "best_step": self.best_step,
+            "elapsed_s": round(el, 1),
+            "clock": self.cfg.clock,
+            "val_loss": {"source": self.source_val, "best": self.best_val},
+            "loss_curve": [[s, round(v, 7)] for s, v in _thin(self.losses)],
+            "val_curve": [[s, round(v, 7)] for s, v in self.val_losses],
+            "settings": asdict(self.cfg),
+            "budget": {"minutes": self.minutes, "steps": self.steps},
+        }
 
 
 def _thin(curve: list[tuple[int, float]], n: int = 500) -> list[tuple[int, float]]:
