@@ -8,6 +8,7 @@ Models are saved in :func:`napari_mirnet.finetune.models_dir`, where the Denoise
 
 from __future__ import annotations
 
+import functools
 import math
 import queue
 import re
@@ -108,11 +109,56 @@ def _axes_for(layer) -> str:
 def _denoise_weights() -> list[tuple[str, str]]:
     from .weights import available_weights
 
-    choices = [(f"{i.name} (shipped)", i.name) for i in available_weights() if i.kind == "shipped" and i.task == "denoise"]
+    choices = [
+        (f"{i.name} (shipped)", i.name) for i in available_weights() if i.kind == "shipped" and i.task == "denoise"
+    ]
     folder = models_dir()
     if folder.is_dir():
         choices += [(f"{p.stem} (fine-tuned)", str(p)) for p in sorted(folder.glob("*.pth"))]
     return choices
+
+
+def _preview(model, imap, plane: np.ndarray) -> np.ndarray:
+    """The model's output on a (Y, X) or (Y, X, C) crop, in the crop's own intensities."""
+    import torch
+
+    x = imap.forward(plane)
+    chw = x[None] if x.ndim == 2 else np.moveaxis(x, -1, 0)
+    if model.config.in_channels == 3 and chw.shape[0] == 1:
+        chw = np.repeat(chw, 3, 0)
+    with torch.inference_mode():
+        t = torch.from_numpy(np.ascontiguousarray(chw[:, None] if model.config.in_channels == 1 else chw[None]))
+        y = model(t.to(next(model.parameters()).device)).float().cpu().numpy()
+    y = y[:, 0] if model.config.in_channels == 1 else y[0]
+    y = y[0] if plane.ndim == 2 else np.moveaxis(y[: plane.shape[-1]], 0, -1)
+    return imap.inverse(y)
+
+
+def _queue_progress(q: queue.Queue, cancel: threading.Event, preview):
+    """A :func:`finetune` callback that queues steps, validations and previews for the GUI thread."""
+
+    def callback(info):
+        q.put(("step", info.step, info.loss, info.fraction))
+        if info.val_loss is not None:
+            q.put(("val", info.step, info.val_loss, info.best_step, info.best_val))
+            if info.model is not None:
+                try:
+                    q.put(("preview", preview(info.model)))
+                except Exception as err:  # a failed preview must not stop the training
+                    q.put(("note", f"preview failed: {err}"))
+        return not cancel.is_set()
+
+    return callback
+
+
+def _run_finetune(q: queue.Queue, data, out, weights, **kwargs) -> None:
+    """Fine-tune (in the training thread) and queue the result, or the error for the GUI thread to show."""
+    from .finetune import finetune
+
+    try:
+        q.put(("done", finetune(data, out, weights, **kwargs)))
+    except BaseException as err:  # reported on the GUI thread
+        q.put(("error", err))
 
 
 class FinetuneWidget(Container):
@@ -123,8 +169,11 @@ class FinetuneWidget(Container):
         self.viewer = napari_viewer
         self.layer = create_widget(annotation="napari.layers.Image", label="noisy layer")
         choices = _denoise_weights()
-        self.weights = ComboBox(label="start from", choices=choices,
-                                value="small-denoise-gray" if any(v == "small-denoise-gray" for _, v in choices) else None)
+        self.weights = ComboBox(
+            label="start from",
+            choices=choices,
+            value="small-denoise-gray" if any(v == "small-denoise-gray" for _, v in choices) else None,
+        )
         self.minutes = FloatSpinBox(label="minutes", value=10.0, min=0.1, max=24 * 60, step=1.0)
         self.model_name = LineEdit(label="model name", value="")
         self.start = PushButton(text="Fine-tune")
@@ -133,8 +182,18 @@ class FinetuneWidget(Container):
         self.status = Label(label="", value="Adapts the model to this layer's noise; no clean image needed.")
         self.status.native.setWordWrap(True)
         self.plot = LossPlot()
-        self.extend([self.layer, self.weights, self.minutes, self.model_name, self.start, self.cancel,
-                     self.progress, self.status])
+        self.extend(
+            [
+                self.layer,
+                self.weights,
+                self.minutes,
+                self.model_name,
+                self.start,
+                self.cancel,
+                self.progress,
+                self.status,
+            ]
+        )
         self.native.layout().addWidget(self.plot)
         self.start.changed.connect(self._start)
         self.cancel.changed.connect(self._request_cancel)
@@ -157,8 +216,9 @@ class FinetuneWidget(Container):
         name = re.sub(r"[^\w.-]+", "_", self.model_name.value.strip()) or "finetuned"
         return models_dir() / f"{name.removesuffix('.pth')}.pth"
 
-    def _displayed_plane(self, layer) -> np.ndarray:
-        """The middle (at most PREVIEW_EDGE square) of the slice the viewer shows, as a numpy array."""
+    def _displayed_plane(self, layer) -> tuple[np.ndarray, tuple[int, int], tuple[int, ...]]:
+        """The middle (at most PREVIEW_EDGE square) of the slice the viewer shows: the crop, its (y, x) offset
+        and the index of the slice."""
         data = layer.data
         axes = _axes_for(layer)
         lead = len(axes.replace("C", "")) - 2
@@ -183,10 +243,8 @@ class FinetuneWidget(Container):
             return
         out = self.output_path()
         out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            from .processing import IntensityMap
-        except ImportError:  # older layout
-            from .presets import IntensityMap
+        from .processing import IntensityMap
+
         data, axes = layer.data, _axes_for(layer)
         if isinstance(data, (list, tuple)):  # a multiscale layer: train on full resolution
             data = data[0]
@@ -199,63 +257,32 @@ class FinetuneWidget(Container):
         self.start.enabled, self.cancel.enabled = False, True
         self.status.value = "Reading patches and measuring the noise..."
         q: queue.Queue = queue.Queue()
-        weights, minutes = self.weights.value, float(self.minutes.value)
-        cancel = self._cancel_event
-
-        def preview(model):
-            import torch
-
-            x = imap.forward(plane)
-            chw = x[None] if x.ndim == 2 else np.moveaxis(x, -1, 0)
-            if model.config.in_channels == 3 and chw.shape[0] == 1:
-                chw = np.repeat(chw, 3, 0)
-            with torch.inference_mode():
-                t = torch.from_numpy(np.ascontiguousarray(chw[:, None] if model.config.in_channels == 1 else chw[None]))
-                y = model(t.to(next(model.parameters()).device)).float().cpu().numpy()
-            y = y[:, 0] if model.config.in_channels == 1 else y[0]
-            y = y[0] if plane.ndim == 2 else np.moveaxis(y[: plane.shape[-1]], 0, -1)
-            return imap.inverse(y)
-
-        def callback(info):
-            q.put(("step", info.step, info.loss, info.fraction))
-            if info.val_loss is not None:
-                q.put(("val", info.step, info.val_loss, info.best_step, info.best_val))
-                if info.model is not None:
-                    try:
-                        q.put(("preview", preview(info.model)))
-                    except Exception as err:  # a failed preview must not stop the training
-                        q.put(("note", f"preview failed: {err}"))
-            return not cancel.is_set()
-
-        def train():
-            from .finetune import finetune
-
-            try:
-                res = finetune(data, out, weights, minutes=minutes, axes=axes, callback=callback)
-                q.put(("done", res))
-            except BaseException as err:  # reported on the GUI thread
-                q.put(("error", err))
-
+        callback = _queue_progress(q, self._cancel_event, lambda model: _preview(model, imap, plane))
+        target = functools.partial(
+            _run_finetune, q, data, out, self.weights.value, minutes=float(self.minutes.value), axes=axes,
+            callback=callback,
+        )  # fmt: skip
         from napari.qt.threading import thread_worker
 
-        def drain():
-            self._thread = threading.Thread(target=train, name="napari-mirnet-finetune", daemon=True)
-            self._thread.start()
-            while True:
-                try:
-                    item = q.get(timeout=0.1)
-                except queue.Empty:
-                    if not self._thread.is_alive() and q.empty():
-                        return
-                    continue
-                yield item
-                if item[0] in ("done", "error"):
-                    return
-
-        self._worker = thread_worker(drain, start_thread=False)()
+        self._worker = thread_worker(self._drain, start_thread=False)(target, q)
         self._worker.yielded.connect(self._on_item)
         self._worker.finished.connect(self._on_finished)
         self._worker.start()
+
+    def _drain(self, target, q: queue.Queue):
+        """Run ``target`` in a plain thread and yield what it queues until it is done (in napari's worker)."""
+        self._thread = threading.Thread(target=target, name="napari-mirnet-finetune", daemon=True)
+        self._thread.start()
+        while True:
+            try:
+                item = q.get(timeout=0.1)
+            except queue.Empty:
+                if not self._thread.is_alive() and q.empty():
+                    return
+                continue
+            yield item
+            if item[0] in ("done", "error"):
+                return
 
     def _request_cancel(self, *_) -> None:
         self._cancel_event.set()
@@ -281,9 +308,11 @@ class FinetuneWidget(Container):
             self.result = item[1]
             r = self.result
             how = "cancelled" if r.stopped else "finished"
-            self.status.value = (f"{how} after {r.steps} steps; best at step {r.best_step} (validation loss "
-                                 f"{r.source_val:.3g} -> {r.best_val:.3g}). Saved {r.path}; pick it in the "
-                                 "Denoise widget's weights.")
+            self.status.value = (
+                f"{how} after {r.steps} steps; best at step {r.best_step} (validation loss "
+                f"{r.source_val:.3g} -> {r.best_val:.3g}). Saved {r.path}; pick it in the "
+                "Denoise widget's weights."
+            )
         elif kind == "error":
             self.error = item[1]
             self.status.value = f"error: {item[1]}"
@@ -300,8 +329,9 @@ class FinetuneWidget(Container):
         else:
             lim = layer.contrast_limits if not getattr(layer, "rgb", False) else None
             kw = {"contrast_limits": lim} if lim is not None else {}
-            self.viewer.add_image(image, name=name, translate=t2, scale=scale[-2:],
-                                  rgb=getattr(layer, "rgb", False), **kw)
+            self.viewer.add_image(
+                image, name=name, translate=t2, scale=scale[-2:], rgb=getattr(layer, "rgb", False), **kw
+            )
 
     def _on_finished(self) -> None:
         self.start.enabled, self.cancel.enabled = True, False
