@@ -10,12 +10,11 @@ import pytest
 import tifffile
 import torch
 import zarr
+from conftest import make_checkpoint
 
 from napari_mirnet import finetune, restore
 from napari_mirnet.finetune import noise_correlation, state_path
 from napari_mirnet.weights import read_checkpoint
-
-from conftest import make_checkpoint
 
 # tiny and fast: 32-px patches, 2 per step
 FAST = dict(patch=32, batch=2, lr=1e-3, device="cpu", val_patches=2)
@@ -92,8 +91,16 @@ def test_time_budget_ends_the_run(tmp_path, gray_identity):
 def test_callback_cancel_keeps_the_best_model(tmp_path, gray_identity):
     _, noisy = toy(n=2, size=64)
     seen = []
-    res = finetune(noisy, tmp_path / "ft.pth", gray_identity, minutes=None, steps=100, axes="ZYX",
-                   callback=lambda info: seen.append(info.step) or info.step < 2, **FAST)
+    res = finetune(
+        noisy,
+        tmp_path / "ft.pth",
+        gray_identity,
+        minutes=None,
+        steps=100,
+        axes="ZYX",
+        callback=lambda info: seen.append(info.step) or info.step < 2,
+        **FAST,
+    )
     assert res.stopped and res.steps == 2 and seen == [1, 2]
     sd, meta = read_checkpoint(tmp_path / "ft.pth")
     assert meta["finetune"]["best_step"] == res.best_step
@@ -124,8 +131,9 @@ def test_lazy_zarr_and_dask_inputs(tmp_path, gray_identity):
             reads.append(a.size)
             return a
 
-    res = finetune(Counting(), tmp_path / "z.pth", gray_identity, minutes=None, steps=2, axes="ZYX",
-                   normalisation="fixed", **FAST)
+    res = finetune(
+        Counting(), tmp_path / "z.pth", gray_identity, minutes=None, steps=2, axes="ZYX", normalisation="fixed", **FAST
+    )
     assert res.steps == 2
     # training reads patches only, never a whole plane or the stack
     assert sorted(reads)[len(reads) // 2] <= 32 * 32
@@ -136,13 +144,15 @@ def test_lazy_zarr_and_dask_inputs(tmp_path, gray_identity):
 def test_blindspot_objective_and_row_noise_detection(tmp_path, gray_identity):
     rng = np.random.default_rng(0)
     clean, _ = toy(n=2, size=96)
-    rows = np.apply_along_axis(lambda r: np.convolve(r, np.ones(5) / np.sqrt(5), "same"), -1,
-                               rng.normal(0, 0.08, clean.shape))
+    rows = np.apply_along_axis(
+        lambda r: np.convolve(r, np.ones(5) / np.sqrt(5), "same"), -1, rng.normal(0, 0.08, clean.shape)
+    )
     noisy = (clean + rows).astype(np.float32)
     ch, cv = noise_correlation(noisy[:, None])
     assert ch > cv + 0.3
-    res = finetune(noisy, tmp_path / "b.pth", gray_identity, minutes=None, steps=2, axes="ZYX",
-                   objective="blindspot", **FAST)
+    res = finetune(
+        noisy, tmp_path / "b.pth", gray_identity, minutes=None, steps=2, axes="ZYX", objective="blindspot", **FAST
+    )
     meta = read_checkpoint(tmp_path / "b.pth")[1]["finetune"]
     assert res.steps == 2 and meta["objective"] == "blindspot" and meta["pairs"] == "vertical"
 
@@ -154,8 +164,23 @@ def test_cli_finetune(tmp_path, gray_identity, capsys):
     src = tmp_path / "stack.tif"
     tifffile.imwrite(src, noisy)
     out = tmp_path / "my-model.pth"
-    args = ["finetune", str(src), "-o", str(out), "--weights", gray_identity, "--steps", "2", "--patch", "32",
-            "--axes", "ZYX", "--device", "cpu", "-q"]
+    args = [
+        "finetune",
+        str(src),
+        "-o",
+        str(out),
+        "--weights",
+        gray_identity,
+        "--steps",
+        "2",
+        "--patch",
+        "32",
+        "--axes",
+        "ZYX",
+        "--device",
+        "cpu",
+        "-q",
+    ]
     assert main(args) == 0
     assert "napari-mirnet restore" in capsys.readouterr().out and out.is_file()
     assert main(args) == 2  # the output exists: refuses without --resume
@@ -163,16 +188,33 @@ def test_cli_finetune(tmp_path, gray_identity, capsys):
     assert main(args + ["--resume"]) == 0
     tiny = tmp_path / "tiny.tif"
     tifffile.imwrite(tiny, np.random.rand(16, 16).astype(np.float32))
-    assert main(["finetune", str(tiny), "-o", str(tmp_path / "t.pth"), "--weights", gray_identity, "--steps", "1",
-                 "--patch", "32", "-q"]) == 2
+    assert (
+        main(
+            [
+                "finetune",
+                str(tiny),
+                "-o",
+                str(tmp_path / "t.pth"),
+                "--weights",
+                gray_identity,
+                "--steps",
+                "1",
+                "--patch",
+                "32",
+                "-q",
+            ]
+        )
+        == 2
+    )
     assert "too small" in capsys.readouterr().err
     assert main(["finetune", str(src), "-o", str(tmp_path / "u.pth"), "--minutes", "0"]) == 2
     assert "--minutes must be positive" in capsys.readouterr().err
 
 
 @pytest.mark.gui
-def test_widget_adapts_the_layer_and_the_model_appears_in_denoise(make_napari_viewer, qtbot, tmp_path, monkeypatch,
-                                                                  gray_identity):
+def test_widget_adapts_the_layer_and_the_model_appears_in_denoise(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch, gray_identity
+):
     import shutil
 
     monkeypatch.setenv("NAPARI_MIRNET_MODELS", str(tmp_path / "models"))

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from napari_mirnet.cli import _add_train_command as add_train_command
 from napari_mirnet.degradations import bicubic_down_up, degrade, degrade_numpy
 from napari_mirnet.model import MIRNetV2, config_from_state_dict
-from napari_mirnet.cli import _add_train_command as add_train_command
 from napari_mirnet.training import (
     HELD_OUT_IMAGES,
     TRAIN_IMAGES,
@@ -38,8 +38,19 @@ def _images(n=3, size=48, channels=3, seed=0):
 
 
 def _cfg(**kw):
-    base = dict(task="denoise", channels=3, n_feat=16, n_mrb=1, iters=6, stages=((32, 2), (32, 2), (40, 1)),
-                log_every=1, save_every=3, device="cpu", seed=7, lr=1e-3)
+    base = dict(
+        task="denoise",
+        channels=3,
+        n_feat=16,
+        n_mrb=1,
+        iters=6,
+        stages=((32, 2), (32, 2), (40, 1)),
+        log_every=1,
+        save_every=3,
+        device="cpu",
+        seed=7,
+        lr=1e-3,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -84,8 +95,13 @@ def test_resume_follows_uninterrupted_run(tmp_path, ema):
 
 
 def test_checkpoint_metadata_and_export(tmp_path):
-    res = train(_cfg(iters=2, task="super_resolution", degradation=None), clean=_images(2),
-                out=tmp_path / "sr.pth", progress=False, data_description={"description": "synthetic"})
+    res = train(
+        _cfg(iters=2, task="super_resolution", degradation=None),
+        clean=_images(2),
+        out=tmp_path / "sr.pth",
+        progress=False,
+        data_description={"description": "synthetic"},
+    )
     slim = export_model(res.checkpoint, tmp_path / "sr_slim.pth")
     ck = torch.load(slim, map_location="cpu", weights_only=True)
     assert set(ck) == {"params", "meta"}
@@ -104,8 +120,13 @@ def test_checkpoint_metadata_and_export(tmp_path):
     assert y.shape == (1, 3, 20, 24) and torch.isfinite(y).all()
 
     # fine-tuning starts from the exported (fp16) weights
-    tuned = train(_cfg(iters=1, task="super_resolution", lr=1e-9, warmup=0.0), clean=_images(2),
-                  out=tmp_path / "ft.pth", init=slim, progress=False)
+    tuned = train(
+        _cfg(iters=1, task="super_resolution", lr=1e-9, warmup=0.0),
+        clean=_images(2),
+        out=tmp_path / "ft.pth",
+        init=slim,
+        progress=False,
+    )
     after = torch.load(tuned.checkpoint, weights_only=True)
     assert after["meta"]["training_data"]["initialised_from"] == "sr_slim.pth"
     earlier = after["meta"]["training_data"]["earlier_runs"]
@@ -122,8 +143,13 @@ def test_ema_averages_the_weight_trajectory_and_is_exported(tmp_path):
     torch.manual_seed(cfg.seed)
     traj = [MIRNetV2(cfg.model_config()).state_dict()]  # the start, as train() initialises it
     for stop in (1, 2, 3, 4):  # the same run stopped after each step: the raw weights' trajectory
-        res = train(cfg, clean=imgs, out=tmp_path / f"s{stop}.pth", progress=False,
-                    callback=lambda it, loss, stop=stop: it < stop)
+        res = train(
+            cfg,
+            clean=imgs,
+            out=tmp_path / f"s{stop}.pth",
+            progress=False,
+            callback=lambda it, loss, stop=stop: it < stop,
+        )
         assert res.iteration == stop
         traj.append(torch.load(res.checkpoint, weights_only=True)["params"])
     expected = {k: v.clone() for k, v in traj[0].items() if v.is_floating_point()}
@@ -144,8 +170,13 @@ def test_ema_averages_the_weight_trajectory_and_is_exported(tmp_path):
     for k, v in slim["params"].items():
         assert torch.equal(v, ck["params_ema"][k].half())
     # fine-tuning from a training checkpoint starts from its average, as inference would use
-    tune = train(_cfg(iters=1, ema=0.0, lr=1e-12, grad_clip=0.0), clean=imgs, out=tmp_path / "tune.pth",
-                 init=tmp_path / "s4.pth", progress=False)
+    tune = train(
+        _cfg(iters=1, ema=0.0, lr=1e-12, grad_clip=0.0),
+        clean=imgs,
+        out=tmp_path / "tune.pth",
+        init=tmp_path / "s4.pth",
+        progress=False,
+    )
     tuned = torch.load(tune.checkpoint, weights_only=True)["params"]
     for k in expected:
         torch.testing.assert_close(tuned[k], ck["params_ema"][k], rtol=0, atol=1e-6)
@@ -172,15 +203,16 @@ def test_loss_option_trains_on_the_chosen_loss(tmp_path):
     # one 32x32 pair, patch 32, no augmentation: the batch is the pair itself, so the logged loss of
     # the first step (taken before any update) can be recomputed from the saved, barely moved model
     clean = [im.astype(np.float32) / 255 for im in _images(1, size=32)]
-    degraded = [np.clip(c + 0.05 * np.random.default_rng(1).standard_normal(c.shape), 0, 1).astype(np.float32)
-                for c in clean]
+    degraded = [
+        np.clip(c + 0.05 * np.random.default_rng(1).standard_normal(c.shape), 0, 1).astype(np.float32) for c in clean
+    ]
     x = torch.from_numpy(degraded[0]).permute(2, 0, 1)[None]
     y = torch.from_numpy(clean[0]).permute(2, 0, 1)[None]
+
     def minus_psnr(a, b):
         return 10 * np.log10(float(torch.mean((a - b) ** 2)) + 1e-5)
 
-    for loss, fn in (("l1", torch.nn.functional.l1_loss), ("l2", torch.nn.functional.mse_loss),
-                     ("psnr", minus_psnr)):
+    for loss, fn in (("l1", torch.nn.functional.l1_loss), ("l2", torch.nn.functional.mse_loss), ("psnr", minus_psnr)):
         cfg = _cfg(iters=1, stages=((32, 1),), augment=False, lr=1e-12, grad_clip=0, loss=loss)
         res = train(cfg, clean=clean, degraded=degraded, out=tmp_path / f"{loss}.pth", progress=False)
         ck = torch.load(res.checkpoint, weights_only=True)
@@ -273,8 +305,7 @@ def test_amp_cpu_trains_in_bf16_close_to_fp32(tmp_path):
     assert dtypes == set()  # the hook is not installed yet
     handle = torch.nn.modules.module.register_module_forward_hook(hook)
     try:
-        b = train(_cfg(iters=3, amp_cpu=True, channels_last=True), clean=imgs, out=tmp_path / "b.pth",
-                  progress=False)
+        b = train(_cfg(iters=3, amp_cpu=True, channels_last=True), clean=imgs, out=tmp_path / "b.pth", progress=False)
     finally:
         handle.remove()
     assert dtypes == {torch.bfloat16}
@@ -347,10 +378,27 @@ def test_cli_trains_on_bundled_colour_images_only(tmp_path):
     parser = argparse.ArgumentParser(prog="napari-mirnet")
     add_train_command(parser.add_subparsers(dest="command"))
     out = tmp_path / "c.pth"
-    args = parser.parse_args([
-        "train", "--bundled-data", "--data-dir", str(data), "--colour-only", "--channel-shuffle",
-        "--n-feat", "16", "--iters", "1", "--stages", "32:1", "--device", "cpu", "--out", str(out), "--quiet",
-    ])
+    args = parser.parse_args(
+        [
+            "train",
+            "--bundled-data",
+            "--data-dir",
+            str(data),
+            "--colour-only",
+            "--channel-shuffle",
+            "--n-feat",
+            "16",
+            "--iters",
+            "1",
+            "--stages",
+            "32:1",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert args.func(args) == 0
     meta = torch.load(out, weights_only=True)["meta"]
     assert meta["training_data"]["images"] == ["rocket"] and meta["training"]["channel_shuffle"] is True
@@ -378,11 +426,32 @@ def test_cli_train_command(tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="napari-mirnet")
     add_train_command(parser.add_subparsers(dest="command"))
     out = tmp_path / "run" / "m.pth"
-    args = parser.parse_args([
-        "train", "--task", "denoise", "--clean", str(folder), "--n-feat", "16", "--iters", "2",
-        "--stages", "32:2", "--device", "cpu", "--out", str(out), "--export", str(tmp_path / "m16.pth"),
-        "--quiet", "--log-every", "1", "--noise", "mixed",
-    ])
+    args = parser.parse_args(
+        [
+            "train",
+            "--task",
+            "denoise",
+            "--clean",
+            str(folder),
+            "--n-feat",
+            "16",
+            "--iters",
+            "2",
+            "--stages",
+            "32:2",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--export",
+            str(tmp_path / "m16.pth"),
+            "--quiet",
+            "--log-every",
+            "1",
+            "--noise",
+            "mixed",
+        ]
+    )
     assert args.func(args) == 0
     assert out.exists() and (tmp_path / "m16.pth").exists() and loss_log_path(out).exists()
     meta = torch.load(out, weights_only=True)["meta"]
