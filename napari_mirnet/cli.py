@@ -1,12 +1,16 @@
-"""The ``napari-mirnet`` command: ``restore`` files, folders and zarr stores; ``weights``; ``train``.
+"""The ``napari-mirnet`` command: ``restore`` files, folders and zarr stores; ``weights``; ``sample``; ``train``.
 
-Exit codes: 0 success (complete outputs that match are skipped), 1 a restoration or download failed
-(each failure is reported, the others still run), 2 a usage error, 130 interrupted.
+Exit codes: 0 success (complete outputs of the same settings are skipped), 1 a check, restoration or
+download failed (restore checks every input and output before any tile runs and then runs nothing;
+a failure while running is reported and the other inputs still run), 2 a usage error, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -17,9 +21,28 @@ __all__ = ["main", "build_parser"]
 _SUFFIX_OUT = {".tif": ".tif", ".tiff": ".tif", ".png": ".png", ".jpg": ".png", ".jpeg": ".png", ".zarr": ".zarr"}
 _IMAGE_OUT = (".zarr", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
+_EXISTING_RULE = (
+    "Existing outputs, one rule for every format: an output that holds a complete result of the same "
+    "settings (napari-mirnet records them in zarr stores and in the tif/png/jpg files it writes) is "
+    "skipped with exit 0; an unfinished zarr store of the same settings is resumed; any other existing "
+    "output (other settings, or a file napari-mirnet did not write) is refused with exit 1 unless "
+    "--overwrite. An input is never overwritten. Every input and output is checked before the first tile "
+    "runs; if one check fails, nothing runs."
+)
+
 
 class UsageError(Exception):
     pass
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Show '(default: ...)' where there is a default worth showing and the help does not name one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False) or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def _multiple_of_4(text: str) -> int:
@@ -39,35 +62,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    _add_restore_command(sub)
+    _add_weights_command(sub)
+    _add_sample_command(sub)
+    _add_finetune_command(sub)
+    _add_train_command(sub)
+    return parser
 
+
+def _add_restore_command(sub) -> None:
     r = sub.add_parser(
-        "restore",
-        help="restore images, folders or zarr stores",
+        "restore", formatter_class=_Help, help="restore images, folders or zarr stores",
         description="Restore each INPUT (file, folder of images, zarr/OME-Zarr store) into OUTPUT. "
-        "With one input, OUTPUT may be a file (.zarr, .tif, .png); otherwise it is a folder that gets one "
-        "output per input. Zarr outputs are written chunk by chunk and resume when the same command is re-run.",
+        "With one input, OUTPUT may be a file (.zarr, .tif, .png, .jpg); otherwise it is a folder that gets "
+        "one output per input. Zarr outputs are written chunk by chunk and resume when the same command "
+        "is re-run.",
+        epilog=_EXISTING_RULE,
     )
     r.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders or zarr stores (defocus: LEFT RIGHT)")
     r.add_argument("-o", "--output", required=True, help="output file or folder")
-    r.add_argument("--task", choices=list(TASKS), default="denoise")
-    r.add_argument("--scale", type=int, help="super-resolution factor (2, 3 or 4)")
+    r.add_argument("--task", choices=list(TASKS), default="denoise", help="what to restore")
+    r.add_argument("--scale", type=int, help="super-resolution factor (2, 3 or 4; default: 2)")
     r.add_argument("--weights", help="model name, official asset, file or URL (default: the task's)")
     r.add_argument("--axes", help="axes of the inputs, e.g. YX, YXC, ZYX, TZCYX (default: from the file)")
     r.add_argument("--tile", type=_multiple_of_4, help="tile edge in model pixels, halo included (default: from memory)")
-    r.add_argument("--halo", type=_multiple_of_4, help="halo on each side of a tile, in pixels")
-    r.add_argument("--blend", type=int, help="feathered blend margin at tile borders, in pixels (0: none)")
+    r.add_argument("--halo", type=_multiple_of_4, help="halo on each side of a tile, in pixels (default: 64, less for small tiles)")
+    r.add_argument("--blend", type=int, help="feathered blend margin at tile borders, in pixels; 0: none (default: 16)")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    r.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
-    r.add_argument("--normalisation", choices=["auto", "fixed", "percentile"], default="auto")
+    r.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bf16 on CUDA, fp32 elsewhere")
+    r.add_argument("--normalisation", choices=["auto", "fixed", "percentile"], default="auto",
+                   help="auto: the full range for integers, percentiles for floats")
     r.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average over 8 flips/rotations (8x slower, slightly better)")
     r.add_argument("--format", choices=["same", "zarr", "tif", "png"], default="same",
                    help="output format for folder outputs (same: like the input; jpg becomes png)")
     r.add_argument("--scheduler", help="dask.distributed scheduler address (tcp://host:8786) to run on a cluster")
-    r.add_argument("--overwrite", action="store_true", help="replace complete outputs")
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     r.set_defaults(func=_cmd_restore)
 
+
+def _add_weights_command(sub) -> None:
     w = sub.add_parser("weights", help="list, download or locate model weights")
     wsub = w.add_subparsers(dest="weights_command", metavar="ACTION")
     wsub.required = True
@@ -79,15 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
     p.set_defaults(func=_cmd_weights_path)
 
+
+def _add_sample_command(sub) -> None:
     smp = sub.add_parser(
-        "sample",
+        "sample", formatter_class=_Help,
         help="write a sample image (made offline from scikit-image's bundled images)",
-        description="Write a sample degraded image to try a task on: " + ", ".join(_SAMPLES) + ".",
+        description="Write a sample degraded image to try a task on: " + ", ".join(_SAMPLES) + ". "
+        "Formats: .tif and .zarr hold every sample as it is; .png and .jpg hold 2-D images only (not "
+        "'stack'), in 8 bits (the 16-bit dual-pixel views are scaled to 8 bits: use .tif to keep 16). "
+        "Existing files are refused unless --overwrite.",
     )
     smp.add_argument("name", choices=list(_SAMPLES), metavar="NAME", help=", ".join(_SAMPLES))
-    smp.add_argument("output", help="file to write (.png, .tif or .zarr); dualpixel writes OUTPUT's _left/_right")
+    smp.add_argument("output", help="file to write (.tif, .zarr, .png or .jpg); dualpixel writes OUTPUT's _left/_right")
+    smp.add_argument("--overwrite", action="store_true", help="replace existing files")
     smp.set_defaults(func=_cmd_sample)
 
+
+def _add_finetune_command(sub) -> None:
     ft = sub.add_parser(
         "finetune",
         help="adapt a denoiser to your own noisy images, without clean ones (self-supervised)",
@@ -117,12 +161,29 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ft.set_defaults(func=_cmd_finetune)
 
-    _add_train_command(sub)
-    return parser
+# Python argument names in library messages -> this command's flags (one place for every sub-command)
+_FLAGS = {"weights": "--weights", "axes": "--axes", "tile": "--tile", "halo": "--halo", "blend": "--blend",
+          "scale": "--scale", "device": "--device", "precision": "--precision", "task": "--task",
+          "normalisation": "--normalisation", "tta": "--tta", "overwrite": "--overwrite", "out": "-o",
+          "client": "--scheduler"}
+_FLAG_RE = re.compile(r"(?<![-\w./])(" + "|".join(_FLAGS) + r")=(True\b)?(?=(.?))")
+
+
+def in_cli_words(msg: str) -> str:
+    """``axes='YX'`` -> ``--axes 'YX'``, ``pass axes=,`` -> ``pass --axes,``, ``overwrite=True`` -> ``--overwrite``."""
+
+    def flag(m: re.Match) -> str:
+        name, true, nxt = m.groups()
+        if true or not nxt or nxt in " ,;:)]":
+            return _FLAGS[name]
+        return _FLAGS[name] + " "
+
+    msg = _FLAG_RE.sub(flag, msg)
+    return re.sub(r"(--[\w-]+) \(\1\)", r"\1", msg)  # "--overwrite (overwrite=True)" said it twice
 
 
 def _err(msg: str) -> None:
-    print(f"napari-mirnet: error: {msg}", file=sys.stderr)
+    print(f"napari-mirnet: error: {in_cli_words(msg)}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------- sample
@@ -137,18 +198,51 @@ _SAMPLES = {
 }
 
 
-def _cmd_sample(args) -> int:
-    from . import sample_data
-    from .io import write_image
+def _sample_files(name: str, out: Path) -> tuple[list[tuple[Path, object, str, dict]], bool]:
+    """(path, data, axes, layer kwargs) per file of a sample, and whether 16 bits became 8 (png/jpg colour)."""
+    import numpy as np
 
-    layers = getattr(sample_data, _SAMPLES[args.name])()
-    out = Path(args.output)
+    from . import sample_data
+
+    layers = getattr(sample_data, _SAMPLES[name])()
+    files, reduced = [], False
     for data, meta in layers:
         path = out
         if len(layers) > 1:  # the dual-pixel pair: one file per view
             path = out.with_name(f"{out.stem}_{meta['name'].split()[-1]}{out.suffix}")
         axes = "YXC" if data.ndim == 3 and data.shape[-1] in (3, 4) else "ZYX"[-data.ndim :]
-        print(write_image(path, data, axes))
+        eight_bit_only = out.suffix.lower() in (".jpg", ".jpeg") or (out.suffix.lower() == ".png" and axes == "YXC")
+        if data.dtype == np.uint16 and eight_bit_only:
+            # the 16-bit views were made from 8-bit data: rounding back to 8 bits loses little
+            data, reduced = ((data.astype(np.uint32) + 128) // 257).astype(np.uint8), True
+        files.append((path, data, axes, meta))
+    return files, reduced
+
+
+def _cmd_sample(args) -> int:
+    from .io import OutputError, write_image
+
+    files, reduced = _sample_files(args.name, Path(args.output))
+    try:  # every file is checked before the first is written: no half-written pair
+        for path, data, axes, _ in files:
+            write_image(path, data, axes, check=True)
+    except OutputError as err:
+        _err(f"{err} (sample {args.name})")
+        return 2
+    existing = [str(f[0]) for f in files if f[0].exists() or f[0].is_symlink()]
+    if existing and not args.overwrite:
+        _err(f"{', '.join(existing)} exist{'s' if len(existing) == 1 else ''}; pass --overwrite to replace, "
+             "or choose another name")
+        return 1
+    try:
+        for path, data, axes, meta in files:
+            print(write_image(path, data, axes, pixel_size=meta.get("scale")))
+    except OutputError as err:
+        _err(str(err))
+        return 1
+    if reduced:
+        print(f"napari-mirnet: note: {Path(args.output).suffix} holds 8-bit colour: the 16-bit views were "
+              "scaled to 8 bits (use .tif to keep 16)", file=sys.stderr)
     return 0
 
 
@@ -257,8 +351,16 @@ def _cmd_weights_path(args) -> int:
 
 
 # ------------------------------------------------------------------------------------- restore
+def _is_store(p: Path) -> bool:
+    return p.is_dir() and any((p / m).exists() for m in ("zarr.json", ".zgroup", ".zarray"))
+
+
 def _plan_outputs(args) -> list[tuple[object, Path]]:
-    """(input, output path) pairs; defocus inputs are (left, right) tuples."""
+    """(input, output path) pairs; defocus inputs are (left, right) tuples.
+
+    Raises UsageError for outputs that cannot be right whatever the data: a folder for one file, an
+    unknown suffix, an output that is an input (or would replace one).
+    """
     from .io import list_inputs
 
     if args.task == "defocus":
@@ -273,26 +375,104 @@ def _plan_outputs(args) -> list[tuple[object, Path]]:
     out = Path(args.output)
     single = len(items) == 1 and (len(args.inputs) == 1 or args.task == "defocus")
     if single and out.suffix.lower() in _IMAGE_OUT:
-        return [(items[0], out)]
-    if out.suffix.lower() in (".tif", ".tiff", ".png", ".jpg", ".jpeg") or (out.exists() and not out.is_dir()):
-        raise UsageError(f"{len(items)} inputs need an output folder, not the file {out}")
-    pairs = []
-    for item in items:
-        src = item[0] if isinstance(item, tuple) else item
-        ext = "." + args.format if args.format != "same" else _SUFFIX_OUT.get(src.suffix.lower(), ".zarr")
-        if src.is_dir() and args.format == "same":
-            ext = ".zarr"
-        pairs.append((item, out / f"{src.stem if src.suffix else src.name}{ext}"))
-    names = [p for _, p in pairs]
+        if args.format != "same" and out.suffix.lower() != "." + args.format:
+            raise UsageError(f"--format {args.format} does not match the output {out.name}")
+        pairs = [(items[0], out)]
+    elif single and out.suffix and not out.is_dir():
+        raise UsageError(f"unknown output type {out.suffix!r}: use .zarr, .tif, .png or .jpg (or a folder name "
+                         "without a suffix)")
+    elif out.suffix.lower() in _IMAGE_OUT[1:] or (out.exists() and not out.is_dir()) or (_is_store(out)):
+        raise UsageError(f"{len(items)} inputs need an output folder, not the {'store' if _is_store(out) else 'file'} {out}")
+    else:
+        pairs = [(item, out / f"{_stem(item)}{_folder_suffix(args, item)}") for item in items]
+    return _check_not_inputs(pairs)
+
+
+def _stem(item) -> str:
+    src = item[0] if isinstance(item, tuple) else item
+    return src.stem if src.suffix else src.name
+
+
+def _folder_suffix(args, item) -> str:
+    src = item[0] if isinstance(item, tuple) else item
+    if args.format != "same":
+        return "." + args.format
+    return ".zarr" if src.is_dir() else _SUFFIX_OUT.get(src.suffix.lower(), ".zarr")
+
+
+def _check_not_inputs(pairs: list) -> list:
+    """Drop earlier results that a folder run lists as inputs; refuse outputs that are inputs."""
+    def paths(item):
+        return [Path(os.path.realpath(p)) for p in (item if isinstance(item, tuple) else (item,))]
+
+    # 'restore fold -o fold --format zarr' run again lists fold/a.zarr, the result of fold/a.png:
+    # a napari-mirnet result that another input writes is that input's output, not an input
+    def earlier_result(i: int) -> bool:
+        others = {Path(os.path.realpath(d)) for j, (_, d) in enumerate(pairs) if j != i}
+        return bool(set(paths(pairs[i][0])) & others) and _stored_record(paths(pairs[i][0])[0]) is not None
+
+    pairs = [pair for i, pair in enumerate(pairs) if not earlier_result(i)]
+    inputs = {p for s, _ in pairs for p in paths(s)}
+    for src, dst in pairs:
+        real = Path(os.path.realpath(dst))
+        if real in paths(src):
+            raise UsageError(f"the output {dst} is its input {_name(src)}; choose another output")
+        if real in inputs:
+            raise UsageError(f"the output {dst} would replace the input {real}; choose another output or --format")
+    names = [d for _, d in pairs]
     if len(set(names)) != len(names):
         raise UsageError("two inputs would write the same output name; give them distinct names")
     return pairs
 
 
-def _cmd_restore(args) -> int:
-    from . import engine
-    from .io import OutputError, OutputExistsError, write_image
+def _stored_record(path: Path) -> dict | None:
+    """The settings fingerprint a napari-mirnet output at ``path`` records, or None."""
+    from . import io as mio
 
+    p = Path(path)
+    try:
+        if p.is_dir():
+            return mio.stored_fingerprint(p)
+        suffix = p.suffix.lower()
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(p) as tif:
+                meta = tif.shaped_metadata[0] if tif.shaped_metadata else {}
+            text = meta.get(mio.ATTR)
+        elif suffix in (".png", ".jpg", ".jpeg"):
+            from PIL import Image
+
+            with Image.open(p) as im:
+                text = im.text.get(mio.ATTR) if suffix == ".png" else im.info.get("comment", b"").decode()
+        else:
+            return None
+        return json.loads(text) if text else None
+    except (OSError, ValueError, AttributeError):
+        return None  # unreadable or not ours: not a result of these settings
+
+
+def _name(src) -> str:
+    return " + ".join(map(str, src)) if isinstance(src, tuple) else str(src)
+
+
+def _connect(args):
+    if not args.scheduler:
+        return None
+    try:
+        from distributed import Client
+    except ImportError:
+        raise RuntimeError("--scheduler needs dask.distributed: pip install 'napari-mirnet[distributed]'") from None
+    try:
+        return Client(args.scheduler, timeout="20s")
+    except OSError as err:
+        raise RuntimeError(f"cannot reach the scheduler at {args.scheduler}: {err}") from None
+
+
+def _cmd_restore(args) -> int:
+    # said before torch is imported: loading the model and planning take seconds
+    if not args.quiet:
+        print("napari-mirnet: loading model and planning...", file=sys.stderr, flush=True)
     if args.blend is not None and args.blend < 0:
         raise UsageError("--blend must be >= 0")
     try:
@@ -300,80 +480,144 @@ def _cmd_restore(args) -> int:
     except FileNotFoundError as err:
         _err(str(err))
         return 1
-    client = None
-    if args.scheduler:
-        try:
-            from distributed import Client
-        except ImportError:
-            _err("--scheduler needs dask.distributed: pip install 'napari-mirnet[distributed]'")
-            return 1
-        try:
-            client = Client(args.scheduler, timeout="20s")
-        except OSError as err:
-            _err(f"cannot reach the scheduler at {args.scheduler}: {err}")
-            return 1
-    rc = 0
     try:
-        for i, (src, dst) in enumerate(pairs):
-            label = f"[{i + 1}/{len(pairs)}] {dst.name}"
-            try:
-                _restore_one(args, src, dst, label, client, engine, write_image)
-            except OutputExistsError as err:
-                if err.matches:
-                    print(f"{label}: already complete, skipped (--overwrite to redo)", file=sys.stderr)
-                else:
-                    _err(f"{dst}: {err}")
-                    rc = 1
-            except (OutputError, ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as err:
-                _err(f"{_name(src)}: {err}")
-                rc = 1
+        client = _connect(args)
+    except RuntimeError as err:
+        _err(str(err))
+        return 1
+    try:
+        jobs, problems = _preflight(args, pairs, client)
+        for problem in problems:
+            _err(problem)
+        if problems:
+            if len(pairs) > 1:
+                _err(f"{len(problems)} of {len(pairs)} inputs failed the checks above; nothing was run")
+            return 1
+        return _run_jobs(args, jobs, client)
     finally:
         if client is not None:
             client.close()
-    return rc
 
 
-def _name(src) -> str:
-    return " + ".join(map(str, src)) if isinstance(src, tuple) else str(src)
-
-
-def _restore_one(args, src, dst: Path, label: str, client, engine, write_image) -> None:
-    from tqdm import tqdm
-
-    bars = []
-
-    def progress(done, total):
-        if args.quiet:
-            return
-        if not bars:  # created on the first tile: skipped outputs show no empty bar
-            bars.append(tqdm(desc=label, total=total, unit="tile", file=sys.stderr, dynamic_ncols=True))
-        bars[0].n = done
-        bars[0].refresh()
+def _prepare(args, src, dst: Path, client):
+    """The run for one input; default geometry comes from an existing output of ours (resume)."""
+    from . import engine
 
     options = engine.RestoreOptions(
         tile=args.tile, halo=args.halo, blend=args.blend, device=args.device, precision=args.precision,
         normalisation=args.normalisation, tta=args.tta,
     )
+    stored = None if args.overwrite else _stored_record(dst)
+    if stored:  # defaults follow free memory, which may have changed since the output was written
+        options = options.__class__(**{**options.to_dict(), **{
+            k: stored[k] for k in ("tile", "halo", "blend") if getattr(options, k) is None and k in stored}})
     image = tuple(map(str, src)) if isinstance(src, tuple) else str(src)
+    return engine.prepare(image, args.task, args.weights, scale=args.scale, axes=args.axes, options=options,
+                          client=client)
+
+
+def _preflight(args, pairs, client) -> tuple[list, list[str]]:
+    """Prepare every run (no tile runs) and check its output; (jobs, problems)."""
+    from .io import OutputError
+
+    jobs, problems = [], []
+    for src, dst in pairs:
+        try:
+            run = _prepare(args, src, dst, client)
+            action = _check_output(args, run, dst)
+        except OutputError as err:
+            problems.append(str(err))
+            continue
+        except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as err:
+            problems.append(f"{_name(src)}: {err}")
+            continue
+        # one input keeps its run; many are prepared again when their turn comes (png/jpg inputs
+        # are held in memory, and a folder may hold thousands)
+        jobs.append((src, dst, run if len(pairs) == 1 else None, action))
+    return jobs, problems
+
+
+def _check_output(args, run, dst: Path) -> str:
+    """'run' or 'skip' (a complete result of the same settings); OutputError when dst cannot be written."""
+    import numpy as np
+
+    from . import io as mio
+
+    suffix = dst.suffix.lower()
+    mio.write_image(dst, np.broadcast_to(np.zeros((), run.imap.dtype), run.output_shape), run.axes, check=True)
+    parent = next(p for p in [dst.parent, *dst.parent.parents] if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise mio.OutputError(f"cannot write {dst}: {parent} is not a writable folder")
+    if not (dst.exists() or dst.is_symlink()):
+        return "run"
+    stored = _stored_record(dst)
+    if suffix == ".zarr" and stored is None and any(dst.iterdir()):
+        raise mio.OutputError(f"output {dst} exists and is not a napari-mirnet result; it is left alone: "
+                              "choose another path")
+    if args.overwrite or (stored is None and suffix == ".zarr"):  # an empty folder
+        return "run"
+    if stored is None:
+        raise mio.OutputError(f"output {dst} exists and was not written by napari-mirnet; pass --overwrite "
+                              "to replace it")
+    now = json.loads(json.dumps(run.fingerprint))
+    complete = mio.is_complete(dst) if suffix == ".zarr" else True  # files are renamed into place whole
+    if stored == now:
+        return "skip" if complete else "run"  # unfinished: resumed
+    diff = "; ".join(f"{k}: {stored.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(stored) | set(now))
+                     if stored.get(k) != now.get(k))
+    what = "a complete result" if complete else "an unfinished run (re-run with its settings to resume it)"
+    raise mio.OutputError(f"output {dst} holds {what} of other settings ({diff}); pass --overwrite to replace it")
+
+
+def _run_jobs(args, jobs: list, client) -> int:
+    from .io import OutputExistsError
+
+    rc = 0
+    for i, (src, dst, run, action) in enumerate(jobs):
+        label = f"[{i + 1}/{len(jobs)}] {dst.name}"
+        if action == "skip":
+            print(f"{label}: already complete, skipped (--overwrite to redo)", file=sys.stderr)
+            continue
+        try:
+            _restore_one(args, run or _prepare(args, src, dst, client), dst, label, client)
+        except OutputExistsError as err:  # another process finished it since the check
+            if not err.matches:
+                _err(f"{dst}: {err}")
+                rc = 1
+        except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as err:
+            _err(f"{_name(src)}: {err}")
+            rc = 1
+    return rc
+
+
+def _restore_one(args, run, dst: Path, label: str, client) -> None:
+    """Execute a prepared run into ``dst``, with a bar that starts when the run is planned."""
+    import dask
+    from tqdm import tqdm
+
+    from . import engine
+    from .io import write_image
+
+    # created now, not at the first tile: its elapsed time and rate count from the real start
+    bar = None if args.quiet else tqdm(desc=label, total=len(run.keys), unit="tile", file=sys.stderr,
+                                       dynamic_ncols=True)
+
+    def progress(done, total):
+        if bar.total != total:  # a resumed store: only its missing tiles run
+            bar.total = total
+        bar.update(done - bar.n)
+
+    report = None if bar is None else progress
     try:
         if dst.suffix.lower() == ".zarr":
-            engine.restore(image, args.task, args.weights, scale=args.scale, axes=args.axes, out=str(dst),
-                           overwrite=args.overwrite, client=client, progress=progress, **options.to_dict())
+            engine.execute(run, out=str(dst), overwrite=args.overwrite, client=client, progress=report)
         else:
-            if dst.exists() and not args.overwrite:
-                from .io import OutputExistsError
-
-                raise OutputExistsError(f"output {dst} exists; pass --overwrite to replace it", matches=False)
+            arr = engine.execute(run, client=client, progress=report)
             dst.parent.mkdir(parents=True, exist_ok=True)
-            run = engine.prepare(image, args.task, args.weights, scale=args.scale, axes=args.axes,
-                                 options=options, client=client)
-            arr = engine.execute(run, client=client, progress=progress)
-            import dask
-
             with dask.config.set(engine.scheduler_config(run.device, client)):
-                write_image(dst, arr, run.axes)
+                write_image(dst, arr, run.axes, fingerprint=run.fingerprint)
     finally:
-        for bar in bars:
+        if bar is not None:
             bar.close()
 
 
@@ -389,15 +633,15 @@ def _stages(text: str):
 
 def _add_train_command(subparsers) -> argparse.ArgumentParser:
     """Add the ``train`` sub-command to an argparse subparsers object."""
-    from .training import HELD_OUT_IMAGES, LOSSES, TRAINABLE_TASKS
+    from .training import HELD_OUT_IMAGES, TRAINABLE_TASKS
 
     p = subparsers.add_parser(
-        "train",
+        "train", formatter_class=_Help,
         help="train a MIRNet-v2 model on image pairs or clean images with a synthetic degradation",
         description="Train MIRNet-v2. Give --clean (and --degraded for real pairs), or --bundled-data to "
         "train on images bundled with installed packages (minus the held-out ones).",
     )
-    p.add_argument("--task", choices=TRAINABLE_TASKS, default="denoise")
+    p.add_argument("--task", choices=TRAINABLE_TASKS, default="denoise", help="what the model restores")
     src = p.add_argument_group("data")
     src.add_argument("--clean", nargs="+", help="folder(s) or files of clean target images")
     src.add_argument("--degraded", nargs="+", help="matching degraded inputs (same order); omit to synthesise")
@@ -414,42 +658,52 @@ def _add_train_command(subparsers) -> argparse.ArgumentParser:
     deg.add_argument("--scale", type=int, default=2, help="super-resolution factor")
     deg.add_argument("--degradation-json", help="a full degradation spec as JSON (overrides the above)")
     net = p.add_argument_group("network")
-    net.add_argument("--channels", type=int, default=3, choices=[1, 3])
-    net.add_argument("--n-feat", type=int, default=32)
-    net.add_argument("--n-mrb", type=int, default=1)
-    net.add_argument("--chan-factor", type=float, default=1.5)
+    net.add_argument("--channels", type=int, default=3, choices=[1, 3], help="colour channels of the model")
+    net.add_argument("--n-feat", type=int, default=32, help="features of the first stream")
+    net.add_argument("--n-mrb", type=int, default=1, help="multi-scale residual blocks per group")
+    net.add_argument("--chan-factor", type=float, default=1.5, help="feature growth per stream")
+    _add_train_optimisation(p)
+    _add_train_run(p)
+    p.set_defaults(func=_cmd_train)
+    return p
+
+
+def _add_train_optimisation(p) -> None:
+    from .training import LOSSES
+
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--iters", type=int, default=2000)
-    opt.add_argument("--lr", type=float, default=2e-4)
-    opt.add_argument("--warmup", type=float, default=0.0)
-    opt.add_argument("--grad-clip", type=float, default=0.01)
+    opt.add_argument("--iters", type=int, default=2000, help="training steps")
+    opt.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (cosine schedule)")
+    opt.add_argument("--warmup", type=float, default=0.0, help="share of the run spent warming up the learning rate")
+    opt.add_argument("--grad-clip", type=float, default=0.01, help="gradient norm clip")
     opt.add_argument("--stages", type=_stages, default="64:8,96:4,128:2",
                      help="progressive patch:batch stages, each for an equal share of the run")
     opt.add_argument("--time-budget", type=float, help="stop after this many seconds of training")
-    opt.add_argument("--seed", type=int, default=0)
-    opt.add_argument("--no-augment", action="store_true")
+    opt.add_argument("--seed", type=int, default=0, help="random seed")
+    opt.add_argument("--no-augment", action="store_true", help="no flips and rotations")
     opt.add_argument("--channel-shuffle", action="store_true", help="also permute colour channels at random")
     opt.add_argument("--loss", choices=sorted(LOSSES), default="l1",
                      help="l1 (the paper's); l2 or psnr (minus the per-patch PSNR) for a last fine-tune")
     opt.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                      help="keep and export a moving average of the weights (e.g. 0.999; 0 = off)")
+
+
+def _add_train_run(p) -> None:
     run = p.add_argument_group("run")
     run.add_argument("--out", "-o", required=True, help="checkpoint path (.pth); the loss log goes next to it")
     run.add_argument("--resume", help="checkpoint to resume from (usually the same as --out)")
     run.add_argument("--init", help="start from this model file's weights (fine-tuning)")
     run.add_argument("--export", help="also write a slim fp16 {'params','meta'} model file here")
-    run.add_argument("--device", default="auto")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     run.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     run.add_argument("--amp-cpu", action="store_true",
                      help="bf16 autocast on the CPU (faster on CPUs with native bf16; use with --channels-last)")
     run.add_argument("--channels-last", action="store_true", help="NHWC memory layout (often faster: time it)")
     run.add_argument("--dense-groups", action="store_true",
                      help="grouped convolutions as dense block-diagonal ones (GPU speed; same result)")
-    run.add_argument("--save-every", type=int, default=500)
-    run.add_argument("--log-every", type=int, default=10)
+    run.add_argument("--save-every", type=int, default=500, help="steps between checkpoints")
+    run.add_argument("--log-every", type=int, default=10, help="steps between loss log lines")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_train)
-    return p
 
 
 def _cmd_train(args) -> int:
