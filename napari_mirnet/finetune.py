@@ -330,8 +330,8 @@ def noise_correlation(patches: np.ndarray) -> tuple[float, float]:
     """Correlation of the fine-scale residual between horizontal and between vertical neighbours.
 
     ``patches`` is (N, C, H, W). The residual is the image minus its 3x3 mean without the centre,
-    which keeps mostly noise. Equal values mean isotropic noise (white noise gives about -0.12
-    for both); a clearly higher horizontal value means noise correlated along rows (read-out stripes).
+    which keeps mostly noise. Equal values mean isotropic noise (white noise gives -1/6, about
+    -0.17, for both); a clearly higher horizontal value means noise correlated along rows (read-out stripes).
     """
     x = torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32)).flatten(0, 1)[:, None]
     k = torch.ones(1, 1, 3, 3) / 8.0
