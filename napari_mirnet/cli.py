@@ -321,7 +321,12 @@ def _cmd_weights_fetch(args) -> int:
 
 def _cmd_weights_path(args) -> int:
     from .weights import (
-        OFFICIAL_ASSETS, WeightsError, cached_path, local_checkpoint, official_url, shipped_models,
+        OFFICIAL_ASSETS,
+        WeightsError,
+        cached_path,
+        local_checkpoint,
+        official_url,
+        shipped_models,
     )
 
     name = args.name
@@ -563,8 +568,9 @@ def _check_output(args, run, dst: Path) -> str:
     complete = mio.is_complete(dst) if suffix == ".zarr" else True  # files are renamed into place whole
     if stored == now:
         return "skip" if complete else "run"  # unfinished: resumed
-    diff = "; ".join(f"{k}: {stored.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(stored) | set(now))
-                     if stored.get(k) != now.get(k))
+    keys = [k for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k)]
+    keys = [k for k in keys if k != "plan"] or keys  # the plan follows from tile, halo and blend
+    diff = "; ".join(f"{k}: {stored.get(k)!r} there, {now.get(k)!r} now" for k in keys[:4])
     what = "a complete result" if complete else "an unfinished run (re-run with its settings to resume it)"
     raise mio.OutputError(f"output {dst} holds {what} of other settings ({diff}); pass --overwrite to replace it")
 
@@ -710,7 +716,13 @@ def _cmd_train(args) -> int:
     import json
 
     from .training import (
-        HELD_OUT_IMAGES, TrainConfig, degradation_from_args, export_model, load_images, loss_log_path, train,
+        HELD_OUT_IMAGES,
+        TrainConfig,
+        degradation_from_args,
+        export_model,
+        load_images,
+        loss_log_path,
+        train,
         training_images,
     )
 

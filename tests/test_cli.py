@@ -48,7 +48,7 @@ def test_restore_file_to_zarr_then_skip_refuse_overwrite(tiny_weights, files, tm
     args = _args(tiny_weights)
     args[args.index("--tile") + 1] = "64"
     assert main(["restore", str(files / "c.tif"), "-o", str(out), *args]) == 1
-    assert "already complete (from other settings)" in capsys.readouterr().err
+    assert "holds a complete result of other settings" in capsys.readouterr().err
     assert main(["restore", str(files / "c.tif"), "-o", str(out), *args, "--overwrite"]) == 0
 
 
