@@ -4,19 +4,21 @@ A run is prepared once (:func:`prepare` -> :class:`RestorationRun`) and executed
 dask array or a resumable zarr store (:func:`execute`). The modules, in the order data flows:
 ``source`` (reading the input), ``plan`` (the tile grid), ``memory`` (default tile and batch),
 ``forward`` (the model call), ``steps`` (what each graph task does), ``graph`` (the dask graph),
-``sinks`` (the zarr store), ``run`` (prepare, execute, the scheduler).
+``sinks`` (the zarr store), ``digest`` (what a resumed store was computed from), ``run`` (prepare,
+execute, the scheduler).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import weakref
 
 from .. import io as mio
 from .memory import bytes_per_pixel, default_batch, default_tile
 from .options import DEFAULT_BLEND, DEFAULT_HALO, RestoreOptions
 from .plan import TilePlan, plan_tiles
-from .run import RestorationRun, compute, execute, prepare, scheduler_config
+from .run import RestorationRun, check_zarr_out, compute, execute, prepare, scheduler_config
 from .sinks import output_scale
 from .steps import Cancelled, RunControl
 
@@ -111,6 +113,10 @@ def restore(
     """
     options = RestoreOptions(tile, halo, blend, device, precision, normalisation, bool(tta),
                              None if pixel_size is None else tuple(pixel_size))
+    if out is not None:  # refused before the model is loaded (execute checks again)
+        check_zarr_out(out)
+        if isinstance(image, (str, os.PathLike)):
+            mio.check_distinct([image], out)
     if out is not None and not overwrite:
         options = _resume_geometry(options, out)
     client, own_client = _connect(client)

@@ -26,12 +26,13 @@ from ..weights import cached_model
 from . import memory
 from .graph import lazy_array, write_graph
 from .options import DEFAULT_BLEND, DEFAULT_HALO, RestoreOptions
+from .digest import SCHEME, verify_done
 from .plan import TilePlan, plan_tiles, round_to_stride
 from .sinks import open_zarr_sink, output_scale
 from .source import Source, open_source
 from .steps import Cancelled, RunControl, TileContext
 
-__all__ = ["RestorationRun", "compute", "execute", "prepare", "scheduler_config"]
+__all__ = ["RestorationRun", "check_zarr_out", "compute", "execute", "prepare", "scheduler_config"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,6 +125,8 @@ class RestorationRun:
             "normalisation": self.imap.to_dict(),
             # a path identifies the input of a re-run command; arrays are known by shape and dtype only
             "input": os.path.abspath(src.name) if src.name else None,
+            # the content behind each finished chunk is checked on resume (see digest.py)
+            "input_check": SCHEME,
             "input_shape": list(src.shape),
             "input_dtype": src.dtype.str,
             "axes": self.axes,
@@ -145,6 +148,7 @@ class RestorationRun:
             tta=bool(self.options.tta),
             sink=sink,
             control=control or RunControl(),
+            source_name=self.source.name,
         )
 
 
@@ -170,10 +174,11 @@ def prepare(
         device = str(options.device)
         prec = options.precision if options.precision == "auto" else resolve_precision(options.precision, "cpu")
     cfg = model.config
+    _check_model_fits_task(task, weights, cfg)
     channels = ChannelAdapter.for_model(n_c * len(source.arrays), cfg.in_channels, cfg.out_channels, spec.dual_pixel)
     options = _with_default_geometry(options, model, prec)
     plan = plan_tiles(source.size("Y"), source.size("X"), options.tile, options.halo, options.blend, factor)
-    imap = _intensity_map(source, options.normalisation)
+    imap = _intensity_map(source, options.normalisation, channels)
     win_px = plan.window[0] * plan.window[1] * factor**2
     batch = 1 if client is not None else memory.default_batch(model, win_px, prec if prec != "auto" else "bf16", channels.items)
     return RestorationRun(
@@ -203,14 +208,51 @@ def _with_default_geometry(options: RestoreOptions, model, precision: str) -> Re
     return dataclasses.replace(options, tile=int(tile), halo=int(halo), blend=int(blend))
 
 
-def _intensity_map(source: Source, normalisation: str) -> IntensityMap:
-    sample = source.as_dask()
-    if len(sample) == 1:
-        return IntensityMap.for_image(sample[0], normalisation)
-    import dask.array as da
+def _check_model_fits_task(task: str, weights: str, cfg: MIRNetConfig) -> None:
+    """A dual-pixel model takes a (left, right) pair, any other an image: say so before torch does."""
+    dual = get_task(task).dual_pixel
+    if dual and not cfg.dual_pixel:
+        raise ValueError(
+            f"task='defocus' needs a dual-pixel model (6 input channels: left and right views), but "
+            f"weights={weights!r} takes {cfg.in_channels}; pass dual-pixel weights or another task"
+        )
+    if cfg.dual_pixel and not dual:
+        raise ValueError(
+            f"weights={weights!r} is a dual-pixel defocus model; use task='defocus' with a (left, right) pair"
+        )
 
-    stack = da.stack(sample) if source.kind != "numpy" else np.stack(sample)
-    return IntensityMap.for_image(stack, normalisation)
+
+#: Channel rules of the adapter under which the model restores each channel on its own.
+_PER_CHANNEL = ("per_channel", "replicated_gray")
+
+
+def _intensity_map(source: Source, normalisation: str, channels: ChannelAdapter) -> IntensityMap:
+    """The run's intensity map; per channel where the model sees channels one by one (see IntensityMap)."""
+    from .source import InputError
+
+    sample = source.as_dask()
+    per_channel = "C" in source.axes and source.size("C") > 1 and channels.how in _PER_CHANNEL
+    axis = source.axes.index("C") if per_channel else None
+    if len(sample) == 1:
+        image = sample[0]
+    else:
+        import dask.array as da
+
+        image = da.stack(sample) if source.kind != "numpy" else np.stack(sample)
+        axis = None if axis is None else axis + 1
+    try:
+        imap = IntensityMap.for_image(image, normalisation, channel_axis=axis)
+    except (ValueError, TypeError):
+        raise
+    except Exception as err:  # a damaged chunk met while sampling intensities
+        raise InputError(
+            f"reading the input {source.name or '(array)'} to sample its intensities failed "
+            f"({type(err).__name__}: {err}); the file may be damaged or incomplete: check or re-create it"
+        ) from err
+    if source.kind == "numpy":
+        for a in source.arrays:  # in memory: check every value, not just the sample
+            imap.check_range(a)
+    return imap
 
 
 def scheduler_config(device: str, client=None) -> dict:
@@ -239,6 +281,8 @@ def compute(collection, run: RestorationRun, client=None):
 def execute(run: RestorationRun, *, out=None, overwrite: bool = False, client=None, progress=None, cancel=None):
     """Carry out a prepared run: numpy for numpy input, else a lazy dask array; with ``out``, a store."""
     if out is not None:
+        check_zarr_out(out)
+        mio.check_distinct(run.source.paths, out)
         return _to_zarr(run, out, overwrite, client, progress, cancel)
     # on a cluster the client reports nothing per tile: the result comes back in one piece
     control = RunControl(progress if client is None else None, cancel, len(run.keys))
@@ -248,10 +292,28 @@ def execute(run: RestorationRun, *, out=None, overwrite: bool = False, client=No
     return compute(arr, run, client)
 
 
+def check_zarr_out(out) -> None:
+    """``out`` is a zarr store: a path ending in .zarr (or without a suffix)."""
+    suffix = os.path.splitext(os.fspath(out).rstrip("/\\"))[1].lower()
+    if suffix not in ("", ".zarr"):
+        raise mio.OutputError(
+            f"out={os.fspath(out)!r}: restore writes a zarr store, so out must end in .zarr; for {suffix} "
+            "write the returned array with napari_mirnet.io.write_image(path, result, axes), or use the CLI's -o"
+        )
+
+
 def _to_zarr(run: RestorationRun, out, overwrite: bool, client, progress, cancel):
+    # one run per store: a second writer (other settings, --overwrite, or the same new store at the
+    # same instant) would interleave chunks and leave a store marked complete that cannot be read
+    with mio.store_lock(out):
+        return _to_zarr_locked(run, out, overwrite, client, progress, cancel)
+
+
+def _to_zarr_locked(run: RestorationRun, out, overwrite: bool, client, progress, cancel):
     from dask.delayed import Delayed
 
     sink = open_zarr_sink(run, out, overwrite)
+    verify_done(run, sink)
     todo = sink.todo(run.keys)
     control = RunControl(progress if client is None else None, cancel, len(todo))
     workers = len(client.scheduler_info()["workers"]) if client is not None else 1

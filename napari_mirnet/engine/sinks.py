@@ -26,10 +26,12 @@ class ZarrSink:
         canon = tuple(lead) + ((0, ty, tx) if self.has_channel else (ty, tx))
         return tuple(canon[i] for i in self.out_perm)
 
-    def write(self, key: tuple, block: np.ndarray) -> None:
-        """Write one assembled chunk (canonical layout) and mark it done."""
+    def write(self, key: tuple, block: np.ndarray, digest: int | None = None) -> None:
+        """Write one assembled chunk (canonical layout) and its input digest, then mark it done."""
         if not self.has_channel:  # the store has no channel axis either
             block = block[..., 0, :, :]
+        if digest is not None:
+            mio.write_digest(self.output, self.chunk_index(key), digest)
         mio.write_chunk(self.output, np.transpose(block, self.out_perm), self.chunk_index(key))
 
     def todo(self, keys: list) -> list:

@@ -12,7 +12,7 @@ from .. import io as mio
 from ..axes import infer_axes, to_cyx_order, validate_axes
 from ..processing import check_dtype
 
-__all__ = ["Source", "open_source", "read_region"]
+__all__ = ["InputError", "Source", "open_source", "read_region", "read_window"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -25,6 +25,7 @@ class Source:
     kind: str = "numpy"  # numpy, dask, zarr (anything sliceable without loading it whole)
     name: str | None = None  # the path it came from
     eager: bool = False  # numpy in: numpy out
+    paths: tuple = ()  # files or stores the arrays are read from (to refuse writing over them)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -69,15 +70,22 @@ def open_source(image, axes: str | None, dual_pixel: bool, client=None) -> Sourc
         kind = "dask" if "dask" in kinds else ("zarr" if "zarr" in kinds else "numpy")
         if kind == "dask":
             arrays = tuple(a if isinstance(a, da.Array) else da.from_array(a) for a in arrays)
-        return Source(arrays, lv.axes, lv.pixel_scale, kind, lv.name, lv.eager and rv.eager)
+        return Source(arrays, lv.axes, lv.pixel_scale, kind, lv.name, lv.eager and rv.eager, lv.paths + rv.paths)
     pixel_scale, name = None, None
     if isinstance(image, (str, os.PathLike)):
         src = mio.open_image(image)
         image, pixel_scale, name = src.array, src.pixel_scale, str(image)
         if axes is None:
             axes = src.axes
+    image = _from_torch(image)
+    paths = (name,) if name else _store_paths(image)
     if isinstance(image, da.Array):
         kind = "dask"
+        if any(np.isnan(c) for dim in image.chunks for c in dim):
+            raise ValueError(
+                f"the dask array has unknown chunk sizes (NaN in chunks, shape {image.shape}), e.g. after "
+                "boolean indexing; call image.compute_chunk_sizes() first (or pass numpy)"
+            )
     elif isinstance(image, np.ndarray):
         kind = "numpy"
     elif hasattr(image, "shape") and hasattr(image, "dtype") and hasattr(image, "__getitem__"):
@@ -87,7 +95,9 @@ def open_source(image, axes: str | None, dual_pixel: bool, client=None) -> Sourc
         kind = "numpy"
     shape = tuple(image.shape)
     check_dtype(np.dtype(image.dtype))
-    if any(n == 0 for n in shape) or not shape:
+    if not shape:
+        raise ValueError(f"the image is a single value (a 0-d array: {image!r}), not an image; pass a 2-D or larger array")
+    if any(n == 0 for n in shape):
         raise ValueError(f"the image is empty (shape {shape}); nothing to restore")
     axes = validate_axes(axes, shape) if axes else infer_axes(shape)
     ny, nx = shape[axes.index("Y")], shape[axes.index("X")]
@@ -98,7 +108,26 @@ def open_source(image, axes: str | None, dual_pixel: bool, client=None) -> Sourc
     eager = kind == "numpy"
     if client is not None and kind == "numpy":
         kind, image = "dask", da.from_array(image)  # scattered through the graph, not a closure
-    return Source((image,), axes, pixel_scale, kind, name, eager)
+    return Source((image,), axes, pixel_scale, kind, name, eager, paths)
+
+
+def _from_torch(image):
+    """A torch tensor as numpy on the CPU (the result is numpy too); bf16 has no numpy twin: float32."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(image, torch.Tensor):
+        return image
+    t = image.detach()
+    if t.dtype == torch.bfloat16:
+        t = t.float()
+    return t.cpu().numpy()
+
+
+def _store_paths(image) -> tuple:
+    """The local store a zarr array reads from (zarr v3 LocalStore ``root``), if any."""
+    root = getattr(getattr(image, "store", None), "root", None)
+    return (str(root),) if root is not None else ()
 
 
 def _region_index(axes: str, lead: tuple[int, ...], ys: slice, xs: slice) -> tuple:
@@ -128,6 +157,24 @@ def read_region(arrays, axes: str, lead: tuple[int, ...], ys: slice, xs: slice) 
     idx = _region_index(axes, lead, ys, xs)
     parts = [_to_cyx(np.asarray(a[idx]), axes) for a in arrays]
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+
+def read_window(arrays, axes: str, plan, key: tuple, name: str | None = None) -> np.ndarray:
+    """A tile's input window (C, Y, X); a failed read (a corrupt or missing chunk) names the input and region."""
+    lead, ty, tx = key
+    (wy0, wy1), (wx0, wx1) = plan.window_range(0, ty), plan.window_range(1, tx)
+    try:
+        return read_region(arrays, axes, lead, slice(wy0, wy1), slice(wx0, wx1))
+    except Exception as err:
+        where = f"plane {lead}, " if lead else ""
+        raise InputError(
+            f"reading the input {name or '(array)'} failed at {where}rows {wy0}-{wy1}, columns {wx0}-{wx1} "
+            f"({type(err).__name__}: {err}); the file may be damaged or incomplete there: check or re-create it"
+        ) from err
+
+
+class InputError(RuntimeError):
+    """The input could not be read (a damaged file or store); the message names the region."""
 
 
 # ------------------------------------------------------------------ dask inputs: regions from chunks

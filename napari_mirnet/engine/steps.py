@@ -68,15 +68,18 @@ class TileContext:
     tta: bool = False  # average each tile over flips/rotations (model.self_ensemble)
     sink: object = None  # a ZarrSink for zarr output
     control: RunControl = field(default_factory=RunControl)
+    source_name: str | None = None  # the input's path, for error messages
 
 
 def restore_tiles(ctx: TileContext, tiles: list, after: list, *blocks) -> dict:
-    """Stage 1: restore a group of tiles in one batch. Returns {tile: (y0, x0, float32 C,H,W)}.
+    """Stage 1: restore a group of tiles in one batch. Returns {tile: (y0, x0, float32 C,H,W, digest)}.
 
     ``after`` holds results of earlier chunk writes: ordering edges only, their values are unused.
-    ``blocks`` are the tiles' input windows when they come from a dask graph.
+    ``blocks`` are the tiles' input windows when they come from a dask graph. ``digest`` is the
+    hash of the tile's input window (see :mod:`.digest`).
     """
-    from .source import read_region
+    from .digest import tile_digest
+    from .source import read_window
 
     ctx.control.check()
     plan, s = ctx.plan, ctx.plan.factor
@@ -86,36 +89,61 @@ def restore_tiles(ctx: TileContext, tiles: list, after: list, *blocks) -> dict:
         # torch's thread setting is per thread: dask's pool threads would keep an older one, and
         # CPU results depend (in the last bit) on the thread count
         torch.set_num_threads(ctx.threads)
-    items, ups = [], []
-    for k, (lead, ty, tx) in enumerate(tiles):
+    items, ups, seen, digests = [], [], [], []
+    bounds = ctx.imap.clip_range()
+    for k, key in enumerate(tiles):
+        lead, ty, tx = key
         (wy0, wy1), (wx0, wx1) = plan.window_range(0, ty), plan.window_range(1, tx)
         if blocks:
             raw = np.asarray(blocks[k])
         else:
-            raw = read_region(ctx.arrays, ctx.axes, lead, slice(wy0, wy1), slice(wx0, wx1))
+            raw = read_window(ctx.arrays, ctx.axes, plan, key, ctx.source_name)
+        where = f"plane {lead}, rows {wy0}-{wy1}, columns {wx0}-{wx1}"
         if raw.dtype.kind == "f" and not np.isfinite(raw).all():
             raise ValueError(
-                f"the image contains NaN or Inf pixels (plane {lead}, rows {wy0}-{wy1}, columns "
-                f"{wx0}-{wx1}); replace them (e.g. np.nan_to_num) first"
+                f"the image contains NaN or Inf pixels ({where}); replace them (e.g. np.nan_to_num) first"
             )
+        ctx.imap.check_range(raw, f" ({where})")
+        digests.append(tile_digest(raw) if ctx.sink is not None else 0)
         x = ctx.imap.forward(raw)
         up = upscale(x, s) if s > 1 else x
-        items.append(ctx.channels.prepare(up))
         ups.append(up)
+        if bounds is not None:
+            # outliers (a hot pixel) would swamp the network, whose pooling spreads them over the
+            # whole tile: the model sees them clipped, and they are put back after it
+            up = np.clip(up, *bounds)
+        seen.append(up)
+        items.append(ctx.channels.prepare(up))
     x = torch.from_numpy(np.ascontiguousarray(np.concatenate(items))).to(device)
     # "auto" reaches here only on dask.distributed workers, where the device is known at last
     precision = resolve_precision(ctx.precision, device) if ctx.precision == "auto" else ctx.precision
     y = forward.run_batch(model, x, precision, ctx.tta, ctx.channels.dual_pixel)
     preds, start = {}, 0
-    for (lead, ty, tx), item, up in zip(tiles, items, ups):
-        out = ctx.channels.finish(y[start : start + item.shape[0]], up)
+    for (lead, ty, tx), item, up, clipped, digest in zip(tiles, items, ups, seen, digests):
+        out = ctx.channels.finish(y[start : start + item.shape[0]], clipped)
         start += item.shape[0]
+        if bounds is not None:
+            out = _pass_through(out, up, bounds, ctx.channels.dual_pixel)
         (wy0, _), (wx0, _) = plan.window_range(0, ty), plan.window_range(1, tx)
         (py0, py1), (px0, px1) = plan.pred_range(0, ty), plan.pred_range(1, tx)
         crop = out[:, s * (py0 - wy0) : s * (py1 - wy0), s * (px0 - wx0) : s * (px1 - wx0)]
-        preds[(lead, ty, tx)] = (s * py0, s * px0, np.ascontiguousarray(crop, dtype=np.float32))
+        preds[(lead, ty, tx)] = (s * py0, s * px0, np.ascontiguousarray(crop, dtype=np.float32), digest)
     ctx.control.tiles_done(len(tiles))
     return preds
+
+
+def _pass_through(out: np.ndarray, up: np.ndarray, bounds: tuple, dual_pixel: bool) -> np.ndarray:
+    """Values the model input was clipped from come out as they went in (nothing silently lost)."""
+    outside = (up < bounds[0]) | (up > bounds[1])
+    if not outside.any():
+        return out
+    if dual_pixel:  # both views make one output: pass their mean where either was clipped
+        value = up.reshape(2, -1, *up.shape[1:]).mean(axis=0)
+        outside = outside.reshape(2, -1, *up.shape[1:]).any(axis=0)
+        return np.where(outside, value, out).astype(np.float32) if value.shape == out.shape else out
+    if out.shape[0] != up.shape[0]:
+        return out
+    return np.where(outside, up, out).astype(np.float32)
 
 
 def assemble(ctx: TileContext, key: tuple, *groups) -> np.ndarray:
@@ -130,12 +158,12 @@ def assemble(ctx: TileContext, key: tuple, *groups) -> np.ndarray:
         preds.update(g)
     own = preds[key][2]
     if plan.margin == (0, 0):
-        py0, px0, arr = preds[key]
+        py0, px0, arr, _ = preds[key]
         acc = arr[:, oy0 - py0 : oy1 - py0, ox0 - px0 : ox1 - px0]
     else:
         acc = np.zeros((own.shape[0], oy1 - oy0, ox1 - ox0), dtype=np.float32)
         H, W = s * plan.height, s * plan.width
-        for (ld, iy, ix), (py0, px0, arr) in preds.items():
+        for (ld, iy, ix), (py0, px0, arr, _) in preds.items():
             if ld != lead:
                 continue
             # overlap of this tile's prediction with the chunk, in output pixels
@@ -158,9 +186,9 @@ def strip(ctx: TileContext, key: tuple, *groups) -> dict:
     plan, s = ctx.plan, ctx.plan.factor
     for g in groups:
         if key in g:
-            py0, px0, arr = g[key]
+            py0, px0, arr, digest = g[key]
             c1 = s * plan.core_range(0, key[1])[1]
-            return {key: (c1, px0, arr[:, c1 - py0 :].copy())}  # a copy: a view would keep the tile
+            return {key: (c1, px0, arr[:, c1 - py0 :].copy(), digest)}  # a copy: a view would keep the tile
     raise KeyError(key)
 
 
@@ -169,7 +197,10 @@ def write(ctx: TileContext, key: tuple, *groups) -> dict:
 
     Returns the tile's band for the chunks below, so that the full prediction is released at once.
     """
-    ctx.sink.write(key, assemble(ctx, key, *groups))
+    from .digest import chunk_digest, contributors
+
+    digests = {k: v[3] for g in groups for k, v in g.items()}
+    ctx.sink.write(key, assemble(ctx, key, *groups), chunk_digest([digests[t] for t in contributors(ctx.plan, key)]))
     return strip(ctx, key, *groups) if ctx.plan.margin[0] else {}
 
 

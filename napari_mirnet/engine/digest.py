@@ -1,0 +1,96 @@
+"""What a resumed store was computed from: a digest of the input behind every finished chunk.
+
+Design. Each tile task hashes the input window it reads (BLAKE2b, 64 bits, over the window's
+shape, dtype and bytes in (C, Y, X) order) while the window is in memory anyway, so a run pays
+one hash per tile and no extra reads. An output chunk is made from its own tile and, when
+blending, the bands of the tiles to its left, above and above-left (:func:`contributors`); the
+chunk's digest combines those tiles' digests and is stored next to its done marker
+(``mirnet_input`` in the store) before the marker is set. On resume the windows behind the done
+chunks are read once more and hashed (:func:`verify_done`) before anything is computed or
+written: a changed file, another array of the same shape and dtype, or a replaced input is
+refused with :class:`~napari_mirnet.io.FingerprintMismatch`. Reading the finished part again
+costs I/O only, which is small next to the model time it protects; chunks not yet done need no
+check, since they are computed from the input as it is now.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from .. import io as mio
+
+__all__ = ["SCHEME", "chunk_digest", "contributors", "tile_digest", "verify_done"]
+
+#: Stored in the fingerprint, so that a store written under another scheme is never resumed.
+SCHEME = "blake2b-64 of each tile's input window, combined per output chunk (v1)"
+
+
+def tile_digest(raw: np.ndarray) -> int:
+    """64-bit digest of one input window (C, Y, X) as read."""
+    raw = np.ascontiguousarray(raw)
+    h = hashlib.blake2b(digest_size=8)
+    h.update(f"{raw.shape}{raw.dtype.str}".encode())
+    h.update(memoryview(raw).cast("B"))
+    return int.from_bytes(h.digest(), "little")
+
+
+def contributors(plan, key: tuple) -> list[tuple]:
+    """Tiles whose predictions make up the output chunk of ``key``: itself, left, above, above-left."""
+    lead, ty, tx = key
+    out = [key]
+    left, up = plan.margin[1] and tx > 0, plan.margin[0] and ty > 0
+    if left:
+        out.append((lead, ty, tx - 1))
+    if up:
+        out.append((lead, ty - 1, tx))
+    if left and up:
+        out.append((lead, ty - 1, tx - 1))
+    return out
+
+
+def chunk_digest(tile_digests: list[int]) -> int:
+    """Combine contributor digests (in :func:`contributors` order); never 0 (0 means none stored)."""
+    h = hashlib.blake2b(digest_size=8)
+    for d in tile_digests:
+        h.update(int(d).to_bytes(8, "little"))
+    return int.from_bytes(h.digest(), "little") or 1
+
+
+def verify_done(run, sink) -> None:
+    """Raise FingerprintMismatch when a finished chunk of ``sink`` came from other input than ``run``'s."""
+    from .source import read_window
+
+    done = sink.output.done_mask()
+    if not done.any():
+        return
+    stored = sink.output.input_digests()
+    keys = [k for k in run.keys if done[sink.chunk_index(k)]]
+    needed = sorted({t for k in keys for t in contributors(run.plan, k)})
+    if run.source.kind == "dask":
+        import dask
+
+        from .source import canonical_dask
+
+        src = canonical_dask(run.source)
+        tasks = []
+        for lead, ty, tx in needed:
+            (wy0, wy1), (wx0, wx1) = run.plan.window_range(0, ty), run.plan.window_range(1, tx)
+            tasks.append(dask.delayed(tile_digest)(src[tuple(lead) + (slice(None), slice(wy0, wy1), slice(wx0, wx1))]))
+        from .run import scheduler_config
+
+        with dask.config.set(scheduler_config(run.device)):
+            digests = dict(zip(needed, dask.compute(*tasks)))
+    else:
+        digests = {t: tile_digest(read_window(run.source.arrays, run.axes, run.plan, t, run.source.name)) for t in needed}
+    for k in keys:
+        idx = sink.chunk_index(k)
+        if int(stored[idx]) != chunk_digest([digests[t] for t in contributors(run.plan, k)]):
+            lead, ty, tx = k
+            raise mio.FingerprintMismatch(
+                f"output {sink.output.path} holds an unfinished run computed from other input data: its finished "
+                f"chunk at plane {lead}, tile row {ty}, column {tx} does not match the input as it is now (another "
+                "image of the same shape and dtype, or the file changed). Resume only with the original input, or "
+                "pass --overwrite (overwrite=True) to start again"
+            )
