@@ -712,47 +712,44 @@ def _add_train_run(p) -> None:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _cmd_train(args) -> int:
-    import json
+def _train_data(args):
+    """(clean, degraded, description) for ``train``; None after printing what is wrong."""
+    from .training import HELD_OUT_IMAGES, load_images, training_images
 
-    from .training import (
-        HELD_OUT_IMAGES,
-        TrainConfig,
-        degradation_from_args,
-        export_model,
-        load_images,
-        loss_log_path,
-        train,
-        training_images,
-    )
+    if args.bundled_data and args.clean:
+        print("error: give either --clean or --bundled-data, not both", file=sys.stderr)
+        return None
+    if args.colour_only and not args.bundled_data:
+        print("error: --colour-only selects among the bundled images: use it with --bundled-data "
+              "(with --clean, pass only colour images)", file=sys.stderr)
+        return None
+    if args.bundled_data:
+        imgs = training_images(args.data_dir, args.colour_only)
+        if not imgs:
+            print("error: no bundled images found on disk (is scikit-image installed?)", file=sys.stderr)
+            return None
+        return list(imgs.values()), None, {"description": "images bundled with installed packages",
+                                           "images": sorted(imgs), "held_out": list(HELD_OUT_IMAGES)}
+    if args.clean:
+        clean = [im for s in args.clean for im in load_images(s)]
+        degraded = [im for s in args.degraded for im in load_images(s)] if args.degraded else None
+        return clean, degraded, {"description": "user images", "clean": [str(s) for s in args.clean],
+                                 "degraded": [str(s) for s in args.degraded] if args.degraded else None}
+    print("error: give --clean or --bundled-data", file=sys.stderr)
+    return None
+
+
+def _cmd_train(args) -> int:
+    from .training import TrainConfig, degradation_from_args, export_model, loss_log_path, train
 
     if args.degradation_json:
         spec = json.loads(args.degradation_json)
     else:
         spec = degradation_from_args(args.task, args.noise, args.sigma_max, args.scale)
-    if args.bundled_data and args.clean:
-        print("error: give either --clean or --bundled-data, not both", file=sys.stderr)
+    data = _train_data(args)
+    if data is None:
         return 2
-    if args.colour_only and not args.bundled_data:
-        print("error: --colour-only selects among the bundled images: use it with --bundled-data "
-              "(with --clean, pass only colour images)", file=sys.stderr)
-        return 2
-    if args.bundled_data:
-        imgs = training_images(args.data_dir, args.colour_only)
-        if not imgs:
-            print("error: no bundled images found on disk (is scikit-image installed?)", file=sys.stderr)
-            return 2
-        clean, degraded = list(imgs.values()), None
-        desc = {"description": "images bundled with installed packages", "images": sorted(imgs),
-                "held_out": list(HELD_OUT_IMAGES)}
-    elif args.clean:
-        clean = [im for s in args.clean for im in load_images(s)]
-        degraded = [im for s in args.degraded for im in load_images(s)] if args.degraded else None
-        desc = {"description": "user images", "clean": [str(s) for s in args.clean],
-                "degraded": [str(s) for s in args.degraded] if args.degraded else None}
-    else:
-        print("error: give --clean or --bundled-data", file=sys.stderr)
-        return 2
+    clean, degraded, desc = data
     cfg = TrainConfig(
         task=args.task, channels=args.channels, n_feat=args.n_feat, chan_factor=args.chan_factor,
         n_mrb=args.n_mrb, degradation=spec, iters=args.iters, lr=args.lr, warmup=args.warmup,
