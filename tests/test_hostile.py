@@ -172,7 +172,9 @@ def test_a_hot_pixel_does_not_damage_the_tile(tiny_weights, identity_weights):
     ref = engine.restore(img, weights=tiny_weights, **WHOLE)
     out = engine.restore(hot, weights=tiny_weights, **WHOLE)
     far = (slice(66, None), slice(66, None))  # 46 px and more from the hot pixel
-    assert _psnr(out[far], ref[far], 1000) > 40  # before: the whole tile shifted (~10 dB)
+    # the random tiny model is far less sensitive than a trained one (official denoiser: 31.1 -> 9.8 dB
+    # before the fix); here the far region went from 103 dB to float rounding (~137 dB)
+    assert _psnr(out[far], ref[far], 1000) > 120
     assert out[20, 20] == pytest.approx(30000, rel=1e-5)  # passed through, not lost
     same = engine.restore(hot, weights=identity_weights, **WHOLE)
     np.testing.assert_allclose(same, hot, rtol=1e-5, atol=1e-2)
