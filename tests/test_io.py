@@ -199,7 +199,8 @@ def test_overwriting_a_store_in_the_same_process_writes_through_fresh_arrays(tin
     other = rng.integers(0, 256, (70, 60, 3), dtype=np.uint8)
     third = engine.restore(other, weights=tiny_weights, out=out, overwrite=True, tile=48, halo=8, blend=4, device="cpu")
     assert third.shape == other.shape
+    # the store holds (C, Y, X): read it back in the input's (Y, X, C) order
     np.testing.assert_array_equal(
-        np.asarray(zarr.open_group(out, mode="r")["0"]),
+        np.moveaxis(np.asarray(zarr.open_group(out, mode="r")["0"]), 0, -1),
         engine.restore(other, weights=tiny_weights, tile=48, halo=8, blend=4, device="cpu"),
     )
