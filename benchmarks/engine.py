@@ -141,11 +141,21 @@ def worker(spec: dict) -> dict:
         img = test_image(spec["size"])
         cached_model(spec["weights"], dev)
         t0 = time.perf_counter()
-        engine.restore(img, weights=spec["weights"], device=dev, tile=spec["tile"], halo=spec["halo"], blend=spec["blend"])
+        engine.restore(
+            img, weights=spec["weights"], device=dev, tile=spec["tile"], halo=spec["halo"], blend=spec["blend"]
+        )
     elif spec["job"] == "zarr2zarr":
         t0 = time.perf_counter()
-        engine.restore(spec["input"], weights=spec["weights"], device=dev, tile=spec["tile"], halo=spec["halo"],
-                       blend=spec["blend"], out=spec["output"], overwrite=True)
+        engine.restore(
+            spec["input"],
+            weights=spec["weights"],
+            device=dev,
+            tile=spec["tile"],
+            halo=spec["halo"],
+            blend=spec["blend"],
+            out=spec["output"],
+            overwrite=True,
+        )
     res["seconds"] = time.perf_counter() - t0
     res["peak_rss_mib"] = _rss_mib()
     if dev.startswith("cuda"):
@@ -175,8 +185,15 @@ def throughput(args, weights: str, report: dict) -> None:
     win = plan.window
     dev = next(model.parameters()).device
     # the raw forward sees the engine's own tile windows (same pixels, same shapes)
-    xs = [torch.from_numpy(img[slice(*plan.window_range(0, i)), slice(*plan.window_range(1, j))]).permute(2, 0, 1)[None]
-          .float().div(255).to(dev) for i in range(plan.grid[0]) for j in range(plan.grid[1])]
+    xs = [
+        torch.from_numpy(img[slice(*plan.window_range(0, i)), slice(*plan.window_range(1, j))])
+        .permute(2, 0, 1)[None]
+        .float()
+        .div(255)
+        .to(dev)
+        for i in range(plan.grid[0])
+        for j in range(plan.grid[1])
+    ]
     prec = "bf16" if dev.type == "cuda" else "fp32"
 
     def run_engine():
@@ -202,13 +219,25 @@ def throughput(args, weights: str, report: dict) -> None:
         t_engine = min(t_engine, run_engine())
         t_raw = min(t_raw, run_raw())
     mpix = n_tiles * win[0] * win[1] / 1e6
-    r = {"tile_pixels_mpix": mpix, "engine_s": t_engine, "raw_s": t_raw, "engine_mpix_s": mpix / t_engine,
-         "raw_mpix_s": mpix / t_raw, "ratio": t_raw / t_engine, "tiles": n_tiles, "window": list(win)}
+    r = {
+        "tile_pixels_mpix": mpix,
+        "engine_s": t_engine,
+        "raw_s": t_raw,
+        "engine_mpix_s": mpix / t_engine,
+        "raw_mpix_s": mpix / t_raw,
+        "ratio": t_raw / t_engine,
+        "tiles": n_tiles,
+        "window": list(win),
+    }
     report["throughput"] = r
-    print(f"[1] throughput on {args.tp_size}x{args.tp_size}, {n_tiles} tiles of {win[0]}x{win[1]} ({mpix:.2f} MPix of tile "
-          f"pixels), best of {args.repeats}:")
-    print(f"    engine {r['engine_mpix_s']:.4f} MPix/s ({t_engine:.1f} s) vs raw forward {r['raw_mpix_s']:.4f} MPix/s "
-          f"({t_raw:.1f} s): ratio {r['ratio']:.3f}")
+    print(
+        f"[1] throughput on {args.tp_size}x{args.tp_size}, {n_tiles} tiles of {win[0]}x{win[1]} ({mpix:.2f} MPix of tile "
+        f"pixels), best of {args.repeats}:"
+    )
+    print(
+        f"    engine {r['engine_mpix_s']:.4f} MPix/s ({t_engine:.1f} s) vs raw forward {r['raw_mpix_s']:.4f} MPix/s "
+        f"({t_raw:.1f} s): ratio {r['ratio']:.3f}"
+    )
 
 
 def naive_vs_ours(args, weights: str, report: dict) -> None:
@@ -216,8 +245,10 @@ def naive_vs_ours(args, weights: str, report: dict) -> None:
     naive = run_worker({**base, "job": "naive"})
     ours = run_worker({**base, "job": "ours_memory", "tile": 720, "halo": 64, "blend": 16})
     report["naive_vs_ours"] = {"naive": naive, "ours": ours, "size": args.naive_size}
-    print(f"[2] naive (tile 720, overlap 32, full-size accumulators) vs engine (tile 720, halo 64, blend 16), "
-          f"{args.naive_size}x{args.naive_size} RGB, in-memory numpy:")
+    print(
+        f"[2] naive (tile 720, overlap 32, full-size accumulators) vs engine (tile 720, halo 64, blend 16), "
+        f"{args.naive_size}x{args.naive_size} RGB, in-memory numpy:"
+    )
     for name, r in (("naive", naive), ("engine", ours)):
         gpu = f", peak GPU {r['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in r else ""
         print(f"    {name:6s} {r['seconds']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB{gpu}")
@@ -226,19 +257,33 @@ def naive_vs_ours(args, weights: str, report: dict) -> None:
 def rss_scaling(args, weights: str, report: dict, tmp: Path) -> None:
     rows = {}
     stub = args.rss_model == "stub" or (args.rss_model == "auto" and args.device == "cpu" and not args.full)
-    model_note = "stand-in 3x3 conv model (engine memory only; stricter: no constant model term)" if stub else "the MIRNet model"
+    model_note = (
+        "stand-in 3x3 conv model (engine memory only; stricter: no constant model term)" if stub else "the MIRNet model"
+    )
     print(f"[3] zarr->zarr peak RSS, each size in its own process, {model_note}:")
     for size in args.rss_sizes:
         src = tmp / f"in{size}.zarr"
         write_zarr_input(src, size)
-        r = run_worker({"job": "zarr2zarr", "weights": weights, "device": args.device, "input": str(src),
-                        "output": str(tmp / f"out{size}.zarr"), "tile": args.rss_tile, "halo": 64, "blend": 16,
-                        "stub": stub})
+        r = run_worker(
+            {
+                "job": "zarr2zarr",
+                "weights": weights,
+                "device": args.device,
+                "input": str(src),
+                "output": str(tmp / f"out{size}.zarr"),
+                "tile": args.rss_tile,
+                "halo": 64,
+                "blend": 16,
+                "stub": stub,
+            }
+        )
         rows[size] = r
         shutil.rmtree(src)
         shutil.rmtree(tmp / f"out{size}.zarr")
         gpu = f", peak GPU {r['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in r else ""
-        print(f"    {size}x{size} RGB uint8, tile {args.rss_tile}: {r['seconds']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB{gpu}")
+        print(
+            f"    {size}x{size} RGB uint8, tile {args.rss_tile}: {r['seconds']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB{gpu}"
+        )
     a, b = args.rss_sizes[0], args.rss_sizes[-1]
     ratio = rows[b]["peak_rss_mib"] / rows[a]["peak_rss_mib"]
     report["rss"] = {"rows": rows, "ratio": ratio, "stub_model": stub}
@@ -274,7 +319,9 @@ def quality(args, weights: str, report: dict) -> None:
     settings += [(f"tile {args.q_tiles[0]}, no blend", args.q_tiles[0], None, 0)]
     settings += [(f"tile {args.q_tiles[-1]}, halo 128", args.q_tiles[-1], 128, None)]
     rows = []
-    print(f"[4] tiled vs whole-image output, {args.q_size}x{args.q_size} RGB, {'random model' if 'bench.pth' in weights else weights}:")
+    print(
+        f"[4] tiled vs whole-image output, {args.q_size}x{args.q_size} RGB, {'random model' if 'bench.pth' in weights else weights}:"
+    )
     for label, tile, halo, blend in settings:
         out = engine.restore(img, weights=weights, device=args.device, tile=tile, halo=halo, blend=blend)
         t = tile or engine.default_tile(model)
@@ -283,15 +330,26 @@ def quality(args, weights: str, report: dict) -> None:
         plan = engine.plan_tiles(img.shape[0], img.shape[1], t, h, b)
         by = [plan.core_range(0, i)[0] for i in range(1, plan.grid[0])]
         bx = [plan.core_range(1, i)[0] for i in range(1, plan.grid[1])]
-        row = {"setting": label, "tile": t, "halo": h, "blend": b, "tiles": plan.grid[0] * plan.grid[1],
-               "psnr_db": psnr(out, whole)}
+        row = {
+            "setting": label,
+            "tile": t,
+            "halo": h,
+            "blend": b,
+            "tiles": plan.grid[0] * plan.grid[1],
+            "psnr_db": psnr(out, whole),
+        }
         if by or bx:
             row["seam"] = seam_score(out, by, bx)
             row["seam_whole_same_lines"] = seam_score(whole, by, bx)
         rows.append(row)
-        seam = (f"seam {row['seam']:.3f} (whole-image output at the same lines {row['seam_whole_same_lines']:.3f})"
-                if "seam" in row else "one tile: no seams")
-        print(f"    {label:24s} tile {t} halo {h} blend {b}: {row['tiles']} tiles, PSNR {row['psnr_db']:.2f} dB, {seam}")
+        seam = (
+            f"seam {row['seam']:.3f} (whole-image output at the same lines {row['seam_whole_same_lines']:.3f})"
+            if "seam" in row
+            else "one tile: no seams"
+        )
+        print(
+            f"    {label:24s} tile {t} halo {h} blend {b}: {row['tiles']} tiles, PSNR {row['psnr_db']:.2f} dB, {seam}"
+        )
     report["quality"] = rows
 
 
@@ -300,8 +358,23 @@ def kill_resume(args, weights: str, report: dict, tmp: Path) -> None:
 
     src = tmp / "kr_in.zarr"
     write_zarr_input(src, args.kr_size, chunk=256)
-    cmd = [sys.executable, "-m", "napari_mirnet.cli", "restore", str(src), "--weights", weights, "--device",
-           args.device, "--tile", str(args.kr_tile), "--halo", "32", "-q", "-o"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "napari_mirnet.cli",
+        "restore",
+        str(src),
+        "--weights",
+        weights,
+        "--device",
+        args.device,
+        "--tile",
+        str(args.kr_tile),
+        "--halo",
+        "32",
+        "-q",
+        "-o",
+    ]
     fresh = tmp / "kr_fresh.zarr"
     t0 = time.perf_counter()
     subprocess.run(cmd + [str(fresh)], check=True)
@@ -326,9 +399,16 @@ def kill_resume(args, weights: str, report: dict, tmp: Path) -> None:
     a = zarr.open_group(str(fresh), mode="r")["0"][...]
     b = zarr.open_group(str(killed), mode="r")["0"][...]
     identical = bool(np.array_equal(a, b))
-    report["kill_resume"] = {"fresh_s": t_fresh, "resume_s": t_resume, "done_at_kill": done_frac, "identical": identical}
-    print(f"[5] CLI zarr->zarr {args.kr_size}x{args.kr_size}, tile {args.kr_tile}: fresh run {t_fresh:.1f} s; killed (SIGKILL) "
-          f"at {done_frac:.0%} of chunks, resumed in {t_resume:.1f} s; bit-identical to the fresh run: {identical}")
+    report["kill_resume"] = {
+        "fresh_s": t_fresh,
+        "resume_s": t_resume,
+        "done_at_kill": done_frac,
+        "identical": identical,
+    }
+    print(
+        f"[5] CLI zarr->zarr {args.kr_size}x{args.kr_size}, tile {args.kr_tile}: fresh run {t_fresh:.1f} s; killed (SIGKILL) "
+        f"at {done_frac:.0%} of chunks, resumed in {t_resume:.1f} s; bit-identical to the fresh run: {identical}"
+    )
 
 
 def main() -> None:
@@ -343,8 +423,12 @@ def main() -> None:
     ap.add_argument("--naive-size", type=int, default=2048)
     ap.add_argument("--rss-sizes", type=lambda s: [int(v) for v in s.split(",")], default=[2048, 8192])
     ap.add_argument("--rss-tile", type=int, default=512)
-    ap.add_argument("--rss-model", choices=["auto", "stub", "mirnet"], default="auto",
-                    help="auto: the stand-in model on CPU without --full (MIRNet at 8192^2 takes ~30 min on 2 cores)")
+    ap.add_argument(
+        "--rss-model",
+        choices=["auto", "stub", "mirnet"],
+        default="auto",
+        help="auto: the stand-in model on CPU without --full (MIRNet at 8192^2 takes ~30 min on 2 cores)",
+    )
     ap.add_argument("--q-size", type=int, default=768)
     ap.add_argument("--q-tiles", type=lambda s: [int(v) for v in s.split(",")], default=[256, 512])
     ap.add_argument("--kr-size", type=int, default=1536)
@@ -358,14 +442,24 @@ def main() -> None:
     import torch
 
     tmp = Path(tempfile.mkdtemp(prefix="mirnet-bench-"))
-    report = {"device": args.device, "full": args.full, "weights": args.weights, "torch_threads": torch.get_num_threads()}
-    model_desc = (f"{args.weights} (trained)" if args.weights
-                  else f"{'full n_feat=80 n_mrb=2' if args.full else 'small n_feat=16 n_mrb=1'} (random weights)")
+    report = {
+        "device": args.device,
+        "full": args.full,
+        "weights": args.weights,
+        "torch_threads": torch.get_num_threads(),
+    }
+    model_desc = (
+        f"{args.weights} (trained)"
+        if args.weights
+        else f"{'full n_feat=80 n_mrb=2' if args.full else 'small n_feat=16 n_mrb=1'} (random weights)"
+    )
     if args.device.startswith("cuda"):
         report["gpu"] = torch.cuda.get_device_name()
-    print(f"napari-mirnet engine benchmark: device {args.device}"
-          f"{' (' + report['gpu'] + ')' if 'gpu' in report else ''}, model {model_desc}, "
-          f"torch threads {report['torch_threads']}")
+    print(
+        f"napari-mirnet engine benchmark: device {args.device}"
+        f"{' (' + report['gpu'] + ')' if 'gpu' in report else ''}, model {model_desc}, "
+        f"torch threads {report['torch_threads']}"
+    )
     try:
         weights = args.weights or make_weights(tmp / "bench.pth", args.full)
         sections = set(args.sections.split(","))

@@ -94,15 +94,21 @@ def add_noise(clean: np.ndarray, kind: str, seed: int = 1) -> tuple[np.ndarray, 
         electrons = rng.poisson(clean * photons).astype(np.float32) + rng.normal(0, read, clean.shape)
         noisy = gain * electrons + offset
         truth = gain * clean * photons + offset
-        return noisy.astype(np.float32), truth.astype(np.float32), {
-            "photons": photons, "gain": gain, "offset": offset, "read_noise_e": read}
+        return (
+            noisy.astype(np.float32),
+            truth.astype(np.float32),
+            {"photons": photons, "gain": gain, "offset": offset, "read_noise_e": read},
+        )
     if kind == "row_correlated":
         k = np.ones(5, np.float32) / np.sqrt(5.0)  # unit gain for white input: the sigma is kept
         corr = ndi.convolve1d(rng.normal(0, 0.07, clean.shape).astype(np.float32), k, axis=-1, mode="wrap")
         rows = rng.normal(0, 0.02, clean.shape[:-1] + (1,)).astype(np.float32)
         white = rng.normal(0, 0.02, clean.shape).astype(np.float32)
-        return (clean + corr + rows + white).astype(np.float32), clean, {
-            "correlated_sigma": 0.07, "kernel": "5-px box along rows", "row_sigma": 0.02, "white_sigma": 0.02}
+        return (
+            (clean + corr + rows + white).astype(np.float32),
+            clean,
+            {"correlated_sigma": 0.07, "kernel": "5-px box along rows", "row_sigma": 0.02, "white_sigma": 0.02},
+        )
     raise ValueError(kind)
 
 
@@ -114,19 +120,35 @@ def psnr(x: np.ndarray, y: np.ndarray) -> float:
 def run_shipped(noisy_eval: np.ndarray, weights="small-denoise-gray") -> np.ndarray:
     from napari_mirnet import restore
 
-    return restore(noisy_eval, "denoise", weights=str(weights), axes="ZYX", normalisation="fixed",
-                   device="cpu")
+    return restore(noisy_eval, "denoise", weights=str(weights), axes="ZYX", normalisation="fixed", device="cpu")
 
 
-def run_finetune(noisy: np.ndarray, budget_s: float, workdir: Path, objective="neighbor2neighbor", **kw) -> tuple[Path, dict]:
+def run_finetune(
+    noisy: np.ndarray, budget_s: float, workdir: Path, objective="neighbor2neighbor", **kw
+) -> tuple[Path, dict]:
     from napari_mirnet.finetune import finetune
 
     out = workdir / f"ft-{objective}.pth"
     t = time.process_time()
-    r = finetune(noisy, out, "small-denoise-gray", minutes=budget_s / 60, axes="ZYX", normalisation="fixed",
-                 clock="cpu", device="cpu", objective=objective, **kw)
-    info = {"steps": r.steps, "best_step": r.best_step, "source_val": r.source_val, "best_val": r.best_val,
-            "cpu_s": round(time.process_time() - t, 1)}
+    r = finetune(
+        noisy,
+        out,
+        "small-denoise-gray",
+        minutes=budget_s / 60,
+        axes="ZYX",
+        normalisation="fixed",
+        clock="cpu",
+        device="cpu",
+        objective=objective,
+        **kw,
+    )
+    info = {
+        "steps": r.steps,
+        "best_step": r.best_step,
+        "source_val": r.source_val,
+        "best_val": r.best_val,
+        "cpu_s": round(time.process_time() - t, 1),
+    }
     return out, info
 
 
@@ -186,8 +208,15 @@ def run_n2v(noisy: np.ndarray, eval_idx, budget_s: float, workdir: Path, struct:
             if time.process_time() - self.t0 >= budget_s:
                 trainer.should_stop = True
 
-    common = dict(experiment_name="n2v_bench", data_type="array", axes="SYX", patch_size=[64, 64],
-                  batch_size=16, num_epochs=10_000, n_val_patches=8 if noisy.size > 200_000 else 2)
+    common = dict(
+        experiment_name="n2v_bench",
+        data_type="array",
+        axes="SYX",
+        patch_size=[64, 64],
+        batch_size=16,
+        num_epochs=10_000,
+        n_val_patches=8 if noisy.size > 200_000 else 2,
+    )
     if struct:
         cfg = create_structn2v_config(struct_n2v_axes=struct, struct_n2v_span=5, **common)
     else:
@@ -206,8 +235,11 @@ def run_n2v(noisy: np.ndarray, eval_idx, budget_s: float, workdir: Path, struct:
     finally:
         os.chdir(cwd)
     out = np.squeeze(np.stack([np.squeeze(p) for p in pred])).astype(np.float32)
-    return out.reshape(noisy[eval_idx].shape), {"steps": budget.steps, "cpu_s": round(time.process_time() - budget.t0, 1),
-                                                "struct_n2v": struct}
+    return out.reshape(noisy[eval_idx].shape), {
+        "steps": budget.steps,
+        "cpu_s": round(time.process_time() - budget.t0, 1),
+        "struct_n2v": struct,
+    }
 
 
 def run_bm3d(noisy_eval: np.ndarray, kind: str, params: dict, scale: tuple[float, float]) -> np.ndarray:
@@ -228,7 +260,14 @@ def run_bm3d(noisy_eval: np.ndarray, kind: str, params: dict, scale: tuple[float
             d = bm3d.bm3d((t - tlo) / (thi - tlo), sigma_psd=1.0 / (thi - tlo)) * (thi - tlo) + tlo
             # closed-form approximation of the exact unbiased inverse (Makitalo & Foi, 2013)
             d = np.maximum(d, 1e-3)
-            inv = 0.25 * d**2 + 0.25 * np.sqrt(1.5) / d - 11 / 8 / d**2 + 5 / 8 * np.sqrt(1.5) / d**3 - 1 / 8 - sig**2 / g**2
+            inv = (
+                0.25 * d**2
+                + 0.25 * np.sqrt(1.5) / d
+                - 11 / 8 / d**2
+                + 5 / 8 * np.sqrt(1.5) / d**3
+                - 1 / 8
+                - sig**2 / g**2
+            )
             e = np.maximum(inv, 0) * g + off
             out.append((e - lo) / span)
         elif kind == "gaussian":
@@ -266,8 +305,14 @@ def bench_noise(kind: str, budget_s: float, z: int, size: int, eval_planes: int,
     def score(x):
         return psnr(x / rng_scale, gt / rng_scale)
 
-    res = {"noise": kind, "params": params, "budget_cpu_s": budget_s, "stack": [z, size, size],
-           "eval_planes": eval_idx.tolist(), "methods": {}}
+    res = {
+        "noise": kind,
+        "params": params,
+        "budget_cpu_s": budget_s,
+        "stack": [z, size, size],
+        "eval_planes": eval_idx.tolist(),
+        "methods": {},
+    }
     crops = {"ground truth": gt[len(gt) // 2], "noisy": noisy[eval_idx][len(gt) // 2]}
 
     def record(name, out, info=None, t=None):
@@ -333,8 +378,10 @@ def write_report(results: list[dict], path: Path, quick: bool) -> None:
         def g(k):
             return f"{m[k]['psnr']:.2f}" if k in m else "-"
 
-        lines.append(f"{r['noise']:22s} {'yes' if r['noise'] in SEEN else 'no':5s} {g('noisy'):>7s} {g('shipped'):>8s} "
-                     f"{g('finetuned'):>10s} {g('n2v'):>7s} {g('bm3d'):>7s}")
+        lines.append(
+            f"{r['noise']:22s} {'yes' if r['noise'] in SEEN else 'no':5s} {g('noisy'):>7s} {g('shipped'):>8s} "
+            f"{g('finetuned'):>10s} {g('n2v'):>7s} {g('bm3d'):>7s}"
+        )
     lines.append("")
     for r in results:
         m = r["methods"]
@@ -343,10 +390,14 @@ def write_report(results: list[dict], path: Path, quick: bool) -> None:
             d_sh = m["finetuned"]["psnr"] - m["shipped"]["psnr"]
             seen = r["noise"] in SEEN
             goal = (d_sh >= 0) if seen else (d_n2v >= 1 and d_sh > 0)
-            lines.append(f"{r['noise']}: finetuned - N2V = {d_n2v:+.2f} dB, finetuned - shipped = {d_sh:+.2f} dB; "
-                         f"goal ({'>= shipped' if seen else '>= N2V + 1 dB and > shipped'}): {'met' if goal else 'MISSED'}")
-        lines.append(f"{r['noise']}: budget {r['budget_cpu_s']} CPU s; details: " + json.dumps(
-            {k: {kk: vv for kk, vv in v.items() if kk != 'psnr'} for k, v in m.items() if k != "noisy"}))
+            lines.append(
+                f"{r['noise']}: finetuned - N2V = {d_n2v:+.2f} dB, finetuned - shipped = {d_sh:+.2f} dB; "
+                f"goal ({'>= shipped' if seen else '>= N2V + 1 dB and > shipped'}): {'met' if goal else 'MISSED'}"
+            )
+        lines.append(
+            f"{r['noise']}: budget {r['budget_cpu_s']} CPU s; details: "
+            + json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "psnr"} for k, v in m.items() if k != "noisy"})
+        )
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -356,8 +407,14 @@ def figure(results: list[dict], path: Path) -> None:
     from PIL import Image, ImageDraw
 
     names = ["ground truth", "noisy", "shipped", "finetuned", "n2v", "bm3d"]
-    labels = {"ground truth": "ground truth", "noisy": "noisy", "shipped": "shipped gray",
-              "finetuned": "shipped + fine-tuned", "n2v": "Noise2Void", "bm3d": "(Anscombe +) BM3D"}
+    labels = {
+        "ground truth": "ground truth",
+        "noisy": "noisy",
+        "shipped": "shipped gray",
+        "finetuned": "shipped + fine-tuned",
+        "n2v": "Noise2Void",
+        "bm3d": "(Anscombe +) BM3D",
+    }
     c, pad, head = 128, 4, 34
     rows = [r for r in results if "crops" in r]
     img = Image.new("L", (len(names) * (c + pad) + 150, len(rows) * (c + head) + 6), 255)
@@ -399,8 +456,9 @@ def main(argv=None) -> int:
                 results.append(json.loads(p.read_text()))
         figure(results, ROOT / "docs" / "finetune_crops.png")
         write_report(results, RESULTS / "finetune.txt", quick=False)
-        (RESULTS / "finetune.json").write_text(json.dumps(
-            [{k: v for k, v in r.items() if k != "crops"} for r in results], indent=1))
+        (RESULTS / "finetune.json").write_text(
+            json.dumps([{k: v for k, v in r.items() if k != "crops"} for r in results], indent=1)
+        )
         return 0
     budget = 20.0 if args.quick else 60.0 * args.minutes
     z, size, n_eval = (4, 96, 2) if args.quick else (16, 256, 6)

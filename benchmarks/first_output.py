@@ -34,8 +34,19 @@ FRAME = re.compile(r"(\d+)/(\d+) \[")
 def _timed_run(code: Path, image: Path, out: Path, cwd: Path) -> dict:
     """Run the CLI from ``code`` and timestamp its stderr as it arrives."""
     env = {**os.environ, "PYTHONPATH": str(code), "PYTHONDONTWRITEBYTECODE": "1"}
-    cmd = [sys.executable, "-m", "napari_mirnet.cli", "restore", str(image), "-o", str(out),
-           "--task", "denoise", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "napari_mirnet.cli",
+        "restore",
+        str(image),
+        "-o",
+        str(out),
+        "--task",
+        "denoise",
+        "--device",
+        "cpu",
+    ]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
     marks: dict[str, float] = {}
@@ -66,8 +77,14 @@ def _timed_run(code: Path, image: Path, out: Path, cwd: Path) -> dict:
 
 def _check_code(code: Path, cwd: Path) -> str:
     env = {**os.environ, "PYTHONPATH": str(code)}
-    return subprocess.run([sys.executable, "-c", "import napari_mirnet.cli as c; print(c.__file__)"], cwd=cwd,
-                          env=env, capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-c", "import napari_mirnet.cli as c; print(c.__file__)"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 def main() -> None:
@@ -93,11 +110,14 @@ def main() -> None:
         for name, code in versions.items():
             where = _check_code(code, tmp)
             assert where.startswith(str(code)), f"{name}: imported {where}, not {code}"
-        git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True).stdout.strip()
+        git = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
         say("napari-mirnet restore noisy.png (512x512 RGB uint8) -o out.png --task denoise --device cpu")
-        say(f"tree HEAD {git} (+ working tree); {os.cpu_count()} CPUs; load average before: "
-            f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+        say(
+            f"tree HEAD {git} (+ working tree); {os.cpu_count()} CPUs; load average before: "
+            f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}"
+        )
         rows = []
         for _ in range(args.repeats):
             for run in ("first", "second"):  # versions interleaved, so that load drifts hit both
@@ -112,6 +132,7 @@ def main() -> None:
             cells = [f"{m[k]:.1f}" if k in m else "-" for k in ("first_stderr", "bar", "first_tile", "total")]
             say(f"{name:17s} {run:6s} {cells[0]:>12s} {cells[1]:>8s} {cells[2]:>10s} {cells[3]:>8s}")
         say("")
+
         def mean(name, run, key):
             vals = [m[key] for n, r, m in rows if n == name and r == run and key in m]
             return sum(vals) / len(vals) if vals else float("nan")
@@ -119,10 +140,14 @@ def main() -> None:
         old, new = "before (14dd2a6)", "now"
         for run in ("first", "second"):
             ratio = {k: mean(old, run, k) / mean(new, run, k) for k in ("first_stderr", "first_tile", "total")}
-            say(f"{run} run, before / now: first stderr {ratio['first_stderr']:.1f}x, "
-                f"first tile {ratio['first_tile']:.2f}x, total {ratio['total']:.2f}x")
-        say(f"load average after: {' '.join(f'{v:.1f}' for v in os.getloadavg())} (the machine runs other jobs: "
-            "compare the versions within one table only)")
+            say(
+                f"{run} run, before / now: first stderr {ratio['first_stderr']:.1f}x, "
+                f"first tile {ratio['first_tile']:.2f}x, total {ratio['total']:.2f}x"
+            )
+        say(
+            f"load average after: {' '.join(f'{v:.1f}' for v in os.getloadavg())} (the machine runs other jobs: "
+            "compare the versions within one table only)"
+        )
     out = ROOT / "benchmarks" / "results" / "first_output.txt"
     out.write_text("\n".join(lines) + "\n")
     print(f"saved {out}")

@@ -1,6 +1,6 @@
 """GPU checks of the engine (needs CUDA): bf16 autocast, batched tiles, a real out-of-memory split.
 
-    python benchmarks/gpu_check.py
+python benchmarks/gpu_check.py
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ def main() -> None:
     model = cached_model(str(full), "cuda")
     for prec in ("fp32", "bf16"):
         bpp = engine.bytes_per_pixel(model, prec)
-        print(f"full model {prec}: {bpp:.0f} bytes/pixel = {bpp * 2**20 / 2**30:.2f} GiB per MPix; "
-              f"default tile {engine.default_tile(model, prec)}")
+        print(
+            f"full model {prec}: {bpp:.0f} bytes/pixel = {bpp * 2**20 / 2**30:.2f} GiB per MPix; "
+            f"default tile {engine.default_tile(model, prec)}"
+        )
     img = np.random.default_rng(0).integers(0, 256, (1536, 1536, 3), dtype=np.uint8)
     plan_tile, halo = 512, 64
     win_px = plan_tile * plan_tile
@@ -49,8 +51,12 @@ def main() -> None:
     print(f"1536^2 tile 512: {time.perf_counter() - t0:.2f} s, batches {sorted(set(sizes))}")
     engine.forward.forward_with_retry = real
     out32 = engine.restore(img, weights=str(full), device="cuda", tile=plan_tile, halo=halo, precision="fp32")
-    print("bf16 vs fp32 output: max |diff|", int(np.abs(out.astype(int) - out32).max()),
-          "mean", float(np.abs(out.astype(int) - out32).mean()))
+    print(
+        "bf16 vs fp32 output: max |diff|",
+        int(np.abs(out.astype(int) - out32).max()),
+        "mean",
+        float(np.abs(out.astype(int) - out32).mean()),
+    )
     whole = restore_whole(img, weights=str(full), device="cuda", precision="fp32")
     mse = np.mean((out32.astype(float) - whole) ** 2)
     print(f"tiled (512, halo 64, blend 16) vs whole fp32: PSNR {10 * np.log10(255**2 / mse):.2f} dB")

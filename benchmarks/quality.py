@@ -155,8 +155,9 @@ def _seed(i: int, sigma) -> int:
 def nlm(noisy: np.ndarray, sigma01: float, h_factor: float) -> np.ndarray:
     from skimage.restoration import denoise_nl_means
 
-    out = denoise_nl_means(noisy, h=h_factor * sigma01, sigma=sigma01, fast_mode=True, patch_size=5,
-                           patch_distance=6, channel_axis=-1)
+    out = denoise_nl_means(
+        noisy, h=h_factor * sigma01, sigma=sigma01, fast_mode=True, patch_size=5, patch_distance=6, channel_axis=-1
+    )
     return out.reshape(noisy.shape).astype(np.float32)
 
 
@@ -167,7 +168,7 @@ def best_nlm(noisy, cleans, sigma01: float, quick: bool, after=lambda out: out):
     Returns (h factor, outputs).
     """
     best = None
-    for hf in ((0.8,) if quick else (0.4, 0.6, 0.8, 1.0, 1.2)):
+    for hf in (0.8,) if quick else (0.4, 0.6, 0.8, 1.0, 1.2):
         outs = [after(nlm(n, sigma01, hf)) for n in noisy]
         m = np.mean([psnr(o, c) for o, c in zip(outs, cleans)])
         if best is None or m > best[0]:
@@ -234,10 +235,21 @@ def best_clahe(dark: np.ndarray, clean: np.ndarray) -> np.ndarray:
 def _row(rows, task, model, setting, method, outs, cleans, seconds):
     ps = [psnr(o, c) for o, c in zip(outs, cleans)]
     ss = [ssim(o, c) for o, c in zip(outs, cleans)]
-    rows.append({"task": task, "model": model, "setting": setting, "method": method,
-                 "psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)),
-                 "psnr_per_image": [round(p, 2) for p in ps], "seconds": round(seconds, 1)})
-    print(f"  {model:<19} {setting:<9} {method:<24} {np.mean(ps):6.2f} dB  {seconds:5.1f} s", file=sys.stderr, flush=True)
+    rows.append(
+        {
+            "task": task,
+            "model": model,
+            "setting": setting,
+            "method": method,
+            "psnr": float(np.mean(ps)),
+            "ssim": float(np.mean(ss)),
+            "psnr_per_image": [round(p, 2) for p in ps],
+            "seconds": round(seconds, 1),
+        }
+    )
+    print(
+        f"  {model:<19} {setting:<9} {method:<24} {np.mean(ps):6.2f} dB  {seconds:5.1f} s", file=sys.stderr, flush=True
+    )
 
 
 def _model_rows(rows, task, model, name, setting, inputs, cleans, tta: bool) -> None:
@@ -318,6 +330,7 @@ def _microscopy_rows(rows, model, name, cleans, quick, tta=False) -> None:
 
 def targets(rows: list[dict]) -> list[tuple[str, bool, str]]:
     """The project's quality targets, evaluated on the rows."""
+
     def get(model, setting, method):
         mine = [r for r in rows if r["model"] == model and r["setting"] == setting]
         # the model's own row by its exact name (not its "+ TTA" row); baselines by prefix
@@ -352,7 +365,9 @@ def format_table(rows: list[dict]) -> str:
             lines.append("")
         prev = key
         task = r["task"] if r["task"] != "denoise" else f"denoise {'gray' if 'gray' in r['model'] else 'rgb'}"
-        lines.append(f"{task:<17} {setting:<12} {r['method']:<26} {r['psnr']:7.2f} {r['ssim']:7.4f} {r['seconds']:6.1f}")
+        lines.append(
+            f"{task:<17} {setting:<12} {r['method']:<26} {r['psnr']:7.2f} {r['ssim']:7.4f} {r['seconds']:6.1f}"
+        )
     return "\n".join(lines)
 
 
@@ -363,8 +378,11 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", help="folder with the bundled images (default: scikit-image's)")
     ap.add_argument("--json", help="also write all rows (per-image PSNRs included) here")
     ap.add_argument("--quick", action="store_true", help="no NLM strength search (h = 0.8 sigma)")
-    ap.add_argument("--tta", action="store_true",
-                    help="also rate each model with test-time augmentation (mean over 8 flips/rotations)")
+    ap.add_argument(
+        "--tta",
+        action="store_true",
+        help="also rate each model with test-time augmentation (mean over 8 flips/rotations)",
+    )
     args = ap.parse_args(argv)
     t = time.perf_counter()
     rows = run(args.models_dir, args.crop, args.data_dir, quick=args.quick, tta=args.tta)
@@ -376,7 +394,11 @@ def main(argv=None) -> int:
         print(f"[{'PASS' if ok else 'FAIL'}] {label}: {detail}")
     for r in rows:  # for information only: the targets are for one pass of the model
         if r["method"].endswith(TTA_SUFFIX) and r["setting"] == "sigma 25":
-            bm3d = [b["psnr"] for b in rows if b["model"] == r["model"] and b["setting"] == "sigma 25" and b["method"] == "BM3D"]
+            bm3d = [
+                b["psnr"]
+                for b in rows
+                if b["model"] == r["model"] and b["setting"] == "sigma 25" and b["method"] == "BM3D"
+            ]
             print(f"[info] {r['method']} sigma 25: {r['psnr']:.2f} vs BM3D {bm3d[0]:.2f}")
     print(f"total {time.perf_counter() - t:.0f} s")
     if args.json:

@@ -26,7 +26,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402  (also makes napari_mirnet importable without its GUI dependencies)
-
 import torch  # noqa: E402
 
 from napari_mirnet.training import (  # noqa: E402
@@ -46,15 +45,20 @@ GPU_STAGES = ((96, 24), (128, 16), (160, 10), (192, 8))
 #: name -> (TrainConfig fields, time budget in seconds on the shared GPU)
 SHIPPED = {
     "small-denoise-gray": dict(
-        task="denoise", channels=1, n_feat=48, n_mrb=2,
+        task="denoise",
+        channels=1,
+        n_feat=48,
+        n_mrb=2,
         degradation={"kind": "mixture", "choices": [GAUSS_0_50, MICROSCOPY], "weights": [0.8, 0.2]},
     ),
     # gray scenes replicated to RGB teach a colour denoiser nothing about colour: colour images only,
     # with their channels permuted for variety
-    "small-denoise-rgb": dict(task="denoise", channels=3, n_feat=48, n_mrb=2, degradation=GAUSS_0_50,
-                              colour_only=True, channel_shuffle=True),
-    "small-sr-x2": dict(task="super_resolution", channels=3, n_feat=32, n_mrb=2,
-                        degradation={"kind": "bicubic", "scale": 2}),
+    "small-denoise-rgb": dict(
+        task="denoise", channels=3, n_feat=48, n_mrb=2, degradation=GAUSS_0_50, colour_only=True, channel_shuffle=True
+    ),
+    "small-sr-x2": dict(
+        task="super_resolution", channels=3, n_feat=32, n_mrb=2, degradation={"kind": "bicubic", "scale": 2}
+    ),
     "small-lowlight": dict(task="lowlight", channels=3, n_feat=32, n_mrb=1, degradation=None),
 }
 #: the denoisers have the hardest targets: they keep the GPU to themselves once the others finish
@@ -73,29 +77,59 @@ def train_one(name: str, args) -> dict:
         fields["n_mrb"] = args.n_mrb
     budget = args.time_budget * BUDGET_SHARE[name] if args.time_budget else None
     cfg = TrainConfig(
-        **fields, iters=args.iters, lr=args.lr, warmup=args.warmup, stages=args.stages, seed=args.seed,
-        time_budget=budget, device=args.device, log_every=args.log_every, save_every=args.save_every,
-        channels_last=args.channels_last, dense_groups=args.dense_groups, amp_cpu=args.amp_cpu,
-        ema=args.ema, loss=args.loss,
+        **fields,
+        iters=args.iters,
+        lr=args.lr,
+        warmup=args.warmup,
+        stages=args.stages,
+        seed=args.seed,
+        time_budget=budget,
+        device=args.device,
+        log_every=args.log_every,
+        save_every=args.save_every,
+        channels_last=args.channels_last,
+        dense_groups=args.dense_groups,
+        amp_cpu=args.amp_cpu,
+        ema=args.ema,
+        loss=args.loss,
     )
     imgs = training_images(args.data_dir, colour_only)
-    desc = {"description": "images bundled with scikit-image (skimage/data), scikit-learn and matplotlib; "
-            "held-out ones excluded" + ("; colour images only" if colour_only else ""),
-            "images": sorted(imgs), "held_out": list(HELD_OUT_IMAGES)}
+    desc = {
+        "description": "images bundled with scikit-image (skimage/data), scikit-learn and matplotlib; "
+        "held-out ones excluded" + ("; colour images only" if colour_only else ""),
+        "images": sorted(imgs),
+        "held_out": list(HELD_OUT_IMAGES),
+    }
     ckpt = out_dir / f"{name}.ckpt.pth"
     resume = ckpt if args.resume and ckpt.exists() else None
     t0 = time.time()
     init = Path(args.init_dir) / f"{name}.pth" if args.init_dir else None
-    res = train(cfg if resume is None else None, clean=list(imgs.values()), out=ckpt, resume=resume,
-                init=init, data_description=desc, progress=not args.quiet)
+    res = train(
+        cfg if resume is None else None,
+        clean=list(imgs.values()),
+        out=ckpt,
+        resume=resume,
+        init=init,
+        data_description=desc,
+        progress=not args.quiet,
+    )
     model_path = export_model(ckpt, out_dir / f"{name}.pth")
     device = "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"
     model, _ = quality.load_model(model_path, device)
     ev = quality.evaluate_model(model, cfg.task, cfg.channels, device=device, data_dir=args.data_dir)
-    rec = {"name": name, "iterations": res.iteration, "train_seconds": round(res.elapsed, 1),
-           "wall_seconds": round(time.time() - t0, 1), "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-           "torch": torch.__version__, "size_bytes": model_path.stat().st_size, "eval": ev,
-           "config": {**fields, "colour_only": colour_only}, "time_budget": budget, "command": " ".join(sys.argv)}
+    rec = {
+        "name": name,
+        "iterations": res.iteration,
+        "train_seconds": round(res.elapsed, 1),
+        "wall_seconds": round(time.time() - t0, 1),
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "size_bytes": model_path.stat().st_size,
+        "eval": ev,
+        "config": {**fields, "colour_only": colour_only},
+        "time_budget": budget,
+        "command": " ".join(sys.argv),
+    }
     (out_dir / f"{name}.eval.json").write_text(json.dumps(rec, indent=1))
     print(json.dumps(rec), flush=True)
     return rec
@@ -108,9 +142,16 @@ def _one_stage(text: str) -> tuple[int, int]:
 def _step_config(args, patch: int, bs: int, iters: int, channels_last: bool, dense_groups: bool) -> TrainConfig:
     """The RGB denoiser's training config at one fixed (patch, batch), for timing steps."""
     fields = {k: v for k, v in SHIPPED["small-denoise-rgb"].items() if k != "colour_only"}
-    return TrainConfig(**fields, iters=iters, stages=((patch, bs),), device=args.device,
-                       channels_last=channels_last, dense_groups=dense_groups,
-                       log_every=10**9, save_every=10**9)
+    return TrainConfig(
+        **fields,
+        iters=iters,
+        stages=((patch, bs),),
+        device=args.device,
+        channels_last=channels_last,
+        dense_groups=dense_groups,
+        log_every=10**9,
+        save_every=10**9,
+    )
 
 
 def probe(args) -> list[dict]:
@@ -129,9 +170,16 @@ def probe(args) -> list[dict]:
             train(cfg, clean=imgs, out=Path(args.out_dir) / "probe.pth", callback=tick, progress=False)
             first = max(3, args.probe_iters // 4)  # cudnn autotuning happens in the first steps
             sec = (marks[args.probe_iters] - marks[first]) / (args.probe_iters - first)
-            rows.append({"patch": patch, "batch": bs, "channels_last": cl, "dense_groups": dense,
-                         "s_per_iter": round(sec, 4),
-                         "mpix_per_s": round(patch * patch * bs / sec / 1e6, 2)})
+            rows.append(
+                {
+                    "patch": patch,
+                    "batch": bs,
+                    "channels_last": cl,
+                    "dense_groups": dense,
+                    "s_per_iter": round(sec, 4),
+                    "mpix_per_s": round(patch * patch * bs / sec / 1e6, 2),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -146,8 +194,13 @@ def profile(args) -> str:
     cuda = torch.cuda.is_available() and args.device != "cpu"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with torch_profile(activities=acts, schedule=schedule(wait=3, warmup=2, active=5)) as prof:
-        train(cfg, clean=imgs, out=Path(args.out_dir) / "profile.pth", callback=lambda it, loss: prof.step(),
-              progress=False)
+        train(
+            cfg,
+            clean=imgs,
+            out=Path(args.out_dir) / "profile.pth",
+            callback=lambda it, loss: prof.step(),
+            progress=False,
+        )
     key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=key, row_limit=25)
 
@@ -181,7 +234,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--probe", nargs="+", type=_one_stage, metavar="PATCH:BATCH", help="only time training steps")
     ap.add_argument("--probe-iters", type=int, default=20)
-    ap.add_argument("--profile", type=_one_stage, metavar="PATCH:BATCH", help="only profile 5 training steps (top operators)")
+    ap.add_argument(
+        "--profile", type=_one_stage, metavar="PATCH:BATCH", help="only profile 5 training steps (top operators)"
+    )
     args = ap.parse_args(argv)
     if args.profile:
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
@@ -214,8 +269,9 @@ def main(argv=None) -> int:
     procs = {}
     for name in names:
         log = open(out_dir / f"{name}.log", "w")
-        procs[name] = subprocess.Popen([sys.executable, __file__, "--model", name, "--quiet", *base],
-                                       stdout=log, stderr=subprocess.STDOUT, env=env)
+        procs[name] = subprocess.Popen(
+            [sys.executable, __file__, "--model", name, "--quiet", *base], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
     rc = 0
     for name, p in procs.items():
         rc |= p.wait()

@@ -1,10 +1,10 @@
 """napari-mirnet: MIRNet-v2 image restoration for napari, Python and the command line."""
 
-from .version import __version__
 from .api import restore
 from .finetune import finetune
 from .model import MIRNetConfig, MIRNetV2
 from .tasks import TASKS
+from .version import __version__
 from .weights import WeightsError, available_weights, load_model
 
 __all__ = [

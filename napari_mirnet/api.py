@@ -37,8 +37,15 @@ def restore_whole(
         image = _as_array(image)
     largest = max(image[0].shape if isinstance(image, tuple) else image.shape)
     # a tile as large as the image (a multiple of 4, in model pixels) plans a single tile
-    options = RestoreOptions(tile=round_to_stride(largest, up=True) * factor, halo=0, blend=0, device=device,
-                             precision=precision, normalisation=normalisation, tta=bool(tta))
+    options = RestoreOptions(
+        tile=round_to_stride(largest, up=True) * factor,
+        halo=0,
+        blend=0,
+        device=device,
+        precision=precision,
+        normalisation=normalisation,
+        tta=bool(tta),
+    )
     run = prepare(image, task, weights, scale=scale, axes=axes, options=options)
     return execute(run)
 

@@ -21,7 +21,9 @@ def validate_axes(axes: str, shape: tuple[int, ...]) -> str:
     if "Y" not in axes or "X" not in axes:
         raise ValueError(f"axes={axes!r} must contain both Y and X")
     if len(axes) != len(shape):
-        raise ValueError(f"axes={axes!r} has {len(axes)} letters but the array has {len(shape)} dimensions {tuple(shape)}")
+        raise ValueError(
+            f"axes={axes!r} has {len(axes)} letters but the array has {len(shape)} dimensions {tuple(shape)}"
+        )
     return axes
 
 

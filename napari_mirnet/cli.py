@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_restore_command(sub) -> None:
     r = sub.add_parser(
-        "restore", formatter_class=_Help, help="restore images, folders or zarr stores",
+        "restore",
+        formatter_class=_Help,
+        help="restore images, folders or zarr stores",
         description="Restore each INPUT (file, folder of images, zarr/OME-Zarr store) into OUTPUT. "
         "With one input, OUTPUT may be a file (.zarr, .tif, .png, .jpg); otherwise it is a folder that gets "
         "one output per input. Zarr outputs are written chunk by chunk and resume when the same command "
@@ -85,18 +87,34 @@ def _add_restore_command(sub) -> None:
     r.add_argument("--scale", type=int, help="super-resolution factor (2, 3 or 4; default: 2)")
     r.add_argument("--weights", help="model name, official asset, file or URL (default: the task's)")
     r.add_argument("--axes", help="axes of the inputs, e.g. YX, YXC, ZYX, TZCYX (default: from the file)")
-    r.add_argument("--tile", type=_multiple_of_4, help="tile edge in model pixels, halo included (default: from memory)")
-    r.add_argument("--halo", type=_multiple_of_4, help="halo on each side of a tile, in pixels (default: 64, less for small tiles)")
+    r.add_argument(
+        "--tile", type=_multiple_of_4, help="tile edge in model pixels, halo included (default: from memory)"
+    )
+    r.add_argument(
+        "--halo", type=_multiple_of_4, help="halo on each side of a tile, in pixels (default: 64, less for small tiles)"
+    )
     r.add_argument("--blend", type=int, help="feathered blend margin at tile borders, in pixels; 0: none (default: 16)")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    r.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto: bf16 on CUDA, fp32 elsewhere")
-    r.add_argument("--normalisation", choices=["auto", "fixed", "percentile"], default="auto",
-                   help="auto: the full range for integers, percentiles for floats")
-    r.add_argument("--tta", action="store_true",
-                   help="test-time augmentation: average over 8 flips/rotations (8x slower, slightly better)")
-    r.add_argument("--format", choices=["same", "zarr", "tif", "png"], default="same",
-                   help="output format for folder outputs (same: like the input; jpg becomes png)")
+    r.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 on CUDA, fp32 elsewhere"
+    )
+    r.add_argument(
+        "--normalisation",
+        choices=["auto", "fixed", "percentile"],
+        default="auto",
+        help="auto: the full range for integers, percentiles for floats",
+    )
+    r.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average over 8 flips/rotations (8x slower, slightly better)",
+    )
+    r.add_argument(
+        "--format",
+        choices=["same", "zarr", "tif", "png"],
+        default="same",
+        help="output format for folder outputs (same: like the input; jpg becomes png)",
+    )
     r.add_argument("--scheduler", help="dask.distributed scheduler address (tcp://host:8786) to run on a cluster")
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -118,7 +136,8 @@ def _add_weights_command(sub) -> None:
 
 def _add_sample_command(sub) -> None:
     smp = sub.add_parser(
-        "sample", formatter_class=_Help,
+        "sample",
+        formatter_class=_Help,
         help="write a sample image (made offline from scikit-image's bundled images)",
         description="Write a sample degraded image to try a task on: " + ", ".join(_SAMPLES) + ". "
         "Formats: .tif and .zarr hold every sample as it is; .png and .jpg hold 2-D images only (not "
@@ -146,12 +165,20 @@ def _add_finetune_command(sub) -> None:
     ft.add_argument("--minutes", type=float, default=10.0, help="time budget in minutes (default: 10)")
     ft.add_argument("--steps", type=int, help="stop after this many steps (with --minutes: whichever comes first)")
     ft.add_argument("--axes", help="axes of the inputs, e.g. ZYX, TYX, YXC (default: from the file)")
-    ft.add_argument("--normalisation", choices=["auto", "fixed", "percentile"], default="auto",
-                    help="intensity mapping; restore with the same one (default: auto)")
+    ft.add_argument(
+        "--normalisation",
+        choices=["auto", "fixed", "percentile"],
+        default="auto",
+        help="intensity mapping; restore with the same one (default: auto)",
+    )
     ft.add_argument("--objective", choices=["neighbor2neighbor", "blindspot"], default="neighbor2neighbor")
-    ft.add_argument("--pairs", choices=["auto", "any", "vertical", "horizontal"], default="auto",
-                    help="neighbours whose noise is independent: vertical for noise correlated along rows "
-                    "(default: measured on the data)")
+    ft.add_argument(
+        "--pairs",
+        choices=["auto", "any", "vertical", "horizontal"],
+        default="auto",
+        help="neighbours whose noise is independent: vertical for noise correlated along rows "
+        "(default: measured on the data)",
+    )
     ft.add_argument("--lr", type=float, default=1e-4, help="learning rate (default: 1e-4)")
     ft.add_argument("--patch", type=int, default=96, help="patch edge, a multiple of 8 (default: 96)")
     ft.add_argument("--batch", type=int, default=2, help="patches per step (default: 2)")
@@ -161,11 +188,24 @@ def _add_finetune_command(sub) -> None:
     ft.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ft.set_defaults(func=_cmd_finetune)
 
+
 # Python argument names in library messages -> this command's flags (one place for every sub-command)
-_FLAGS = {"weights": "--weights", "axes": "--axes", "tile": "--tile", "halo": "--halo", "blend": "--blend",
-          "scale": "--scale", "device": "--device", "precision": "--precision", "task": "--task",
-          "normalisation": "--normalisation", "tta": "--tta", "overwrite": "--overwrite", "out": "-o",
-          "client": "--scheduler"}
+_FLAGS = {
+    "weights": "--weights",
+    "axes": "--axes",
+    "tile": "--tile",
+    "halo": "--halo",
+    "blend": "--blend",
+    "scale": "--scale",
+    "device": "--device",
+    "precision": "--precision",
+    "task": "--task",
+    "normalisation": "--normalisation",
+    "tta": "--tta",
+    "overwrite": "--overwrite",
+    "out": "-o",
+    "client": "--scheduler",
+}
 _FLAG_RE = re.compile(r"(?<![-\w./])(" + "|".join(_FLAGS) + r")=(True\b)?(?=(.?))")
 
 
@@ -231,8 +271,10 @@ def _cmd_sample(args) -> int:
         return 2
     existing = [str(f[0]) for f in files if f[0].exists() or f[0].is_symlink()]
     if existing and not args.overwrite:
-        _err(f"{', '.join(existing)} exist{'s' if len(existing) == 1 else ''}; pass --overwrite to replace, "
-             "or choose another name")
+        _err(
+            f"{', '.join(existing)} exist{'s' if len(existing) == 1 else ''}; pass --overwrite to replace, "
+            "or choose another name"
+        )
         return 1
     try:
         for path, data, axes, meta in files:
@@ -241,16 +283,29 @@ def _cmd_sample(args) -> int:
         _err(str(err))
         return 1
     if reduced:
-        print(f"napari-mirnet: note: {Path(args.output).suffix} holds 8-bit colour: the 16-bit views were "
-              "scaled to 8 bits (use .tif to keep 16)", file=sys.stderr)
+        print(
+            f"napari-mirnet: note: {Path(args.output).suffix} holds 8-bit colour: the 16-bit views were "
+            "scaled to 8 bits (use .tif to keep 16)",
+            file=sys.stderr,
+        )
     return 0
 
 
 # ------------------------------------------------------------------------------------- finetune
 #: Python argument names in finetune's messages -> this command's flags
-_FINETUNE_FLAGS = {"resume=True": "--resume", "weights=": "--weights ", "minutes=...": "--minutes",
-                   "steps=...": "--steps", "minutes": "--minutes", "steps": "--steps", "patch": "--patch",
-                   "batch": "--batch", "axes=": "--axes ", "objective": "--objective", "pairs": "--pairs"}
+_FINETUNE_FLAGS = {
+    "resume=True": "--resume",
+    "weights=": "--weights ",
+    "minutes=...": "--minutes",
+    "steps=...": "--steps",
+    "minutes": "--minutes",
+    "steps": "--steps",
+    "patch": "--patch",
+    "batch": "--batch",
+    "axes=": "--axes ",
+    "objective": "--objective",
+    "pairs": "--pairs",
+}
 
 
 def _in_flags(msg: str) -> str:
@@ -277,20 +332,38 @@ def _cmd_finetune(args) -> int:
         raise UsageError(f"{out} exists; pass --resume to continue its run, or choose another --output")
     data = args.inputs if len(args.inputs) > 1 else args.inputs[0]
     try:
-        res = finetune(data, out, args.weights, minutes=args.minutes, steps=args.steps, axes=args.axes,
-                       normalisation=args.normalisation, resume=args.resume, progress=not args.quiet,
-                       objective=args.objective, pairs=args.pairs, lr=args.lr, patch=args.patch,
-                       batch=args.batch, device=args.device, seed=args.seed)
+        res = finetune(
+            data,
+            out,
+            args.weights,
+            minutes=args.minutes,
+            steps=args.steps,
+            axes=args.axes,
+            normalisation=args.normalisation,
+            resume=args.resume,
+            progress=not args.quiet,
+            objective=args.objective,
+            pairs=args.pairs,
+            lr=args.lr,
+            patch=args.patch,
+            batch=args.batch,
+            device=args.device,
+            seed=args.seed,
+        )
     except KeyboardInterrupt:
         print(f"interrupted; the best model so far is in {out} (continue with --resume)", file=sys.stderr)
         return 130
     except (ValueError, TypeError, FileNotFoundError, WeightsError) as err:
         _err(_in_flags(str(err)))
         return 2
-    print(f"model: {res.path} (best of {res.steps} steps at step {res.best_step}; validation loss "
-          f"{res.source_val:.4g} -> {res.best_val:.4g}); resumable state: {state_path(res.path)}")
-    print(f"use it: napari-mirnet restore INPUT -o OUTPUT --weights {res.path}"
-          + (f" --normalisation {args.normalisation}" if args.normalisation != "auto" else ""))
+    print(
+        f"model: {res.path} (best of {res.steps} steps at step {res.best_step}; validation loss "
+        f"{res.source_val:.4g} -> {res.best_val:.4g}); resumable state: {state_path(res.path)}"
+    )
+    print(
+        f"use it: napari-mirnet restore INPUT -o OUTPUT --weights {res.path}"
+        + (f" --normalisation {args.normalisation}" if args.normalisation != "auto" else "")
+    )
     return 0
 
 
@@ -384,10 +457,13 @@ def _plan_outputs(args) -> list[tuple[object, Path]]:
             raise UsageError(f"--format {args.format} does not match the output {out.name}")
         pairs = [(items[0], out)]
     elif single and out.suffix and not out.is_dir():
-        raise UsageError(f"unknown output type {out.suffix!r}: use .zarr, .tif, .png or .jpg (or a folder name "
-                         "without a suffix)")
+        raise UsageError(
+            f"unknown output type {out.suffix!r}: use .zarr, .tif, .png or .jpg (or a folder name without a suffix)"
+        )
     elif out.suffix.lower() in _IMAGE_OUT[1:] or (out.exists() and not out.is_dir()) or (_is_store(out)):
-        raise UsageError(f"{len(items)} inputs need an output folder, not the {'store' if _is_store(out) else 'file'} {out}")
+        raise UsageError(
+            f"{len(items)} inputs need an output folder, not the {'store' if _is_store(out) else 'file'} {out}"
+        )
     else:
         pairs = [(item, out / f"{_stem(item)}{_folder_suffix(args, item)}") for item in items]
     return _check_not_inputs(pairs)
@@ -407,6 +483,7 @@ def _folder_suffix(args, item) -> str:
 
 def _check_not_inputs(pairs: list) -> list:
     """Drop earlier results that a folder run lists as inputs; refuse outputs that are inputs."""
+
     def paths(item):
         return [Path(os.path.realpath(p)) for p in (item if isinstance(item, tuple) else (item,))]
 
@@ -509,16 +586,26 @@ def _prepare(args, src, dst: Path, client):
     from . import engine
 
     options = engine.RestoreOptions(
-        tile=args.tile, halo=args.halo, blend=args.blend, device=args.device, precision=args.precision,
-        normalisation=args.normalisation, tta=args.tta,
+        tile=args.tile,
+        halo=args.halo,
+        blend=args.blend,
+        device=args.device,
+        precision=args.precision,
+        normalisation=args.normalisation,
+        tta=args.tta,
     )
     stored = None if args.overwrite else _stored_record(dst)
     if stored:  # defaults follow free memory, which may have changed since the output was written
-        options = options.__class__(**{**options.to_dict(), **{
-            k: stored[k] for k in ("tile", "halo", "blend") if getattr(options, k) is None and k in stored}})
+        options = options.__class__(
+            **{
+                **options.to_dict(),
+                **{k: stored[k] for k in ("tile", "halo", "blend") if getattr(options, k) is None and k in stored},
+            }
+        )
     image = tuple(map(str, src)) if isinstance(src, tuple) else str(src)
-    return engine.prepare(image, args.task, args.weights, scale=args.scale, axes=args.axes, options=options,
-                          client=client)
+    return engine.prepare(
+        image, args.task, args.weights, scale=args.scale, axes=args.axes, options=options, client=client
+    )
 
 
 def _preflight(args, pairs, client) -> tuple[list, list[str]]:
@@ -557,13 +644,15 @@ def _check_output(args, run, dst: Path) -> str:
         return "run"
     stored = _stored_record(dst)
     if suffix == ".zarr" and stored is None and any(dst.iterdir()):
-        raise mio.OutputError(f"output {dst} exists and is not a napari-mirnet result; it is left alone: "
-                              "choose another path")
+        raise mio.OutputError(
+            f"output {dst} exists and is not a napari-mirnet result; it is left alone: choose another path"
+        )
     if args.overwrite or (stored is None and suffix == ".zarr"):  # an empty folder
         return "run"
     if stored is None:
-        raise mio.OutputError(f"output {dst} exists and was not written by napari-mirnet; pass --overwrite "
-                              "to replace it")
+        raise mio.OutputError(
+            f"output {dst} exists and was not written by napari-mirnet; pass --overwrite to replace it"
+        )
     now = json.loads(json.dumps(run.fingerprint))
     complete = mio.is_complete(dst) if suffix == ".zarr" else True  # files are renamed into place whole
     if stored == now:
@@ -605,8 +694,9 @@ def _restore_one(args, run, dst: Path, label: str, client) -> None:
     from .io import write_image
 
     # created now, not at the first tile: its elapsed time and rate count from the real start
-    bar = None if args.quiet else tqdm(desc=label, total=len(run.keys), unit="tile", file=sys.stderr,
-                                       dynamic_ncols=True)
+    bar = (
+        None if args.quiet else tqdm(desc=label, total=len(run.keys), unit="tile", file=sys.stderr, dynamic_ncols=True)
+    )
 
     def progress(done, total):
         if bar.total != total:  # a resumed store: only its missing tiles run
@@ -642,7 +732,8 @@ def _add_train_command(subparsers) -> argparse.ArgumentParser:
     from .training import HELD_OUT_IMAGES, TRAINABLE_TASKS
 
     p = subparsers.add_parser(
-        "train", formatter_class=_Help,
+        "train",
+        formatter_class=_Help,
         help="train a MIRNet-v2 model on image pairs or clean images with a synthetic degradation",
         description="Train MIRNet-v2. Give --clean (and --degraded for real pairs), or --bundled-data to "
         "train on images bundled with installed packages (minus the held-out ones).",
@@ -651,15 +742,24 @@ def _add_train_command(subparsers) -> argparse.ArgumentParser:
     src = p.add_argument_group("data")
     src.add_argument("--clean", nargs="+", help="folder(s) or files of clean target images")
     src.add_argument("--degraded", nargs="+", help="matching degraded inputs (same order); omit to synthesise")
-    src.add_argument("--bundled-data", "--skimage-data", dest="bundled_data", action="store_true",
-                     help="train on scikit-image's bundled images plus sklearn's and matplotlib's sample "
-                     f"photos (where installed), holding out {', '.join(HELD_OUT_IMAGES)}")
-    src.add_argument("--colour-only", action="store_true",
-                     help="with --bundled-data: skip gray images (for 3-channel models)")
+    src.add_argument(
+        "--bundled-data",
+        "--skimage-data",
+        dest="bundled_data",
+        action="store_true",
+        help="train on scikit-image's bundled images plus sklearn's and matplotlib's sample "
+        f"photos (where installed), holding out {', '.join(HELD_OUT_IMAGES)}",
+    )
+    src.add_argument(
+        "--colour-only", action="store_true", help="with --bundled-data: skip gray images (for 3-channel models)"
+    )
     src.add_argument("--data-dir", help="folder holding the bundled images (default: the packages' own)")
     deg = p.add_argument_group("synthetic degradation (default: the task's)")
-    deg.add_argument("--noise", choices=["gaussian", "poisson_gaussian", "mixed"],
-                     help="denoise: Gaussian, Poisson-Gaussian, or a mix of both")
+    deg.add_argument(
+        "--noise",
+        choices=["gaussian", "poisson_gaussian", "mixed"],
+        help="denoise: Gaussian, Poisson-Gaussian, or a mix of both",
+    )
     deg.add_argument("--sigma-max", type=float, default=50.0, help="largest Gaussian sigma (0-255 scale)")
     deg.add_argument("--scale", type=int, default=2, help="super-resolution factor")
     deg.add_argument("--degradation-json", help="a full degradation spec as JSON (overrides the above)")
@@ -682,16 +782,29 @@ def _add_train_optimisation(p) -> None:
     opt.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (cosine schedule)")
     opt.add_argument("--warmup", type=float, default=0.0, help="share of the run spent warming up the learning rate")
     opt.add_argument("--grad-clip", type=float, default=0.01, help="gradient norm clip")
-    opt.add_argument("--stages", type=_stages, default="64:8,96:4,128:2",
-                     help="progressive patch:batch stages, each for an equal share of the run")
+    opt.add_argument(
+        "--stages",
+        type=_stages,
+        default="64:8,96:4,128:2",
+        help="progressive patch:batch stages, each for an equal share of the run",
+    )
     opt.add_argument("--time-budget", type=float, help="stop after this many seconds of training")
     opt.add_argument("--seed", type=int, default=0, help="random seed")
     opt.add_argument("--no-augment", action="store_true", help="no flips and rotations")
     opt.add_argument("--channel-shuffle", action="store_true", help="also permute colour channels at random")
-    opt.add_argument("--loss", choices=sorted(LOSSES), default="l1",
-                     help="l1 (the paper's); l2 or psnr (minus the per-patch PSNR) for a last fine-tune")
-    opt.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
-                     help="keep and export a moving average of the weights (e.g. 0.999; 0 = off)")
+    opt.add_argument(
+        "--loss",
+        choices=sorted(LOSSES),
+        default="l1",
+        help="l1 (the paper's); l2 or psnr (minus the per-patch PSNR) for a last fine-tune",
+    )
+    opt.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        metavar="DECAY",
+        help="keep and export a moving average of the weights (e.g. 0.999; 0 = off)",
+    )
 
 
 def _add_train_run(p) -> None:
@@ -702,11 +815,17 @@ def _add_train_run(p) -> None:
     run.add_argument("--export", help="also write a slim fp16 {'params','meta'} model file here")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     run.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
-    run.add_argument("--amp-cpu", action="store_true",
-                     help="bf16 autocast on the CPU (faster on CPUs with native bf16; use with --channels-last)")
+    run.add_argument(
+        "--amp-cpu",
+        action="store_true",
+        help="bf16 autocast on the CPU (faster on CPUs with native bf16; use with --channels-last)",
+    )
     run.add_argument("--channels-last", action="store_true", help="NHWC memory layout (often faster: time it)")
-    run.add_argument("--dense-groups", action="store_true",
-                     help="grouped convolutions as dense block-diagonal ones (GPU speed; same result)")
+    run.add_argument(
+        "--dense-groups",
+        action="store_true",
+        help="grouped convolutions as dense block-diagonal ones (GPU speed; same result)",
+    )
     run.add_argument("--save-every", type=int, default=500, help="steps between checkpoints")
     run.add_argument("--log-every", type=int, default=10, help="steps between loss log lines")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -720,21 +839,38 @@ def _train_data(args):
         print("error: give either --clean or --bundled-data, not both", file=sys.stderr)
         return None
     if args.colour_only and not args.bundled_data:
-        print("error: --colour-only selects among the bundled images: use it with --bundled-data "
-              "(with --clean, pass only colour images)", file=sys.stderr)
+        print(
+            "error: --colour-only selects among the bundled images: use it with --bundled-data "
+            "(with --clean, pass only colour images)",
+            file=sys.stderr,
+        )
         return None
     if args.bundled_data:
         imgs = training_images(args.data_dir, args.colour_only)
         if not imgs:
             print("error: no bundled images found on disk (is scikit-image installed?)", file=sys.stderr)
             return None
-        return list(imgs.values()), None, {"description": "images bundled with installed packages",
-                                           "images": sorted(imgs), "held_out": list(HELD_OUT_IMAGES)}
+        return (
+            list(imgs.values()),
+            None,
+            {
+                "description": "images bundled with installed packages",
+                "images": sorted(imgs),
+                "held_out": list(HELD_OUT_IMAGES),
+            },
+        )
     if args.clean:
         clean = [im for s in args.clean for im in load_images(s)]
         degraded = [im for s in args.degraded for im in load_images(s)] if args.degraded else None
-        return clean, degraded, {"description": "user images", "clean": [str(s) for s in args.clean],
-                                 "degraded": [str(s) for s in args.degraded] if args.degraded else None}
+        return (
+            clean,
+            degraded,
+            {
+                "description": "user images",
+                "clean": [str(s) for s in args.clean],
+                "degraded": [str(s) for s in args.degraded] if args.degraded else None,
+            },
+        )
     print("error: give --clean or --bundled-data", file=sys.stderr)
     return None
 
@@ -751,18 +887,42 @@ def _cmd_train(args) -> int:
         return 2
     clean, degraded, desc = data
     cfg = TrainConfig(
-        task=args.task, channels=args.channels, n_feat=args.n_feat, chan_factor=args.chan_factor,
-        n_mrb=args.n_mrb, degradation=spec, iters=args.iters, lr=args.lr, warmup=args.warmup,
-        grad_clip=args.grad_clip, stages=args.stages, augment=not args.no_augment,
-        channel_shuffle=args.channel_shuffle, channels_last=args.channels_last,
-        dense_groups=args.dense_groups, seed=args.seed,
-        log_every=args.log_every, save_every=args.save_every, time_budget=args.time_budget,
-        device=args.device, amp=not args.no_amp, amp_cpu=args.amp_cpu, ema=args.ema,
+        task=args.task,
+        channels=args.channels,
+        n_feat=args.n_feat,
+        chan_factor=args.chan_factor,
+        n_mrb=args.n_mrb,
+        degradation=spec,
+        iters=args.iters,
+        lr=args.lr,
+        warmup=args.warmup,
+        grad_clip=args.grad_clip,
+        stages=args.stages,
+        augment=not args.no_augment,
+        channel_shuffle=args.channel_shuffle,
+        channels_last=args.channels_last,
+        dense_groups=args.dense_groups,
+        seed=args.seed,
+        log_every=args.log_every,
+        save_every=args.save_every,
+        time_budget=args.time_budget,
+        device=args.device,
+        amp=not args.no_amp,
+        amp_cpu=args.amp_cpu,
+        ema=args.ema,
         loss=args.loss,
     )
     try:
-        res = train(cfg if not args.resume else None, clean=clean, degraded=degraded, out=args.out,
-                    resume=args.resume, init=args.init, data_description=desc, progress=not args.quiet)
+        res = train(
+            cfg if not args.resume else None,
+            clean=clean,
+            degraded=degraded,
+            out=args.out,
+            resume=args.resume,
+            init=args.init,
+            data_description=desc,
+            progress=not args.quiet,
+        )
     except KeyboardInterrupt:
         print(f"interrupted; checkpoint saved to {args.out} (resume with --resume {args.out})", file=sys.stderr)
         return 130

@@ -70,8 +70,11 @@ def bicubic_down_up(x: torch.Tensor, scale: int) -> torch.Tensor:
     """Bicubic (anti-aliased) down-sampling by ``scale``, then bicubic up-sampling to the input size."""
     h, w = x.shape[-2:]
     small = F.interpolate(
-        x, size=(max(1, round(h / scale)), max(1, round(w / scale))), mode="bicubic",
-        align_corners=False, antialias=True,
+        x,
+        size=(max(1, round(h / scale)), max(1, round(w / scale))),
+        mode="bicubic",
+        align_corners=False,
+        antialias=True,
     )
     return F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
 

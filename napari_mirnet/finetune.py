@@ -225,7 +225,11 @@ def _planes(sources, model_channels: int, normalisation: str) -> list[_Plane]:
         dtype = np.dtype(arr.dtype)
         if dtype.kind not in "uif" or dtype.itemsize > 8:
             raise TypeError(f"cannot fine-tune on data of dtype {dtype}; convert it to uint8, uint16 or float32")
-        imap = IntensityMap.for_image(arr, normalisation)
+        if normalisation == "fixed" and dtype.kind == "f":
+            # training patches may stray a little outside [0, 1] (noise); restoring refuses that, training need not
+            imap = IntensityMap(0.0, 1.0, dtype, "fixed")
+        else:
+            imap = IntensityMap.for_image(arr, normalisation)
         yx = (axes.index("Y"), axes.index("X"))
         c_ax = axes.index("C") if "C" in axes else None
         lead = [i for i, a in enumerate(axes) if a not in "CYX"]

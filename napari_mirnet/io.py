@@ -156,7 +156,13 @@ def list_inputs(paths) -> list[Path]:
     out = []
     for raw in paths:
         p = Path(raw)
-        if p.is_dir() and p.suffix.lower() != ".zarr" and not (p / "zarr.json").exists() and not (p / ".zarray").exists() and not (p / ".zgroup").exists():
+        if (
+            p.is_dir()
+            and p.suffix.lower() != ".zarr"
+            and not (p / "zarr.json").exists()
+            and not (p / ".zarray").exists()
+            and not (p / ".zgroup").exists()
+        ):
             # hidden files are not images of the user's (macOS "._a.png", our ".a.tif.partial")
             found = sorted(c for c in p.iterdir() if c.suffix.lower() in IMAGE_SUFFIXES and not c.name.startswith("."))
             if not found:
@@ -233,7 +239,10 @@ class ZarrOutput:
                     "name": Path(name).name if name else "restored",
                     "axes": [{"name": a.lower(), "type": _AXIS_TYPES[a]} for a in axes],
                     "datasets": [
-                        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [float(s) for s in scale]}]}
+                        {
+                            "path": "0",
+                            "coordinateTransformations": [{"type": "scale", "scale": [float(s) for s in scale]}],
+                        }
                     ],
                 }
             ],
@@ -259,7 +268,8 @@ def open_output(path, fingerprint: dict, shape, chunks, dtype, axes: str, overwr
             same = meta.get("fingerprint") == fingerprint
             if meta.get("complete") and not overwrite:
                 raise OutputExistsError(
-                    f"output {p} is already complete" + ("" if same else " (from other settings)")
+                    f"output {p} is already complete"
+                    + ("" if same else " (from other settings)")
                     + "; pass --overwrite (overwrite=True) to replace it",
                     same,
                 )
@@ -279,7 +289,11 @@ def open_output(path, fingerprint: dict, shape, chunks, dtype, axes: str, overwr
         g = zarr.create_group(str(p), zarr_format=3, overwrite=False)
         g.attrs.update({ATTR: {"fingerprint": fingerprint, "complete": False}})
         g.create_array(
-            "0", shape=tuple(shape), chunks=tuple(chunks), dtype=np.dtype(dtype), fill_value=0,
+            "0",
+            shape=tuple(shape),
+            chunks=tuple(chunks),
+            dtype=np.dtype(dtype),
+            fill_value=0,
             dimension_names=[a.lower() for a in axes],
         )
         grid = tuple(-(-n // c) for n, c in zip(shape, chunks))
@@ -363,7 +377,9 @@ class _StoreLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise OutputError(f"cannot create output {self.path}: {err.strerror or err} (is the location writable?)") from err
+            raise OutputError(
+                f"cannot create output {self.path}: {err.strerror or err} (is the location writable?)"
+            ) from err
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows
@@ -395,7 +411,9 @@ class _StoreLock:
                     os.close(fd)
                     continue
             os.ftruncate(fd, 0)
-            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+            os.write(
+                fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode()
+            )
             self.fd = fd
             return
 
@@ -422,8 +440,7 @@ def store_lock(path) -> _StoreLock:
     return _StoreLock(path)
 
 
-def write_image(path, arr, axes: str, *, fingerprint: dict | None = None, pixel_size=None,
-                check: bool = False) -> Path:
+def write_image(path, arr, axes: str, *, fingerprint: dict | None = None, pixel_size=None, check: bool = False) -> Path:
     """Write a (dask or numpy) image as tif (chunk by chunk), png/jpg, or a plain OME-Zarr store.
 
     ``fingerprint`` is recorded in the file (tif description, png text, jpg comment) so that a re-run
@@ -437,18 +454,28 @@ def write_image(path, arr, axes: str, *, fingerprint: dict | None = None, pixel_
     if suffix in (".png", ".jpg", ".jpeg"):
         n_c = shape[-1] if axes == "YXC" else 1
         if axes not in ("YX", "YXC"):
-            raise OutputError(f"{p.name}: {suffix} holds one 2-D image; this image has axes {axes}; write .tif or .zarr")
+            raise OutputError(
+                f"{p.name}: {suffix} holds one 2-D image; this image has axes {axes}; write .tif or .zarr"
+            )
         if n_c not in ((1, 3) if suffix != ".png" else (1, 3, 4)):
-            raise OutputError(f"{p.name}: {suffix} holds gray or RGB{'A' if suffix == '.png' else ''} images; "
-                              f"this image has {n_c} channels; write .tif or .zarr")
+            raise OutputError(
+                f"{p.name}: {suffix} holds gray or RGB{'A' if suffix == '.png' else ''} images; "
+                f"this image has {n_c} channels; write .tif or .zarr"
+            )
         if dtype != np.uint8 and not (suffix == ".png" and dtype == np.uint16 and n_c == 1):
-            raise OutputError(f"{p.name}: {suffix} holds 8-bit images{' (16-bit: gray only)' if suffix == '.png' else ''}; "
-                              f"this image is {dtype}; write .tif or .zarr")
+            raise OutputError(
+                f"{p.name}: {suffix} holds 8-bit images{' (16-bit: gray only)' if suffix == '.png' else ''}; "
+                f"this image is {dtype}; write .tif or .zarr"
+            )
     elif suffix not in (".tif", ".tiff", ".zarr"):
         raise OutputError(f"cannot write {p.name}: use .zarr, .tif, .png or .jpg")
     is_store = p.is_dir() and any((p / m).exists() for m in ("zarr.json", ".zgroup", ".zarray"))
     if p.is_dir() and not (suffix == ".zarr" and (is_store or not any(p.iterdir()))):
-        raise OutputError(f"{p} is a folder" + ("" if suffix != ".zarr" else " but not a zarr store") + "; it is left alone: choose another path")
+        raise OutputError(
+            f"{p} is a folder"
+            + ("" if suffix != ".zarr" else " but not a zarr store")
+            + "; it is left alone: choose another path"
+        )
     if check:
         return p
     import dask.array as da
@@ -475,10 +502,16 @@ def write_image(path, arr, axes: str, *, fingerprint: dict | None = None, pixel_
             scale = [float(dict(zip(axes, pixel_size or ())).get(a, 1.0)) for a in order]
             g = zarr.create_group(str(tmp), zarr_format=3, overwrite=True)
             g.create_array("0", data=data, dimension_names=[a.lower() for a in order])
-            g.attrs["ome"] = {"version": "0.5", "multiscales": [{
-                "name": p.stem, "axes": [{"name": a.lower(), "type": _AXIS_TYPES[a]} for a in order],
-                "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
-            }]}
+            g.attrs["ome"] = {
+                "version": "0.5",
+                "multiscales": [
+                    {
+                        "name": p.stem,
+                        "axes": [{"name": a.lower(), "type": _AXIS_TYPES[a]} for a in order],
+                        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
+                    }
+                ],
+            }
             if p.exists():  # a store (checked above), replaced as a whole
                 shutil.rmtree(p)
         else:

@@ -54,7 +54,9 @@ class IntensityMap:
     mode: str  # "fixed" or "percentile"
 
     @classmethod
-    def for_image(cls, image, mode: str = "auto", percentiles=(0.1, 99.9), channel_axis: int | None = None) -> "IntensityMap":
+    def for_image(
+        cls, image, mode: str = "auto", percentiles=(0.1, 99.9), channel_axis: int | None = None
+    ) -> IntensityMap:
         """The map of ``image`` (numpy or dask; percentiles come from a bounded sample, never the whole)."""
         dtype = np.dtype(image.dtype)
         check_dtype(dtype)
@@ -150,8 +152,16 @@ def _percentiles(sample: np.ndarray, percentiles) -> tuple[float, float]:
 def check_dtype(dtype: np.dtype) -> None:
     """Raise a TypeError for dtypes the intensity mapping cannot handle (bool, complex, objects...)."""
     if dtype.kind not in "uif" or dtype.itemsize > 8:
-        what = {"b": "a mask (bool)", "c": "complex", "O": "Python objects", "U": "text", "S": "bytes",
-                "M": "dates", "m": "time spans", "V": "records"}.get(dtype.kind, "not numbers")
+        what = {
+            "b": "a mask (bool)",
+            "c": "complex",
+            "O": "Python objects",
+            "U": "text",
+            "S": "bytes",
+            "M": "dates",
+            "m": "time spans",
+            "V": "records",
+        }.get(dtype.kind, "not numbers")
         raise TypeError(
             f"images of dtype {dtype} ({what}) cannot be restored; convert to uint8, uint16 or float32 "
             "first (e.g. image.astype(np.float32))"
@@ -235,7 +245,7 @@ class ChannelAdapter:
     channels_out: int
 
     @classmethod
-    def for_model(cls, channels_in: int, model_in: int, model_out: int, dual_pixel: bool) -> "ChannelAdapter":
+    def for_model(cls, channels_in: int, model_in: int, model_out: int, dual_pixel: bool) -> ChannelAdapter:
         """Apply the rules of :func:`prepare_channels` / :func:`finish_channels` to a 4x4 probe."""
         probe = np.zeros((channels_in, 4, 4), np.float32)
         batch, how = prepare_channels(probe, model_in, dual_pixel)

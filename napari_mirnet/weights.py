@@ -175,8 +175,7 @@ def _file_url_path(url: str) -> Path:
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost"):
         raise WeightsError(
-            f"{url} names a file on another host ({parts.netloc}); mount it or copy it here and pass "
-            "the local path"
+            f"{url} names a file on another host ({parts.netloc}); mount it or copy it here and pass the local path"
         )
     from urllib.request import url2pathname
 
@@ -329,9 +328,7 @@ def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source
         if k in sd and sd[k].shape != v.shape:
             problems.append(f"{k} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)}")
     if problems:
-        raise WeightsError(
-            f"{source} does not match a MIRNet-v2 of config {model.config}: " + "; ".join(problems)
-        )
+        raise WeightsError(f"{source} does not match a MIRNet-v2 of config {model.config}: " + "; ".join(problems))
 
 
 def check_finite(sd: dict[str, torch.Tensor], source: str) -> None:
@@ -552,9 +549,7 @@ def _download(url: str, target: Path, *, official: str | None, progress: bool) -
     from tqdm.auto import tqdm
 
     folder = target.parent
-    offline = (
-        f"Without a network, download it elsewhere and copy it to {target}, or use a local file as the weights."
-    )
+    offline = f"Without a network, download it elsewhere and copy it to {target}, or use a local file as the weights."
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=folder)
@@ -577,8 +572,15 @@ def _download(url: str, target: Path, *, official: str | None, progress: bool) -
                             f"(at most {_size_text(MAX_CHECKPOINT_BYTES)}): not downloaded; check the address"
                         )
                     done = 0
-                    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=target.name,
-                              disable=not progress, file=sys.stderr) as bar:
+                    with tqdm(
+                        total=total,
+                        unit="B",
+                        unit_scale=True,
+                        unit_divisor=1024,
+                        desc=target.name,
+                        disable=not progress,
+                        file=sys.stderr,
+                    ) as bar:
                         for block in resp.iter_content(1 << 20):
                             done += len(block)
                             if done > MAX_CHECKPOINT_BYTES:

@@ -197,8 +197,9 @@ def run_job(job: Job, progress=None, cancel: threading.Event | None = None):
         )
         # the engine hands back a lazy array reading the written store, in the input's axis order
         return out
-    run = eng.prepare(job.image, job.task, job.weights, scale=job.scale, axes=job.axes,
-                      options=eng.RestoreOptions(**job.options))
+    run = eng.prepare(
+        job.image, job.task, job.weights, scale=job.scale, axes=job.axes, options=eng.RestoreOptions(**job.options)
+    )
     out = eng.execute(run, progress=progress, cancel=cancel)
     if hasattr(out, "dask") and hasattr(out, "compute"):
         # a lazy input gives a lazy result; "computed now" means the tiles run here, in the worker,
@@ -230,9 +231,7 @@ def check_image_layer(layer, what: str = "input") -> None:
         raise InputError(f"no {what} layer chosen: open or choose an image layer first")
     if not isinstance(layer, Image):
         kind = type(layer).__name__
-        raise InputError(
-            f"{what} {layer.name!r} is a {kind} layer; MIRNet restores images. Choose an image layer."
-        )
+        raise InputError(f"{what} {layer.name!r} is a {kind} layer; MIRNet restores images. Choose an image layer.")
     dtype = np.dtype(layer.dtype)
     if dtype.kind not in "uif":
         raise InputError(f"{what} {layer.name!r} has dtype {dtype}; convert it to uint8, uint16 or float32")
@@ -972,8 +971,7 @@ class DefocusWidget(TaskWidget):
         lshape, rshape = level0(left).shape, level0(right).shape
         if lshape != rshape or left.rgb != right.rgb:
             raise InputError(
-                f"left and right views must have the same shape: {left.name!r} is {lshape}, "
-                f"{right.name!r} is {rshape}"
+                f"left and right views must have the same shape: {left.name!r} is {lshape}, {right.name!r} is {rshape}"
             )
         if np.dtype(left.dtype) != np.dtype(right.dtype):
             raise InputError(f"left and right views must share a dtype ({left.dtype} vs {right.dtype})")

@@ -50,11 +50,13 @@ def _cases(tmp: Path):
     yield "dp_tiled", lambda: engine.restore((left, right), "defocus", str(dp_path), **tiled)
     yield "dp_whole", lambda: api.restore_whole((left, right), "defocus", str(dp_path), device="cpu")
     yield "rgb_zarr", lambda: np.asarray(engine.restore(rgb, "denoise", out=str(tmp / "rgb.zarr"), **tiled))
-    yield "zyx_zarr", lambda: np.asarray(
-        engine.restore(stack, "denoise", axes="ZYX", out=str(tmp / "zyx.zarr"), **tiled)
+    yield (
+        "zyx_zarr",
+        lambda: np.asarray(engine.restore(stack, "denoise", axes="ZYX", out=str(tmp / "zyx.zarr"), **tiled)),
     )
-    yield "sr2_zarr", lambda: np.asarray(
-        engine.restore(small, "super_resolution", scale=2, out=str(tmp / "sr.zarr"), **tiled)
+    yield (
+        "sr2_zarr",
+        lambda: np.asarray(engine.restore(small, "super_resolution", scale=2, out=str(tmp / "sr.zarr"), **tiled)),
     )
     yield "api_rgb", lambda: np.asarray(nm.restore(rgb, "denoise", **tiled))
 

@@ -30,7 +30,9 @@ def files(tmp_path):
     rgb = RNG.integers(0, 256, (60, 70, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(d / "a.png")
     Image.fromarray(rgb[:50]).save(d / "b.jpg")
-    tifffile.imwrite(d / "c.tif", RNG.integers(0, 4000, (2, 50, 60), dtype=np.uint16), imagej=True, metadata={"axes": "ZYX"})
+    tifffile.imwrite(
+        d / "c.tif", RNG.integers(0, 4000, (2, 50, 60), dtype=np.uint16), imagej=True, metadata={"axes": "ZYX"}
+    )
     return d
 
 
@@ -40,7 +42,8 @@ def test_restore_file_to_zarr_then_skip_refuse_overwrite(tiny_weights, files, tm
     assert main(["restore", str(files / "c.tif"), "-o", str(out), *_args(tiny_weights)]) == 0
     stack = tifffile.imread(files / "c.tif")
     np.testing.assert_array_equal(
-        zarr.open_group(str(out))["0"][...], engine.restore(stack, weights=tiny_weights, axes="ZYX", tile=48, halo=8, blend=4, device="cpu")
+        zarr.open_group(str(out))["0"][...],
+        engine.restore(stack, weights=tiny_weights, axes="ZYX", tile=48, halo=8, blend=4, device="cpu"),
     )
     capsys.readouterr()
     assert main(["restore", str(files / "c.tif"), "-o", str(out), *_args(tiny_weights)]) == 0
@@ -73,7 +76,21 @@ def test_folder_gives_one_output_per_input(tiny_weights, files, tmp_path):
     assert np.asarray(Image.open(out / "a.png")).shape == (60, 70, 3)
     assert tifffile.imread(out / "c.tif").shape == (2, 50, 60)
     out2 = tmp_path / "out2"
-    assert main(["restore", str(files / "a.png"), str(files / "c.tif"), "-o", str(out2), "--format", "zarr", *_args(tiny_weights)]) == 0
+    assert (
+        main(
+            [
+                "restore",
+                str(files / "a.png"),
+                str(files / "c.tif"),
+                "-o",
+                str(out2),
+                "--format",
+                "zarr",
+                *_args(tiny_weights),
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in out2.iterdir()) == ["a.zarr", "c.zarr"]
     # the folder run's output of a.png, asked for again with the same settings: skipped, like zarr
     assert main(["restore", str(files / "a.png"), "-o", str(out / "a.png"), *_args(tiny_weights)]) == 0
@@ -92,7 +109,10 @@ def test_errors_and_exit_codes(tiny_weights, files, tmp_path, capsys):
     assert main(["restore", str(files), "-o", str(tmp_path / "o2"), *_args(tiny_weights)]) == 1
     err = capsys.readouterr().err
     assert "bad.png" in err and "nothing was run" in err and not (tmp_path / "o2").exists()
-    assert main(["restore", str(files / "a.png"), "-o", str(tmp_path / "z.zarr"), "--axes", "YX", *_args(tiny_weights)]) == 1
+    assert (
+        main(["restore", str(files / "a.png"), "-o", str(tmp_path / "z.zarr"), "--axes", "YX", *_args(tiny_weights)])
+        == 1
+    )
     assert "--axes 'YX' has 2 letters" in capsys.readouterr().err
 
 
@@ -122,8 +142,26 @@ def test_killed_run_resumes_to_an_identical_result(tiny_weights, tmp_path):
     src = zarr.create_array(str(tmp_path / "in.zarr"), shape=img.shape, chunks=(128, 128, 3), dtype="uint8")
     src[...] = img
     out = tmp_path / "out.zarr"
-    cmd = [sys.executable, "-m", "napari_mirnet.cli", "restore", str(tmp_path / "in.zarr"), "-o", str(out),
-           "--weights", tiny_weights, "--device", "cpu", "--tile", "40", "--halo", "4", "--blend", "4", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "napari_mirnet.cli",
+        "restore",
+        str(tmp_path / "in.zarr"),
+        "-o",
+        str(out),
+        "--weights",
+        tiny_weights,
+        "--device",
+        "cpu",
+        "--tile",
+        "40",
+        "--halo",
+        "4",
+        "--blend",
+        "4",
+        "-q",
+    ]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
     frac = 0.0
     deadline = time.monotonic() + 120
@@ -216,7 +254,10 @@ def test_output_constraints_are_checked_before_any_tile(tiny_weights, files, tmp
     assert "was not written by napari-mirnet; pass --overwrite" in capsys.readouterr().err
     (tmp_path / "f.zarr").mkdir()
     (tmp_path / "f.zarr" / "notes.txt").write_text("mine")
-    assert main(["restore", str(files / "a.png"), "-o", str(tmp_path / "f.zarr"), *_args(tiny_weights, "--overwrite")]) == 1
+    assert (
+        main(["restore", str(files / "a.png"), "-o", str(tmp_path / "f.zarr"), *_args(tiny_weights, "--overwrite")])
+        == 1
+    )
     assert "it is left alone" in capsys.readouterr().err
     assert (tmp_path / "f.zarr" / "notes.txt").read_text() == "mine"
 
@@ -287,9 +328,24 @@ def test_errors_name_the_cli_flags(files, tmp_path, capsys):
 @pytest.mark.slow
 def test_progress_starts_when_the_run_is_planned(tiny_weights, files, tmp_path):
     """A real process: the stage line comes first, the bar shows 0/1 before the one tile, and a sane rate."""
-    r = subprocess.run([sys.executable, "-m", "napari_mirnet.cli", "restore", str(files / "a.png"), "-o",
-                        str(tmp_path / "r.png"), "--weights", tiny_weights, "--device", "cpu"],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "napari_mirnet.cli",
+            "restore",
+            str(files / "a.png"),
+            "-o",
+            str(tmp_path / "r.png"),
+            "--weights",
+            tiny_weights,
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     frames = [f.strip() for f in r.stderr.replace("\r", "\n").splitlines() if f.strip()]
     assert frames[0] == "napari-mirnet: loading model and planning..."
@@ -307,6 +363,9 @@ def test_no_parser_function_is_long():
     from napari_mirnet import cli
 
     tree = ast.parse(inspect.getsource(cli))
-    long = {f.name: f.end_lineno - f.lineno + 1 for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
-            and f.end_lineno - f.lineno + 1 > 60}
+    long = {
+        f.name: f.end_lineno - f.lineno + 1
+        for f in ast.walk(tree)
+        if isinstance(f, ast.FunctionDef) and f.end_lineno - f.lineno + 1 > 60
+    }
     assert not long, long

@@ -10,7 +10,8 @@ import pytest
 import torch
 import zarr
 
-from napari_mirnet import engine, io as mio
+from napari_mirnet import engine
+from napari_mirnet import io as mio
 
 distributed = pytest.importorskip("distributed")
 
@@ -47,12 +48,21 @@ def test_cluster_output_is_bit_identical(tiny_weights, cluster, tmp_path, one_th
         np.testing.assert_array_equal(remote, local)
         # zarr output written by the workers, chunk by chunk, with progress on the client
         seen = []
-        out = engine.restore(img, weights=tiny_weights, axes="ZYX", client=client, out=tmp_path / "d.zarr",
-                             progress=lambda d, t: seen.append((d, t)), **TILED)
+        out = engine.restore(
+            img,
+            weights=tiny_weights,
+            axes="ZYX",
+            client=client,
+            out=tmp_path / "d.zarr",
+            progress=lambda d, t: seen.append((d, t)),
+            **TILED,
+        )
         np.testing.assert_array_equal(out.compute(), local)
         assert mio.is_complete(tmp_path / "d.zarr") and seen[-1][0] == seen[-1][1] == 24
         # a lazy dask input computed on the cluster
-        lazy = engine.restore(da.from_array(img, chunks=(1, 45, 55)), weights=tiny_weights, axes="ZYX", client=client, **TILED)
+        lazy = engine.restore(
+            da.from_array(img, chunks=(1, 45, 55)), weights=tiny_weights, axes="ZYX", client=client, **TILED
+        )
         np.testing.assert_array_equal(client.compute(lazy).result(), local)
         # each worker process loaded the model once, itself: it is never shipped in a task
         loaded = client.run(lambda: len(__import__("napari_mirnet.weights").weights._model_cache))
@@ -68,7 +78,8 @@ def test_scheduler_address_and_cancel(tiny_weights, cluster, tmp_path, one_threa
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(engine.Cancelled):
-        engine.restore(img, weights=tiny_weights, client=cluster.scheduler_address, cancel=cancel,
-                       out=tmp_path / "c.zarr", **TILED)
+        engine.restore(
+            img, weights=tiny_weights, client=cluster.scheduler_address, cancel=cancel, out=tmp_path / "c.zarr", **TILED
+        )
     assert not mio.is_complete(tmp_path / "c.zarr")
     assert zarr.open_group(str(tmp_path / "c.zarr"))["mirnet_done"][...].sum() < 12

@@ -6,8 +6,8 @@ import errno
 import subprocess
 import sys
 import threading
-import weakref
 import warnings
+import weakref
 
 import dask.array as da
 import numpy as np
@@ -15,7 +15,8 @@ import pytest
 import torch
 import zarr
 
-from napari_mirnet import engine, io as mio
+from napari_mirnet import engine
+from napari_mirnet import io as mio
 from napari_mirnet.api import restore_whole
 
 RNG = np.random.default_rng(1)
@@ -40,8 +41,10 @@ def test_plan_partitions_the_image_and_keeps_multiples_of_4():
             assert 0 <= w0 <= p0 and p1 <= w1 <= n and w1 - w0 == 64
         # the feathered weights of all tiles sum to one at every pixel
         total = sum(
-            np.pad(engine.plan.blend_ramp(*plan.pred_range(ax, i), *plan.core_range(ax, i), plan.margin[ax], n),
-                   (plan.pred_range(ax, i)[0], n - plan.pred_range(ax, i)[1]))
+            np.pad(
+                engine.plan.blend_ramp(*plan.pred_range(ax, i), *plan.core_range(ax, i), plan.margin[ax], n),
+                (plan.pred_range(ax, i)[0], n - plan.pred_range(ax, i)[1]),
+            )
             for i in range(plan.grid[ax])
         )
         np.testing.assert_allclose(total, 1.0)
@@ -101,8 +104,16 @@ def test_identity_model_survives_tiling_exactly(identity_weights, blend):
 def test_tiled_super_resolution_matches_whole_bicubic(identity_weights, scale):
     img = _rgb(41, 53)
     whole = restore_whole(img, "super_resolution", identity_weights, scale=scale, device="cpu")
-    lazy = engine.restore(da.from_array(img, chunks=(20, 20, 3)), "super_resolution", identity_weights,
-                          scale=scale, tile=48 * scale // 2 + 16, halo=8, blend=4, device="cpu")
+    lazy = engine.restore(
+        da.from_array(img, chunks=(20, 20, 3)),
+        "super_resolution",
+        identity_weights,
+        scale=scale,
+        tile=48 * scale // 2 + 16,
+        halo=8,
+        blend=4,
+        device="cpu",
+    )
     assert lazy.shape == whole.shape and lazy.chunks[0][0] % scale == 0
     np.testing.assert_allclose(lazy.compute().astype(int), whole.astype(int), atol=1)
 
@@ -249,7 +260,9 @@ def test_progress_and_cancel(tiny_weights, tmp_path):
             cancel.set()
 
     with pytest.raises(engine.Cancelled):
-        engine.restore(_rgb(), weights=tiny_weights, progress=stop_after_two, cancel=cancel, out=tmp_path / "c.zarr", **TILED)
+        engine.restore(
+            _rgb(), weights=tiny_weights, progress=stop_after_two, cancel=cancel, out=tmp_path / "c.zarr", **TILED
+        )
     assert not mio.is_complete(tmp_path / "c.zarr")
 
 
@@ -398,8 +411,17 @@ def test_tta_one_tile_equals_whole_image_and_differs_from_one_pass(tiny_weights)
 def test_tta_survives_tiling_and_super_resolution(identity_weights, task, scale):
     img = _rgb(61, 45)
     ref = restore_whole(img, task, identity_weights, scale=scale, device="cpu")
-    out = engine.restore(da.from_array(img, chunks=(30, 30, 3)), task, identity_weights, scale=scale,
-                         tile=32, halo=8, blend=4, device="cpu", tta=True).compute()
+    out = engine.restore(
+        da.from_array(img, chunks=(30, 30, 3)),
+        task,
+        identity_weights,
+        scale=scale,
+        tile=32,
+        halo=8,
+        blend=4,
+        device="cpu",
+        tta=True,
+    ).compute()
     np.testing.assert_allclose(out.astype(int), ref.astype(int), atol=1)
 
 

@@ -5,11 +5,9 @@ Real tiny MIRNet-v2 checkpoints (conftest), real zarr stores, real dask, a real 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import dask.array as da
@@ -19,7 +17,8 @@ import tifffile
 import torch
 import zarr
 
-from napari_mirnet import engine, io as mio
+from napari_mirnet import engine
+from napari_mirnet import io as mio
 from napari_mirnet.engine.source import InputError
 from napari_mirnet.processing import IntensityMap
 
@@ -56,8 +55,9 @@ def test_store_restored_into_itself_is_refused_and_kept(tiny_weights, tmp_path):
             engine.restore(res, weights=tiny_weights, out=out, overwrite=True, **TILED)
     # a zarr array opened from the store is the same input
     with pytest.raises(mio.OutputError, match="is the input"):
-        engine.restore(zarr.open_group(str(res), mode="r")["0"], weights=tiny_weights, axes="CYX", out=res,
-                       overwrite=True, **TILED)
+        engine.restore(
+            zarr.open_group(str(res), mode="r")["0"], weights=tiny_weights, axes="CYX", out=res, overwrite=True, **TILED
+        )
     # the engine level (prepare + execute) refuses too, and an output holding the input
     run = engine.prepare(res, weights=tiny_weights, options=engine.RestoreOptions(**TILED))
     with pytest.raises(mio.OutputError, match="holds the input"):
@@ -112,10 +112,14 @@ sys.stdin.read()
 def test_a_second_process_cannot_write_a_locked_store(tiny_weights, tmp_path):
     out = tmp_path / "busy.zarr"
     engine.restore(_u8(), weights=tiny_weights, out=out, **TILED)
-    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline().strip() == "locked"
-        with pytest.raises(mio.StoreLocked, match=rf"busy.zarr is being written by another run \(pid {proc.pid} .*delete"):
+        with pytest.raises(
+            mio.StoreLocked, match=rf"busy.zarr is being written by another run \(pid {proc.pid} .*delete"
+        ):
             engine.restore(_u8(seed=4), weights=tiny_weights, out=out, overwrite=True, **{**TILED, "tile": 64})
         assert mio.is_complete(out)  # untouched
     finally:
@@ -152,8 +156,9 @@ def test_two_runs_on_one_new_store_one_wins_cleanly(tiny_weights, tmp_path):
         t.join()
     assert not errors
     assert mio.is_complete(out)
-    np.testing.assert_array_equal(np.asarray(mio.open_image(out).array).transpose(1, 2, 0),
-                                  engine.restore(_u8(), weights=tiny_weights, **TILED))
+    np.testing.assert_array_equal(
+        np.asarray(mio.open_image(out).array).transpose(1, 2, 0), engine.restore(_u8(), weights=tiny_weights, **TILED)
+    )
 
 
 # --------------------------------------------------------------------------- 4. hot pixel, sparse
@@ -203,8 +208,11 @@ def test_channels_get_their_own_percentiles_and_every_channel_is_sampled(tiny_we
         alone = engine.restore(small[c], weights=tiny_weights, **TILED)
         np.testing.assert_allclose(both[c], alone, rtol=1e-5, atol=1e-5 * float(alone.max()))
     # colour (RGB) keeps one joint mapping, so that its balance survives
-    rgb = engine.prepare(rng.random((64, 64, 3)).astype(np.float32) * [1, 2, 3], weights=tiny_weights,
-                         options=engine.RestoreOptions(**TILED))
+    rgb = engine.prepare(
+        rng.random((64, 64, 3)).astype(np.float32) * [1, 2, 3],
+        weights=tiny_weights,
+        options=engine.RestoreOptions(**TILED),
+    )
     assert isinstance(rgb.imap.high, float)
 
 
@@ -236,8 +244,9 @@ def test_fixed_normalisation_refuses_floats_outside_0_1(tiny_weights, tmp_path):
     with pytest.raises(ValueError, match=r"normalisation='fixed'.*\[0, 1\].*'percentile'"):
         engine.restore(img, weights=tiny_weights, normalisation="fixed", **TILED)
     with pytest.raises(ValueError, match=r"normalisation='fixed'"):
-        engine.restore(da.from_array(img, chunks=64), weights=tiny_weights, normalisation="fixed",
-                       out=tmp_path / "f.zarr", **TILED)
+        engine.restore(
+            da.from_array(img, chunks=64), weights=tiny_weights, normalisation="fixed", out=tmp_path / "f.zarr", **TILED
+        )
     unit = img / 1100
     out = engine.restore(unit, weights=tiny_weights, normalisation="fixed", **TILED)
     assert out.min() >= 0 and out.max() <= 1
@@ -283,7 +292,7 @@ def test_corrupt_input_chunk_names_the_input_and_region(tiny_weights, tmp_path, 
     z[...] = np.random.default_rng(9).integers(1, 200, (96, 96)).astype(dtype)
     chunk = next(p for p in Path(src).rglob("*") if p.is_file() and p.parts[-3:] == ("c", "1", "2"))
     chunk.write_bytes(chunk.read_bytes()[:7])  # truncated
-    with pytest.raises(InputError, match=rf"in.zarr.*(rows \d+-\d+, columns \d+-\d+|sample).*damaged"):
+    with pytest.raises(InputError, match=r"in.zarr.*(rows \d+-\d+, columns \d+-\d+|sample).*damaged"):
         np.asarray(engine.restore(src, weights=tiny_weights, out=tmp_path / "o.zarr", **TILED))
     assert not mio.is_complete(tmp_path / "o.zarr")
 

@@ -10,7 +10,8 @@ import tifffile
 import zarr
 from PIL import Image
 
-from napari_mirnet import engine, io as mio
+from napari_mirnet import engine
+from napari_mirnet import io as mio
 
 RNG = np.random.default_rng(2)
 TILED = dict(tile=48, halo=8, blend=4, device="cpu")
@@ -23,7 +24,9 @@ def _rgb(h=90, w=110):
 # ------------------------------------------------------------------------------------ readers
 def test_read_tif_png_jpg(tmp_path):
     stack = RNG.integers(0, 4000, (3, 40, 50), dtype=np.uint16)
-    tifffile.imwrite(tmp_path / "s.tif", stack, imagej=True, resolution=(2.0, 2.0), metadata={"axes": "ZYX", "spacing": 3.5})
+    tifffile.imwrite(
+        tmp_path / "s.tif", stack, imagej=True, resolution=(2.0, 2.0), metadata={"axes": "ZYX", "spacing": 3.5}
+    )
     src = mio.open_image(tmp_path / "s.tif")
     assert src.axes == "ZYX" and src.pixel_scale == {"Z": 3.5, "X": 0.5, "Y": 0.5}
     np.testing.assert_array_equal(src.array[...], stack)
@@ -53,8 +56,16 @@ def test_tif_input_restores_lazily(tiny_weights, tmp_path):
 def test_ome_zarr_output_metadata_and_sr_scale(identity_weights, tmp_path):
     img = RNG.integers(0, 256, (2, 3, 40, 44), dtype=np.uint8)  # ZCYX: stored as CZYX
     out = tmp_path / "o.zarr"
-    res = engine.restore(img, "super_resolution", identity_weights, scale=2, axes="ZCYX", out=out,
-                         pixel_size=(4.0, 1.0, 0.5, 0.5), **TILED)
+    res = engine.restore(
+        img,
+        "super_resolution",
+        identity_weights,
+        scale=2,
+        axes="ZCYX",
+        out=out,
+        pixel_size=(4.0, 1.0, 0.5, 0.5),
+        **TILED,
+    )
     assert res.shape == (2, 3, 80, 88)
     g = zarr.open_group(str(out), mode="r")
     assert g.metadata.zarr_format == 3
@@ -71,7 +82,9 @@ def test_ome_zarr_output_metadata_and_sr_scale(identity_weights, tmp_path):
     assert {"weights_sha256", "task", "tile", "halo", "blend", "version"} <= set(fp)
     assert fp["task"] == "super_resolution" and fp["tile"] == 48 and len(fp["weights_sha256"]) == 64
     assert g["mirnet_done"][...].all()
-    np.testing.assert_array_equal(res.compute(), engine.restore(img, "super_resolution", identity_weights, scale=2, axes="ZCYX", **TILED))
+    np.testing.assert_array_equal(
+        res.compute(), engine.restore(img, "super_resolution", identity_weights, scale=2, axes="ZCYX", **TILED)
+    )
 
 
 def test_ome_zarr_input_scale_carries_over(tiny_weights, tmp_path):
@@ -88,8 +101,9 @@ def test_incomplete_store_is_not_an_image(tiny_weights, tmp_path):
     cancel = threading.Event()
     out = tmp_path / "p.zarr"
     with pytest.raises(engine.Cancelled):
-        engine.restore(_rgb(), weights=tiny_weights, out=out, cancel=cancel,
-                       progress=lambda d, t: cancel.set(), **TILED)
+        engine.restore(
+            _rgb(), weights=tiny_weights, out=out, cancel=cancel, progress=lambda d, t: cancel.set(), **TILED
+        )
     attrs = dict(zarr.open_group(str(out)).attrs)
     assert "ome" not in attrs and attrs["napari_mirnet"]["complete"] is False
     with pytest.raises(ValueError, match="unfinished"):
@@ -177,7 +191,9 @@ def test_resume_with_default_tile_keeps_the_stored_settings(tiny_weights, tmp_pa
     monkeypatch.setattr(engine.memory, "memory_budget", lambda dev: bpp * 128**2)
     cancel = threading.Event()
     with pytest.raises(engine.Cancelled):
-        engine.restore(img, weights=tiny_weights, device="cpu", out=out, cancel=cancel, progress=lambda d, t: cancel.set())
+        engine.restore(
+            img, weights=tiny_weights, device="cpu", out=out, cancel=cancel, progress=lambda d, t: cancel.set()
+        )
     monkeypatch.setattr(engine.memory, "memory_budget", lambda dev: bpp * 96**2)  # less memory now
     res = engine.restore(img, weights=tiny_weights, device="cpu", out=out)
     assert mio.is_complete(out) and mio.stored_fingerprint(out)["tile"] == 128

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from reference_arch import reference_mirnet_class
 
 from napari_mirnet.model import MIRNetConfig, MIRNetV2, config_from_state_dict, self_ensemble
-from reference_arch import reference_mirnet_class
 
 FACTS = Path(__file__).parent / "data" / "mirnet_v2_state_dict_80nf.tsv"  # copy of shared/reference
 OFFICIAL = {  # asset -> reference constructor arguments (every release uses n_feat 80, cf 1.5, 2 MRBs)
@@ -122,8 +122,11 @@ def test_self_ensemble_is_exactly_equivariant_where_the_model_is_not(dual):
     model = MIRNetV2(**cfg).eval()
     x = torch.rand(1, 6 if dual else 3, 16, 24)
     # dual-pixel views only allow the vertical flip; otherwise all 8 flips/rotations
-    moves = [lambda t: t.flip(-2)] if dual else [lambda t, k=k, tr=tr: _dihedral(t, k, tr)
-                                                  for k in range(4) for tr in (False, True)][1:]
+    moves = (
+        [lambda t: t.flip(-2)]
+        if dual
+        else [lambda t, k=k, tr=tr: _dihedral(t, k, tr) for k in range(4) for tr in (False, True)][1:]
+    )
     with torch.no_grad():
         ens = self_ensemble(model, x, dual)
         plain = model(x)

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_checkpoint
 
 import napari_mirnet as nm
-from conftest import make_checkpoint
 from napari_mirnet.processing import IntensityMap, upscale
-from napari_mirnet.tasks import TASKS, get_task as get_preset
+from napari_mirnet.tasks import TASKS
+from napari_mirnet.tasks import get_task as get_preset
 
 RNG = np.random.default_rng(0)
 

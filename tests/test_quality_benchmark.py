@@ -19,8 +19,9 @@ from napari_mirnet.degradations import degrade  # noqa: E402
 @pytest.mark.parametrize("peak", [10.0, 100.0])
 def test_anscombe_gives_unit_noise_and_an_unbiased_inverse(peak):
     x = np.full((1, 1, 256, 256), 0.3, np.float32)
-    y = degrade(torch.from_numpy(x), {"kind": "poisson_gaussian", "peak": peak, "sigma": 2.0},
-                torch.Generator().manual_seed(0)).numpy()
+    y = degrade(
+        torch.from_numpy(x), {"kind": "poisson_gaussian", "peak": peak, "sigma": 2.0}, torch.Generator().manual_seed(0)
+    ).numpy()
     v = quality.anscombe(y, peak, 2.0)
     assert abs(v.std() - 1.0) < 0.03
     # the naive algebraic inverse of the mean is biased at low counts; the unbiased one is not
@@ -56,8 +57,25 @@ def test_train_shipped_runs_end_to_end_on_cpu(tmp_path):
     import train_shipped
 
     out = tmp_path / "run"
-    argv = ["--model", "small-denoise-rgb", "--n-feat", "16", "--n-mrb", "1", "--iters", "2",
-            "--stages", "32:1", "--device", "cpu", "--out-dir", str(out), "--quiet", "--threads", "1"]
+    argv = [
+        "--model",
+        "small-denoise-rgb",
+        "--n-feat",
+        "16",
+        "--n-mrb",
+        "1",
+        "--iters",
+        "2",
+        "--stages",
+        "32:1",
+        "--device",
+        "cpu",
+        "--out-dir",
+        str(out),
+        "--quiet",
+        "--threads",
+        "1",
+    ]
     threads = torch.get_num_threads()
     try:
         assert train_shipped.main(argv) == 0

@@ -15,8 +15,8 @@ import zipfile
 
 import pytest
 import torch
-
 from conftest import make_checkpoint
+
 from napari_mirnet import weights as W
 from napari_mirnet.cli import main
 from napari_mirnet.model import MIRNetV2
@@ -37,9 +37,7 @@ class _Server:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(Handler, directory=str(root))
-        )
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
@@ -179,7 +177,13 @@ def test_wrong_shape_is_named(server):
     sd = MIRNetV2(n_feat=16, n_mrb=1).state_dict()
     sd["body.1.body.0.conv_out.weight"] = torch.zeros(16, 16, 3, 3)
     torch.save({"params": sd}, server.root / "enhancement_lol.pth")
-    with pytest.warns(UserWarning), pytest.raises(W.WeightsError, match=r"body\.1\.body\.0\.conv_out\.weight has shape \(16, 16, 3, 3\), expected \(16, 16, 1, 1\)"):
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(
+            W.WeightsError,
+            match=r"body\.1\.body\.0\.conv_out\.weight has shape \(16, 16, 3, 3\), expected \(16, 16, 1, 1\)",
+        ),
+    ):
         W.load_model("enhancement_lol")
     assert _cached_files() == []
 
@@ -376,9 +380,18 @@ def _as_other_user(script: str, env: dict) -> subprocess.CompletedProcess:
     # root without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH is held to the files' permission bits like
     # any user: files owned by uid 1000 are someone else's, read through their "other" bits
     return subprocess.run(
-        ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--",
-         sys.executable, "-c", textwrap.dedent(script)],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
+        [
+            "setpriv",
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--",
+            sys.executable,
+            "-c",
+            textwrap.dedent(script),
+        ],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -443,7 +456,9 @@ def test_empty_file_zip_of_other_things_symlink_loop_and_fifo(tmp_path):
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("readme.txt", "hello")
         zf.writestr("img.png", b"\x89PNG")
-    with pytest.raises(W.WeightsError, match=r"zip archive but not a PyTorch checkpoint \(it holds readme\.txt, img\.png\)"):
+    with pytest.raises(
+        W.WeightsError, match=r"zip archive but not a PyTorch checkpoint \(it holds readme\.txt, img\.png\)"
+    ):
         W.load_model(archive)
     loop_a, loop_b = tmp_path / "a.pth", tmp_path / "b.pth"
     loop_a.symlink_to(loop_b)
@@ -487,7 +502,10 @@ def test_huge_files_and_declared_shapes_are_refused_before_reading(tmp_path, ser
 def test_http_errors_and_urls_without_a_file_name(server):
     with pytest.raises(W.WeightsError, match=r"answered HTTP 404 Not Found; check the address"):
         W.load_model(f"{server.url}/gone.pth")
-    with pytest.warns(W.OfficialWeightsNotice), pytest.raises(W.WeightsError, match=r"HTTP 404.*NAPARI_MIRNET_BASE_URL"):
+    with (
+        pytest.warns(W.OfficialWeightsNotice),
+        pytest.raises(W.WeightsError, match=r"HTTP 404.*NAPARI_MIRNET_BASE_URL"),
+    ):
         W.load_model("sr_x4")  # the mirror lacks it
     # a URL with no file name (a directory listing here) is an HTML page, not a checkpoint
     with pytest.raises(W.WeightsError, match="HTML page"):

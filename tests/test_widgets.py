@@ -387,8 +387,9 @@ def test_lazy_layer_is_computed_off_the_gui_thread(make_napari_viewer, qtbot, ti
     with _event_loop_ticks() as ticks:
         t0 = time.perf_counter()
         viewer.dims.set_current_step(0, 5)  # a plane nobody has computed yet
-        qtbot.waitUntil(lambda: time.perf_counter() - t0 > 0.3 and not viewer._layer_slicer._layers_to_task,
-                        timeout=60_000)
+        qtbot.waitUntil(
+            lambda: time.perf_counter() - t0 > 0.3 and not viewer._layer_slicer._layers_to_task, timeout=60_000
+        )
     seconds = time.perf_counter() - t0
     gap = np.diff(ticks).max() if len(ticks) > 1 else seconds
     print(f"background={background}: new plane in {seconds:.2f} s, longest event-loop gap {gap * 1000:.0f} ms")
@@ -447,9 +448,7 @@ def test_preview_of_zoomed_2d_view_restores_only_the_visible_region(make_napari_
     assert 0 <= y0 <= 32 <= y0 + h and 0 <= x0 <= 80 <= x0 + wd
 
 
-def test_official_weights_warn_licence_and_failed_download_is_a_message(
-    make_napari_viewer, qtbot, errors, monkeypatch
-):
+def test_official_weights_warn_licence_and_failed_download_is_a_message(make_napari_viewer, qtbot, errors, monkeypatch):
     monkeypatch.setenv("NAPARI_MIRNET_BASE_URL", "http://127.0.0.1:9/")  # nothing listens: fails at once
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="img")
@@ -486,7 +485,9 @@ def test_result_too_big_for_memory_suggests_lazy_or_zarr(make_napari_viewer, err
     import dask.array as da
 
     viewer = make_napari_viewer()
-    viewer.add_image(da.zeros((200_000, 2048, 2048), np.uint16, chunks=(1, 2048, 2048)), name="huge", contrast_limits=(0, 1))
+    viewer.add_image(
+        da.zeros((200_000, 2048, 2048), np.uint16, chunks=(1, 2048, 2048)), name="huge", contrast_limits=(0, 1)
+    )
     w = DenoiseWidget(viewer)
     assert w() is None
     assert "GiB" in w.last_status and "lazy" in w.last_status and "zarr" in w.last_status.lower()
@@ -500,7 +501,13 @@ def test_every_widget_docks_compact_and_one_runs_with_progress(make_napari_viewe
     viewer.window._qt_window.resize(1280, 800)
     data = np.repeat(sample_data.noisy_stack()[0][0][:1, :64, :64], 12, axis=0)
     layer = viewer.add_image(data, name="img")
-    names = ["Denoise", "Super-resolution", "Low-light enhancement", "Contrast enhancement", "Dual-pixel defocus deblur"]
+    names = [
+        "Denoise",
+        "Super-resolution",
+        "Low-light enhancement",
+        "Contrast enhancement",
+        "Dual-pixel defocus deblur",
+    ]
     docked = [viewer.window.add_plugin_dock_widget("napari-mirnet", name) for name in names]
     widgets = [w for _, w in docked]
     assert all(w.viewer is not None for w in widgets)

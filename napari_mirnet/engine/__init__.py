@@ -111,8 +111,16 @@ def restore(
         numpy for numpy input; a lazy dask array for dask, zarr or path input; with ``out``, a dask
         array reading the written store.
     """
-    options = RestoreOptions(tile, halo, blend, device, precision, normalisation, bool(tta),
-                             None if pixel_size is None else tuple(pixel_size))
+    options = RestoreOptions(
+        tile,
+        halo,
+        blend,
+        device,
+        precision,
+        normalisation,
+        bool(tta),
+        None if pixel_size is None else tuple(pixel_size),
+    )
     if out is not None:  # refused before the model is loaded (execute checks again)
         check_zarr_out(out)
         if isinstance(image, (str, os.PathLike)):

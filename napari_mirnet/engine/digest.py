@@ -78,12 +78,14 @@ def verify_done(run, sink) -> None:
         for lead, ty, tx in needed:
             (wy0, wy1), (wx0, wx1) = run.plan.window_range(0, ty), run.plan.window_range(1, tx)
             tasks.append(dask.delayed(tile_digest)(src[tuple(lead) + (slice(None), slice(wy0, wy1), slice(wx0, wx1))]))
-        from .run import scheduler_config
+        from .options import scheduler_config
 
         with dask.config.set(scheduler_config(run.device)):
             digests = dict(zip(needed, dask.compute(*tasks)))
     else:
-        digests = {t: tile_digest(read_window(run.source.arrays, run.axes, run.plan, t, run.source.name)) for t in needed}
+        digests = {
+            t: tile_digest(read_window(run.source.arrays, run.axes, run.plan, t, run.source.name)) for t in needed
+        }
     for k in keys:
         idx = sink.chunk_index(k)
         if int(stored[idx]) != chunk_digest([digests[t] for t in contributors(run.plan, k)]):

@@ -46,7 +46,10 @@ def forward_with_retry(model, x: torch.Tensor, precision: str, depth: int = 0) -
         )
         half = b - b // 2
         return torch.cat(
-            [forward_with_retry(model, x[:half], precision, depth + 1), forward_with_retry(model, x[half:], precision, depth + 1)]
+            [
+                forward_with_retry(model, x[:half], precision, depth + 1),
+                forward_with_retry(model, x[half:], precision, depth + 1),
+            ]
         )
     warnings.warn(
         f"out of GPU memory on a {h}x{w} tile; splitting it into 4 overlapping parts and retrying "

@@ -140,4 +140,3 @@ def _throttle(st: _Stages, write_key: dict, lag: int) -> dict[int, list]:
         if st.group_of[target] < g and st.group_of.get(left, -1) < g:
             after[g] = [write_key[target]]
     return after
-

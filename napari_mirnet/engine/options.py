@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-__all__ = ["DEFAULT_BLEND", "DEFAULT_HALO", "RestoreOptions"]
+__all__ = ["DEFAULT_BLEND", "DEFAULT_HALO", "RestoreOptions", "scheduler_config"]
 
 #: Default halo and blend margin, in model (output) pixels; see docs and benchmarks/engine.py.
 DEFAULT_HALO = 64
@@ -31,3 +31,18 @@ class RestoreOptions:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def scheduler_config(device: str, client=None) -> dict:
+    """The dask scheduler for a run on ``device``, as a ``dask.config.set`` mapping.
+
+    On CPU torch already uses every core inside a forward pass and concurrent tiles would only add
+    memory: tasks run in the calling thread (no second malloc arena, same torch threads). On a GPU
+    a second thread overlaps reading and writing with the forward pass (one forward at a time).
+    With a dask.distributed client, the client's scheduler.
+    """
+    if client is not None:
+        return {}
+    if device.startswith("cuda"):
+        return {"scheduler": "threads", "num_workers": 2}
+    return {"scheduler": "sync"}

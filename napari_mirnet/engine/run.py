@@ -24,9 +24,9 @@ from ..processing import ChannelAdapter, IntensityMap
 from ..tasks import choose_weights, get_task
 from ..weights import cached_model
 from . import memory
-from .graph import lazy_array, write_graph
-from .options import DEFAULT_BLEND, DEFAULT_HALO, RestoreOptions
 from .digest import SCHEME, verify_done
+from .graph import lazy_array, write_graph
+from .options import DEFAULT_BLEND, DEFAULT_HALO, RestoreOptions, scheduler_config
 from .plan import TilePlan, plan_tiles, round_to_stride
 from .sinks import open_zarr_sink, output_scale
 from .source import Source, open_source
@@ -153,8 +153,14 @@ class RestorationRun:
 
 
 def prepare(
-    image, task: str = "denoise", weights=None, *, scale=None, axes=None,
-    options: RestoreOptions = RestoreOptions(), client=None,
+    image,
+    task: str = "denoise",
+    weights=None,
+    *,
+    scale=None,
+    axes=None,
+    options: RestoreOptions = RestoreOptions(),
+    client=None,
 ) -> RestorationRun:
     """Open the input and decide the run: axes, weights, intensity mapping, channels, tile plan.
 
@@ -180,7 +186,11 @@ def prepare(
     plan = plan_tiles(source.size("Y"), source.size("X"), options.tile, options.halo, options.blend, factor)
     imap = _intensity_map(source, options.normalisation, channels)
     win_px = plan.window[0] * plan.window[1] * factor**2
-    batch = 1 if client is not None else memory.default_batch(model, win_px, prec if prec != "auto" else "bf16", channels.items)
+    batch = (
+        1
+        if client is not None
+        else memory.default_batch(model, win_px, prec if prec != "auto" else "bf16", channels.items)
+    )
     return RestorationRun(
         run_id=uuid.uuid4().hex,
         task=task,
@@ -255,21 +265,6 @@ def _intensity_map(source: Source, normalisation: str, channels: ChannelAdapter)
     return imap
 
 
-def scheduler_config(device: str, client=None) -> dict:
-    """The dask scheduler for a run on ``device``, as a ``dask.config.set`` mapping.
-
-    On CPU torch already uses every core inside a forward pass and concurrent tiles would only add
-    memory: tasks run in the calling thread (no second malloc arena, same torch threads). On a GPU
-    a second thread overlaps reading and writing with the forward pass (one forward at a time).
-    With a dask.distributed client, the client's scheduler.
-    """
-    if client is not None:
-        return {}
-    if device.startswith("cuda"):
-        return {"scheduler": "threads", "num_workers": 2}
-    return {"scheduler": "sync"}
-
-
 def compute(collection, run: RestorationRun, client=None):
     """Compute a collection of ``run`` with the scheduler :func:`scheduler_config` picks."""
     if client is not None:
@@ -317,7 +312,9 @@ def _to_zarr_locked(run: RestorationRun, out, overwrite: bool, client, progress,
     todo = sink.todo(run.keys)
     control = RunControl(progress if client is None else None, cancel, len(todo))
     workers = len(client.scheduler_info()["workers"]) if client is not None else 1
-    graph, write_keys, final = write_graph(run, run.context(control, sink), todo, lag=max(2, 2 * run.batch, 4 * workers))
+    graph, write_keys, final = write_graph(
+        run, run.context(control, sink), todo, lag=max(2, 2 * run.batch, 4 * workers)
+    )
     try:
         if todo:
             if client is None:

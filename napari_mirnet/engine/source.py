@@ -62,9 +62,7 @@ def open_source(image, axes: str | None, dual_pixel: bool, client=None) -> Sourc
             raise ValueError("the defocus task takes a (left, right) pair of images")
         lv, rv = (open_source(v, axes, False, client) for v in image)
         if lv.shape != rv.shape or lv.dtype != rv.dtype:
-            raise ValueError(
-                f"left and right views must match: {lv.shape} {lv.dtype} vs {rv.shape} {rv.dtype}"
-            )
+            raise ValueError(f"left and right views must match: {lv.shape} {lv.dtype} vs {rv.shape} {rv.dtype}")
         kinds = {lv.kind, rv.kind}
         arrays = (lv.arrays[0], rv.arrays[0])
         kind = "dask" if "dask" in kinds else ("zarr" if "zarr" in kinds else "numpy")
@@ -96,7 +94,9 @@ def open_source(image, axes: str | None, dual_pixel: bool, client=None) -> Sourc
     shape = tuple(image.shape)
     check_dtype(np.dtype(image.dtype))
     if not shape:
-        raise ValueError(f"the image is a single value (a 0-d array: {image!r}), not an image; pass a 2-D or larger array")
+        raise ValueError(
+            f"the image is a single value (a 0-d array: {image!r}), not an image; pass a 2-D or larger array"
+        )
     if any(n == 0 for n in shape):
         raise ValueError(f"the image is empty (shape {shape}); nothing to restore")
     axes = validate_axes(axes, shape) if axes else infer_axes(shape)

@@ -100,9 +100,7 @@ def restore_tiles(ctx: TileContext, tiles: list, after: list, *blocks) -> dict:
             raw = read_window(ctx.arrays, ctx.axes, plan, key, ctx.source_name)
         where = f"plane {lead}, rows {wy0}-{wy1}, columns {wx0}-{wx1}"
         if raw.dtype.kind == "f" and not np.isfinite(raw).all():
-            raise ValueError(
-                f"the image contains NaN or Inf pixels ({where}); replace them (e.g. np.nan_to_num) first"
-            )
+            raise ValueError(f"the image contains NaN or Inf pixels ({where}); replace them (e.g. np.nan_to_num) first")
         ctx.imap.check_range(raw, f" ({where})")
         digests.append(tile_digest(raw) if ctx.sink is not None else 0)
         x = ctx.imap.forward(raw)
