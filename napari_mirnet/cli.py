@@ -711,7 +711,7 @@ def _restore_one(args, run, dst: Path, label: str, client) -> None:
             arr = engine.execute(run, client=client, progress=report)
             dst.parent.mkdir(parents=True, exist_ok=True)
             with dask.config.set(engine.scheduler_config(run.device, client)):
-                write_image(dst, arr, run.axes, fingerprint=run.fingerprint)
+                write_image(dst, arr, run.axes, fingerprint=run.fingerprint, meta=run.output_meta)
     finally:
         if bar is not None:
             bar.close()

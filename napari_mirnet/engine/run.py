@@ -19,6 +19,7 @@ import torch
 
 from .. import io as mio
 from ..devices import resolve_device, resolve_precision
+from ..metadata import ImageMeta
 from ..model import MIRNetConfig
 from ..processing import ChannelAdapter, IntensityMap
 from ..tasks import choose_weights, get_task
@@ -28,7 +29,7 @@ from .digest import SCHEME, verify_done
 from .graph import lazy_array, write_graph
 from .options import DEFAULT_BLEND, DEFAULT_HALO, RestoreOptions, scheduler_config
 from .plan import TilePlan, plan_tiles, round_to_stride
-from .sinks import open_zarr_sink, output_scale
+from .sinks import open_zarr_sink
 from .source import Source, open_source
 from .steps import Cancelled, RunControl, TileContext
 
@@ -102,6 +103,14 @@ class RestorationRun:
         if self.options.pixel_size is not None:
             return dict(zip(self.axes, self.options.pixel_size))
         return None
+
+    @property
+    def output_meta(self) -> ImageMeta:
+        """What the output's pixels mean: the input's metadata, resampled and with the output's channels."""
+        meta = self.source.meta
+        if not meta.scale and self.options.pixel_size is not None:
+            meta = meta.replace(scale=dict(zip(self.axes, (float(v) for v in self.options.pixel_size))))
+        return meta.replace(axes=self.axes).resampled(self.factor).with_channel_count(self.channels.channels_out)
 
     @property
     def fingerprint(self) -> dict:
@@ -321,9 +330,7 @@ def _to_zarr_locked(run: RestorationRun, out, overwrite: bool, client, progress,
                 compute(Delayed(final, graph, layer=final[0]), run)
             else:
                 _distributed_compute(client, [Delayed(k, graph, layer=final[0]) for k in write_keys], progress, cancel)
-        pixel = run.pixel_size or {}
-        scale = [float(pixel.get(a, 1.0)) for a in sink.store_axes]
-        sink.output.finalize(sink.store_axes, output_scale(scale, sink.store_axes, run.factor), name=run.source.name)
+        sink.output.finalize(sink.store_axes, run.output_meta, name=run.source.name)
     except OSError as err:
         raise mio.OutputError(
             f"writing {sink.output.path} failed ({err}); the store is left incomplete. Fix the cause (free disk "

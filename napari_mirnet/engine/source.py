@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import io as mio
 from ..axes import infer_axes, to_cyx_order, validate_axes
+from ..metadata import ImageMeta
 from ..processing import check_dtype
 
 __all__ = ["InputError", "Source", "open_source", "read_region", "read_window"]
@@ -21,11 +22,16 @@ class Source:
 
     arrays: tuple  # numpy, zarr, dask or array-like; dual-pixel pairs have two
     axes: str
-    pixel_scale: dict | None = None  # axis letter -> physical pixel size, when the file says
+    meta: ImageMeta = ImageMeta()  # what the pixels mean, as the file (or the caller) says
     kind: str = "numpy"  # numpy, dask, zarr (anything sliceable without loading it whole)
     name: str | None = None  # the path it came from
     eager: bool = False  # numpy in: numpy out
     paths: tuple = ()  # files or stores the arrays are read from (to refuse writing over them)
+
+    @property
+    def pixel_scale(self) -> dict | None:
+        """Axis letter -> physical pixel size, when the file says."""
+        return self.meta.pixel_scale
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -68,11 +74,11 @@ def open_source(image, axes: str | None, dual_pixel: bool, client=None) -> Sourc
         kind = "dask" if "dask" in kinds else ("zarr" if "zarr" in kinds else "numpy")
         if kind == "dask":
             arrays = tuple(a if isinstance(a, da.Array) else da.from_array(a) for a in arrays)
-        return Source(arrays, lv.axes, lv.pixel_scale, kind, lv.name, lv.eager and rv.eager, lv.paths + rv.paths)
-    pixel_scale, name = None, None
+        return Source(arrays, lv.axes, lv.meta, kind, lv.name, lv.eager and rv.eager, lv.paths + rv.paths)
+    meta, name = ImageMeta(), None
     if isinstance(image, (str, os.PathLike)):
         src = mio.open_image(image)
-        image, pixel_scale, name = src.array, src.pixel_scale, str(image)
+        image, meta, name = src.array, src.meta, str(image)
         if axes is None:
             axes = src.axes
     image = _from_torch(image)
@@ -108,7 +114,7 @@ def open_source(image, axes: str | None, dual_pixel: bool, client=None) -> Sourc
     eager = kind == "numpy"
     if client is not None and kind == "numpy":
         kind, image = "dask", da.from_array(image)  # scattered through the graph, not a closure
-    return Source((image,), axes, pixel_scale, kind, name, eager, paths)
+    return Source((image,), axes, meta.replace(axes=axes), kind, name, eager, paths)
 
 
 def _from_torch(image):

@@ -1,0 +1,127 @@
+"""Paths in and out: which reader opens a path, what a folder holds, and writing a result file whole."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..metadata import ImageMeta
+from .errors import OutputError
+from .image import ImageSource
+from .omezarr import open_zarr, write_omezarr
+from .pictures import check_picture, open_picture, write_picture
+from .tiff import open_tiff, write_tiff
+
+__all__ = ["IMAGE_SUFFIXES", "list_inputs", "open_image", "write_image"]
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".zarr")
+
+
+def open_image(path: str | os.PathLike) -> ImageSource:
+    """Open an image file or zarr store without loading it (png/jpg are small and read whole)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"input {p} does not exist")
+    suffix = p.suffix.lower()
+    if p.is_dir() or suffix == ".zarr":
+        src = open_zarr(p)
+    elif suffix in (".tif", ".tiff"):
+        src = open_tiff(p)
+    elif suffix in (".png", ".jpg", ".jpeg"):
+        src = open_picture(p)
+    else:
+        raise ValueError(f"cannot read {p}: unsupported file type {suffix!r} (use {', '.join(IMAGE_SUFFIXES)})")
+    src.meta = src.meta.replace(name=str(p))
+    return src
+
+
+def list_inputs(paths) -> list[Path]:
+    """Expand folders into the images they hold (zarr stores count as one image)."""
+    out = []
+    for raw in paths:
+        p = Path(raw)
+        if (
+            p.is_dir()
+            and p.suffix.lower() != ".zarr"
+            and not (p / "zarr.json").exists()
+            and not (p / ".zarray").exists()
+            and not (p / ".zgroup").exists()
+        ):
+            # hidden files are not images of the user's (macOS "._a.png", our ".a.tif.partial")
+            found = sorted(c for c in p.iterdir() if c.suffix.lower() in IMAGE_SUFFIXES and not c.name.startswith("."))
+            if not found:
+                raise FileNotFoundError(f"folder {p} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            out.extend(found)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"input {p} does not exist")
+    return out
+
+
+def _norm(obj):
+    return json.loads(json.dumps(obj))
+
+
+def write_image(
+    path,
+    arr,
+    axes: str,
+    *,
+    fingerprint: dict | None = None,
+    pixel_size=None,
+    meta: ImageMeta | None = None,
+    check: bool = False,
+) -> Path:
+    """Write a (dask or numpy) image as tif (chunk by chunk), png/jpg, or a plain OME-Zarr store.
+
+    ``meta`` (pixel sizes, units, channels...) is written where the format can hold it;
+    ``pixel_size`` (per axis of ``arr``) fills in the sizes ``meta`` lacks. ``fingerprint`` is
+    recorded in the file (tif description, png text, jpg comment) so that a re-run can tell a result
+    of the same settings. ``check=True`` only checks that the format can hold ``arr`` (anything
+    with ``shape`` and ``dtype``) and that ``path`` can be replaced by a file or store; nothing is
+    written. The file appears under its name only when complete (written beside it, then renamed).
+    """
+    p = Path(path)
+    suffix = p.suffix.lower()
+    dtype, shape = np.dtype(arr.dtype), tuple(arr.shape)
+    meta = meta or ImageMeta(axes=axes)
+    if pixel_size is not None:
+        meta = meta.replace(scale={**dict(zip(axes, (float(v) for v in pixel_size))), **meta.scale})
+    if suffix in (".png", ".jpg", ".jpeg"):
+        check_picture(p, shape, dtype, axes)
+    elif suffix not in (".tif", ".tiff", ".zarr"):
+        raise OutputError(f"cannot write {p.name}: use .zarr, .tif, .png or .jpg")
+    is_store = p.is_dir() and any((p / m).exists() for m in ("zarr.json", ".zgroup", ".zarray"))
+    if p.is_dir() and not (suffix == ".zarr" and (is_store or not any(p.iterdir()))):
+        raise OutputError(
+            f"{p} is a folder"
+            + ("" if suffix != ".zarr" else " but not a zarr store")
+            + "; it is left alone: choose another path"
+        )
+    if check:
+        return p
+    tmp = p.with_name(f".{p.name}.partial")
+    note = json.dumps(_norm(fingerprint)) if fingerprint is not None else None
+    try:
+        if suffix in (".tif", ".tiff"):
+            write_tiff(tmp, arr, axes, meta, note)
+        elif suffix == ".zarr":
+            write_omezarr(tmp, arr, axes, meta, name=p.stem)
+            if p.exists():  # a store (checked above), replaced as a whole
+                shutil.rmtree(p)
+        else:
+            write_picture(tmp, suffix, arr, note)
+        os.replace(tmp, p)
+    except OSError as err:
+        raise OutputError(f"writing {p} failed: {err}") from err
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+    return p
