@@ -11,8 +11,11 @@ import torch.nn.functional as F
 __all__ = [
     "ChannelAdapter",
     "IntensityMap",
+    "channel_layout",
     "check_dtype",
+    "fill_nodata",
     "finish_channels",
+    "mark_nodata",
     "prepare_channels",
     "upscale",
 ]
@@ -46,41 +49,71 @@ class IntensityMap:
     Percentile-mapped model inputs are clipped to [-CLIP_MARGIN, 1 + CLIP_MARGIN] (:meth:`clip_range`)
     so that a hot pixel cannot swamp the network (its global pooling spreads one huge value over
     the whole tile); the engine passes the clipped-away values through unrestored.
+
+    Nodata: pixels equal to ``nodata`` and, in float images, NaN pixels are no data. They are left
+    out of the percentile sample, :meth:`forward` maps them to NaN (:func:`fill_nodata` fills them
+    before the model sees a tile, :func:`mark_nodata` puts NaN back into the prediction), and
+    :meth:`inverse` writes NaN as ``nodata`` (NaN when there is none). A restored valid pixel that
+    would land on the nodata value is moved one step off it, so the output's nodata mask is exactly
+    the input's.
     """
 
     low: float | tuple
     high: float | tuple
     dtype: np.dtype
     mode: str  # "fixed" or "percentile"
+    nodata: float | None = None  # NaN allowed (float images); NaN is nodata in float images anyway
 
     @classmethod
     def for_image(
-        cls, image, mode: str = "auto", percentiles=(0.1, 99.9), channel_axis: int | None = None
+        cls,
+        image,
+        mode: str = "auto",
+        percentiles=(0.1, 99.9),
+        channel_axis: int | None = None,
+        nodata: float | None = None,
     ) -> IntensityMap:
-        """The map of ``image`` (numpy or dask; percentiles come from a bounded sample, never the whole)."""
+        """The map of ``image`` (numpy or dask; percentiles come from a bounded sample, never the whole).
+
+        ``nodata`` (a value; NaN in float images always) is left out of the sample.
+        """
         dtype = np.dtype(image.dtype)
         check_dtype(dtype)
+        nodata = check_nodata(nodata, dtype)
         if mode == "auto":
             mode = "fixed" if dtype.kind in "ui" and dtype.itemsize <= 2 else "percentile"
         if mode == "fixed":
             if dtype.kind in "ui":
                 info = np.iinfo(dtype)
-                return cls(float(info.min), float(info.max), dtype, "fixed")
-            imap = cls(0.0, 1.0, dtype, "fixed")
+                return cls(float(info.min), float(info.max), dtype, "fixed", nodata)
+            imap = cls(0.0, 1.0, dtype, "fixed", nodata)
             imap.check_range(_sample(image, channel_axis=channel_axis))
             return imap
         if mode != "percentile":
             raise ValueError(f"normalisation must be 'auto', 'fixed' or 'percentile', not {mode!r}")
         if channel_axis is None:
-            low, high = _percentiles(_sample(image), percentiles)
-            return cls(low, high, dtype, "percentile")
+            low, high = _percentiles(_valid(_sample(image), nodata), percentiles)
+            return cls(low, high, dtype, "percentile", nodata)
         lows, highs = [], []
         for c in range(image.shape[channel_axis]):
             plane = image[(slice(None),) * (channel_axis % image.ndim) + (c,)]
-            low, high = _percentiles(_sample(plane), percentiles)
+            low, high = _percentiles(_valid(_sample(plane), nodata), percentiles)
             lows.append(low)
             highs.append(high)
-        return cls(tuple(lows), tuple(highs), dtype, "percentile")
+        return cls(tuple(lows), tuple(highs), dtype, "percentile", nodata)
+
+    def is_nodata(self, x: np.ndarray) -> np.ndarray | None:
+        """Where ``x`` (in the input's values) holds no data; None when nowhere (the common case, cheap)."""
+        x = np.asarray(x)
+        mask = None
+        if x.dtype.kind == "f":
+            nan = np.isnan(x)
+            mask = nan if nan.any() else None
+        if self.nodata is not None and not np.isnan(self.nodata):
+            eq = x == np.asarray(self.nodata).astype(x.dtype)
+            if eq.any():
+                mask = eq if mask is None else (mask | eq)
+        return mask
 
     def _lh(self, ndim: int, dtype=np.float32):
         if isinstance(self.low, tuple):  # per channel, along axis 0 of (C, Y, X)
@@ -93,21 +126,50 @@ class IntensityMap:
         x = np.asarray(x)
         wide = x.dtype.itemsize > 2 and x.dtype.kind in "ui"
         low, high = self._lh(x.ndim, np.float64 if wide else np.float32)
+        holes = self.is_nodata(x)
         if wide:
             x = x.astype(np.float64)  # 32/64-bit integers lose digits in float32 before the shift
-        return ((np.asarray(x, dtype=np.float32) - low) / (high - low)).astype(np.float32)
+        y = ((np.asarray(x, dtype=np.float32) - low) / (high - low)).astype(np.float32)
+        if holes is not None:
+            y[holes] = np.nan
+        return y
 
     def inverse(self, y: np.ndarray) -> np.ndarray:
         y = np.asarray(y, dtype=np.float32)
+        holes = np.isnan(y)
+        holes = holes if holes.any() else None
         wide = self.dtype.kind in "ui" and self.dtype.itemsize > 2
         low, high = self._lh(y.ndim, np.float64 if wide else np.float32)
         out = y.astype(np.float64) * (high - low) + low if wide else y * (high - low) + low
         if self.dtype.kind in "ui":
             info = np.iinfo(self.dtype)
-            return np.clip(np.rint(out), info.min, info.max).astype(self.dtype)
-        if self.mode == "fixed":
-            out = np.clip(out, self.low, self.high)
-        return out.astype(self.dtype)
+            if holes is not None:
+                out[holes] = 0
+            out = np.clip(np.rint(out), info.min, info.max).astype(self.dtype)
+        else:
+            if self.mode == "fixed":
+                out = np.clip(out, self.low, self.high)
+            out = out.astype(self.dtype)
+        return self._put_nodata(out, holes)
+
+    def _put_nodata(self, out: np.ndarray, holes: np.ndarray | None) -> np.ndarray:
+        """Holes become ``nodata``; valid pixels that landed on it move one step off (same mask as the input)."""
+        if self.nodata is None or np.isnan(self.nodata):
+            return out  # float holes are NaN already
+        value = np.asarray(self.nodata).astype(self.dtype)
+        clash = out == value
+        if holes is not None:
+            clash &= ~holes
+        if clash.any():
+            if self.dtype.kind in "ui":
+                info = np.iinfo(self.dtype)
+                step = value + 1 if value < info.max else value - 1
+            else:
+                step = np.nextafter(value, np.inf if value < np.finfo(self.dtype).max else -np.inf, dtype=self.dtype)
+            out[clash] = step
+        if holes is not None:
+            out[holes] = value
+        return out
 
     def clip_range(self) -> tuple[float, float] | None:
         """Bounds for the model input, or None where the map keeps it in [0, 1] anyway."""
@@ -118,7 +180,9 @@ class IntensityMap:
         if self.mode != "fixed" or self.dtype.kind != "f":
             return
         v = np.asarray(values)
-        v = v[np.isfinite(v)]  # NaN and Inf get their own error where the tile is read
+        v = v[np.isfinite(v)]  # NaN is nodata; Inf gets its own error where the tile is read
+        if self.nodata is not None and not np.isnan(self.nodata):
+            v = v[v != self.nodata]
         if v.size == 0:
             return
         lo, hi = float(v.min()), float(v.max())
@@ -131,13 +195,46 @@ class IntensityMap:
 
     def to_dict(self) -> dict:
         low, high = (list(v) if isinstance(v, tuple) else v for v in (self.low, self.high))
-        return {"low": low, "high": high, "dtype": self.dtype.str, "mode": self.mode}
+        out = {"low": low, "high": high, "dtype": self.dtype.str, "mode": self.mode}
+        if self.nodata is not None:  # absent when unset: fingerprints of earlier runs stay the same
+            out["nodata"] = "nan" if np.isnan(self.nodata) else float(self.nodata)
+        return out
+
+
+def check_nodata(nodata, dtype: np.dtype) -> float | None:
+    """``nodata`` as a float the dtype can hold exactly (None: none); a clear error otherwise."""
+    if nodata is None:
+        return None
+    try:
+        value = float(nodata)
+    except (TypeError, ValueError):
+        raise ValueError(f"nodata={nodata!r} is not a number; pass the value that marks missing pixels") from None
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        if np.isnan(value) or value != int(value) or not info.min <= value <= info.max:
+            raise ValueError(
+                f"nodata={nodata!r} cannot occur in a {dtype} image (whole numbers {info.min}..{info.max}); "
+                "pass a value of that range, or none (NaN marks missing pixels in float images)"
+            )
+    elif np.isinf(value):
+        raise ValueError(f"nodata={nodata!r}: Inf cannot mark missing pixels; use NaN or a finite value")
+    return value
+
+
+def _valid(sample: np.ndarray, nodata: float | None) -> np.ndarray:
+    """The sample's values that are data (NaN and ``nodata`` left out)."""
+    sample = np.asarray(sample, dtype=np.float64).ravel()
+    keep = ~np.isnan(sample)
+    if nodata is not None and not np.isnan(nodata):
+        keep &= sample != nodata
+    return sample[keep]
 
 
 def _percentiles(sample: np.ndarray, percentiles) -> tuple[float, float]:
     sample = np.asarray(sample, dtype=np.float64)
     if not np.all(np.isfinite(sample)):
-        raise ValueError("the image contains NaN or Inf pixels; replace them (e.g. np.nan_to_num) first")
+        raise ValueError("the image contains Inf pixels; replace them (e.g. np.nan_to_num) first (NaN marks nodata)")
     if not sample.size:
         return 0.0, 1.0
     low, high = (float(v) for v in np.percentile(sample, percentiles))
@@ -188,11 +285,41 @@ def _sample(image, max_elements: int = 2_000_000, channel_axis: int | None = Non
     return sample.compute() if hasattr(sample, "compute") else np.asarray(sample)
 
 
-def prepare_channels(chw: np.ndarray, model_in: int, dual_pixel: bool = False) -> tuple[np.ndarray, str]:
+def channel_layout(n: int, channels=()) -> str:
+    """How an RGB model meets ``n`` channels: ``rgb``, ``rgba``, ``rgb+bands`` or ``bands``.
+
+    ``channels`` are the image's :class:`~napari_mirnet.metadata.Channel` descriptions.
+
+    - Without descriptions (numpy, dask, PNG, plain TIFF): 3 channels are RGB and 4 are RGBA (the
+      4th, alpha, is carried unrestored), as image libraries hand them out; any other count is bands.
+    - With descriptions (GeoTIFF, OME, ...): the first three are a colour image only when their
+      colours say red, green, blue; a 4th band is alpha only when it is marked alpha (GDAL colour
+      interpretation, TIFF ExtraSamples, PNG mode); other bands (a near-infrared band, say) are
+      ``rgb+bands``: restored as gray images, never carried as alpha.
+    """
+    from .metadata import RGB_COLOURS
+
+    if len(channels) != n or not any(c.name or c.color or c.alpha for c in channels):
+        return {3: "rgb", 4: "rgba"}.get(n, "bands")
+    colours = tuple((c.color or "").upper() for c in channels[:3])
+    if n < 3 or colours != RGB_COLOURS or any(c.alpha for c in channels[:3]):
+        return "bands"
+    if n == 3:
+        return "rgb"
+    if n == 4 and channels[3].alpha:
+        return "rgba"
+    return "rgb+bands"
+
+
+def prepare_channels(
+    chw: np.ndarray, model_in: int, dual_pixel: bool = False, layout: str | None = None
+) -> tuple[np.ndarray, str]:
     """Turn a (C, H, W) float image into a (B, model_in, H, W) batch, and say how to undo it.
 
-    - 3-channel model: RGB passes as is; RGBA passes RGB and keeps alpha aside; any other channel
-      count runs each channel as replicated gray.
+    - 3-channel model (``layout`` from :func:`channel_layout`; None: by the channel count): RGB
+      passes as is; RGBA passes RGB and keeps alpha aside; RGB plus other bands passes RGB as one
+      item and each other band as replicated gray; any other image runs each channel as
+      replicated gray.
     - 1-channel model: every channel is its own batch item.
     - dual-pixel model: ``chw`` holds left then right views (2 or 6 channels).
     """
@@ -209,10 +336,13 @@ def prepare_channels(chw: np.ndarray, model_in: int, dual_pixel: bool = False) -
         if c == model_in:
             return chw[None], "as_is"
         raise ValueError(f"the model takes {model_in} channels; the image has {c}")
-    if c == 3:
+    layout = layout or channel_layout(c)
+    if layout == "rgb" and c == 3:
         return chw[None], "rgb"
-    if c == 4:
+    if layout == "rgba" and c == 4:
         return chw[None, :3], "rgba"
+    if layout == "rgb+bands" and c > 3:
+        return np.concatenate([chw[None, :3], np.repeat(chw[3:, None], 3, axis=1)]), "rgb+gray"
     return np.repeat(chw[:, None], 3, axis=1), "replicated_gray"
 
 
@@ -226,6 +356,8 @@ def finish_channels(out: np.ndarray, how: str, source: np.ndarray | None = None)
         return out[:, 0]
     if how == "replicated_gray":
         return out.mean(axis=1)
+    if how == "rgb+gray":
+        return np.concatenate([out[0], out[1:].mean(axis=1)], axis=0)
     if how == "rgba":
         # alpha is carried, not restored (``source`` is already at the output size)
         return np.concatenate([out[0], source[3:4]], axis=0)
@@ -243,20 +375,81 @@ class ChannelAdapter:
     how: str  # the rule of prepare_channels
     items: int  # batch items per tile
     channels_out: int
+    layout: str | None = None  # channel_layout of the image (None: by the channel count)
 
     @classmethod
-    def for_model(cls, channels_in: int, model_in: int, model_out: int, dual_pixel: bool) -> ChannelAdapter:
+    def for_model(
+        cls, channels_in: int, model_in: int, model_out: int, dual_pixel: bool, layout: str | None = None
+    ) -> ChannelAdapter:
         """Apply the rules of :func:`prepare_channels` / :func:`finish_channels` to a 4x4 probe."""
         probe = np.zeros((channels_in, 4, 4), np.float32)
-        batch, how = prepare_channels(probe, model_in, dual_pixel)
+        batch, how = prepare_channels(probe, model_in, dual_pixel, layout)
         out = finish_channels(np.zeros((batch.shape[0], model_out, 4, 4), np.float32), how, probe)
-        return cls(channels_in, model_in, model_out, dual_pixel, how, batch.shape[0], out.shape[0])
+        return cls(channels_in, model_in, model_out, dual_pixel, how, batch.shape[0], out.shape[0], layout)
 
     def prepare(self, chw: np.ndarray) -> np.ndarray:
-        return prepare_channels(chw, self.model_in, self.dual_pixel)[0]
+        return prepare_channels(chw, self.model_in, self.dual_pixel, self.layout)[0]
 
     def finish(self, out: np.ndarray, source: np.ndarray) -> np.ndarray:
         return finish_channels(out, self.how, source)
+
+
+def fill_nodata(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Fill the NaN (nodata) pixels of a mapped (C, Y, X) tile; returns (filled, hole mask or None).
+
+    Holes are filled by pull-push (a pyramid of masked 2x2 means, coarse levels filling what fine
+    levels cannot): each hole pixel gets the mean of the nearest valid pixels, smooth across the
+    hole, so that the network sees no step at the edge and valid pixels next to a hole are restored
+    as they would be without it (measured in tests/test_geo.py). A channel with no valid pixel in
+    the tile gets 0.5, the middle of the model's range.
+    """
+    holes = np.isnan(x)
+    if not holes.any():
+        return x, None
+    out = np.array(x, dtype=np.float32, copy=True)
+    for c in range(x.shape[0]):
+        if holes[c].any():
+            out[c] = _pull_push(x[c], ~holes[c])
+    return out, holes
+
+
+def _pull_push(v: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    if not valid.any():
+        return np.full(v.shape, 0.5, np.float32)
+    w = valid.astype(np.float64)
+    vw = np.where(valid, v, 0.0).astype(np.float64)
+    levels = [(vw, w)]
+    while not (w > 0).all() and min(w.shape) > 1:
+        vw, w = _sum2x2(vw), _sum2x2(w)
+        levels.append((vw, w))
+    vw, w = levels[-1]
+    est = np.where(w > 0, vw / np.maximum(w, 1e-12), (vw.sum() / w.sum()))
+    for vw, w in reversed(levels[:-1]):
+        up = np.repeat(np.repeat(est, 2, axis=0), 2, axis=1)[: w.shape[0], : w.shape[1]]
+        est = np.where(w > 0, vw / np.maximum(w, 1e-12), up)
+    return np.where(valid, v, est).astype(np.float32)
+
+
+def _sum2x2(a: np.ndarray) -> np.ndarray:
+    """Sums over 2x2 blocks (odd edges padded with zeros)."""
+    h, w = a.shape
+    a = np.pad(a, ((0, h % 2), (0, w % 2)))
+    return a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2]
+
+
+def mark_nodata(out: np.ndarray, holes: np.ndarray | None, factor: int = 1) -> np.ndarray:
+    """NaN where the tile had no data: the (C, Y, X) hole mask, upsampled by nearest for ``factor``.
+
+    When the output has other channels than the input (a dual-pixel pair), a pixel is nodata where
+    any input channel was.
+    """
+    if holes is None:
+        return out
+    if factor > 1:
+        holes = np.repeat(np.repeat(holes, factor, axis=-2), factor, axis=-1)
+    if holes.shape[0] != out.shape[0]:
+        holes = np.broadcast_to(holes.any(axis=0, keepdims=True), out.shape)
+    return np.where(holes, np.float32(np.nan), out).astype(np.float32)
 
 
 def upscale(chw: np.ndarray, factor: int) -> np.ndarray:

@@ -74,15 +74,18 @@ def get_task(task: str) -> Task:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}") from None
 
 
-def choose_weights(task: str, scale: int, n_channels: int, weights=None) -> str:
+def choose_weights(task: str, scale: int, n_channels: int, weights=None, *, colour: bool | None = None) -> str:
     """The weights a run uses: the caller's, else the shipped model for the task, else the official one.
 
     Every front end asks this one function (the engine when it prepares a run, the widgets when they
-    say what 'auto' means).
+    say what 'auto' means). ``colour`` says whether the image is RGB(A) (see
+    ``processing.channel_layout``); None: 3 or 4 channels are. A multispectral image (RGB plus a
+    near-infrared band, say) is denoised band by band with the gray model: one model per run.
     """
     if weights is not None:
         return weights
     shipped = set(shipped_models())
-    if task == "denoise" and n_channels not in (3, 4) and SHIPPED_GRAY_DENOISER in shipped:
+    colour = n_channels in (3, 4) if colour is None else colour
+    if task == "denoise" and not colour and SHIPPED_GRAY_DENOISER in shipped:
         return SHIPPED_GRAY_DENOISER
     return get_task(task).default_weights(scale, shipped)

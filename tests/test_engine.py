@@ -286,15 +286,16 @@ def test_bad_inputs_are_refused(tiny_weights, tmp_path, image, axes, exc, msg):
     assert not mio.is_complete(tmp_path / "o.zarr")
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_nan_and_inf_pixels(tiny_weights, tmp_path, bad):
+@pytest.mark.parametrize("bad", [np.inf, -np.inf])
+def test_inf_pixels(tiny_weights, tmp_path, bad):
+    # NaN is nodata (tests/test_geo.py); Inf is refused
     img = RNG.random((60, 70)).astype(np.float32)
     img[50, 60] = bad
-    with pytest.raises(ValueError, match="NaN or Inf"):
+    with pytest.raises(ValueError, match="Inf pixels"):
         engine.restore(img, weights=tiny_weights, **TILED)
     # a lazy input is checked tile by tile: the error comes when the tile is reached
     lazy = da.from_array(img, chunks=30)
-    with pytest.raises(ValueError, match="NaN or Inf"):
+    with pytest.raises(ValueError, match="Inf pixels"):
         engine.restore(lazy, weights=tiny_weights, normalisation="fixed", out=tmp_path / "n.zarr", **TILED)
     assert not mio.is_complete(tmp_path / "n.zarr")
 

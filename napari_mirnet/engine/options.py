@@ -18,6 +18,9 @@ class RestoreOptions:
     ``tile`` and ``halo`` are in model pixels (multiples of 4; ``tile`` includes the halo on both
     sides), ``blend`` is the feathered margin; None picks a default (the tile from memory).
     ``pixel_size`` (per axis of the input) is written to zarr metadata when the input has none.
+    ``nodata`` marks missing pixels (the file's nodata when None; NaN in float images always):
+    they stay out of the intensity mapping, are filled before the model sees them, and come out
+    as nodata again.
     """
 
     tile: int | None = None
@@ -28,6 +31,7 @@ class RestoreOptions:
     normalisation: str = "auto"
     tta: bool = False
     pixel_size: tuple | None = None
+    nodata: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -21,7 +21,7 @@ from .. import io as mio
 from ..devices import resolve_device, resolve_precision
 from ..metadata import ImageMeta
 from ..model import MIRNetConfig
-from ..processing import ChannelAdapter, IntensityMap
+from ..processing import ChannelAdapter, IntensityMap, channel_layout
 from ..tasks import choose_weights, get_task
 from ..weights import cached_model
 from . import memory
@@ -110,6 +110,8 @@ class RestorationRun:
         meta = self.source.meta
         if not meta.scale and self.options.pixel_size is not None:
             meta = meta.replace(scale=dict(zip(self.axes, (float(v) for v in self.options.pixel_size))))
+        if self.imap.nodata is not None:  # the caller's nodata= (or the file's) marks the output's holes
+            meta = meta.replace(nodata=self.imap.nodata)
         return meta.replace(axes=self.axes).resampled(self.factor).with_channel_count(self.channels.channels_out)
 
     @property
@@ -180,7 +182,10 @@ def prepare(
     factor = spec.check_scale(scale if scale is not None else spec.scales[0])
     source = open_source(image, axes, spec.dual_pixel, client)
     n_c = source.size("C")
-    weights = str(choose_weights(task, factor, n_c, weights))
+    layout = None if spec.dual_pixel else channel_layout(n_c, source.meta.channels)
+    weights = str(
+        choose_weights(task, factor, n_c, weights, colour=None if layout is None else layout in ("rgb", "rgba"))
+    )
     model = cached_model(weights, "cpu" if client is not None else options.device)
     if client is None:
         dev = resolve_device(options.device)
@@ -190,10 +195,13 @@ def prepare(
         prec = options.precision if options.precision == "auto" else resolve_precision(options.precision, "cpu")
     cfg = model.config
     _check_model_fits_task(task, weights, cfg)
-    channels = ChannelAdapter.for_model(n_c * len(source.arrays), cfg.in_channels, cfg.out_channels, spec.dual_pixel)
+    channels = ChannelAdapter.for_model(
+        n_c * len(source.arrays), cfg.in_channels, cfg.out_channels, spec.dual_pixel, layout
+    )
     options = _with_default_geometry(options, model, prec)
     plan = plan_tiles(source.size("Y"), source.size("X"), options.tile, options.halo, options.blend, factor)
-    imap = _intensity_map(source, options.normalisation, channels)
+    nodata = options.nodata if options.nodata is not None else source.meta.nodata
+    imap = _intensity_map(source, options.normalisation, channels, nodata)
     win_px = plan.window[0] * plan.window[1] * factor**2
     batch = (
         1
@@ -242,10 +250,10 @@ def _check_model_fits_task(task: str, weights: str, cfg: MIRNetConfig) -> None:
 
 
 #: Channel rules of the adapter under which the model restores each channel on its own.
-_PER_CHANNEL = ("per_channel", "replicated_gray")
+_PER_CHANNEL = ("per_channel", "replicated_gray", "rgb+gray")
 
 
-def _intensity_map(source: Source, normalisation: str, channels: ChannelAdapter) -> IntensityMap:
+def _intensity_map(source: Source, normalisation: str, channels: ChannelAdapter, nodata=None) -> IntensityMap:
     """The run's intensity map; per channel where the model sees channels one by one (see IntensityMap)."""
     from .source import InputError
 
@@ -260,7 +268,7 @@ def _intensity_map(source: Source, normalisation: str, channels: ChannelAdapter)
         image = da.stack(sample) if source.kind != "numpy" else np.stack(sample)
         axis = None if axis is None else axis + 1
     try:
-        imap = IntensityMap.for_image(image, normalisation, channel_axis=axis)
+        imap = IntensityMap.for_image(image, normalisation, channel_axis=axis, nodata=nodata)
     except (ValueError, TypeError):
         raise
     except Exception as err:  # a damaged chunk met while sampling intensities

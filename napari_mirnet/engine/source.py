@@ -9,6 +9,7 @@ import dask.array as da
 import numpy as np
 
 from .. import io as mio
+from .. import xarrays as _xr
 from ..axes import infer_axes, to_cyx_order, validate_axes
 from ..metadata import ImageMeta
 from ..processing import check_dtype
@@ -57,7 +58,8 @@ class Source:
     def as_dask(self) -> list[da.Array]:
         """The arrays as dask arrays (for sampling intensities without loading them whole)."""
         if self.kind == "zarr":
-            return [da.from_array(a, chunks=getattr(a, "chunks", "auto")) for a in self.arrays]
+            # chunks None: an unchunked array-like (an h5py contiguous dataset); dask picks them
+            return [da.from_array(a, chunks=getattr(a, "chunks", None) or "auto") for a in self.arrays]
         return list(self.arrays)
 
 
@@ -76,6 +78,10 @@ def open_source(image, axes: str | None, dual_pixel: bool, client=None) -> Sourc
             arrays = tuple(a if isinstance(a, da.Array) else da.from_array(a) for a in arrays)
         return Source(arrays, lv.axes, lv.meta, kind, lv.name, lv.eager and rv.eager, lv.paths + rv.paths)
     meta, name = ImageMeta(), None
+    if _xr.is_dataarray(image):  # dims say the axes, coordinates the pixel size and position
+        image, axes, meta = _xr.from_dataarray(image, axes)
+    elif isinstance(image, mio.ImageSource):  # an array with what its pixels mean (napari layers)
+        image, meta, axes = image.array, image.meta, axes or image.axes
     if isinstance(image, (str, os.PathLike)):
         src = mio.open_image(image)
         image, meta, name = src.array, src.meta, str(image)
@@ -109,8 +115,8 @@ def open_source(image, axes: str | None, dual_pixel: bool, client=None) -> Sourc
     ny, nx = shape[axes.index("Y")], shape[axes.index("X")]
     if ny < 2 or nx < 2:
         raise ValueError(f"the image is {ny}x{nx} pixels (Y x X); restoration needs at least 2x2")
-    if kind == "numpy" and image.dtype.kind == "f" and not np.isfinite(image).all():
-        raise ValueError("the image contains NaN or Inf pixels; replace them (e.g. np.nan_to_num) first")
+    if kind == "numpy" and image.dtype.kind == "f" and np.isinf(image).any():  # NaN is nodata
+        raise ValueError("the image contains Inf pixels; replace them (e.g. np.nan_to_num) first")
     eager = kind == "numpy"
     if client is not None and kind == "numpy":
         kind, image = "dask", da.from_array(image)  # scattered through the graph, not a closure

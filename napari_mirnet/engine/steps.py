@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..devices import resolve_precision
-from ..processing import ChannelAdapter, IntensityMap, upscale
+from ..processing import ChannelAdapter, IntensityMap, fill_nodata, mark_nodata, upscale
 from ..weights import cached_model
 from . import forward
 from .plan import TilePlan, blend_ramp
@@ -89,7 +89,7 @@ def restore_tiles(ctx: TileContext, tiles: list, after: list, *blocks) -> dict:
         # torch's thread setting is per thread: dask's pool threads would keep an older one, and
         # CPU results depend (in the last bit) on the thread count
         torch.set_num_threads(ctx.threads)
-    items, ups, seen, digests = [], [], [], []
+    items, ups, seen, digests, holes = [], [], [], [], []
     bounds = ctx.imap.clip_range()
     for k, key in enumerate(tiles):
         lead, ty, tx = key
@@ -99,11 +99,12 @@ def restore_tiles(ctx: TileContext, tiles: list, after: list, *blocks) -> dict:
         else:
             raw = read_window(ctx.arrays, ctx.axes, plan, key, ctx.source_name)
         where = f"plane {lead}, rows {wy0}-{wy1}, columns {wx0}-{wx1}"
-        if raw.dtype.kind == "f" and not np.isfinite(raw).all():
-            raise ValueError(f"the image contains NaN or Inf pixels ({where}); replace them (e.g. np.nan_to_num) first")
+        if raw.dtype.kind == "f" and np.isinf(raw).any():  # NaN is nodata (filled, then written back)
+            raise ValueError(f"the image contains Inf pixels ({where}); replace them (e.g. np.nan_to_num) first")
         ctx.imap.check_range(raw, f" ({where})")
         digests.append(tile_digest(raw) if ctx.sink is not None else 0)
-        x = ctx.imap.forward(raw)
+        x, hole = fill_nodata(ctx.imap.forward(raw))  # nodata: filled for the model, NaN again after it
+        holes.append(hole)
         up = upscale(x, s) if s > 1 else x
         ups.append(up)
         if bounds is not None:
@@ -117,11 +118,12 @@ def restore_tiles(ctx: TileContext, tiles: list, after: list, *blocks) -> dict:
     precision = resolve_precision(ctx.precision, device) if ctx.precision == "auto" else ctx.precision
     y = forward.run_batch(model, x, precision, ctx.tta, ctx.channels.dual_pixel)
     preds, start = {}, 0
-    for (lead, ty, tx), item, up, clipped, digest in zip(tiles, items, ups, seen, digests):
+    for (lead, ty, tx), item, up, clipped, digest, hole in zip(tiles, items, ups, seen, digests, holes):
         out = ctx.channels.finish(y[start : start + item.shape[0]], clipped)
         start += item.shape[0]
         if bounds is not None:
             out = _pass_through(out, up, bounds, ctx.channels.dual_pixel)
+        out = mark_nodata(out, hole, s)
         (wy0, _), (wx0, _) = plan.window_range(0, ty), plan.window_range(1, tx)
         (py0, py1), (px0, px1) = plan.pred_range(0, ty), plan.pred_range(1, tx)
         crop = out[:, s * (py0 - wy0) : s * (py1 - wy0), s * (px0 - wx0) : s * (px1 - wx0)]
