@@ -63,12 +63,15 @@ class Source:
         return list(self.arrays)
 
 
-def open_source(image, axes: str | None, dual_pixel: bool, client=None) -> Source:
-    """Accept numpy, dask, zarr, array-likes and paths (or a pair of those for dual-pixel)."""
+def open_source(image, axes: str | None, dual_pixel: bool, client=None, level=None) -> Source:
+    """Accept numpy, dask, zarr, array-likes and paths (or a pair of those for dual-pixel).
+
+    ``level`` picks the level of an OME-Zarr pyramid a path points at (see ``io.open_image``).
+    """
     if dual_pixel:
         if not isinstance(image, (tuple, list)) or len(image) != 2:
             raise ValueError("the defocus task takes a (left, right) pair of images")
-        lv, rv = (open_source(v, axes, False, client) for v in image)
+        lv, rv = (open_source(v, axes, False, client, level) for v in image)
         if lv.shape != rv.shape or lv.dtype != rv.dtype:
             raise ValueError(f"left and right views must match: {lv.shape} {lv.dtype} vs {rv.shape} {rv.dtype}")
         kinds = {lv.kind, rv.kind}
@@ -83,10 +86,12 @@ def open_source(image, axes: str | None, dual_pixel: bool, client=None) -> Sourc
     elif isinstance(image, mio.ImageSource):  # an array with what its pixels mean (napari layers)
         image, meta, axes = image.array, image.meta, axes or image.axes
     if isinstance(image, (str, os.PathLike)):
-        src = mio.open_image(image)
+        src = mio.open_image(image, level=level)
         image, meta, name = src.array, src.meta, str(image)
         if axes is None:
             axes = src.axes
+    elif level is not None:
+        raise ValueError(f"level={level!r} picks a level of an OME-Zarr path; the image here is an array, not a path")
     image = _from_torch(image)
     paths = (name,) if name else _store_paths(image)
     if isinstance(image, da.Array):
