@@ -172,15 +172,16 @@ def prepare(
     axes=None,
     options: RestoreOptions = RestoreOptions(),
     client=None,
+    level=None,
 ) -> RestorationRun:
     """Open the input and decide the run: axes, weights, intensity mapping, channels, tile plan.
 
     With a dask.distributed ``client`` the model is loaded on the CPU here only to read its
-    config; the workers own the devices.
+    config; the workers own the devices. ``level`` picks a level of an OME-Zarr input.
     """
     spec = get_task(task)
     factor = spec.check_scale(scale if scale is not None else spec.scales[0])
-    source = open_source(image, axes, spec.dual_pixel, client)
+    source = open_source(image, axes, spec.dual_pixel, client, level)
     n_c = source.size("C")
     layout = None if spec.dual_pixel else channel_layout(n_c, source.meta.channels)
     weights = str(
