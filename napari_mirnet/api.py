@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import xarrays as _xr
 from .engine import RestoreOptions, execute, prepare, restore, restore_lazy
 from .engine.plan import round_to_stride
 from .processing import check_dtype
@@ -24,14 +25,19 @@ def restore_whole(
     precision: str = "auto",
     normalisation: str = "auto",
     tta: bool = False,
-) -> np.ndarray:
+):
     """Whole-image inference of an in-memory image: one tile, no halo (the reference for tiled output).
 
-    Parameters are those of :func:`napari_mirnet.restore`; the image must fit in memory.
+    Parameters are those of :func:`napari_mirnet.restore`; the image must fit in memory. A
+    DataArray in gives a (numpy-backed) DataArray out, as :func:`napari_mirnet.restore` does.
     """
     spec = get_task(task)
     factor = spec.check_scale(scale if scale is not None else spec.scales[0])
-    if spec.dual_pixel and isinstance(image, (tuple, list)) and len(image) == 2:
+    template = image if _xr.is_dataarray(image) else None
+    if template is not None:
+        _xr.check_resamplable(template, factor)
+        image = template.copy(data=_as_array(template.data))  # dims and coordinates travel with it
+    elif spec.dual_pixel and isinstance(image, (tuple, list)) and len(image) == 2:
         image = tuple(_as_array(v, n) for v, n in zip(image, ("left view", "right view")))
     else:
         image = _as_array(image)
@@ -47,7 +53,8 @@ def restore_whole(
         tta=bool(tta),
     )
     run = prepare(image, task, weights, scale=scale, axes=axes, options=options)
-    return execute(run)
+    result = execute(run)
+    return result if template is None else _xr.to_dataarray(result, template, run.output_meta, run.factor)
 
 
 def _as_array(image, name: str = "image") -> np.ndarray:

@@ -156,7 +156,7 @@ class Job:
     """Everything one run needs, gathered on the GUI thread so the worker never touches layers."""
 
     task: str
-    image: object  # array, (left, right) pair, or a list of levels for a lazy pyramid
+    image: object  # array or ImageSource (with the layer's metadata), (left, right) pair, or pyramid levels
     axes: str
     output: str
     weights: str | None
@@ -212,8 +212,15 @@ def run_job(job: Job, progress=None, cancel: threading.Event | None = None):
 
 
 def layer_axes(layer, ndim: int | None = None) -> str:
-    """An engine axes string for an image layer: Y, X last, C for RGB, T/Z (then C) for leading dims."""
+    """An engine axes string for an image layer: Y, X last, C for RGB, T/Z (then C) for leading dims.
+
+    The layer says what its dims are, never the shape: ``rgb`` decides C, and axis labels that
+    name axes (``t``/``time``, ``z``, ``c``/``channel``, ``y``, ``x``) are used as they are.
+    """
     ndim = layer.ndim if ndim is None else ndim
+    labelled = _axes_from_labels(layer, ndim)
+    if labelled:
+        return labelled
     lead = ndim - 2
     letters = {0: "", 1: "Z", 2: "TZ", 3: "TZC"}
     if lead not in letters or (lead == 3 and layer.rgb):
@@ -222,6 +229,45 @@ def layer_axes(layer, ndim: int | None = None) -> str:
             "plus Y and X are supported. Slice it first, or use the preview option."
         )
     return letters[lead] + "YX" + ("C" if layer.rgb else "")
+
+
+def _axes_from_labels(layer, ndim: int) -> str | None:
+    """Axes from the layer's axis labels (napari >= 0.5) when each one names an axis; else None."""
+    from .xarrays import DIM_NAMES
+
+    labels = tuple(getattr(layer, "axis_labels", ()) or ())
+    if len(labels) != ndim:
+        return None
+    letters = "".join(DIM_NAMES.get(str(label).lower(), "?") for label in labels)
+    axes = letters + ("C" if layer.rgb else "")
+    ok = "?" not in letters and letters.endswith("YX") and len(set(axes)) == len(axes)
+    return axes if ok else None
+
+
+def layer_meta(layer, axes: str, offset=None):
+    """What the layer's pixels mean (its scale, translate and units) as engine metadata for ``axes``.
+
+    ``offset`` (data pixels per layer dim) is where a preview's crop starts.
+    """
+    from .metadata import ImageMeta
+
+    dims = [a for a in axes if not (a == "C" and layer.rgb)]  # one per layer dim
+    scale = np.asarray(layer.scale, dtype=float)
+    translate = np.asarray(layer.translate, dtype=float)
+    if offset is not None:
+        translate = translate + np.asarray(offset) * scale
+    units = {}
+    for a, unit in zip(dims, getattr(layer, "units", ()) or ()):
+        text = str(unit)
+        if text and text not in ("pixel", "px", "dimensionless"):
+            units[a] = text
+    return ImageMeta(
+        axes=axes,
+        scale={a: float(v) for a, v in zip(dims, scale) if a != "C"},
+        translation={a: float(v) for a, v in zip(dims, translate) if a != "C"},
+        units={a: u for a, u in units.items() if a != "C"},
+        name=layer.name,
+    )
 
 
 def check_image_layer(layer, what: str = "input") -> None:
@@ -284,16 +330,21 @@ def _visible_yx(layer, viewer, min_size: int = 32):
 
 def result_layer_kwargs(layer, task: str, scale: int | None, offset=None, preview: bool = False) -> dict:
     """Name, scale, translate, axis labels, metadata ... of the result, from the input layer."""
+    from .metadata import ImageMeta
+
     in_scale = np.asarray(layer.scale, dtype=float)
     translate = np.asarray(layer.translate, dtype=float)
     if offset is not None:
         translate = translate + np.asarray(offset) * in_scale
     out_scale = in_scale.copy()
     factor = scale or 1
-    if factor > 1:
-        out_scale[-2:] = in_scale[-2:] / factor
-        # the bicubic resize maps output pixel j to input (j + 0.5) / f - 0.5: keep pixel centres aligned
-        translate[-2:] = translate[-2:] - in_scale[-2:] * (1 - 1 / factor) / 2
+    # the output grid covers the same extent: pixel size / factor, first centre moved by the
+    # pixel-centre rule (the one ImageMeta.resampled applies to files and DataArrays)
+    yx = ImageMeta(
+        scale={"Y": in_scale[-2], "X": in_scale[-1]}, translation={"Y": translate[-2], "X": translate[-1]}
+    ).resampled(factor)
+    out_scale[-2:] = yx.scale["Y"], yx.scale["X"]
+    translate[-2:] = yx.translation["Y"], yx.translation["X"]
     suffix = f"SR x{factor}" if task == "super_resolution" else _SUFFIX[task]
     name = f"{layer.name} {suffix}" + (" preview" if preview else "")
     kwargs = dict(
@@ -742,6 +793,11 @@ class TaskWidget(Container):
                 image, pyramid = lazy_pyramid(arrays[0], axes), True
         if output == OUTPUT_NOW:
             check_fits_in_memory(arrays[0].shape, np.dtype(ref.dtype), axes, scale or 1)
+        if not pyramid and len(arrays) == 1:
+            from .io import ImageSource
+
+            # the engine gets the layer's axes and pixel geometry, never a guess from the shape
+            image = ImageSource(image, axes, layer_meta(ref, axes, offset))
         kwargs = result_layer_kwargs(ref, self.task, scale, offset, preview)
         kwargs["metadata"]["mirnet"]["tta"] = bool(self.tta.value)
         if pyramid:

@@ -15,6 +15,7 @@ import os
 import weakref
 
 from .. import io as mio
+from .. import xarrays as _xr
 from .memory import bytes_per_pixel, default_batch, default_tile
 from .options import DEFAULT_BLEND, DEFAULT_HALO, RestoreOptions
 from .plan import TilePlan, plan_tiles
@@ -64,14 +65,15 @@ def restore(
     client=None,
     progress=None,
     cancel=None,
+    level=None,
 ):
     """Restore an image of any size with MIRNet-v2, tile by tile, in the input's dtype and range.
 
     Parameters
     ----------
     image : array-like, path, or (left, right) pair
-        numpy, dask or zarr array, or a path (tif, png, jpg, zarr, OME-Zarr); a ``(left, right)``
-        pair for ``task='defocus'``.
+        numpy, dask or zarr array, xarray DataArray, or a path (tif, png, jpg, zarr, OME-Zarr); a
+        ``(left, right)`` pair for ``task='defocus'``.
     task : str
         ``denoise``, ``super_resolution``, ``lowlight``, ``enhance`` or ``defocus``.
     weights : str or path, optional
@@ -79,8 +81,10 @@ def restore(
     scale : int, optional
         Super-resolution factor (2, 3 or 4).
     axes : str, optional
-        E.g. ``'YX'``, ``'YXC'``, ``'CYX'``, ``'ZYX'``, ``'TZCYX'``; inferred when the shape leaves
-        no doubt. Y and X are tiled, other axes iterated.
+        E.g. ``'YX'``, ``'YXC'``, ``'CYX'``, ``'ZYX'``, ``'TZCYX'``. Files that record their axes
+        and DataArrays (dims) need none; a bare array is read as ``'YX'`` (2-D) or ``'YXC'``
+        (``(H, W, 3 or 4)``) and any other shape must be given its axes. Y and X are tiled, other
+        axes iterated.
     tile, halo, blend : int, optional
         Tile edge including the halo on both sides, and halo (model pixels, multiples of 4); the
         feathered blend margin. Default: the tile from memory, halo 64, blend 16.
@@ -104,12 +108,18 @@ def restore(
         ``progress(done, total)`` after each tile.
     cancel : threading.Event, optional
         Stops the run with :class:`Cancelled` once set.
+    level : int or str, optional
+        For an OME-Zarr path: the pyramid level to restore, as an index (0: full resolution) or a
+        dataset path; default 0 (or the level the path points at, e.g. ``image.zarr/2``).
 
     Returns
     -------
-    numpy.ndarray or dask.array.Array
+    numpy.ndarray or dask.array.Array or xarray.DataArray
         numpy for numpy input; a lazy dask array for dask, zarr or path input; with ``out``, a dask
-        array reading the written store.
+        array reading the written store. An xarray DataArray in (dims ``t``/``time``, ``z``,
+        ``c``/``channel``/``band``, ``y``, ``x``; coordinates give the pixel size and position)
+        gives a DataArray out: same dims, name and attrs, Y/X coordinates of the output grid,
+        holding numpy or a lazy dask array as above.
     """
     options = RestoreOptions(
         tile,
@@ -127,10 +137,12 @@ def restore(
             mio.check_distinct([image], out)
     if out is not None and not overwrite:
         options = _resume_geometry(options, out)
+    template = _xarray_template(image, task, scale)
     client, own_client = _connect(client)
     try:
-        run = prepare(image, task, weights, scale=scale, axes=axes, options=options, client=client)
-        return execute(run, out=out, overwrite=overwrite, client=client, progress=progress, cancel=cancel)
+        run = prepare(image, task, weights, scale=scale, axes=axes, options=options, client=client, level=level)
+        result = execute(run, out=out, overwrite=overwrite, client=client, progress=progress, cancel=cancel)
+        return result if template is None else _xr.to_dataarray(result, template, run.output_meta, run.factor)
     finally:
         if own_client:
             client.close()
@@ -154,19 +166,22 @@ def restore_lazy(
     progress=None,
     cancel=None,
     out=None,
+    level=None,
 ):
     """Like :func:`restore`, but always return a lazy dask array: nothing runs until it is computed.
 
     Parameters are those of :func:`restore` (without ``out``: use ``restore(..., out=path)`` to
     write a store). ``progress`` and ``cancel`` stay attached for as long as the array (or one
     derived from it) exists; a ``client`` given as an address is closed with the last of them.
+    An xarray DataArray in gives a DataArray holding the lazy array out (see :func:`restore`).
     """
     if out is not None:
         raise ValueError("restore_lazy returns a lazy array; use restore(..., out=path) to write a zarr store")
+    template = _xarray_template(image, task, scale)
     options = RestoreOptions(tile, halo, blend, device, precision, normalisation, bool(tta))
     client, own_client = _connect(client)
     try:
-        run = prepare(image, task, weights, scale=scale, axes=axes, options=options, client=client)
+        run = prepare(image, task, weights, scale=scale, axes=axes, options=options, client=client, level=level)
     except BaseException:
         if own_client:
             client.close()
@@ -177,7 +192,18 @@ def restore_lazy(
     if own_client:
         # the connection is needed until the last array that reads this graph is gone
         weakref.finalize(arr.dask.layers[arr.name] if arr.name in arr.dask.layers else arr.dask, client.close)
-    return arr
+    return arr if template is None else _xr.to_dataarray(arr, template, run.output_meta, run.factor)
+
+
+def _xarray_template(image, task: str, scale):
+    """A DataArray input (the output is built like it), checked before the model loads; else None."""
+    if not _xr.is_dataarray(image):
+        return None
+    from ..tasks import get_task
+
+    spec = get_task(task)
+    _xr.check_resamplable(image, spec.check_scale(scale if scale is not None else spec.scales[0]))
+    return image
 
 
 def _resume_geometry(options: RestoreOptions, out) -> RestoreOptions:
