@@ -25,6 +25,7 @@ def restore_whole(
     precision: str = "auto",
     normalisation: str = "auto",
     tta: bool = False,
+    nodata=None,
 ):
     """Whole-image inference of an in-memory image: one tile, no halo (the reference for tiled output).
 
@@ -51,6 +52,7 @@ def restore_whole(
         precision=precision,
         normalisation=normalisation,
         tta=bool(tta),
+        nodata=nodata,
     )
     run = prepare(image, task, weights, scale=scale, axes=axes, options=options)
     result = execute(run)

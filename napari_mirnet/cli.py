@@ -105,6 +105,12 @@ def _add_restore_command(sub) -> None:
         help="auto: the full range for integers, percentiles for floats",
     )
     r.add_argument(
+        "--nodata",
+        type=float,
+        help="value that marks missing pixels (nan allowed): left out of the intensity mapping, filled for the "
+        "model, written back as nodata (default: the file's nodata; NaN in float images always)",
+    )
+    r.add_argument(
         "--tta",
         action="store_true",
         help="test-time augmentation: average over 8 flips/rotations (8x slower, slightly better)",
@@ -201,6 +207,7 @@ _FLAGS = {
     "precision": "--precision",
     "task": "--task",
     "normalisation": "--normalisation",
+    "nodata": "--nodata",
     "tta": "--tta",
     "overwrite": "--overwrite",
     "out": "-o",
@@ -516,6 +523,9 @@ def _stored_record(path: Path) -> dict | None:
         if p.is_dir():
             return mio.stored_fingerprint(p)
         suffix = p.suffix.lower()
+        if suffix in (".tif", ".tiff") and mio.geotiff.is_geotiff(p):  # ours keep it in the GDAL metadata
+            text = mio.geotiff.stored_note(p)
+            return json.loads(text) if text else None
         if suffix in (".tif", ".tiff"):
             import tifffile
 
@@ -593,6 +603,7 @@ def _prepare(args, src, dst: Path, client):
         precision=args.precision,
         normalisation=args.normalisation,
         tta=args.tta,
+        nodata=args.nodata,
     )
     stored = None if args.overwrite else _stored_record(dst)
     if stored:  # defaults follow free memory, which may have changed since the output was written

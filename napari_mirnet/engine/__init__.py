@@ -60,6 +60,7 @@ def restore(
     normalisation: str = "auto",
     tta: bool = False,
     pixel_size=None,
+    nodata=None,
     out=None,
     overwrite: bool = False,
     client=None,
@@ -98,6 +99,12 @@ def restore(
         Average each tile over its 8 flips/rotations (8x the compute; dual-pixel: 2 flips).
     pixel_size : sequence of float, optional
         Pixel size per input axis, written to zarr metadata when the input carries none.
+    nodata : float, optional
+        The value that marks missing pixels (NaN allowed); default: the file's nodata (GeoTIFF).
+        NaN pixels of float images are always missing; Inf is refused. Missing pixels stay out of
+        the intensity mapping, are filled from their valid neighbours before the model sees them,
+        and come out as nodata again: the same pixels (for super-resolution each becomes a
+        ``scale`` x ``scale`` block), and no restored pixel takes the nodata value.
     out : str or path, optional
         A zarr store to write chunk by chunk (resumable: re-run the same call to continue).
     overwrite : bool
@@ -120,6 +127,15 @@ def restore(
         ``c``/``channel``/``band``, ``y``, ``x``; coordinates give the pixel size and position)
         gives a DataArray out: same dims, name and attrs, Y/X coordinates of the output grid,
         holding numpy or a lazy dask array as above.
+
+    Notes
+    -----
+    Channels, with an RGB model: without channel metadata (numpy, dask, PNG, plain TIFF) 3
+    channels are RGB and 4 are RGBA, as image libraries hand them out: the 4th (alpha) is carried
+    unrestored. With channel metadata (GeoTIFF, OME) the first three are a colour image only when
+    marked red, green and blue, and a band is alpha only when marked alpha; other bands (a
+    near-infrared band, say) are restored as gray images, never carried. The denoiser restores
+    such multispectral images band by band with its gray model (one model per run).
     """
     options = RestoreOptions(
         tile,
@@ -130,6 +146,7 @@ def restore(
         normalisation,
         bool(tta),
         None if pixel_size is None else tuple(pixel_size),
+        nodata=nodata,
     )
     if out is not None:  # refused before the model is loaded (execute checks again)
         check_zarr_out(out)
@@ -162,6 +179,7 @@ def restore_lazy(
     precision: str = "auto",
     normalisation: str = "auto",
     tta: bool = False,
+    nodata=None,
     client=None,
     progress=None,
     cancel=None,
@@ -178,7 +196,7 @@ def restore_lazy(
     if out is not None:
         raise ValueError("restore_lazy returns a lazy array; use restore(..., out=path) to write a zarr store")
     template = _xarray_template(image, task, scale)
-    options = RestoreOptions(tile, halo, blend, device, precision, normalisation, bool(tta))
+    options = RestoreOptions(tile, halo, blend, device, precision, normalisation, bool(tta), nodata=nodata)
     client, own_client = _connect(client)
     try:
         run = prepare(image, task, weights, scale=scale, axes=axes, options=options, client=client, level=level)

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..metadata import ImageMeta
 from .errors import OutputError
+from .geotiff import is_geotiff, open_geotiff, write_geotiff, writes_geotiff
 from .image import ImageSource
 from .omezarr import open_zarr, write_omezarr
 from .pictures import check_picture, open_picture, write_picture
@@ -30,7 +31,7 @@ def open_image(path: str | os.PathLike) -> ImageSource:
     if p.is_dir() or suffix == ".zarr":
         src = open_zarr(p)
     elif suffix in (".tif", ".tiff"):
-        src = open_tiff(p)
+        src = open_geotiff(p) if is_geotiff(p) else open_tiff(p)
     elif suffix in (".png", ".jpg", ".jpeg"):
         src = open_picture(p)
     else:
@@ -108,7 +109,9 @@ def write_image(
     tmp = p.with_name(f".{p.name}.partial")
     note = json.dumps(_norm(fingerprint)) if fingerprint is not None else None
     try:
-        if suffix in (".tif", ".tiff"):
+        if writes_geotiff(suffix, axes, meta):  # georeferenced input: CRS, transform, nodata, bands kept
+            write_geotiff(tmp, arr, axes, meta, note)
+        elif suffix in (".tif", ".tiff"):
             write_tiff(tmp, arr, axes, meta, note)
         elif suffix == ".zarr":
             write_omezarr(tmp, arr, axes, meta, name=p.stem)
