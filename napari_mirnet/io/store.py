@@ -1,14 +1,25 @@
-"""The resumable output store: a zarr v3 group written chunk by chunk, complete only when it says so.
+"""The resumable output store: an OME-Zarr 0.5 pyramid written chunk by chunk, complete only when it says so.
 
-A run fingerprint sits in the group's attributes, a ``mirnet_done`` array holds one byte per output
-chunk (set after that chunk is written), ``mirnet_input`` the digest of the input behind it, and the
-OME-NGFF metadata plus ``complete: true`` are written last, so a store looks incomplete until it is.
+Layout. ``out.zarr`` holds exactly the image: levels '0', '1', ... and, in its attributes, our
+record (``napari_mirnet``: the run fingerprint and ``complete``). The resume bookkeeping lives
+beside it in ``.out.zarr.mirnet`` (hidden, like the lock file): ``mirnet_done``, one byte per
+level-0 chunk, set after that chunk and its pyramid blocks are written, and ``mirnet_input``, the
+digest of the input behind it. Readers of the image (napari's own, napari-ome-zarr, ome-zarr-py,
+bioio) never see it, and it is deleted once the store is complete. The OME-NGFF metadata and
+``complete: true`` are written last, in one write, so a store looks incomplete until it is.
+
+Pyramid. Level k has Y/X chunks of (level-0 chunk) / 2**k, so each level-0 chunk maps onto whole
+level-k chunks and the task that writes a level-0 chunk writes its blocks of those levels too
+(no two tasks share a zarr chunk). Levels where that stops (an odd chunk edge, or chunks under
+``MIN_CHUNK`` pixels) are built when the run finishes, from the last chunk-written level, with
+dask in bounded memory.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +27,15 @@ import zarr
 
 from ..metadata import ImageMeta
 from .errors import FingerprintMismatch, OutputError, OutputExistsError
-from .omezarr import multiscales_attrs
+from .omezarr import channel_windows, downsample2, level_shape, multiscales_attrs, pyramid_levels
 
 __all__ = [
     "ATTR",
     "DIGEST",
     "DONE",
     "ZarrOutput",
+    "bookkeeping_path",
+    "done_markers",
     "is_complete",
     "open_output",
     "stored_fingerprint",
@@ -33,6 +46,8 @@ __all__ = [
 ATTR = "napari_mirnet"
 DONE = "mirnet_done"
 DIGEST = "mirnet_input"  # per output chunk: a digest of the input it was computed from (see engine.digest)
+LAYOUT = 2  # 1: one level, bookkeeping inside the image group (before 0.2); 2: pyramid, bookkeeping beside
+MIN_CHUNK = 32  # smallest Y/X chunk edge of a level written chunk by chunk
 
 
 def _norm(obj):
@@ -60,40 +75,134 @@ def stored_fingerprint(path) -> dict | None:
 
 
 def is_complete(path) -> bool:
+    """Whether ``path`` is a napari-mirnet store whose run finished (metadata and pyramid written)."""
     return bool((_stored_meta(path) or {}).get("complete", False))
 
 
-class ZarrOutput:
-    """A napari-mirnet zarr store being written: data at '0', done markers at 'mirnet_done'."""
+def bookkeeping_path(path) -> Path:
+    """Where the resume bookkeeping of the store at ``path`` lives: ``.NAME.mirnet`` beside it."""
+    p = Path(path)
+    return p.parent / f".{p.name}.mirnet"
 
-    def __init__(self, path: Path, group: zarr.Group):
+
+def done_markers(path) -> np.ndarray:
+    """The done markers (one per level-0 chunk, store axis order) of an unfinished store; all set once complete."""
+    if is_complete(path):
+        g = zarr.open_group(str(path), mode="r")
+        grid = tuple(-(-n // c) for n, c in zip(g["0"].shape, g["0"].chunks))
+        return np.ones(grid, np.uint8)
+    return np.asarray(zarr.open_group(str(bookkeeping_path(path)), mode="r")[DONE][...])
+
+
+def _chunk_plan(shape, chunks, axes: str) -> tuple[int, list[tuple[int, ...]]]:
+    """(levels written chunk by chunk, the chunk shape of every level)."""
+    n = pyramid_levels(shape[axes.index("Y")], shape[axes.index("X")])
+    per_chunk, out = 0, [tuple(chunks)]
+    for k in range(1, n):
+        lshape = level_shape(shape, axes, k)
+        ok, ck = True, []
+        for a, s, c, ls in zip(axes, shape, chunks, lshape):
+            if a not in "YX":
+                ck.append(c)
+            elif c >= s:  # one chunk along this axis: the level is one chunk too
+                ck.append(ls)
+            elif c % 2**k == 0 and c // 2**k >= MIN_CHUNK:
+                ck.append(c // 2**k)
+            else:
+                ok = False
+                ck.append(min(ls, 512))
+        if ok and per_chunk == k - 1:
+            per_chunk = k
+        else:
+            ck = [min(ls, 512) if a in "YX" else (1 if a in "TZ" else c) for a, c, ls in zip(axes, chunks, lshape)]
+        out.append(tuple(ck))
+    return per_chunk, out
+
+
+class ZarrOutput:
+    """A napari-mirnet store being written: the image pyramid at '0', '1', ...; done markers beside it."""
+
+    def __init__(self, path: Path, group: zarr.Group, book: zarr.Group, axes: str):
         self.path = path
         self.group = group
+        self.book = book
+        self.axes = axes
+        ours = dict(group.attrs)[ATTR]
+        self.levels = int(ours.get("levels", 1))
+        self.per_chunk = int(ours.get("per_chunk_levels", 0))
 
     def done_mask(self) -> np.ndarray:
-        return np.asarray(self.group[DONE][...]).astype(bool)
+        return np.asarray(self.book[DONE][...]).astype(bool)
 
     def input_digests(self) -> np.ndarray:
         """Per output chunk, the digest of the input it was computed from (0: none recorded)."""
-        if DIGEST not in self.group:
-            return np.zeros(self.group[DONE].shape, np.uint64)
-        return np.asarray(self.group[DIGEST][...])
+        return np.asarray(self.book[DIGEST][...])
 
     def finalize(self, axes: str, meta: ImageMeta, name: str | None = None) -> None:
-        """Write the OME-NGFF metadata and mark the store complete, in one write of its attributes."""
+        """Build the remaining levels, write the OME-NGFF metadata and mark the store complete (one write)."""
+        for k in range(self.per_chunk + 1, self.levels):
+            _build_level(self.group, axes, k)
         attrs = dict(self.group.attrs)
         ours = attrs[ATTR]
         ours["complete"] = True
         n_c = self.group["0"].shape[axes.index("C")] if "C" in axes else None
-        ome = multiscales_attrs(axes, meta, name=Path(name).name if name else "restored", n_channels=n_c)
+        smallest = self.group[str(self.levels - 1)]
+        ome = multiscales_attrs(
+            axes,
+            meta,
+            name=Path(name).name if name else "restored",
+            n_channels=n_c,
+            levels=self.levels,
+            windows=channel_windows(smallest[...], axes),
+            dtype=smallest.dtype,
+        )
         # one write of zarr.json (atomic in LocalStore): metadata and the completion marker together
         self.group.attrs.update({"ome": ome, ATTR: ours})
+        shutil.rmtree(bookkeeping_path(self.path), ignore_errors=True)  # a complete store needs none
+
+
+def _build_level(group: zarr.Group, axes: str, k: int) -> None:
+    """Level ``k`` from level ``k - 1``, block by block with dask (bounded memory, whole target chunks)."""
+    import dask
+    import dask.array as da
+
+    src, dst = group[str(k - 1)], group[str(k)]
+    iy, ix = axes.index("Y"), axes.index("X")
+    # source blocks of twice the target chunk: each task writes whole chunks of the new level
+    src_chunks = tuple(2 * c if i in (iy, ix) else c for i, c in enumerate(dst.chunks))
+    arr = da.from_zarr(src, chunks=src_chunks)
+    out_chunks = tuple(tuple(-(-b // 2) for b in bd) if i in (iy, ix) else bd for i, bd in enumerate(arr.chunks))
+    low = arr.map_blocks(downsample2, axes, chunks=out_chunks, dtype=src.dtype)
+    with dask.config.set(scheduler="threads"):
+        da.store(low, dst, lock=False)
+
+
+def _new_book(p: Path, grid: tuple[int, ...], token: str) -> zarr.Group:
+    book = zarr.create_group(str(bookkeeping_path(p)), zarr_format=3, overwrite=True)
+    book.attrs.update({"store": token})
+    # one byte per output chunk, one file each: concurrent writers never share a chunk
+    book.create_array(DONE, shape=grid, chunks=(1,) * len(grid), dtype="uint8", fill_value=0, compressors=None)
+    book.create_array(DIGEST, shape=grid, chunks=(1,) * len(grid), dtype="uint64", fill_value=0, compressors=None)
+    return book
+
+
+def _open_book(p: Path, g: zarr.Group, grid: tuple[int, ...]) -> zarr.Group:
+    """The bookkeeping of an unfinished store; a missing or foreign one starts afresh (every chunk redone)."""
+    token = dict(g.attrs)[ATTR].get("token")
+    try:
+        book = zarr.open_group(str(bookkeeping_path(p)), mode="r+")
+        if dict(book.attrs).get("store") == token and tuple(book[DONE].shape) == tuple(grid):
+            return book
+    except Exception:
+        pass
+    return _new_book(p, grid, token)
 
 
 def open_output(path, fingerprint: dict, shape, chunks, dtype, axes: str, overwrite: bool = False) -> ZarrOutput:
     """Create the store, or reopen an unfinished one with the same fingerprint (resume)."""
     p = Path(path)
     fingerprint = _norm(fingerprint)
+    grid = tuple(-(-n // c) for n, c in zip(shape, chunks))
     if p.exists() and not p.is_dir():
         raise OutputError(f"output {p} is an existing file, not a zarr store; choose another path")
     if p.exists():
@@ -118,40 +227,60 @@ def open_output(path, fingerprint: dict, shape, chunks, dtype, axes: str, overwr
                         f"output {p} holds an unfinished run with other settings ({_diff(meta.get('fingerprint', {}), fingerprint)}); "
                         "re-run with the original settings to resume it, or pass --overwrite to start again"
                     )
+                if meta.get("layout") != LAYOUT:
+                    raise FingerprintMismatch(
+                        f"output {p} holds an unfinished run written by an older napari-mirnet (another store "
+                        "layout); pass --overwrite to start again"
+                    )
                 g = zarr.open_group(str(p), mode="r+")
                 if tuple(g["0"].shape) != tuple(shape):
                     raise FingerprintMismatch(f"output {p} has shape {g['0'].shape}, expected {tuple(shape)}")
-                return ZarrOutput(p, g)
+                return ZarrOutput(p, g, _open_book(p, g, grid), axes)
             shutil.rmtree(p)  # overwrite a store we wrote ourselves
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
+        per_chunk, level_chunks = _chunk_plan(shape, chunks, axes)
+        token = uuid.uuid4().hex
+        # the bookkeeping first: a stale one beside a deleted store must never vouch for this one
+        book = _new_book(p, grid, token)
         g = zarr.create_group(str(p), zarr_format=3, overwrite=False)
-        g.attrs.update({ATTR: {"fingerprint": fingerprint, "complete": False}})
-        g.create_array(
-            "0",
-            shape=tuple(shape),
-            chunks=tuple(chunks),
-            dtype=np.dtype(dtype),
-            fill_value=0,
-            dimension_names=[a.lower() for a in axes],
+        g.attrs.update(
+            {
+                ATTR: {
+                    "fingerprint": fingerprint,
+                    "complete": False,
+                    "layout": LAYOUT,
+                    "levels": len(level_chunks),
+                    "per_chunk_levels": per_chunk,
+                    "token": token,
+                }
+            }
         )
-        grid = tuple(-(-n // c) for n, c in zip(shape, chunks))
-        # one byte per output chunk, one file each: concurrent writers never share a chunk
-        g.create_array(DONE, shape=grid, chunks=(1,) * len(grid), dtype="uint8", fill_value=0, compressors=None)
-        g.create_array(DIGEST, shape=grid, chunks=(1,) * len(grid), dtype="uint64", fill_value=0, compressors=None)
+        for k, ck in enumerate(level_chunks):
+            g.create_array(
+                str(k),
+                shape=level_shape(shape, axes, k),
+                chunks=ck,
+                dtype=np.dtype(dtype),
+                fill_value=0,
+                dimension_names=[a.lower() for a in axes],
+            )
     except OSError as err:
         raise OutputError(f"cannot create output {p}: {err.strerror or err} (is the location writable?)") from err
-    return ZarrOutput(p, g)
+    return ZarrOutput(p, g, book, axes)
 
 
 def write_digest(output: ZarrOutput, chunk_index: tuple[int, ...], digest: int) -> None:
     """Record the input digest of a chunk (before its data and done marker are written)."""
-    output.group[DIGEST][tuple(chunk_index)] = np.uint64(digest)
+    output.book[DIGEST][tuple(chunk_index)] = np.uint64(digest)
 
 
 def write_chunk(output: ZarrOutput, block: np.ndarray, chunk_index: tuple[int, ...]) -> None:
-    """Write one chunk-aligned block, then its done marker (never the other way round)."""
-    data, done = output.group["0"], output.group[DONE]
-    region = tuple(slice(i * c, i * c + n) for i, c, n in zip(chunk_index, data.chunks, block.shape))
-    data[region] = block
-    done[tuple(chunk_index)] = 1
+    """Write one chunk-aligned block and its pyramid blocks, then its done marker (never the other way round)."""
+    for k in range(output.per_chunk + 1):
+        if k:
+            block = downsample2(block, output.axes)
+        data = output.group[str(k)]
+        region = tuple(slice(i * c, i * c + n) for i, c, n in zip(chunk_index, data.chunks, block.shape))
+        data[region] = block
+    output.book[DONE][tuple(chunk_index)] = 1
