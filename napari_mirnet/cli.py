@@ -88,6 +88,11 @@ def _add_restore_command(sub) -> None:
     r.add_argument("--weights", help="model name, official asset, file or URL (default: the task's)")
     r.add_argument("--axes", help="axes of the inputs, e.g. YX, YXC, ZYX, TZCYX (default: from the file)")
     r.add_argument(
+        "--level",
+        help="OME-Zarr inputs: the pyramid level to restore, an index (0: full resolution) or a dataset path "
+        "(default: 0, or the level the input path points at)",
+    )
+    r.add_argument(
         "--tile", type=_multiple_of_4, help="tile edge in model pixels, halo included (default: from memory)"
     )
     r.add_argument(
@@ -199,6 +204,7 @@ def _add_finetune_command(sub) -> None:
 _FLAGS = {
     "weights": "--weights",
     "axes": "--axes",
+    "level": "--level",
     "tile": "--tile",
     "halo": "--halo",
     "blend": "--blend",
@@ -527,11 +533,9 @@ def _stored_record(path: Path) -> dict | None:
             text = mio.geotiff.stored_note(p)
             return json.loads(text) if text else None
         if suffix in (".tif", ".tiff"):
-            import tifffile
+            from .io.tiff import stored_tiff_fingerprint
 
-            with tifffile.TiffFile(p) as tif:
-                meta = tif.shaped_metadata[0] if tif.shaped_metadata else {}
-            text = meta.get(mio.ATTR)
+            return stored_tiff_fingerprint(p)  # OME MapAnnotation, ImageJ key or (older files) JSON description
         elif suffix in (".png", ".jpg", ".jpeg"):
             from PIL import Image
 
@@ -606,6 +610,8 @@ def _prepare(args, src, dst: Path, client):
         nodata=args.nodata,
     )
     stored = None if args.overwrite else _stored_record(dst)
+    if stored is None and not args.overwrite and dst.suffix.lower() in (".tif", ".tiff"):
+        stored = _stored_record(_tiff_work_store(dst))  # an unfinished TIFF run resumes like a store
     if stored:  # defaults follow free memory, which may have changed since the output was written
         options = options.__class__(
             **{
@@ -615,7 +621,14 @@ def _prepare(args, src, dst: Path, client):
         )
     image = tuple(map(str, src)) if isinstance(src, tuple) else str(src)
     return engine.prepare(
-        image, args.task, args.weights, scale=args.scale, axes=args.axes, options=options, client=client
+        image,
+        args.task,
+        args.weights,
+        scale=args.scale,
+        axes=args.axes,
+        options=options,
+        client=client,
+        level=args.level,
     )
 
 
@@ -718,6 +731,8 @@ def _restore_one(args, run, dst: Path, label: str, client) -> None:
     try:
         if dst.suffix.lower() == ".zarr":
             engine.execute(run, out=str(dst), overwrite=args.overwrite, client=client, progress=report)
+        elif dst.suffix.lower() in (".tif", ".tiff") and not run.source.eager:
+            _restore_to_tiff(args, run, dst, client, report)
         else:
             arr = engine.execute(run, client=client, progress=report)
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -726,6 +741,44 @@ def _restore_one(args, run, dst: Path, label: str, client) -> None:
     finally:
         if bar is not None:
             bar.close()
+
+
+def _tiff_work_store(dst: Path) -> Path:
+    """The hidden store a TIFF output is computed into (hidden: folder runs do not list it as an input)."""
+    return dst.with_name(f".{dst.name}.partial.zarr")
+
+
+def _restore_to_tiff(args, run, dst: Path, client, report) -> None:
+    """A lazy input's run into a TIFF: the model runs once, into a hidden resumable store beside
+    ``dst``; the TIFF (tiles, pyramid levels) is then written from that store, and the store removed.
+
+    Ctrl-C leaves the hidden store (the same command resumes it) and no ``dst``.
+    """
+    import shutil
+
+    import dask
+    import dask.array as da
+
+    from . import engine
+    from . import io as mio
+
+    work = _tiff_work_store(dst)
+    now = json.loads(json.dumps(run.fingerprint))
+    with mio.store_lock(dst):  # one writer per TIFF: the store below has its own lock, taken by the engine
+        if not args.overwrite and dst.exists() and _stored_record(dst) == now:
+            raise mio.OutputExistsError(f"output {dst} is already complete", True)  # another run finished it
+        same = work.is_dir() and mio.stored_fingerprint(work) == now
+        if same and not args.overwrite and mio.is_complete(work):  # stopped while the TIFF was written
+            arr = da.from_zarr(str(work), component="0")
+            store_axes = mio.ome_order(run.axes)
+            arr = arr.transpose([store_axes.index(a) for a in run.axes])
+        else:  # a hidden store of other settings is ours to replace: the rule on existing outputs is dst's
+            arr = engine.execute(
+                run, out=str(work), overwrite=args.overwrite or not same, client=client, progress=report
+            )
+        with dask.config.set(engine.scheduler_config(run.device, client)):
+            mio.write_image(dst, arr, run.axes, fingerprint=run.fingerprint, meta=run.output_meta, stored=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------- train

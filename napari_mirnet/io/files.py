@@ -22,14 +22,20 @@ __all__ = ["IMAGE_SUFFIXES", "list_inputs", "open_image", "write_image"]
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".zarr")
 
 
-def open_image(path: str | os.PathLike) -> ImageSource:
-    """Open an image file or zarr store without loading it (png/jpg are small and read whole)."""
+def open_image(path: str | os.PathLike, level=None) -> ImageSource:
+    """Open an image file or zarr store without loading it (png/jpg are small and read whole).
+
+    ``level`` picks a level of an OME-Zarr pyramid (an index, 0 = full resolution, or a dataset
+    path); the default is level 0, or the level a path such as ``image.zarr/2`` points at.
+    """
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"input {p} does not exist")
     suffix = p.suffix.lower()
     if p.is_dir() or suffix == ".zarr":
-        src = open_zarr(p)
+        src = open_zarr(p, level)
+    elif level is not None:
+        raise ValueError(f"level={level!r} applies to OME-Zarr pyramids; {p.name} is a {suffix or 'plain'} file")
     elif suffix in (".tif", ".tiff"):
         src = open_geotiff(p) if is_geotiff(p) else open_tiff(p)
     elif suffix in (".png", ".jpg", ".jpeg"):
@@ -77,6 +83,7 @@ def write_image(
     pixel_size=None,
     meta: ImageMeta | None = None,
     check: bool = False,
+    stored: bool = False,
 ) -> Path:
     """Write a (dask or numpy) image as tif (chunk by chunk), png/jpg, or a plain OME-Zarr store.
 
@@ -86,6 +93,10 @@ def write_image(
     of the same settings. ``check=True`` only checks that the format can hold ``arr`` (anything
     with ``shape`` and ``dtype``) and that ``path`` can be replaced by a file or store; nothing is
     written. The file appears under its name only when complete (written beside it, then renamed).
+    tif is OME-TIFF (ImageJ TIFF when ``meta`` says the input was one), tiled, compressed, with
+    pyramid levels when large; ``stored=True`` says a dask ``arr`` reads from storage (no model
+    behind it), so it is read twice (full resolution, then the pyramid) instead of computed to a
+    temporary store first.
     """
     p = Path(path)
     suffix = p.suffix.lower()
@@ -112,7 +123,7 @@ def write_image(
         if writes_geotiff(suffix, axes, meta):  # georeferenced input: CRS, transform, nodata, bands kept
             write_geotiff(tmp, arr, axes, meta, note)
         elif suffix in (".tif", ".tiff"):
-            write_tiff(tmp, arr, axes, meta, note)
+            write_tiff(tmp, arr, axes, meta, note, stored=stored)
         elif suffix == ".zarr":
             write_omezarr(tmp, arr, axes, meta, name=p.stem)
             if p.exists():  # a store (checked above), replaced as a whole
