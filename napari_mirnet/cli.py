@@ -1035,7 +1035,7 @@ def main(argv: list[str] | None = None) -> int:
         _err(str(err))
         return 2
     except KeyboardInterrupt:
-        print("\nnapari-mirnet: interrupted; re-run the same command to resume zarr outputs", file=sys.stderr)
+        print("\nnapari-mirnet: interrupted; re-run the same command to resume zarr and tif outputs", file=sys.stderr)
         return 130
 
 
