@@ -29,7 +29,7 @@ NAMESPACE = "https://github.com/napari-mirnet/fingerprint"  # of our OME MapAnno
 TILE = 512  # tile side for planes larger than one tile
 PYRAMID_FROM = 4096  # planes with a side above this get pyramid levels (sub-IFDs)
 PYRAMID_TO = 1024  # ...halved until both sides are at most this
-_BAND_BYTES = 256 * 2**20  # at most this much of a result is held at once while writing
+_BAND_BYTES = 64 * 2**20  # at most this much of a result is held at once while writing
 _SMALL_BYTES = 512 * 2**20  # a lazy result up to this size is computed whole, larger ones go to a temporary store
 _IMAGEJ_MAX = 2**32 - 2**25  # ImageJ reads classic (32-bit offset) TIFF only; keep a margin for the headers
 
