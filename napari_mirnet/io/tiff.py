@@ -309,6 +309,8 @@ def _imagej_problem(layout: _Layout) -> str | None:
         return f"ImageJ holds 8-bit, 16-bit and 32-bit float images, not {layout.dtype}"
     if layout.rgb and (layout.dtype != np.uint8 or layout.shape[-1] != 3):
         return "ImageJ holds RGB only as 8-bit, 3 samples"
+    if math.prod(layout.plane) >= 2**31:  # ImageJ keeps a plane in one Java array
+        return f"ImageJ holds planes of fewer than 2**31 pixels, not {layout.plane[0]} x {layout.plane[1]}"
     nbytes = math.prod(layout.shape) * layout.dtype.itemsize
     if nbytes > _IMAGEJ_MAX:
         return f"ImageJ reads classic TIFF only, which ends at 4 GB (this result is {nbytes / 2**30:.1f} GiB)"
@@ -424,7 +426,8 @@ def _imagej_metadata(layout: _Layout, meta: ImageMeta, note: str | None) -> tupl
 def write_tiff(tmp: Path, arr, axes: str, meta: ImageMeta, note: str | None, *, stored: bool = False) -> None:
     """Write ``arr`` (numpy, zarr or dask) as an OME-TIFF, or ImageJ TIFF for an ImageJ input, at ``tmp``.
 
-    Memory stays bounded: the file is written band by band. A dask ``arr`` is computed once: whole
+    Memory stays bounded: the file is written band by band (ImageJ files plane by plane: ImageJ
+    itself holds whole images, and its files end at 4 GB). A dask ``arr`` is computed once: whole
     when small, else into a temporary zarr store beside ``tmp`` (removed afterwards), unless
     ``stored`` says it already reads from storage (the CLI's resumable store). Pyramid levels are
     computed from the written full-resolution data, never from a second run of the graph.
