@@ -80,9 +80,10 @@ def test_default_tile_comes_from_measured_bytes_per_pixel(tiny_weights, monkeypa
     # n_feat=16: a few hundred bytes per pixel (about 48 bytes per feature channel)
     assert 300 < bpp < 3000
     monkeypatch.setattr(engine.memory, "memory_budget", lambda dev: bpp * 1000**2)
-    assert engine.default_tile(model) == 992
+    assert engine.memory.memory_tile(model) == 992
     monkeypatch.setattr(engine.memory, "memory_budget", lambda dev: bpp * 10)
-    assert engine.default_tile(model) == 64
+    assert engine.memory.memory_tile(model) == 64
+    assert engine.default_tile(model) == 64  # the CPU's fastest tile never exceeds the memory one
 
 
 # ------------------------------------------------------------------------------- correctness
@@ -432,3 +433,80 @@ def test_tta_is_part_of_the_store_fingerprint(tiny_weights, tmp_path):
     assert mio.stored_fingerprint(tmp_path / "a.zarr")["tta"] is True
     engine.restore(img, weights=tiny_weights, out=str(tmp_path / "b.zarr"), **TILED)
     assert mio.stored_fingerprint(tmp_path / "b.zarr")["tta"] is False
+
+
+# --------------------------------------------------------------------- CPU default tile by speed
+def _table_model(monkeypatch, tmp_path, table: dict):
+    """The tiny model with a throughput table in a private cache file (no timing involved)."""
+    import json
+
+    from napari_mirnet.model import MIRNetV2
+
+    model = MIRNetV2(n_feat=16, n_mrb=1).eval()
+    path = tmp_path / "tp.json"
+    monkeypatch.setenv("NAPARI_MIRNET_THROUGHPUT", str(path))
+    monkeypatch.setattr(engine.memory, "_measured", {})
+    key = engine.memory._throughput_key(model, "fp32")
+    path.write_text(json.dumps({key: {"mpix_s": {str(e): v for e, v in table.items()}}}))
+    return model
+
+
+def test_cpu_default_tile_follows_measured_throughput(monkeypatch, tmp_path):
+    """The fastest tile per pixel, not the largest that fits, and the cores split the image evenly."""
+    model = _table_model(monkeypatch, tmp_path, {256: 0.15, 384: 0.19, 512: 0.2, 768: 0.1, 1024: 0.08, 2048: 0.05})
+    tile, halo = engine.memory.default_geometry(model, "fp32", 2048, 2048)
+    plan = engine.plan_tiles(2048, 2048, tile, halo, min(16, halo))
+    assert halo == 32 and 400 <= tile <= 640, (tile, halo)
+    # no tile is wasted on a sliver: the last core is (nearly) full
+    assert 2048 - plan.core_range(0, plan.grid[0] - 1)[0] >= 0.9 * plan.core[0]
+    # a table that favours large tiles moves the choice up; the memory budget caps it
+    big = _table_model(monkeypatch, tmp_path, {256: 0.05, 512: 0.1, 1024: 0.15, 2048: 0.2})
+    assert engine.memory.default_geometry(big, "fp32", 2048, 2048)[0] >= 1024
+    bpp = engine.bytes_per_pixel(big)
+    monkeypatch.setattr(engine.memory, "memory_budget", lambda dev: bpp * 700**2)
+    assert engine.memory.default_geometry(big, "fp32", 2048, 2048)[0] <= 672
+    # an image that fits a fast tile is restored whole
+    assert engine.memory.default_geometry(model, "fp32", 300, 200)[0] >= 300
+
+
+def test_throughput_cache_is_never_required(monkeypatch, tmp_path):
+    from napari_mirnet.model import MIRNetV2
+
+    model = MIRNetV2(n_feat=16, n_mrb=1).eval()
+    monkeypatch.setattr(engine.memory, "_measured", {})
+    path = tmp_path / "sub" / "tp.json"
+    monkeypatch.setenv("NAPARI_MIRNET_THROUGHPUT", str(path))
+    formula = engine.memory.default_geometry(model, "fp32", 4096, 4096)  # no file: the formula
+    assert not path.exists() and engine.memory.MIN_CPU_TILE <= formula[0] <= 2048
+    table = engine.memory.measure_cpu_throughput(model, edges=[32, 64], repeats=1)
+    assert set(table) == {32, 64} and all(v > 0 for v in table.values())
+    monkeypatch.setattr(engine.memory, "_measured", {})  # a new process reads the file
+    tp = engine.memory.cpu_throughput(model)
+    assert tp(32) == pytest.approx(table[32]) and tp(64) == pytest.approx(table[64])
+    path.write_text("{not json")  # damaged: the formula again, no error
+    monkeypatch.setattr(engine.memory, "_measured", {})
+    assert engine.memory.default_geometry(model, "fp32", 4096, 4096) == formula
+    monkeypatch.setenv("NAPARI_MIRNET_THROUGHPUT", "off")
+    path.unlink()
+    engine.memory.measure_cpu_throughput(model, edges=[32], repeats=1)
+    assert not path.exists()
+
+
+def test_prepare_on_cpu_picks_the_tile_for_the_image(tiny_weights, monkeypatch):
+    """The default tile depends on the image (and is recorded in the run), an explicit one does not."""
+    monkeypatch.setenv("NAPARI_MIRNET_THROUGHPUT", "off")
+    monkeypatch.setattr(engine.memory, "_measured", {})
+    big = da.zeros((3000, 2000, 3), dtype=np.uint8, chunks=(1000, 1000, 3))
+    run = engine.prepare(big, weights=tiny_weights, options=engine.RestoreOptions(device="cpu"))
+    assert run.options.halo == 32 and run.plan.grid[0] > 1 and run.plan.grid[1] > 1
+    assert run.options.tile == engine.memory.default_geometry(_model(tiny_weights), "fp32", 3000, 2000)[0]
+    small = engine.prepare(_rgb(90, 110), weights=tiny_weights, options=engine.RestoreOptions(device="cpu"))
+    assert small.plan.grid == (1, 1)  # one tile: whole-image output
+    fixed = engine.prepare(big, weights=tiny_weights, options=engine.RestoreOptions(device="cpu", tile=512))
+    assert (fixed.options.tile, fixed.options.halo) == (512, 64)  # explicit tiles keep the old halo rule
+
+
+def _model(weights):
+    from napari_mirnet.weights import cached_model
+
+    return cached_model(weights, "cpu")

@@ -199,7 +199,7 @@ def prepare(
     channels = ChannelAdapter.for_model(
         n_c * len(source.arrays), cfg.in_channels, cfg.out_channels, spec.dual_pixel, layout
     )
-    options = _with_default_geometry(options, model, prec)
+    options = _with_default_geometry(options, model, prec, (source.size("Y"), source.size("X")), factor)
     plan = plan_tiles(source.size("Y"), source.size("X"), options.tile, options.halo, options.blend, factor)
     nodata = options.nodata if options.nodata is not None else source.meta.nodata
     imap = _intensity_map(source, options.normalisation, channels, nodata)
@@ -227,11 +227,17 @@ def prepare(
     )
 
 
-def _with_default_geometry(options: RestoreOptions, model, precision: str) -> RestoreOptions:
-    tile = options.tile
-    if tile is None:
-        tile = memory.default_tile(model, precision if precision != "auto" else "fp32")
-    halo = options.halo if options.halo is not None else min(DEFAULT_HALO, max(0, round_to_stride(tile / 4)))
+def _with_default_geometry(
+    options: RestoreOptions, model, precision: str, shape: tuple | None = None, factor: int = 1
+) -> RestoreOptions:
+    tile, halo = options.tile, options.halo
+    prec = precision if precision != "auto" else "fp32"
+    if tile is None and shape is not None and next(model.parameters()).device.type == "cpu":
+        # on the CPU the fastest tile for this image among those that fit memory (see memory.py)
+        tile, halo = memory.default_geometry(model, prec, shape[0], shape[1], factor, halo)
+    elif tile is None:
+        tile = memory.default_tile(model, prec)
+    halo = halo if halo is not None else min(DEFAULT_HALO, max(0, round_to_stride(tile / 4)))
     blend = options.blend if options.blend is not None else min(DEFAULT_BLEND, halo)
     return dataclasses.replace(options, tile=int(tile), halo=int(halo), blend=int(blend))
 
