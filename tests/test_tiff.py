@@ -155,6 +155,9 @@ def test_large_result_is_tiled_with_a_pyramid_computed_once(tmp_path, monkeypatc
         np.testing.assert_array_equal(levels[1].asarray(), np.round(mean).astype(np.uint16))
     im = _bioio(out)
     assert im.physical_pixel_sizes.X == 0.5 and im.physical_pixel_sizes.Z == 2.0 and im.dims.Y == 301
+    src = mio.open_image(out)  # our reader: full resolution, lazily, with the sizes
+    assert src.axes == "ZYX" and src.array.shape == full.shape and src.meta.scale == {"X": 0.5, "Y": 0.5, "Z": 2.0}
+    np.testing.assert_array_equal(src.array[1, 200:260, 10:90], full[1, 200:260, 10:90])
 
 
 def test_imagej_input_meaning_gives_imagej_output(tmp_path):
@@ -179,6 +182,16 @@ def test_what_imagej_cannot_hold_falls_back_to_ome_with_a_reason(tmp_path):
     with tifffile.TiffFile(out) as tif:
         assert tif.is_ome
     assert _bioio(out).physical_pixel_sizes.X == 0.5
+
+
+def test_fingerprint_of_files_written_before_ome_output_is_still_found(tmp_path):
+    # earlier versions kept the fingerprint in tifffile's JSON description
+    tifffile.imwrite(
+        tmp_path / "old.tif", np.zeros((4, 4), np.uint8), metadata={"axes": "YX", "napari_mirnet": '{"tile": 64}'}
+    )
+    assert mtiff.stored_tiff_fingerprint(tmp_path / "old.tif") == {"tile": 64}
+    tifffile.imwrite(tmp_path / "theirs.tif", np.zeros((4, 4), np.uint8), ome=True)
+    assert mtiff.stored_tiff_fingerprint(tmp_path / "theirs.tif") is None
 
 
 # ------------------------------------------------------------------------------------------ CLI
