@@ -315,7 +315,6 @@ _FINETUNE_FLAGS = {
     "steps": "--steps",
     "patch": "--patch",
     "batch": "--batch",
-    "axes=": "--axes ",
     "objective": "--objective",
     "pairs": "--pairs",
 }

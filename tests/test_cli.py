@@ -319,7 +319,7 @@ def test_errors_name_the_cli_flags(files, tmp_path, capsys):
     tifffile.imwrite(tmp_path / "q.tif", np.zeros((2, 3, 40, 40), np.uint8), photometric="minisblack")
     assert main(["restore", str(tmp_path / "q.tif"), "-o", str(tmp_path / "q.zarr"), "-q"]) == 1
     err = capsys.readouterr().err
-    assert "pass --axes, e.g. 'ZYX'" in err and "axes=" not in err
+    assert "pass --axes with the one meant" in err and "(--axes 'TZYX')" in err and "axes=" not in err
     if not __import__("torch").cuda.is_available():
         assert main(["restore", str(files / "a.png"), "-o", str(tmp_path / "d.zarr"), "--device", "cuda", "-q"]) == 1
         err = capsys.readouterr().err
