@@ -285,6 +285,10 @@ def _sample(image, max_elements: int = 2_000_000, channel_axis: int | None = Non
     return sample.compute() if hasattr(sample, "compute") else np.asarray(sample)
 
 
+#: metadata.RGB_COLOURS (same layer: processing may not import metadata)
+_RGB = ("FF0000", "00FF00", "0000FF")
+
+
 def channel_layout(n: int, channels=()) -> str:
     """How an RGB model meets ``n`` channels: ``rgb``, ``rgba``, ``rgb+bands`` or ``bands``.
 
@@ -297,12 +301,10 @@ def channel_layout(n: int, channels=()) -> str:
       interpretation, TIFF ExtraSamples, PNG mode); other bands (a near-infrared band, say) are
       ``rgb+bands``: restored as gray images, never carried as alpha.
     """
-    from .metadata import RGB_COLOURS
-
     if len(channels) != n or not any(c.name or c.color or c.alpha for c in channels):
         return {3: "rgb", 4: "rgba"}.get(n, "bands")
     colours = tuple((c.color or "").upper() for c in channels[:3])
-    if n < 3 or colours != RGB_COLOURS or any(c.alpha for c in channels[:3]):
+    if n < 3 or colours != _RGB or any(c.alpha for c in channels[:3]):
         return "bands"
     if n == 3:
         return "rgb"

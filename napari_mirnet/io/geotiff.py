@@ -73,8 +73,8 @@ class GeoArray:
     def __init__(self, path, shape: tuple, dtype, block: tuple[int, int]):
         self.path, self.shape, self.dtype = str(path), tuple(shape), np.dtype(dtype)
         self.ndim = len(self.shape)
-        # chunks for dask (from_array): whole bands, blocks of rows and columns
-        by, bx = (max(1, min(n, 4 * b)) for n, b in zip(self.shape[:2], block))
+        # chunks for dask (from_array): whole bands, whole blocks (strips too), at least 512 pixels a side
+        by, bx = (min(n, b * max(1, -(-512 // b))) for n, b in zip(self.shape[:2], block))
         self.chunks = (by, bx) + self.shape[2:]
 
     def __len__(self) -> int:
