@@ -267,3 +267,32 @@ def test_cli_stopped_while_writing_leaves_no_tiff_and_reuses_the_computed_store(
     monkeypatch.undo()
     expected = engine.restore(str(src), weights=tiny_weights, tile=48, halo=8, blend=4, device="cpu")
     np.testing.assert_array_equal(tifffile.imread(out), np.asarray(expected))
+
+
+@pytest.mark.slow
+def test_cli_interrupted_run_into_a_tiff_resumes(tiny_weights, tmp_path, monkeypatch):
+    from napari_mirnet import engine
+
+    src, out = tmp_path / "s.tif", tmp_path / "o.tif"
+    tifffile.imwrite(src, RNG.integers(0, 4000, (2, 90, 100), dtype=np.uint16), imagej=True, metadata={"axes": "ZYX"})
+    cmd = ["restore", str(src), "-o", str(out), *_cli_args(tiny_weights)]
+    real, written = mio.write_chunk, []
+
+    def stop_after_three(output, block, index):
+        if len(written) == 3:
+            raise KeyboardInterrupt
+        written.append(index)
+        real(output, block, index)
+
+    monkeypatch.setattr(mio, "write_chunk", stop_after_three)
+    assert main(cmd) == 130
+    assert not out.exists() and not mio.is_complete(tmp_path / ".o.tif.partial.zarr")
+    total = int(mio.done_markers(tmp_path / ".o.tif.partial.zarr").size)
+    assert len(written) == 3 < total
+    monkeypatch.setattr(mio, "write_chunk", lambda o, b, i: (written.append(i), real(o, b, i)))
+    assert main(cmd) == 0
+    assert len(written) == total  # the three finished chunks were not computed again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.tif", "s.tif"]
+    monkeypatch.undo()
+    expected = engine.restore(str(src), weights=tiny_weights, tile=48, halo=8, blend=4, device="cpu")
+    np.testing.assert_array_equal(tifffile.imread(out), np.asarray(expected))
