@@ -252,8 +252,8 @@ def layer_meta(layer, axes: str, offset=None):
     from .metadata import ImageMeta
 
     dims = [a for a in axes if not (a == "C" and layer.rgb)]  # one per layer dim
-    scale = np.asarray(layer.scale, dtype=float)
-    translate = np.asarray(layer.translate, dtype=float)
+    scale = np.array(layer.scale, dtype=float)
+    translate = np.array(layer.translate, dtype=float)
     if offset is not None:
         translate = translate + np.asarray(offset) * scale
     units = {}
@@ -332,8 +332,10 @@ def result_layer_kwargs(layer, task: str, scale: int | None, offset=None, previe
     """Name, scale, translate, axis labels, metadata ... of the result, from the input layer."""
     from .metadata import ImageMeta
 
-    in_scale = np.asarray(layer.scale, dtype=float)
-    translate = np.asarray(layer.translate, dtype=float)
+    # copies: np.asarray would hand back the layer's own arrays, and the lines below would move
+    # the input layer (silently, without a napari event) by each run's shift
+    in_scale = np.array(layer.scale, dtype=float)
+    translate = np.array(layer.translate, dtype=float)
     if offset is not None:
         translate = translate + np.asarray(offset) * in_scale
     out_scale = in_scale.copy()

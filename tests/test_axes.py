@@ -219,3 +219,79 @@ def test_unchunked_array_like_is_read(tiny_weights):
     img = _stack((40, 48))
     out = engine.restore(Contiguous(img), weights=tiny_weights, **TILED)
     np.testing.assert_array_equal(np.asarray(out), engine.restore(img, weights=tiny_weights, **TILED))
+
+
+# ---------------------------------------------------------------------------------- napari
+@pytest.mark.gui
+@pytest.mark.slow
+def test_super_resolved_layer_overlays_its_input(make_napari_viewer, qtbot, tiny_weights):
+    pytest.importorskip("pytestqt")
+    from napari_mirnet.widgets import LOCAL_FILE, SuperResolutionWidget
+
+    viewer = make_napari_viewer()
+    units = ("micrometer", "micrometer")
+    layer = viewer.add_image(
+        _stack((40, 48)), name="cells", scale=(0.5, 0.25), translate=(10.0, -3.0), units=units, axis_labels=("y", "x")
+    )
+    w = SuperResolutionWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.weights.value = LOCAL_FILE
+    w.weights_file.value = tiny_weights
+    w.scale.value = 2
+    job = w.make_job()
+    w.make_job()  # gathering a job twice changes nothing
+    assert job.axes == "YX" and job.image.meta.units == {"Y": "micrometer", "X": "micrometer"}
+    assert job.image.meta.translation == {"Y": 10.0, "X": -3.0}
+    w()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
+    out = w.result_layer
+    assert out is not None, w.last_status
+    assert out.data.shape == (80, 96)
+
+    def edges(lay):  # napari's world extent runs from the first to the last pixel centre
+        ext = lay.extent
+        return np.stack([ext.world[0] - ext.step / 2, ext.world[1] + ext.step / 2])
+
+    # the input stays where it was (the result's shift was once applied to the input's own array)
+    np.testing.assert_allclose(layer.translate, (10.0, -3.0))
+    np.testing.assert_allclose(edges(out), edges(layer))
+    np.testing.assert_allclose(out.scale, (0.25, 0.125))
+    assert tuple(str(u) for u in out.units) == units
+
+
+@pytest.mark.gui
+@pytest.mark.slow
+def test_layer_axes_and_geometry_reach_the_zarr_output(make_napari_viewer, qtbot, tiny_weights, tmp_path):
+    pytest.importorskip("pytestqt")
+    from napari_mirnet import io as mio
+    from napari_mirnet.widgets import LOCAL_FILE, OUTPUT_ZARR, DenoiseWidget
+
+    viewer = make_napari_viewer()
+    img = _stack((3, 40, 48))
+    layer = viewer.add_image(
+        img,
+        name="timelapse",
+        scale=(60.0, 0.5, 0.25),
+        translate=(0.0, 10.0, -3.0),
+        axis_labels=("t", "y", "x"),
+        units=("second", "micrometer", "micrometer"),
+    )
+    assert not layer.rgb
+    w = DenoiseWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.weights.value = LOCAL_FILE
+    w.weights_file.value = tiny_weights
+    w.output.value = OUTPUT_ZARR
+    w.zarr_path.value = tmp_path / "out.zarr"
+    assert w.make_job().axes == "TYX"  # the layer's labels say time, not a guess from the shape
+    w()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
+    assert w.result_layer is not None, w.last_status
+    src = mio.open_image(tmp_path / "out.zarr")
+    assert src.axes == "TYX"
+    assert src.meta.scale == {"T": 60.0, "Y": 0.5, "X": 0.25}
+    assert src.meta.translation.get("Y") == 10.0 and src.meta.translation.get("X") == -3.0
+    assert src.meta.units == {"T": "second", "Y": "micrometer", "X": "micrometer"}
+    # planes restored one by one as gray images, as numpy with the same axes gives them
+    expected = engine.restore(img, weights=tiny_weights, axes="TYX", **w.make_job().options)
+    np.testing.assert_array_equal(np.asarray(src.array), expected)
