@@ -75,8 +75,10 @@ class ImageMeta:
         scale = {a: (v / factor if a in "YX" else v) for a, v in self.scale.items()}
         translation = dict(self.translation)
         for a in "YX":
-            if a in translation:
+            # no translation said: the first centre was at 0 (NGFF default), and it moves all the same
+            if a in translation or a in self.scale or (self.axes and a in self.axes):
                 s = float(self.scale.get(a, 1.0))
+                translation.setdefault(a, 0.0)
                 translation[a] = translation[a] - s / 2 + s / (2 * factor)
         geo = self.geo
         if geo is not None:

@@ -328,3 +328,13 @@ def test_level_through_restore_and_the_cli(tiny_weights, tmp_path, small_pyramid
     assert "--level '7' is not a level" in err and "0 ('0', 3x130x120)" in err and "level=" not in err
     with pytest.raises(ValueError, match="level=.*array, not a path"):
         engine.restore(img, weights=tiny_weights, level=1, **TILED)
+
+
+def test_super_resolution_moves_an_implicit_first_centre_too():
+    # NGFF's default translation is 0: an x2 result's first centre lies a quarter input pixel before it
+    meta = ImageMeta(axes="CYX", scale={"Y": 0.5, "X": 0.5}).resampled(2)
+    assert meta.scale == {"Y": 0.25, "X": 0.25} and meta.translation == {"Y": -0.125, "X": -0.125}
+    attrs = omezarr.multiscales_attrs("CYX", meta, n_channels=3, levels=2, dtype=np.uint8)
+    ds = attrs["multiscales"][0]["datasets"]
+    assert ds[0]["coordinateTransformations"][1]["translation"] == [0.0, -0.125, -0.125]
+    assert len(ds[1]["coordinateTransformations"]) == 1  # level 1 centres: -0.125 + 0.125 = 0, no shift
