@@ -56,7 +56,7 @@ def restore_whole(
     )
     run = prepare(image, task, weights, scale=scale, axes=axes, options=options)
     result = execute(run)
-    return result if template is None else _xr.to_dataarray(result, template, run.output_meta, run.factor)
+    return result if template is None else _xr.to_dataarray(result, template, run.factor)
 
 
 def _as_array(image, name: str = "image") -> np.ndarray:

@@ -8,7 +8,8 @@ of a dim gives the axis's pixel size (``ImageMeta.scale``) and the first pixel's
 (``ImageMeta.translation``); its ``attrs['units']`` the unit. Coordinates that are not uniformly
 spaced (or not numbers, such as dates) give no pixel size: on T, Z and C they are kept as they are
 in the output; on Y and X they are kept for a same-size result and refused for super-resolution,
-whose output grid cannot be derived from them.
+whose output grid cannot be derived from them. A descending grid (a raster's y) gives no pixel size
+either, but its output coordinates are rebuilt like an ascending one's.
 """
 
 from __future__ import annotations
@@ -99,10 +100,12 @@ def from_dataarray(arr, axes: str | None = None):
         if values.dtype.kind in "iuf" and len(values) >= 1:
             translation[a] = float(values[0])
         grid = _uniform(values)
-        if grid is not None:
+        if grid is not None and grid[1] > 0:
             scale[a] = grid[1]
         elif len(values) > 1 or values.dtype.kind not in "iuf":
-            translation.pop(a, None)  # not a grid: kept as coordinates only
+            # not an ascending grid (uneven, dates, or descending like a raster's y): no pixel size
+            # in the metadata (a pixel size is positive); the coordinates travel as they are
+            translation.pop(a, None)
             continue
         if unit:
             units[a] = str(unit)
@@ -139,13 +142,14 @@ def check_resamplable(arr, factor: int) -> None:
             )
 
 
-def to_dataarray(result, template, meta: ImageMeta, factor: int = 1):
+def to_dataarray(result, template, factor: int = 1):
     """The restored array as a DataArray like ``template``: same dims and order, name, attrs.
 
-    Y and X coordinates are rebuilt for the output grid from ``meta`` (the run's output metadata:
-    pixel size / factor, first centre moved by the pixel-centre rule); other coordinates that do
-    not depend on Y or X are kept, and a channel coordinate only while the channel count is
-    unchanged. ``result`` stays as it is (numpy, or a lazy dask array).
+    Y and X coordinates are rebuilt for the output grid (:meth:`ImageMeta.resampled`: spacing /
+    ``factor``, first centre moved so that both grids cover the same extent; descending
+    coordinates too); other coordinates that do not depend on Y or X are kept, and a channel
+    coordinate only while the channel count is unchanged. ``result`` stays as it is (numpy, or a
+    lazy dask array).
     """
     import xarray as xr
 
@@ -153,17 +157,16 @@ def to_dataarray(result, template, meta: ImageMeta, factor: int = 1):
     coords = {}
     for name, coord in template.coords.items():
         cdims = coord.dims
-        if not set(cdims) <= set(template.dims):
-            continue
         size_ok = all(result.shape[template.dims.index(d)] == template.sizes[d] for d in cdims)
         if size_ok and (factor == 1 or not any(axes[template.dims.index(d)] in "YX" for d in cdims)):
             coords[name] = coord.variable.copy(deep=False)
     for dim, a in zip(template.dims, axes):
         if a not in "YX" or dim not in template.coords or dim in coords:
             continue
+        grid = _uniform(np.asarray(template.coords[dim].values))  # check_resamplable refused others
+        out = ImageMeta(scale={a: grid[1]}, translation={a: grid[0]}).resampled(factor)
         n = result.shape[template.dims.index(dim)]
-        first, step = meta.translation.get(a, 0.0), meta.scale.get(a, 1.0)
         dtype = template.coords[dim].dtype if template.coords[dim].dtype.kind == "f" else np.float64
-        values = (first + step * np.arange(n)).astype(dtype)  # integer pixel indices become fractional
+        values = (out.translation[a] + out.scale[a] * np.arange(n)).astype(dtype)  # integer indices: fractional
         coords[dim] = xr.Variable(dim, values, dict(template.coords[dim].attrs))
     return xr.DataArray(result, dims=template.dims, coords=coords, name=template.name, attrs=dict(template.attrs))

@@ -199,6 +199,20 @@ def test_bad_dims_and_coordinates_are_refused_clearly(tiny_weights):
 
 
 @pytest.mark.slow
+def test_descending_raster_coordinates(identity_weights):
+    """A raster's y runs downwards: the output grid follows it, and no negative pixel size is recorded."""
+    from napari_mirnet.xarrays import from_dataarray
+
+    img = _stack((40, 48))
+    arr = xr.DataArray(img, dims=("y", "x"), coords={"y": 500.0 - 30.0 * np.arange(40), "x": 30.0 * np.arange(48)})
+    assert "Y" not in from_dataarray(arr)[2].scale and from_dataarray(arr)[2].scale == {"X": 30.0}
+    out = engine.restore(arr, "super_resolution", identity_weights, scale=2, **TILED)
+    np.testing.assert_allclose(out["y"].values[:2], [500.0 + 7.5, 500.0 - 7.5])  # edges at 515 on both grids
+    np.testing.assert_allclose(out["y"].values[-1] - 7.5, arr["y"].values[-1] - 15.0)
+    np.testing.assert_allclose(out["x"].values[:2], [-7.5, 7.5])
+
+
+@pytest.mark.slow
 def test_uneven_coordinates_are_kept_where_the_grid_does_not_change(tiny_weights):
     arr = _dataarray(_stack((2, 40, 48))).assign_coords(z=[0.0, 7.5], x=np.sqrt(np.arange(48.0)))
     out = engine.restore(arr, weights=tiny_weights, **TILED)

@@ -159,7 +159,7 @@ def restore(
     try:
         run = prepare(image, task, weights, scale=scale, axes=axes, options=options, client=client, level=level)
         result = execute(run, out=out, overwrite=overwrite, client=client, progress=progress, cancel=cancel)
-        return result if template is None else _xr.to_dataarray(result, template, run.output_meta, run.factor)
+        return result if template is None else _xr.to_dataarray(result, template, run.factor)
     finally:
         if own_client:
             client.close()
@@ -210,7 +210,7 @@ def restore_lazy(
     if own_client:
         # the connection is needed until the last array that reads this graph is gone
         weakref.finalize(arr.dask.layers[arr.name] if arr.name in arr.dask.layers else arr.dask, client.close)
-    return arr if template is None else _xr.to_dataarray(arr, template, run.output_meta, run.factor)
+    return arr if template is None else _xr.to_dataarray(arr, template, run.factor)
 
 
 def _xarray_template(image, task: str, scale):
