@@ -7,7 +7,11 @@ Sections: (1) engine throughput vs the raw model forward on the same tile pixels
 approach (whole image in memory, tile 720 / overlap 32, uniform averaging with full-size accumulators,
 as in the official demo) vs the engine, time and peak memory, each in its own process; (3) peak RSS of
 zarr -> zarr at two sizes with the same tile, each in its own process; (4) PSNR between tiled and
-whole-image output and a seam score; (5) a CLI run killed midway and resumed: time and bit-identity.
+whole-image output and a seam score; (5) a CLI run killed midway and resumed: time and bit-identity;
+(6) everything at default settings, 2048^2 and 4096^2 (issue 19): naive vs the engine in memory and
+zarr -> zarr vs the raw forward on the engine's windows, time and peak RSS, per-pixel growth.
+
+    python benchmarks/engine.py --sections 6     # the issue-19 table (about 15 min on 2 quiet cores)
 Random weights: quality figures describe consistency, not restoration quality.
 """
 
@@ -143,21 +147,32 @@ def worker(spec: dict) -> dict:
         img = test_image(spec["size"])
         cached_model(spec["weights"], dev)
         t0 = time.perf_counter()
-        engine.restore(
-            img, weights=spec["weights"], device=dev, tile=spec["tile"], halo=spec["halo"], blend=spec["blend"]
-        )
+        opts = engine.RestoreOptions(tile=spec.get("tile"), halo=spec.get("halo"), blend=spec.get("blend"), device=dev)
+        run = engine.prepare(img, weights=spec["weights"], options=opts)
+        engine.execute(run)
+        res["geometry"] = _geometry(run)
     elif spec["job"] == "zarr2zarr":
         t0 = time.perf_counter()
-        engine.restore(
-            spec["input"],
-            weights=spec["weights"],
-            device=dev,
-            tile=spec["tile"],
-            halo=spec["halo"],
-            blend=spec["blend"],
-            out=spec["output"],
-            overwrite=True,
-        )
+        opts = engine.RestoreOptions(tile=spec.get("tile"), halo=spec.get("halo"), blend=spec.get("blend"), device=dev)
+        run = engine.prepare(spec["input"], weights=spec["weights"], options=opts)
+        engine.execute(run, out=spec["output"], overwrite=True)
+        res["geometry"] = _geometry(run)
+    elif spec["job"] == "raw":
+        # the model alone on the pixels the engine's default plan feeds it: same windows, no engine
+        img = test_image(spec["size"])
+        model = cached_model(spec["weights"], dev)
+        run = engine.prepare(img, weights=spec["weights"], options=engine.RestoreOptions(device=dev))
+        plan, prec = run.plan, run.precision
+        d = next(model.parameters()).device
+        xs = [
+            (plan.window_range(0, i), plan.window_range(1, j)) for i in range(plan.grid[0]) for j in range(plan.grid[1])
+        ]
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for (y0, y1), (x0, x1) in xs:
+                x = torch.from_numpy(img[y0:y1, x0:x1]).permute(2, 0, 1)[None].float().div(255).to(d)
+                engine.forward.forward_plain(model, x, prec).cpu()
+        res["geometry"] = _geometry(run)
     res["seconds"] = time.perf_counter() - t0
     res["peak_rss_mib"] = _rss_mib()
     if dev.startswith("cuda"):
@@ -165,8 +180,26 @@ def worker(spec: dict) -> dict:
     return res
 
 
-def run_worker(spec: dict) -> dict:
-    out = subprocess.run([sys.executable, str(HERE), "--worker", json.dumps(spec)], capture_output=True, text=True)
+def _geometry(run) -> dict:
+    plan = run.plan
+    return {
+        "tile": run.options.tile,
+        "halo": run.options.halo,
+        "tiles": plan.grid[0] * plan.grid[1],
+        "window": list(plan.window),
+        "window_mpix": plan.grid[0] * plan.grid[1] * plan.window[0] * plan.window[1] / 1e6,
+    }
+
+
+def run_worker(spec: dict, env: dict | None = None) -> dict:
+    import os
+
+    out = subprocess.run(
+        [sys.executable, str(HERE), "--worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     if out.returncode:
         raise RuntimeError(f"worker {spec['job']} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -292,6 +325,71 @@ def rss_scaling(args, weights: str, report: dict, tmp: Path) -> None:
     print(f"    peak RSS ratio {b}^2 / {a}^2 = {ratio:.3f} (target <= 1.3)")
 
 
+def defaults(args, weights: str, report: dict, tmp: Path) -> None:
+    """The issue-19 table: every job at default settings, each in its own process, in this one run."""
+    import os
+
+    from napari_mirnet.engine import memory
+    from napari_mirnet.weights import cached_model
+
+    # a private throughput cache: the defaults of a fresh install (the formula), or with --calibrate
+    # the figures measured here first, as a user's cache would hold them
+    env = {"NAPARI_MIRNET_THROUGHPUT": str(tmp / "cpu_throughput.json")}
+    os.environ.update(env)
+    if args.calibrate:
+        t0 = time.perf_counter()
+        table = memory.measure_cpu_throughput(cached_model(weights, args.device), "fp32")
+        cal = ", ".join(f"{e}: {v:.3f}" for e, v in sorted(table.items()))
+        print(f"[6] calibrated in {time.perf_counter() - t0:.0f} s, forward MPix/s by tile edge: {cal}")
+    else:
+        print("[6] defaults of a fresh install (no measured throughput: the last-level-cache formula)")
+    rows = {}
+    for size in args.default_sizes:
+        src = tmp / f"d{size}.zarr"
+        write_zarr_input(src, size)
+        base = {"weights": weights, "device": args.device, "size": size}
+        r = {
+            "naive": run_worker({**base, "job": "naive"}, env),
+            "engine": run_worker({**base, "job": "ours_memory"}, env),
+            "zarr": run_worker(
+                {**base, "job": "zarr2zarr", "input": str(src), "output": str(tmp / f"d{size}-out.zarr")}, env
+            ),
+            "raw": run_worker({**base, "job": "raw"}, env),
+        }
+        shutil.rmtree(src)
+        shutil.rmtree(tmp / f"d{size}-out.zarr", ignore_errors=True)
+        rows[size] = r
+        n, e, z, w = r["naive"], r["engine"], r["zarr"], r["raw"]
+        g = e["geometry"]
+        print(
+            f"    {size}x{size} RGB uint8: default tile {g['tile']} halo {g['halo']}, {g['tiles']} tiles of "
+            f"{g['window'][0]}x{g['window'][1]} ({g['window_mpix'] / (size * size / 1e6):.2f}x the image's pixels)"
+        )
+        print(
+            f"      naive      {n['seconds']:7.1f} s  {n['peak_rss_mib']:6.0f} MiB\n"
+            f"      in-memory  {e['seconds']:7.1f} s  {e['peak_rss_mib']:6.0f} MiB   "
+            f"time {e['seconds'] / n['seconds']:.2f}x naive, peak RSS {e['peak_rss_mib'] / n['peak_rss_mib']:.2f}x naive, "
+            f"raw forward / engine {w['seconds'] / e['seconds']:.3f}\n"
+            f"      zarr->zarr {z['seconds']:7.1f} s  {z['peak_rss_mib']:6.0f} MiB   "
+            f"time {z['seconds'] / n['seconds']:.2f}x naive, peak RSS {z['peak_rss_mib'] / n['peak_rss_mib']:.2f}x naive, "
+            f"raw forward / engine {w['seconds'] / z['seconds']:.3f}\n"
+            f"      raw forward on the engine's windows {w['seconds']:7.1f} s"
+        )
+    report["defaults"] = rows
+    if len(rows) >= 2:
+        a, b = sorted(rows)[0], sorted(rows)[-1]
+        area = (b / a) ** 2
+        for job, label in (("engine", "in-memory"), ("zarr", "zarr->zarr"), ("naive", "naive")):
+            growth = rows[b][job]["seconds"] / (area * rows[a][job]["seconds"])
+            print(f"    per-pixel time {b}^2 vs {a}^2, {label}: {growth:.2f} (goal <= 1.1 for the engine)")
+        ok = all(
+            rows[s]["engine"]["seconds"] <= rows[s]["naive"]["seconds"]
+            and rows[s]["engine"]["peak_rss_mib"] <= 0.5 * rows[s]["naive"]["peak_rss_mib"]
+            for s in rows
+        )
+        print(f"    goal (in-memory at least as fast as naive at no more than half its peak RSS, every size): {ok}")
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
@@ -312,23 +410,24 @@ def seam_score(img: np.ndarray, borders_y, borders_x) -> float:
 def quality(args, weights: str, report: dict) -> None:
     from napari_mirnet import engine
     from napari_mirnet.api import restore_whole
-    from napari_mirnet.weights import cached_model
 
     img = test_image(args.q_size)
     whole = restore_whole(img, weights=weights, device=args.device)
-    model = cached_model(weights, args.device)
     settings = [("default", None, None, None)] + [(f"tile {t}", t, None, None) for t in args.q_tiles]
     settings += [(f"tile {args.q_tiles[0]}, no blend", args.q_tiles[0], None, 0)]
     settings += [(f"tile {args.q_tiles[-1]}, halo 128", args.q_tiles[-1], 128, None)]
+    # the CPU default halo (32) on the same cores as the tile-512 / halo-64 row
+    settings += [(f"tile {args.q_tiles[-1] - 64}, halo 32", args.q_tiles[-1] - 64, 32, None)]
     rows = []
     print(
         f"[4] tiled vs whole-image output, {args.q_size}x{args.q_size} RGB, {'random model' if 'bench.pth' in weights else weights}:"
     )
     for label, tile, halo, blend in settings:
-        out = engine.restore(img, weights=weights, device=args.device, tile=tile, halo=halo, blend=blend)
-        t = tile or engine.default_tile(model)
-        h = halo if halo is not None else min(engine.DEFAULT_HALO, engine.plan.round_to_stride(t / 4))
-        b = blend if blend is not None else min(engine.DEFAULT_BLEND, h)
+        run = engine.prepare(
+            img, weights=weights, options=engine.RestoreOptions(tile=tile, halo=halo, blend=blend, device=args.device)
+        )
+        out = engine.execute(run)  # the defaults as prepare picks them for this image
+        t, h, b = run.options.tile, run.options.halo, run.options.blend
         plan = engine.plan_tiles(img.shape[0], img.shape[1], t, h, b)
         by = [plan.core_range(0, i)[0] for i in range(1, plan.grid[0])]
         bx = [plan.core_range(1, i)[0] for i in range(1, plan.grid[1])]
@@ -435,6 +534,8 @@ def main() -> None:
     ap.add_argument("--q-tiles", type=lambda s: [int(v) for v in s.split(",")], default=[256, 512])
     ap.add_argument("--kr-size", type=int, default=1536)
     ap.add_argument("--kr-tile", type=int, default=256)
+    ap.add_argument("--default-sizes", type=lambda s: [int(v) for v in s.split(",")], default=[2048, 4096])
+    ap.add_argument("--calibrate", action="store_true", help="section 6: measure CPU throughput first (cached)")
     ap.add_argument("--weights", help="a model name or file instead of random weights (e.g. small-denoise-rgb)")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
@@ -475,6 +576,8 @@ def main() -> None:
             quality(args, weights, report)
         if "5" in sections:
             kill_resume(args, weights, report, tmp)
+        if "6" in sections:
+            defaults(args, weights, report, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:

@@ -308,7 +308,16 @@ def execute(run: RestorationRun, *, out=None, overwrite: bool = False, client=No
     arr = lazy_array(run, run.context(control))
     if not run.source.eager:
         return arr  # lazy: the callbacks live as long as the array's graph
-    return compute(arr, run, client)
+    if client is not None:
+        return compute(arr, run, client)
+    # each chunk goes into the result as soon as it is made: computing the array would hold every
+    # chunk until the end and then concatenate them (twice the output's memory)
+    import dask.array as da
+
+    result = np.empty(arr.shape, arr.dtype)
+    with dask.config.set(scheduler_config(run.device)):
+        da.store(arr, result, lock=False)
+    return result
 
 
 def check_zarr_out(out) -> None:
