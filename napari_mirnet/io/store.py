@@ -153,7 +153,7 @@ class ZarrOutput:
             name=Path(name).name if name else "restored",
             n_channels=n_c,
             levels=self.levels,
-            windows=channel_windows(smallest[...], axes),
+            windows=channel_windows(smallest, axes),
             dtype=smallest.dtype,
         )
         # one write of zarr.json (atomic in LocalStore): metadata and the completion marker together
