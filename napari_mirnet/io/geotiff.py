@@ -230,6 +230,8 @@ def write_geotiff(tmp: Path, arr, axes: str, meta: ImageMeta, note: str | None) 
                 ds.update_tags(ns="rio_overview", resampling=_resampling().name)
             cog = {k: v for k, v in profile.items() if k not in ("driver", "height", "width", "count", "dtype")}
             cog.pop("crs"), cog.pop("transform"), cog.pop("nodata")
+            import rasterio.shutil
+
             rasterio.shutil.copy(stage, tmp, driver="GTiff", COPY_SRC_OVERVIEWS="YES", **cog)
     finally:
         if large and stage.exists():
