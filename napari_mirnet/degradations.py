@@ -14,6 +14,9 @@ Specs (noise levels ``sigma`` are on the 0-255 scale, as in the denoising litera
   original size (the network has no upsampler; it restores the re-enlarged image).
 - ``{"kind": "lowlight", "factor_range": [.08, .2], "gamma_range": [1.2, 1.8], "peak_range": [...],
   "sigma_range": [...]}``: ``factor * x**gamma`` then shot and read noise, clipped and 8-bit quantised.
+- ``{"kind": "camera", "peak_range": [20, 1000], "sigma_range": [1, 20]}``: shot and read noise on a
+  Bayer mosaic, then a bilinear demosaic: spatially correlated noise as in camera photographs
+  (:func:`napari_mirnet.synthetic.camera_noise`; no ``peak``: read noise only).
 - ``{"kind": "mixture", "choices": [spec, ...], "weights": [w, ...]}``: one choice per sample.
 
 A fixed value can be given instead of any range (``"sigma": 25``, ``"peak": 50``, ``"factor": .1``).
@@ -29,7 +32,7 @@ import torch.nn.functional as F
 
 __all__ = ["degrade", "degrade_numpy", "bicubic_down_up", "DEGRADATION_KINDS", "TASK_DEFAULTS"]
 
-DEGRADATION_KINDS = ("gaussian", "poisson_gaussian", "bicubic", "lowlight", "mixture")
+DEGRADATION_KINDS = ("gaussian", "poisson_gaussian", "camera", "bicubic", "lowlight", "mixture")
 
 #: The synthetic degradation each task trains with unless told otherwise.
 TASK_DEFAULTS: dict[str, dict] = {
@@ -88,6 +91,12 @@ def degrade(x: torch.Tensor, spec: dict, gen: torch.Generator) -> torch.Tensor:
     if kind == "poisson_gaussian":
         y = _shot(x, _draw(spec, "peak", n, gen, dev, log=True), gen)
         return _gaussian(y, _draw(spec, "sigma", n, gen, dev), gen)
+    if kind == "camera":
+        from .synthetic import camera_noise
+
+        has_peak = "peak" in spec or "peak_range" in spec
+        peak = _draw(spec, "peak", n, gen, dev, log=True) if has_peak else torch.zeros(n, device=dev)
+        return camera_noise(x, peak, _draw(spec, "sigma", n, gen, dev), gen)
     if kind == "bicubic":
         return bicubic_down_up(x, int(spec["scale"]))
     if kind == "lowlight":
