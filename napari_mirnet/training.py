@@ -52,6 +52,12 @@ __all__ = [
     "PACKAGE_TRAIN_IMAGES",
     "TRAIN_IMAGES",
     "HELD_OUT_IMAGES",
+    "VALIDATION_SOURCES",
+    "TEST_IMAGES",
+    "split_validation",
+    "validation_images",
+    "independent_test_images",
+    "centre_crop",
     "code_version",
     "parse_stages",
 ]
@@ -103,6 +109,69 @@ PACKAGE_TRAIN_IMAGES = {
 TRAIN_IMAGES = SKIMAGE_TRAIN_IMAGES + tuple(PACKAGE_TRAIN_IMAGES)
 #: Bundled images never trained on; benchmarks and tests evaluate on these only.
 HELD_OUT_IMAGES = ("camera", "astronaut", "chelsea", "coffee")
+
+#: Training-source images whose bottom strip (:data:`VALIDATION_STRIP`, at least
+#: :data:`VALIDATION_MIN_ROWS` rows) is the validation split: runs train on the rows above it
+#: (:func:`split_validation`) and every choice (checkpoint, run, learning rate, what ships) is made on
+#: the strips. Models trained before this split existed saw the strips too.
+VALIDATION_SOURCES = (
+    "brick",
+    "grass",
+    "gravel",
+    "moon",
+    "cell",
+    "microaneurysms",
+    "hubble_deep_field",
+    "retina",
+    "rocket",
+    "motorcycle_left",
+    "ihc",
+    "grace_hopper",
+    "china",
+    "flower",
+)
+VALIDATION_STRIP = 0.25
+VALIDATION_MIN_ROWS = 96
+#: The test split: images from installed packages that no run has trained on or been selected on.
+#: Evaluate them once, at the end, and report; never choose anything by them. name -> (package,
+#: path inside it, array key or loader, what it is, licence).
+TEST_IMAGES = {
+    "ascent": (
+        "pywt",
+        "data/ascent.npz",
+        "data",
+        "photograph, 8-bit gray 512x512 (people on a stair; scipy's 'ascent')",
+        "public domain (public-domain-image.com, 'accent-to-the-top.jpg'); shipped with PyWavelets (MIT)",
+    ),
+    "aero": (
+        "pywt",
+        "data/aero.npz",
+        "data",
+        "aerial photograph, 8-bit gray 512x512",
+        "shipped with PyWavelets (MIT) as demo data",
+    ),
+    "mri": (
+        "matplotlib",
+        "mpl-data/sample_data/s1045.ima.gz",
+        "mri",
+        "MRI slice of a head, 16-bit 256x256 (min-max scaled)",
+        "matplotlib sample data (matplotlib licence, PSF-based)",
+    ),
+    "dem": (
+        "matplotlib",
+        "mpl-data/sample_data/jacksboro_fault_dem.npz",
+        "elevation",
+        "digital elevation model (Jacksboro fault), int16 344x403 (min-max scaled)",
+        "matplotlib sample data (USGS DEM, public domain)",
+    ),
+    "minduka": (
+        "matplotlib",
+        "mpl-data/sample_data/Minduka_Present_Blue_Pack.png",
+        "image",
+        "colour drawing of a present, RGBA 128x128 (alpha dropped)",
+        "matplotlib sample data (Minduka, public domain clip art)",
+    ),
+}
 
 NORMALISATION = {
     "input_range": [0.0, 1.0],
@@ -209,6 +278,77 @@ def training_images(data_dir: str | os.PathLike | None = None, colour_only: bool
     return {k: v for k, v in imgs.items() if is_colour(v)} if colour_only else imgs
 
 
+def split_validation(images: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(training part, validation part) of bundled images: the bottom strip of each
+    :data:`VALIDATION_SOURCES` image is validation, the rows above it training; other images train whole.
+    """
+    train_part, val_part = {}, {}
+    for name, img in images.items():
+        if name not in VALIDATION_SOURCES:
+            train_part[name] = img
+            continue
+        h = img.shape[0]
+        rows = max(VALIDATION_MIN_ROWS, int(round(h * VALIDATION_STRIP)))
+        train_part[name] = img[: h - rows]
+        val_part[name] = img[h - rows :]
+    return train_part, val_part
+
+
+def centre_crop(img: np.ndarray, crop: int) -> np.ndarray:
+    """The centre ``crop`` x ``crop`` pixels (or fewer, where the image is smaller)."""
+    h, w = img.shape[:2]
+    ch, cw = min(crop, h), min(crop, w)
+    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    return np.ascontiguousarray(img[y0 : y0 + ch, x0 : x0 + cw])
+
+
+def validation_images(
+    channels: int, crop: int = 128, data_dir=None, colour_only: bool | None = None
+) -> dict[str, np.ndarray]:
+    """Centre crops (H, W, C) float32 of the validation strips; RGB models get colour sources only
+    (``colour_only`` defaults to ``channels == 3``)."""
+    colour_only = channels == 3 if colour_only is None else colour_only
+    _, val = split_validation(bundled_images(VALIDATION_SOURCES, data_dir))
+    return {k: centre_crop(to_channels(v, channels), crop) for k, v in val.items() if not colour_only or is_colour(v)}
+
+
+def _load_test_image(name: str) -> np.ndarray | None:
+    package, rel, key, _, _ = TEST_IMAGES[name]
+    root = _package_dir(package)
+    path = root / rel if root is not None else None
+    if path is None or not path.exists():
+        return None
+    if key == "mri":  # raw big-endian uint16, 256x256 (as matplotlib's own example reads it)
+        import gzip
+
+        with gzip.open(path) as f:
+            a = np.frombuffer(f.read(), ">u2").reshape(256, 256).astype(np.float32)
+    elif key == "image":
+        from skimage import io
+
+        return to_channels(io.imread(path), 3)
+    else:
+        with np.load(path) as z:
+            a = z[key].astype(np.float32)
+        if key == "data":
+            return a / 255.0
+    lo, hi = float(a.min()), float(a.max())
+    return (a - lo) / max(hi - lo, 1e-12)
+
+
+def independent_test_images(channels: int, crop: int = 256, colour_only: bool | None = None) -> dict[str, np.ndarray]:
+    """Centre crops (H, W, C) float32 of the :data:`TEST_IMAGES` found on disk. Gray models get every
+    one (colour ones as luminance); RGB models the colour ones only (``colour_only``)."""
+    colour_only = channels == 3 if colour_only is None else colour_only
+    out = {}
+    for name in TEST_IMAGES:
+        img = _load_test_image(name)
+        if img is None or (colour_only and not is_colour(img)):
+            continue
+        out[name] = centre_crop(to_channels(img, channels), crop)
+    return out
+
+
 def is_colour(img: np.ndarray) -> bool:
     """True for images with three or more channels that are not all the same."""
     if img.ndim != 3 or img.shape[-1] < 3:
@@ -264,6 +404,17 @@ class TrainConfig:
     amp_cpu: bool = False
     #: NHWC memory layout (1.2x faster on this 2-core EPYC, 10-30% slower on an H200: time it)
     channels_last: bool = False
+    #: fraction of each batch drawn from procedural dead-leaves images instead of the photographs
+    #: (:func:`napari_mirnet.synthetic.dead_leaves`; synthetic degradations only)
+    procedural: float = 0.0
+    #: the dead-leaves images are kept in a bank of this many, of this size, and one of them is
+    #: replaced by a new one every ``procedural_refresh`` iterations (an endless supply at a bounded cost)
+    procedural_bank: int = 64
+    procedural_size: int = 256
+    procedural_refresh: int = 4
+    #: measure the validation PSNR every this many iterations (and at the end) when validation pairs
+    #: are given; the best weights so far go to ``<out>.best.pth`` (0 = only at the end)
+    val_every: int = 0
     #: compute the grouped 3x3 convolutions as dense ones with block-diagonal weights (same result
     #: and parameters; more arithmetic, but GPUs may run dense kernels much faster)
     dense_groups: bool = False
@@ -279,6 +430,17 @@ class TrainConfig:
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema is a decay per step in [0, 1) (0 = off, e.g. 0.999), got {self.ema}")
         self.betas = tuple(float(b) for b in self.betas)
+        if not 0.0 <= self.procedural <= 1.0:
+            raise ValueError(
+                f"procedural is the fraction of each batch from dead leaves, in [0, 1], got {self.procedural}"
+            )
+        if self.procedural and self.procedural_size < max(p for p, _ in self.stages):
+            raise ValueError(
+                f"procedural_size ({self.procedural_size}) must be at least the largest patch "
+                f"({max(p for p, _ in self.stages)})"
+            )
+        if self.procedural and (self.procedural_bank < 1 or self.procedural_refresh < 1):
+            raise ValueError("procedural_bank and procedural_refresh must be at least 1")
         if self.degradation is None:
             self.degradation = json.loads(json.dumps(TASK_DEFAULTS[self.task]))
 
@@ -305,6 +467,9 @@ class TrainResult:
     losses: list[tuple[int, float]] = field(default_factory=list)
     stopped_early: bool = False
     elapsed: float = 0.0
+    #: the weights with the best validation PSNR (when validation pairs were given) and that PSNR
+    best_checkpoint: Path | None = None
+    best_val_psnr: float | None = None
 
 
 # --------------------------------------------------------------------------------------- speed
@@ -382,6 +547,72 @@ class _Data:
             if self.inputs is not None:
                 inp.append(crops[1])
         return torch.stack(tgt), (torch.stack(inp) if inp else None)
+
+
+class _LeafBank:
+    """Dead-leaves images for training, a bank of ``n`` of which one is replaced every ``refresh``
+    iterations. What the bank holds at an iteration depends on (seed, iteration) alone, so a resumed
+    run sees the same images as an uninterrupted one."""
+
+    def __init__(self, cfg: TrainConfig, device):
+        self.cfg, self.device = cfg, device
+        self.n, self.refresh = cfg.procedural_bank, cfg.procedural_refresh
+        self.images: list[torch.Tensor | None] = [None] * self.n
+        self.keys: list[tuple | None] = [None] * self.n
+
+    def _key(self, slot: int, it: int) -> tuple:
+        q = it // self.refresh  # refreshes so far; refresh q' rewrote slot q' % n
+        last = q - ((q - slot) % self.n)
+        return (self.cfg.seed, 7919, 1, last) if last >= 1 else (self.cfg.seed, 7919, 0, slot)
+
+    def at(self, it: int) -> list[torch.Tensor]:
+        from .synthetic import dead_leaves
+
+        for j in range(self.n):
+            key = self._key(j, it)
+            if key != self.keys[j]:
+                img = dead_leaves(self.cfg.procedural_size, self.cfg.channels, np.random.default_rng(key))
+                self.images[j] = torch.from_numpy(img).permute(2, 0, 1).contiguous().to(self.device)
+                self.keys[j] = key
+        return self.images  # type: ignore[return-value]
+
+    def crops(self, it: int, rng: np.random.Generator, k: int, patch: int, augment: bool) -> torch.Tensor:
+        bank = self.at(it)
+        out = []
+        for _ in range(k):
+            img = bank[int(rng.integers(0, self.n))]
+            h, w = img.shape[-2:]
+            y0, x0 = int(rng.integers(0, h - patch + 1)), int(rng.integers(0, w - patch + 1))
+            out.append(_aug(img[:, y0 : y0 + patch, x0 : x0 + patch], int(rng.integers(0, 8)) if augment else 0))
+        return torch.stack(out)
+
+
+def validation_pairs(
+    images: dict[str, np.ndarray], spec: dict | list[dict], seed: int = 0
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Fixed (degraded, clean) pairs for checkpoint selection: each image degraded by each spec
+    (e.g. Gaussian at sigma 15, 25 and 50) with a fixed seed. Keys are ``name`` or ``name@i``."""
+    from .degradations import degrade_numpy
+
+    specs = [spec] if isinstance(spec, dict) else list(spec)
+    out = {}
+    for i, (name, clean) in enumerate(images.items()):
+        for j, sp in enumerate(specs):
+            key = name if len(specs) == 1 else f"{name}@{j}"
+            out[key] = (degrade_numpy(clean, sp, seed=seed + 1000 * j + i), clean)
+    return out
+
+
+def best_path(checkpoint: str | os.PathLike) -> Path:
+    """Where a run keeps the weights with the best validation PSNR so far (next to its checkpoint)."""
+    p = Path(checkpoint)
+    return p.with_name(p.stem + ".best.pth")
+
+
+def val_log_path(checkpoint: str | os.PathLike) -> Path:
+    """The JSON-lines validation log next to a checkpoint."""
+    p = Path(checkpoint)
+    return p.with_name(p.stem + ".val.jsonl")
 
 
 def _aug(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -486,6 +717,7 @@ def train(
     data_description: dict | None = None,
     callback: Callable[[int, float], bool | None] | None = None,
     progress: bool = True,
+    validation: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> TrainResult:
     """Train (or resume training) a MIRNet-v2 model and write checkpoints to ``out``.
 
@@ -511,6 +743,11 @@ def train(
         is saved).
     progress : bool
         Show a progress bar.
+    validation : dict, optional
+        name -> (degraded, clean) float images (H, W, C), e.g. from :func:`validation_pairs`: measured
+        every ``config.val_every`` iterations and at the end; the best weights go to
+        :func:`best_path` and their log to :func:`val_log_path`. Select checkpoints by these, never by
+        test images.
 
     Returns
     -------
@@ -524,10 +761,12 @@ def train(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     run = _TrainRun.create(cfg, device, out, clean, degraded, data_description, init if ck is None else None)
+    run.validation = validation or None
     if ck is not None:
         run.resume_from(ck, resume)
-    elif run.log_path.exists():
-        run.log_path.unlink()
+    else:
+        for stale in (run.log_path, val_log_path(out), best_path(out)):
+            stale.unlink(missing_ok=True)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
@@ -548,7 +787,17 @@ def train(
     elapsed = run.elapsed()
     if not stopped:
         run.checkpoint(elapsed)
-    return TrainResult(checkpoint=out, iteration=run.it, losses=run.losses, stopped_early=stopped, elapsed=elapsed)
+    if run.validation and run.val_at != run.it:
+        run.validate()
+    return TrainResult(
+        checkpoint=out,
+        iteration=run.it,
+        losses=run.losses,
+        stopped_early=stopped,
+        elapsed=elapsed,
+        best_checkpoint=best_path(out) if run.validation else None,
+        best_val_psnr=run.best_psnr if run.validation else None,
+    )
 
 
 def _train_config(config: TrainConfig | None, resume) -> tuple[TrainConfig, dict | None]:
@@ -606,6 +855,10 @@ class _TrainRun:
     t0: float = 0.0
     window: list[float] = field(default_factory=list)  # losses since the last log line
     losses: list[tuple[int, float]] = field(default_factory=list)
+    leaves: _LeafBank | None = None
+    validation: dict | None = None
+    best_psnr: float = -math.inf
+    val_at: int = -1  # the iteration last validated
 
     @classmethod
     def create(cls, cfg: TrainConfig, device, out: Path, clean, degraded, data_description, init) -> _TrainRun:
@@ -630,7 +883,20 @@ class _TrainRun:
         if cfg.ema:
             ema = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
         use_amp = (cfg.amp and device.type == "cuda") or (cfg.amp_cpu and device.type == "cpu")
-        return cls(cfg, device, out, data, desc, degraded_list is not None, model, opt, ema, use_amp)
+        leaves = None
+        if cfg.procedural and degraded_list is None:
+            leaves = _LeafBank(cfg, device)
+            desc["procedural"] = {
+                "kind": "dead leaves (napari_mirnet.synthetic.dead_leaves): flat, gradient and textured "
+                "discs, radii ~ r^-3; generated on the fly, no licence",
+                "fraction_of_batch": cfg.procedural,
+                "bank": cfg.procedural_bank,
+                "size": cfg.procedural_size,
+                "refresh_every": cfg.procedural_refresh,
+            }
+        run = cls(cfg, device, out, data, desc, degraded_list is not None, model, opt, ema, use_amp)
+        run.leaves = leaves
+        return run
 
     @property
     def log_path(self) -> Path:
@@ -654,6 +920,12 @@ class _TrainRun:
         self.window = [float(v) for v in ck.get("loss_window", [])]
         _set_rng_state(ck["rng"])
         _truncate_log(self.log_path, self.it)
+        _truncate_log(val_log_path(self.out), self.it)
+        best = best_path(self.out)
+        if best.exists():
+            sel = torch.load(best, map_location="cpu", weights_only=True)["meta"].get("selection", {})
+            if sel.get("iteration", math.inf) <= self.it:
+                self.best_psnr = float(sel.get("val_psnr", -math.inf))
 
     def checkpoint(self, elapsed: float) -> None:
         """Save everything a resume needs to ``out``."""
@@ -706,6 +978,9 @@ class _TrainRun:
                 stop = callback is not None and callback(self.it, lv) is False
                 if self.it % cfg.save_every == 0 or stop:
                     self.checkpoint(self.elapsed())
+                if self.validation and cfg.val_every and self.it % cfg.val_every == 0:
+                    self.validate()
+                    self.model.train()
                 if stop:
                     return True
 
@@ -716,6 +991,10 @@ class _TrainRun:
             g["lr"] = lr
         rng, gen = _iteration_rngs(cfg.seed, self.it, self.device)
         target, inp = self.data.batch(rng, patch, bs, cfg.augment, cfg.channel_shuffle)
+        if self.leaves is not None:
+            k = int(rng.binomial(bs, cfg.procedural))
+            if k:
+                target = torch.cat([self.leaves.crops(self.it, rng, k, patch, cfg.augment), target[k:]])
         if inp is None:
             inp = degrade(target, cfg.degradation, gen)
         if cfg.channels_last:
@@ -730,6 +1009,39 @@ class _TrainRun:
         self.opt.step()
         self.it += 1
         return float(loss.detach())
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean PSNR on the validation pairs (of the moving average, when kept); keeps the best weights."""
+        weights = self.ema if self.ema is not None else self.model.state_dict()
+        model = MIRNetV2(self.cfg.model_config()).to(self.device)
+        model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=self.ema is None)
+        model.eval()
+        per = {}
+        for name, (inp, clean) in self.validation.items():
+            x = torch.from_numpy(np.ascontiguousarray(inp, np.float32)).permute(2, 0, 1)[None].to(self.device)
+            y = model(x).clamp(0, 1)[0].permute(1, 2, 0).cpu().double().numpy()
+            mse = float(np.mean((y - clean.astype(np.float64)) ** 2))
+            per[name] = round(10 * math.log10(1.0 / max(mse, 1e-12)), 3)
+        val = float(np.mean(list(per.values())))
+        elapsed = self.elapsed()
+        rec = {"iter": self.it, "val_psnr": round(val, 4), "elapsed_s": round(elapsed, 3), "per_image": per}
+        with val_log_path(self.out).open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        self.val_at = self.it
+        if val > self.best_psnr:
+            self.best_psnr = val
+            meta = _meta(self.cfg, self.desc, self.it, elapsed, self.paired, self.use_amp)
+            meta["selection"] = {
+                "split": "validation",
+                "iteration": self.it,
+                "val_psnr": round(val, 4),
+                "images": sorted(self.validation),
+                "weights": "params_ema" if self.ema is not None else "params",
+            }
+            params = {k: v.detach().float().cpu().clone() for k, v in weights.items()}
+            _save(best_path(self.out), {"params": params, "meta": meta})
+        return val
 
     def record(self, log, lv: float, lr: float, patch: int, bs: int) -> None:
         """Keep the step's loss and write a log line (the mean since the last one) every ``log_every``."""
