@@ -272,15 +272,21 @@ def bundled_images(names: Sequence[str], data_dir: str | os.PathLike | None = No
     return out
 
 
-def training_images(data_dir: str | os.PathLike | None = None, colour_only: bool = False) -> dict[str, np.ndarray]:
-    """The bundled training images (:data:`TRAIN_IMAGES` found on disk), optionally colour ones only."""
+def training_images(
+    data_dir: str | os.PathLike | None = None, colour_only: bool = False, exclude_validation: bool = True
+) -> dict[str, np.ndarray]:
+    """The bundled training images (:data:`TRAIN_IMAGES` found on disk), optionally colour ones only;
+    without their validation strips (:func:`split_validation`) unless ``exclude_validation`` is False."""
     imgs = bundled_images(TRAIN_IMAGES, data_dir)
+    if exclude_validation:
+        imgs = split_validation(imgs)[0]
     return {k: v for k, v in imgs.items() if is_colour(v)} if colour_only else imgs
 
 
 def split_validation(images: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(training part, validation part) of bundled images: the bottom strip of each
-    :data:`VALIDATION_SOURCES` image is validation, the rows above it training; other images train whole.
+    :data:`VALIDATION_SOURCES` image is validation, the rows above it training; other images (and
+    those too small to leave :data:`VALIDATION_MIN_ROWS` rows on both sides) train whole.
     """
     train_part, val_part = {}, {}
     for name, img in images.items():
@@ -289,6 +295,9 @@ def split_validation(images: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarra
             continue
         h = img.shape[0]
         rows = max(VALIDATION_MIN_ROWS, int(round(h * VALIDATION_STRIP)))
+        if h - rows < VALIDATION_MIN_ROWS:
+            train_part[name] = img
+            continue
         train_part[name] = img[: h - rows]
         val_part[name] = img[h - rows :]
     return train_part, val_part
