@@ -104,12 +104,13 @@ def held_out_images(channels: int, crop: int = CROP, data_dir=None) -> dict[str,
     return out
 
 
-def split_images(split: str, channels: int, crop: int = CROP, data_dir=None) -> dict[str, np.ndarray]:
-    """Centre crops (H, W, C) float32 of one split's images (see the module docstring)."""
+def split_images(split: str, channels: int, crop: int = CROP, data_dir=None, test_dir=None) -> dict[str, np.ndarray]:
+    """Centre crops (H, W, C) float32 of one split's images (see the module docstring); ``test_dir``
+    holds copies of the test images (``training.save_test_images``) where their packages are missing."""
     if split == "validation":
         return validation_images(channels, crop, data_dir)
     if split == "test":
-        return independent_test_images(channels, crop)
+        return independent_test_images(channels, crop, test_dir=test_dir)
     if split == "heldout":
         return held_out_images(channels, crop, data_dir)
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -161,11 +162,20 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def evaluate_model(
-    model, task: str, channels: int, crop: int = CROP, device="cpu", data_dir=None, split: str = "validation"
+    model,
+    task: str,
+    channels: int,
+    crop: int = CROP,
+    device="cpu",
+    data_dir=None,
+    split: str = "validation",
+    test_dir=None,
 ) -> dict:
     """Mean PSNR of a model and of its trivial baseline (the degraded input) on one split; for
-    training scripts (select on ``validation``; ``test`` once, at the end)."""
-    imgs = split_images(split, channels, crop, data_dir)
+    training scripts (select on ``validation``; ``test`` once, at the end). Empty without images."""
+    imgs = split_images(split, channels, crop, data_dir, test_dir)
+    if not imgs:
+        return {}
     res = {}
     levels = SIGMAS if task == "denoise" else (None,)
     for s in levels:

@@ -162,7 +162,7 @@ def train_one(name: str, args) -> dict:
     model, _ = quality.load_model(model_path, device)
     ev = quality.evaluate_model(model, cfg.task, cfg.channels, device=device, data_dir=args.data_dir)
     # the test split, once, for the report: nothing above looked at it
-    test = quality.evaluate_model(model, cfg.task, cfg.channels, device=device, split="test")
+    test = quality.evaluate_model(model, cfg.task, cfg.channels, device=device, split="test", test_dir=args.test_dir)
     rec = {
         "name": name,
         "iterations": res.iteration,
@@ -286,6 +286,7 @@ def main(argv=None) -> int:
         "--val-every", type=int, default=0, help="validation PSNR every N iterations (0: at the end; -1: never)"
     )
     ap.add_argument("--val-crop", type=int, default=128, help="side of the validation crops")
+    ap.add_argument("--test-dir", help="copies of the test images (training.save_test_images), if not installed")
     ap.add_argument("--blind-noise", action="store_true", help="denoisers: Gaussian 0-55 + camera (+ PG for gray)")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--probe", nargs="+", type=_one_stage, metavar="PATCH:BATCH", help="only time training steps")

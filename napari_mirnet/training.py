@@ -57,6 +57,7 @@ __all__ = [
     "split_validation",
     "validation_images",
     "independent_test_images",
+    "save_test_images",
     "centre_crop",
     "code_version",
     "parse_stages",
@@ -321,7 +322,10 @@ def validation_images(
     return {k: centre_crop(to_channels(v, channels), crop) for k, v in val.items() if not colour_only or is_colour(v)}
 
 
-def _load_test_image(name: str) -> np.ndarray | None:
+def _load_test_image(name: str, test_dir=None) -> np.ndarray | None:
+    if test_dir is not None:  # a copy made by save_test_images (machines without the packages)
+        f = Path(test_dir) / f"{name}.npy"
+        return np.load(f) if f.exists() else None
     package, rel, key, _, _ = TEST_IMAGES[name]
     root = _package_dir(package)
     path = root / rel if root is not None else None
@@ -345,17 +349,34 @@ def _load_test_image(name: str) -> np.ndarray | None:
     return (a - lo) / max(hi - lo, 1e-12)
 
 
-def independent_test_images(channels: int, crop: int = 256, colour_only: bool | None = None) -> dict[str, np.ndarray]:
-    """Centre crops (H, W, C) float32 of the :data:`TEST_IMAGES` found on disk. Gray models get every
-    one (colour ones as luminance); RGB models the colour ones only (``colour_only``)."""
+def independent_test_images(
+    channels: int, crop: int = 256, colour_only: bool | None = None, test_dir=None
+) -> dict[str, np.ndarray]:
+    """Centre crops (H, W, C) float32 of the :data:`TEST_IMAGES` found on disk (in their packages, or
+    in ``test_dir`` as written by :func:`save_test_images`). Gray models get every one (colour ones
+    as luminance); RGB models the colour ones only (``colour_only``)."""
     colour_only = channels == 3 if colour_only is None else colour_only
     out = {}
     for name in TEST_IMAGES:
-        img = _load_test_image(name)
+        img = _load_test_image(name, test_dir)
         if img is None or (colour_only and not is_colour(img)):
             continue
         out[name] = centre_crop(to_channels(img, channels), crop)
     return out
+
+
+def save_test_images(folder: str | os.PathLike) -> list[str]:
+    """Write the test images found in their packages to ``folder/<name>.npy`` (float32 in [0, 1]),
+    for a machine that lacks those packages; returns the names written."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    done = []
+    for name in TEST_IMAGES:
+        img = _load_test_image(name)
+        if img is not None:
+            np.save(folder / f"{name}.npy", np.asarray(img, np.float32))
+            done.append(name)
+    return done
 
 
 def is_colour(img: np.ndarray) -> bool:
