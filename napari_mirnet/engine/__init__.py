@@ -67,6 +67,7 @@ def restore(
     progress=None,
     cancel=None,
     level=None,
+    accelerate: str = "auto",
 ):
     """Restore an image of any size with MIRNet-v2, tile by tile, in the input's dtype and range.
 
@@ -99,6 +100,10 @@ def restore(
         Average each tile over its 8 flips/rotations (8x the compute; dual-pixel: 2 flips).
     pixel_size : sequence of float, optional
         Pixel size per input axis, written to zarr metadata when the input carries none.
+    accelerate : str
+        The forward's optimisations: "auto" (off on CPU; on CUDA the fastest variant measured on
+        the first tile), "off", "on", or switch names such as ``"bf16_weights,channels_last"``
+        (see :mod:`napari_mirnet.engine.accelerate`).
     nodata : float, optional
         The value that marks missing pixels (NaN allowed); default: the file's nodata (GeoTIFF).
         NaN pixels of float images are always missing; Inf is refused. Missing pixels stay out of
@@ -147,6 +152,7 @@ def restore(
         bool(tta),
         None if pixel_size is None else tuple(pixel_size),
         nodata=nodata,
+        accelerate=accelerate,
     )
     if out is not None:  # refused before the model is loaded (execute checks again)
         check_zarr_out(out)

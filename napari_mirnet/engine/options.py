@@ -21,6 +21,9 @@ class RestoreOptions:
     ``nodata`` marks missing pixels (the file's nodata when None; NaN in float images always):
     they stay out of the intensity mapping, are filled before the model sees them, and come out
     as nodata again.
+    ``accelerate`` picks the forward's optimisations (bf16 weights, channels_last, cudnn.benchmark,
+    torch.compile): "auto" (off on CPU, measured on CUDA), "off", "on" or switch names; see
+    :mod:`napari_mirnet.engine.accelerate`.
     """
 
     tile: int | None = None
@@ -32,6 +35,7 @@ class RestoreOptions:
     tta: bool = False
     pixel_size: tuple | None = None
     nodata: float | None = None
+    accelerate: str = "auto"
 
     def to_dict(self) -> dict:
         return asdict(self)

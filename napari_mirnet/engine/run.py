@@ -24,7 +24,7 @@ from ..model import MIRNetConfig
 from ..processing import ChannelAdapter, IntensityMap, channel_layout
 from ..tasks import choose_weights, get_task
 from ..weights import cached_model
-from . import memory
+from . import accelerate, memory
 from .digest import SCHEME, verify_done
 from .graph import lazy_array, write_graph
 from .options import DEFAULT_BLEND, DEFAULT_HALO, RestoreOptions, scheduler_config
@@ -160,6 +160,7 @@ class RestorationRun:
             sink=sink,
             control=control or RunControl(),
             source_name=self.source.name,
+            accelerate=self.options.accelerate,
         )
 
 
@@ -196,6 +197,7 @@ def prepare(
         prec = options.precision if options.precision == "auto" else resolve_precision(options.precision, "cpu")
     cfg = model.config
     _check_model_fits_task(task, weights, cfg)
+    accelerate.parse(options.accelerate, device if client is None else "cpu", "fp32")  # bad names: refused now
     channels = ChannelAdapter.for_model(
         n_c * len(source.arrays), cfg.in_channels, cfg.out_channels, spec.dual_pixel, layout
     )

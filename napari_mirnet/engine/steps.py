@@ -17,6 +17,7 @@ from ..devices import resolve_precision
 from ..processing import ChannelAdapter, IntensityMap, fill_nodata, mark_nodata, upscale
 from ..weights import cached_model
 from . import forward
+from .accelerate import accelerated
 from .plan import TilePlan, blend_ramp
 
 __all__ = ["Cancelled", "RunControl", "TileContext", "assemble", "restore_tiles", "strip", "write"]
@@ -69,6 +70,7 @@ class TileContext:
     sink: object = None  # a ZarrSink for zarr output
     control: RunControl = field(default_factory=RunControl)
     source_name: str | None = None  # the input's path, for error messages
+    accelerate: str = "auto"  # the forward's optimisations (accelerate.py): off on CPU unless named
 
 
 def restore_tiles(ctx: TileContext, tiles: list, after: list, *blocks) -> dict:
@@ -116,6 +118,7 @@ def restore_tiles(ctx: TileContext, tiles: list, after: list, *blocks) -> dict:
     x = torch.from_numpy(np.ascontiguousarray(np.concatenate(items))).to(device)
     # "auto" reaches here only on dask.distributed workers, where the device is known at last
     precision = resolve_precision(ctx.precision, device) if ctx.precision == "auto" else ctx.precision
+    model = accelerated(model, precision, ctx.accelerate, x)  # the model itself when off (CPU default)
     y = forward.run_batch(model, x, precision, ctx.tta, ctx.channels.dual_pixel)
     preds, start = {}, 0
     for (lead, ty, tx), item, up, clipped, digest, hole in zip(tiles, items, ups, seen, digests, holes):
