@@ -60,7 +60,7 @@ if [ -n "${SMOKE:-}" ]; then  # seconds on a CPU: is everything wired?
     TB=${SMOKE_TB:-20}
     STAGES=32:2
     VAL_EVERY=2
-    EXTRA=(--n-feat 16 --n-mrb 1 --procedural-bank 2 --procedural-size 64 --val-crop 48 --threads 1)
+    EXTRA=(--procedural-bank 2 --procedural-size 64 --val-crop 48 --threads 1)
 fi
 mkdir -p "$OUTDIR" runs
 if compgen -G ".whl/*.whl" >/dev/null; then
