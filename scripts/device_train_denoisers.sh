@@ -15,7 +15,7 @@
 # 3. Here: unpack, python benchmarks/quality.py --models-dir <dir> (BM3D/NLM on both splits) and
 #    ship a file only if the validation split prefers it; report its test rows as they come.
 # Smoke test on a CPU (tiny sizes, seconds of training):
-#    SMOKE=1 DEVICE=cpu OUT=/tmp/d16 bash scripts/device_train_denoisers.sh
+#    SMOKE=1 DEVICE=cpu OUT=/tmp/d16 RUN=/tmp/d16/run bash scripts/device_train_denoisers.sh
 set -euo pipefail
 if [ "${1:-}" = prepare ]; then
     python3 - <<'PY'
@@ -54,10 +54,12 @@ VAL_EVERY=${VAL_EVERY:-200}
 EMA=${EMA:-0.999}
 LOSS=${LOSS:-l1}
 OUTDIR=${OUT:-runs/out}
-RUN=runs/d16
+RUN=${RUN:-runs/d16}
+SLACK=${SLACK:-120}  # seconds for start-up and the final evaluations
 EXTRA=()
 if [ -n "${SMOKE:-}" ]; then  # seconds on a CPU: is everything wired?
     TB=${SMOKE_TB:-20}
+    SLACK=900
     STAGES=32:2
     VAL_EVERY=2
     EXTRA=(--procedural-bank 2 --procedural-size 64 --val-crop 48 --threads 1)
@@ -74,7 +76,7 @@ DATA=()
 rc=0
 # a fresh init from the shipped files: a session that had a good result ships it first, so the
 # next one resumes from it
-timeout $((TB + 120)) python3 benchmarks/train_shipped.py --all --only $MODELS \
+timeout $((TB + SLACK)) python3 benchmarks/train_shipped.py --all --only $MODELS \
     --init-dir napari_mirnet/models --out-dir "$RUN" --device "$DEVICE" "${DATA[@]}" \
     --time-budget "$TB" --lr "$LR" --warmup 0.02 --log-every 50 --stages "$STAGES" --ema "$EMA" \
     --loss "$LOSS" --procedural "$PROC" --val-every "$VAL_EVERY" --blind-noise "${EXTRA[@]}" || rc=$?
