@@ -95,6 +95,33 @@ DATA_LICENCES = {
 BUDGET_SHARE = {"small-denoise-gray": 1.0, "small-denoise-rgb": 1.0, "small-sr-x2": 0.7, "small-lowlight": 0.6}
 
 
+def cpu_seconds_per_megapixel(model_path, threads: int = 2, size: int = 256, repeats: int = 3) -> dict:
+    """CPU inference time of a model file per megapixel (best of ``repeats`` on a size x size tile,
+    ``threads`` threads): the cost side of choosing n_feat / n_MRB by validation PSNR per CPU second."""
+    import platform
+
+    model, _ = quality.load_model(model_path, "cpu")
+    ch = model.state_dict()["conv_in.weight"].shape[1] if "conv_in.weight" in model.state_dict() else 3
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.rand(1, ch, size, size)
+        best = float("inf")
+        with torch.no_grad():
+            model(x)  # warm-up
+            for _ in range(repeats):
+                t = time.perf_counter()
+                model(x)
+                best = min(best, time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(prev)
+    return {
+        "s_per_mpix": round(best / (size * size / 1e6), 2),
+        "threads": threads,
+        "cpu": platform.processor() or platform.machine(),
+    }
+
+
 def train_one(name: str, args) -> dict:
     torch.set_num_threads(args.threads)
     out_dir = Path(args.out_dir)
@@ -173,6 +200,7 @@ def train_one(name: str, args) -> dict:
         "size_bytes": model_path.stat().st_size,
         "eval": ev,
         "test": test,
+        "cpu_inference": cpu_seconds_per_megapixel(model_path),
         "selected": {"file": chosen.name, "val_psnr": res.best_val_psnr, "split": "validation"},
         "config": {**fields, "colour_only": colour_only},
         "time_budget": budget,

@@ -120,6 +120,7 @@ def test_train_shipped_runs_end_to_end_on_cpu(tmp_path):
     assert rec["iterations"] == 2 and rec["config"]["colour_only"] is True
     assert set(rec["eval"]) == {"sigma15", "sigma25", "sigma50"} == set(rec["test"])
     assert rec["selected"]["split"] == "validation" and rec["selected"]["file"].endswith(".best.pth")
+    assert rec["cpu_inference"]["s_per_mpix"] > 0
     ck = torch.load(out / "small-denoise-rgb.pth", weights_only=True)
     assert all(v.dtype == torch.float16 for v in ck["params"].values())
     imgs = ck["meta"]["training_data"]["images"]
