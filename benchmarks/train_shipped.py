@@ -187,9 +187,13 @@ def train_one(name: str, args) -> dict:
     model_path = export_model(chosen, out_dir / f"{name}.pth")
     device = "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"
     model, _ = quality.load_model(model_path, device)
-    ev = quality.evaluate_model(model, cfg.task, cfg.channels, device=device, data_dir=args.data_dir)
+    ev = quality.evaluate_model(
+        model, cfg.task, cfg.channels, crop=args.eval_crop, device=device, data_dir=args.data_dir
+    )
     # the test split, once, for the report: nothing above looked at it
-    test = quality.evaluate_model(model, cfg.task, cfg.channels, device=device, split="test", test_dir=args.test_dir)
+    test = quality.evaluate_model(
+        model, cfg.task, cfg.channels, crop=args.eval_crop, device=device, split="test", test_dir=args.test_dir
+    )
     rec = {
         "name": name,
         "iterations": res.iteration,
@@ -314,6 +318,7 @@ def main(argv=None) -> int:
         "--val-every", type=int, default=0, help="validation PSNR every N iterations (0: at the end; -1: never)"
     )
     ap.add_argument("--val-crop", type=int, default=128, help="side of the validation crops")
+    ap.add_argument("--eval-crop", type=int, default=quality.CROP, help="side of the final evaluation crops")
     ap.add_argument("--test-dir", help="copies of the test images (training.save_test_images), if not installed")
     ap.add_argument("--blind-noise", action="store_true", help="denoisers: Gaussian 0-55 + camera (+ PG for gray)")
     ap.add_argument("--quiet", action="store_true")

@@ -62,7 +62,7 @@ if [ -n "${SMOKE:-}" ]; then  # seconds on a CPU: is everything wired?
     SLACK=900
     STAGES=32:2
     VAL_EVERY=2
-    EXTRA=(--procedural-bank 2 --procedural-size 64 --val-crop 48 --threads 1)
+    EXTRA=(--procedural-bank 2 --procedural-size 64 --val-crop 48 --eval-crop 48 --threads 1)
 fi
 mkdir -p "$OUTDIR" runs
 if compgen -G ".whl/*.whl" >/dev/null; then
