@@ -276,7 +276,7 @@ def engine_zarr(src: str, dst: str, weights: str, device: str, accelerate: str, 
     from napari_mirnet.weights import cached_model
 
     model = cached_model(weights, device)
-    chosen = [acc.describe(v[1]) for k, v in acc._CACHE.items() if k[0] == id(model) and k[3] == accelerate]
+    chosen = [d for k, d in acc.chosen(model).items() if k[1] == accelerate]
     return {"tile": run.options.tile, "window": list(run.plan.window), "forward": chosen[-1] if chosen else "eager"}
 
 

@@ -52,6 +52,7 @@ def test_off_is_the_model_itself(tiny_model):
     assert acc_mod.accelerated(tiny_model, "bf16", "auto") is tiny_model  # auto on CPU
 
 
+@pytest.mark.slow
 def test_engine_output_with_accelerate_off_is_bit_identical_to_the_default(tiny_weights):
     img = np.random.default_rng(0).integers(0, 256, (96, 80, 3), dtype=np.uint8)
     base = engine.restore(img, weights=tiny_weights, device="cpu", tile=64, halo=16)
@@ -147,6 +148,7 @@ def test_compiled_shapes_are_few_and_short_batches_are_padded(tiny_model, monkey
     assert seen == [(3, 3, 64, 64), (3, 3, 64, 64), (1, 3, 32, 32)]
 
 
+@pytest.mark.slow
 def test_measure_keeps_eager_unless_a_variant_pays(tiny_model, monkeypatch):
     monkeypatch.setattr(acc_mod, "MIN_GAIN", 0.0)  # nothing can pay: eager must be kept
     best, times = acc_mod.measure(tiny_model, _batch(1), "bf16", repeats=1)
@@ -159,3 +161,25 @@ def test_importing_the_engine_does_not_import_dynamo():
     code = "import sys, napari_mirnet.engine.accelerate, napari_mirnet.engine; print('torch._dynamo' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_bad_switch_is_refused_before_any_tile(tiny_weights):
+    img = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(ValueError, match="unknown switch 'turbo'"):
+        engine.prepare(img, weights=tiny_weights, options=engine.RestoreOptions(device="cpu", accelerate="turbo"))
+
+
+def test_the_cache_of_forwards_does_not_keep_a_model_alive():
+    import gc
+    import weakref
+
+    from napari_mirnet.model import MIRNetConfig, MIRNetV2
+
+    model = MIRNetV2(MIRNetConfig(n_feat=16, n_mrb=1)).eval()
+    fast = acc_mod.accelerated(model, "fp32", "channels_last")
+    assert acc_mod.accelerated(model, "fp32", "channels_last") is fast  # built once per model and spec
+    assert acc_mod.chosen(model) == {("fp32", "channels_last", None): "channels_last"}
+    ref = weakref.ref(model)
+    del model, fast
+    gc.collect()
+    assert ref() is None

@@ -25,7 +25,6 @@ import os
 import threading
 import time
 import warnings
-import weakref
 from dataclasses import asdict, dataclass
 
 import torch
@@ -37,6 +36,7 @@ __all__ = [
     "Accelerated",
     "Switches",
     "accelerated",
+    "chosen",
     "describe",
     "measure",
     "parse",
@@ -129,7 +129,10 @@ class Accelerated:
         self._source = model
         m = model
         if switches.bf16_weights or switches.channels_last:
-            m = copy.deepcopy(model)  # the loaded model is shared (weights.cached_model): never change it
+            # the loaded model is shared (weights.cached_model): never change it; its cache of
+            # accelerated forwards stays behind
+            cache = model.__dict__.get(_ATTR)
+            m = copy.deepcopy(model, {} if cache is None else {id(cache): {}})
         if switches.bf16_weights:
             m = m.to(torch.bfloat16)
         if switches.channels_last:
@@ -269,9 +272,20 @@ def measure(model, x: torch.Tensor, precision: str, candidates=None, repeats: in
     return best, times
 
 
-# one accelerated forward per (model, device, precision, spec): a run's batches share the compiled graphs
-_CACHE: dict[tuple, tuple] = {}
+# one accelerated forward per (model, precision, spec), kept on the model itself: a run's batches
+# share the compiled graphs, and it goes when the model goes (a module-level dict would keep every
+# model ever loaded alive)
+_ATTR = "_napari_mirnet_accelerated"
 _CACHE_LOCK = threading.Lock()
+
+
+def _cache_of(model) -> dict:
+    return model.__dict__.setdefault(_ATTR, {})
+
+
+def chosen(model) -> dict:
+    """{(precision, spec, env): description} of the forwards built for ``model`` so far."""
+    return {k: describe(v) for k, v in dict(model.__dict__.get(_ATTR, {})).items()}
 
 
 def accelerated(model, precision: str, spec: str | None = "auto", sample: torch.Tensor | None = None):
@@ -280,18 +294,20 @@ def accelerated(model, precision: str, spec: str | None = "auto", sample: torch.
     ``sample`` (a batch like the run's) is what "auto" measures on CUDA, on its first tile (a few
     forward passes of one tile); without one, auto stays eager: nothing is switched on unmeasured.
     """
-    device = next(model.parameters()).device
-    sw = parse(spec, device, precision)
-    key = (id(model), str(device), precision, spec or "auto", os.environ.get(ENV))
+    key = (precision, spec or "auto", os.environ.get(ENV))
+    cache = _cache_of(model)
+    if key in cache:
+        return cache[key]
+    # one thread builds (and measures) while the others of a threaded run wait for its choice
     with _CACHE_LOCK:
-        hit = _CACHE.get(key)
-        if hit is not None and hit[0]() is model:
-            return hit[1]
-    if sw is None:
-        sw = measure(model, sample[:1], precision, repeats=2)[0] if sample is not None else OFF
-    acc = model if not sw.any else Accelerated(model, device, precision, sw)
-    with _CACHE_LOCK:
-        _CACHE[key] = (weakref.ref(model), acc)
+        if key in cache:
+            return cache[key]
+        device = next(model.parameters()).device
+        sw = parse(spec, device, precision)
+        if sw is None:
+            sw = measure(model, sample[:1], precision, repeats=2)[0] if sample is not None else OFF
+        acc = model if not sw.any else Accelerated(model, device, precision, sw)
+        cache[key] = acc
     return acc
 
 
