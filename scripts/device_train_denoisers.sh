@@ -4,7 +4,7 @@
 # each batch; blind Gaussian 0-55, camera and, for gray, Poisson-Gaussian noise). Each run keeps the
 # weights with the best PSNR on the validation split (checked every VAL_EVERY iterations), exports
 # those, then evaluates the test split once; everything but the resumable checkpoints is packed into
-# $OUT/d16.tgz (per run: .pth, .best.pth, .eval.json with validation and test figures, .val.jsonl
+# $OUT/d16.tgz (per run: .pth (the chosen weights, fp16), .eval.json with validation and test figures, .val.jsonl
 # for the plot of validation PSNR against training time, .loss.jsonl, .log).
 #
 # 1. Here, once:   bash scripts/device_train_denoisers.sh prepare
@@ -90,5 +90,6 @@ for f in sorted(Path(sys.argv[1]).glob("*.eval.json")):
     r = json.loads(f.read_text())
     print(r["name"], "it", r["iterations"], "selected", r["selected"], "\n  validation", r["eval"], "\n  test", r["test"])
 PY
-tar czf "$OUTDIR/d16.tgz" --exclude="*.ckpt.pth" "$RUN"
+# the exported .pth is the best checkpoint in fp16: the fp32 copy and the resumable state stay behind
+tar czf "$OUTDIR/d16.tgz" --exclude="*.ckpt.pth" --exclude="*.best.pth" "$RUN"
 exit $rc
