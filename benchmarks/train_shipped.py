@@ -153,6 +153,7 @@ def train_one(name: str, args) -> dict:
         loss=args.loss,
         procedural=args.procedural,
         procedural_bank=args.procedural_bank,
+        procedural_refresh=args.procedural_refresh,
         procedural_size=max(args.procedural_size, max(p for p, _ in args.stages)),
         val_every=max(0, args.val_every),
     )
@@ -312,7 +313,10 @@ def main(argv=None) -> int:
     ap.add_argument("--loss", choices=sorted(LOSSES), default="l1", help="l2 or psnr for a last fine-tune")
     ap.add_argument("--ema", type=float, default=0.0, metavar="DECAY", help="export a moving average of the weights")
     ap.add_argument("--procedural", type=float, default=0.0, help="fraction of each batch from dead leaves")
-    ap.add_argument("--procedural-bank", type=int, default=64, help="dead-leaves images kept (one renewed per 4 it)")
+    ap.add_argument("--procedural-bank", type=int, default=64, help="dead-leaves images kept")
+    ap.add_argument(
+        "--procedural-refresh", type=int, default=4, help="renew one dead-leaves image every N iterations (CPU cost)"
+    )
     ap.add_argument("--procedural-size", type=int, default=256)
     ap.add_argument(
         "--val-every", type=int, default=0, help="validation PSNR every N iterations (0: at the end; -1: never)"
