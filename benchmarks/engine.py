@@ -476,6 +476,8 @@ def kill_resume(args, weights: str, report: dict, tmp: Path) -> None:
         "-q",
         "-o",
     ]
+    from napari_mirnet import io as mio
+
     fresh = tmp / "kr_fresh.zarr"
     t0 = time.perf_counter()
     subprocess.run(cmd + [str(fresh)], check=True)
@@ -486,7 +488,7 @@ def kill_resume(args, weights: str, report: dict, tmp: Path) -> None:
     while proc.poll() is None:
         time.sleep(0.2)
         try:
-            done = np.asarray(zarr.open_group(str(killed), mode="r")["mirnet_done"][...])
+            done = mio.done_markers(killed)  # beside the store while it is unfinished
             done_frac = float(done.mean())
         except Exception:
             continue
