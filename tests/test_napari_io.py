@@ -1,0 +1,102 @@
+"""The plugin's npe2 writer: napari's "Save layer" writes a pyramidal OME-Zarr with the layer's metadata."""
+
+import numpy as np
+import pytest
+import zarr
+
+from napari_mirnet.io import omezarr
+
+pytestmark = pytest.mark.gui
+RNG = np.random.default_rng(14)
+
+
+@pytest.fixture
+def small_pyramids(monkeypatch):
+    """Pyramids down to 64 px, so that test-sized images get three levels (the rule is the same)."""
+    monkeypatch.setattr(omezarr, "PYRAMID_MIN", 64)
+
+
+def _node(path):
+    """ome-zarr-py's view of the store: (metadata, levels)."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    node = next(iter(Reader(parse_url(str(path)))()))
+    return node.metadata, node.data
+
+
+def _validate(path):
+    from ome_zarr_models.v05.image import Image
+
+    return Image.from_zarr(zarr.open_group(str(path), mode="r"))
+
+
+def test_save_layer_writes_a_pyramid_with_scale_translate_and_units(make_napari_viewer, tmp_path, small_pyramids):
+    viewer = make_napari_viewer()
+    stack = RNG.integers(0, 4000, (3, 200, 150), dtype=np.uint16)
+    viewer.add_image(
+        stack,
+        name="restored",
+        scale=(2.0, 0.25, 0.5),
+        translate=(4.0, 10.0, -3.0),
+        units=("second", "micrometer", "micrometer"),
+        axis_labels=("t", "y", "x"),
+        contrast_limits=(100, 3000),
+    )
+    out = tmp_path / "saved.zarr"
+    written = viewer.layers.save(str(out), selected=False, plugin="napari-mirnet")
+    assert written == [str(out)]
+    _validate(out)
+    g = zarr.open_group(str(out), mode="r")
+    assert [g[k].shape for k in sorted(g.array_keys())] == [(3, 200, 150), (3, 100, 75), (3, 50, 38)]
+    np.testing.assert_array_equal(g["0"][...], stack)
+
+    meta, levels = _node(out)
+    assert len(levels) == 3
+    assert [a["name"] for a in meta["axes"]] == ["t", "y", "x"]
+    assert [a.get("unit") for a in meta["axes"]] == ["second", "micrometer", "micrometer"]
+    ct = meta["coordinateTransformations"]
+    assert ct[0][0]["scale"] == [2.0, 0.25, 0.5] and ct[0][1]["translation"] == [4.0, 10.0, -3.0]
+    assert ct[1][0]["scale"] == [2.0, 0.5, 1.0]  # level 1: twice the pixel size in Y and X
+    window = zarr.open_group(str(out), mode="r").attrs["ome"]["omero"]["channels"][0]["window"]
+    assert (window["start"], window["end"]) == (100.0, 3000.0)
+
+    # napari's builtin reader opens it as one multiscale layer (it reads no NGFF scale or translation)
+    (back,) = viewer.open(str(out), plugin="napari")
+    assert back.multiscale and [d.shape for d in back.data] == [g[k].shape for k in "012"]
+    np.testing.assert_array_equal(np.asarray(back.data[2]), g["2"][...])
+
+
+def test_save_rgb_layer_stays_rgb(make_napari_viewer, tmp_path, small_pyramids):
+    viewer = make_napari_viewer()
+    img = RNG.integers(0, 256, (130, 97, 3), dtype=np.uint8)
+    viewer.add_image(img, name="photo", rgb=True, scale=(0.5, 0.5), units=("nm", "nm"))
+    out = tmp_path / "photo.zarr"
+    viewer.layers.save(str(out), selected=False, plugin="napari-mirnet")
+    _validate(out)
+    meta, levels = _node(out)
+    assert [a["name"] for a in meta["axes"]] == ["c", "y", "x"]  # NGFF order: C before Y, X
+    assert [a.get("unit") for a in meta["axes"]] == [None, "nanometer", "nanometer"]
+    assert [tuple(np.asarray(lvl).shape) for lvl in levels] == [(3, 130, 97), (3, 65, 49), (3, 33, 25)]
+    np.testing.assert_array_equal(np.asarray(levels[0]), np.moveaxis(img, -1, 0))
+    chans = zarr.open_group(str(out), mode="r").attrs["ome"]["omero"]["channels"]
+    assert [c["color"] for c in chans] == ["FF0000", "00FF00", "0000FF"]
+
+    # napari-ome-zarr shows it as three additive channels coloured red, green and blue
+    from napari_ome_zarr import napari_get_reader
+
+    ((data, kw, kind),) = napari_get_reader(str(out))(str(out))
+    assert kind == "image" and kw["channel_axis"] == 0 and len(data) == 3
+    assert [c.name for c in kw["colormap"]] == ["red", "green", "blue"]
+    np.testing.assert_allclose(kw["scale"], [0.5, 0.5])
+
+
+def test_save_refuses_a_path_that_is_not_a_store(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((8, 8), np.uint8), name="img")
+    folder = tmp_path / "notes.zarr"
+    folder.mkdir()
+    (folder / "mine.txt").write_text("keep me")
+    with pytest.raises(Exception, match="not a zarr store"):
+        viewer.layers.save(str(folder), selected=False, plugin="napari-mirnet")
+    assert (folder / "mine.txt").read_text() == "keep me"
