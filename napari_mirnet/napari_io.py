@@ -1,7 +1,10 @@
-"""napari's File menu for our outputs: save an image layer as a pyramidal OME-Zarr (npe2 writer).
+"""napari's File menu for our outputs: open an OME-Zarr image, save an image layer as one (npe2).
 
-No reader is contributed: napari's builtin reader (and napari-ome-zarr) open our OME-Zarr
-stores as one multiscale image with their scale and translation (``tests/test_omezarr.py``).
+A reader of our own because napari's builtin reader shows an OME-Zarr pyramid as one multiscale
+image but at scale 1 with no translation or units, and napari-ome-zarr 0.10 drops the translation
+and shows an RGB store as three channels. This one gives the layer the store's scale,
+translation, units, axis names, channel names, colours and contrast windows; a store whose three
+channels are red, green, blue (an RGB image written by us) opens as an RGB layer.
 """
 
 from __future__ import annotations
@@ -10,8 +13,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .io import write_image
-from .metadata import Channel
+from .io import open_image, write_image
+from .metadata import RGB_COLOURS, Channel
 from .widgets import layer_axes, layer_meta
 
 
@@ -54,3 +57,61 @@ def write_ome_zarr(path: str, data, attributes: dict) -> list[str]:
         meta = meta.replace(channels=(Channel(name=layer.name, color="FFFFFF", window=tuple(map(float, limits))),))
     out = write_image(path, np.asarray(data), axes, meta=meta)
     return [str(out)]
+
+
+_COLOURMAPS = {"FF0000": "red", "00FF00": "green", "0000FF": "blue", "FF00FF": "magenta", "00FFFF": "cyan"}
+_COLOURMAPS.update({"FFFF00": "yellow", "FFFFFF": "gray"})
+
+
+def get_reader(path):
+    """The npe2 reader: a function for an OME-Zarr image store (NGFF multiscales), else None."""
+    if not isinstance(path, str) or not path.rstrip("/").endswith(".zarr"):
+        return None
+    import zarr
+
+    try:
+        attrs = dict(zarr.open_group(path, mode="r").attrs)
+    except Exception:  # not a group (an array, not a store): other readers may take it
+        return None
+    ome = attrs.get("ome", attrs)
+    if not (isinstance(ome, dict) and ome.get("multiscales")):
+        return None
+    return read_ome_zarr
+
+
+def read_ome_zarr(path: str) -> list[tuple]:
+    """One image layer: every level of the store's first multiscale image (lazy), with its metadata."""
+    import dask.array as da
+
+    first = open_image(path)
+    axes, meta = first.axes, first.meta
+    levels = [first.array]
+    while True:
+        try:
+            levels.append(open_image(path, level=len(levels)).array)
+        except ValueError:  # no such level: that was the last
+            break
+    levels = [da.from_zarr(a) if not isinstance(a, da.Array) else a for a in levels]
+    chans = list(meta.channels)
+    rgb = "C" in axes and [c.color for c in chans[:3]] == list(RGB_COLOURS) and len(chans) in (3, 4)
+    kwargs: dict = {"name": meta.name or path.rstrip("/").rsplit("/", 1)[-1], "multiscale": len(levels) > 1}
+    if rgb:  # napari wants the colour axis last
+        c = axes.index("C")
+        levels = [da.moveaxis(lv, c, -1) for lv in levels]
+        axes = axes.replace("C", "") + "C"
+        kwargs["rgb"] = True
+    elif "C" in axes:
+        kwargs["channel_axis"] = axes.index("C")
+        if chans:
+            kwargs["name"] = [ch.name or f"channel {i}" for i, ch in enumerate(chans)]
+            kwargs["colormap"] = [_COLOURMAPS.get(ch.color or "", "gray") for ch in chans]
+            if all(ch.window for ch in chans):
+                kwargs["contrast_limits"] = [list(ch.window) for ch in chans]
+    elif len(chans) == 1 and chans[0].window:
+        kwargs["contrast_limits"] = list(chans[0].window)
+    dims = [a for a in axes if a != "C"]
+    kwargs["scale"] = [float(meta.scale.get(a, 1.0)) for a in dims]
+    kwargs["translate"] = [float(meta.translation.get(a, 0.0)) for a in dims]
+    kwargs["axis_labels"] = [a.lower() for a in dims]
+    kwargs["units"] = [meta.units.get(a, "pixel") for a in dims]
+    return [(levels if len(levels) > 1 else levels[0], kwargs, "image")]

@@ -65,6 +65,15 @@ def test_save_layer_writes_a_pyramid_with_scale_translate_and_units(make_napari_
     (back,) = viewer.open(str(out), plugin="napari")
     assert back.multiscale and [d.shape for d in back.data] == [g[k].shape for k in "012"]
     np.testing.assert_array_equal(np.asarray(back.data[2]), g["2"][...])
+    # so the plugin's reader gives it back where it was: scale, translation, units, axis names, contrast
+    (ours,) = viewer.open(str(out), plugin="napari-mirnet")
+    assert ours.multiscale and [d.shape for d in ours.data] == [g[k].shape for k in "012"]
+    np.testing.assert_allclose(ours.scale, (2.0, 0.25, 0.5))
+    np.testing.assert_allclose(ours.translate, (4.0, 10.0, -3.0))
+    assert [str(u) for u in ours.units] == ["second", "micrometer", "micrometer"]
+    assert tuple(ours.axis_labels) == ("t", "y", "x")
+    assert tuple(ours.contrast_limits) == (100.0, 3000.0)
+    np.testing.assert_array_equal(np.asarray(ours.data[0]), stack)
 
 
 def test_save_rgb_layer_stays_rgb(make_napari_viewer, tmp_path, small_pyramids):
@@ -89,6 +98,45 @@ def test_save_rgb_layer_stays_rgb(make_napari_viewer, tmp_path, small_pyramids):
     assert kind == "image" and kw["channel_axis"] == 0 and len(data) == 3
     assert [c.name for c in kw["colormap"]] == ["red", "green", "blue"]
     np.testing.assert_allclose(kw["scale"], [0.5, 0.5])
+
+    # the plugin's reader opens it as one RGB layer again
+    (back,) = viewer.open(str(out), plugin="napari-mirnet")
+    assert back.rgb and back.multiscale and back.data[0].shape == img.shape
+    np.testing.assert_array_equal(np.asarray(back.data[0]), img)
+    np.testing.assert_allclose(back.scale, (0.5, 0.5))
+    assert [str(u) for u in back.units] == ["nanometer", "nanometer"]
+
+
+def test_reader_opens_channels_with_their_names_and_colours(make_napari_viewer, tmp_path):
+    from napari_mirnet.io import write_image
+    from napari_mirnet.metadata import Channel, ImageMeta
+
+    cells = RNG.integers(0, 1000, (2, 40, 50), dtype=np.uint16)
+    chans = (
+        Channel(name="DAPI", color="0000FF", window=(10, 900)),
+        Channel(name="GFP", color="00FF00", window=(5, 700)),
+    )
+    meta = ImageMeta(
+        axes="CYX", scale={"Y": 0.3, "X": 0.3}, units={"Y": "micrometer", "X": "micrometer"}, channels=chans
+    )
+    out = write_image(tmp_path / "cells.zarr", cells, "CYX", meta=meta)
+    viewer = make_napari_viewer()
+    dapi, gfp = viewer.open(str(out), plugin="napari-mirnet")
+    assert (dapi.name, gfp.name) == ("DAPI", "GFP") and not dapi.rgb
+    assert (dapi.colormap.name, gfp.colormap.name) == ("blue", "green")
+    assert tuple(gfp.contrast_limits) == (5.0, 700.0)
+    np.testing.assert_allclose(dapi.scale, (0.3, 0.3))
+    np.testing.assert_array_equal(np.asarray(gfp.data), cells[1])
+
+
+def test_reader_leaves_other_paths_to_other_readers(tmp_path):
+    from napari_mirnet.napari_io import get_reader
+
+    plain = zarr.create_array(str(tmp_path / "plain.zarr"), shape=(4, 4), dtype="u1")
+    assert plain.shape == (4, 4) and get_reader(str(tmp_path / "plain.zarr")) is None
+    zarr.create_group(str(tmp_path / "group.zarr"))
+    assert get_reader(str(tmp_path / "group.zarr")) is None
+    assert get_reader(str(tmp_path / "image.tif")) is None
 
 
 def test_save_refuses_a_path_that_is_not_a_store(make_napari_viewer, tmp_path):
