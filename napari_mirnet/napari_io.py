@@ -26,7 +26,9 @@ def write_ome_zarr(path: str, data, attributes: dict) -> list[str]:
     path
         Where the ``.zarr`` store goes; an existing store there is replaced as a whole.
     data
-        The layer's data (an array, or the levels of a multiscale layer: level 0 is written).
+        The layer's data (an array, or the levels of a multiscale layer: level 0 is written, and
+        the pyramid made again from it). It is read whole into memory (a lazy layer is computed):
+        for results larger than memory, choose the widgets' zarr output instead.
     attributes
         The layer's state as napari passes it: ``scale``, ``translate``, ``units``,
         ``axis_labels``, ``rgb``, ``name``, ``contrast_limits``...
