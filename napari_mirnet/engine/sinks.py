@@ -8,6 +8,7 @@ import dask.array as da
 import numpy as np
 
 from .. import io as mio
+from ..metadata import ImageMeta
 
 __all__ = ["ZarrSink", "open_zarr_sink", "output_scale"]
 
@@ -61,6 +62,7 @@ def open_zarr_sink(run, out, overwrite: bool) -> ZarrSink:
 
 
 def output_scale(scale, axes: str, factor: int) -> tuple[float, ...]:
-    """Pixel sizes of the output: Y and X divided by the super-resolution factor."""
+    """Pixel sizes of the output: Y and X divided by the super-resolution factor (``ImageMeta.resampled``)."""
     axes = axes.upper()
-    return tuple(float(v) / factor if a in "YX" else float(v) for a, v in zip(axes, scale))
+    meta = ImageMeta(scale={a: float(v) for a, v in zip(axes, scale)}).resampled(factor)
+    return tuple(meta.scale[a] for a in axes)
