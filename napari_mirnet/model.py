@@ -52,6 +52,13 @@ def _act() -> nn.LeakyReLU:
     return nn.LeakyReLU(_SLOPE)
 
 
+def _lean() -> bool:
+    # Without autograd nothing else reads a block's intermediate tensors, so the blocks may update
+    # them in place: the same operations in the same order (bit-identical output), about half the
+    # peak activation memory. With autograd the plain path keeps every tensor backward needs.
+    return not torch.is_grad_enabled()
+
+
 class ContextBlock(nn.Module):
     """Global context: a softmax-weighted mean over all positions, transformed and added back."""
 
@@ -60,11 +67,15 @@ class ContextBlock(nn.Module):
         self.conv_mask = _conv(c, 1, 1, bias)
         self.channel_add_conv = nn.Sequential(_conv(c, c, 1, bias), _act(), _conv(c, c, 1, bias))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """What is added to every position: a (B, C, 1, 1) tensor."""
         b, c, h, w = x.shape
         weights = self.conv_mask(x).view(b, 1, h * w).softmax(dim=-1)
         context = torch.bmm(x.view(b, c, h * w), weights.transpose(1, 2)).view(b, c, 1, 1)
-        return x + self.channel_add_conv(context)
+        return self.channel_add_conv(context)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.delta(x)
 
 
 class RCB(nn.Module):
@@ -77,6 +88,11 @@ class RCB(nn.Module):
         self.act = _act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _lean():
+            conv1, _, conv2 = self.body
+            y = conv2(F.leaky_relu_(conv1(x), _SLOPE))
+            y += self.gcnet.delta(y)
+            return F.leaky_relu_(y, _SLOPE).add_(x)
         return x + self.act(self.gcnet(self.body(x)))
 
 
@@ -94,6 +110,14 @@ class SKFF(nn.Module):
         z = self.conv_du(stacked.sum(dim=1).mean(dim=(2, 3), keepdim=True))
         attention = torch.stack([fc(z) for fc in self.fcs], dim=1).softmax(dim=1)
         return (stacked * attention).sum(dim=1)
+
+    def fuse_(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``forward([a, b])`` without the stacked copies, overwriting ``a`` and ``b`` (inference only)."""
+        total = a + b
+        z = self.conv_du(total.mean(dim=(2, 3), keepdim=True))
+        del total
+        w_a, w_b = torch.stack([fc(z) for fc in self.fcs], dim=1).softmax(dim=1).unbind(1)
+        return a.mul_(w_a).add_(b.mul_(w_b))
 
 
 class _Resample(nn.Module):
@@ -138,10 +162,18 @@ class MRB(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         top, mid, bot = x, self.down2(x), self.down4(x)
+        lean = _lean()
         for up32, up21 in ((self.up32_1, self.up21_1), (self.up32_2, self.up21_2)):
             top, mid, bot = self.dau_top(top), self.dau_mid(mid), self.dau_bot(bot)
-            mid = self.skff_mid([mid, up32(bot)])
-            top = self.skff_top([top, up21(mid)])
+            if lean:  # the streams are fresh tensors of this block: fuse in place
+                mid = self.skff_mid.fuse_(mid, up32(bot))
+                top = self.skff_top.fuse_(top, up21(mid))
+            else:
+                mid = self.skff_mid([mid, up32(bot)])
+                top = self.skff_top([top, up21(mid)])
+        if lean:
+            del mid, bot
+            return self.conv_out(top).add_(x)
         return x + self.conv_out(top)
 
 
@@ -155,6 +187,8 @@ class RRG(nn.Module):
         self.body = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _lean():
+            return self.body(x).add_(x)
         return x + self.body(x)
 
 
@@ -188,12 +222,12 @@ class MIRNetV2(nn.Module):
             # reflection needs pad < size; replicate covers the 1-3 px images reflection cannot
             mode = "reflect" if pad_h < h and pad_w < w else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-        shallow = self.conv_in(x)
-        deep = self.body(shallow)
         if self.config.dual_pixel:
-            out = self.conv_out(deep + shallow)
+            shallow = self.conv_in(x)
+            out = self.conv_out(self.body(shallow) + shallow)
         else:
-            out = self.conv_out(deep) + x[:, : self.config.out_channels]
+            # no name holds the shallow features: the first RRG frees them when it is done
+            out = self.conv_out(self.body(self.conv_in(x))) + x[:, : self.config.out_channels]
         return out[..., :h, :w]
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from reference_arch import reference_mirnet_class
 
-from napari_mirnet.model import MIRNetConfig, MIRNetV2, config_from_state_dict, self_ensemble
+from napari_mirnet.model import SKFF, MIRNetConfig, MIRNetV2, config_from_state_dict, self_ensemble
 
 FACTS = Path(__file__).parent / "data" / "mirnet_v2_state_dict_80nf.tsv"  # copy of shared/reference
 OFFICIAL = {  # asset -> reference constructor arguments (every release uses n_feat 80, cf 1.5, 2 MRBs)
@@ -134,3 +134,25 @@ def test_self_ensemble_is_exactly_equivariant_where_the_model_is_not(dual):
             assert not torch.allclose(model(move(x)), move(plain), atol=1e-4)
             torch.testing.assert_close(self_ensemble(model, move(x), dual), move(ens), atol=2e-6, rtol=0)
     assert (ens - plain).abs().max() > 1e-3  # the average really differs from one pass
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(n_feat=16, n_mrb=1), dict(n_feat=32, n_mrb=2), dict(n_feat=16, n_mrb=2, in_channels=6, dual_pixel=True)],
+)
+def test_inference_path_is_bit_identical_and_leaves_its_input_alone(kwargs, monkeypatch):
+    """Without autograd the blocks update their own intermediates in place; nothing else may change."""
+    torch.manual_seed(0)
+    model = MIRNetV2(**kwargs).eval()
+    x = torch.rand(2, model.config.in_channels, 36, 44)
+    before = x.clone()
+    with torch.enable_grad():
+        reference = model(x)
+    fused = []
+    original = SKFF.fuse_
+    monkeypatch.setattr(SKFF, "fuse_", lambda self, a, b: fused.append(1) or original(self, a, b))
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            assert torch.equal(model(x), reference)
+    assert fused, "the in-place path was not taken"
+    assert torch.equal(x, before)

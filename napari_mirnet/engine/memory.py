@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from . import accelerate
 from .forward import forward_plain
 from .plan import plan_tiles, round_to_stride
 
@@ -121,7 +122,12 @@ MIN_CPU_TILE = 128
 #: Default halo on the CPU as a share of the tile (at most DEFAULT_HALO): what a halo costs grows as
 #: (tile / core)^2, and the CPU's fastest tiles are small.
 CPU_HALO_SHARE = 1 / 32
-_LLC_SHARE = 0.8  # the share of the last-level cache one feature map may take before passes slow down
+# the share of the last-level cache one feature map may take before passes slow down (channels_last
+# forward, n_feat 16 and 48 on a 2-core Xeon with 27 MiB: fastest at 384-512 and 256-384 px)
+_LLC_SHARE = 0.5
+#: the default tile is the smallest whose estimated time is within this factor of the fastest:
+#: a little speed for a smaller peak (activations grow with the tile's area)
+_TIME_SLACK = 1.05
 _measured: dict[str, dict[int, float]] = {}
 _measured_lock = threading.Lock()
 
@@ -153,9 +159,10 @@ def _cpu_name() -> str:
 def _throughput_key(model: torch.nn.Module, precision: str) -> str:
     """What CPU speed depends on: the machine, torch and its threads, the model's shape, the precision."""
     cfg = model.config
+    layout = accelerate.parse("auto", "cpu", precision).label()
     return (
         f"{_cpu_name()}|llc={cpu_cache_bytes()}|threads={torch.get_num_threads()}|torch={torch.__version__}|"
-        f"{precision}|n_feat={cfg.n_feat},cf={cfg.chan_factor},mrb={cfg.n_mrb},in={cfg.in_channels}"
+        f"{precision}|{layout}|n_feat={cfg.n_feat},cf={cfg.chan_factor},mrb={cfg.n_mrb},in={cfg.in_channels}"
     )
 
 
@@ -244,13 +251,14 @@ def measure_cpu_throughput(
         edges = sorted({max(MIN_CPU_TILE, round_to_stride(best * f) // 32 * 32) for f in (0.5, 0.75, 1, 1.25, 1.6)})
     dev = next(model.parameters()).device
     times = {int(e): float("inf") for e in edges}
+    fwd = accelerate.accelerated(model, precision, "auto")  # what a default run calls
     with torch.inference_mode():
-        forward_plain(model, torch.rand(1, model.config.in_channels, 64, 64, device=dev), precision)
+        forward_plain(fwd, torch.rand(1, model.config.in_channels, 64, 64, device=dev), precision)
         for _ in range(repeats):
             for e in times:
                 x = torch.rand(1, model.config.in_channels, e, e, device=dev)
                 t0 = time.perf_counter()
-                forward_plain(model, x, precision)
+                forward_plain(fwd, x, precision)
                 times[e] = min(times[e], time.perf_counter() - t0)
     table = {e: e * e / 1e6 / t for e, t in times.items()}
     key = _throughput_key(model, precision)
@@ -297,8 +305,9 @@ def default_geometry(
 
     Among tiles that fit the memory budget (multiples of 4 from MIN_CPU_TILE), the one with the
     least estimated time: tiles x window pixels / throughput at the window's size
-    (:func:`cpu_throughput`). A tile within 3% of the fastest but larger wins (fewer seams). ``halo``
-    fixes the halo; otherwise it is :func:`cpu_halo` of the tile.
+    (:func:`cpu_throughput`). The smallest tile within 5% of the fastest wins: the peak memory of a
+    pass grows with the tile's area. ``halo`` fixes the halo; otherwise it is :func:`cpu_halo` of
+    the tile.
     """
     from .options import DEFAULT_BLEND
 
@@ -318,5 +327,5 @@ def default_geometry(
     if not costs:
         return cap, halo if halo is not None else cpu_halo(cap)
     fastest = min(c for c, _ in costs.values())
-    tile = max(t for t, (c, _) in costs.items() if c <= 1.03 * fastest)
+    tile = min(t for t, (c, _) in costs.items() if c <= _TIME_SLACK * fastest)
     return tile, costs[tile][1]
