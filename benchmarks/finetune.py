@@ -120,7 +120,10 @@ def psnr(x: np.ndarray, y: np.ndarray) -> float:
 def run_shipped(noisy_eval: np.ndarray, weights="small-denoise-gray") -> np.ndarray:
     from napari_mirnet import restore
 
-    return restore(noisy_eval, "denoise", weights=str(weights), axes="ZYX", normalisation="fixed", device="cpu")
+    # the percentile map leaves 0.1% of the noisy pixels on each side outside [0, 1], which restore's
+    # "fixed" map refuses (since issue 15) rather than clip silently: clip them here, as it used to
+    x = np.clip(noisy_eval, 0.0, 1.0)
+    return restore(x, "denoise", weights=str(weights), axes="ZYX", normalisation="fixed", device="cpu")
 
 
 def run_finetune(
@@ -157,35 +160,52 @@ def _careamics():
 
     careamics 0.3.5 pins torchvision<=0.26, i.e. torch 2.11, which conflicts with the torch this
     project pins; its Noise2Void path never calls torchvision (only its LVAE and BioImage.IO export
-    modules import it), so a stand-in module satisfies those imports. torchmetrics and lightning are
-    imported first so that their own "is torchvision installed?" checks see the truth.
+    modules import it), so stand-in modules satisfy those imports, also where a torchvision built for
+    another torch is installed (it fails on import with a RuntimeError).
     """
+    import importlib.abc
     import importlib.machinery
     import types
 
     try:
         import torchvision  # noqa: F401
-    except ImportError:
-        import lightning.pytorch  # noqa: F401
-        import torchmetrics  # noqa: F401
+    except (ImportError, RuntimeError):
+        # absent, or built for another torch ("operator torchvision::nms does not exist"): forget the
+        # half-imported modules; every torchvision module becomes a stand-in whose names are callables
+        # that fail when called (torchmetrics and lightning import some at import time, never call them)
+        for n in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+            del sys.modules[n]
 
-        def stub(name):
-            m = types.ModuleType(name)
+        class _Missing:
+            def __init__(self, name):
+                self.name = name
 
-            def missing(attr, _n=name):
-                raise AttributeError(f"{_n}.{attr}: torchvision is not installed (stand-in module)")
+            def __call__(self, *a, **k):
+                raise RuntimeError(f"{self.name}: torchvision is not usable here (stand-in module)")
 
-            m.__getattr__ = missing
-            m.__path__ = []
-            m.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
-            return m
+        class _StandIn(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+            def find_spec(self, name, path=None, target=None):
+                if name == "torchvision" or name.startswith("torchvision."):
+                    return importlib.machinery.ModuleSpec(name, self, is_package=True)
+                return None
 
-        names = ("torchvision", "torchvision.transforms", "torchvision.transforms.functional")
-        for n in names:
-            sys.modules[n] = stub(n)
-        sys.modules["torchvision"].__version__ = "0+stand-in"
-        sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
-        sys.modules["torchvision.transforms"].functional = sys.modules["torchvision.transforms.functional"]
+            def create_module(self, spec):
+                m = types.ModuleType(spec.name)
+
+                def attr(name, _n=spec.name):
+                    if name.startswith("__"):  # introspection (inspect, dynamo) must see a plain module
+                        raise AttributeError(name)
+                    return _Missing(f"{_n}.{name}")
+
+                m.__getattr__ = attr
+                m.__path__ = []
+                m.__version__ = "0+stand-in"
+                return m
+
+            def exec_module(self, module):
+                pass
+
+        sys.meta_path.insert(0, _StandIn())
     import careamics
 
     return careamics

@@ -376,12 +376,11 @@ def _check_not_uniform(data: _Data, rng) -> None:
 
 
 # ------------------------------------------------------------------------------------------ objectives
-# 2x2 cell positions 0 1 / 2 3; neighbour pairs (a, b) in both orders
-_PAIRS = {
-    "horizontal": [(0, 1), (1, 0), (2, 3), (3, 2)],
-    "vertical": [(0, 2), (2, 0), (1, 3), (3, 1)],
-}
-_PAIRS["any"] = _PAIRS["horizontal"] + _PAIRS["vertical"]
+# "any" (isotropic noise): 2x2 cell positions 0 1 / 2 3 and neighbour pairs (a, b) in both orders.
+# "vertical" / "horizontal" (noise correlated along rows / columns): cells of two whole rows / columns,
+# positions 0 and 1, so each sub-image keeps every pixel of the rows (columns) it takes.
+_PAIRS = {"any": [(0, 1), (1, 0), (2, 3), (3, 2), (0, 2), (2, 0), (1, 3), (3, 1)]}
+_LINE_PAIRS = [(0, 1), (1, 0)]
 
 
 def _augment(x: torch.Tensor, k: int, pairs: str) -> torch.Tensor:
@@ -394,13 +393,37 @@ def _augment(x: torch.Tensor, k: int, pairs: str) -> torch.Tensor:
     return torch.rot90(x, k % 4, dims=(-2, -1)) if k % 4 else x
 
 
-def _subsample(x: torch.Tensor, gen: torch.Generator, pairs: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Two half-resolution images of neighbouring pixels, and the chosen cell positions."""
+def _cells(x: torch.Tensor, pairs: str) -> torch.Tensor:
+    """(B, C, H, W) as cells along the last axis: 2x2 cells for "any", 2x1 (row pairs) for "vertical",
+    1x2 (column pairs) for "horizontal"."""
     b, c, h, w = x.shape
-    cells = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(b, c, h // 2, w // 2, 4)
-    table = torch.tensor(_PAIRS[pairs], device=x.device)
-    pick = torch.randint(len(table), (b, 1, h // 2, w // 2), generator=gen, device=gen.device).to(x.device)
-    ab = table[pick]  # (b, 1, h/2, w/2, 2)
+    if pairs == "vertical":
+        return x.reshape(b, c, h // 2, 2, w).transpose(-1, -2)
+    if pairs == "horizontal":
+        return x.reshape(b, c, h, w // 2, 2)
+    return x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(b, c, h // 2, w // 2, 4)
+
+
+def _subsample(x: torch.Tensor, gen: torch.Generator, pairs: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two sub-images of neighbouring pixels whose noise is independent, and the chosen cell positions.
+
+    For isotropic noise ("any") both are half-resolution images, one pixel of every 2x2 cell and one of
+    its direct neighbours (Neighbor2Neighbor). For noise correlated along rows ("vertical") they are
+    alternate rows, in a random order per row pair, at full horizontal resolution: the noise along
+    each row is then exactly the noise the model meets at inference, where a 2x2 sub-sampling would
+    halve the span of its correlation. "horizontal" is the same with columns.
+    """
+    cells = _cells(x, pairs)
+    b, _, h2, w2, _ = cells.shape
+    if pairs == "any":
+        table = torch.tensor(_PAIRS["any"], device=x.device)
+        pick = torch.randint(len(table), (b, 1, h2, w2), generator=gen, device=gen.device).to(x.device)
+    else:
+        # one choice per row pair (column pair): a row keeps its own noise from end to end
+        table = torch.tensor(_LINE_PAIRS, device=x.device)
+        shape = (b, 1, h2, 1) if pairs == "vertical" else (b, 1, 1, w2)
+        pick = torch.randint(2, shape, generator=gen, device=gen.device).to(x.device)
+    ab = table[pick]  # (b, 1, h2 or 1, w2 or 1, 2)
     return _gather(cells, ab[..., 0]), _gather(cells, ab[..., 1]), ab
 
 
@@ -416,8 +439,7 @@ def _n2n_loss(model, x: torch.Tensor, gen, pairs: str, gamma: float, with_consis
     if gamma and with_consistency:
         with torch.no_grad():
             full = model(x)
-        b, c, h, w = full.shape
-        cells = full.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(b, c, h // 2, w // 2, 4)
+        cells = _cells(full, pairs)
         f1, f2 = _gather(cells, ab[..., 0]), _gather(cells, ab[..., 1])
         loss = loss + gamma * F.mse_loss(out1 - g2, f1 - f2)
     return loss
