@@ -34,6 +34,7 @@ MAX_DEFAULT_TILE = 2048
 # Peak bytes of live tensors per pixel and per feature channel of a CPU forward pass in fp32, as
 # measured with a TorchDispatchMode over every storage (n_feat 16-80, any input channels and tile
 # size, torch 2.13): 38.06 with one MRB per group, 42.06 with two or more. bf16 autocast halves it.
+# Measured before the model's in-place inference path, which lowered the real peak: an upper bound.
 _CPU_BYTES_PER_FEATURE = {1: 38.06, 2: 42.06}
 # allocator slack and convolution workspaces on top of the live tensors (checked against the RSS)
 _CPU_SLACK = 1.25
