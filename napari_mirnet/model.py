@@ -106,10 +106,18 @@ class SKFF(nn.Module):
         self.fcs = nn.ModuleList(_conv(d, c, 1, False) for _ in range(n_inputs))
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        stacked = torch.stack(feats, dim=1)
-        z = self.conv_du(stacked.sum(dim=1).mean(dim=(2, 3), keepdim=True))
-        attention = torch.stack([fc(z) for fc in self.fcs], dim=1).softmax(dim=1)
-        return (stacked * attention).sum(dim=1)
+        # sums and products stream by stream rather than over a stacked copy: the same arithmetic in
+        # the same order (bit-identical), without two extra copies of every stream, and fast in
+        # channels_last, where stacking is not
+        total = feats[0]
+        for f in feats[1:]:
+            total = total + f
+        z = self.conv_du(total.mean(dim=(2, 3), keepdim=True))
+        attention = torch.stack([fc(z) for fc in self.fcs], dim=1).softmax(dim=1).unbind(1)
+        out = feats[0] * attention[0]
+        for f, w in zip(feats[1:], attention[1:]):
+            out = out + f * w
+        return out
 
     def fuse_(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``forward([a, b])`` without the stacked copies, overwriting ``a`` and ``b`` (inference only)."""
