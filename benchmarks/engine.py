@@ -33,24 +33,28 @@ import numpy as np
 HERE = Path(__file__).resolve()
 
 
+def _status_mib(field: str) -> float | None:
+    """A memory field of /proc/self/status in MiB; None where there is no such file."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def _current_rss_mib() -> float:
     """RSS now: a job's floor (interpreter, imports, model, input) before it starts."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    rss = _status_mib("VmRSS")
+    return float("nan") if rss is None else rss
 
 
 def _rss_mib() -> float:
     """Peak RSS of this process. VmHWM, not ru_maxrss: Linux carries the parent's RSS at fork time
     into a child's ru_maxrss across exec, which would inflate every worker's figure."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = _status_mib("VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if peak is None else peak  # KiB on Linux
 
 
 def make_weights(path: Path, full: bool, seed: int = 0) -> str:

@@ -105,26 +105,27 @@ class SKFF(nn.Module):
         self.conv_du = nn.Sequential(_conv(c, d, 1, False), _act())
         self.fcs = nn.ModuleList(_conv(d, c, 1, False) for _ in range(n_inputs))
 
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        # sums and products stream by stream rather than over a stacked copy: the same arithmetic in
-        # the same order (bit-identical), without two extra copies of every stream, and fast in
-        # channels_last, where stacking is not
+    def _weights(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """One (B, C, 1, 1) attention weight per stream, softmax-normalised across the streams."""
         total = feats[0]
         for f in feats[1:]:
             total = total + f
         z = self.conv_du(total.mean(dim=(2, 3), keepdim=True))
-        attention = torch.stack([fc(z) for fc in self.fcs], dim=1).softmax(dim=1).unbind(1)
-        out = feats[0] * attention[0]
-        for f, w in zip(feats[1:], attention[1:]):
+        return torch.stack([fc(z) for fc in self.fcs], dim=1).softmax(dim=1).unbind(1)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        # sums and products stream by stream rather than over a stacked copy: the same arithmetic in
+        # the same order (bit-identical), without two extra copies of every stream, and fast in
+        # channels_last, where stacking is not
+        weights = self._weights(feats)
+        out = feats[0] * weights[0]
+        for f, w in zip(feats[1:], weights[1:]):
             out = out + f * w
         return out
 
     def fuse_(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``forward([a, b])`` without the stacked copies, overwriting ``a`` and ``b`` (inference only)."""
-        total = a + b
-        z = self.conv_du(total.mean(dim=(2, 3), keepdim=True))
-        del total
-        w_a, w_b = torch.stack([fc(z) for fc in self.fcs], dim=1).softmax(dim=1).unbind(1)
+        """``forward([a, b])`` computed in place, overwriting ``a`` and ``b`` (inference only)."""
+        w_a, w_b = self._weights([a, b])
         return a.mul_(w_a).add_(b.mul_(w_b))
 
 

@@ -2,7 +2,7 @@
 
 On CPU "auto" means channels_last where torch convolves with oneDNN (x86 builds): the same fp32
 arithmetic in the layout oneDNN works in natively, 1.5-2x faster for every model size measured
-(docs/engine.md, "CPU throughput"). "off" hands back the model object itself.
+(docs/engine.md, "CPU speed and memory"). "off" hands back the model object itself.
 
 ``spec`` (``RestoreOptions.accelerate``, or ``$NAPARI_MIRNET_ACCELERATE`` when the option is
 "auto") is one of
@@ -100,7 +100,9 @@ def parse(spec: str | None, device, precision: str) -> Switches | None:
         return OFF
     cuda = device.type == "cuda"
     if spec == "auto":
-        return None if cuda else cpu_auto() if device.type == "cpu" else OFF
+        if cuda:
+            return None  # measured on the run's first batch
+        return cpu_auto() if device.type == "cpu" else OFF
     if spec == "on":
         names = ["bf16_weights", "channels_last", "cudnn_benchmark", "compile"]
     else:
