@@ -126,3 +126,21 @@ def test_train_shipped_runs_end_to_end_on_cpu(tmp_path):
     imgs = ck["meta"]["training_data"]["images"]
     assert imgs and not set(imgs) & set(quality.HELD_OUT_IMAGES)
     assert ck["meta"]["training"]["channel_shuffle"] is True
+
+
+def test_plot_validation_draws_runs_and_reference_lines(tmp_path):
+    """benchmarks/plot_validation.py: a PNG from a .val.jsonl log, with a LABEL=DB reference line;
+    a reference without a number is refused in the option's own words."""
+    import plot_validation
+
+    log = tmp_path / "small-denoise-gray.ckpt.val.jsonl"
+    log.write_text(
+        "".join(
+            json.dumps({"iter": 25 * i, "val_psnr": 31.0 + 0.1 * i, "elapsed_s": 60.0 * i}) + "\n" for i in (1, 2, 3)
+        )
+    )
+    out = tmp_path / "curves.png"
+    assert plot_validation.main([str(log), "-o", str(out), "--reference", "shipped file=31.83"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit):
+        plot_validation.main([str(log), "-o", str(out), "--reference", "shipped"])
