@@ -233,11 +233,17 @@ class MIRNetV2(nn.Module):
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
         if self.config.dual_pixel:
             shallow = self.conv_in(x)
-            out = self.conv_out(self.body(shallow) + shallow)
+            out = self.conv_out(self._groups(shallow) + shallow)
         else:
-            # no name holds the shallow features: the first RRG frees them when it is done
-            out = self.conv_out(self.body(self.conv_in(x))) + x[:, : self.config.out_channels]
+            out = self.conv_out(self._groups(self.conv_in(x))) + x[:, : self.config.out_channels]
         return out[..., :h, :w]
+
+    def _groups(self, y: torch.Tensor) -> torch.Tensor:
+        # ``self.body(y)`` would hold its argument (the shallow features, a full-resolution map) in
+        # the call until every group is done; rebinding frees each group's input once it has run
+        for rrg in self.body:
+            y = rrg(y)
+        return y
 
 
 def self_ensemble(forward, x: torch.Tensor, dual_pixel: bool = False) -> torch.Tensor:

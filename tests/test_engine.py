@@ -510,3 +510,36 @@ def _model(weights):
     from napari_mirnet.weights import cached_model
 
     return cached_model(weights, "cpu")
+
+
+def test_numpy_runs_never_import_dask_array(tiny_weights):
+    """numpy in, numpy out goes through the chunk graph without a dask array: dask.array's imports
+    (pandas, scipy, xarray where installed) cost ~70 MB of every in-memory run's peak."""
+    code = (
+        "import sys, numpy as np\n"
+        "from napari_mirnet import engine\n"
+        "img = (np.random.default_rng(0).random((2, 90, 70, 3)) * 255).astype(np.uint8)\n"
+        f"out = engine.restore(img, weights={tiny_weights!r}, axes='ZYXC', tile=48, halo=8)\n"
+        f"same = engine.restore(img[1], weights={tiny_weights!r}, tile=48, halo=8)\n"
+        "assert out.shape == img.shape and out.dtype == np.uint8 and (out[1] == same).all()\n"
+        "print(sorted(m for m in ('dask.array', 'pandas', 'scipy', 'xarray') if m in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_in_memory_result_equals_the_lazy_and_zarr_results(tiny_weights, tmp_path):
+    rng = np.random.default_rng(3)
+    img = (rng.random((2, 3, 75, 66)) * 65535).astype(np.uint16)  # lead axis, channels first
+    kw = dict(weights=tiny_weights, axes="ZCYX", tile=40, halo=8)
+    eager = engine.restore(img, **kw)
+    lazy = engine.restore_lazy(img, **kw)
+    stored = engine.restore(da.from_array(img, chunks=(1, 3, 30, 30)), out=tmp_path / "o.zarr", **kw)
+    assert isinstance(eager, np.ndarray) and eager.shape == img.shape and eager.dtype == img.dtype
+    np.testing.assert_array_equal(eager, np.asarray(lazy))
+    np.testing.assert_array_equal(eager, np.asarray(stored))
+    sr_kw = dict(weights=tiny_weights, axes="CYX", tile=40, halo=8, scale=2)
+    sr = engine.restore(img[0], "super_resolution", **sr_kw)
+    assert sr.shape == (3, 150, 132)
+    np.testing.assert_array_equal(sr, np.asarray(engine.restore_lazy(img[0], "super_resolution", **sr_kw)))

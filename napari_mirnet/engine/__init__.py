@@ -4,7 +4,7 @@ A run is prepared once (:func:`prepare` -> :class:`RestorationRun`) and executed
 dask array or a resumable zarr store (:func:`execute`). The modules, in the order data flows:
 ``source`` (reading the input), ``plan`` (the tile grid), ``memory`` (default tile and batch),
 ``forward`` (the model call), ``steps`` (what each graph task does), ``graph`` (the dask graph),
-``sinks`` (the zarr store), ``digest`` (what a resumed store was computed from), ``run`` (prepare,
+``sinks`` (where chunks go: a numpy array or a zarr store), ``digest`` (what a resumed store was computed from), ``run`` (prepare,
 execute, the scheduler).
 """
 

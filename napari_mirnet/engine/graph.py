@@ -8,12 +8,16 @@ of a chunk a few tiles back, so that predictions never pile up ahead of the writ
 
 from __future__ import annotations
 
-import dask.array as da
+from typing import TYPE_CHECKING
+
 import numpy as np
 from dask.highlevelgraph import HighLevelGraph
 
 from . import steps
 from .source import canonical_dask, chunk_span, gather, pick_plane
+
+if TYPE_CHECKING:  # imported where a lazy array is made: numpy and zarr runs never need it
+    import dask.array as da
 
 __all__ = ["lazy_array", "write_graph"]
 
@@ -83,6 +87,8 @@ class _Stages:
 
 def lazy_array(run, ctx: steps.TileContext) -> da.Array:
     """The restored image as a lazy dask array in the input's axis order."""
+    import dask.array as da
+
     st = _Stages(run, ctx)
     st.add_tile_groups()
     name = f"mirnet-out-{run.run_id}"

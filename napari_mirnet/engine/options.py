@@ -22,7 +22,7 @@ class RestoreOptions:
     they stay out of the intensity mapping, are filled before the model sees them, and come out
     as nodata again.
     ``accelerate`` picks the forward's optimisations (bf16 weights, channels_last, cudnn.benchmark,
-    torch.compile): "auto" (off on CPU, measured on CUDA), "off", "on" or switch names; see
+    torch.compile): "auto" (channels_last on CPUs with oneDNN, measured on CUDA), "off", "on" or switch names; see
     :mod:`napari_mirnet.engine.accelerate`.
     """
 

@@ -29,7 +29,7 @@ from .digest import SCHEME, verify_done
 from .graph import lazy_array, write_graph
 from .options import DEFAULT_BLEND, DEFAULT_HALO, RestoreOptions, scheduler_config
 from .plan import TilePlan, plan_tiles, round_to_stride
-from .sinks import open_zarr_sink
+from .sinks import open_array_sink, open_zarr_sink
 from .source import Source, open_source
 from .steps import Cancelled, RunControl, TileContext
 
@@ -271,10 +271,13 @@ def _intensity_map(source: Source, normalisation: str, channels: ChannelAdapter,
     axis = source.axes.index("C") if per_channel else None
     if len(sample) == 1:
         image = sample[0]
+    elif source.kind == "numpy":
+        image = np.stack(sample)
+        axis = None if axis is None else axis + 1
     else:
         import dask.array as da
 
-        image = da.stack(sample) if source.kind != "numpy" else np.stack(sample)
+        image = da.stack(sample)
         axis = None if axis is None else axis + 1
     try:
         imap = IntensityMap.for_image(image, normalisation, channel_axis=axis, nodata=nodata)
@@ -307,19 +310,18 @@ def execute(run: RestorationRun, *, out=None, overwrite: bool = False, client=No
         return _to_zarr(run, out, overwrite, client, progress, cancel)
     # on a cluster the client reports nothing per tile: the result comes back in one piece
     control = RunControl(progress if client is None else None, cancel, len(run.keys))
-    arr = lazy_array(run, run.context(control))
     if not run.source.eager:
-        return arr  # lazy: the callbacks live as long as the array's graph
+        return lazy_array(run, run.context(control))  # the callbacks live as long as the array's graph
     if client is not None:
-        return compute(arr, run, client)
-    # each chunk goes into the result as soon as it is made: computing the array would hold every
-    # chunk until the end and then concatenate them (twice the output's memory)
-    import dask.array as da
+        return compute(lazy_array(run, run.context(control)), run, client)
+    # numpy in, numpy out: each chunk goes into the result as soon as it is made, through the same
+    # graph as a zarr run (so no dask array is built: dask.array's imports alone cost ~70 MB)
+    from dask.delayed import Delayed
 
-    result = np.empty(arr.shape, arr.dtype)
-    with dask.config.set(scheduler_config(run.device)):
-        da.store(arr, result, lock=False)
-    return result
+    sink = open_array_sink(run)
+    graph, _, final = write_graph(run, run.context(control, sink), run.keys, lag=max(2, 2 * run.batch))
+    compute(Delayed(final, graph, layer=final[0]), run)
+    return sink.array
 
 
 def check_zarr_out(out) -> None:

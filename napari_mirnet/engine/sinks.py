@@ -1,16 +1,53 @@
-"""Where a run's output goes: a zarr store written chunk by chunk (resumable), read back in input order."""
+"""Where a run's output goes, chunk by chunk: a numpy array in memory, or a resumable zarr store."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import dask.array as da
 import numpy as np
 
 from .. import io as mio
 from ..metadata import ImageMeta
 
-__all__ = ["ZarrSink", "open_zarr_sink", "output_scale"]
+if TYPE_CHECKING:  # dask.array is imported only where a lazy array is made (it costs ~70 MB)
+    import dask.array as da
+
+__all__ = ["ArraySink", "ZarrSink", "open_array_sink", "open_zarr_sink", "output_scale"]
+
+
+@dataclass(eq=False)
+class ArraySink:
+    """The run's result in memory (input axis order); each assembled chunk is copied in as it is made."""
+
+    array: np.ndarray
+    canonical: np.ndarray  # a view of ``array`` in canonical (lead..., [C,] Y, X) order
+    has_channel: bool
+    factor: int
+    plan: object  # the run's TilePlan: where each chunk lies
+    keeps_digests = False  # nothing to resume in memory
+
+    def write(self, key: tuple, block: np.ndarray, digest: int | None = None) -> None:
+        """Copy one assembled chunk (canonical layout) into the result."""
+        lead, ty, tx = key
+        s = self.factor
+        (y0, y1), (x0, x1) = self.plan.core_range(0, ty), self.plan.core_range(1, tx)
+        where = tuple(slice(i, i + 1) for i in lead) + (slice(s * y0, s * y1), slice(s * x0, s * x1))
+        if self.has_channel:
+            where = where[:-2] + (slice(None),) + where[-2:]
+        else:
+            block = block[..., 0, :, :]
+        self.canonical[where] = block
+
+
+def open_array_sink(run) -> ArraySink:
+    """An empty result array for ``run``, in the input's axis order."""
+    axes, has_c = run.axes, "C" in run.axes
+    canon_axes = "".join(a for a in axes if a not in "CYX") + ("CYX" if has_c else "YX")
+    canon_shape = run.out_shape if has_c else run.out_shape[:-3] + run.out_shape[-2:]
+    array = np.empty(tuple(canon_shape[canon_axes.index(a)] for a in axes), run.imap.dtype)
+    canonical = array.transpose([axes.index(a) for a in canon_axes])
+    return ArraySink(array, canonical, has_c, run.plan.factor, run.plan)
 
 
 @dataclass(eq=False)
@@ -21,6 +58,7 @@ class ZarrSink:
     store_axes: str  # OME order (T, C, Z, Y, X)
     out_perm: tuple[int, ...]  # canonical -> store axis order
     has_channel: bool
+    keeps_digests = True  # what each chunk was computed from, checked on resume
 
     def chunk_index(self, key: tuple) -> tuple[int, ...]:
         lead, ty, tx = key
@@ -42,6 +80,8 @@ class ZarrSink:
 
     def read_back(self, axes: str) -> da.Array:
         """The written store as a dask array in the input's axis order."""
+        import dask.array as da
+
         arr = da.from_zarr(str(self.output.path), component="0")
         return arr.transpose([self.store_axes.index(a) for a in axes]) if self.store_axes != axes else arr
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import dask.array as da
 import numpy as np
 
 from .. import io as mio
@@ -13,6 +14,9 @@ from .. import xarrays as _xr
 from ..axes import infer_axes, to_cyx_order, validate_axes
 from ..metadata import ImageMeta
 from ..processing import check_dtype
+
+if TYPE_CHECKING:  # dask.array costs ~70 MB of imports: loaded only for dask and zarr inputs
+    import dask.array as da
 
 __all__ = ["InputError", "Source", "open_source", "read_region", "read_window"]
 
@@ -58,6 +62,8 @@ class Source:
     def as_dask(self) -> list[da.Array]:
         """The arrays as dask arrays (for sampling intensities without loading them whole)."""
         if self.kind == "zarr":
+            import dask.array as da
+
             # chunks None: an unchunked array-like (an h5py contiguous dataset); dask picks them
             return [da.from_array(a, chunks=getattr(a, "chunks", None) or "auto") for a in self.arrays]
         return list(self.arrays)
@@ -78,7 +84,9 @@ def open_source(image, axes: str | None, dual_pixel: bool, client=None, level=No
         arrays = (lv.arrays[0], rv.arrays[0])
         kind = "dask" if "dask" in kinds else ("zarr" if "zarr" in kinds else "numpy")
         if kind == "dask":
-            arrays = tuple(a if isinstance(a, da.Array) else da.from_array(a) for a in arrays)
+            import dask.array as da
+
+            arrays = tuple(a if is_dask_array(a) else da.from_array(a) for a in arrays)
         return Source(arrays, lv.axes, lv.meta, kind, lv.name, lv.eager and rv.eager, lv.paths + rv.paths)
     meta, name = ImageMeta(), None
     if _xr.is_dataarray(image):  # dims say the axes, coordinates the pixel size and position
@@ -94,7 +102,7 @@ def open_source(image, axes: str | None, dual_pixel: bool, client=None, level=No
         raise ValueError(f"level={level!r} picks a level of an OME-Zarr path; the image here is an array, not a path")
     image = _from_torch(image)
     paths = (name,) if name else _store_paths(image)
-    if isinstance(image, da.Array):
+    if is_dask_array(image):
         kind = "dask"
         if any(np.isnan(c) for dim in image.chunks for c in dim):
             raise ValueError(
@@ -124,14 +132,20 @@ def open_source(image, axes: str | None, dual_pixel: bool, client=None, level=No
         raise ValueError("the image contains Inf pixels; replace them (e.g. np.nan_to_num) first")
     eager = kind == "numpy"
     if client is not None and kind == "numpy":
+        import dask.array as da
+
         kind, image = "dask", da.from_array(image)  # scattered through the graph, not a closure
     return Source((image,), axes, meta.replace(axes=axes), kind, name, eager, paths)
 
 
+def is_dask_array(x) -> bool:
+    """Whether ``x`` is a dask array (without importing dask.array: if it is not loaded, none exists)."""
+    da = sys.modules.get("dask.array")
+    return da is not None and isinstance(x, getattr(da, "Array", ()))
+
+
 def _from_torch(image):
     """A torch tensor as numpy on the CPU (the result is numpy too); bf16 has no numpy twin: float32."""
-    import sys
-
     torch = sys.modules.get("torch")
     if torch is None or not isinstance(image, torch.Tensor):
         return image
@@ -197,6 +211,8 @@ class InputError(RuntimeError):
 # ------------------------------------------------------------------ dask inputs: regions from chunks
 def canonical_dask(source: Source) -> da.Array:
     """The dask input as (lead..., C, Y, X), views joined along C, one chunk along C."""
+    import dask.array as da
+
     perm, _ = to_cyx_order(source.axes)
     parts = []
     for a in source.arrays:

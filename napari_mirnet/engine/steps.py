@@ -67,10 +67,10 @@ class TileContext:
     arrays: tuple | None = None  # numpy/zarr sources read directly; None when tiles come from dask
     threads: int | None = None  # the caller's torch thread count, applied in the worker thread
     tta: bool = False  # average each tile over flips/rotations (model.self_ensemble)
-    sink: object = None  # a ZarrSink for zarr output
+    sink: object = None  # an ArraySink (numpy result) or a ZarrSink (zarr output); None for lazy output
     control: RunControl = field(default_factory=RunControl)
     source_name: str | None = None  # the input's path, for error messages
-    accelerate: str = "auto"  # the forward's optimisations (accelerate.py): off on CPU unless named
+    accelerate: str = "auto"  # the forward's optimisations (accelerate.py): channels_last on CPU by default
 
 
 def restore_tiles(ctx: TileContext, tiles: list, after: list, *blocks) -> dict:
@@ -104,7 +104,7 @@ def restore_tiles(ctx: TileContext, tiles: list, after: list, *blocks) -> dict:
         if raw.dtype.kind == "f" and np.isinf(raw).any():  # NaN is nodata (filled, then written back)
             raise ValueError(f"the image contains Inf pixels ({where}); replace them (e.g. np.nan_to_num) first")
         ctx.imap.check_range(raw, f" ({where})")
-        digests.append(tile_digest(raw) if ctx.sink is not None else 0)
+        digests.append(tile_digest(raw) if ctx.sink is not None and ctx.sink.keeps_digests else 0)
         x, hole = fill_nodata(ctx.imap.forward(raw))  # nodata: filled for the model, NaN again after it
         holes.append(hole)
         up = upscale(x, s) if s > 1 else x
@@ -118,7 +118,7 @@ def restore_tiles(ctx: TileContext, tiles: list, after: list, *blocks) -> dict:
     x = torch.from_numpy(np.ascontiguousarray(np.concatenate(items))).to(device)
     # "auto" reaches here only on dask.distributed workers, where the device is known at last
     precision = resolve_precision(ctx.precision, device) if ctx.precision == "auto" else ctx.precision
-    model = accelerated(model, precision, ctx.accelerate, x)  # the model itself when off (CPU default)
+    model = accelerated(model, precision, ctx.accelerate, x)  # the model itself when off
     y = forward.run_batch(model, x, precision, ctx.tta, ctx.channels.dual_pixel)
     preds, start = {}, 0
     for (lead, ty, tx), item, up, clipped, digest, hole in zip(tiles, items, ups, seen, digests, holes):
@@ -196,17 +196,20 @@ def strip(ctx: TileContext, key: tuple, *groups) -> dict:
 
 
 def write(ctx: TileContext, key: tuple, *groups) -> dict:
-    """Stage 2 for zarr output: assemble, write the chunk-aligned region, then mark it done.
+    """Stage 2 into a sink (numpy or zarr): assemble, write the chunk-aligned region (zarr: then mark it done).
 
     Returns the tile's band for the chunks below, so that the full prediction is released at once.
     """
     from .digest import chunk_digest, contributors
 
-    digests = {k: v[3] for g in groups for k, v in g.items()}
-    ctx.sink.write(key, assemble(ctx, key, *groups), chunk_digest([digests[t] for t in contributors(ctx.plan, key)]))
+    digest = None
+    if ctx.sink.keeps_digests:
+        digests = {k: v[3] for g in groups for k, v in g.items()}
+        digest = chunk_digest([digests[t] for t in contributors(ctx.plan, key)])
+    ctx.sink.write(key, assemble(ctx, key, *groups), digest)
     return strip(ctx, key, *groups) if ctx.plan.margin[0] else {}
 
 
 def finish(*tokens) -> int:
-    """The last task of a zarr run: depends on every chunk write."""
+    """The last task of a run into a sink: depends on every chunk write."""
     return len(tokens)
