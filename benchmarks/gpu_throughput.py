@@ -6,7 +6,8 @@
 Variants, on an RGB uint8 image (default 8192^2) and a uint16 stack (default 16 x 2048^2):
   new     the engine with ``accelerate=--accelerate`` (default "on"), run twice: the first run pays
           for measuring / compiling, the second shows what a run costs once that is cached;
-  eager   the engine as it was (``accelerate="off"``: bf16 autocast, eager);
+  eager   the engine as it was (``accelerate="off"``: bf16 autocast, eager, blocking copies);
+  overlap (optional) the eager forward with overlapped copies (``accelerate="overlap"``);
   raw     the model alone on the engine's tile windows, bf16 autocast, batch 1 (no reading,
           writing, blending: the forward's ceiling without batching);
   naive   the official demo's tiling: the whole image read into memory, tile 720 / overlap 32,
@@ -360,7 +361,7 @@ def main() -> None:
         default=None,
         help="the new path's RestoreOptions.accelerate (default 'on'; --smoke: channels_last)",
     )
-    ap.add_argument("--variants", default="new,eager,raw,naive")
+    ap.add_argument("--variants", default="new,eager,raw,naive", help="comma-separated; also: overlap")
     ap.add_argument("--images", default="rgb,stack")
     ap.add_argument("--crop", type=int, default=1024, help="quality crop (tiled vs whole)")
     ap.add_argument("--q-tile", type=int, default=512)
@@ -449,6 +450,14 @@ def main() -> None:
                 elif v == "eager":
                     r = rows["eager"] = measure(
                         "eager", device, lambda: engine_zarr(str(src), dst, weights, device, "off", axes), pixels
+                    )
+                    rep.add(_row(r), image=key, **r)
+                elif v == "overlap":  # the eager forward with overlapped copies: what the overlap alone buys
+                    r = rows["overlap"] = measure(
+                        "eager+overlap",
+                        device,
+                        lambda: engine_zarr(str(src), dst, weights, device, "overlap", axes),
+                        pixels,
                     )
                     rep.add(_row(r), image=key, **r)
                 elif v == "raw":

@@ -30,6 +30,11 @@ fi
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/napari-mirnet-inductor}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c "import torch, dask, zarr; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'dask', dask.__version__, 'zarr', zarr.__version__)"
+# the overlapped-copies test needs a card: same output as blocking copies, wait outside the lock
+if [ -z "${SMOKE:-}" ] && python3 -c "import pytest" 2>/dev/null; then
+    timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_accelerate.py -k overlap 2>&1 | tail -3 \
+        | tee "$OUTDIR/gpu_tests.txt" || true
+fi
 if [ -n "${SMOKE:-}" ]; then
     timeout "$TL" python3 benchmarks/gpu_throughput.py --smoke --device cpu --out "$OUTDIR" $ARGS
 else

@@ -12,6 +12,7 @@ import torch
 
 from napari_mirnet import engine
 from napari_mirnet.engine import accelerate as acc_mod
+from napari_mirnet.engine import forward
 from napari_mirnet.weights import cached_model
 
 
@@ -43,6 +44,37 @@ def test_switches_that_mean_nothing_here_are_dropped():
     assert sw == acc_mod.OFF  # bf16 weights under fp32 would change the precision; no cuDNN on CPU
     on = acc_mod.parse("on", "cpu", "bf16")
     assert (on.bf16_weights, on.channels_last, on.compile, on.cudnn_benchmark) == (True, True, True, False)
+    assert not on.overlap and acc_mod.parse("overlap", "cpu", "fp32") == acc_mod.OFF  # pinned copies: CUDA only
+    assert acc_mod.parse("on", "cuda", "bf16").overlap
+    assert acc_mod.parse("overlap", "cuda", "bf16") == acc_mod.Switches(overlap=True)
+
+
+def test_overlap_never_applies_to_a_model_on_the_cpu(tiny_model):
+    x = _batch()
+    ov = acc_mod.Accelerated(tiny_model, "cpu", "fp32", acc_mod.Switches(overlap=True))
+    assert not forward.copies_overlap(ov) and not forward.copies_overlap(tiny_model)
+    np.testing.assert_array_equal(forward.run_batch(ov, x, "fp32"), forward.run_batch(tiny_model, x, "fp32"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="overlapped copies need a CUDA device")
+def test_overlapped_copies_give_the_same_result_and_wait_outside_the_lock(tiny_weights, monkeypatch):
+    model = cached_model(tiny_weights, "cuda")
+    x = _batch(4, 128)
+    plain = forward.run_batch(model, x, "fp32")
+    ov = acc_mod.Accelerated(model, "cuda", "fp32", acc_mod.Switches(overlap=True))
+    assert forward.copies_overlap(ov)
+    lock = forward._device_lock(next(model.parameters()).device)
+    held, sync = [], torch.cuda.Event.synchronize
+
+    def spy(event):
+        held.append(lock.locked())
+        return sync(event)
+
+    monkeypatch.setattr(torch.cuda.Event, "synchronize", spy)
+    out = forward.run_batch(ov, x, "fp32")
+    np.testing.assert_array_equal(plain, out)
+    assert held == [False]  # another thread may launch its batch while this one copies back
+    assert out.base is None and not torch.from_numpy(out).is_pinned()  # pinned memory goes back at once
 
 
 def test_unknown_switch_is_refused_with_the_names_that_exist():

@@ -1,4 +1,4 @@
-"""Fast forward paths: bf16 weights, channels_last, cudnn.benchmark, torch.compile, CUDA graphs.
+"""Fast forward paths: bf16 weights, channels_last, cudnn.benchmark, torch.compile, CUDA graphs, overlapped copies.
 
 On CPU "auto" means channels_last where torch convolves with oneDNN (x86 builds): the same fp32
 arithmetic in the layout oneDNN works in natively, 1.5-2x faster for every model size measured
@@ -11,10 +11,16 @@ arithmetic in the layout oneDNN works in natively, 1.5-2x faster for every model
 * ``"auto"``: on CPU :data:`CPU_AUTO` where oneDNN is available, else off; on CUDA the fastest
   of a few eager variants, measured on the run's
   first batch and kept only when it is at least :data:`MIN_GAIN` faster than eager (compile is
-  part of "auto" only with ``$NAPARI_MIRNET_COMPILE=1``: it costs minutes once per tile shape);
-* ``"on"``: bf16 weights (when the precision is bf16), channels_last, cudnn.benchmark and
-  torch.compile;
+  part of "auto" only with ``$NAPARI_MIRNET_COMPILE=1``: it costs minutes once per tile shape),
+  always with overlapped copies;
+* ``"on"``: bf16 weights (when the precision is bf16), channels_last, cudnn.benchmark,
+  torch.compile and overlapped copies;
 * switch names joined by ``,`` or ``+``: any of :data:`SWITCHES`.
+
+``overlap`` changes no arithmetic: batches go to the GPU from pinned memory without blocking and
+come back after the device lock is released (:func:`.forward.run_batch`), so one engine thread
+queues its batch while another's finishes. Switches that mean nothing on the device (cudnn,
+CUDA graphs and overlap off CUDA) are dropped.
 
 ``torch._dynamo`` is imported only when compile is requested: importing it in the GUI process
 crashed napari with the CUDA build of torch (docs/NOTES.md, issue 15).
@@ -27,7 +33,7 @@ import os
 import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -50,7 +56,7 @@ MIN_GAIN = 0.95
 #: distinct input shapes compiled per model; other shapes (the out-of-memory split, rotated TTA
 #: views of a non-square tile) run eagerly rather than paying another compile
 MAX_COMPILED_SHAPES = 2
-SWITCHES = ("bf16_weights", "channels_last", "cudnn_benchmark", "compile", "cudagraphs")
+SWITCHES = ("bf16_weights", "channels_last", "cudnn_benchmark", "compile", "cudagraphs", "overlap")
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,7 @@ class Switches:
     cudnn_benchmark: bool = False
     compile: bool = False
     cudagraphs: bool = False
+    overlap: bool = False
     compile_mode: str = "default"
 
     @property
@@ -104,7 +111,7 @@ def parse(spec: str | None, device, precision: str) -> Switches | None:
             return None  # measured on the run's first batch
         return cpu_auto() if device.type == "cpu" else OFF
     if spec == "on":
-        names = ["bf16_weights", "channels_last", "cudnn_benchmark", "compile"]
+        names = ["bf16_weights", "channels_last", "cudnn_benchmark", "compile", "overlap"]
     else:
         names = [n.strip() for n in spec.replace("+", ",").split(",") if n.strip()]
         bad = [n for n in names if n not in SWITCHES]
@@ -116,9 +123,9 @@ def parse(spec: str | None, device, precision: str) -> Switches | None:
     flags = dict.fromkeys(names, True)
     # bf16 weights only where bf16 was asked for: under fp32 they would change the requested precision
     flags["bf16_weights"] = flags.get("bf16_weights", False) and precision == "bf16"
-    # cudnn and CUDA graphs mean nothing off CUDA
-    flags["cudnn_benchmark"] = flags.get("cudnn_benchmark", False) and cuda
-    flags["cudagraphs"] = flags.get("cudagraphs", False) and cuda
+    # cudnn, CUDA graphs and overlapped copies mean nothing off CUDA
+    for name in ("cudnn_benchmark", "cudagraphs", "overlap"):
+        flags[name] = flags.get(name, False) and cuda
     if flags["cudagraphs"]:
         flags["compile"] = True  # CUDA graphs come from torch.compile's "reduce-overhead" mode
     mode = os.environ.get("NAPARI_MIRNET_COMPILE_MODE") or ("reduce-overhead" if flags["cudagraphs"] else "default")
@@ -303,8 +310,9 @@ def chosen(model) -> dict:
 def accelerated(model, precision: str, spec: str | None = "auto", sample: torch.Tensor | None = None):
     """The forward for ``model`` (already on its device) under ``spec``: the model itself when off.
 
-    ``sample`` (a batch like the run's) is what "auto" measures on CUDA, on its first tile (a few
-    forward passes of one tile); without one, auto stays eager: nothing is switched on unmeasured.
+    ``sample`` (a batch like the run's, on any device) is what "auto" measures on CUDA, on its
+    first tile (a few forward passes of one tile); without one, auto keeps the eager forward
+    (with overlapped copies): nothing that changes the arithmetic is switched on unmeasured.
     """
     key = (precision, spec or "auto", os.environ.get(ENV), torch.backends.mkldnn.enabled)
     cache = _cache_of(model)
@@ -316,8 +324,9 @@ def accelerated(model, precision: str, spec: str | None = "auto", sample: torch.
             return cache[key]
         device = next(model.parameters()).device
         sw = parse(spec, device, precision)
-        if sw is None:
-            sw = measure(model, sample[:1], precision, repeats=2)[0] if sample is not None else OFF
+        if sw is None:  # auto on CUDA: the fastest measured forward, copies always overlapped
+            best = measure(model, sample[:1].to(device), precision, repeats=2)[0] if sample is not None else OFF
+            sw = replace(best, overlap=True)
         acc = model if not sw.any else Accelerated(model, device, precision, sw)
         cache[key] = acc
     return acc

@@ -1,4 +1,4 @@
-"""The model call: precision, batching of tiles, test-time augmentation and the out-of-memory split."""
+"""The model call: host-device copies, precision, test-time augmentation and the out-of-memory split."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from ..model import STRIDE, self_ensemble
 from .plan import round_to_stride
 
-__all__ = ["forward_plain", "forward_with_retry", "run_batch"]
+__all__ = ["copies_overlap", "forward_plain", "forward_with_retry", "run_batch"]
 
 # One forward pass at a time per device in this process: GPU memory is a process-wide resource.
 _DEVICE_LOCKS: dict[str, threading.Lock] = {}
@@ -82,12 +82,42 @@ def _device_lock(device: torch.device) -> threading.Lock:
         return _DEVICE_LOCKS.setdefault(str(device), threading.Lock())
 
 
-def run_batch(model, x: torch.Tensor, precision: str, tta: bool = False, dual_pixel: bool = False):
-    """Run a (B, C, H, W) batch already on the model's device; returns float32 numpy on the CPU.
+def copies_overlap(model) -> bool:
+    """Whether :func:`run_batch` overlaps host copies with the device's work (the ``overlap`` switch)."""
+    switches = getattr(model, "switches", None)
+    return bool(getattr(switches, "overlap", False)) and next(model.parameters()).is_cuda
 
-    ``tta`` averages over flips/rotations (:func:`~napari_mirnet.model.self_ensemble`).
+
+def run_batch(model, x: torch.Tensor, precision: str, tta: bool = False, dual_pixel: bool = False):
+    """Run a (B, C, H, W) batch on the model's device; returns float32 numpy on the CPU.
+
+    ``x`` may be on the CPU: it is copied to the model's device here. ``tta`` averages over
+    flips/rotations (:func:`~napari_mirnet.model.self_ensemble`). With the ``overlap`` switch
+    (CUDA, :mod:`.accelerate`) the batch goes up from pinned memory without blocking, and the
+    result comes back into pinned memory after the device lock is released: the next batch's
+    kernels are queued while this one finishes and copies back, so the GPU does not wait for
+    Python between batches. At most one batch per engine thread is in flight.
     """
-    with _device_lock(x.device), torch.inference_mode():
+    device = next(model.parameters()).device
+    overlap = copies_overlap(model)
+    if overlap and x.device.type == "cpu":
+        # queued on the device's stream behind the batch now computing; the caching host
+        # allocator keeps the pinned block until the copy has finished
+        x = x.pin_memory().to(device, non_blocking=True)
+    else:
+        x = x.to(device)
+    with _device_lock(device), torch.inference_mode():
         if tta:
-            return self_ensemble(lambda v: forward_with_retry(model, v, precision), x, dual_pixel).cpu().numpy()
-        return forward_with_retry(model, x, precision).cpu().numpy()
+            y = self_ensemble(lambda v: forward_with_retry(model, v, precision), x, dual_pixel)
+        else:
+            y = forward_with_retry(model, x, precision)
+        if not overlap:
+            return y.cpu().numpy()
+        host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
+        host.copy_(y, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+    # waited for outside the lock: another thread launches its batch meanwhile
+    done.synchronize()
+    # a pageable copy: pinned memory is scarce and the predictions live on in the graph
+    return host.numpy().copy()

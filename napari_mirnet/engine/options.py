@@ -46,11 +46,13 @@ def scheduler_config(device: str, client=None) -> dict:
 
     On CPU torch already uses every core inside a forward pass and concurrent tiles would only add
     memory: tasks run in the calling thread (no second malloc arena, same torch threads). On a GPU
-    a second thread overlaps reading and writing with the forward pass (one forward at a time).
-    With a dask.distributed client, the client's scheduler.
+    three threads take turns: one queues its batch on the device while the others read, prepare,
+    wait for their result to copy back, blend and write (one forward launched at a time; with the
+    ``overlap`` switch the lock is let go before the wait, :func:`.forward.run_batch`). Three
+    batches in flight bound the host memory. With a dask.distributed client, the client's scheduler.
     """
     if client is not None:
         return {}
     if device.startswith("cuda"):
-        return {"scheduler": "threads", "num_workers": 2}
+        return {"scheduler": "threads", "num_workers": 3}
     return {"scheduler": "sync"}

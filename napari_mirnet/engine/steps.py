@@ -115,7 +115,7 @@ def restore_tiles(ctx: TileContext, tiles: list, after: list, *blocks) -> dict:
             up = np.clip(up, *bounds)
         seen.append(up)
         items.append(ctx.channels.prepare(up))
-    x = torch.from_numpy(np.ascontiguousarray(np.concatenate(items))).to(device)
+    x = torch.from_numpy(np.ascontiguousarray(np.concatenate(items)))  # run_batch copies it to the device
     # "auto" reaches here only on dask.distributed workers, where the device is known at last
     precision = resolve_precision(ctx.precision, device) if ctx.precision == "auto" else ctx.precision
     model = accelerated(model, precision, ctx.accelerate, x)  # the model itself when off
