@@ -184,7 +184,7 @@ def worker(spec: dict) -> dict:
         t0 = time.perf_counter()
         opts = engine.RestoreOptions(tile=spec.get("tile"), halo=spec.get("halo"), blend=spec.get("blend"), device=dev)
         run = engine.prepare(spec["input"], weights=spec["weights"], options=opts)
-        engine.execute(run, out=spec["output"], overwrite=True)
+        engine.execute(run, out=spec["output"], overwrite=True, read_back=False)  # as the CLI: the file only
         res["geometry"] = _geometry(run)
     elif spec["job"] == "raw":
         # the model alone on the pixels the engine's default plan feeds it: same windows, no engine

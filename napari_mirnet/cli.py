@@ -729,7 +729,7 @@ def _restore_one(args, run, dst: Path, label: str, client) -> None:
     report = None if bar is None else progress
     try:
         if dst.suffix.lower() == ".zarr":
-            engine.execute(run, out=str(dst), overwrite=args.overwrite, client=client, progress=report)
+            engine.execute(run, out=str(dst), overwrite=args.overwrite, client=client, progress=report, read_back=False)
         elif dst.suffix.lower() in (".tif", ".tiff") and not run.source.eager:
             _restore_to_tiff(args, run, dst, client, report)
         else:

@@ -64,6 +64,12 @@ class IntensityMap:
     mode: str  # "fixed" or "percentile"
     nodata: float | None = None  # NaN allowed (float images); NaN is nodata in float images anyway
 
+    @staticmethod
+    def reads_pixels(dtype, mode: str = "auto") -> bool:
+        """Whether :meth:`for_image` samples pixel values for ``dtype`` under ``mode`` (else only the dtype)."""
+        dtype = np.dtype(dtype)
+        return not (mode in ("auto", "fixed") and dtype.kind in "ui" and (mode == "fixed" or dtype.itemsize <= 2))
+
     @classmethod
     def for_image(
         cls,

@@ -529,6 +529,33 @@ def test_numpy_runs_never_import_dask_array(tiny_weights):
     assert r.stdout.strip() == "[]"
 
 
+def test_zarr_to_zarr_runs_without_read_back_never_import_dask_array(tiny_weights, tmp_path):
+    """A zarr store in, a store with its pyramid out (what the CLI does): no dask array on the way,
+    and the store equals the one a run that reads it back writes."""
+    import zarr
+
+    src = tmp_path / "in.zarr"
+    img = (np.random.default_rng(4).random((600, 520, 3)) * 255).astype(np.uint8)
+    zarr.create_array(str(src), data=img, chunks=(128, 128, 3))
+    code = (
+        "import sys\n"
+        "from napari_mirnet import engine\n"
+        f"run = engine.prepare({str(src)!r}, weights={tiny_weights!r}, options=engine.RestoreOptions(tile=64, halo=8))\n"
+        f"assert engine.execute(run, out={str(tmp_path / 'a.zarr')!r}, read_back=False) is None\n"
+        "print(sorted(m for m in ('dask.array', 'pandas', 'scipy', 'xarray') if m in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+    back = engine.restore(str(src), weights=tiny_weights, tile=64, halo=8, out=tmp_path / "b.zarr")
+    a, b = zarr.open_group(str(tmp_path / "a.zarr"), mode="r"), zarr.open_group(str(tmp_path / "b.zarr"), mode="r")
+    assert sorted(a.array_keys()) == sorted(b.array_keys()) and len(list(a.array_keys())) >= 2  # a pyramid
+    for level in a.array_keys():
+        np.testing.assert_array_equal(a[level][...], b[level][...])
+    np.testing.assert_array_equal(np.moveaxis(a["0"][...], 0, -1), np.asarray(back))
+    assert a.attrs["ome"] == b.attrs["ome"]
+
+
 def test_in_memory_result_equals_the_lazy_and_zarr_results(tiny_weights, tmp_path):
     rng = np.random.default_rng(3)
     img = (rng.random((2, 3, 75, 66)) * 65535).astype(np.uint16)  # lead axis, channels first

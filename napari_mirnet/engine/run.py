@@ -266,9 +266,10 @@ def _intensity_map(source: Source, normalisation: str, channels: ChannelAdapter,
     """The run's intensity map; per channel where the model sees channels one by one (see IntensityMap)."""
     from .source import InputError
 
-    sample = source.as_dask()
     per_channel = "C" in source.axes and source.size("C") > 1 and channels.how in _PER_CHANNEL
     axis = source.axes.index("C") if per_channel else None
+    # integer images map by their dtype's range: no pixel is read, and no dask.array is needed
+    sample = source.as_dask() if IntensityMap.reads_pixels(source.dtype, normalisation) else source.arrays[:1]
     if len(sample) == 1:
         image = sample[0]
     elif source.kind == "numpy":
@@ -302,12 +303,19 @@ def compute(collection, run: RestorationRun, client=None):
         return dask.compute(collection)[0]
 
 
-def execute(run: RestorationRun, *, out=None, overwrite: bool = False, client=None, progress=None, cancel=None):
-    """Carry out a prepared run: numpy for numpy input, else a lazy dask array; with ``out``, a store."""
+def execute(
+    run: RestorationRun, *, out=None, overwrite: bool = False, client=None, progress=None, cancel=None, read_back=True
+):
+    """Carry out a prepared run: numpy for numpy input, else a lazy dask array; with ``out``, a store.
+
+    With ``out``, the store is returned as a dask array, or None with ``read_back=False`` (callers
+    that only want the file skip importing dask.array, ~70 MB of resident memory with pandas).
+    """
     if out is not None:
         check_zarr_out(out)
         mio.check_distinct(run.source.paths, out)
-        return _to_zarr(run, out, overwrite, client, progress, cancel)
+        sink = _to_zarr(run, out, overwrite, client, progress, cancel)
+        return sink.read_back(run.axes) if read_back else None
     # on a cluster the client reports nothing per tile: the result comes back in one piece
     control = RunControl(progress if client is None else None, cancel, len(run.keys))
     if not run.source.eager:
@@ -364,7 +372,7 @@ def _to_zarr_locked(run: RestorationRun, out, overwrite: bool, client, progress,
             f"writing {sink.output.path} failed ({err}); the store is left incomplete. Fix the cause (free disk "
             "space, permissions) and re-run the same command to resume."
         ) from err
-    return sink.read_back(run.axes)
+    return sink
 
 
 def _distributed_compute(client, delayeds: list, progress, cancel) -> int:
