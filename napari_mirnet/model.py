@@ -233,14 +233,16 @@ class MIRNetV2(nn.Module):
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
         if self.config.dual_pixel:
             shallow = self.conv_in(x)
-            out = self.conv_out(self._groups(shallow) + shallow)
+            out = self.conv_out(self.body(shallow) + shallow)
         else:
-            out = self.conv_out(self._groups(self.conv_in(x))) + x[:, : self.config.out_channels]
+            out = self.conv_out(self._deep_features(x)) + x[:, : self.config.out_channels]
         return out[..., :h, :w]
 
-    def _groups(self, y: torch.Tensor) -> torch.Tensor:
-        # ``self.body(y)`` would hold its argument (the shallow features, a full-resolution map) in
-        # the call until every group is done; rebinding frees each group's input once it has run
+    def _deep_features(self, x: torch.Tensor) -> torch.Tensor:
+        # one group at a time, rebinding: each group's input (the first is the full-resolution
+        # shallow map) is freed once the group has run; ``self.body(self.conv_in(x))`` would hold
+        # it until the last group is done (a caller's argument lives as long as the call)
+        y = self.conv_in(x)
         for rrg in self.body:
             y = rrg(y)
         return y

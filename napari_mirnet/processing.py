@@ -86,12 +86,12 @@ class IntensityMap:
         dtype = np.dtype(image.dtype)
         check_dtype(dtype)
         nodata = check_nodata(nodata, dtype)
+        if not cls.reads_pixels(dtype, mode):  # integers by their full range, from the dtype alone
+            info = np.iinfo(dtype)
+            return cls(float(info.min), float(info.max), dtype, "fixed", nodata)
         if mode == "auto":
-            mode = "fixed" if dtype.kind in "ui" and dtype.itemsize <= 2 else "percentile"
+            mode = "percentile"
         if mode == "fixed":
-            if dtype.kind in "ui":
-                info = np.iinfo(dtype)
-                return cls(float(info.min), float(info.max), dtype, "fixed", nodata)
             imap = cls(0.0, 1.0, dtype, "fixed", nodata)
             imap.check_range(_sample(image, channel_axis=channel_axis))
             return imap

@@ -74,7 +74,15 @@ def test_overlapped_copies_give_the_same_result_and_wait_outside_the_lock(tiny_w
     out = forward.run_batch(ov, x, "fp32")
     np.testing.assert_array_equal(plain, out)
     assert held == [False]  # another thread may launch its batch while this one copies back
-    assert out.base is None and not torch.from_numpy(out).is_pinned()  # pinned memory goes back at once
+    assert out.base is None and not torch.from_numpy(out).is_pinned()  # the pinned block stays with torch's host cache
+
+
+def test_a_third_scheduler_thread_only_where_copies_overlap():
+    specs = ("auto", "on", "off", "overlap", "channels_last", "channels_last+overlap")
+    threads = {s: engine.scheduler_config("cuda", overlap=acc_mod.overlaps(s, "cuda"))["num_workers"] for s in specs}
+    assert threads == {"auto": 3, "on": 3, "off": 2, "overlap": 3, "channels_last": 2, "channels_last+overlap": 3}
+    assert not acc_mod.overlaps("on", "cpu") and acc_mod.overlaps("auto", "cuda:1")
+    assert engine.scheduler_config("cpu", overlap=False) == {"scheduler": "sync"}
 
 
 def test_unknown_switch_is_refused_with_the_names_that_exist():

@@ -47,6 +47,7 @@ __all__ = [
     "chosen",
     "describe",
     "measure",
+    "overlaps",
     "parse",
 ]
 
@@ -130,6 +131,14 @@ def parse(spec: str | None, device, precision: str) -> Switches | None:
         flags["compile"] = True  # CUDA graphs come from torch.compile's "reduce-overhead" mode
     mode = os.environ.get("NAPARI_MIRNET_COMPILE_MODE") or ("reduce-overhead" if flags["cudagraphs"] else "default")
     return Switches(**flags, compile_mode=mode)
+
+
+def overlaps(spec: str | None, device) -> bool:
+    """Whether a run with ``spec`` on ``device`` overlaps host copies with the GPU's work."""
+    if torch.device(device).type != "cuda":
+        return False
+    sw = parse(spec, device, "fp32")
+    return sw is None or sw.overlap  # None: auto on CUDA, which always overlaps
 
 
 class Accelerated:
@@ -240,7 +249,7 @@ def _inductor_cache() -> str:
 
 
 def _time(fn, x, repeats: int) -> float:
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(x.device)) if x.is_cuda else (lambda: None)
     with torch.inference_mode():
         fn(x)  # warm-up: cudnn.benchmark trials, compile
         sync()

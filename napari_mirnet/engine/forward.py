@@ -93,10 +93,11 @@ def run_batch(model, x: torch.Tensor, precision: str, tta: bool = False, dual_pi
 
     ``x`` may be on the CPU: it is copied to the model's device here. ``tta`` averages over
     flips/rotations (:func:`~napari_mirnet.model.self_ensemble`). With the ``overlap`` switch
-    (CUDA, :mod:`.accelerate`) the batch goes up from pinned memory without blocking, and the
-    result comes back into pinned memory after the device lock is released: the next batch's
-    kernels are queued while this one finishes and copies back, so the GPU does not wait for
-    Python between batches. At most one batch per engine thread is in flight.
+    (CUDA, :mod:`.accelerate`) host work overlaps the device's: the upload from pinned memory and
+    the copy of the result back into pinned memory are queued on the compute stream without
+    blocking, and only the wait for that copy happens after the device lock is released, so
+    another engine thread queues its batch meanwhile and the GPU does not wait for Python
+    between batches. At most one batch per engine thread is in flight.
     """
     device = next(model.parameters()).device
     overlap = copies_overlap(model)
@@ -115,9 +116,12 @@ def run_batch(model, x: torch.Tensor, precision: str, tta: bool = False, dual_pi
             return y.cpu().numpy()
         host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
         host.copy_(y, non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
+        # on the stream of the model's device, not the thread's current one (cuda:1 in a worker
+        # thread whose current device is cuda:0); blocking: the wait sleeps instead of spinning
+        done = torch.cuda.Event(blocking=True)
+        done.record(torch.cuda.current_stream(device))
     # waited for outside the lock: another thread launches its batch meanwhile
     done.synchronize()
-    # a pageable copy: pinned memory is scarce and the predictions live on in the graph
+    # a pageable copy, so that the pinned block goes back to torch's host cache for the next batch
+    # instead of living on with the prediction in the graph
     return host.numpy().copy()

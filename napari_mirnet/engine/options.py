@@ -41,18 +41,20 @@ class RestoreOptions:
         return asdict(self)
 
 
-def scheduler_config(device: str, client=None) -> dict:
+def scheduler_config(device: str, client=None, overlap: bool = False) -> dict:
     """The dask scheduler for a run on ``device``, as a ``dask.config.set`` mapping.
 
     On CPU torch already uses every core inside a forward pass and concurrent tiles would only add
     memory: tasks run in the calling thread (no second malloc arena, same torch threads). On a GPU
-    three threads take turns: one queues its batch on the device while the others read, prepare,
-    wait for their result to copy back, blend and write (one forward launched at a time; with the
-    ``overlap`` switch the lock is let go before the wait, :func:`.forward.run_batch`). Three
-    batches in flight bound the host memory. With a dask.distributed client, the client's scheduler.
+    threads take turns, one forward launched at a time: two (one on the device while the other
+    reads, blends and writes), or three with ``overlap`` (the run overlaps copies with compute:
+    :func:`.accelerate.overlaps`), where the lock is let go before a batch's result is waited for
+    (:func:`.forward.run_batch`) and a third thread keeps the next batch ready. The threads bound
+    the batches in flight, and so the host memory. With a dask.distributed client, the client's
+    scheduler.
     """
     if client is not None:
         return {}
     if device.startswith("cuda"):
-        return {"scheduler": "threads", "num_workers": 3}
+        return {"scheduler": "threads", "num_workers": 3 if overlap else 2}
     return {"scheduler": "sync"}

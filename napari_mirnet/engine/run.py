@@ -299,7 +299,7 @@ def compute(collection, run: RestorationRun, client=None):
     """Compute a collection of ``run`` with the scheduler :func:`scheduler_config` picks."""
     if client is not None:
         return client.compute(collection).result()
-    with dask.config.set(scheduler_config(run.device)):
+    with dask.config.set(scheduler_config(run.device, overlap=accelerate.overlaps(run.options.accelerate, run.device))):
         return dask.compute(collection)[0]
 
 
