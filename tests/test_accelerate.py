@@ -82,7 +82,9 @@ def test_a_third_scheduler_thread_only_where_copies_overlap():
     threads = {s: engine.scheduler_config("cuda", overlap=acc_mod.overlaps(s, "cuda"))["num_workers"] for s in specs}
     assert threads == {"auto": 3, "on": 3, "off": 2, "overlap": 3, "channels_last": 2, "channels_last+overlap": 3}
     assert not acc_mod.overlaps("on", "cpu") and acc_mod.overlaps("auto", "cuda:1")
-    assert engine.scheduler_config("cpu", overlap=False) == {"scheduler": "sync"}
+    import dask.local
+
+    assert engine.scheduler_config("cpu", overlap=False) == {"scheduler": dask.local.get_sync}
 
 
 def test_unknown_switch_is_refused_with_the_names_that_exist():

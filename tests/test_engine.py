@@ -522,7 +522,7 @@ def test_numpy_runs_never_import_dask_array(tiny_weights):
         f"out = engine.restore(img, weights={tiny_weights!r}, axes='ZYXC', tile=48, halo=8)\n"
         f"same = engine.restore(img[1], weights={tiny_weights!r}, tile=48, halo=8)\n"
         "assert out.shape == img.shape and out.dtype == np.uint8 and (out[1] == same).all()\n"
-        "print(sorted(m for m in ('dask.array', 'pandas', 'scipy', 'xarray') if m in sys.modules))\n"
+        "print(sorted(m for m in ('dask.array', 'distributed', 'pandas', 'scipy', 'xarray') if m in sys.modules))\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -551,7 +551,7 @@ def test_zarr_to_zarr_runs_without_read_back_never_import_dask_array(tiny_weight
         f"opts = engine.RestoreOptions(tile=64, halo=8)\n"
         f"run = engine.prepare({str(src)!r}, weights={tiny_weights!r}, options=opts)\n"
         f"assert engine.execute(run, out={str(a_out)!r}, read_back=False) is None\n"
-        "print(sorted(m for m in ('dask.array', 'pandas', 'scipy', 'xarray') if m in sys.modules))\n"
+        "print(sorted(m for m in ('dask.array', 'distributed', 'pandas', 'scipy', 'xarray') if m in sys.modules))\n"
         f"run = engine.prepare({str(src)!r}, weights={tiny_weights!r}, options=opts)\n"
         f"np.save({str(back_npy)!r}, np.asarray(engine.execute(run, out={str(b_out)!r})))\n"
     )

@@ -124,11 +124,15 @@ MIN_CPU_TILE = 128
 #: (tile / core)^2, and the CPU's fastest tiles are small.
 CPU_HALO_SHARE = 1 / 32
 # the share of the last-level cache one feature map may take before passes slow down (channels_last
-# forward, n_feat 16 and 48 on a 2-core Xeon with 27 MiB: fastest at 384-512 and 256-384 px)
+# forward, n_feat 16 and 48: fastest at 384-512 and 256-384 px on a 2-core Xeon with 27 MiB, at
+# 320-448 and 192-272 px on a 2-core EPYC with 32 MiB). A smaller share (0.35) fits n_feat 16 on the
+# EPYC better but gives the shipped 48-feature models 212 px tiles, 10-25% slower than 272.
 _LLC_SHARE = 0.5
 #: the default tile is the smallest whose estimated time is within this factor of the fastest:
-#: a little speed for a smaller peak (activations grow with the tile's area)
-_TIME_SLACK = 1.05
+#: a little speed for a smaller peak (a pass's activations, and the heap they leave behind, grow with
+#: the tile's area: 2048^2 in memory, small model, 408 windows vs 476: 0.92x the peak above the floor
+#: for ~1.08x the time)
+_TIME_SLACK = 1.10
 _measured: dict[str, dict[int, float]] = {}
 _measured_lock = threading.Lock()
 
@@ -196,9 +200,14 @@ def _best_edge_formula(model: torch.nn.Module, precision: str) -> int:
 
 
 def _shape(edge: float, best: float) -> float:
-    """Relative throughput at a tile edge: a fixed cost per pass below ``best``, cache misses above."""
+    """Relative throughput at a tile edge: a fixed cost per pass below ``best``, cache misses above.
+
+    The fixed cost, (best / 6)^2 pixels' worth, fits forward passes measured on a 2-core EPYC (n_feat
+    16: 0.44 / 0.49 / 0.56 / 0.60 MPix/s at 128 / 192 / 320 / 384; n_feat 48: flat within 14% from
+    128 to 256).
+    """
     px = edge * edge
-    return px / (px + (best / 4) ** 2) * min(1.0, best / edge)
+    return px / (px + (best / 6) ** 2) * min(1.0, best / edge)
 
 
 def cpu_throughput(model: torch.nn.Module, precision: str = "fp32"):
@@ -306,7 +315,7 @@ def default_geometry(
 
     Among tiles that fit the memory budget (multiples of 4 from MIN_CPU_TILE), the one with the
     least estimated time: tiles x window pixels / throughput at the window's size
-    (:func:`cpu_throughput`). The smallest tile within 5% of the fastest wins: the peak memory of a
+    (:func:`cpu_throughput`). The smallest tile within 10% of the fastest wins: the peak memory of a
     pass grows with the tile's area. ``halo`` fixes the halo; otherwise it is :func:`cpu_halo` of
     the tile.
     """
