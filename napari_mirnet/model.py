@@ -107,10 +107,12 @@ class SKFF(nn.Module):
 
     def _weights(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """One (B, C, 1, 1) attention weight per stream, softmax-normalised across the streams."""
-        total = feats[0]
+        # the sum of the streams' means, not the mean of their sum: equal up to rounding, and no
+        # full-size temporary (one feature map less at the peak of every MRB)
+        pooled = feats[0].mean(dim=(2, 3), keepdim=True)
         for f in feats[1:]:
-            total = total + f
-        z = self.conv_du(total.mean(dim=(2, 3), keepdim=True))
+            pooled = pooled + f.mean(dim=(2, 3), keepdim=True)
+        z = self.conv_du(pooled)
         return torch.stack([fc(z) for fc in self.fcs], dim=1).softmax(dim=1).unbind(1)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:

@@ -138,7 +138,12 @@ def test_train_subcommand_is_registered(capsys):
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_an_identical_result(tiny_weights, tmp_path):
-    """A real CLI process killed with SIGKILL mid-run; the same command finishes it bit for bit."""
+    """A real CLI process killed with SIGKILL mid-run; the same command finishes it, leaving every
+    chunk written before the kill bit for bit as it was, and matches a run never interrupted.
+
+    Against the uninterrupted run (another process) a grey level may flip where a float lands on
+    a rounding boundary: seen once in a run on a loaded machine, 6 of 442,368 values by 1.
+    """
     img = RNG.integers(0, 256, (384, 384, 3), dtype=np.uint8)
     src = zarr.create_array(str(tmp_path / "in.zarr"), shape=img.shape, chunks=(128, 128, 3), dtype="uint8")
     src[...] = img
@@ -182,14 +187,22 @@ def test_killed_run_resumes_to_an_identical_result(tiny_weights, tmp_path):
     assert attrs["napari_mirnet"]["complete"] is False and "ome" not in attrs
     done_at_kill = mio.done_markers(out).copy()
     assert 0 < done_at_kill.mean() < 1
+    level0 = zarr.open_group(str(out), mode="r")["0"]
+    chunks = level0.chunks
+    done_regions = [tuple(slice(i * c, (i + 1) * c) for i, c in zip(idx, chunks)) for idx in np.argwhere(done_at_kill)]
+    at_kill = level0[...]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     g = zarr.open_group(str(out), mode="r")
     assert dict(g.attrs)["napari_mirnet"]["complete"] is True
+    resumed = g["0"][...]
+    for region in done_regions:  # the resume kept what was done: not recomputed, not rewritten
+        np.testing.assert_array_equal(resumed[region], at_kill[region])
     # the same command, never interrupted, into another store
     fresh = tmp_path / "fresh.zarr"
     assert subprocess.run([str(fresh) if c == str(out) else c for c in cmd], capture_output=True).returncode == 0
-    np.testing.assert_array_equal(g["0"][...], zarr.open_group(str(fresh), mode="r")["0"][...])
+    diff = np.abs(resumed.astype(int) - zarr.open_group(str(fresh), mode="r")["0"][...].astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-4, (diff.max(), int((diff > 0).sum()))
     # and the same pixels as the API (1 LSB at most: torch's thread count may differ in this process)
     expected = np.moveaxis(engine.restore(img, weights=tiny_weights, device="cpu", tile=40, halo=4, blend=4), -1, 0)
     np.testing.assert_allclose(g["0"][...].astype(int), expected.astype(int), atol=1, rtol=0)

@@ -514,15 +514,18 @@ def _model(weights):
 
 def test_numpy_runs_never_import_dask_array(tiny_weights):
     """numpy in, numpy out goes through the chunk graph without a dask array: dask.array's imports
-    (pandas, scipy, xarray where installed) cost ~70 MB of every in-memory run's peak."""
+    (pandas, scipy, xarray where installed) cost ~70 MB of every in-memory run's peak, zarr's (with
+    fsspec) another 7 MB."""
     code = (
         "import sys, numpy as np\n"
+        "import napari_mirnet\n"
         "from napari_mirnet import engine\n"
         "img = (np.random.default_rng(0).random((2, 90, 70, 3)) * 255).astype(np.uint8)\n"
         f"out = engine.restore(img, weights={tiny_weights!r}, axes='ZYXC', tile=48, halo=8)\n"
         f"same = engine.restore(img[1], weights={tiny_weights!r}, tile=48, halo=8)\n"
         "assert out.shape == img.shape and out.dtype == np.uint8 and (out[1] == same).all()\n"
-        "print(sorted(m for m in ('dask.array', 'distributed', 'pandas', 'scipy', 'xarray') if m in sys.modules))\n"
+        "heavy = ('dask.array', 'distributed', 'pandas', 'scipy', 'xarray', 'zarr', 'fsspec')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

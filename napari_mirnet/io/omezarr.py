@@ -20,7 +20,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from ..metadata import RGB_COLOURS, Channel, ImageMeta
 from .image import ImageSource, axes_from_letters
@@ -65,6 +64,8 @@ def _omero_block(attrs: dict) -> dict | None:
 
 
 def _open_node(p: Path):
+    import zarr
+
     try:
         return zarr.open(str(p), mode="r")
     except Exception as err:  # zarr raises several types for non-stores
@@ -177,6 +178,8 @@ def _pick_level(p: Path, group, m: dict, level) -> int:
 
 def _find_parent_multiscales(p: Path):
     """For a path inside a pyramid (``image.zarr/s2``): the image group, its attributes and the level index."""
+    import zarr
+
     here = p.resolve()
     for parent in list(here.parents)[:3]:
         try:
@@ -196,6 +199,8 @@ def _find_parent_multiscales(p: Path):
 
 def _bioformats2raw_image(p: Path, node):
     """Image series 0 of a bioformats2raw root (other series: point at ``root.zarr/<n>``)."""
+    import zarr
+
     series = None
     try:
         series = dict(zarr.open_group(str(p / "OME"), mode="r").attrs).get("series")
@@ -213,6 +218,8 @@ def _bioformats2raw_image(p: Path, node):
 
 def open_zarr(p: Path, level=None) -> ImageSource:
     """A zarr array, an OME-Zarr image (``level``: index or dataset path; default 0), or a level path."""
+    import zarr
+
     from .store import ATTR
 
     node = _open_node(p)
@@ -398,6 +405,8 @@ def channel_windows(arr, axes: str) -> list[tuple[float, float]]:
 
 def write_omezarr(tmp: Path, arr, axes: str, meta: ImageMeta, name: str) -> None:
     """Write a whole (small) image as an OME-Zarr 0.5 store with its pyramid at ``tmp``."""
+    import zarr
+
     order = ome_order(axes)
     data = np.transpose(np.asarray(arr), [axes.index(a) for a in order])
     g = zarr.create_group(str(tmp), zarr_format=3, overwrite=True)

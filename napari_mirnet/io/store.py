@@ -23,13 +23,16 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import zarr
 
 from ..metadata import ImageMeta
 from .errors import FingerprintMismatch, OutputError, OutputExistsError
 from .omezarr import channel_windows, downsample2, level_shape, multiscales_attrs, pyramid_levels
+
+if TYPE_CHECKING:  # zarr is imported where a store is opened: numpy runs never load it
+    import zarr
 
 __all__ = [
     "ATTR",
@@ -64,6 +67,8 @@ def _diff(a: dict, b: dict) -> str:
 
 def _stored_meta(path) -> dict | None:
     """Our metadata in the zarr store at ``path``; None if it is not a napari-mirnet store."""
+    import zarr
+
     try:
         attrs = dict(zarr.open_group(str(path), mode="r").attrs)
     except Exception:
@@ -89,6 +94,8 @@ def bookkeeping_path(path) -> Path:
 
 def done_markers(path) -> np.ndarray:
     """The done markers (one per level-0 chunk, store axis order) of an unfinished store; all set once complete."""
+    import zarr
+
     if is_complete(path):
         g = zarr.open_group(str(path), mode="r")
         grid = tuple(-(-n // c) for n, c in zip(g["0"].shape, g["0"].chunks))
@@ -190,6 +197,8 @@ def _build_level(group: zarr.Group, axes: str, k: int) -> None:
 
 
 def _new_book(p: Path, grid: tuple[int, ...], token: str) -> zarr.Group:
+    import zarr
+
     book = zarr.create_group(str(bookkeeping_path(p)), zarr_format=3, overwrite=True)
     book.attrs.update({"store": token})
     # one byte per output chunk, one file each: concurrent writers never share a chunk
@@ -200,6 +209,8 @@ def _new_book(p: Path, grid: tuple[int, ...], token: str) -> zarr.Group:
 
 def _open_book(p: Path, g: zarr.Group, grid: tuple[int, ...]) -> zarr.Group:
     """The bookkeeping of an unfinished store; a missing or foreign one starts afresh (every chunk redone)."""
+    import zarr
+
     token = dict(g.attrs)[ATTR].get("token")
     try:
         book = zarr.open_group(str(bookkeeping_path(p)), mode="r+")
@@ -212,6 +223,8 @@ def _open_book(p: Path, g: zarr.Group, grid: tuple[int, ...]) -> zarr.Group:
 
 def open_output(path, fingerprint: dict, shape, chunks, dtype, axes: str, overwrite: bool = False) -> ZarrOutput:
     """Create the store, or reopen an unfinished one with the same fingerprint (resume)."""
+    import zarr
+
     p = Path(path)
     fingerprint = _norm(fingerprint)
     grid = tuple(-(-n // c) for n, c in zip(shape, chunks))

@@ -18,7 +18,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from ..metadata import Channel, ImageMeta
 from .image import ImageSource, axes_from_letters
@@ -225,6 +224,7 @@ def _plain_meta(tif) -> tuple[dict, dict]:
 def open_tiff(p: Path) -> ImageSource:
     """A TIFF's first series, read region by region through tifffile's zarr store, with its metadata."""
     import tifffile
+    import zarr
 
     with tifffile.TiffFile(p) as tif:
         series = tif.series[0]
