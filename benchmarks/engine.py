@@ -397,6 +397,7 @@ def defaults(args, weights: str, report: dict, tmp: Path) -> None:
         for k, rs in runs.items():
             r[k] = {**min(rs, key=lambda v: v["seconds"]), "peak_rss_mib": max(v["peak_rss_mib"] for v in rs)}
             r[k]["all_seconds"] = [v["seconds"] for v in rs]
+            r[k]["all_peak_rss_mib"] = [v["peak_rss_mib"] for v in rs]
         shutil.rmtree(src)
         shutil.rmtree(tmp / f"d{size}-out.zarr", ignore_errors=True)
         rows[size] = r
@@ -421,6 +422,16 @@ def defaults(args, weights: str, report: dict, tmp: Path) -> None:
             f"raw forward / engine {w['seconds'] / z['seconds']:.3f}\n"
             f"      raw forward on the engine's windows {w['seconds']:7.1f} s ({w.get('forward', 'eager')})"
         )
+        # the spread between runs: the memory goal is a ratio of two peaks that each vary
+        spread = ", ".join(
+            f"{label} {min(r[k]['all_peak_rss_mib']):.0f}-{max(r[k]['all_peak_rss_mib']):.0f} MiB"
+            for k, label in (("naive", "naive"), ("engine", "in-memory"), ("zarr", "zarr"))
+        )
+        times = ", ".join(
+            f"{k} {min(r[k]['all_seconds']):.1f}-{max(r[k]['all_seconds']):.1f} s"
+            for k in ("naive", "engine", "zarr", "raw")
+        )
+        print(f"      peak RSS over the {args.default_repeats} runs: {spread}; times: {times}")
     report["defaults"] = rows
     if len(rows) >= 2:
         a, b = sorted(rows)[0], sorted(rows)[-1]
