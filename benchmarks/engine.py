@@ -22,6 +22,7 @@ import json
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -438,7 +439,14 @@ def defaults(args, weights: str, report: dict, tmp: Path) -> None:
         area = (b / a) ** 2
         for job, label in (("engine", "in-memory"), ("zarr", "zarr->zarr"), ("naive", "naive")):
             growth = rows[b][job]["seconds"] / (area * rows[a][job]["seconds"])
-            print(f"    per-pixel time {b}^2 vs {a}^2, {label}: {growth:.2f} (goal <= 1.1 for the engine)")
+            # the best of a few short runs is luckier than the best of a few long ones on a VM whose
+            # speed drifts: the median ratio is printed beside it
+            med = statistics.median(rows[b][job]["all_seconds"]) / (
+                area * statistics.median(rows[a][job]["all_seconds"])
+            )
+            print(
+                f"    per-pixel time {b}^2 vs {a}^2, {label}: {growth:.2f} best, {med:.2f} median (goal <= 1.1 for the engine)"
+            )
         ok = all(
             rows[s]["engine"]["seconds"] <= rows[s]["naive"]["seconds"]
             and rows[s]["engine"]["peak_rss_mib"] <= 0.5 * rows[s]["naive"]["peak_rss_mib"]
