@@ -163,6 +163,7 @@ def worker(spec: dict) -> dict:
     dev = spec["device"]
     if spec.get("stub"):
         _install_stub(engine, dev)
+    forward_seconds = _time_forwards(engine) if spec["job"] in ("ours_memory", "zarr2zarr") else None
     t0, c0 = time.perf_counter(), time.process_time()
     if spec["job"] == "naive":
         img = _image(spec)
@@ -208,10 +209,28 @@ def worker(spec: dict) -> dict:
         res["geometry"] = _geometry(run)
     res["seconds"] = time.perf_counter() - t0
     res["cpu_seconds"] = time.process_time() - c0
+    if forward_seconds is not None:  # the engine's own time is the rest
+        res["forward_seconds"] = sum(forward_seconds)
     res["peak_rss_mib"] = _rss_mib()
     if dev.startswith("cuda"):
         res["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return res
+
+
+def _time_forwards(engine) -> list:
+    """Time every batch the engine's tiles put through the model (the list fills as the run goes)."""
+    times = []
+    run_batch = engine.steps.forward.run_batch
+
+    def timed(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return run_batch(*args, **kwargs)
+        finally:
+            times.append(time.perf_counter() - t)
+
+    engine.steps.forward.run_batch = timed
+    return times
 
 
 def _geometry(run) -> dict:
@@ -431,6 +450,18 @@ def defaults(args, weights: str, report: dict, tmp: Path) -> None:
             f"    per-pixel time {b}^2 vs {a}^2, {label:11s}: median {med:.2f} (CPU seconds {cpu:.2f}), best {best:.2f}"
         )
     report["growth"] = growth
+    # what the engine adds around the model, per megapixel: if this is flat, any growth is the forward's
+    for job, label in (("engine", "in-memory"), ("zarr", "zarr->zarr")):
+        own = [
+            statistics.median(
+                (v["seconds"] - v["forward_seconds"]) / (s * s / 1e6) for v in runs[s][job] if "forward_seconds" in v
+            )
+            for s in (a, b)
+        ]
+        print(
+            f"    the engine's own time ({label}: total minus the model's forwards), median per megapixel: "
+            f"{own[0]:.3f} s at {a}^2, {own[1]:.3f} s at {b}^2"
+        )
     # the best of a few 10-s jobs is luckier than the best of a few 60-s jobs on a machine whose speed
     # drifts (a long job averages the drift out): the growth goal is judged on the medians
     speed = all(rows[s]["engine"][t] <= rows[s]["naive"][t] for s in sizes for t in ("seconds", "median_seconds"))
