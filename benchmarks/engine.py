@@ -467,6 +467,7 @@ def defaults(args, weights: str, report: dict, tmp: Path) -> None:
             r[k] = {**min(rs, key=lambda v: v["seconds"]), "peak_rss_mib": max(v["peak_rss_mib"] for v in rs)}
             for field in ("seconds", "cpu_seconds", "peak_rss_mib"):
                 r[k][f"all_{field}"] = [v[field] for v in rs]
+            r[k]["all_runs"] = [{f: v[f] for f in ("seconds", "minor_faults", "forward_seconds") if f in v} for v in rs]
             r[k]["median_seconds"] = statistics.median(r[k]["all_seconds"])
             r[k]["median_peak_rss_mib"] = statistics.median(r[k]["all_peak_rss_mib"])
         rows[size] = r
@@ -585,6 +586,11 @@ def _print_defaults_row(size: int, r: dict, repeats: int) -> None:
     )
     times = ", ".join(f"{k} {min(r[k]['all_seconds']):.1f}-{max(r[k]['all_seconds']):.1f} s" for k in r)
     print(f"      spread over the {repeats} runs: peak RSS {spread}; times {times}")
+    mpix = size * size / 1e6
+    faults = ", ".join(
+        f"{k} {statistics.median(v.get('minor_faults', float('nan')) for v in r[k]['all_runs']) / mpix:.0f}" for k in r
+    )
+    print(f"      minor page faults per megapixel of image (median): {faults}")
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
