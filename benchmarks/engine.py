@@ -510,17 +510,19 @@ def defaults(args, weights: str, report: dict, tmp: Path) -> None:
         for m in ("peak_rss_mib", "median_peak_rss_mib")
     )
     flat = growth["engine"]["median"] <= 1.1
-    paired = _split_growth(args, specs[b]["engine"], env, report) if args.growth_pairs else None
     print(
         f"    goals, in memory: at least as fast as naive (best and median, every size): {speed}; at most half "
-        f"its peak RSS (largest and median, every size): {mem}; per-pixel time within 1.1x: {flat} by the "
-        f"medians of separate processes"
-        + ("" if paired is None else f", {paired <= 1.1} by the paired runs in one process ({paired:.3f})")
+        f"its peak RSS (largest and median, every size): {mem}; per-pixel time within 1.1x (median): {flat}"
     )
+    if args.growth_pairs:
+        _split_growth(args, specs[b]["engine"], env, report)
 
 
 def _split_growth(args, spec: dict, env: dict, report: dict) -> float:
-    """Per-pixel growth from the same pixels restored whole and as four quadrants, paired in one process."""
+    """Per-pixel growth from the same pixels restored whole and as four quadrants, paired in one process.
+
+    A diagnostic, not the goal: it was meant to cancel the host's drift, and is no steadier (session
+    14: 0.93-1.40 over 4 pairs, all of it in the forwards)."""
     size = spec["size"]
     r = run_worker({**spec, "job": "split", "pairs": args.growth_pairs}, env)
     ratios = [w / q for w, q in zip(r["whole"], r["quads"], strict=True)]
@@ -744,8 +746,8 @@ def main() -> None:
     ap.add_argument(
         "--growth-pairs",
         type=int,
-        default=4,
-        help="section 6: pairs of (largest size whole, its four quadrants) timed in one process; 0 skips",
+        default=0,
+        help="section 6, diagnostic: pairs of (largest size whole, its four quadrants) timed in one process",
     )
     ap.add_argument("--calibrate", action="store_true", help="section 6: measure CPU throughput first (cached)")
     ap.add_argument("--weights", help="a model name or file instead of random weights (e.g. small-denoise-rgb)")
