@@ -465,9 +465,8 @@ def defaults(args, weights: str, report: dict, tmp: Path) -> None:
         for k, rs in runs[size].items():
             # the least time is the least disturbed run; the peak RSS the largest seen
             r[k] = {**min(rs, key=lambda v: v["seconds"]), "peak_rss_mib": max(v["peak_rss_mib"] for v in rs)}
-            for field in ("seconds", "cpu_seconds", "peak_rss_mib"):
+            for field in ("seconds", "cpu_seconds", "peak_rss_mib", "minor_faults"):
                 r[k][f"all_{field}"] = [v[field] for v in rs]
-            r[k]["all_runs"] = [{f: v[f] for f in ("seconds", "minor_faults", "forward_seconds") if f in v} for v in rs]
             r[k]["median_seconds"] = statistics.median(r[k]["all_seconds"])
             r[k]["median_peak_rss_mib"] = statistics.median(r[k]["all_peak_rss_mib"])
         rows[size] = r
@@ -518,7 +517,7 @@ def defaults(args, weights: str, report: dict, tmp: Path) -> None:
         _split_growth(args, specs[b]["engine"], env, report)
 
 
-def _split_growth(args, spec: dict, env: dict, report: dict) -> float:
+def _split_growth(args, spec: dict, env: dict, report: dict) -> None:
     """Per-pixel growth from the same pixels restored whole and as four quadrants, paired in one process.
 
     A diagnostic, not the goal: it was meant to cancel the host's drift, and is no steadier (session
@@ -546,7 +545,6 @@ def _split_growth(args, spec: dict, env: dict, report: dict) -> float:
         f"{med:.3f}, range {min(ratios):.3f}-{max(ratios):.3f}; the forwards alone: median {statistics.median(fwd):.3f}; "
         f"the engine's own time per megapixel: {own['whole']:.3f} s whole, {own['quads']:.3f} s quadrants"
     )
-    return med
 
 
 def _print_defaults_row(size: int, r: dict, repeats: int) -> None:
@@ -589,9 +587,7 @@ def _print_defaults_row(size: int, r: dict, repeats: int) -> None:
     times = ", ".join(f"{k} {min(r[k]['all_seconds']):.1f}-{max(r[k]['all_seconds']):.1f} s" for k in r)
     print(f"      spread over the {repeats} runs: peak RSS {spread}; times {times}")
     mpix = size * size / 1e6
-    faults = ", ".join(
-        f"{k} {statistics.median(v.get('minor_faults', float('nan')) for v in r[k]['all_runs']) / mpix:.0f}" for k in r
-    )
+    faults = ", ".join(f"{k} {statistics.median(r[k]['all_minor_faults']) / mpix:.0f}" for k in r)
     print(f"      minor page faults per megapixel of image (median): {faults}")
 
 

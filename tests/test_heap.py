@@ -51,16 +51,21 @@ print(json.dumps(out))
 """
 
 
-def _cycles(env: dict | None = None) -> dict:
+def _python(code: str, *args: str, env: dict | None = None, timeout: int = 300) -> dict:
+    """Run ``code`` in a fresh interpreter and return the JSON its last line prints."""
     r = subprocess.run(
-        [sys.executable, "-c", CYCLES], capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def test_freed_maps_are_reused_during_a_run_and_handed_back_after_it():
-    r = _cycles()
+    r = _python(CYCLES, timeout=120)
     # glibc's default hands the freed top of the heap back, and the next cycles map it afresh
     # (here about 40 MiB of fresh pages over 5 cycles)
     assert r["default"] > 5000, r
@@ -70,7 +75,7 @@ def test_freed_maps_are_reused_during_a_run_and_handed_back_after_it():
 
 
 def test_the_environment_leaves_glibc_alone():
-    r = _cycles({"NAPARI_MIRNET_MALLOC": "default"})
+    r = _python(CYCLES, env={"NAPARI_MIRNET_MALLOC": "default"}, timeout=120)
     assert r["kept"] > r["default"] / 2, r
 
 
@@ -91,17 +96,10 @@ print(json.dumps({"faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt -
 @pytest.mark.slow
 def test_a_cpu_run_page_faults_far_less_and_gives_the_same_pixels(tiny_weights, tmp_path):
     """The same run with glibc's defaults maps its activations afresh at nearly every tile."""
-    runs = {}
-    for name, env in (("kept", {}), ("default", {"NAPARI_MIRNET_MALLOC": "default"})):
-        r = subprocess.run(
-            [sys.executable, "-c", ENGINE, tiny_weights, str(tmp_path / f"{name}.npy")],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env={**os.environ, **env},
-        )
-        assert r.returncode == 0, r.stderr
-        runs[name] = json.loads(r.stdout.strip().splitlines()[-1])
+    runs = {
+        name: _python(ENGINE, tiny_weights, str(tmp_path / f"{name}.npy"), env=env)
+        for name, env in (("kept", {}), ("default", {"NAPARI_MIRNET_MALLOC": "default"}))
+    }
     assert runs["kept"]["faults"] < runs["default"]["faults"] / 4, runs
     # the allocator changes where memory comes from, not the arithmetic (up to the last-bit
     # differences any two CPU processes may show: docs/NOTES.md)
