@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_HALO_HELP = (
+    "halo on each side of a tile, in pixels (default: 32 with the CPU's automatic tile, "
+    "else a quarter of the tile, at most 64)"
+)
+
+
 def _add_restore_command(sub) -> None:
     r = sub.add_parser(
         "restore",
@@ -95,12 +101,7 @@ def _add_restore_command(sub) -> None:
     r.add_argument(
         "--tile", type=_multiple_of_4, help="tile edge in model pixels, halo included (default: from memory)"
     )
-    r.add_argument(
-        "--halo",
-        type=_multiple_of_4,
-        help="halo on each side of a tile, in pixels (default: 32 on CPU with the automatic tile, "
-        "else a quarter of the tile, at most 64)",
-    )
+    r.add_argument("--halo", type=_multiple_of_4, help=_HALO_HELP)
     r.add_argument("--blend", type=int, help="feathered blend margin at tile borders, in pixels; 0: none (default: 16)")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     r.add_argument(
