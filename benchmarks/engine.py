@@ -513,6 +513,21 @@ def defaults(args, weights: str, report: dict, tmp: Path) -> None:
         f"    goals, in memory: at least as fast as naive (best and median, every size): {speed}; at most half "
         f"its peak RSS (largest and median, every size): {mem}; per-pixel time within 1.1x (median): {flat}"
     )
+    # what the medians hide: the same ratios repeat by repeat (a repeat's jobs run minutes apart at most)
+    per = {"growth": [vb["seconds"] / (area * va["seconds"]) for va, vb in zip(runs[a]["engine"], runs[b]["engine"])]}
+    for s in sizes:
+        pairs = list(zip(runs[s]["engine"], runs[s]["naive"]))
+        per[f"time {s}^2"] = [e["seconds"] / n["seconds"] for e, n in pairs]
+        per[f"peak {s}^2"] = [e["peak_rss_mib"] / n["peak_rss_mib"] for e, n in pairs]
+    report["per_repeat"] = per
+    print(
+        f"    repeat by repeat, not the yardstick (in memory vs naive; growth: the repeat's {b}^2 job over "
+        f"{area:.0f}x its {a}^2 job):"
+    )
+    for k, vs in per.items():
+        limit = 1.1 if k == "growth" else 0.5 if k.startswith("peak") else 1.0
+        over = sum(v > limit for v in vs)
+        print(f"      {k:12s} {' '.join(f'{v:.2f}' for v in vs)}  (over {limit}: {over} of {len(vs)})")
     if args.growth_pairs:
         _split_growth(args, specs[b]["engine"], env, report)
 
