@@ -7,6 +7,12 @@ import torch
 
 from napari_mirnet.model import MIRNetConfig, MIRNetV2
 
+#: The one limit for anything a test waits on (a subprocess, a worker, a Qt signal). It is a safety net
+#: against hangs, never a speed check: on a 2-core machine at load 15 the suite ran 10x slower than on a
+#: quiet one, and a test must fail because the behaviour is wrong, not because the machine is slow.
+SAFETY_S = 1800
+SAFETY_MS = SAFETY_S * 1000
+
 
 def make_checkpoint(path, *, seed=0, identity=False, key="params", **config) -> str:
     """Save a small random MIRNet-v2 as ``{key: state_dict}``; ``identity`` zeroes conv_out.

@@ -6,6 +6,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
+from conftest import SAFETY_MS
 
 from napari_mirnet import engine
 from napari_mirnet.api import restore_whole
@@ -257,7 +258,7 @@ def test_super_resolved_layer_overlays_its_input(make_napari_viewer, qtbot, tiny
     assert job.axes == "YX" and job.image.meta.units == {"Y": "micrometer", "X": "micrometer"}
     assert job.image.meta.translation == {"Y": 10.0, "X": -3.0}
     w()
-    qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
+    qtbot.waitUntil(lambda: w.worker is None, timeout=SAFETY_MS)
     out = w.result_layer
     assert out is not None, w.last_status
     assert out.data.shape == (80, 96)
@@ -299,7 +300,7 @@ def test_layer_axes_and_geometry_reach_the_zarr_output(make_napari_viewer, qtbot
     w.zarr_path.value = tmp_path / "out.zarr"
     assert w.make_job().axes == "TYX"  # the layer's labels say time, not a guess from the shape
     w()
-    qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
+    qtbot.waitUntil(lambda: w.worker is None, timeout=SAFETY_MS)
     assert w.result_layer is not None, w.last_status
     src = mio.open_image(tmp_path / "out.zarr")
     assert src.axes == "TYX"

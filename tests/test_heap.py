@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import SAFETY_S
 
 pytestmark = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="the heap settings are glibc's"
@@ -51,7 +52,7 @@ print(json.dumps(out))
 """
 
 
-def _python(code: str, *args: str, env: dict | None = None, timeout: int = 300) -> dict:
+def _python(code: str, *args: str, env: dict | None = None, timeout: int = SAFETY_S) -> dict:
     """Run ``code`` in a fresh interpreter and return the JSON its last line prints."""
     r = subprocess.run(
         [sys.executable, "-c", code, *args],
@@ -65,7 +66,7 @@ def _python(code: str, *args: str, env: dict | None = None, timeout: int = 300) 
 
 
 def test_freed_maps_are_reused_during_a_run_and_handed_back_after_it():
-    r = _python(CYCLES, timeout=120)
+    r = _python(CYCLES)
     # glibc's default hands the freed top of the heap back, and the next cycles map it afresh
     # (here about 40 MiB of fresh pages over 5 cycles)
     assert r["default"] > 5000, r
@@ -75,7 +76,7 @@ def test_freed_maps_are_reused_during_a_run_and_handed_back_after_it():
 
 
 def test_the_environment_leaves_glibc_alone():
-    r = _python(CYCLES, env={"NAPARI_MIRNET_MALLOC": "default"}, timeout=120)
+    r = _python(CYCLES, env={"NAPARI_MIRNET_MALLOC": "default"})
     assert r["kept"] > r["default"] / 2, r
 
 

@@ -7,13 +7,14 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import SAFETY_S
 from skimage import data, io
 from skimage.metrics import peak_signal_noise_ratio as psnr
 
 
 def _cli(*args, cwd):
     return subprocess.run(
-        [sys.executable, "-m", "napari_mirnet.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "napari_mirnet.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=SAFETY_S
     )
 
 

@@ -11,6 +11,8 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
+from conftest import SAFETY_MS, SAFETY_S  # noqa: E402
+
 from napari_mirnet import sample_data  # noqa: E402
 from napari_mirnet.widgets import (  # noqa: E402
     LOCAL_FILE,
@@ -44,7 +46,7 @@ def _shown(w, child) -> bool:
     return child.native.isVisibleTo(w.native)
 
 
-def _run(qtbot, w, timeout=60_000):
+def _run(qtbot, w, timeout=SAFETY_MS):
     worker = w()
     assert worker is not None, w.last_status
     qtbot.waitUntil(lambda: w.worker is None, timeout=timeout)
@@ -212,7 +214,7 @@ def _start_long_run(viewer, qtbot, weights, planes: int):
     viewer.add_image(data, name="long stack")
     w = _widget(DenoiseWidget, viewer, weights)
     worker = w()
-    qtbot.waitUntil(lambda: w.last_progress[0] >= 1, timeout=60_000)
+    qtbot.waitUntil(lambda: w.last_progress[0] >= 1, timeout=SAFETY_MS)
     return w, worker
 
 
@@ -221,7 +223,7 @@ def test_cancel_leaves_no_layer(make_napari_viewer, qtbot, tiny_weights):
     viewer = make_napari_viewer()
     w, worker = _start_long_run(viewer, qtbot, tiny_weights, 40)
     w.cancel()
-    qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)
+    qtbot.waitUntil(lambda: w.worker is None, timeout=SAFETY_MS)
     assert worker is not None
     assert w.result_layer is None
     assert [lay.name for lay in viewer.layers] == ["long stack"]
@@ -235,10 +237,10 @@ def test_closing_the_viewer_cancels_the_run(make_napari_viewer, qtbot, tiny_weig
     w, worker = _start_long_run(viewer, qtbot, tiny_weights, 400)
     cancel = w._cancel
     viewer.close()
-    qtbot.waitUntil(cancel.is_set, timeout=10_000)
+    qtbot.waitUntil(cancel.is_set, timeout=SAFETY_MS)
     # the worker stops at the next tile and finishes without touching the deleted Qt widgets
     # (pytest-qt fails the test on an exception raised in a Qt callback)
-    qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)
+    qtbot.waitUntil(lambda: w.worker is None, timeout=SAFETY_MS)
     assert worker is not None and w.result_layer is None
     assert w.last_progress[0] < w.last_progress[1] == 400
 
@@ -259,12 +261,24 @@ def _event_loop_ticks():
         timer.stop()
 
 
+def _idle_gap(qtbot, ms: int = 1000) -> float:
+    """The longest event-loop gap while nothing of ours runs: what this machine's load alone costs.
+
+    The freezes these tests look for are ours (work on the GUI thread, an import holding the GIL);
+    on a busy machine the scheduler adds its own, so each limit is ours plus twice this one.
+    """
+    with _event_loop_ticks() as ticks:
+        qtbot.wait(ms)
+    return float(np.diff(ticks).max()) if len(ticks) > 1 else ms / 1000
+
+
 @pytest.mark.slow
 def test_gui_stays_responsive(make_napari_viewer, qtbot, tiny_weights):
     viewer = make_napari_viewer()
     data = np.repeat(sample_data.noisy_stack()[0][0][:1, :128, :128], 24, axis=0)
     viewer.add_image(data, name="stack")
     w = _widget(DenoiseWidget, viewer, tiny_weights)
+    idle = _idle_gap(qtbot)
     with _event_loop_ticks() as ticks:
         t0 = time.perf_counter()
         out = _run(qtbot, w)
@@ -273,7 +287,7 @@ def test_gui_stays_responsive(make_napari_viewer, qtbot, tiny_weights):
     gaps = np.diff(ticks)
     print(f"run {run_s:.2f} s, {len(ticks)} ticks, max event-loop gap {gaps.max() * 1000:.0f} ms")
     assert run_s > 0.5  # the run was long enough for the measurement to mean something
-    assert gaps.max() < 0.25
+    assert gaps.max() < 0.25 + 2 * idle, (gaps.max(), idle)
 
 
 @pytest.mark.slow
@@ -358,9 +372,9 @@ def test_cancel_zarr_leaves_store_incomplete(make_napari_viewer, qtbot, tiny_wei
     w.output.value = OUTPUT_ZARR
     w.zarr_path.value = tmp_path / "cancelled.zarr"
     w()
-    qtbot.waitUntil(lambda: w.last_progress[0] >= 1, timeout=60_000)
+    qtbot.waitUntil(lambda: w.last_progress[0] >= 1, timeout=SAFETY_MS)
     w.cancel()
-    qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)
+    qtbot.waitUntil(lambda: w.worker is None, timeout=SAFETY_MS)
     assert w.result_layer is None and len(viewer.layers) == 1
     assert not io.is_complete(tmp_path / "cancelled.zarr")
 
@@ -383,12 +397,13 @@ def test_lazy_layer_is_computed_off_the_gui_thread(make_napari_viewer, qtbot, ti
     assert async_setting.async_ is background
     assert ("turned on napari's asynchronous" in w.last_status) is background
     viewer.layers["stack"].visible = False
-    qtbot.waitUntil(lambda: not viewer._layer_slicer._layers_to_task, timeout=60_000)
+    qtbot.waitUntil(lambda: not viewer._layer_slicer._layers_to_task, timeout=SAFETY_MS)
+    idle = _idle_gap(qtbot)
     with _event_loop_ticks() as ticks:
         t0 = time.perf_counter()
         viewer.dims.set_current_step(0, 5)  # a plane nobody has computed yet
         qtbot.waitUntil(
-            lambda: time.perf_counter() - t0 > 0.3 and not viewer._layer_slicer._layers_to_task, timeout=60_000
+            lambda: time.perf_counter() - t0 > 0.3 and not viewer._layer_slicer._layers_to_task, timeout=SAFETY_MS
         )
     seconds = time.perf_counter() - t0
     gap = np.diff(ticks).max() if len(ticks) > 1 else seconds
@@ -396,7 +411,7 @@ def test_lazy_layer_is_computed_off_the_gui_thread(make_napari_viewer, qtbot, ti
     expected = np.asarray(out.data[5])
     np.testing.assert_array_equal(np.asarray(out._slice.image.raw), expected)  # the plane was computed
     if background:
-        assert gap < 0.25
+        assert gap < 0.25 + 2 * idle, (gap, idle)
     else:
         assert gap > 0.25  # the same work on the GUI thread: the measurement can tell them apart
 
@@ -413,7 +428,7 @@ def test_huge_lazy_scene_opens_at_once(make_napari_viewer, qtbot, tiny_weights):
     w.output.value = OUTPUT_LAZY
     w.tile.value = 512
     t0 = time.perf_counter()
-    out = _run(qtbot, w, timeout=120_000)
+    out = _run(qtbot, w, timeout=SAFETY_MS)
     seconds = time.perf_counter() - t0
     assert out is not None, w.last_status
     assert out.multiscale and out.data[0].shape == (20_000, 20_000)
@@ -525,7 +540,7 @@ def test_every_widget_docks_compact_and_one_runs_with_progress(make_napari_viewe
     assert worker is not None, w.last_status
     bar = w.progress_bar.native
     assert w.last_status == "loading model and planning…" and bar.maximum() == 0 and _shown(w, w.progress_bar)
-    qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
+    qtbot.waitUntil(lambda: w.worker is None, timeout=SAFETY_MS)
     out = w.result_layer
     assert out is not None, w.last_status
     assert [lay.name for lay in viewer.layers] == ["img", "img denoised"] and layer.name == "img"
@@ -564,7 +579,7 @@ def test_docking_loads_no_compiler_stack():
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", _DOCK_ALL], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", _DOCK_ALL], capture_output=True, text=True, timeout=SAFETY_S)
     assert proc.returncode == 0, f"rc {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
 
 
