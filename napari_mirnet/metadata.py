@@ -19,12 +19,21 @@ RGB_COLOURS = ("FF0000", "00FF00", "0000FF")
 
 @dataclass(frozen=True)
 class Channel:
-    """One channel (band): its name, display colour (``RRGGBB``), contrast window, and whether it is alpha."""
+    """One channel (band): its name, display colour (``RRGGBB``), contrast window, and whether it is alpha.
+
+    ``unit``, ``scale``, ``offset`` and ``tags`` say what the band's values mean (GDAL band unit,
+    ``value * scale + offset``, band metadata items); a restoration keeps them, since it changes
+    the values but not their meaning.
+    """
 
     name: str | None = None
     color: str | None = None
     window: tuple[float, float] | None = None
     alpha: bool = False
+    unit: str | None = None
+    scale: float | None = None
+    offset: float | None = None
+    tags: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,12 @@ class GeoInfo:
     transform: tuple[float, ...]  # affine (a, b, c, d, e, f): x = a*col + b*row + c, y = d*col + e*row + f
     interleave: str = "pixel"  # 'pixel' or 'band': how the file stored its bands
     tags: tuple[tuple[str, str], ...] = ()  # dataset tags worth keeping (e.g. AREA_OR_POINT)
+    # ground control points (row, col, x, y, z, id, info) in pixel-corner coordinates, and their CRS
+    gcps: tuple[tuple, ...] = ()
+    gcp_crs: str | None = None
+    # the file had a mask band (GDAL per-dataset mask) and no nodata value: ImageMeta.nodata is then
+    # a stand-in value that marks the masked pixels, written back as a mask band, not as nodata
+    mask: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,7 +98,9 @@ class ImageMeta:
         geo = self.geo
         if geo is not None:
             a, b, c, d, e, f = geo.transform[:6]
-            geo = dataclasses.replace(geo, transform=(a / factor, b / factor, c, d / factor, e / factor, f))
+            # ground control points sit at pixel-corner coordinates: those scale with the grid
+            gcps = tuple((r * factor, k * factor, *rest) for r, k, *rest in geo.gcps)
+            geo = dataclasses.replace(geo, transform=(a / factor, b / factor, c, d / factor, e / factor, f), gcps=gcps)
         return dataclasses.replace(self, scale=scale, translation=translation, geo=geo)
 
     def with_channel_count(self, n: int) -> ImageMeta:
@@ -107,4 +124,9 @@ class ImageMeta:
         }
         if self.geo is not None:
             out["geo"] = {"crs": self.geo.crs, "transform": list(self.geo.transform), "interleave": self.geo.interleave}
+            if self.geo.gcps:
+                out["geo"]["gcps"] = [list(g) for g in self.geo.gcps]
+                out["geo"]["gcp_crs"] = self.geo.gcp_crs
+            if self.geo.mask:
+                out["geo"]["mask"] = True
         return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import replace as dataclass_replace
 
 import numpy as np
 import torch
@@ -12,6 +13,7 @@ __all__ = [
     "ChannelAdapter",
     "IntensityMap",
     "channel_layout",
+    "channel_order",
     "check_dtype",
     "fill_nodata",
     "finish_channels",
@@ -295,28 +297,60 @@ def _sample(image, max_elements: int = 2_000_000, channel_axis: int | None = Non
 _RGB = ("FF0000", "00FF00", "0000FF")
 
 
-def channel_layout(n: int, channels=()) -> str:
+def channel_layout(n: int, channels=(), axes: str | None = None) -> str:
     """How an RGB model meets ``n`` channels: ``rgb``, ``rgba``, ``rgb+bands`` or ``bands``.
 
-    ``channels`` are the image's :class:`~napari_mirnet.metadata.Channel` descriptions.
+    ``channels`` are the image's :class:`~napari_mirnet.metadata.Channel` descriptions; ``axes``
+    its axes as given (None: a picture's, channels last).
 
-    - Without descriptions (numpy, dask, PNG, plain TIFF): 3 channels are RGB and 4 are RGBA (the
-      4th, alpha, is carried unrestored), as image libraries hand them out; any other count is bands.
-    - With descriptions (GeoTIFF, OME, ...): the first three are a colour image only when their
-      colours say red, green, blue; a 4th band is alpha only when it is marked alpha (GDAL colour
-      interpretation, TIFF ExtraSamples, PNG mode); other bands (a near-infrared band, say) are
-      ``rgb+bands``: restored as gray images, never carried as alpha.
+    - Without descriptions only a picture is colour: 3 or 4 channels stored last (``YXC``: a PNG,
+      an RGB TIFF, an (H, W, 3) array as image libraries hand them out) are RGB or RGBA (the 4th,
+      alpha, is carried unrestored). Channels stored ahead of Y and X (``CYX``: fluorescence
+      channels, a band stack) are ``bands``: each restored as a gray image, since an RGB model
+      would mix them as colours.
+    - With descriptions (GeoTIFF, OME, ...) the bands coloured red, green and blue, in any
+      position, are a colour image; bands marked alpha (GDAL colour interpretation, TIFF
+      ExtraSamples, PNG mode) are carried unchanged wherever they are (see :func:`channel_order`);
+      other bands (a near-infrared band, say) make it ``rgb+bands``: restored as gray images.
     """
     if len(channels) != n or not any(c.name or c.color or c.alpha for c in channels):
-        return {3: "rgb", 4: "rgba"}.get(n, "bands")
-    colours = tuple((c.color or "").upper() for c in channels[:3])
-    if n < 3 or colours != _RGB or any(c.alpha for c in channels[:3]):
+        picture = axes is None or axes.upper().endswith("C")
+        return {3: "rgb", 4: "rgba"}.get(n, "bands") if picture else "bands"
+    rgb, others, alpha = _colour_roles(channels)
+    if rgb is None:
         return "bands"
-    if n == 3:
-        return "rgb"
-    if n == 4 and channels[3].alpha:
-        return "rgba"
+    if not others:
+        return {0: "rgb", 1: "rgba"}.get(len(alpha), "rgb+bands")
     return "rgb+bands"
+
+
+def _colour_roles(channels) -> tuple[tuple[int, ...] | None, tuple[int, ...], tuple[int, ...]]:
+    """(red, green, blue positions or None, other bands, alpha bands) of described channels."""
+    alpha = tuple(i for i, c in enumerate(channels) if c.alpha)
+    rest = [i for i, c in enumerate(channels) if not c.alpha]
+    found = [[i for i in rest if (channels[i].color or "").upper() == col] for col in _RGB]
+    if any(len(f) != 1 for f in found):
+        return None, tuple(rest), alpha
+    rgb = tuple(f[0] for f in found)
+    return rgb, tuple(i for i in rest if i not in rgb), alpha
+
+
+def channel_order(n: int, channels=()) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """(restored, carried) channel positions where the image's order is not the model's; else None.
+
+    Restored: red, green, blue first (a GeoTIFF may store blue, green, red), then the other bands;
+    carried: the bands marked alpha, passed through unchanged wherever they are. None where
+    :func:`prepare_channels` meets the channels as they are (no alpha, or RGBA in that order).
+    """
+    if len(channels) != n or not any(c.alpha or c.color for c in channels):
+        return None
+    rgb, others, alpha = _colour_roles(channels)
+    restored = (rgb or ()) + others
+    if rgb is not None and restored == (0, 1, 2) and alpha in ((), (3,)):
+        return None
+    if rgb is None and not alpha:
+        return None
+    return restored, alpha
 
 
 def prepare_channels(
@@ -384,22 +418,48 @@ class ChannelAdapter:
     items: int  # batch items per tile
     channels_out: int
     layout: str | None = None  # channel_layout of the image (None: by the channel count)
+    order: tuple[int, ...] | None = None  # channels restored, in the model's order (None: all, as they are)
+    carried: tuple[int, ...] = ()  # channels passed through unchanged (alpha), see channel_order
 
     @classmethod
     def for_model(
-        cls, channels_in: int, model_in: int, model_out: int, dual_pixel: bool, layout: str | None = None
+        cls,
+        channels_in: int,
+        model_in: int,
+        model_out: int,
+        dual_pixel: bool,
+        layout: str | None = None,
+        order: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
     ) -> ChannelAdapter:
-        """Apply the rules of :func:`prepare_channels` / :func:`finish_channels` to a 4x4 probe."""
+        """Apply the rules of :func:`prepare_channels` / :func:`finish_channels` to a 4x4 probe.
+
+        ``order``: (restored, carried) positions from :func:`channel_order`; None: as they are.
+        """
+        restored, carried = (None, ()) if order is None else (tuple(order[0]), tuple(order[1]))
+        sub = layout
+        if restored is not None and layout in ("rgba", "rgb+bands") and len(restored) == 3:
+            sub = "rgb"  # alpha goes round the model: the colour bands alone are an RGB image
+        adapter = cls(channels_in, model_in, model_out, dual_pixel, "", 0, 0, sub, restored, carried)
         probe = np.zeros((channels_in, 4, 4), np.float32)
-        batch, how = prepare_channels(probe, model_in, dual_pixel, layout)
-        out = finish_channels(np.zeros((batch.shape[0], model_out, 4, 4), np.float32), how, probe)
-        return cls(channels_in, model_in, model_out, dual_pixel, how, batch.shape[0], out.shape[0], layout)
+        batch = adapter.prepare(probe)
+        how = prepare_channels(probe if restored is None else probe[list(restored)], model_in, dual_pixel, sub)[1]
+        adapter = dataclass_replace(adapter, how=how, items=batch.shape[0])
+        out = adapter.finish(np.zeros((batch.shape[0], model_out, 4, 4), np.float32), probe)
+        return dataclass_replace(adapter, channels_out=out.shape[0])
 
     def prepare(self, chw: np.ndarray) -> np.ndarray:
+        if self.order is not None:
+            chw = chw[list(self.order)]
         return prepare_channels(chw, self.model_in, self.dual_pixel, self.layout)[0]
 
     def finish(self, out: np.ndarray, source: np.ndarray) -> np.ndarray:
-        return finish_channels(out, self.how, source)
+        if self.order is None:
+            return finish_channels(out, self.how, source)
+        restored = finish_channels(out, self.how, source[list(self.order)])
+        full = np.empty((len(self.order) + len(self.carried),) + restored.shape[1:], restored.dtype)
+        full[list(self.order)] = restored
+        full[list(self.carried)] = source[list(self.carried)]  # ``source`` is at the output size
+        return full
 
 
 def fill_nodata(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

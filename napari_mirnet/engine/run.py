@@ -22,7 +22,7 @@ from .. import io as mio
 from ..devices import resolve_device, resolve_precision
 from ..metadata import ImageMeta
 from ..model import MIRNetConfig
-from ..processing import ChannelAdapter, IntensityMap, channel_layout
+from ..processing import ChannelAdapter, IntensityMap, channel_layout, channel_order
 from ..tasks import choose_weights, get_task
 from ..weights import cached_model
 from . import accelerate, heap, memory
@@ -185,7 +185,8 @@ def prepare(
     factor = spec.check_scale(scale if scale is not None else spec.scales[0])
     source = open_source(image, axes, spec.dual_pixel, client, level)
     n_c = source.size("C")
-    layout = None if spec.dual_pixel else channel_layout(n_c, source.meta.channels)
+    layout = None if spec.dual_pixel else channel_layout(n_c, source.meta.channels, source.axes)
+    order = None if spec.dual_pixel else channel_order(n_c, source.meta.channels)
     weights = str(
         choose_weights(task, factor, n_c, weights, colour=None if layout is None else layout in ("rgb", "rgba"))
     )
@@ -200,7 +201,7 @@ def prepare(
     _check_model_fits_task(task, weights, cfg)
     accelerate.parse(options.accelerate, device if client is None else "cpu", "fp32")  # bad names: refused now
     channels = ChannelAdapter.for_model(
-        n_c * len(source.arrays), cfg.in_channels, cfg.out_channels, spec.dual_pixel, layout
+        n_c * len(source.arrays), cfg.in_channels, cfg.out_channels, spec.dual_pixel, layout, order
     )
     options = _with_default_geometry(options, model, prec, (source.size("Y"), source.size("X")), factor)
     plan = plan_tiles(source.size("Y"), source.size("X"), options.tile, options.halo, options.blend, factor)

@@ -32,7 +32,7 @@ OVERVIEW_MIN = BLOCK
 #: The GDAL metadata item holding the run fingerprint (see ``io.store.ATTR``).
 NOTE_ITEM = "napari_mirnet"
 
-_COLOUR_OF = {"red": RGB_COLOURS[0], "green": RGB_COLOURS[1], "blue": RGB_COLOURS[2]}
+_COLOUR_OF = {"red": RGB_COLOURS[0], "green": RGB_COLOURS[1], "blue": RGB_COLOURS[2], "gray": "FFFFFF"}
 MISSING = (
     "{what} needs rasterio to keep its georeferencing (CRS, transform, nodata, band descriptions); "
     "install it with: pip install 'napari-mirnet[geo]'"
@@ -70,8 +70,10 @@ class GeoArray:
     be shared between threads.
     """
 
-    def __init__(self, path, shape: tuple, dtype, block: tuple[int, int]):
+    def __init__(self, path, shape: tuple, dtype, block: tuple[int, int], masked=None):
         self.path, self.shape, self.dtype = str(path), tuple(shape), np.dtype(dtype)
+        # the file's mask band: masked pixels read as this stand-in value (None: no mask)
+        self.masked = masked
         self.ndim = len(self.shape)
         # chunks for dask (from_array): whole bands, whole blocks (strips too), at least 512 pixels a side
         by, bx = (min(n, b * max(1, -(-512 // b))) for n, b in zip(self.shape[:2], block))
@@ -105,13 +107,21 @@ class GeoArray:
         win = Window(x0, y0, int(ix.max()) + 1 - x0, int(iy.max()) + 1 - y0)
         with rasterio.open(self.path) as ds:
             data = np.moveaxis(ds.read(bands, window=win), 0, -1)  # (y, x, c)
+            if self.masked is not None:
+                data = _apply_mask(data, ds.dataset_mask(window=win) == 0, self.masked)
         data = np.take(data, iy - y0, axis=0)
         data = np.take(data, ix - x0, axis=0 if iy.ndim == 0 else 1)
         return data[..., 0] if ic.ndim == 0 else data
 
 
 def open_geotiff(p: Path) -> ImageSource:
-    """A GeoTIFF as a lazy (Y, X[, C]) array and its georeferencing, nodata and bands."""
+    """A GeoTIFF as a lazy (Y, X[, C]) array and its georeferencing, nodata and bands.
+
+    Band descriptions, units, scale/offset and band metadata are read as the file has them (no
+    name is made up: the colour interpretation says red, green, blue or alpha). A mask band (an
+    internal or ``.msk`` GDAL mask) without a nodata value becomes nodata for the run: masked
+    pixels read as a stand-in value (:func:`_stand_in`), written back as the output's mask band.
+    """
     rasterio = _rasterio(f"{p.name} is a GeoTIFF: reading it")
     with rasterio.open(p) as ds:
         if len(set(ds.dtypes)) != 1:
@@ -120,32 +130,99 @@ def open_geotiff(p: Path) -> ImageSource:
         dtype = np.dtype(ds.dtypes[0])
         block = ds.block_shapes[0] if ds.block_shapes else (BLOCK, BLOCK)
         interleave = (ds.tags(ns="IMAGE_STRUCTURE").get("INTERLEAVE") or "PIXEL").lower()
-        tags = tuple((k, v) for k, v in ds.tags().items() if k in ("AREA_OR_POINT",))
+        gcps, gcp_crs = ds.gcps
+        nodata = ds.nodata
+        has_mask = nodata is None and _has_mask_band(ds)
         geo = GeoInfo(
-            crs=ds.crs.to_wkt() if ds.crs else None,
+            crs=ds.crs.to_wkt() if ds.crs and not gcps else None,
             transform=tuple(float(v) for v in tuple(ds.transform)[:6]),
             interleave="band" if interleave == "band" else "pixel",
-            tags=tags,
+            tags=_kept(ds.tags()),
+            gcps=tuple((g.row, g.col, g.x, g.y, g.z, g.id, g.info) for g in gcps),
+            gcp_crs=gcp_crs.to_wkt() if gcps and gcp_crs else None,
+            mask=has_mask,
         )
-        channels = tuple(
-            Channel(
-                name=desc or ci.name,
-                color=_COLOUR_OF.get(ci.name),
-                alpha=ci.name == "alpha",
-            )
-            for desc, ci in zip(ds.descriptions, ds.colorinterp)
-        )
-        nodata = ds.nodata
+        channels = tuple(_channel(ds, i) for i in ds.indexes)
+        masked = _stand_in(ds, dtype) if has_mask else None
+    if count == 1 and not any((c.name, c.unit, c.scale, c.offset, c.tags) != (None,) * 4 + ((),) for c in channels):
+        channels = ()
     shape = (height, width) if count == 1 else (height, width, count)
     axes = "YX" if count == 1 else "YXC"
     meta = ImageMeta(
         axes=axes,
-        channels=channels if count > 1 else (),
-        nodata=None if nodata is None else float(nodata),
+        channels=channels,
+        nodata=masked if masked is not None else (None if nodata is None else float(nodata)),
         geo=geo,
         source_format="geotiff",
     )
-    return ImageSource(GeoArray(p, shape, dtype, block), axes, meta)
+    return ImageSource(GeoArray(p, shape, dtype, block, masked), axes, meta)
+
+
+def _kept(tags: dict) -> tuple:
+    """Metadata items a restoration leaves true: not statistics (the values change), not our fingerprint."""
+    return tuple((k, v) for k, v in tags.items() if not k.startswith("STATISTICS_") and k != NOTE_ITEM)
+
+
+def _channel(ds, i: int) -> Channel:
+    ci = ds.colorinterp[i - 1]
+    scale, offset = ds.scales[i - 1], ds.offsets[i - 1]
+    return Channel(
+        name=ds.descriptions[i - 1] or None,  # as the file says: GDAL shows what is written here
+        color=_COLOUR_OF.get(ci.name),
+        alpha=ci.name == "alpha",
+        unit=ds.units[i - 1] or None,
+        scale=None if scale == 1.0 else float(scale),
+        offset=None if offset == 0.0 else float(offset),
+        tags=_kept(ds.tags(i)),
+    )
+
+
+def _has_mask_band(ds) -> bool:
+    """Whether GDAL gives the bands a mask band of the dataset's own (internal or ``.msk``), not alpha."""
+    from rasterio.enums import MaskFlags
+
+    flags = ds.mask_flag_enums
+    return bool(flags) and all(MaskFlags.per_dataset in f and MaskFlags.alpha not in f for f in flags)
+
+
+def _stand_in(ds, dtype: np.dtype) -> float:
+    """A value to mark masked pixels with: NaN for floats, else one no valid pixel holds.
+
+    8- and 16-bit files are counted (every valid pixel, block by block) for a value they do not
+    use; when all are used, and for wider integers, the least used value (or the type's extreme)
+    is taken and valid pixels holding it are moved one step off (:func:`_apply_mask`), the same
+    step the intensity map takes when a restored pixel lands on nodata.
+    """
+    if dtype.kind == "f":
+        return float("nan")
+    info = np.iinfo(dtype)
+    if dtype.itemsize > 2:
+        return float(info.min if dtype.kind == "i" else info.max)
+    counts = np.zeros(int(info.max) - int(info.min) + 1, np.int64)
+    for _, win in ds.block_windows(1):
+        data = ds.read(window=win)
+        valid = np.broadcast_to(ds.dataset_mask(window=win) != 0, data.shape)
+        counts += np.bincount((data[valid].astype(np.int64) - int(info.min)), minlength=counts.size)
+    # prefer the type's top value, then its bottom, then the least used one
+    for value in (int(info.max), int(info.min)):
+        if counts[value - int(info.min)] == 0:
+            return float(value)
+    return float(int(np.argmin(counts)) + int(info.min))
+
+
+def _apply_mask(data: np.ndarray, masked: np.ndarray, value: float) -> np.ndarray:
+    """Masked pixels (a (y, x) mask) become ``value``; valid pixels holding it move one step off."""
+    if np.isnan(value):
+        data = data.astype(data.dtype, copy=True)
+        data[masked] = np.nan
+        return data
+    v = np.asarray(value).astype(data.dtype)
+    clash = (data == v) & ~masked[..., None]
+    if clash.any():
+        data = data.copy()
+        data[clash] = v - 1 if v == np.iinfo(data.dtype).max else v + 1
+    data[masked] = v
+    return data
 
 
 def writes_geotiff(suffix: str, axes: str, meta: ImageMeta | None) -> bool:
@@ -165,7 +242,7 @@ def _colorinterp(channels: tuple, count: int):
             out.append(ColorInterp.alpha)
         elif c.color and c.color.upper() in by_colour:
             out.append(getattr(ColorInterp, by_colour[c.color.upper()]))
-        elif count == 1:
+        elif count == 1 or (c.color or "").upper() == "FFFFFF":
             out.append(ColorInterp.gray)
         else:
             out.append(ColorInterp.undefined)
@@ -175,8 +252,9 @@ def _colorinterp(channels: tuple, count: int):
 def write_geotiff(tmp: Path, arr, axes: str, meta: ImageMeta, note: str | None) -> None:
     """Write ``arr`` (numpy or dask, YX / YXC / CYX) as a GeoTIFF at ``tmp``, window by window.
 
-    Same CRS, transform, nodata, band count, descriptions, colour interpretation and interleave as
-    ``meta`` says; the run fingerprint ``note`` goes into the GDAL metadata (item ``napari_mirnet``).
+    Same CRS, transform (or ground control points), nodata (or mask band), band count,
+    descriptions, units, scale/offset, metadata, colour interpretation and interleave as ``meta``
+    says; the run fingerprint ``note`` goes into the GDAL metadata (item ``napari_mirnet``).
     """
     import dask.array as da
 
@@ -190,6 +268,7 @@ def write_geotiff(tmp: Path, arr, axes: str, meta: ImageMeta, note: str | None) 
     height, width, count = (int(n) for n in arr.shape)
     dtype = np.dtype(arr.dtype)
     geo = meta.geo
+    mask = geo.mask and meta.nodata is not None  # nodata stands in for the input's mask band
     large = max(height, width) > OVERVIEW_MIN
     stage = Path(tmp).with_name(Path(tmp).name + ".stage") if large else Path(tmp)
     profile = {
@@ -198,9 +277,9 @@ def write_geotiff(tmp: Path, arr, axes: str, meta: ImageMeta, note: str | None) 
         "width": width,
         "count": count,
         "dtype": dtype.name,
-        "crs": geo.crs,
-        "transform": rasterio.Affine(*geo.transform[:6]),
-        "nodata": meta.nodata,
+        "crs": None if geo.gcps else geo.crs,
+        "transform": None if geo.gcps else rasterio.Affine(*geo.transform[:6]),
+        "nodata": None if mask else meta.nodata,
         "interleave": geo.interleave,
         "tiled": True,
         "blockxsize": BLOCK,
@@ -211,28 +290,33 @@ def write_geotiff(tmp: Path, arr, axes: str, meta: ImageMeta, note: str | None) 
         **_photometric(meta.channels, count),
     }
     try:
-        with rasterio.open(stage, "w", **profile) as ds:
+        # a mask band goes inside the TIFF (whatever the GDAL version defaults to: never a .msk file beside it)
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(stage, "w", **profile) as ds:
             _describe(ds, meta, count, note)
 
             class Target:  # da.store writes each computed chunk through here (one at a time: lock)
                 def __setitem__(self, key, value):
                     ys, xs = key[0], key[1]
                     win = Window(xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start)
-                    ds.write(np.moveaxis(np.asarray(value), -1, 0), window=win)
+                    value = np.asarray(value)
+                    ds.write(np.moveaxis(value, -1, 0), window=win)
+                    if mask:
+                        ds.write_mask(_valid_mask(value, meta.nodata), window=win)
 
             if isinstance(arr, da.Array):
                 da.store(arr, Target(), lock=threading.Lock())
             else:
                 Target()[slice(0, height), slice(0, width)] = np.asarray(arr)
         if large:
-            with rasterio.open(stage, "r+") as ds:
+            with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(stage, "r+") as ds:
                 ds.build_overviews(_overview_factors(height, width), _resampling())
                 ds.update_tags(ns="rio_overview", resampling=_resampling().name)
             cog = {k: v for k, v in profile.items() if k not in ("driver", "height", "width", "count", "dtype")}
             cog.pop("crs"), cog.pop("transform"), cog.pop("nodata")
             import rasterio.shutil
 
-            rasterio.shutil.copy(stage, tmp, driver="GTiff", COPY_SRC_OVERVIEWS="YES", **cog)
+            with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+                rasterio.shutil.copy(stage, tmp, driver="GTiff", COPY_SRC_OVERVIEWS="YES", **cog)
     finally:
         if large and stage.exists():
             os.unlink(stage)
@@ -244,13 +328,35 @@ def _describe(ds, meta: ImageMeta, count: int, note: str | None) -> None:
         tags[NOTE_ITEM] = note
     if tags:
         ds.update_tags(**tags)
-    if len(meta.channels) == count:
-        for i, c in enumerate(meta.channels, 1):
-            if c.name:
-                ds.set_band_description(i, c.name)
-        interp = _colorinterp(meta.channels, count)
-        if interp is not None:
-            ds.colorinterp = interp
+    if meta.geo.gcps:
+        from rasterio.control import GroundControlPoint
+        from rasterio.crs import CRS
+
+        points = [GroundControlPoint(r, c, x, y, z, i, info) for r, c, x, y, z, i, info in meta.geo.gcps]
+        crs = meta.geo.gcp_crs or meta.geo.crs
+        ds.gcps = (points, CRS.from_user_input(crs) if crs else None)
+    chans = meta.channels
+    if len(chans) != count:
+        return
+    for i, c in enumerate(chans, 1):
+        if c.name:
+            ds.set_band_description(i, c.name)
+        if c.unit:
+            ds.set_band_unit(i, c.unit)
+        if c.tags:
+            ds.update_tags(i, **dict(c.tags))
+    if any(c.scale is not None or c.offset is not None for c in chans):
+        ds.scales = [1.0 if c.scale is None else c.scale for c in chans]
+        ds.offsets = [0.0 if c.offset is None else c.offset for c in chans]
+    interp = _colorinterp(chans, count)
+    if interp is not None:
+        ds.colorinterp = interp
+
+
+def _valid_mask(value: np.ndarray, nodata: float) -> np.ndarray:
+    """GDAL's mask of a (y, x, c) block: 255 where every band holds data, 0 where one is ``nodata``."""
+    holes = np.isnan(value) if np.isnan(nodata) else value == np.asarray(nodata).astype(value.dtype)
+    return np.where(holes.any(axis=-1), 0, 255).astype(np.uint8)
 
 
 def _photometric(channels: tuple, count: int) -> dict:
