@@ -75,9 +75,14 @@ def test_zyx_stack_is_restored_as_gray_planes(tiny_weights, tmp_path, kind):
         alone = engine.restore(img[z], weights=tiny_weights, **TILED)
         # batched and single convolutions may differ in the last float bit: at most 1 LSB after rounding
         np.testing.assert_allclose(out[z].astype(int), alone.astype(int), atol=1, rtol=0)
-    if kind == "numpy":  # the colour reading is another image: the axes matter
-        as_colour = engine.restore(img, weights=tiny_weights, axes="CYX", **TILED)
+    if kind == "numpy":  # the colour reading (channels last, a picture's) is another image: the axes matter
+        as_colour = np.moveaxis(
+            engine.restore(np.moveaxis(img, 0, -1), weights=tiny_weights, axes="YXC", **TILED), -1, 0
+        )
         assert np.abs(as_colour.astype(int) - out.astype(int)).max() > 1
+        # bare channels ahead of Y and X are not a picture: each is restored as a gray plane (issue 36, 17)
+        as_bands = engine.restore(img, weights=tiny_weights, axes="CYX", **TILED)
+        np.testing.assert_allclose(as_bands.astype(int), out.astype(int), atol=1, rtol=0)
 
 
 def test_cli_says_axes_in_its_own_words(tiny_weights, tmp_path, capsys):
