@@ -15,7 +15,7 @@ from .geotiff import is_geotiff, open_geotiff, write_geotiff, writes_geotiff
 from .image import ImageSource
 from .omezarr import open_zarr, write_omezarr
 from .pictures import check_picture, open_picture, write_picture
-from .tiff import open_tiff, write_tiff
+from .tiff import check_tiff, open_tiff, write_tiff
 
 __all__ = ["IMAGE_SUFFIXES", "list_inputs", "open_image", "write_image"]
 
@@ -42,7 +42,8 @@ def open_image(path: str | os.PathLike, level=None) -> ImageSource:
         src = open_picture(p)
     else:
         raise ValueError(f"cannot read {p}: unsupported file type {suffix!r} (use {', '.join(IMAGE_SUFFIXES)})")
-    src.meta = src.meta.replace(name=str(p))
+    # the image's own name (OME Image Name, NGFF multiscales name) where the file gives one
+    src.meta = src.meta.replace(name=src.meta.name or p.name)
     return src
 
 
@@ -106,6 +107,8 @@ def write_image(
         meta = meta.replace(scale={**dict(zip(axes, (float(v) for v in pixel_size))), **meta.scale})
     if suffix in (".png", ".jpg", ".jpeg"):
         check_picture(p, shape, dtype, axes)
+    elif suffix in (".tif", ".tiff") and not writes_geotiff(suffix, axes, meta):
+        check_tiff(p, dtype, meta)
     elif suffix not in (".tif", ".tiff", ".zarr"):
         raise OutputError(f"cannot write {p.name}: use .zarr, .tif, .png or .jpg")
     is_store = p.is_dir() and any((p / m).exists() for m in ("zarr.json", ".zgroup", ".zarray"))
@@ -125,7 +128,7 @@ def write_image(
         elif suffix in (".tif", ".tiff"):
             write_tiff(tmp, arr, axes, meta, note, stored=stored)
         elif suffix == ".zarr":
-            write_omezarr(tmp, arr, axes, meta, name=p.stem)
+            write_omezarr(tmp, arr, axes, meta, name=meta.name or p.stem)  # a napari layer's, an input's name
             if p.exists():  # a store (checked above), replaced as a whole
                 shutil.rmtree(p)
         else:

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..metadata import RGB_COLOURS, Channel, ImageMeta
 from .image import ImageSource, axes_from_letters
+from .units import normalise_unit
 
 __all__ = [
     "PYRAMID_MIN",
@@ -92,7 +93,12 @@ def _axes_of(m: dict, ndim: int) -> tuple[str | None, dict]:
     axes = axes_from_letters("".join(letters))
     units = {}
     if axes:
-        units = {a: d["unit"] for a, d in zip(axes, axes_meta) if isinstance(d, dict) and d.get("unit")}
+        # symbols ('nm', 'µm') are not NGFF, but written: kept as the unit they name, not dropped later
+        units = {
+            a: normalise_unit(d["unit"]) or d["unit"]
+            for a, d in zip(axes, axes_meta)
+            if isinstance(d, dict) and d.get("unit")
+        }
     return axes, units
 
 

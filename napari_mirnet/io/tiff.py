@@ -20,9 +20,20 @@ from pathlib import Path
 import numpy as np
 
 from ..metadata import Channel, ImageMeta
+from .errors import OutputError
 from .image import ImageSource, axes_from_letters
+from .units import UnitError, from_ome, normalise_unit, ome_symbol, to_meters, to_seconds
 
-__all__ = ["NAMESPACE", "TILE", "PYRAMID_FROM", "normalise_unit", "open_tiff", "stored_tiff_fingerprint", "write_tiff"]
+__all__ = [
+    "NAMESPACE",
+    "TILE",
+    "PYRAMID_FROM",
+    "check_tiff",
+    "normalise_unit",
+    "open_tiff",
+    "stored_tiff_fingerprint",
+    "write_tiff",
+]
 
 NAMESPACE = "https://github.com/napari-mirnet/fingerprint"  # of our OME MapAnnotation
 TILE = 512  # tile side for planes larger than one tile
@@ -32,80 +43,7 @@ _BAND_BYTES = 64 * 2**20  # at most this much of a result is held at once while 
 _SMALL_BYTES = 512 * 2**20  # a lazy result up to this size is computed whole, larger ones go to a temporary store
 _IMAGEJ_MAX = 2**32 - 2**25  # ImageJ reads classic (32-bit offset) TIFF only; keep a margin for the headers
 
-# OME-XML unit symbols <-> OME-NGFF (UDUNITS-2) names
-_OME_LENGTH = {
-    "Å": "angstrom",
-    "pm": "picometer",
-    "nm": "nanometer",
-    "µm": "micrometer",
-    "mm": "millimeter",
-    "cm": "centimeter",
-    "dm": "decimeter",
-    "m": "meter",
-    "km": "kilometer",
-    "in": "inch",
-    "ft": "foot",
-    "yd": "yard",
-    "mi": "mile",
-}
-_OME_TIME = {
-    "ps": "picosecond",
-    "ns": "nanosecond",
-    "µs": "microsecond",
-    "ms": "millisecond",
-    "s": "second",
-    "min": "minute",
-    "h": "hour",
-    "d": "day",
-}
-# what ImageJ (and people) write for the same units
-_ALIASES = {
-    "micron": "micrometer",
-    "microns": "micrometer",
-    "um": "micrometer",
-    "μm": "micrometer",  # Greek mu, not the micro sign
-    "\\u00b5m": "micrometer",  # ImageJ escapes the micro sign in its ASCII description
-    "nanometre": "nanometer",
-    "micrometre": "micrometer",
-    "millimetre": "millimeter",
-    "centimetre": "centimeter",
-    "metre": "meter",
-    "sec": "second",
-    "seconds": "second",
-    "msec": "millisecond",
-    "us": "microsecond",
-    "μs": "microsecond",
-    "\\u00b5s": "microsecond",
-    "mins": "minute",
-    "minutes": "minute",
-    "hours": "hour",
-    "hr": "hour",
-}
 _IMAGEJ_UNIT = {"micrometer": "micron", "microsecond": "us", "angstrom": "A"}  # ASCII spellings ImageJ understands
-_TO_SECONDS = {"picosecond": 1e-12, "nanosecond": 1e-9, "microsecond": 1e-6, "millisecond": 1e-3, "second": 1.0}
-_TO_SECONDS.update({"minute": 60.0, "hour": 3600.0, "day": 86400.0})
-
-
-def normalise_unit(text) -> str | None:
-    """The OME-NGFF name (``micrometer``, ``second``...) of a unit as OME, ImageJ or people write it; None if unknown."""
-    if text is None:
-        return None
-    t = str(text).strip()
-    if t in _OME_LENGTH or t in _OME_TIME:
-        return _OME_LENGTH.get(t) or _OME_TIME[t]
-    low = t.lower()
-    if low in _ALIASES:
-        return _ALIASES[low]
-    known = set(_OME_LENGTH.values()) | set(_OME_TIME.values())
-    return low if low in known else None
-
-
-def _ome_symbol(unit: str | None) -> str | None:
-    for table in (_OME_LENGTH, _OME_TIME):
-        for sym, name in table.items():
-            if name == unit:
-                return sym
-    return None
 
 
 def _color_from_ome(value) -> str | None:
@@ -129,26 +67,74 @@ def _as_list(x) -> list:
 
 
 # ------------------------------------------------------------------------------------------ reading
-def _ome_meta(tif, axes: str | None) -> tuple[dict, dict, tuple[Channel, ...]]:
-    """(scale, units, channels) from the OME-XML of the file's first image."""
+def _ome_meta(tif) -> dict:
+    """ImageMeta fields (scale, units, translation, channels, name) from the OME-XML of the file's first image."""
     import tifffile
 
     try:
         ome = tifffile.xml2dict(tif.ome_metadata)["OME"]
-        pixels = _as_list(ome.get("Image"))[0]["Pixels"]
+        image = _as_list(ome.get("Image"))[0]
+        pixels = image["Pixels"]
     except (KeyError, IndexError, TypeError, ValueError):
-        return {}, {}, ()
+        return {}
+    scale, units = _ome_sizes(pixels, tif.filehandle.name)
+    translation = _ome_positions(pixels, scale, units)
+    units.update({a: u for a, u in translation.pop("units").items() if a not in units})
+    name = image.get("Name")
+    return {
+        "scale": scale,
+        "units": units,
+        "translation": translation,
+        "channels": _ome_channels(pixels),
+        "name": None if name in (None, "") else str(name),
+    }
+
+
+def _ome_sizes(pixels: dict, shown: str) -> tuple[dict, dict]:
+    """Physical pixel sizes and time increment, in NGFF units; a size in an unknown unit is left out, with a warning."""
     scale, units = {}, {}
-    for a in "XYZ":
-        size = pixels.get(f"PhysicalSize{a}")
-        if size is not None and float(size) > 0:
-            scale[a] = float(size)
-            # the OME schema's default unit is the micrometre
-            units[a] = normalise_unit(pixels.get(f"PhysicalSize{a}Unit", "µm")) or "micrometer"
-    dt = pixels.get("TimeIncrement")
-    if dt is not None and float(dt) > 0:
-        scale["T"] = float(dt)
-        units["T"] = normalise_unit(pixels.get("TimeIncrementUnit", "s")) or "second"
+    # the OME schema's default units: micrometre, second
+    keys = [(a, f"PhysicalSize{a}", "µm") for a in "XYZ"] + [("T", "TimeIncrement", "s")]
+    for a, key, default in keys:
+        size = pixels.get(key)
+        if size is None or not float(size) > 0:
+            continue
+        try:
+            value, unit = from_ome(float(size), pixels.get(key + "Unit", default))
+        except UnitError as err:
+            warnings.warn(f"{shown}: {key} {size} is left out: {err}", stacklevel=4)
+            continue
+        scale[a] = value
+        if unit:
+            units[a] = unit
+    return scale, units
+
+
+def _ome_positions(pixels: dict, scale: dict, units: dict) -> dict:
+    """The first plane's PositionX/Y/Z as a translation in the units of the pixel sizes (key 'units': those of the rest)."""
+    planes = [p for p in _as_list(pixels.get("Plane")) if isinstance(p, dict)]
+    first = [p for p in planes if all(int(p.get(k, 0) or 0) == 0 for k in ("TheC", "TheZ", "TheT"))]
+    out, own = {}, {}
+    for a in "XYZ" if first else "":
+        value = first[0].get(f"Position{a}")
+        if value is None:
+            continue
+        try:  # the schema's default unit is the stage's 'reference frame': no physical unit
+            value, unit = from_ome(float(value), first[0].get(f"Position{a}Unit", "reference frame"))
+        except (UnitError, ValueError):
+            continue
+        if unit and units.get(a):
+            factor = (to_meters(unit) or math.nan) / (to_meters(units[a]) or math.nan)
+            if math.isfinite(factor):  # both lengths: in the pixel size's unit
+                out[a] = value * factor
+        elif unit and a not in scale:
+            out[a], own[a] = value, unit
+        elif not unit and not units.get(a):  # both without unit: pixels and positions alike
+            out[a] = value
+    return {**{a: v for a, v in out.items() if v != 0.0}, "units": own}
+
+
+def _ome_channels(pixels: dict) -> tuple[Channel, ...]:
     channels = []
     for ch in _as_list(pixels.get("Channel")):
         if not isinstance(ch, dict):
@@ -162,7 +148,7 @@ def _ome_meta(tif, axes: str | None) -> tuple[dict, dict, tuple[Channel, ...]]:
             channels.append(Channel(name=None if name is None else str(name), color=color))
     if not any(c.name or c.color for c in channels):
         channels = []
-    return scale, units, tuple(channels)
+    return tuple(channels)
 
 
 def _imagej_meta(tif, ij: dict) -> tuple[dict, dict, tuple[Channel, ...]]:
@@ -222,34 +208,106 @@ def _plain_meta(tif) -> tuple[dict, dict]:
 
 
 def open_tiff(p: Path) -> ImageSource:
-    """A TIFF's first series, read region by region through tifffile's zarr store, with its metadata."""
+    """A TIFF's image, read region by region through tifffile's zarr store, with its metadata.
+
+    A file of several images (pages of different sizes, OME images) is refused with their list:
+    taking the first alone would drop the others without a word. Pixels are given as they look:
+    a min-is-white file is inverted, a palette file becomes RGB; CMYK and CIELab are refused.
+    """
     import tifffile
     import zarr
 
     with tifffile.TiffFile(p) as tif:
-        series = tif.series[0]
+        index = _one_series(tif, p)
+        series = tif.series[index]
+        page = series.pages[0] if series.pages else tif.pages.first
         axes = axes_from_letters(series.axes)
-        scale, units, channels = {}, {}, ()
+        fields: dict = {}
         fmt = "tiff"
         if tif.is_ome and tif.ome_metadata:
             fmt = "ome-tiff"
-            scale, units, channels = _ome_meta(tif, axes)
+            fields = _ome_meta(tif)
         elif tif.is_imagej and tif.imagej_metadata is not None:
             fmt = "imagej-tiff"
-            scale, units, channels = _imagej_meta(tif, tif.imagej_metadata)
+            fields = dict(zip(("scale", "units", "channels"), _imagej_meta(tif, tif.imagej_metadata)))
         else:
-            scale, units = _plain_meta(tif)
-    if axes is not None:
-        scale = {a: v for a, v in scale.items() if a in axes}
-        units = {a: v for a, v in units.items() if a in scale}
-        n_c = series.shape[axes.index("C")] if "C" in axes else 1
-        if len(channels) != n_c:
-            channels = ()
-    z = zarr.open(tifffile.imread(p, aszarr=True), mode="r")
+            fields = dict(zip(("scale", "units"), _plain_meta(tif)))
+        photometric, extras = int(page.photometric), tuple(int(e) for e in page.extrasamples or ())
+        colormap = page.colormap if photometric == 3 else None
+    z = zarr.open(tifffile.imread(p, aszarr=True, series=index), mode="r")
     if isinstance(z, zarr.Group):  # a pyramid: full resolution is level 0
         z = z["0"]
-    meta = ImageMeta(axes=axes, scale=scale, units=units, channels=channels, source_format=fmt)
+    z, axes = _as_seen(z, axes, photometric, colormap, p)
+    if axes is not None:
+        fields = _fit_to_axes(fields, axes, z.shape)
+        if not fields.get("channels") and extras and axes.endswith("C"):
+            fields["channels"] = _sample_channels(photometric, extras, z.shape[-1])
+    meta = ImageMeta(axes=axes, source_format=fmt, **fields)
     return ImageSource(z, axes, meta)
+
+
+def _fit_to_axes(fields: dict, axes: str, shape: tuple) -> dict:
+    """The metadata fields of the axes there are; channel descriptions only when their count fits."""
+    out = dict(fields)
+    out["scale"] = {a: v for a, v in fields.get("scale", {}).items() if a in axes}
+    out["translation"] = {a: v for a, v in fields.get("translation", {}).items() if a in axes}
+    kept = set(out["scale"]) | set(out["translation"])
+    out["units"] = {a: v for a, v in fields.get("units", {}).items() if a in kept}
+    n_c = shape[axes.index("C")] if "C" in axes else 1
+    if len(fields.get("channels", ())) != n_c:
+        out["channels"] = ()
+    return out
+
+
+def _one_series(tif, p: Path):
+    """The file's one image; several (reduced-resolution and mask pages aside) are refused, each named."""
+    full = [i for i, s in enumerate(tif.series) if not all(pg.subfiletype & 0b101 for pg in s.pages if pg is not None)]
+    if len(full) <= 1:
+        return full[0] if full else 0
+    listed = ", ".join(
+        f"{'image ' + str(i) if tif.is_ome else 'page ' + str(tif.series[i].pages[0].index)}: "
+        + " x ".join(map(str, tif.series[i].shape))
+        + f" {tif.series[i].dtype}"
+        for i in full[:8]
+    )
+    more = f" and {len(full) - 8} more" if len(full) > 8 else ""
+    raise ValueError(
+        f"{p.name} holds {len(full)} images ({listed}{more}); napari-mirnet restores one image per file, "
+        "and taking the first alone would drop the others: save each as a file of its own "
+        "(e.g. tifffile.imwrite(f'page{i}.tif', tifffile.imread(path, series=i))) and restore those"
+    )
+
+
+def _as_seen(z, axes: str | None, photometric: int, colormap, p: Path):
+    """The pixels as a viewer shows them: min-is-white inverted, palette indices looked up (lazily, with dask)."""
+    import dask.array as da
+
+    if photometric == 0 and np.dtype(z.dtype).kind == "u":  # min-is-white: 0 is white
+        top = np.iinfo(z.dtype).max
+        return top - da.from_zarr(z), axes
+    if photometric == 3 and colormap is not None and axes == "YX":
+        lut = np.asarray(colormap).T  # (entries, 3)
+        if np.all(lut % 257 == 0):  # 8-bit colours stored as 16 (tifffile, libtiff write them so)
+            lut = (lut // 257).astype(np.uint8)
+        d = da.from_zarr(z)
+        rgb = d.map_blocks(lambda b: lut[b], new_axis=2, chunks=d.chunks + ((3,),), dtype=lut.dtype)
+        return rgb, "YXC"
+    refused = {0: "min-is-white floating point", 3: "palette", 5: "CMYK (separated)", 8: "CIELab", 9: "ICCLab"}
+    refused.update({10: "ITULab", 32844: "LogL", 32845: "LogLuv"})
+    if photometric in refused:
+        raise ValueError(
+            f"{p.name} is a {refused[photometric]} TIFF: its values are not gray or RGB intensities, so "
+            "restoring them would be wrong; convert it to gray or RGB first (e.g. with PIL: "
+            "Image.open(path).convert('RGB').save('rgb.tif'))"
+        )
+    return z, axes
+
+
+def _sample_channels(photometric: int, extras: tuple[int, ...], n: int) -> tuple[Channel, ...]:
+    """Channel roles from TIFF ExtraSamples: colour samples first, then alpha (1, 2) or other bands (0)."""
+    colours = [Channel(color=c) for c in ("FF0000", "00FF00", "0000FF")] if photometric == 2 else [Channel()]
+    chans = colours + [Channel(alpha=e in (1, 2)) for e in extras]
+    return tuple(chans) if len(chans) == n and any(c.alpha or c.color for c in chans) else ()
 
 
 def stored_tiff_fingerprint(path) -> dict | None:
@@ -372,17 +430,15 @@ def _ome_metadata(layout: _Layout, meta: ImageMeta, note: str | None, name: str 
     md = {"axes": layout.letters}
     if name:
         md["Name"] = name
-    for a in "XYZ":
+    for a, key in (("X", "PhysicalSizeX"), ("Y", "PhysicalSizeY"), ("Z", "PhysicalSizeZ"), ("T", "TimeIncrement")):
         if a in layout.axes and a in meta.scale:
-            md[f"PhysicalSize{a}"] = float(meta.scale[a])
-            sym = _ome_symbol(meta.units.get(a))
+            md[key] = float(meta.scale[a])
+            sym = ome_symbol(meta.units.get(a))
             if sym:
-                md[f"PhysicalSize{a}Unit"] = sym
-    if "T" in layout.axes and "T" in meta.scale:
-        md["TimeIncrement"] = float(meta.scale["T"])
-        sym = _ome_symbol(meta.units.get("T"))
-        if sym:
-            md["TimeIncrementUnit"] = sym
+                md[key + "Unit"] = sym
+    planes = _plane_positions(layout, meta)
+    if planes:
+        md["Plane"] = planes
     chans = meta.with_channel_count(layout.n_channels).channels if "C" in layout.axes else meta.channels[:1]
     if not layout.rgb and chans and len(chans) == layout.n_channels:
         names = [c.name or f"Channel {i}" for i, c in enumerate(chans)]
@@ -394,16 +450,51 @@ def _ome_metadata(layout: _Layout, meta: ImageMeta, note: str | None, name: str 
     return md
 
 
+def _plane_positions(layout: _Layout, meta: ImageMeta) -> dict | None:
+    """OME Plane PositionX/Y/Z of every plane (the translation: first pixel's centre; Z moves plane by plane)."""
+    found = [a for a in "XYZ" if a in layout.axes and a in meta.translation]
+    if not found:
+        return None
+    lead = layout.shape[: layout.n_lead]
+    z_of = [0] * math.prod(lead)
+    if "Z" in layout.axes[: layout.n_lead]:
+        z_of = list(np.unravel_index(np.arange(math.prod(lead)), lead)[layout.axes.index("Z")])
+    out = {}
+    for a in found:
+        step = float(meta.scale.get(a, 1.0)) if a == "Z" else 0.0
+        out[f"Position{a}"] = [float(meta.translation[a]) + step * int(k) for k in z_of]
+        sym = ome_symbol(meta.units.get(a))
+        if sym:
+            out[f"Position{a}Unit"] = [sym] * len(z_of)
+    return out
+
+
+def check_tiff(p: Path, dtype, meta: ImageMeta | None) -> None:
+    """Refuse, before anything is computed, what an OME-TIFF cannot hold: its data types, units it has no symbol for."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "uifb" or dtype.itemsize > 8 or (dtype.kind in "iu" and dtype.itemsize > 4):
+        raise OutputError(
+            f"{p.name}: OME-TIFF holds 8- to 32-bit integers and 32- or 64-bit floats; this image is {dtype}: "
+            "write .zarr, or convert the image (e.g. to float64) first"
+        )
+    for a, unit in (meta.units if meta else {}).items():
+        if unit and ome_symbol(unit) is None:
+            raise OutputError(
+                f"{p.name}: the unit {unit!r} of axis {a} has no OME-TIFF symbol (OME knows units of length and "
+                "time such as nm, µm, mm, s, ms); write .zarr, which keeps any unit, or give the pixel size in one OME knows"
+            )
+
+
 def _imagej_metadata(layout: _Layout, meta: ImageMeta, note: str | None) -> tuple[dict, tuple | None]:
     md = {"axes": layout.letters}
     unit = meta.units.get("X") or meta.units.get("Y")
     if unit:
-        md["unit"] = _IMAGEJ_UNIT.get(unit) or _ome_symbol(unit) or unit
+        md["unit"] = _IMAGEJ_UNIT.get(unit) or ome_symbol(unit) or unit
     if "Z" in layout.axes and "Z" in meta.scale:
         md["spacing"] = float(meta.scale["Z"])
     if "T" in layout.axes and "T" in meta.scale:
         t_unit = meta.units.get("T")
-        md["finterval"] = float(meta.scale["T"]) * _TO_SECONDS.get(t_unit, 1.0)  # ImageJ's default: seconds
+        md["finterval"] = float(meta.scale["T"]) * (to_seconds(t_unit) or 1.0)  # ImageJ's default: seconds
     chans = meta.with_channel_count(layout.n_channels).channels if "C" in layout.axes else ()
     if not layout.rgb and chans and len(chans) == layout.n_channels:
         if all(c.color for c in chans):
@@ -435,13 +526,17 @@ def write_tiff(tmp: Path, arr, axes: str, meta: ImageMeta, note: str | None, *, 
     import dask.array as da
     import tifffile
 
+    if np.dtype(arr.dtype) == np.float16:  # TIFF readers (OME, ImageJ, GDAL) take float32: every value is kept
+        warnings.warn(
+            f"{_shown(tmp)}: written as float32 (TIFF readers have no 16-bit float); values unchanged", stacklevel=3
+        )
+        arr = (arr if isinstance(arr, da.Array) else da.from_array(arr, chunks=_chunks(arr))).astype(np.float32)
     layout = _Layout(tuple(arr.shape), np.dtype(arr.dtype), axes)
     imagej = meta.source_format == "imagej-tiff"
     if imagej:
         problem = _imagej_problem(layout)
         if problem:
-            shown = Path(tmp).name.removeprefix(".").removesuffix(".partial")  # the name the file will have
-            warnings.warn(f"{shown}: written as OME-TIFF, not ImageJ TIFF: {problem}", stacklevel=3)
+            warnings.warn(f"{_shown(tmp)}: written as OME-TIFF, not ImageJ TIFF: {problem}", stacklevel=3)
             imagej = False
     nbytes = math.prod(layout.shape) * layout.dtype.itemsize
     work = Path(tmp).with_name(Path(tmp).name + ".levels.zarr")
@@ -473,6 +568,10 @@ def write_tiff(tmp: Path, arr, axes: str, meta: ImageMeta, note: str | None, *, 
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _shown(tmp: Path) -> str:
+    return Path(tmp).name.removeprefix(".").removesuffix(".partial")  # the name the file will have
+
+
 def _chunks(arr) -> tuple:
     chunks = getattr(arr, "chunks", None)
     return tuple(chunks) if isinstance(chunks, tuple) and len(chunks) == arr.ndim else "auto"
@@ -484,7 +583,7 @@ def _write_ome(tmp: Path, a, layout: _Layout, meta: ImageMeta, note, work: Path,
 
     tile = TILE if max(layout.plane) > TILE else None
     n_levels = _levels(layout.plane)
-    name = Path(meta.name).name if meta.name else None
+    name = meta.name  # the input's OME image name, else its file name (io.open_image)
     opts = dict(
         dtype=layout.dtype,
         photometric="rgb" if layout.rgb else "minisblack",
