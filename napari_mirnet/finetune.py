@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .devices import resolve_device
+from .finetune_output import check_output, state_path
 from .model import MIRNetV2
 from .training import NORMALISATION, _save, code_version
 from .weights import load_model, locate
@@ -64,12 +65,6 @@ def models_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("napari-mirnet")) / "models"
-
-
-def state_path(out: str | os.PathLike) -> Path:
-    """The resumable training state that lives next to a fine-tuned model file."""
-    p = Path(out)
-    return p.with_name(p.name + ".state.pth")
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -516,6 +511,7 @@ def finetune(
     axes: str | None = None,
     normalisation: str = "auto",
     resume: bool = False,
+    overwrite: bool = False,
     config: FinetuneConfig | None = None,
     callback: Callable[[FinetuneProgress], bool | None] | None = None,
     progress: bool = False,
@@ -541,6 +537,9 @@ def finetune(
     resume : bool
         Continue the run saved in ``<out>.state.pth`` (same data and settings); ``minutes``/``steps``
         are the whole run's budget.
+    overwrite : bool
+        Replace an existing ``out`` (and its saved run). Without it (or ``resume``) an existing ``out``
+        is refused. An input image or the source model is never replaced.
     config : FinetuneConfig, optional
         All other settings; keyword ``options`` (``lr=``, ``patch=``, ``objective=`` ...) override it.
     callback : callable, optional
@@ -552,14 +551,26 @@ def finetune(
     Returns
     -------
     FinetuneResult
+
+    Raises
+    ------
+    ValueError
+        Bad settings or data, or ``out`` names an input image or the source model.
+    napari_mirnet.io.OutputExistsError
+        ``out`` exists and neither ``overwrite`` nor ``resume`` was given.
     """
     cfg = _finetune_config(config, options, minutes, steps)
-    run = _FinetuneRun.create(data, Path(out), weights, cfg, minutes, steps, axes, normalisation)
+    out = Path(out)
+    source_path = locate(weights)
+    # before anything is read or written: a model file must never land on the data or the model it came from
+    check_output(out, data, source_path, overwrite=overwrite, resume=resume)
+    run = _FinetuneRun.create(data, out, weights, source_path, cfg, minutes, steps, axes, normalisation)
     if resume:
         run.resume()
     else:
         run.validate_source()
         run.save_best(0, 0.0)  # the source model is the best so far: a cancel right away keeps it
+        run.save_state(0, 0.0)  # and the saved run is this one's, not an earlier run's at the same out
 
     bar = None
     if progress:
@@ -593,9 +604,9 @@ def _finetune_config(config: FinetuneConfig | None, options: dict, minutes, step
     return config
 
 
-def _source_model(weights, device) -> tuple[MIRNetV2, Path, dict]:
-    """The denoiser to start from, its file and its metadata; other kinds of model are refused."""
-    source_path = locate(weights)
+def _source_model(weights, source_path: Path, device) -> tuple[MIRNetV2, dict]:
+    """The denoiser to start from (``weights`` as the caller named it, found at ``source_path``) and its
+    metadata; other kinds of model are refused."""
     model = load_model(source_path, device)
     source_meta = dict(getattr(model, "meta", {}) or {})
     if model.config.dual_pixel or model.config.in_channels != model.config.out_channels:
@@ -603,7 +614,7 @@ def _source_model(weights, device) -> tuple[MIRNetV2, Path, dict]:
     task = source_meta.get("task", "denoise")
     if task not in ("denoise", None):
         raise ValueError(f"weights={weights!r} is a {task} model; self-supervised fine-tuning is for denoisers")
-    return model, source_path, source_meta
+    return model, source_meta
 
 
 @dataclass
@@ -641,10 +652,12 @@ class _FinetuneRun:
     source_val: float = math.inf
 
     @classmethod
-    def create(cls, data, out: Path, weights, cfg: FinetuneConfig, minutes, steps, axes, normalisation) -> _FinetuneRun:
+    def create(
+        cls, data, out: Path, weights, source_path: Path, cfg: FinetuneConfig, minutes, steps, axes, normalisation
+    ) -> _FinetuneRun:
         """Load the source model, index the data's planes, hold out validation patches, measure the noise."""
         device = resolve_device(cfg.device)
-        model, source_path, source_meta = _source_model(weights, device)
+        model, source_meta = _source_model(weights, source_path, device)
         sources = _as_sources(data, axes)
         planes = _planes(sources, model.config.in_channels, normalisation)
         dataset = _Data(planes, cfg.patch, cfg.val_patches, cfg.seed)

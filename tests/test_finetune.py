@@ -298,3 +298,67 @@ def test_widget_cancel_keeps_the_best_model(make_napari_viewer, qtbot, tmp_path,
     qtbot.waitUntil(lambda: w.result is not None, timeout=60_000)
     assert w.result.stopped and w.result.path.is_file() and time.perf_counter() - t < 30
     assert "cancelled" in w.status.value
+
+
+# ------------------------------------------------------------------------------------------ output safety
+def _sd(path) -> dict:
+    return {k: v.clone() for k, v in read_checkpoint(path)[0].items()}
+
+
+def test_output_on_the_input_image_is_refused_and_the_image_kept(tmp_path, gray_identity):
+    _, noisy = toy(n=1, size=64)
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, noisy[0])
+    before = src.read_bytes()
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match="would overwrite the input image"):
+            finetune(str(src), str(src), gray_identity, steps=1, minutes=None, overwrite=overwrite, **FAST)
+    # the same file under another name, and an input found in a folder
+    with pytest.raises(ValueError, match="input image"):
+        finetune(str(tmp_path), tmp_path / "sub" / ".." / "in.tif", gray_identity, steps=1, minutes=None, **FAST)
+    with pytest.raises(ValueError, match="input image"):
+        finetune([noisy, str(src)], src, gray_identity, steps=1, minutes=None, resume=True, **FAST)
+    assert src.read_bytes() == before and tifffile.imread(src).shape == (64, 64)
+    assert not state_path(src).exists()
+
+
+def test_output_on_the_source_model_is_refused_and_the_model_kept(tmp_path, gray_identity):
+    import shutil
+
+    _, noisy = toy(n=2, size=64)
+    start = tmp_path / "start.pth"
+    shutil.copy(gray_identity, start)
+    fp32 = _sd(start)
+    assert all(v.dtype == torch.float32 for v in fp32.values())
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match="source model"):
+            finetune(noisy, start, str(start), steps=1, minutes=None, axes="ZYX", overwrite=overwrite, **FAST)
+    after = _sd(start)
+    assert after.keys() == fp32.keys() and all(torch.equal(after[k], fp32[k]) for k in fp32)
+
+
+def test_existing_output_is_refused_unless_overwrite_or_resume(tmp_path, gray_identity):
+    _, noisy = toy(n=2, size=64)
+    kw = dict(minutes=None, steps=1, axes="ZYX", **FAST)
+    unrelated = tmp_path / "notes.pth"
+    unrelated.write_bytes(b"a user's file, not a model")
+    from napari_mirnet.io import OutputExistsError
+
+    with pytest.raises(OutputExistsError, match=r"overwrite=True.*another out"):
+        finetune(noisy, unrelated, gray_identity, **kw)
+    assert unrelated.read_bytes() == b"a user's file, not a model" and not state_path(unrelated).exists()
+    # a run saved there: refused, resumed, or replaced as asked
+    out = tmp_path / "ft.pth"
+    first = finetune(noisy, out, gray_identity, **kw)
+    with pytest.raises(OutputExistsError, match="resume=True"):
+        finetune(noisy, out, gray_identity, **kw)
+    assert read_checkpoint(out)[1]["finetune"]["steps"] == first.steps
+    assert finetune(noisy, out, gray_identity, **{**kw, "steps": 2}, resume=True).steps == 2
+    again = finetune(noisy, out, gray_identity, **kw, overwrite=True, seed=1)
+    assert again.steps == 1 and read_checkpoint(out)[1]["finetune"]["settings"]["seed"] == 1
+    # a saved run whose model file was deleted is someone's too
+    out.unlink()
+    with pytest.raises(OutputExistsError, match="state.pth exists"):
+        finetune(noisy, out, gray_identity, **kw)
+    with pytest.raises(ValueError, match="is a folder"):
+        finetune(noisy, tmp_path, gray_identity, **kw, overwrite=True)

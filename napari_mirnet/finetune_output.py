@@ -1,0 +1,82 @@
+"""Where a fine-tuning run may write: never over an input image or the source model, and over an
+existing file only when the caller asked to replace it (or to resume the run saved there)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .io.errors import OutputExistsError
+
+__all__ = ["check_output", "state_path"]
+
+
+def state_path(out: str | os.PathLike) -> Path:
+    """The resumable training state that lives next to a fine-tuned model file."""
+    p = Path(out)
+    return p.with_name(p.name + ".state.pth")
+
+
+def _same(a: Path, b: Path) -> bool:
+    """One file under two names (links, ``..``, relative paths), whether or not it exists yet."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def _input_paths(data) -> list[Path]:
+    """The files and stores ``data`` names (arrays name none); folders count with the images they hold."""
+    from .io import list_inputs
+
+    items = data if isinstance(data, (list, tuple)) else [data]
+    named = [Path(item) for item in items if isinstance(item, (str, os.PathLike))]
+    found = list(named)
+    for p in named:
+        try:
+            found += list_inputs([p])
+        except (OSError, ValueError):
+            pass  # reading the data reports a missing input in its own words
+    return found
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return folder.is_dir() and path.resolve().is_relative_to(folder.resolve())
+
+
+def check_output(out: Path, data, source: Path, *, overwrite: bool, resume: bool) -> None:
+    """Refuse an ``out`` (or its ``<out>.state.pth``) that would destroy data, before anything is written.
+
+    Raises
+    ------
+    ValueError
+        ``out`` is an input image, lies inside an input zarr store, is the source model, or is a folder.
+    OutputExistsError
+        ``out`` or its saved run exists and neither ``overwrite`` nor ``resume`` was given.
+    """
+    state = state_path(out)
+    for target in (out, state):
+        for p in _input_paths(data):
+            if _same(target, p) or (p.suffix.lower() == ".zarr" and _inside(target, p)):
+                raise ValueError(
+                    f"out={str(out)!r} would overwrite the input image {p}; choose another file for the model "
+                    "(overwrite=True never replaces an input)"
+                )
+        if _same(target, source):
+            raise ValueError(
+                f"out={str(out)!r} would overwrite the source model {source} (weights=); choose another file for "
+                "the fine-tuned model (overwrite=True never replaces the model a run starts from)"
+            )
+    if out.is_dir():
+        raise ValueError(f"out={str(out)!r} is a folder; give a model file name, e.g. {out / 'finetuned.pth'}")
+    if resume or overwrite:
+        return
+    existing = [str(p) for p in (out, state) if p.exists()]
+    if existing:
+        raise OutputExistsError(
+            f"{' and '.join(existing)} exist{'s' if len(existing) == 1 else ''}: out={str(out)!r} is taken. Pass "
+            "resume=True to continue the run saved there, overwrite=True to replace it, or choose another out",
+            matches=False,
+        )
