@@ -66,6 +66,29 @@ def test_store_restored_into_itself_is_refused_and_kept(tiny_weights, tmp_path):
     np.testing.assert_array_equal(np.asarray(zarr.open_group(str(res))["0"]), before)
 
 
+def test_dask_array_read_from_the_output_store_is_refused_and_kept(tiny_weights, tmp_path):
+    # issue 36: da.from_zarr(out) left the store all zeros, marked complete
+    res = tmp_path / "res.zarr"
+    engine.restore(_u8(), weights=tiny_weights, out=res, **TILED)
+    before = np.asarray(zarr.open_group(str(res))["0"])
+    lazy = [
+        da.from_zarr(str(res), component="0"),  # an FsspecStore on the local disk
+        da.from_zarr(str(res), component="0", inline_array=True),  # the array inside the blockwise layer
+        da.from_array(zarr.open_group(str(res), mode="r")["0"], chunks=(32, 32, 3)),  # a LocalStore
+        da.from_zarr(str(res), component="0")[:64] * 1.0,  # derived from it
+    ]
+    for image in lazy:
+        with pytest.raises(mio.OutputError, match="is the input"):
+            engine.restore(image, weights=tiny_weights, axes="YXC", out=res, overwrite=True, **TILED)
+    with pytest.raises(mio.OutputError, match="holds the input"):  # a store around it
+        engine.restore(lazy[0], weights=tiny_weights, axes="YXC", out=tmp_path, overwrite=True, **TILED)
+    assert mio.is_complete(res)
+    np.testing.assert_array_equal(np.asarray(zarr.open_group(str(res))["0"]), before)
+    # a dask array of another store is restored
+    other = engine.restore(lazy[0], weights=tiny_weights, axes="YXC", out=tmp_path / "b.zarr", **TILED)
+    assert other.shape == before.shape and mio.is_complete(tmp_path / "b.zarr")
+
+
 # --------------------------------------------------------------------- 2. resume checks content
 def test_resume_with_another_input_is_refused(tiny_weights, tmp_path):
     a, b = _u8(seed=1), _u8(seed=2)

@@ -156,9 +156,50 @@ def _from_torch(image):
 
 
 def _store_paths(image) -> tuple:
-    """The local store a zarr array reads from (zarr v3 LocalStore ``root``), if any."""
-    root = getattr(getattr(image, "store", None), "root", None)
-    return (str(root),) if root is not None else ()
+    """The local stores the image reads from: a zarr array's, or those of the zarr arrays in a dask graph.
+
+    A dask array read from the output store itself (``da.from_zarr(out)``) must be refused like the
+    path is: replacing the output would delete the pixels before they are read.
+    """
+    arrays = _graph_arrays(image) if is_dask_array(image) else [image]
+    roots = (_local_store_root(getattr(a, "store", None)) for a in arrays)
+    return tuple(dict.fromkeys(r for r in roots if r is not None))
+
+
+def _local_store_root(store) -> str | None:
+    """The folder of a store on the local disk (zarr's LocalStore, or an FsspecStore on 'file'), else None."""
+    if store is None:
+        return None
+    root = getattr(store, "root", None)
+    if root is not None:
+        return str(root)
+    # da.from_zarr(path) opens an FsspecStore on the local file system, not a LocalStore
+    protocol = getattr(getattr(store, "fs", None), "protocol", None)
+    protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol or ())
+    path = getattr(store, "path", None)
+    return str(path) if path and {"file", "local"} & set(protocols) else None
+
+
+#: A dask layer of more tasks than this holds chunk tasks, not the arrays they read.
+_SMALL_LAYER = 64
+
+
+def _graph_arrays(image) -> list:
+    """The source objects a dask array's graph reads from (the arrays ``da.from_array`` wraps).
+
+    ``from_array`` keeps its array either as the one value of a small layer of its own
+    (``inline_array=False``, the default) or as a literal argument of its blockwise layer; chunk
+    tasks are not walked, so a graph of a million chunks costs no more than one of ten.
+    """
+    found = []
+    for layer in image.dask.layers.values():
+        for value, index in getattr(layer, "indices", ()) or ():
+            if index is None:
+                found.append(value)
+        mapping = getattr(layer, "mapping", None)
+        if isinstance(mapping, dict) and len(mapping) <= _SMALL_LAYER:
+            found.extend(getattr(v, "value", v) if type(v).__name__ == "DataNode" else v for v in mapping.values())
+    return [v for v in found if hasattr(v, "store") and hasattr(v, "shape")]
 
 
 def _region_index(axes: str, lead: tuple[int, ...], ys: slice, xs: slice) -> tuple:
