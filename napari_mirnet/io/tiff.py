@@ -262,6 +262,9 @@ def _fit_to_axes(fields: dict, axes: str, shape: tuple) -> dict:
 def _one_series(tif, p: Path):
     """The file's one image; several (reduced-resolution and mask pages aside) are refused, each named."""
     full = [i for i, s in enumerate(tif.series) if not all(pg.subfiletype & 0b101 for pg in s.pages if pg is not None)]
+    for kind in ("ome", "imagej"):
+        if getattr(tif, f"is_{kind}") and tif.series and tif.series[0].kind != kind:  # tifffile fell back
+            raise ValueError(_mismatch(tif, kind))
     if len(full) <= 1:
         return full[0] if full else 0
     listed = ", ".join(
@@ -272,9 +275,34 @@ def _one_series(tif, p: Path):
     )
     more = f" and {len(full) - 8} more" if len(full) > 8 else ""
     raise ValueError(
-        f"{p.name} holds {len(full)} images ({listed}{more}); napari-mirnet restores one image per file, "
+        f"this TIFF holds {len(full)} images ({listed}{more}); napari-mirnet restores one image per file, "
         "and taking the first alone would drop the others: save each as a file of its own "
         "(e.g. tifffile.imwrite(f'page{i}.tif', tifffile.imread(path, series=i))) and restore those"
+    )
+
+
+def _mismatch(tif, kind: str) -> str:
+    """Why the file's OME-XML or ImageJ description cannot be trusted: what it says, what the file holds."""
+    import tifffile
+
+    said = "its ImageJ description"
+    try:
+        if kind == "ome":
+            pix = _as_list(tifffile.xml2dict(tif.ome_metadata)["OME"].get("Image"))[0]["Pixels"]
+            said = "its OME-XML describes " + ", ".join(f"{k}={pix.get(k)}" for k in ("SizeT", "SizeC", "SizeZ"))
+        else:
+            md = tif.imagej_metadata or {}
+            said = "its ImageJ description says " + ", ".join(
+                f"{k}={md[k]}" for k in ("images", "channels", "slices", "frames") if k in md
+            )
+    except (KeyError, IndexError, TypeError, ValueError):
+        pass
+    held = tif.series[0]
+    return (
+        f"this {'OME-' if kind == 'ome' else 'ImageJ '}TIFF does not match its own metadata: {said}, but its "
+        f"pages hold {' x '.join(map(str, held.shape))} {held.dtype}; which planes are Z, C or T cannot "
+        "be told. Rewrite it with metadata that fits (e.g. tifffile.imwrite('fixed.tif', "
+        f"tifffile.imread(path, is_{kind}=False), metadata={{'axes': 'ZYX'}}) for a Z stack)"
     )
 
 
