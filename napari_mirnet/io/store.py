@@ -29,7 +29,7 @@ import numpy as np
 
 from ..metadata import ImageMeta
 from .errors import FingerprintMismatch, OutputError, OutputExistsError
-from .omezarr import channel_windows, downsample2, level_shape, multiscales_attrs, pyramid_levels
+from .omezarr import channel_windows, downsample2, geo_attrs, level_shape, multiscales_attrs, pyramid_levels
 
 if TYPE_CHECKING:  # zarr is imported where a store is opened: numpy runs never load it
     import zarr
@@ -128,6 +128,53 @@ def _chunk_plan(shape, chunks, axes: str) -> tuple[int, list[tuple[int, ...]]]:
     return per_chunk, out
 
 
+def _written_cells(arr: zarr.Array, folder: Path, read: bool) -> tuple[tuple, np.ndarray | None] | None:
+    """The cells written to a one-cell-per-chunk bookkeeping array: (index arrays, values or None).
+
+    Reading such an array through zarr costs one store request per chunk, written or not (minutes
+    for 10^5 chunks); here one walk of the chunk folders finds the written ones, and only those
+    (uncompressed, a few bytes each) are read. None when the array is not laid out as we create it
+    (the caller then reads it through zarr).
+    """
+    try:
+        meta = json.loads((folder / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    plain = [{"name": "bytes", "configuration": {"endian": "little"}}]
+    if (
+        meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape") != [1] * arr.ndim
+        or meta.get("chunk_key_encoding") != {"name": "default", "configuration": {"separator": "/"}}
+        or meta.get("codecs") not in (plain, [{"name": "bytes"}])
+        or meta.get("storage_transformers")
+    ):
+        return None
+    cells, files = [], []
+    stack = [(folder / "c", ())]
+    while stack:  # depth-first over c/<i>/<j>/...: one scandir per folder, none per cell
+        path, prefix = stack.pop()
+        try:
+            entries = list(os.scandir(path))
+        except FileNotFoundError:
+            continue
+        for e in entries:
+            if not e.name.isdigit():
+                continue
+            index = prefix + (int(e.name),)
+            if len(index) == arr.ndim and e.is_file():
+                cells.append(index)
+                files.append(e.path)
+            elif len(index) < arr.ndim and e.is_dir():
+                stack.append((Path(e.path), index))
+    dtype = np.dtype(arr.dtype).newbyteorder("<")
+    index = tuple(np.array(cells, dtype=np.intp).reshape(-1, arr.ndim).T)
+    if not read:
+        return index, None
+    values = np.frombuffer(b"".join(Path(f).read_bytes() for f in files), dtype=dtype)
+    if values.size != len(files):  # a cell that is not one plain value: let zarr read the array
+        return None
+    return index, values
+
+
 class ZarrOutput:
     """A napari-mirnet store being written: the image pyramid at '0', '1', ...; done markers beside it."""
 
@@ -141,11 +188,23 @@ class ZarrOutput:
         self.per_chunk = int(ours.get("per_chunk_levels", 0))
 
     def done_mask(self) -> np.ndarray:
-        return np.asarray(self.book[DONE][...]).astype(bool)
+        """Per level-0 chunk, whether it is written (one directory listing, however many chunks)."""
+        found = _written_cells(self.book[DONE], bookkeeping_path(self.path) / DONE, read=False)
+        if found is None:
+            return np.asarray(self.book[DONE][...]).astype(bool)
+        mask = np.zeros(self.book[DONE].shape, bool)
+        mask[found[0]] = True  # only 1 is ever written to a marker, and zarr stores no all-fill chunk
+        return mask
 
     def input_digests(self) -> np.ndarray:
         """Per output chunk, the digest of the input it was computed from (0: none recorded)."""
-        return np.asarray(self.book[DIGEST][...])
+        arr = self.book[DIGEST]
+        found = _written_cells(arr, bookkeeping_path(self.path) / DIGEST, read=True)
+        if found is None:
+            return np.asarray(arr[...])
+        out = np.zeros(arr.shape, arr.dtype)
+        out[found[0]] = found[1]
+        return out
 
     def finalize(self, axes: str, meta: ImageMeta, name: str | None = None) -> None:
         """Build the remaining levels, write the OME-NGFF metadata and mark the store complete (one write)."""
@@ -162,11 +221,14 @@ class ZarrOutput:
             name=Path(name).name if name else "restored",
             n_channels=n_c,
             levels=self.levels,
-            windows=channel_windows(smallest, axes),
+            windows=channel_windows(smallest, axes, meta.nodata),
             dtype=smallest.dtype,
         )
+        for k in range(self.levels):  # a GeoTIFF's CRS and each level's transform (GeoZarr; _CRS for GDAL)
+            level = self.group[str(k)]
+            level.attrs.update(geo_attrs(meta, level.shape, k, order=axes, group=False))
         # one write of zarr.json (atomic in LocalStore): metadata and the completion marker together
-        self.group.attrs.update({"ome": ome, ATTR: ours})
+        self.group.attrs.update({"ome": ome, ATTR: ours, **geo_attrs(meta, self.group["0"].shape, 0, order=axes)})
         shutil.rmtree(bookkeeping_path(self.path), ignore_errors=True)  # a complete store needs none
 
 
