@@ -8,6 +8,7 @@ after it passed those checks. Nothing that this module did not write itself is e
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import sys
@@ -23,6 +24,7 @@ import torch
 
 from .devices import resolve_device
 from .model import MIRNetConfig, MIRNetV2, config_from_state_dict
+from .weights_files import FileCache, read_record, record_path, write_record
 
 __all__ = [
     "OFFICIAL_ASSETS",
@@ -35,6 +37,7 @@ __all__ = [
     "cached_path",
     "check_finite",
     "check_official",
+    "checkpoint_files",
     "fetch",
     "load_model",
     "local_checkpoint",
@@ -52,9 +55,13 @@ OFFICIAL_ASSETS = {
     "enhancement_fivek": "enhance",
     "dual_pixel_defocus_deblurring": "defocus",
 }
-# No checksums of the release assets are published (nor found in model zoos), so an official-name file
-# is checked against the structure every release shares instead: this catches a wrong or damaged
-# file, though not a deliberately forged one of the same shape.
+#: SHA-256 of each official asset as its publisher states it, checked wherever one is known. The
+#: release (v1.0.0) publishes no checksums and no sizes, and none were found in model zoos, so every
+#: entry is None: a hash computed here from a download would only repeat that download, not check it.
+#: What is checked instead: the structure every release shares (below), which catches a wrong or
+#: damaged file though not a forged one of the same shape, and the SHA-256 recorded at download
+#: time (weights_files.py), which catches a cached file changed since.
+PUBLISHED_SHA256: dict[str, str | None] = dict.fromkeys(OFFICIAL_ASSETS)
 _OFFICIAL_DUAL_PIXEL = "dual_pixel_defocus_deblurring"
 _OFFICIAL_PARAMS = {False: 5_858_560, True: 5_860_720}  # 3 -> 3 and the dual-pixel 6 -> 3
 OFFICIAL_LICENCE = (
@@ -142,16 +149,56 @@ def cached_path(name_or_url: str) -> Path:
     return cache_dir() / _url_file_name(name_or_url)
 
 
+def checkpoint_files(folder: str | os.PathLike) -> list[Path]:
+    """The model files in a folder, sorted: ``.pth`` and the other checkpoint suffixes.
+
+    A fine-tuning run's resume file (``NAME.pth.state.pth``: optimizer state, not a model to
+    restore with) and download records are not listed.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+        The folder to list (not recursively).
+
+    Returns
+    -------
+    list of Path
+        Regular files (or links to them); an empty list for a missing folder.
+    """
+    p = Path(folder)
+    if not p.is_dir():
+        return []
+    return sorted(
+        q
+        for q in p.iterdir()
+        if q.suffix.lower() in _CHECKPOINT_SUFFIXES and not q.name.lower().endswith(".state.pth") and q.is_file()
+    )
+
+
 def shipped_models() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(SHIPPED_DIR.glob("*.pth"))}
+    return {p.stem: p for p in checkpoint_files(SHIPPED_DIR) if p.suffix == ".pth"}
+
+
+_meta_cache: FileCache[dict] = FileCache()
 
 
 def shipped_meta(name: str) -> dict:
-    return read_checkpoint(shipped_models()[name])[1]
+    """The ``meta`` entry of a shipped model, read once per process (again if the file changed)."""
+    path = shipped_models()[name]
+
+    def load() -> tuple[dict, str]:
+        data = _slurp(path, str(path))
+        return _parse(data, path, str(path))[1], hashlib.sha256(data).hexdigest()
+
+    return dict(_meta_cache.get(path, path, load))
 
 
 def available_weights() -> list[WeightsInfo]:
-    """Every named model: the shipped ones first, then the official assets."""
+    """Every named model: the shipped ones first, then the official assets.
+
+    Cheap enough for a widget to call on every change: the shipped files' metadata is read once per
+    process (see :func:`shipped_meta`) and the official ones are only looked up in the cache folder.
+    """
     infos = [
         WeightsInfo(name, "shipped", shipped_meta(name).get("task", "?"), str(path), True, "BSD-3-Clause")
         for name, path in shipped_models().items()
@@ -216,7 +263,7 @@ def local_checkpoint(path: str | os.PathLike) -> Path:
             "links form a loop); point it at the real .pth file or pass that file's path"
         )
     if p.is_dir():
-        found = sorted(q.name for q in p.iterdir() if q.suffix.lower() in _CHECKPOINT_SUFFIXES and q.is_file())
+        found = [q.name for q in checkpoint_files(p)]
         inside = (
             f"it holds {', '.join(found[:10])}{', ...' if len(found) > 10 else ''}: pass one of them, "
             f"e.g. {p / found[0]}"
@@ -241,15 +288,27 @@ def local_checkpoint(path: str | os.PathLike) -> Path:
     return p
 
 
-def _read(path: Path, source: str) -> tuple[dict[str, torch.Tensor], dict]:
+def _slurp(path: Path, source: str) -> bytes:
+    """The file's bytes, read once: what is hashed is what is loaded, even if the file changes meanwhile."""
     local_checkpoint(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return Path(path).read_bytes()
     except PermissionError as err:
         raise WeightsError(
             f"cannot read {source}: permission denied. If it sits in a shared cache, ask its owner to "
             f"make it readable (chmod a+r {path}); or point NAPARI_MIRNET_CACHE at a folder of your own"
         ) from err
+    except OSError as err:
+        raise WeightsError(f"cannot read {source}: {err.strerror or err}") from err
+
+
+def _read(path: Path, source: str) -> tuple[dict[str, torch.Tensor], dict]:
+    return _parse(_slurp(path, source), path, source)
+
+
+def _parse(data: bytes, path: Path, source: str) -> tuple[dict[str, torch.Tensor], dict]:
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for corrupt files
         raise WeightsError(f"cannot read {source}: {_why_unreadable(path)} ({type(err).__name__}: {err})") from err
     meta = obj.get("meta", {}) if isinstance(obj, dict) else {}
@@ -431,10 +490,18 @@ def _build(sd: dict[str, torch.Tensor], source: str) -> MIRNetV2:
     return model
 
 
-def _load_checked(path: Path, source: str, official: str | None = None, advice: str = ""):
-    """(state dict, meta, meta-device model) of a checkpoint that passed every check."""
+def _load_checked(path: Path, source: str, official: str | None = None, advice: str = "", recorded: bool = False):
+    """(state dict, meta, meta-device model, SHA-256) of a checkpoint that passed every check.
+
+    ``recorded``: the file is a download in the cache, checked against the SHA-256 recorded then
+    (and an official one against the published SHA-256, where one is known).
+    """
     try:
-        sd, meta = _read(path, source)
+        data = _slurp(path, source)
+        digest = hashlib.sha256(data).hexdigest()
+        if official or recorded:
+            _check_sha256(path, digest, official)
+        sd, meta = _parse(data, path, source)
         model = _build(sd, source)
         if official:
             check_official(official, model.config, sd, source)
@@ -443,7 +510,31 @@ def _load_checked(path: Path, source: str, official: str | None = None, advice: 
         if advice:
             raise WeightsError(f"{err}. {advice}") from err.__cause__
         raise
-    return sd, meta, model
+    return sd, meta, model, digest
+
+
+def _check_sha256(path: Path, digest: str, official: str | None) -> None:
+    """Refuse a cached file whose SHA-256 is not the published one, or not the one recorded at download."""
+    published = PUBLISHED_SHA256.get(official) if official else None
+    if published is not None and digest != published:
+        raise WeightsError(
+            f"{path} is not the official {official} checkpoint: its SHA-256 is {digest}, the published one is "
+            f"{published}"
+        )
+    try:
+        recorded = read_record(path)
+    except ValueError as err:
+        raise WeightsError(
+            f"{err}; so {path} cannot be checked against its download. Delete both files and download it again"
+        ) from None
+    if recorded is not None and digest != recorded:
+        again = f"`napari-mirnet weights fetch {official}`" if official else "the same command"
+        raise WeightsError(
+            f"{path} has changed since it was downloaded: its SHA-256 is {digest}, but {record_path(path).name} "
+            f"recorded {recorded} at download time (the file was truncated, damaged or replaced). Delete "
+            f"{path} and {record_path(path)} and run {again} to download it again; or, to use the file as it "
+            f"is now, pass its path as the weights"
+        )
 
 
 def _replace_advice(name: str, path: Path) -> str:
@@ -515,9 +606,10 @@ def fetch(name_or_url: str, *, progress: bool = True, verify: bool = True) -> Pa
     target = cached_path(text)
     advice = _replace_advice(official, target) if official else f"Delete {target} to download it again"
     if target.exists() or target.is_symlink():
-        # what is there was put there by a download or by hand: use it, never write or delete it
+        # what is there was put there by a download (with a SHA-256 record) or by hand: use it, never
+        # write or delete it
         if verify:
-            _load_checked(target, str(target), official, advice)
+            _load_checked(target, str(target), official, advice, recorded=True)
         else:
             local_checkpoint(target)
         return target
@@ -599,11 +691,17 @@ def _download(url: str, target: Path, *, official: str | None, progress: bool) -
             except requests.exceptions.RequestException as err:
                 raise WeightsError(f"could not download {url} ({type(err).__name__}: {err}). {offline}") from err
         try:
-            _load_checked(tmp, url, official)
+            digest = _load_checked(tmp, url, official)[3]
+            published = PUBLISHED_SHA256.get(official) if official else None
+            if published is not None and digest != published:
+                raise WeightsError(f"its SHA-256 is {digest}, not the published {published}; check the address")
         except WeightsError as err:
             raise WeightsError(f"the download of {url} was not kept: {err}") from err.__cause__
         # mkstemp makes the file 0600; a shared cache needs the mode that a plain file would get
-        os.chmod(tmp, 0o666 & ~_umask())
+        mode = 0o666 & ~_umask()
+        os.chmod(tmp, mode)
+        # the record first: a download in place always has one (trust on first download)
+        write_record(target, digest, mode)
         os.replace(tmp, target)
     except OSError as err:
         raise WeightsError(
@@ -616,19 +714,19 @@ def _download(url: str, target: Path, *, official: str | None, progress: bool) -
     return target
 
 
-def _resolve(weights: str | os.PathLike) -> tuple[Path, str | None]:
-    """(local file, the official asset it must be or None)."""
+def _resolve(weights: str | os.PathLike) -> tuple[Path, str | None, bool]:
+    """(local file, the official asset it must be or None, whether it is a download in the cache)."""
     text = str(weights)
     shipped = shipped_models()
     if text in shipped:
-        return shipped[text], None
+        return shipped[text], None, False
     if text in OFFICIAL_ASSETS:
-        return fetch(text, verify=False), text
+        return fetch(text, verify=False), text, True
     if "://" in text:
-        return fetch(text, verify=False), None
+        return fetch(text, verify=False), None, urlsplit(text).scheme.lower() != "file"
     path = Path(text).expanduser()
     if path.exists() or path.is_symlink():
-        return path, None
+        return path, None, False
     if path.suffix.lower() in _CHECKPOINT_SUFFIXES or os.sep in text or "/" in text:
         raise WeightsError(f"weights file {path} does not exist")
     names = ", ".join([*shipped, *OFFICIAL_ASSETS])
@@ -638,14 +736,6 @@ def _resolve(weights: str | os.PathLike) -> tuple[Path, str | None]:
 def locate(weights: str | os.PathLike) -> Path:
     """The local file for a shipped name, an official name, a URL or a path."""
     return _resolve(weights)[0]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_model(weights: str | os.PathLike, device: str | torch.device | None = "cpu") -> MIRNetV2:
@@ -668,29 +758,60 @@ def load_model(weights: str | os.PathLike, device: str | torch.device | None = "
     ------
     WeightsError
         For a file that is missing, unreadable, of the wrong structure (an official name's included)
-        or holds NaN/Inf. The file is never deleted.
+        or holds NaN/Inf, and for a downloaded file that changed since its download (its SHA-256 is
+        not the one recorded then). The file is never deleted.
     """
-    path, official = _resolve(weights)
+    path, official, recorded = _resolve(weights)
     advice = _replace_advice(official, path) if official else ""
-    sd, meta, model = _load_checked(path, str(path), official, advice)
+    sd, meta, model, digest = _load_checked(path, str(path), official, advice, recorded)
     # the model was built on the meta device: take the checked tensors as its parameters, which
     # skips a random initialisation that would be overwritten anyway
     model.load_state_dict({k: v.float().contiguous() for k, v in sd.items()}, assign=True)
     model.meta = meta
     model.weights_name = str(weights)
-    model.weights_sha256 = file_sha256(path)
+    model.weights_sha256 = digest  # of the very bytes the tensors came from
     return model.eval().to(resolve_device(device))
 
 
-_model_cache: dict[tuple[str, str], MIRNetV2] = {}
-_model_cache_lock = threading.Lock()
+#: Loaded models by (weights, device), each reused while its file is unchanged (see FileCache).
+_model_cache: FileCache[MIRNetV2] = FileCache()
 
 
-def cached_model(weights: str | os.PathLike, device: str | torch.device | None = "auto") -> MIRNetV2:
-    """One model per (weights, device) and process: engine tasks call this instead of shipping models."""
+def cached_model(
+    weights: str | os.PathLike, device: str | torch.device | None = "auto", *, sha256: str | None = None
+) -> MIRNetV2:
+    """One model per (weights, device) and process, loaded again when the file changed on disk.
+
+    Engine tasks call this instead of shipping models. A checkpoint replaced or rewritten since it
+    was loaded (a new fine-tuning into the same file, a replaced download) is read again, so a run
+    never uses weights other than the file's, and its fingerprint (``weights_sha256``) says which.
+
+    Parameters
+    ----------
+    weights : str or os.PathLike
+        As for :func:`load_model`.
+    device : str, torch.device or None
+        Where the model goes.
+    sha256 : str, optional
+        The SHA-256 the weights must have (a run's fingerprint): a file changed since is refused.
+
+    Returns
+    -------
+    MIRNetV2
+        Shared: callers must not change it.
+    """
     dev = resolve_device(device)
-    key = (str(weights), str(dev))
-    with _model_cache_lock:
-        if key not in _model_cache:
-            _model_cache[key] = load_model(weights, dev)
-        return _model_cache[key]
+    path = _resolve(weights)[0]
+
+    def load() -> tuple[MIRNetV2, str]:
+        model = load_model(weights, dev)
+        return model, model.weights_sha256
+
+    model = _model_cache.get((str(weights), str(dev)), path, load)
+    if sha256 is not None and model.weights_sha256 != sha256:
+        raise WeightsError(
+            f"weights {weights} changed on disk during the run (SHA-256 {model.weights_sha256}, the run "
+            f"started with {sha256}); the output would mix two models. Keep the file unchanged while a "
+            "run uses it, and re-run"
+        )
+    return model

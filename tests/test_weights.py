@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
 import os
 import shutil
@@ -12,12 +13,14 @@ import textwrap
 import threading
 import warnings
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import make_checkpoint
 
 from napari_mirnet import weights as W
+from napari_mirnet import weights_files as WF
 from napari_mirnet.cli import main
 from napari_mirnet.model import MIRNetV2
 
@@ -83,7 +86,10 @@ def test_official_asset_downloads_once_with_progress_and_licence(server, capfd, 
         model = W.load_model("real_denoising")
     assert server.hits == {"/real_denoising.pth": 1}
     assert "100%" in capfd.readouterr().err  # the tqdm progress bar
-    assert _cached_files() == ["real_denoising.pth"]
+    # the download and the SHA-256 recorded when it came, in sha256sum's format
+    assert _cached_files() == ["real_denoising.pth", "real_denoising.pth.sha256"]
+    record = (W.cache_dir() / "real_denoising.pth.sha256").read_text()
+    assert record == f"{hashlib.sha256(Path(official_file).read_bytes()).hexdigest()}  real_denoising.pth\n"
     assert not model.training and model.config.n_feat == 80
 
     with warnings.catch_warnings():
@@ -373,7 +379,8 @@ def test_downloads_get_the_mode_the_umask_gives(server, umask, mode):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == mode
-    assert _cached_files() == [path.name]
+    assert WF.record_path(path).stat().st_mode & 0o777 == mode  # others can check it too
+    assert _cached_files() == [path.name, f"{path.name}.sha256"]
 
 
 def _as_other_user(script: str, env: dict) -> subprocess.CompletedProcess:
