@@ -93,6 +93,9 @@ class ImageMeta:
             # no translation said: the first centre was at 0 (NGFF default), and it moves all the same
             if a in translation or a in self.scale or (self.axes and a in self.axes):
                 s = float(self.scale.get(a, 1.0))
+                # no pixel size said: the output's is still 1/factor in input pixels (one rule for the
+                # CLI, the API and the widgets), else the shifted grid opens at factor times the extent
+                scale[a] = s / factor
                 translation.setdefault(a, 0.0)
                 translation[a] = translation[a] - s / 2 + s / (2 * factor)
         geo = self.geo
