@@ -636,6 +636,19 @@ def _http_error_text(err, url: str, official: str | None, target: Path) -> str:
     return f"cannot download {url}: the server answered {status}; {what}"
 
 
+def _unreachable_text(err, url: str, target: Path) -> str:
+    import requests
+
+    host = urlsplit(url).hostname or url
+    if isinstance(err, requests.exceptions.Timeout):
+        why = f"{host} did not answer in time"
+    elif isinstance(err, requests.exceptions.ConnectionError):
+        why = f"no connection to {host}"
+    else:
+        why = f"{type(err).__name__} from {host}"
+    return f"copy {url} to {target} by hand, or use a local file as the weights (could not download: {why})"
+
+
 def _download(url: str, target: Path, *, official: str | None, progress: bool) -> Path:
     import requests
     from tqdm.auto import tqdm
@@ -689,7 +702,8 @@ def _download(url: str, target: Path, *, official: str | None, progress: bool) -
             except requests.exceptions.HTTPError as err:
                 raise WeightsError(_http_error_text(err, url, official, target)) from err
             except requests.exceptions.RequestException as err:
-                raise WeightsError(f"could not download {url} ({type(err).__name__}: {err}). {offline}") from err
+                # one short line, the action first: the library's ~600-character text stays in __cause__
+                raise WeightsError(_unreachable_text(err, url, target)) from err
         try:
             digest = _load_checked(tmp, url, official)[3]
             published = PUBLISHED_SHA256.get(official) if official else None
