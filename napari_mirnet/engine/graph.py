@@ -19,7 +19,7 @@ from .source import canonical_dask, chunk_span, gather, pick_plane
 if TYPE_CHECKING:  # imported where a lazy array is made: numpy and zarr runs never need it
     import dask.array as da
 
-__all__ = ["lazy_array", "write_graph"]
+__all__ = ["WriteWindows", "lazy_array"]
 
 
 class _Stages:
@@ -34,35 +34,42 @@ class _Stages:
         groups = [run.keys[i : i + run.batch] for i in range(0, len(run.keys), run.batch)]
         self.groups = groups
         self.group_of = {key: g for g, members in enumerate(groups) for key in members}
+        self._src = self._bounds = None  # the dask input, canonical, and its chunk bounds
 
     def group_key(self, tile) -> tuple:
         return (self.tiles, self.group_of[tile])
 
     def add_tile_groups(self, after: dict[int, list] | None = None) -> None:
         """Stage-1 tasks; ``after[g]`` lists keys that group ``g`` must wait for (ordering only)."""
-        run, after = self.run, after or {}
-        window_args = self._dask_windows() if run.source.kind == "dask" else None
-        for g, members in enumerate(self.groups):
-            blocks = [window_args[k] for k in members] if window_args else []
-            self.dsk[(self.tiles, g)] = (steps.restore_tiles, self.ctx, members, list(after.get(g, [])), *blocks)
+        for g in range(len(self.groups)):
+            self.add_group(g, (after or {}).get(g, []))
 
-    def _dask_windows(self) -> dict:
-        """Per tile, a task that cuts its input window out of the dask input's chunks."""
-        run = self.run
-        src = canonical_dask(run.source)
-        self.deps.append(src)
-        bounds = [np.cumsum((0,) + c) for c in src.chunks]
-        plan, out = run.plan, {}
-        for lead, ty, tx in run.keys:
-            (wy0, wy1), (wx0, wx1) = plan.window_range(0, ty), plan.window_range(1, tx)
-            yi, ysl = chunk_span(bounds[-2], wy0, wy1)
-            xi, xsl = chunk_span(bounds[-1], wx0, wx1)
-            lead_idx = [int(np.searchsorted(bounds[d], lead[d], side="right")) - 1 for d in range(len(lead))]
-            lead_off = [lead[d] - int(bounds[d][lead_idx[d]]) for d in range(len(lead))]
-            # pick the plane inside each chunk, then stitch the chunks and cut the window out
-            blocks = [(pick_plane, (src.name, *lead_idx, 0, i, j), tuple(lead_off)) for i in yi for j in xi]
-            out[(lead, ty, tx)] = (gather, (len(yi), len(xi)), (ysl, xsl), *blocks)
-        return out
+    def add_group(self, g: int, after: list) -> None:
+        """The stage-1 task of group ``g``; ``after`` lists keys it must wait for (ordering only)."""
+        members = self.groups[g]
+        blocks = [self._dask_window(k) for k in members] if self.run.source.kind == "dask" else []
+        self.dsk[(self.tiles, g)] = (steps.restore_tiles, self.ctx, members, list(after), *blocks)
+
+    def use_source(self) -> None:
+        """Make the dask input's graph part of the graph being built (dask input only)."""
+        if self.run.source.kind == "dask":
+            if self._src is None:
+                self._src = canonical_dask(self.run.source)
+                self._bounds = [np.cumsum((0,) + c) for c in self._src.chunks]
+            self.deps.append(self._src)
+
+    def _dask_window(self, key) -> tuple:
+        """A task that cuts the input window of tile ``key`` out of the dask input's chunks."""
+        src, bounds, plan = self._src, self._bounds, self.run.plan
+        lead, ty, tx = key
+        (wy0, wy1), (wx0, wx1) = plan.window_range(0, ty), plan.window_range(1, tx)
+        yi, ysl = chunk_span(bounds[-2], wy0, wy1)
+        xi, xsl = chunk_span(bounds[-1], wx0, wx1)
+        lead_idx = [int(np.searchsorted(bounds[d], lead[d], side="right")) - 1 for d in range(len(lead))]
+        lead_off = [lead[d] - int(bounds[d][lead_idx[d]]) for d in range(len(lead))]
+        # pick the plane inside each chunk, then stitch the chunks and cut the window out
+        blocks = [(pick_plane, (src.name, *lead_idx, 0, i, j), tuple(lead_off)) for i in yi for j in xi]
+        return (gather, (len(yi), len(xi)), (ysl, xsl), *blocks)
 
     def strip_key(self, tile) -> tuple:
         """The band of ``tile`` that the chunk below blends with (a task added on first use)."""
@@ -90,6 +97,7 @@ def lazy_array(run, ctx: steps.TileContext) -> da.Array:
     import dask.array as da
 
     st = _Stages(run, ctx)
+    st.use_source()
     st.add_tile_groups()
     name = f"mirnet-out-{run.run_id}"
     for tile in run.keys:
@@ -110,22 +118,107 @@ def _from_canonical(canon: da.Array, axes: str) -> da.Array:
     return canon.transpose(order) if order != sorted(order) else canon
 
 
-def write_graph(run, ctx: steps.TileContext, todo: list, lag: int) -> tuple[HighLevelGraph, list, tuple]:
-    """The graph that writes the chunks of ``todo`` (tile keys): (graph, write keys, final key)."""
-    st = _Stages(run, ctx)
-    name = f"mirnet-write-{run.run_id}"
-    write_key = {tile: (name, *tile[0], tile[1], tile[2]) for tile in todo}
+class WriteWindows:
+    """The graph that writes the chunks of ``todo`` (tile keys), cut into windows run one after another.
 
-    def band_of(tile):
-        # a chunk being written hands its band on; a finished one (resume) needs a strip task
-        return write_key[tile] if tile in write_key else st.strip_key(tile)
+    One graph for every tile costs the scheduler time and memory that grow faster than the tile
+    count (10^5 tiles: a minute before the first one starts). A window holds whole tile groups, a
+    few hundred to a few thousand tiles; the first windows are small so that the first tile starts
+    at once. What a later window needs from an earlier one (the band a written chunk hands down,
+    the last group's predictions for the chunk to its right) is kept from the earlier window's
+    result (:meth:`keep`) and enters the later graph as a value. The tasks, tile groups and inputs
+    are those of a single graph, so the output is the same bit for bit.
+    """
 
-    st.add_tile_groups(after=_throttle(st, write_key, lag))
-    for tile in todo:
-        st.dsk[write_key[tile]] = (steps.write, ctx, tile, *st.chunk_inputs(tile, band_of))
-    keys = list(write_key.values())
-    st.dsk[(name, "finish")] = (steps.finish, *keys)
-    return HighLevelGraph.from_collections(name, st.dsk, dependencies=st.deps), keys, (name, "finish")
+    def __init__(self, run, ctx: steps.TileContext, todo: list, lag: int, largest: int | None = None):
+        self.run, self.ctx, self.todo, self.lag = run, ctx, todo, lag
+        self.name = f"mirnet-write-{run.run_id}"
+        self._st = _Stages(run, ctx)
+        self.windows = _cut(todo, self._st.group_of, run.batch, largest)
+        self.window_of = {t: w for w, tiles in enumerate(self.windows) for t in tiles}
+        self.carry: dict = {}  # key -> (value, last window that reads it)
+
+    def write_key(self, tile) -> tuple:
+        return (self.name, *tile[0], tile[1], tile[2])
+
+    def graph(self, w: int) -> tuple[HighLevelGraph, list, tuple, list]:
+        """Window ``w``: (graph, its write keys, final key, keys the final hands back for later windows)."""
+        st, tiles = self._st, self.windows[w]
+        st.dsk, st.deps = {key: (steps.held, _Held(value)) for key, (value, _) in self.carry.items()}, []
+        st.use_source()
+
+        def band_of(tile):
+            # a chunk written in this run hands its band on; a finished one (resume) needs a strip task
+            return self.write_key(tile) if tile in self.window_of else st.strip_key(tile)
+
+        writes = {self.write_key(t): (steps.write, self.ctx, t, *st.chunk_inputs(t, band_of)) for t in tiles}
+        st.dsk.update(writes)
+        refs = {k for task in st.dsk.values() for k in _refs(task)}
+        for key in [k for k in self.carry if k not in refs]:
+            del st.dsk[key]  # held for a later window
+        after = _throttle(st, {t: self.write_key(t) for t in tiles}, self.lag)
+        for g in sorted(k[1] for k in refs if k[0] == st.tiles and k not in st.dsk):
+            st.add_group(g, after.get(g, []))
+        exports = self._exports(w, tiles)
+        final = (self.name, "finish", w)
+        others = [k for k in writes if k not in self._last]
+        st.dsk[final] = (steps.finish_window, len(exports), *exports, *others)
+        graph = HighLevelGraph.from_collections(self.name, st.dsk, dependencies=st.deps)
+        return graph, list(writes), final, exports
+
+    def _exports(self, w: int, tiles: list) -> list:
+        """Keys computed in window ``w`` that a later window reads (each with the last window that does)."""
+        st, (my, mx), nx = self._st, self.run.plan.margin, self.run.plan.grid[1]
+        later = {}
+
+        def note(key, readers):
+            last = max((self.window_of.get(r, -1) for r in readers), default=-1)
+            if last > w and key in st.dsk and key not in self.carry:
+                later[key] = last
+
+        for key in list(st.dsk):
+            if my and key[0] in (self.name, st.strips):  # the chunks below blend with the band handed on
+                lead, ty, tx = tuple(key[1:-2]), key[-2], key[-1]
+                note(key, [(lead, ty + 1, tx), (lead, ty + 1, tx + 1)])
+            elif mx and key[0] == st.tiles:  # a group's predictions, for the chunk right of its last tile
+                lead, ty, tx = st.groups[key[1]][-1]
+                note(key, [(lead, ty, tx + 1)] if tx + 1 < nx else [])
+        self._last = later
+        return list(later)
+
+    def keep(self, w: int, exports: list, values: list) -> None:
+        """Hold what window ``w`` computed for later windows; drop what no later window reads."""
+        self.carry = {k: v for k, v in self.carry.items() if v[1] > w}
+        self.carry.update({k: (v, self._last[k]) for k, v in zip(exports, values)})
+
+
+class _Held:
+    """A value computed in an earlier window (opaque to dask: never searched for keys)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _refs(task) -> list:
+    """The graph keys a task reads (keys are tuples that start with a name; tile keys do not)."""
+    return [a for a in task[1:] if isinstance(a, tuple) and a and isinstance(a[0], str)]
+
+
+def _cut(todo: list, group_of: dict, batch: int, largest: int | None) -> list[list]:
+    """``todo`` in windows of whole groups, growing from a few groups to ``largest`` tiles."""
+    largest = largest or max(1024, 32 * batch)
+    size, out, cur = min(largest, max(8 * batch, 64)), [], []
+    for i, t in enumerate(todo):
+        cur.append(t)
+        nxt = todo[i + 1] if i + 1 < len(todo) else None
+        if len(cur) >= size and (nxt is None or group_of[nxt] != group_of[t]):
+            out.append(cur)
+            cur, size = [], min(largest, 2 * size)
+    if cur:
+        out.append(cur)
+    return out
 
 
 def _throttle(st: _Stages, write_key: dict, lag: int) -> dict[int, list]:

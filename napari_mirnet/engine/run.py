@@ -27,7 +27,7 @@ from ..tasks import choose_weights, get_task
 from ..weights import cached_model
 from . import accelerate, heap, memory
 from .digest import SCHEME, verify_done
-from .graph import lazy_array, write_graph
+from .graph import WriteWindows, lazy_array
 from .options import DEFAULT_BLEND, DEFAULT_HALO, RestoreOptions, scheduler_config
 from .plan import TilePlan, plan_tiles, round_to_stride
 from .sinks import open_array_sink, open_zarr_sink
@@ -329,11 +329,8 @@ def execute(
         return compute(lazy_array(run, run.context(control)), run, client)
     # numpy in, numpy out: each chunk goes into the result as soon as it is made, through the same
     # graph as a zarr run (so no dask array is built: dask.array's imports alone cost ~70 MB)
-    from dask.delayed import Delayed
-
     sink = open_array_sink(run)
-    graph, _, final = write_graph(run, run.context(control, sink), run.keys, lag=max(2, 2 * run.batch))
-    compute(Delayed(final, graph, layer=final[0]), run)
+    _write(run, run.context(control, sink), run.keys, max(2, 2 * run.batch))
     return sink.array
 
 
@@ -355,22 +352,13 @@ def _to_zarr(run: RestorationRun, out, overwrite: bool, client, progress, cancel
 
 
 def _to_zarr_locked(run: RestorationRun, out, overwrite: bool, client, progress, cancel):
-    from dask.delayed import Delayed
-
     sink = open_zarr_sink(run, out, overwrite)
     verify_done(run, sink)
     todo = sink.todo(run.keys)
     control = RunControl(progress if client is None else None, cancel, len(todo))
     workers = len(client.scheduler_info()["workers"]) if client is not None else 1
-    graph, write_keys, final = write_graph(
-        run, run.context(control, sink), todo, lag=max(2, 2 * run.batch, 4 * workers)
-    )
     try:
-        if todo:
-            if client is None:
-                compute(Delayed(final, graph, layer=final[0]), run)
-            else:
-                _distributed_compute(client, [Delayed(k, graph, layer=final[0]) for k in write_keys], progress, cancel)
+        _write(run, run.context(control, sink), todo, max(2, 2 * run.batch, 4 * workers), client, progress, cancel)
         sink.output.finalize(sink.store_axes, run.output_meta, name=run.source.name)
     except OSError as err:
         raise mio.OutputError(
@@ -380,20 +368,36 @@ def _to_zarr_locked(run: RestorationRun, out, overwrite: bool, client, progress,
     return sink
 
 
-def _distributed_compute(client, delayeds: list, progress, cancel) -> int:
+def _write(run: RestorationRun, ctx: TileContext, todo: list, lag: int, client=None, progress=None, cancel=None):
+    """Compute the chunk writes of ``todo``, window after window (see :class:`.graph.WriteWindows`)."""
+    from dask.delayed import Delayed
+
+    windows, done = WriteWindows(run, ctx, todo, lag), 0
+    ctx.control.planned()  # 0/N from now on, not only once the first (possibly long) tile is done
+    for w in range(len(windows.windows)):
+        graph, writes, final, exports = windows.graph(w)
+        if client is None:
+            values = compute(Delayed(final, graph, layer=final[0]), run)
+        else:
+            delayeds = [Delayed(k, graph, layer=final[0]) for k in (final, *writes)]
+            values, done = _distributed_compute(client, delayeds, progress, cancel, done, len(todo))
+        windows.keep(w, exports, values)
+
+
+def _distributed_compute(client, delayeds: list, progress, cancel, done: int, total: int) -> tuple:
+    """(the value of the first of ``delayeds``, writes done); progress counts the others."""
     from distributed import as_completed
 
     futures = client.compute(delayeds)
-    done = 0
     try:
-        for fut in as_completed(futures):
+        for fut in as_completed(futures[1:]):
             fut.result()
             done += 1
             if progress is not None:
-                progress(done, len(futures))
+                progress(done, total)
             if cancel is not None and cancel.is_set():
                 raise Cancelled("restoration cancelled")
+        return futures[0].result(), done
     except BaseException:
         client.cancel(futures)
         raise
-    return done

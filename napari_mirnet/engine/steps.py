@@ -44,6 +44,12 @@ class RunControl:
         if self.cancel is not None and self.cancel.is_set():
             raise Cancelled("restoration cancelled")
 
+    def planned(self) -> None:
+        """Report ``progress(0, total)`` once the tiles are planned: a front end shows 0/N from then
+        on, not only when the first (possibly long) tile is finished."""
+        if self.progress is not None and self.total:
+            self.progress(self.done, self.total)
+
     def tiles_done(self, n: int) -> None:
         with self._lock:
             self.done += n
@@ -210,6 +216,12 @@ def write(ctx: TileContext, key: tuple, *groups) -> dict:
     return strip(ctx, key, *groups) if ctx.plan.margin[0] else {}
 
 
-def finish(*tokens) -> int:
-    """The last task of a run into a sink: depends on every chunk write."""
-    return len(tokens)
+def finish_window(n: int, *values) -> list:
+    """The last task of a window of a run into a sink: depends on every chunk write in it, and hands
+    back the first ``n`` values (what later windows read)."""
+    return list(values[:n])
+
+
+def held(box) -> object:
+    """A value an earlier window computed (see :class:`.graph.WriteWindows`)."""
+    return box.value
