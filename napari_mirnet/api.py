@@ -51,7 +51,7 @@ def restore_whole(
         device=device,
         precision=precision,
         normalisation=normalisation,
-        tta=bool(tta),
+        tta=tta,
         nodata=nodata,
     )
     run = prepare(image, task, weights, scale=scale, axes=axes, options=options)

@@ -130,14 +130,34 @@ class IntensityMap:
             return np.reshape(np.asarray(self.low, dtype), shape), np.reshape(np.asarray(self.high, dtype), shape)
         return self.low, self.high
 
+    def computes_wide(self, dtype) -> bool:
+        """Whether values of ``dtype`` are mapped in float64 rather than float32.
+
+        32/64-bit integers and float64 (float32 would round their digits away: a uint32 image
+        near 4e9 in steps of 256, a float64 value of 1e300 to Inf), and float32 images whose
+        range float32 cannot hold (a span past its largest value, or below its smallest normal).
+        """
+        dtype = np.dtype(dtype)
+        if dtype.kind in "ui" or dtype.itemsize > 4:
+            return dtype.itemsize > 2
+        low, high = np.asarray(self.low, np.float64), np.asarray(self.high, np.float64)
+        span = high - low
+        bound = _F32_SAFE
+        return not (np.all(span >= _F32.tiny) and np.all(np.maximum(np.abs(low), np.abs(high)) <= bound))
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
-        wide = x.dtype.itemsize > 2 and x.dtype.kind in "ui"
+        wide = self.computes_wide(x.dtype)
         low, high = self._lh(x.ndim, np.float64 if wide else np.float32)
         holes = self.is_nodata(x)
-        if wide:
-            x = x.astype(np.float64)  # 32/64-bit integers lose digits in float32 before the shift
-        y = ((np.asarray(x, dtype=np.float32) - low) / (high - low)).astype(np.float32)
+        if not wide:
+            y = ((np.asarray(x, dtype=np.float32) - low) / (high - low)).astype(np.float32)
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):
+                diff = _minus_exact(x, low) if x.dtype.kind in "ui" else x.astype(np.float64) - low
+                y = diff / (np.asarray(high, np.float64) - low)
+            _check_model_range(y, x, self.low, self.high)
+            y = y.astype(np.float32)
         if holes is not None:
             y[holes] = np.nan
         return y
@@ -146,7 +166,9 @@ class IntensityMap:
         y = np.asarray(y, dtype=np.float32)
         holes = np.isnan(y)
         holes = holes if holes.any() else None
-        wide = self.dtype.kind in "ui" and self.dtype.itemsize > 2
+        if self.dtype.kind in "ui" and self.dtype.itemsize == 8:
+            return self._put_nodata(self._inverse_int64(y, holes), holes)
+        wide = self.computes_wide(self.dtype)
         low, high = self._lh(y.ndim, np.float64 if wide else np.float32)
         out = y.astype(np.float64) * (high - low) + low if wide else y * (high - low) + low
         if self.dtype.kind in "ui":
@@ -157,8 +179,25 @@ class IntensityMap:
         else:
             if self.mode == "fixed":
                 out = np.clip(out, self.low, self.high)
+            if wide:  # values past the dtype's largest saturate there, as integers do, not Inf
+                limit = np.finfo(self.dtype).max
+                out = np.clip(out, -limit, limit)
             out = out.astype(self.dtype)
         return self._put_nodata(out, holes)
+
+    def _inverse_int64(self, y: np.ndarray, holes: np.ndarray | None) -> np.ndarray:
+        """:meth:`inverse` for 64-bit integers: rounded near the map's low end, then added exactly.
+
+        ``y * span + low`` in float64 is off by up to 2048 near 2**63, and a value past the top
+        (saturated pixels) would wrap to 0 or -2**63 when cast back: it saturates instead.
+        """
+        low, high = self._lh(y.ndim, np.float64)
+        base = _int_offset(low, self.dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            delta = np.rint(y.astype(np.float64) * (high - low) + (low - base.astype(np.float64)))
+        if holes is not None:
+            delta[holes] = 0
+        return _plus_saturating(base, delta, self.dtype)
 
     def _put_nodata(self, out: np.ndarray, holes: np.ndarray | None) -> np.ndarray:
         """Holes become ``nodata``; valid pixels that landed on it move one step off (same mask as the input)."""
@@ -213,6 +252,10 @@ def check_nodata(nodata, dtype: np.dtype) -> float | None:
     """``nodata`` as a float the dtype can hold exactly (None: none); a clear error otherwise."""
     if nodata is None:
         return None
+    if isinstance(nodata, (bool, np.bool_)):
+        raise ValueError(
+            f"nodata={nodata!r} is a truth value, not a pixel value; pass the value that marks missing pixels"
+        )
     try:
         value = float(nodata)
     except (TypeError, ValueError):
@@ -228,6 +271,65 @@ def check_nodata(nodata, dtype: np.dtype) -> float | None:
     elif np.isinf(value):
         raise ValueError(f"nodata={nodata!r}: Inf cannot mark missing pixels; use NaN or a finite value")
     return value
+
+
+_F32 = np.finfo(np.float32)
+#: Beyond this a float32 range is mapped in float64: float32 arithmetic on it could overflow to Inf.
+_F32_SAFE = float(_F32.max) / 16
+
+
+def _check_model_range(y: np.ndarray, x: np.ndarray, low, high) -> None:
+    """Refuse mapped values that float32 (the model's input, and what its output carries) cannot hold."""
+    big = np.abs(y) > _F32.max  # NaN (nodata) compares False
+    if big.any():
+        worst = float(np.asarray(x, np.float64)[big].flat[np.argmax(np.abs(y[big]))])
+        raise ValueError(
+            f"the image holds a value of {worst:g}, beyond 3.4e38 times its usual range [{_fmt(low)}, {_fmt(high)}] "
+            "(0.1-99.9 percentiles): float32, which the model computes in, cannot carry it through. Clip such "
+            "values (e.g. np.clip(image, lo, hi)) or mark them as missing (NaN, or nodata=) first"
+        )
+
+
+def _fmt(v) -> str:
+    return ", ".join(f"{float(a):g}" for a in v) if isinstance(v, tuple) else f"{float(v):g}"
+
+
+def _bias(v: np.ndarray) -> np.ndarray:
+    """64-bit integers as uint64 in the same order (int64 shifted by 2**63): their differences never wrap."""
+    v = np.asarray(v)
+    if v.dtype == np.uint64:
+        return v
+    return v.astype(np.int64).view(np.uint64) ^ np.uint64(1 << 63)
+
+
+def _int_offset(low, dtype: np.dtype) -> np.ndarray:
+    """The whole number nearest to ``low`` (per channel), in ``dtype`` (whose range it is clipped to)."""
+    info = np.iinfo(dtype)
+    top = np.nextafter(float(info.max), -np.inf)  # float(info.max) is 2**63 or 2**64: it would wrap
+    return np.clip(np.rint(np.asarray(low, np.float64)), float(info.min), top).astype(dtype)
+
+
+def _minus_exact(x: np.ndarray, low) -> np.ndarray:
+    """``x - low`` in float64 for integers; 64-bit ones exactly before the difference is rounded."""
+    if x.dtype.itemsize < 8:
+        return x.astype(np.float64) - low  # float64 holds every 32-bit integer
+    base = _int_offset(low, x.dtype)
+    a, b = _bias(x), _bias(base)
+    diff = np.where(a >= b, (a - b).astype(np.float64), -(b - a).astype(np.float64))
+    return diff + (base.astype(np.float64) - low)
+
+
+def _plus_saturating(base: np.ndarray, delta: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``base + delta`` (whole-number float64 deltas) in a 64-bit integer ``dtype``, clipped to its range."""
+    b = np.broadcast_to(_bias(base), delta.shape)
+    room_up, room_down = (~b).astype(np.float64), b.astype(np.float64)  # to the top (2**64 - 1) and to 0
+    with np.errstate(invalid="ignore"):
+        up = np.where(delta >= room_up, ~b, b + np.minimum(delta, room_up).clip(0).astype(np.uint64))
+        down = np.where(-delta >= room_down, np.uint64(0), b - np.minimum(-delta, room_down).clip(0).astype(np.uint64))
+    out = np.where(delta >= 0, up, down)
+    if dtype == np.uint64:
+        return out.astype(np.uint64)
+    return (out ^ np.uint64(1 << 63)).view(np.int64)
 
 
 def _valid(sample: np.ndarray, nodata: float | None) -> np.ndarray:
@@ -250,7 +352,8 @@ def _percentiles(sample: np.ndarray, percentiles) -> tuple[float, float]:
         # sparse images (a few bright spots on a flat background): map the sample's whole range
         low, high = float(sample.min()), float(sample.max())
     if high <= low:
-        high = low + 1.0
+        # a constant image: a span of 1, or a millionth of the value where 1 would vanish (3e38 + 1 == 3e38)
+        high = low + max(1.0, abs(low) * 2.0**-20)
     return low, high
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import numbers
+import os
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from .weights import shipped_models
 
-__all__ = ["SHIPPED_GRAY_DENOISER", "TASKS", "Task", "choose_weights", "get_task"]
+__all__ = ["SHIPPED_GRAY_DENOISER", "TASKS", "Task", "check_weights", "choose_weights", "get_task"]
 
 
 @dataclass(frozen=True)
@@ -31,9 +35,18 @@ class Task:
         return self.official[scale if scale in self.official else 1]
 
     def check_scale(self, scale: int | None) -> int:
+        """``scale`` as an int if this task supports it (None: 1); a ValueError says which do.
+
+        Only whole numbers pass: ``int(2.5)`` would run a x2.5 request as x2, and ``"2"`` or
+        ``True`` are not factors.
+        """
+        allowed = ", ".join(map(str, self.scales))
+        if scale is not None and (isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Integral)):
+            raise ValueError(
+                f"scale={scale!r} is not a whole number; task {self.name!r} supports scale {allowed} (pass an int)"
+            )
         scale = 1 if scale is None else int(scale)
         if scale not in self.scales:
-            allowed = ", ".join(map(str, self.scales))
             raise ValueError(f"task {self.name!r} supports scale {allowed}, not {scale}")
         return scale
 
@@ -83,9 +96,29 @@ def choose_weights(task: str, scale: int, n_channels: int, weights=None, *, colo
     near-infrared band, say) is denoised band by band with the gray model: one model per run.
     """
     if weights is not None:
-        return weights
+        return check_weights(weights)
     shipped = set(shipped_models())
     colour = n_channels in (3, 4) if colour is None else colour
     if task == "denoise" and not colour and SHIPPED_GRAY_DENOISER in shipped:
         return SHIPPED_GRAY_DENOISER
     return get_task(task).default_weights(scale, shipped)
+
+
+def check_weights(weights):
+    """``weights`` if it can name a model (a non-empty name, path or URL); a clear error otherwise.
+
+    Anything else would be turned into a string and looked up: ``weights=''`` as the current
+    folder, ``weights=True`` as a model called 'True'.
+    """
+    if isinstance(weights, os.PathLike):
+        return weights
+    if not isinstance(weights, str):
+        raise TypeError(
+            f"weights={weights!r} is a {type(weights).__name__}; pass a model name, a checkpoint path or a URL "
+            "(or none for the task's model)"
+        )
+    if not weights.strip():
+        raise ValueError(
+            f"weights={weights!r} is empty; pass a model name, a checkpoint path or a URL (or none for the task's model)"
+        )
+    return weights

@@ -11,8 +11,11 @@ execute, the scheduler).
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 import weakref
+
+import numpy as np
 
 from .. import io as mio
 from .. import xarrays as _xr
@@ -149,11 +152,12 @@ def restore(
         device,
         precision,
         normalisation,
-        bool(tta),
-        None if pixel_size is None else tuple(pixel_size),
+        tta,
+        pixel_size,
         nodata=nodata,
         accelerate=accelerate,
     )
+    check_level(level)
     if out is not None:  # refused before the model is loaded (execute checks again)
         check_zarr_out(out)
         if isinstance(image, (str, os.PathLike)):
@@ -164,6 +168,7 @@ def restore(
     client, own_client = _connect(client)
     try:
         run = prepare(image, task, weights, scale=scale, axes=axes, options=options, client=client, level=level)
+        options.check_axes(run.axes)  # before anything is written
         result = execute(run, out=out, overwrite=overwrite, client=client, progress=progress, cancel=cancel)
         return result if template is None else _xr.to_dataarray(result, template, run.factor)
     finally:
@@ -202,7 +207,8 @@ def restore_lazy(
     if out is not None:
         raise ValueError("restore_lazy returns a lazy array; use restore(..., out=path) to write a zarr store")
     template = _xarray_template(image, task, scale)
-    options = RestoreOptions(tile, halo, blend, device, precision, normalisation, bool(tta), nodata=nodata)
+    options = RestoreOptions(tile, halo, blend, device, precision, normalisation, tta, nodata=nodata)
+    check_level(level)
     client, own_client = _connect(client)
     try:
         run = prepare(image, task, weights, scale=scale, axes=axes, options=options, client=client, level=level)
@@ -217,6 +223,19 @@ def restore_lazy(
         # the connection is needed until the last array that reads this graph is gone
         weakref.finalize(arr.dask.layers[arr.name] if arr.name in arr.dask.layers else arr.dask, client.close)
     return arr if template is None else _xr.to_dataarray(arr, template, run.factor)
+
+
+def check_level(level) -> None:
+    """``level`` is None, a level index (0: full resolution) or a dataset path; a clear error otherwise.
+
+    A float would be cut to an int (``level=1.5`` would restore level 1) and ``True`` taken as 1.
+    """
+    if level is None or isinstance(level, str):
+        return
+    if isinstance(level, (bool, np.bool_)) or not isinstance(level, numbers.Integral):
+        raise TypeError(
+            f"level={level!r} is not a level index or dataset path; pass an int (0 is full resolution) or a name like '2'"
+        )
 
 
 def _xarray_template(image, task: str, scale):

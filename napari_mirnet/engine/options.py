@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+import re
 from dataclasses import asdict, dataclass
+
+import numpy as np
 
 __all__ = ["DEFAULT_BLEND", "DEFAULT_HALO", "RestoreOptions", "scheduler_config"]
 
@@ -37,8 +42,71 @@ class RestoreOptions:
     nodata: float | None = None
     accelerate: str = "auto"
 
+    def __post_init__(self):
+        # refused here, in the keyword arguments' words, before a model is loaded or a tile planned:
+        # a float tile or a tta='no' would otherwise run as something else without a word
+        for name, least in (("tile", 1), ("halo", 0), ("blend", 0)):
+            object.__setattr__(self, name, _whole(name, getattr(self, name), least))
+        object.__setattr__(self, "device", _device(self.device))
+        if not isinstance(self.tta, (bool, np.bool_)):
+            raise TypeError(f"tta={self.tta!r} is not True or False; pass tta=True to average over flips")
+        object.__setattr__(self, "tta", bool(self.tta))
+        if not isinstance(self.accelerate, str):
+            raise TypeError(
+                f"accelerate={self.accelerate!r} is not a name; use 'auto', 'off', 'on' or switch names joined by ','"
+            )
+        if self.pixel_size is not None:
+            object.__setattr__(self, "pixel_size", _pixel_sizes(self.pixel_size))
+
+    def check_axes(self, axes: str) -> None:
+        """``pixel_size`` has one value per axis of the input (``axes``); a ValueError otherwise."""
+        if self.pixel_size is not None and len(self.pixel_size) != len(axes):
+            raise ValueError(
+                f"pixel_size={self.pixel_size!r} has {len(self.pixel_size)} values, but the image has "
+                f"{len(axes)} axes ({axes}); pass one size per axis, in that order"
+            )
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _whole(name: str, value, least: int) -> int | None:
+    """A tile, halo or blend as an int (None: the default); bools, fractions and too small values refused."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}={value!r} is not a whole number of pixels; pass an int (a multiple of 4)")
+    if value < least:
+        what = "positive" if least else "zero or positive"
+        raise ValueError(f"{name}={value!r} must be {what}; pass a number of pixels (a multiple of 4)")
+    return int(value)
+
+
+_DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)\Z")
+
+
+def _device(device) -> str:
+    """The device name (None: auto); a name torch knows but the engine does not run on is refused."""
+    if device is None:
+        return "auto"
+    name = str(device) if type(device).__name__ == "device" else device  # a torch.device
+    if not isinstance(name, str) or not _DEVICE.match(name):
+        raise ValueError(f"device={device!r} is not a device name; use 'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'")
+    return name
+
+
+def _pixel_sizes(pixel_size) -> tuple:
+    """Sizes as floats, each finite and positive: 0, negative or NaN would be written into the metadata."""
+    if isinstance(pixel_size, (str, bytes)) or not hasattr(pixel_size, "__iter__"):
+        raise TypeError(f"pixel_size={pixel_size!r} is not a sequence; pass one size per axis, e.g. (0.5, 0.5)")
+    sizes = []
+    for v in pixel_size:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+            raise TypeError(f"pixel_size={tuple(pixel_size)!r} holds {v!r}, not a number; pass sizes such as 0.5")
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"pixel_size={tuple(pixel_size)!r} holds {v!r}; pixel sizes must be finite and positive")
+        sizes.append(float(v))
+    return tuple(sizes)
 
 
 def scheduler_config(device: str, client=None, overlap: bool = False) -> dict:
