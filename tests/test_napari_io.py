@@ -148,3 +148,17 @@ def test_save_refuses_a_path_that_is_not_a_store(make_napari_viewer, tmp_path):
     with pytest.raises(Exception, match="not a zarr store"):
         viewer.layers.save(str(folder), selected=False, plugin="napari-mirnet")
     assert (folder / "mine.txt").read_text() == "keep me"
+
+
+def test_save_layer_keeps_the_layer_name(make_napari_viewer, tmp_path):
+    # issue 36 item 8: the store was named after its file ("saved"), and read back as its full path
+    viewer = make_napari_viewer()
+    viewer.add_image(RNG.integers(0, 255, (40, 50), dtype=np.uint8), name="embryo")
+    out = tmp_path / "saved.zarr"
+    viewer.layers.save(str(out), selected=False, plugin="napari-mirnet")
+    meta, _ = _node(out)  # ome-zarr-py's view
+    assert meta["name"] == "embryo"
+    assert _validate(out).ome_attributes.multiscales[0].name == "embryo"
+    viewer.layers.clear()
+    viewer.open(str(out), plugin="napari-mirnet")
+    assert [lay.name for lay in viewer.layers] == ["embryo"]

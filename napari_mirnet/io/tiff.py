@@ -240,8 +240,9 @@ def open_tiff(p: Path) -> ImageSource:
     z, axes = _as_seen(z, axes, photometric, colormap, p)
     if axes is not None:
         fields = _fit_to_axes(fields, axes, z.shape)
-        if not fields.get("channels") and extras and axes.endswith("C"):
-            fields["channels"] = _sample_channels(photometric, extras, z.shape[-1])
+        last = axes.endswith("C")  # planar RGB (C first) says it is colour by photometric alone (issue 36, 17)
+        if not fields.get("channels") and "C" in axes and ((extras and last) or (photometric == 2 and not last)):
+            fields["channels"] = _sample_channels(photometric, extras, z.shape[axes.index("C")])
     meta = ImageMeta(axes=axes, source_format=fmt, **fields)
     return ImageSource(z, axes, meta)
 
@@ -264,7 +265,12 @@ def _one_series(tif, p: Path):
     full = [i for i, s in enumerate(tif.series) if not all(pg.subfiletype & 0b101 for pg in s.pages if pg is not None)]
     for kind in ("ome", "imagej"):
         if getattr(tif, f"is_{kind}") and tif.series and tif.series[0].kind != kind:  # tifffile fell back
-            raise ValueError(_mismatch(tif, kind))
+            held = tif.series[0]
+            raise ValueError(_mismatch(tif, kind, f"its pages hold {' x '.join(map(str, held.shape))} {held.dtype}"))
+    missing = sum(pg is None for pg in tif.series[0].pages) if tif.series else 0
+    if missing:  # tifffile would fill them with zeros
+        kind = "ome" if tif.is_ome else "imagej"
+        raise ValueError(_mismatch(tif, kind, f"{missing} of the planes it describes are not in the file"))
     if len(full) <= 1:
         return full[0] if full else 0
     listed = ", ".join(
@@ -281,7 +287,7 @@ def _one_series(tif, p: Path):
     )
 
 
-def _mismatch(tif, kind: str) -> str:
+def _mismatch(tif, kind: str, held: str) -> str:
     """Why the file's OME-XML or ImageJ description cannot be trusted: what it says, what the file holds."""
     import tifffile
 
@@ -297,11 +303,10 @@ def _mismatch(tif, kind: str) -> str:
             )
     except (KeyError, IndexError, TypeError, ValueError):
         pass
-    held = tif.series[0]
     return (
-        f"this {'OME-' if kind == 'ome' else 'ImageJ '}TIFF does not match its own metadata: {said}, but its "
-        f"pages hold {' x '.join(map(str, held.shape))} {held.dtype}; which planes are Z, C or T cannot "
-        "be told. Rewrite it with metadata that fits (e.g. tifffile.imwrite('fixed.tif', "
+        f"this {'OME-' if kind == 'ome' else 'ImageJ '}TIFF does not match its own metadata: {said}, but {held} "
+        f"({len(tif.pages)} pages); which planes are Z, C or T cannot be told, and missing ones are not zeros. "
+        "Rewrite it with metadata that fits (e.g. tifffile.imwrite('fixed.tif', "
         f"tifffile.imread(path, is_{kind}=False), metadata={{'axes': 'ZYX'}}) for a Z stack)"
     )
 
