@@ -255,3 +255,17 @@ def test_geotiff_to_zarr_keeps_crs_and_transform_and_opens_without_nodata(identi
     valid = band[band != -9999]
     # before: the display window started at -9999, so every elevation showed as one white
     assert valid.min() - 1 <= window["start"] < window["end"] <= valid.max() + 1
+
+
+def test_planar_rgb_tiff_is_still_a_picture(tiny_weights, tmp_path):
+    """Channels first, but the file says RGB (photometric): the colour path, as its interleaved twin."""
+    import tifffile
+    from skimage import data
+
+    rgb = data.astronaut()[:96, :96]
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    kw = dict(weights=tiny_weights, device="cpu", tile=64, halo=8, blend=4)
+    run = engine.prepare(str(tmp_path / "planar.tif"), weights=tiny_weights, options=engine.RestoreOptions(tile=64))
+    assert run.source.axes == "CYX" and run.channels.how == "rgb"
+    planar = np.asarray(engine.restore(str(tmp_path / "planar.tif"), **kw))
+    np.testing.assert_array_equal(np.moveaxis(planar, 0, -1), np.asarray(engine.restore(rgb, **kw)))
