@@ -253,7 +253,8 @@ def test_tiles_are_batched_when_memory_allows(tiny_weights, monkeypatch):
 def test_progress_and_cancel(tiny_weights, tmp_path):
     seen = []
     engine.restore(_rgb(), weights=tiny_weights, progress=lambda d, t: seen.append((d, t)), **TILED)
-    assert seen[-1][0] == seen[-1][1] == len(seen) == 12
+    # 0/12 as soon as the tiles are planned (issue 31 item 1), then one report per tile
+    assert seen[0] == (0, 12) and seen[-1][0] == seen[-1][1] == len(seen) - 1 == 12
     cancel = threading.Event()
 
     def stop_after_two(done, total):
