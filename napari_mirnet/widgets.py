@@ -12,6 +12,7 @@ Drive one from a script::
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -504,12 +505,19 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def progress_text(done: int, total: int, seconds_left: float | None) -> str:
-    """The progress bar's text: tiles done, and the time left once two reports give a rate."""
+def progress_text(done: int, total: int, seconds_left: float | None, running: float | None = None) -> str:
+    """The progress bar's text: tiles done, and the time left once finished tiles give a rate (before
+    that, ``running``: the time spent so far on the tiles in hand)."""
     text = f"{done}/{total} tiles"
     if done < total and seconds_left is not None:
         text += f", about {_duration(seconds_left)} left"
+    elif done < total and running is not None:
+        text += f", {_duration(running)} on the current tile"
     return text
+
+
+#: Bar steps per tile: the bar moves within a long tile by time (see TaskWidget._tick).
+_STEPS = 100
 
 
 def weights_note(value: str, task: str, scale: int | None, rgb: bool) -> str:
@@ -575,6 +583,12 @@ class TaskWidget(Container):
         self._closed = False  # the Qt side is gone (viewer closed): a run must not touch it any more
         self._relay = _Relay()
         self._relay.progressed.connect(self._on_progress)
+        self._last_report = 0.0  # when the latest progress report came
+        from qtpy.QtCore import QTimer
+
+        self._ticker = QTimer(self.native)  # the bar's clock within a tile; dies with the widget
+        self._ticker.setInterval(1000)
+        self._ticker.timeout.connect(self._tick)
         self.extend([self._build_form(), *self._build_output_options(), *self._build_advanced(), *self._build_run()])
         self._connect()
         self._update_visibility()
@@ -724,18 +738,21 @@ class TaskWidget(Container):
         self._advanced_box.visible = self.advanced.value
 
     # -- messages
-    def _say(self, text: str, level: str = "info") -> None:
-        """Show a message in the status line (whole, wrapped) and as a napari notification."""
+    def _say(self, text: str, level: str = "info", detail: str | None = None) -> None:
+        """Show a message in the status line (whole, wrapped) and as a napari notification; ``detail``
+        (e.g. a library's long error text) goes to the tooltip and the log, not the status line."""
         from napari.utils.notifications import show_error, show_info, show_warning
 
-        self._show_status(text)
+        self._show_status(text, detail)
         {"error": show_error, "warning": show_warning, "info": show_info}[level](f"MIRNet: {text}")
+        if detail:
+            logging.getLogger(__name__).log(logging.ERROR if level == "error" else logging.INFO, detail)
 
-    def _show_status(self, text: str) -> None:
+    def _show_status(self, text: str, detail: str | None = None) -> None:
         self.last_status = text
         if not self._closed:
             self.status.value = _breakable(text)
-            self.status.tooltip = text
+            self.status.tooltip = f"{text}\n\n{detail}" if detail else text
 
     # -- building a job (GUI thread)
     def _weights_value(self) -> str | None:
@@ -854,6 +871,7 @@ class TaskWidget(Container):
         worker.finished.connect(self._on_finished)
         self.worker = worker
         worker.start()
+        self._ticker.start()
         return worker
 
     def run_blocking(self, timeout: float = 600.0):
@@ -883,16 +901,33 @@ class TaskWidget(Container):
         self.last_progress = (done, total)
         if self._closed or self.worker is None:
             return
-        now = time.perf_counter()
-        if self._first_tile is None:  # planning is over: tiles from here on
+        now = self._last_report = time.perf_counter()
+        if self._first_tile is None:  # planning is over (the engine reports 0/N then): tiles from here on
             self._first_tile = (now, done)
             self._show_status("restoring…")
         t0, done0 = self._first_tile
         left = (now - t0) / (done - done0) * (total - done) if done > done0 else None
         bar = self.progress_bar.native
-        bar.setRange(0, max(total, 1))
-        bar.setValue(min(done, total))
+        bar.setRange(0, max(total, 1) * _STEPS)
+        bar.setValue(min(done, total) * _STEPS)
         bar.setFormat(progress_text(done, total, left))
+
+    def _tick(self) -> None:
+        """Once a second while tiles run, so that a long tile never looks frozen: before any tile is
+        finished, the time spent on the first; after, the bar moves on within the tile in hand by the
+        tiles' average time (never to its end) and the time left counts down."""
+        done, total = self.last_progress
+        if self._closed or self.worker is None or self._first_tile is None or not 0 <= done < total:
+            return
+        now = time.perf_counter()
+        (t0, done0), since = self._first_tile, now - self._last_report
+        bar = self.progress_bar.native
+        if done == done0:
+            bar.setFormat(progress_text(done, total, None, running=now - t0))
+            return
+        per_tile = (self._last_report - t0) / (done - done0)
+        bar.setValue(done * _STEPS + int(_STEPS * min(0.95, since / per_tile)))
+        bar.setFormat(progress_text(done, total, max(0.0, per_tile * (total - done) - since)))
 
     def _on_returned(self, job: Job, result) -> None:
         kind, payload = result
@@ -902,7 +937,8 @@ class TaskWidget(Container):
             self._say("cancelled; no layer was added", "info")
             return
         if kind == "error":
-            self._say(payload, "error")
+            text, detail = payload if isinstance(payload, tuple) else (payload, None)
+            self._say(text, "error", detail)
             return
         try:
             self.result_layer = self.viewer.add_image(payload, **job.layer_kwargs)
@@ -919,6 +955,7 @@ class TaskWidget(Container):
         self.worker = None
         self._cancel = None
         if not self._closed:
+            self._ticker.stop()
             self.progress_bar.visible = False
             self.run_button.enabled = True
             self.cancel_button.enabled = False
@@ -967,7 +1004,23 @@ def _work(job: Job, progress, cancel):
             raise
         if isinstance(err, MemoryError) or "out of memory" in str(err).lower():
             return "error", f"out of memory ({err}); choose a smaller tile under advanced options"
-        return "error", f"{type(err).__name__}: {err}" if not isinstance(err, ValueError) else str(err)
+        return "error", (_error_line(err), _error_detail(err))
+
+
+def _error_line(err: BaseException) -> str:
+    """The status line: our own errors' messages are written for users; others get their type."""
+    from .weights import WeightsError
+
+    return str(err) if isinstance(err, (ValueError, WeightsError)) else f"{type(err).__name__}: {err}"
+
+
+def _error_detail(err: BaseException) -> str | None:
+    """What caused it (e.g. urllib3's whole connection error), for the tooltip and the log."""
+    causes, cause = [], err.__cause__ or err.__context__
+    while cause is not None and len(causes) < 5:
+        causes.append(f"{type(cause).__name__}: {cause}")
+        cause = cause.__cause__ or cause.__context__
+    return "\n".join(["caused by:", *causes]) if causes else None
 
 
 class DenoiseWidget(TaskWidget):
