@@ -663,7 +663,8 @@ def _check_output(args, run, dst: Path) -> str:
     from . import io as mio
 
     suffix = dst.suffix.lower()
-    mio.write_image(dst, np.broadcast_to(np.zeros((), run.imap.dtype), run.output_shape), run.axes, check=True)
+    zeros = np.broadcast_to(np.zeros((), run.imap.dtype), run.output_shape)
+    mio.write_image(dst, zeros, run.axes, meta=run.output_meta, check=True)  # meta: units the format must hold
     parent = next(p for p in [dst.parent, *dst.parent.parents] if p.exists())
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise mio.OutputError(f"cannot write {dst}: {parent} is not a writable folder")

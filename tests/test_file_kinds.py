@@ -311,3 +311,11 @@ def test_cli_restores_a_sideways_photo_as_it_is_shown(identity_weights, tmp_path
     out = np.asarray(Image.open(tmp_path / "out.png"))
     assert out.shape == shown.shape == (60, 40, 3)
     assert np.abs(out.astype(int) - shown).max() <= 1
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_unit_ome_tiff_cannot_hold_before_computing(tiny_weights, tmp_path, capsys):
+    _ngff_store(tmp_path / "in.zarr", "furlong")
+    assert _restore(tiny_weights, tmp_path / "in.zarr", tmp_path / "out.tif") != 0
+    assert "unit 'furlong' of axis" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.zarr"]  # no result, no store to resume
