@@ -1,18 +1,17 @@
 """The napari widget that adapts a denoiser to the selected layer (self-supervised fine-tuning).
 
-Training runs in a plain Python thread, drained by a napari ``thread_worker`` generator that hands
-progress, validation losses and previews to the GUI thread; nothing heavy runs on the GUI thread.
+Training runs in a process of its own (:mod:`napari_mirnet.finetune_worker` says why: torch's
+compiler stack crashes a process whose OpenGL runs on Mesa's llvmpipe), read by a napari
+``thread_worker`` generator that hands progress, validation losses and previews to the GUI thread.
 Cancel stops the run after its current step; the model file then holds the best model so far.
-Models are saved in :func:`napari_mirnet.finetune.models_dir`, where the Denoise widget finds them.
+Models are saved in :func:`napari_mirnet.finetune.models_dir`, where the Denoise widget finds them;
+an existing model is never replaced.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import queue
 import re
-import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,6 +21,7 @@ from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
 from .finetune import models_dir
+from .finetune_worker import FinetuneProcess
 
 if TYPE_CHECKING:
     import napari
@@ -120,49 +120,6 @@ def _denoise_weights() -> list[tuple[str, str]]:
     return choices
 
 
-def _preview(model, imap, plane: np.ndarray) -> np.ndarray:
-    """The model's output on a (Y, X) or (Y, X, C) crop, in the crop's own intensities."""
-    import torch
-
-    x = imap.forward(plane)
-    chw = x[None] if x.ndim == 2 else np.moveaxis(x, -1, 0)
-    if model.config.in_channels == 3 and chw.shape[0] == 1:
-        chw = np.repeat(chw, 3, 0)
-    with torch.inference_mode():
-        t = torch.from_numpy(np.ascontiguousarray(chw[:, None] if model.config.in_channels == 1 else chw[None]))
-        y = model(t.to(next(model.parameters()).device)).float().cpu().numpy()
-    y = y[:, 0] if model.config.in_channels == 1 else y[0]
-    y = y[0] if plane.ndim == 2 else np.moveaxis(y[: plane.shape[-1]], 0, -1)
-    return imap.inverse(y)
-
-
-def _queue_progress(q: queue.Queue, cancel: threading.Event, preview):
-    """A :func:`finetune` callback that queues steps, validations and previews for the GUI thread."""
-
-    def callback(info):
-        q.put(("step", info.step, info.loss, info.fraction))
-        if info.val_loss is not None:
-            q.put(("val", info.step, info.val_loss, info.best_step, info.best_val))
-            if info.model is not None:
-                try:
-                    q.put(("preview", preview(info.model)))
-                except Exception as err:  # a failed preview must not stop the training
-                    q.put(("note", f"preview failed: {err}"))
-        return not cancel.is_set()
-
-    return callback
-
-
-def _run_finetune(q: queue.Queue, data, out, weights, **kwargs) -> None:
-    """Fine-tune (in the training thread) and queue the result, or the error for the GUI thread to show."""
-    from .finetune import finetune
-
-    try:
-        q.put(("done", finetune(data, out, weights, **kwargs)))
-    except BaseException as err:  # reported on the GUI thread
-        q.put(("error", err))
-
-
 class FinetuneWidget(Container):
     """Adapt a denoiser to the selected image layer, off the GUI thread."""
 
@@ -201,22 +158,37 @@ class FinetuneWidget(Container):
         self.cancel.changed.connect(self._request_cancel)
         self.layer.changed.connect(self._default_name)
         self._default_name()
-        self._cancel_event = threading.Event()
+        self._cancelled = False
         self._worker = None
-        self._thread: threading.Thread | None = None
+        self._process: FinetuneProcess | None = None
         self.result = None  # the FinetuneResult of the last finished run
         self.error: BaseException | None = None
-        self.native.destroyed.connect(lambda *_: self._cancel_event.set())
+        # the widget closing stops the run after its step, which keeps its best model (the child also
+        # stops by itself when napari exits); the list, not self, because Qt may signal this after the
+        # Python object's attributes are gone
+        running: list[FinetuneProcess] = []
+        self._running = running
+        self.native.destroyed.connect(lambda *_: [p.cancel() for p in running])
 
     # ------------------------------------------------------------------------------------- helpers
     def _default_name(self, *_) -> None:
+        """``<layer>-finetuned``, numbered when a model of that name exists already."""
         layer = self.layer.value
         if layer is not None:
-            self.model_name.value = re.sub(r"[^\w.-]+", "_", f"{layer.name}-finetuned")
+            base = re.sub(r"[^\w.-]+", "_", f"{layer.name}-finetuned")
+            name, n = base, 1
+            while self._path_for(name).exists():
+                n += 1
+                name = f"{base}-{n}"
+            self.model_name.value = name
+
+    @staticmethod
+    def _path_for(name: str):
+        name = re.sub(r"[^\w.-]+", "_", name.strip()) or "finetuned"
+        return models_dir() / f"{name.removesuffix('.pth')}.pth"
 
     def output_path(self):
-        name = re.sub(r"[^\w.-]+", "_", self.model_name.value.strip()) or "finetuned"
-        return models_dir() / f"{name.removesuffix('.pth')}.pth"
+        return self._path_for(self.model_name.value)
 
     def _displayed_plane(self, layer) -> tuple[np.ndarray, tuple[int, int], tuple[int, ...]]:
         """The middle (at most PREVIEW_EDGE square) of the slice the viewer shows: the crop, its (y, x) offset
@@ -244,6 +216,9 @@ class FinetuneWidget(Container):
             self.status.value = "Select an image layer first."
             return
         out = self.output_path()
+        if out.exists():
+            self.status.value = f"A model named {out.name} exists in {out.parent}; choose another model name."
+            return
         out.parent.mkdir(parents=True, exist_ok=True)
         from .processing import IntensityMap
 
@@ -252,42 +227,33 @@ class FinetuneWidget(Container):
             data = data[0]
         plane, offset, index = self._displayed_plane(layer)
         imap = IntensityMap.for_image(data)
+        job = {
+            "data": data, "out": out, "weights": self.weights.value, "preview": (imap, plane),
+            "kwargs": {"minutes": float(self.minutes.value), "axes": axes},
+        }  # fmt: skip
+        try:
+            self._process = FinetuneProcess(job)
+        except TypeError as err:
+            self.status.value = f"error: {err}"
+            return
+        self._running[:] = [self._process]
         self._preview_input = (imap, plane, offset, index, layer)
-        self._cancel_event.clear()
+        self._cancelled = False
         self.plot.clear()
         self.result, self.error = None, None
         self.start.enabled, self.cancel.enabled = False, True
-        self.status.value = "Reading patches and measuring the noise..."
-        q: queue.Queue = queue.Queue()
-        callback = _queue_progress(q, self._cancel_event, lambda model: _preview(model, imap, plane))
-        target = functools.partial(
-            _run_finetune, q, data, out, self.weights.value, minutes=float(self.minutes.value), axes=axes,
-            callback=callback,
-        )  # fmt: skip
+        self.status.value = "Starting, reading patches and measuring the noise..."
         from napari.qt.threading import thread_worker
 
-        self._worker = thread_worker(self._drain, start_thread=False)(target, q)
+        self._worker = thread_worker(self._process.messages, start_thread=False)()
         self._worker.yielded.connect(self._on_item)
         self._worker.finished.connect(self._on_finished)
         self._worker.start()
 
-    def _drain(self, target, q: queue.Queue):
-        """Run ``target`` in a plain thread and yield what it queues until it is done (in napari's worker)."""
-        self._thread = threading.Thread(target=target, name="napari-mirnet-finetune", daemon=True)
-        self._thread.start()
-        while True:
-            try:
-                item = q.get(timeout=0.1)
-            except queue.Empty:
-                if not self._thread.is_alive() and q.empty():
-                    return
-                continue
-            yield item
-            if item[0] in ("done", "error"):
-                return
-
     def _request_cancel(self, *_) -> None:
-        self._cancel_event.set()
+        self._cancelled = True
+        if self._process is not None:
+            self._process.cancel()
         self.cancel.enabled = False
         self.status.value = "Stopping after this step; the best model so far is kept..."
 
@@ -297,7 +263,7 @@ class FinetuneWidget(Container):
             _, step, loss, frac = item
             self.progress.value = int(1000 * frac)
             self.plot.add_train(step, loss)
-            if not self._cancel_event.is_set():
+            if not self._cancelled:
                 self.status.value = f"step {step}, loss {loss:.3g}"
         elif kind == "val":
             _, step, v, best_step, best_val = item
@@ -337,8 +303,10 @@ class FinetuneWidget(Container):
 
     def _on_finished(self) -> None:
         self.start.enabled, self.cancel.enabled = True, False
+        self._running.clear()
         if self.result is not None:
             self.progress.value = 1000
+            self._default_name()  # the next run's name, so that it cannot replace this model
 
     def is_running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._process is not None and self._process.is_alive()

@@ -277,6 +277,12 @@ def test_widget_adapts_the_layer_and_the_model_appears_in_denoise(
     assert any(v == str(w.result.path) for _, v in weights_choices("denoise"))
     out = restore(noisy, "denoise", weights=str(w.result.path), axes="ZYX", device="cpu")
     assert out.shape == noisy.shape
+    # the next run gets a free name; a name that is taken is refused and the model kept
+    assert w.model_name.value == "cells-finetuned-2"
+    kept = w.result.path.read_bytes()
+    w.model_name.value = "cells-finetuned"
+    w.start.clicked()
+    assert "exists" in w.status.value and w.start.enabled and w.result.path.read_bytes() == kept
 
 
 @pytest.mark.gui
@@ -362,3 +368,79 @@ def test_existing_output_is_refused_unless_overwrite_or_resume(tmp_path, gray_id
         finetune(noisy, out, gray_identity, **kw)
     with pytest.raises(ValueError, match="is a folder"):
         finetune(noisy, tmp_path, gray_identity, **kw, overwrite=True)
+
+
+_WIDGET_RUN = """
+import sys
+import numpy as np
+import napari
+from qtpy.QtWidgets import QApplication
+from napari_mirnet.finetune_widget import FinetuneWidget
+
+viewer = napari.Viewer(show=True)  # shown: Qt's OpenGL (Mesa's llvmpipe under Xvfb) is loaded
+viewer.add_image(np.random.default_rng(0).integers(0, 255, (96, 128), dtype=np.uint8), name="img")
+w = FinetuneWidget(viewer)
+viewer.window.add_dock_widget(w)
+w.weights.choices = [("start", sys.argv[1])]
+w.weights.value = sys.argv[1]
+w.minutes.value = 0.1
+w.start.clicked()
+while w.result is None and w.error is None or not w.start.enabled:
+    QApplication.processEvents()
+    w.native.thread().msleep(20)
+loaded = sorted(m for m in sys.modules if m.split(".")[0] == "triton" or m.startswith("torch._dynamo"))
+print("result:", w.result, "error:", repr(w.error), "compiler modules in napari's process:", loaded)
+viewer.close()
+sys.exit(1 if loaded or w.error is not None or w.result.steps < 1 else 0)
+"""
+
+
+@pytest.mark.gui
+@pytest.mark.slow
+def test_widget_finetune_keeps_the_compiler_stack_out_of_napari(tmp_path, gray_identity):
+    """The issue's reproduction, as napari runs it: a shown viewer, the widget docked on a 96x128 uint8
+    layer, 0.1 minutes, Fine-tune. Creating the optimiser imports torch._dynamo; with the CUDA build
+    that loads triton's LLVM, which crashed this process (Mesa's LLVM loaded by Qt's OpenGL)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import SAFETY_S
+
+    env = {**os.environ, "NAPARI_MIRNET_MODELS": str(tmp_path / "models")}
+    proc = subprocess.run(
+        [sys.executable, "-c", _WIDGET_RUN, gray_identity], capture_output=True, text=True, timeout=SAFETY_S, env=env
+    )
+    assert proc.returncode == 0, f"rc {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert (tmp_path / "models" / "img-finetuned.pth").is_file()
+
+
+@pytest.mark.gui
+def test_widget_reports_the_training_process_error(make_napari_viewer, qtbot, tmp_path, monkeypatch, gray_identity):
+    monkeypatch.setenv("NAPARI_MIRNET_MODELS", str(tmp_path / "models"))
+    from conftest import SAFETY_MS
+
+    from napari_mirnet.finetune_widget import FinetuneWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((20, 20)).astype(np.float32), name="tiny")
+    w = FinetuneWidget(viewer)
+    w.weights.choices = [("start", gray_identity)]
+    w.weights.value = gray_identity
+    w.start.clicked()
+    qtbot.waitUntil(lambda: w.start.enabled, timeout=SAFETY_MS)
+    assert isinstance(w.error, ValueError) and "too small" in str(w.error) and "too small" in w.status.value
+    assert w.result is None and not w.is_running()
+
+
+def test_training_process_errors_reach_the_widget_readably():
+    from napari_mirnet.finetune_worker import FinetuneProcess, _sendable
+    from napari_mirnet.io import OutputExistsError
+
+    err = OutputExistsError("out='a.pth' exists", matches=False)  # its __init__ cannot be unpickled
+    sent = _sendable(err)
+    assert isinstance(sent, RuntimeError) and str(sent) == "OutputExistsError: out='a.pth' exists"
+    plain = ValueError("too small")
+    assert _sendable(plain) is plain
+    with pytest.raises(TypeError, match="cannot be handed to the training process.*save the layer"):
+        FinetuneProcess({"data": (i for i in range(3)), "out": "x.pth", "weights": "w", "kwargs": {}})
