@@ -591,6 +591,10 @@ class TaskWidget(Container):
         self._ticker.timeout.connect(self._tick)
         self.extend([self._build_form(), *self._build_output_options(), *self._build_advanced(), *self._build_run()])
         self._connect()
+        # once napari has docked it (in this event loop turn): share the dock area with our other docks
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, lambda: None if self._closed else share_dock_area(self.native))
         self._update_visibility()
         events = self.viewer.layers.events
         for ev in (events.inserted, events.removed, events.reordered):
@@ -959,6 +963,84 @@ class TaskWidget(Container):
             self.progress_bar.visible = False
             self.run_button.enabled = True
             self.cancel_button.enabled = False
+
+
+#: napari titles a plugin's docks "<widget name> (<plugin name>)".
+_OUR_DOCKS = "(napari-mirnet)"
+
+
+def share_dock_area(widget) -> None:
+    """Put the dock holding ``widget`` in a tab beside this plugin's other docks in its area (and
+    do the same for the plugin's docks opened later in that window).
+
+    Stacked one above the other, six docks made the window taller than the screen and squeezed the
+    canvas to a strip; as tabs they share one dock's height. A dock the user drags elsewhere stays there.
+    """
+    from qtpy.QtWidgets import QDockWidget, QMainWindow
+
+    dock = widget.parentWidget()
+    while dock is not None and not isinstance(dock, QDockWidget):
+        dock = dock.parentWidget()
+    main = dock.parentWidget() if dock is not None else None
+    if not isinstance(main, QMainWindow):
+        return  # not docked (a test, a script): nothing to share
+    if main.findChild(_DockWatcher, "napari_mirnet_docks") is None:
+        main.installEventFilter(_DockWatcher(main))
+    _tabify_with_ours(main, dock)
+
+
+def _tabify_with_ours(main, dock) -> None:
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QDockWidget
+
+    try:
+        ours = [
+            d
+            for d in main.findChildren(QDockWidget)
+            # the new dock itself may not be shown yet (napari shows it after adding it)
+            if d.windowTitle().endswith(_OUR_DOCKS) and (d is dock or not d.isHidden()) and not d.isFloating()
+        ]
+    except RuntimeError:  # the window is gone (closed in the meantime)
+        return
+    if dock not in ours or any(d in main.tabifiedDockWidgets(dock) for d in ours):
+        return  # not ours, or already in a tab group with ours
+    area = main.dockWidgetArea(dock)
+    others = [d for d in ours if d is not dock and main.dockWidgetArea(d) == area]
+    if others:
+        main.tabifyDockWidget(others[0], dock)
+        dock.show()
+        dock.raise_()  # the one just opened is the one shown
+        QTimer.singleShot(0, lambda: _fit_screen(main))
+
+
+def _fit_screen(main) -> None:
+    """Give back the height the window grew by while the new dock sat below the others (Qt grows
+    a window to its docks' minimum, and never shrinks it again): no taller than its screen."""
+    try:
+        screen = main.screen().availableGeometry()
+        frame = main.frameGeometry().height() - main.height()
+        if main.height() + frame > screen.height() and not main.isMaximized():
+            main.resize(main.width(), max(main.minimumSizeHint().height(), screen.height() - frame))
+    except RuntimeError:  # closed in the meantime
+        pass
+
+
+class _DockWatcher(QObject):
+    """On a main window: a plugin dock added later (our fine-tune widget, say) joins the tabs too."""
+
+    def __init__(self, main):
+        super().__init__(main)
+        self.setObjectName("napari_mirnet_docks")
+
+    def eventFilter(self, obj, event):
+        from qtpy.QtCore import QEvent, QTimer
+        from qtpy.QtWidgets import QDockWidget
+
+        if event.type() == QEvent.Type.ChildAdded and isinstance(event.child(), QDockWidget):
+            dock = event.child()
+            # napari resizes the docks after adding one: look once it is in place
+            QTimer.singleShot(0, lambda: _tabify_with_ours(obj, dock))
+        return False
 
 
 def _background_slicing(wanted: bool) -> str:
