@@ -277,8 +277,7 @@ def write_geotiff(tmp: Path, arr, axes: str, meta: ImageMeta, note: str | None) 
         "width": width,
         "count": count,
         "dtype": dtype.name,
-        "crs": None if geo.gcps else geo.crs,
-        "transform": None if geo.gcps else rasterio.Affine(*geo.transform[:6]),
+        **_georeferencing(geo),
         "nodata": None if mask else meta.nodata,
         "interleave": geo.interleave,
         "tiled": True,
@@ -311,8 +310,9 @@ def write_geotiff(tmp: Path, arr, axes: str, meta: ImageMeta, note: str | None) 
             with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(stage, "r+") as ds:
                 ds.build_overviews(_overview_factors(height, width), _resampling())
                 ds.update_tags(ns="rio_overview", resampling=_resampling().name)
-            cog = {k: v for k, v in profile.items() if k not in ("driver", "height", "width", "count", "dtype")}
-            cog.pop("crs"), cog.pop("transform"), cog.pop("nodata")
+            # creation options only: the copy takes georeferencing, nodata and mask from the stage file
+            skip = ("driver", "height", "width", "count", "dtype", "crs", "transform", "gcps", "nodata")
+            cog = {k: v for k, v in profile.items() if k not in skip}
             import rasterio.shutil
 
             with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
@@ -328,13 +328,6 @@ def _describe(ds, meta: ImageMeta, count: int, note: str | None) -> None:
         tags[NOTE_ITEM] = note
     if tags:
         ds.update_tags(**tags)
-    if meta.geo.gcps:
-        from rasterio.control import GroundControlPoint
-        from rasterio.crs import CRS
-
-        points = [GroundControlPoint(r, c, x, y, z, i, info) for r, c, x, y, z, i, info in meta.geo.gcps]
-        crs = meta.geo.gcp_crs or meta.geo.crs
-        ds.gcps = (points, CRS.from_user_input(crs) if crs else None)
     chans = meta.channels
     if len(chans) != count:
         return
@@ -351,6 +344,18 @@ def _describe(ds, meta: ImageMeta, count: int, note: str | None) -> None:
     interp = _colorinterp(chans, count)
     if interp is not None:
         ds.colorinterp = interp
+
+
+def _georeferencing(geo: GeoInfo) -> dict:
+    """Creation options: CRS and transform, or ground control points and their CRS (GDAL keeps one)."""
+    from rasterio import Affine
+
+    if not geo.gcps:
+        return {"crs": geo.crs, "transform": Affine(*geo.transform[:6])}
+    from rasterio.control import GroundControlPoint
+
+    points = [GroundControlPoint(r, c, x, y, z, i, info) for r, c, x, y, z, i, info in geo.gcps]
+    return {"gcps": points, "crs": geo.gcp_crs or geo.crs}
 
 
 def _valid_mask(value: np.ndarray, nodata: float) -> np.ndarray:
