@@ -319,3 +319,15 @@ def test_cli_refuses_a_unit_ome_tiff_cannot_hold_before_computing(tiny_weights, 
     assert _restore(tiny_weights, tmp_path / "in.zarr", tmp_path / "out.tif") != 0
     assert "unit 'furlong' of axis" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.zarr"]  # no result, no store to resume
+
+
+@pytest.mark.slow
+def test_cli_keeps_the_ome_image_name_in_a_zarr_result(identity_weights, tmp_path):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    img = RNG.integers(0, 255, (40, 50), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "in.ome.tif", img, ome=True, metadata={"axes": "YX", "Name": "embryo"})
+    assert _restore(identity_weights, tmp_path / "in.ome.tif", tmp_path / "out.zarr") == 0
+    node = next(iter(Reader(parse_url(str(tmp_path / "out.zarr")))()))
+    assert node.metadata["name"] == "embryo"

@@ -359,7 +359,8 @@ def _to_zarr_locked(run: RestorationRun, out, overwrite: bool, client, progress,
     workers = len(client.scheduler_info()["workers"]) if client is not None else 1
     try:
         _write(run, run.context(control, sink), todo, max(2, 2 * run.batch, 4 * workers), client, progress, cancel)
-        sink.output.finalize(sink.store_axes, run.output_meta, name=run.source.name)
+        # the image's own name (OME Image Name, layer name) where it has one, else the input's file name
+        sink.output.finalize(sink.store_axes, run.output_meta, name=run.output_meta.name or run.source.name)
     except OSError as err:
         raise mio.OutputError(
             f"writing {sink.output.path} failed ({err}); the store is left incomplete. Fix the cause (free disk "
