@@ -125,6 +125,15 @@ def _add_restore_command(sub) -> None:
         help="test-time augmentation: average over 8 flips/rotations (8x slower, slightly better)",
     )
     r.add_argument(
+        "--qc",
+        nargs="?",
+        const="on",
+        choices=["on", "tta"],
+        help="denoise only: also write the residual (input - output) and a trust map beside each output "
+        "(zarr: qc/ groups; files: NAME.qc-residual.tif, NAME.qc-trust.tif, NAME.qc.json) and print a "
+        "verdict; '--qc tta' adds the 8 flips' disagreement (8x slower). See docs/qc.md",
+    )
+    r.add_argument(
         "--format",
         choices=["same", "zarr", "tif", "png"],
         default="same",
@@ -574,6 +583,11 @@ def _cmd_restore(args) -> int:
         print("napari-mirnet: loading model and planning...", file=sys.stderr, flush=True)
     if args.blend is not None and args.blend < 0:
         raise UsageError("--blend must be >= 0")
+    if args.qc and args.task != "denoise":
+        raise UsageError(
+            f"--qc checks a denoiser's output against its input; --task {args.task} changes the "
+            "image on purpose: use --task denoise (any denoising --weights) or leave --qc out"
+        )
     try:
         pairs = _plan_outputs(args)
     except FileNotFoundError as err:
@@ -745,6 +759,20 @@ def _restore_one(args, run, dst: Path, label: str, client) -> None:
     finally:
         if bar is not None:
             bar.close()
+    if getattr(args, "qc", None):
+        _quality_check(args, run, dst, client)
+
+
+def _quality_check(args, run, dst: Path, client) -> None:
+    """``--qc``: the residual and trust map beside ``dst`` (already written), and the verdict."""
+    from .engine import compute, quality
+
+    output = quality.read_output(dst, run.axes)
+    out = dst if dst.suffix.lower() == ".zarr" else None
+    report = quality.run_qc(run, output, tta=args.qc == "tta", out=out, compute=lambda c: compute(c, run, client))
+    if out is None:
+        quality.write_qc_tiffs(dst, report, run.axes)
+    print(f"{dst.name}: qc {report.text}", file=sys.stderr)
 
 
 def _tiff_work_store(dst: Path) -> Path:

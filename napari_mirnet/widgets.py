@@ -168,6 +168,7 @@ class Job:
     overwrite: bool = False
     pixel_size: tuple | None = None
     pyramid: bool = False
+    qc: bool = False  # also the residual and trust map (denoise): run_job returns (data, QualityReport)
 
 
 class _Relay(QObject):
@@ -194,7 +195,7 @@ def run_job(job: Job, progress=None, cancel: threading.Event | None = None):
         return out if job.pyramid else out[0]
     if job.output == OUTPUT_ZARR:
         out = eng.restore(
-            job.image, **common, out=job.zarr_path, overwrite=job.overwrite, progress=progress, cancel=cancel
+            job.image, **common, out=job.zarr_path, overwrite=job.overwrite, progress=progress, cancel=cancel, qc=job.qc
         )
         # the engine hands back a lazy array reading the written store, in the input's axis order
         return out
@@ -206,6 +207,11 @@ def run_job(job: Job, progress=None, cancel: threading.Event | None = None):
         # a lazy input gives a lazy result; "computed now" means the tiles run here, in the worker,
         # on the scheduler the engine picks for the device
         out = eng.compute(out, run)
+    if job.qc:
+        from .engine import quality
+
+        out = np.asarray(out)
+        return out, quality.run_qc(run, out, compute=lambda c: eng.compute(c, run))
     return np.asarray(out)
 
 
@@ -646,7 +652,14 @@ class TaskWidget(Container):
         self.preview.tooltip = (
             "Restore only the current slice of an nD stack, cut to the visible region when zoomed in."
         )
-        return [self.overwrite, self.background, self.preview]
+        self.qc = CheckBox(text="show what was removed (residual, trust map)", value=False)
+        self.qc.tooltip = (
+            "Also add the residual (input - output) and a trust map per 32x32 block (green: the residual "
+            "looks like noise; red: structure removed or noise left); the verdict goes to the status line. "
+            "See docs/qc.md."
+        )
+        self.qc.visible = self.task == "denoise"
+        return [self.overwrite, self.background, self.preview, self.qc]
 
     def _build_advanced(self) -> list:
         """Tile, halo, blend, precision, intensity mapping and TTA, collapsed under a check box."""
@@ -799,6 +812,9 @@ class TaskWidget(Container):
             if not text or text == ".":
                 raise InputError("choose a path for the OME-Zarr output (e.g. result.zarr)")
         preview = bool(self.preview.value)
+        qc = bool(self.qc.value) and self.task == "denoise"
+        if qc and output == OUTPUT_LAZY:
+            raise InputError("the residual and trust map need the whole result: choose 'new layer' or OME-Zarr output")
         axes = layer_axes(ref)
         arrays, offset = [], None
         for layer in layers:
@@ -839,6 +855,7 @@ class TaskWidget(Container):
             # the zarr's pixel size: the layer's scale, 1 for the RGB channel axis
             pixel_size=tuple(float(v) for v in ref.scale) + ((1.0,) if ref.rgb else ()),
             pyramid=pyramid,
+            qc=qc,
         )
 
     # -- running
@@ -944,8 +961,13 @@ class TaskWidget(Container):
             text, detail = payload if isinstance(payload, tuple) else (payload, None)
             self._say(text, "error", detail)
             return
+        report = None
+        if job.qc:
+            payload, report = payload
         try:
             self.result_layer = self.viewer.add_image(payload, **job.layer_kwargs)
+            if report is not None:
+                self.qc_layers = add_qc_layers(self.viewer, report, job.layer_kwargs)
         except Exception as err:  # e.g. the viewer was closed during the run, or napari refused the data
             self._say(f"could not add the result layer: {type(err).__name__}: {err}", "error")
             return
@@ -953,6 +975,8 @@ class TaskWidget(Container):
         what = "lazy layer added" if job.output == OUTPUT_LAZY else f"done in {seconds:.1f} s"
         if job.output == OUTPUT_LAZY:
             what += _background_slicing(bool(self.background.value))
+        if report is not None:
+            what += f"; qc {report.text}"
         self._say(f"{what}: {self.result_layer.name}", "info")
 
     def _on_finished(self) -> None:
@@ -1073,6 +1097,41 @@ def _official_to_download() -> set[str]:
         return {i.name for i in available_weights() if i.kind == "official" and not i.available}
     except Exception:
         return set()
+
+
+def add_qc_layers(viewer, report, out_kwargs: dict) -> list:
+    """The residual (coolwarm, centred at 0) and the trust map (red to green, 0 to 1) of a result,
+    placed like the result layer (the trust map's pixels are blocks: scaled and shifted to match)."""
+    residual = np.asarray(report.residual, np.float32)
+    if out_kwargs.get("rgb"):  # napari shows signed data per channel, not as colour: their mean
+        residual = residual.mean(axis=-1)
+    scale = np.array(out_kwargs["scale"], float)
+    translate = np.array(out_kwargs["translate"], float)
+    lim = 3 * float(report.summary["noise"]["sigma"]) or float(np.abs(residual).max()) or 1.0
+    common = dict(metadata={"mirnet": {"qc": report.summary}}, blending="translucent")
+    res = viewer.add_image(
+        residual,
+        name=f"{out_kwargs['name']} residual",
+        scale=tuple(scale),
+        translate=tuple(translate),
+        colormap="coolwarm",
+        contrast_limits=(-lim, lim),
+        **common,
+    )
+    tscale, ttrans = scale.copy(), translate.copy()
+    tscale[-2:] = scale[-2:] * report.block
+    ttrans[-2:] = translate[-2:] + (report.block - 1) / 2 * scale[-2:]
+    trust = viewer.add_image(
+        report.trust,
+        name=f"{out_kwargs['name']} trust",
+        scale=tuple(tscale),
+        translate=tuple(ttrans),
+        colormap="RdYlGn",
+        contrast_limits=(0.0, 1.0),
+        opacity=0.5,
+        **common,
+    )
+    return [res, trust]
 
 
 def _work(job: Job, progress, cancel):

@@ -19,6 +19,8 @@ import numpy as np
 
 from .. import io as mio
 from .. import xarrays as _xr
+from ..tasks import get_task as _get_task
+from . import quality as _quality
 from .memory import bytes_per_pixel, default_batch, default_tile
 from .options import DEFAULT_BLEND, DEFAULT_HALO, RestoreOptions
 from .plan import TilePlan, plan_tiles
@@ -71,6 +73,7 @@ def restore(
     cancel=None,
     level=None,
     accelerate: str = "auto",
+    qc=False,
 ):
     """Restore an image of any size with MIRNet-v2, tile by tile, in the input's dtype and range.
 
@@ -126,6 +129,13 @@ def restore(
     level : int or str, optional
         For an OME-Zarr path: the pyramid level to restore, as an index (0: full resolution) or a
         dataset path; default 0 (or the level the path points at, e.g. ``image.zarr/2``).
+    qc : bool or 'tta'
+        Denoising only: also check the output against the input (see docs/qc.md) and return
+        ``(result, report)``, a :class:`~napari_mirnet.engine.quality.QualityReport` with the
+        residual (input minus output), a trust map per 32 x 32 block and a verdict. ``'tta'`` adds
+        the 8 flips/rotations' disagreement (8 more runs). With ``out``, written into the store
+        (``qc/residual``, ``qc/trust``, summary in ``qc``'s attributes). A lazy result is
+        computed once for the check (and again when you compute it): use ``out`` for large images.
 
     Returns
     -------
@@ -165,12 +175,17 @@ def restore(
     if out is not None and not overwrite:
         options = _resume_geometry(options, out)
     template = _xarray_template(image, task, scale)
+    qc_mode = _quality.check_qc(qc, _get_task(task), tta)
     client, own_client = _connect(client)
     try:
         run = prepare(image, task, weights, scale=scale, axes=axes, options=options, client=client, level=level)
         options.check_axes(run.axes)  # before anything is written
         result = execute(run, out=out, overwrite=overwrite, client=client, progress=progress, cancel=cancel)
-        return result if template is None else _xr.to_dataarray(result, template, run.factor)
+        report = None
+        if qc_mode is not None:
+            report = _quality.run_qc(run, result, tta=qc_mode == "tta", out=out, compute=lambda c: compute(c, run, client))
+        result = result if template is None else _xr.to_dataarray(result, template, run.factor)
+        return result if report is None else (result, report)
     finally:
         if own_client:
             client.close()

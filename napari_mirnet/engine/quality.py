@@ -1,0 +1,290 @@
+"""``restore(..., qc=True)``: the residual and trust map of a finished run, and where they are written.
+
+The signals themselves are in :mod:`napari_mirnet.qc` (numpy/scipy); this module reads the run's
+input and output lazily (chunk by chunk, so a zarr -> zarr check stays in bounded memory), runs
+the opt-in test-time passes, and writes the results beside the output: a ``qc`` group in the
+output's OME-Zarr (``qc/residual`` and ``qc/trust``, each an NGFF image that ome-zarr-py reads,
+the summary in ``qc``'s attributes), or sibling files of a TIFF output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import io as mio
+from .. import qc
+from ..axes import inverse_order, to_cyx_order
+from ..metadata import ImageMeta
+from .source import canonical_dask
+
+__all__ = ["QualityReport", "check_qc", "read_output", "run_qc", "write_qc_tiffs"]
+
+ATTR = "napari_mirnet_qc"
+
+
+@dataclass(eq=False)
+class QualityReport:
+    """What ``restore(..., qc=True)`` found: the residual, the per-block signals and a verdict.
+
+    Attributes
+    ----------
+    residual : numpy.ndarray or dask.array.Array
+        Input minus output (float32), in the input's axes and grid.
+    trust : numpy.ndarray
+        Trust per block of ``block`` x ``block`` pixels, in (0, 1] (1: the residual looks like
+        noise); axes ``trust_axes`` (the iterated axes, then Y, X; channels merged by their minimum).
+    doubt : numpy.ndarray
+        ``-log(trust)``: the sum of the signals' doubts (1 each at its threshold).
+    signals : dict of numpy.ndarray
+        Each signal's doubt per block (``noise``, ``structure``, and ``disagreement`` with TTA).
+    noise : napari_mirnet.qc.NoiseModel
+        The noise model estimated from the input alone.
+    summary : dict
+        ``verdict`` ('cleared' or 'flagged'), ``text`` and the figures behind them (JSON-ready).
+    block : int
+        Block edge in input pixels.
+    """
+
+    residual: object
+    trust: np.ndarray
+    doubt: np.ndarray
+    signals: dict
+    noise: qc.NoiseModel
+    summary: dict
+    block: int
+    trust_axes: str
+
+    @property
+    def text(self) -> str:
+        return self.summary["text"]
+
+
+def check_qc(qc_value, task_spec, tta: bool) -> str | None:
+    """``qc`` as None, 'on' or 'tta', refused (before the model loads) where it means nothing."""
+    if qc_value in (None, False):
+        return None
+    if qc_value not in (True, "tta"):
+        raise ValueError(
+            f"qc={qc_value!r}: give qc=True (residual and trust map) or qc='tta' (also 8-pass disagreement)"
+        )
+    if task_spec.name != "denoise":
+        raise ValueError(
+            f"qc=True checks a denoiser's output against its input on the same grid; task={task_spec.name!r} "
+            "changes the image on purpose (use task='denoise', with any denoising model, or leave qc off)"
+        )
+    return "tta" if qc_value == "tta" else "on"
+
+
+def _canonical_out(result, axes: str):
+    """The output (input axes) as a dask array (lead..., C, Y, X), like ``canonical_dask``."""
+    import dask.array as da
+
+    perm, _ = to_cyx_order(axes)
+    arr = da.asarray(result).transpose(perm)
+    return arr if "C" in axes else arr[..., None, :, :]
+
+
+def _noise_crops(x, edge: int = 384) -> list[np.ndarray]:
+    """Up to 12 crops of the canonical input (middle iterated plane, each channel, 4 places)."""
+    lead = tuple(n // 2 for n in x.shape[:-3])
+    h, w = x.shape[-2:]
+    ch, cw = min(edge, h), min(edge, w)
+    places = {(0, 0), (h - ch, w - cw), (0, w - cw), (h - ch, 0)}
+    crops = [
+        x[lead + (c, slice(y0, y0 + ch), slice(x0, x0 + cw))] for c in range(min(x.shape[-3], 3)) for y0, x0 in places
+    ]
+    import dask
+
+    return [np.asarray(c, np.float64) for c in dask.compute(*crops)]
+
+
+def run_qc(run, result, block: int = qc.BLOCK, tta: bool = False, out=None, compute=None) -> QualityReport:
+    """The check of a finished run (``result``: its output in the input's axes); writes into ``out``.
+
+    ``compute(collection)`` computes dask collections with the run's scheduler.
+    """
+    import dask
+
+    compute = compute or (lambda c: dask.compute(c)[0])
+    x = canonical_dask(run.source).astype(np.float32)
+    y = _canonical_out(result, run.axes).astype(np.float32)
+    y = y.rechunk(x.chunks) if y.chunks != x.chunks else y
+    noise = qc.estimate_noise(_noise_crops(x))
+    maps = qc.signal_maps(x, y, noise, block)
+    level = float(np.mean([c.mean() for c in _noise_crops(x, 64)]))
+    residual = _to_input_axes(x - y, run.axes)
+    if out is not None:
+        signals = _write_and_measure(out, residual, maps, run, compute)
+    else:
+        signals = compute(maps)
+    spread = _spread(run, x, noise, block, compute) if tta else None
+    return _report(signals, spread, noise, block, level, residual if out is None else None, run, out)
+
+
+def _to_input_axes(canon, axes: str):
+    perm, _ = to_cyx_order(axes)
+    arr = canon if "C" in axes else canon[..., 0, :, :]
+    return arr.transpose(inverse_order(perm))
+
+
+def _report(signals, spread, noise, block, level, residual, run, out) -> QualityReport:
+    doubt, trust = qc.combine(signals, spread)
+    summary = qc.summarize(signals, noise, block, spread, level)
+    lead = run.source.lead_axes
+    report = QualityReport(
+        residual=residual,
+        trust=trust.min(axis=-3),  # channels merged: a place is as trustworthy as its worst channel
+        doubt=doubt.max(axis=-3),
+        signals={k: v.max(axis=-3) for k, v in qc.doubts(signals, spread).items()},
+        noise=noise,
+        summary=summary,
+        block=block,
+        trust_axes=lead + "YX",
+    )
+    if run.source.eager and residual is not None:
+        report.residual = np.asarray(residual)
+    if out is not None:
+        _write_trust(out, report, run)
+        import dask.array as da
+
+        report.residual = da.from_zarr(str(out), component="qc/residual/0")
+    return report
+
+
+def _spread(run, x, noise, block, compute):
+    """Disagreement per block over the 8 flips/rotations, each pass a run of its own (no TTA)."""
+    import dask.array as da
+
+    from .run import execute, prepare
+
+    canon_axes = run.source.lead_axes + "CYX"
+    options = dataclasses.replace(run.options, tta=False)
+    passes = []
+    for k in range(8):
+        xt = _d4(x.astype(run.source.dtype), k)
+        r = prepare(xt, run.task, run.weights, axes=canon_axes, options=options)
+        passes.append(_d4_inverse(da.asarray(execute(r)).astype(np.float32), k))
+    stack = da.stack(passes)
+    sd, mean = stack.std(axis=0), stack.mean(axis=0)
+
+    def blocks(s, m):
+        flat_s, flat_m = s.reshape((-1,) + s.shape[-2:]), m.reshape((-1,) + m.shape[-2:])
+        out = [qc.spread_blocks(a, b, noise, block) for a, b in zip(flat_s, flat_m)]
+        return np.stack(out).reshape(s.shape[:-2] + out[0].shape)
+
+    step = max(block, (1024 // block) * block)
+    chunks = (1,) * (x.ndim - 2) + (step, step)
+    sd, mean = sd.rechunk(chunks), mean.rechunk(chunks)
+    out_chunks = sd.chunks[:-2] + tuple(tuple(-(-c // block) for c in cs) for cs in sd.chunks[-2:])
+    return compute(da.map_blocks(blocks, sd, mean, chunks=out_chunks, dtype=np.float32))
+
+
+def _d4(a, k: int):
+    """The k-th of the 8 flips/rotations of the last two axes."""
+    import dask.array as da
+
+    a = da.flip(a, -1) if k >= 4 else a
+    return da.rot90(a, k % 4, axes=(-2, -1))
+
+
+def _d4_inverse(a, k: int):
+    import dask.array as da
+
+    a = da.rot90(a, -(k % 4), axes=(-2, -1))
+    return da.flip(a, -1) if k >= 4 else a
+
+
+# ------------------------------------------------------------------------------------ writing
+def read_output(path, axes: str):
+    """A written output (zarr store or file) as a lazy array in ``axes`` (the run's input axes)."""
+    import dask.array as da
+
+    p = Path(path)
+    if p.suffix.lower() == ".zarr":
+        arr, have = da.from_zarr(str(p), component="0"), mio.ome_order(axes)
+    else:
+        src = mio.open_image(p)
+        arr, have = da.asarray(src.array), src.axes or axes
+    if sorted(have) != sorted(axes):
+        raise ValueError(f"{p} has axes {have}, the run {axes}: it is not this run's output")
+    return arr.transpose([have.index(a) for a in axes]) if have != axes else arr
+
+
+def _write_and_measure(out, residual, maps, run, compute):
+    """Write the residual into ``out/qc/residual`` and compute the signals, in one pass over the data."""
+    import dask.array as da
+    import zarr
+
+    store_axes = mio.ome_order(run.axes)
+    res = residual.transpose([run.axes.index(a) for a in store_axes])
+    root = zarr.open_group(str(out), mode="a")
+    if "qc" in root:
+        del root["qc"]  # a re-run replaces the check of the run before
+    group = root.require_group("qc").require_group("residual")
+    arr = group.create_array("0", shape=res.shape, chunks=res.chunksize, dtype="float32")
+    write = da.store(res.rechunk(arr.chunks), arr, lock=False, compute=False)
+    signals = compute([write, maps])[1]
+    meta = run.output_meta.replace(axes=store_axes) if hasattr(run.output_meta, "replace") else ImageMeta()
+    group.attrs.update({"ome": mio.multiscales_attrs(store_axes, _float_meta(meta), name="qc residual")})
+    return signals
+
+
+def _float_meta(meta: ImageMeta) -> ImageMeta:
+    """The output's geometry without its channel windows or nodata (the residual is signed float)."""
+    return ImageMeta(scale=dict(meta.scale), translation=dict(meta.translation), units=dict(meta.units))
+
+
+def trust_meta(meta: ImageMeta, axes: str, block: int) -> ImageMeta:
+    """Geometry of the trust map: a block's pixel is ``block`` input pixels, centred on its block."""
+    scale, shift = dict(meta.scale), dict(meta.translation)
+    for a in "YX":
+        s = float(scale.get(a, 1.0))
+        scale[a] = s * block
+        shift[a] = float(shift.get(a, 0.0)) + (block - 1) / 2 * s
+    keep = set(axes)
+    return ImageMeta(
+        scale={k: v for k, v in scale.items() if k in keep},
+        translation={k: v for k, v in shift.items() if k in keep},
+        units={k: v for k, v in meta.units.items() if k in keep},
+    )
+
+
+def _write_trust(out, report: QualityReport, run) -> None:
+    import zarr
+
+    store_axes = mio.ome_order(report.trust_axes)
+    trust = np.transpose(report.trust, [report.trust_axes.index(a) for a in store_axes])
+    group = zarr.open_group(str(out), mode="a")["qc"].require_group("trust")
+    group.create_array("0", data=np.ascontiguousarray(trust, np.float32), overwrite=True)
+    meta = trust_meta(run.output_meta, store_axes, report.block)
+    group.attrs.update({"ome": mio.multiscales_attrs(store_axes, meta, name="qc trust")})
+    zarr.open_group(str(out), mode="a")["qc"].attrs.update({ATTR: _json(report)})
+
+
+def _json(report: QualityReport) -> dict:
+    return {**report.summary, "trust_axes": report.trust_axes, "signals": sorted(report.signals)}
+
+
+def write_qc_tiffs(path, report: QualityReport, axes: str) -> list[Path]:
+    """``NAME.qc-residual.tif``, ``NAME.qc-trust.tif`` and ``NAME.qc.json`` beside a TIFF output."""
+    import tifffile
+
+    p = Path(path)
+    stem = p.name[: -len("".join(p.suffixes))] if p.suffixes else p.name
+    files = [
+        p.with_name(f"{stem}.qc-residual.tif"),
+        p.with_name(f"{stem}.qc-trust.tif"),
+        p.with_name(f"{stem}.qc.json"),
+    ]
+    residual = np.asarray(report.residual, np.float32)
+    for f, data, ax in ((files[0], residual, axes), (files[1], report.trust.astype(np.float32), report.trust_axes)):
+        tmp = f.with_name(f.name + ".partial")
+        tifffile.imwrite(tmp, data, metadata={"axes": ax}, compression="zlib")
+        tmp.replace(f)  # complete or absent, never half-written under its final name
+    files[2].write_text(json.dumps(_json(report), indent=2))
+    return files
