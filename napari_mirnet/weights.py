@@ -2,7 +2,9 @@
 
 Every checkpoint is treated as a stranger's file: it is read without running pickled code, its size,
 structure and values are checked before a model is built, and a download only reaches the cache
-after it passed those checks. Nothing that this module did not write itself is ever deleted.
+after it passed those checks, with its SHA-256 recorded beside it; every later use checks the cached
+file against that record. Loaded models are reused while their file is unchanged on disk and loaded
+again when it changed. Nothing that this module did not write itself is ever deleted.
 """
 
 from __future__ import annotations
@@ -561,9 +563,11 @@ def _umask() -> int:
 def fetch(name_or_url: str, *, progress: bool = True, verify: bool = True) -> Path:
     """A local file for an official asset name or a URL, downloading it into the cache once.
 
-    A file already in the cache is used as it is, without writing anything (a shared, read-only
-    cache works). A download goes to a temporary file that is checked like :func:`load_model` does
-    and only then renamed into place, readable by others as the umask allows.
+    A file already in the cache is used without writing anything (a shared, read-only cache works);
+    a download's file is checked against the SHA-256 recorded when it came (``<file>.sha256``), a
+    file copied in by hand (no record) by its structure. A download goes to a temporary file that is
+    checked like :func:`load_model` does and only then renamed into place with its record,
+    readable by others as the umask allows.
 
     Parameters
     ----------
@@ -572,7 +576,8 @@ def fetch(name_or_url: str, *, progress: bool = True, verify: bool = True) -> Pa
     progress : bool
         Show a progress bar on stderr while downloading.
     verify : bool
-        Also check a file that is already there (an official name's structure, finite values).
+        Also check a file that is already there (its recorded SHA-256, an official name's
+        structure, finite values).
 
     Returns
     -------
