@@ -45,7 +45,7 @@ class FinetuneProcess:
 
     def __init__(self, job: dict):
         try:
-            payload = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+            self._payload = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as err:
             raise TypeError(
                 f"the layer's data ({type(job.get('data')).__name__}) cannot be handed to the training process "
@@ -54,15 +54,39 @@ class FinetuneProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
         )
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one writer on the child's stdin at a time
+        self._sent = False
+        self._cancel = threading.Event()
+
+    def _send_job(self) -> None:
+        # off the GUI thread: a job larger than the pipe's buffer blocks until the child, still importing
+        # torch, reads it
+        with self._lock:
+            try:
+                self.proc.stdin.write(self._payload)
+                self.proc.stdin.flush()
+            except OSError:
+                pass  # the child is gone already: messages() says so
+            self._sent, self._payload = True, b""
+        if self._cancel.is_set():
+            self._send_cancel()
+
+    def _send_cancel(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            return  # the job is being sent; _send_job sends the request after it (never block the GUI)
         try:
-            self.proc.stdin.write(payload)
-            self.proc.stdin.flush()
-        except OSError:
-            pass  # the child is gone already: messages() says so
+            if self._sent:
+                pickle.dump(_CANCEL, self.proc.stdin)
+                self.proc.stdin.flush()
+        except (OSError, ValueError):
+            pass  # it has finished already
+        finally:
+            self._lock.release()
 
     def messages(self) -> Iterator[tuple]:
-        """The child's reports, ending with ``("done", FinetuneResult)`` or ``("error", exception)``."""
+        """Send the job, then yield the child's reports, ending with ``("done", FinetuneResult)`` or
+        ``("error", exception)``. Run it in a worker thread."""
+        self._send_job()
         while True:
             try:
                 item = pickle.load(self.proc.stdout)
@@ -83,12 +107,8 @@ class FinetuneProcess:
 
     def cancel(self) -> None:
         """Ask the child to stop after its current step (it then saves the best model so far)."""
-        with self._lock:
-            try:
-                pickle.dump(_CANCEL, self.proc.stdin)
-                self.proc.stdin.flush()
-            except (OSError, ValueError):
-                pass  # it has finished already
+        self._cancel.set()
+        self._send_cancel()
 
     def is_alive(self) -> bool:
         return self.proc.poll() is None
@@ -161,7 +181,10 @@ def main() -> int:
             except OSError:
                 pass  # the parent is gone; the run still ends cleanly and keeps its best model
 
-    job = pickle.load(rx)
+    try:
+        job = pickle.load(rx)
+    except EOFError:
+        return 0  # the parent went away before it sent the job
     cancel = threading.Event()
     threading.Thread(target=_listen, args=(rx, cancel), daemon=True).start()
     from .finetune import finetune
