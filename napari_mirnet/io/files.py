@@ -75,6 +75,23 @@ def _norm(obj):
     return json.loads(json.dumps(obj))
 
 
+def _check_target(p: Path, suffix: str, shape: tuple, dtype: np.dtype, axes: str, meta: ImageMeta) -> None:
+    """Refuse, before anything is computed, a format that cannot hold the image or a path that cannot be replaced."""
+    if suffix in (".png", ".jpg", ".jpeg"):
+        check_picture(p, shape, dtype, axes)
+    elif suffix in (".tif", ".tiff") and not writes_geotiff(suffix, axes, meta):
+        check_tiff(p, dtype, meta)
+    elif suffix not in (".tif", ".tiff", ".zarr"):
+        raise OutputError(f"cannot write {p.name}: use .zarr, .tif, .png or .jpg")
+    is_store = p.is_dir() and any((p / m).exists() for m in ("zarr.json", ".zgroup", ".zarray"))
+    if p.is_dir() and not (suffix == ".zarr" and (is_store or not any(p.iterdir()))):
+        raise OutputError(
+            f"{p} is a folder"
+            + ("" if suffix != ".zarr" else " but not a zarr store")
+            + "; it is left alone: choose another path"
+        )
+
+
 def write_image(
     path,
     arr,
@@ -105,19 +122,7 @@ def write_image(
     meta = meta or ImageMeta(axes=axes)
     if pixel_size is not None:
         meta = meta.replace(scale={**dict(zip(axes, (float(v) for v in pixel_size))), **meta.scale})
-    if suffix in (".png", ".jpg", ".jpeg"):
-        check_picture(p, shape, dtype, axes)
-    elif suffix in (".tif", ".tiff") and not writes_geotiff(suffix, axes, meta):
-        check_tiff(p, dtype, meta)
-    elif suffix not in (".tif", ".tiff", ".zarr"):
-        raise OutputError(f"cannot write {p.name}: use .zarr, .tif, .png or .jpg")
-    is_store = p.is_dir() and any((p / m).exists() for m in ("zarr.json", ".zgroup", ".zarray"))
-    if p.is_dir() and not (suffix == ".zarr" and (is_store or not any(p.iterdir()))):
-        raise OutputError(
-            f"{p} is a folder"
-            + ("" if suffix != ".zarr" else " but not a zarr store")
-            + "; it is left alone: choose another path"
-        )
+    _check_target(p, suffix, shape, dtype, axes, meta)
     if check:
         return p
     tmp = p.with_name(f".{p.name}.partial")
