@@ -10,6 +10,7 @@ cannot write band-interleaved files; the GTiff copy keeps the input's interleave
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 import os
@@ -143,7 +144,7 @@ def open_geotiff(p: Path) -> ImageSource:
             mask=has_mask,
         )
         channels = tuple(_channel(ds, i) for i in ds.indexes)
-        masked = _stand_in(ds, dtype) if has_mask else None
+        masked = _stand_in_of(str(p), os.stat(p).st_mtime_ns, dtype.str) if has_mask else None
     if count == 1 and not any((c.name, c.unit, c.scale, c.offset, c.tags) != (None,) * 4 + ((),) for c in channels):
         channels = ()
     shape = (height, width) if count == 1 else (height, width, count)
@@ -183,6 +184,15 @@ def _has_mask_band(ds) -> bool:
 
     flags = ds.mask_flag_enums
     return bool(flags) and all(MaskFlags.per_dataset in f and MaskFlags.alpha not in f for f in flags)
+
+
+@functools.lru_cache(maxsize=16)
+def _stand_in_of(path: str, mtime_ns: int, dtype: str) -> float:
+    """:func:`_stand_in` of a file, counted once per file version (a run opens its input more than once)."""
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        return _stand_in(ds, np.dtype(dtype))
 
 
 def _stand_in(ds, dtype: np.dtype) -> float:
