@@ -400,11 +400,12 @@ def _sample(image, max_elements: int = 2_000_000, channel_axis: int | None = Non
 _RGB = ("FF0000", "00FF00", "0000FF")
 
 
-def channel_layout(n: int, channels=(), axes: str | None = None) -> str:
+def channel_layout(n: int, channels=(), axes: str | None = None, rgb: bool | None = None) -> str:
     """How an RGB model meets ``n`` channels: ``rgb``, ``rgba``, ``rgb+bands`` or ``bands``.
 
     ``channels`` are the image's :class:`~napari_mirnet.metadata.Channel` descriptions; ``axes``
-    its axes as given (None: a picture's, channels last).
+    its axes as given (None: a picture's, channels last). ``rgb`` overrides the data: True, 3 or 4
+    channels are RGB(A) whatever their order of axes; False, never colour; None, as below.
 
     - Without descriptions only a picture is colour: 3 or 4 channels stored last (``YXC``: a PNG,
       an RGB TIFF, an (H, W, 3) array as image libraries hand them out) are RGB or RGBA (the 4th,
@@ -416,7 +417,12 @@ def channel_layout(n: int, channels=(), axes: str | None = None) -> str:
       ExtraSamples, PNG mode) are carried unchanged wherever they are (see :func:`channel_order`);
       other bands (a near-infrared band, say) make it ``rgb+bands``: restored as gray images.
     """
-    if len(channels) != n or not any(c.name or c.color or c.alpha for c in channels):
+    if rgb is False:
+        return "bands"
+    described = len(channels) == n and any(c.name or c.color or c.alpha for c in channels)
+    if rgb and (not described or _colour_roles(channels)[0] is None):
+        return {3: "rgb", 4: "rgba"}.get(n, "bands")  # the caller says so: the bands as they come
+    if not described:
         picture = axes is None or axes.upper().endswith("C")
         return {3: "rgb", 4: "rgba"}.get(n, "bands") if picture else "bands"
     rgb, others, alpha = _colour_roles(channels)
