@@ -217,6 +217,11 @@ def test_bare_float_channels_first_are_restored_each_alone(tiny_weights):
     assert channel_layout(3, (), "YXC") == "rgb" and channel_layout(4, (), "YXC") == "rgba"
     assert channel_layout(3, (), "CYX") == "bands" and channel_layout(3, (), "ZCYX") == "bands"
     assert channel_layout(3) == "rgb"  # no axes said: as image libraries hand pictures out
+    # rgb= (for a front end's rgb=True / --rgb): the caller's word over the data's
+    assert channel_layout(3, (), "CYX", rgb=True) == "rgb" and channel_layout(4, (), "CYX", rgb=True) == "rgba"
+    assert channel_layout(3, (), "YXC", rgb=False) == "bands"
+    named = (Channel(name="B04"), Channel(name="B03"), Channel(name="B02"))
+    assert channel_layout(3, named) == "bands" and channel_layout(3, named, rgb=True) == "rgb"
 
 
 # ------------------------------------------------------------------------------- 8. GeoTIFF -> zarr
