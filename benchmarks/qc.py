@@ -32,6 +32,7 @@ from napari_mirnet.training import TEST_IMAGES, _load_test_image, centre_crop, t
 
 SIGMA = 25 / 255
 PEAK = 20.0
+NOISES = ("gaussian", "correlated", "poisson")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -187,11 +188,11 @@ def main(argv=None) -> int:
     images = test_images(args.crop)
     lines = [
         f"qc benchmark: shipped gray denoiser, CPU (torch threads {torch_threads}), crops {args.crop}, "
-        f"block {qc.BLOCK}, noise sigma 25/255 white ('gaussian', seen) or Gaussian-filtered ('correlated', not seen)"
+        f"block {qc.BLOCK}, noise sigma 25/255 white ('gaussian', seen), Gaussian-filtered ('correlated', not seen), or photon counts peak {PEAK:g} ('poisson', seen as Poisson-Gaussian in blind training)"
     ]
-    rows, cases = table(images, ("gaussian", "correlated"), args.tta)
+    rows, cases = table(images, NOISES, args.tta)
     lines += rows
-    for kind in ("gaussian", "correlated"):
+    for kind in NOISES:
         lines.append(
             f"pooled over images, {kind}: " + json.dumps({k: round(v, 3) for k, v in pooled(cases, kind).items()})
         )

@@ -1,0 +1,272 @@
+"""Issue 33: the residual and trust map (napari_mirnet.qc, restore(qc=True), --qc, the widget checkbox)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_mirnet import qc
+from napari_mirnet.training import _load_test_image
+
+
+def _ascent() -> np.ndarray:
+    """PyWavelets' 'ascent' photograph (a file the package ships), float in [0, 1]."""
+    img = _load_test_image("ascent")
+    if img is None:
+        pytest.skip("pywt's ascent image is not installed")
+    return np.asarray(img, np.float64).reshape(img.shape[:2])
+
+
+def _smooth(shape=(512, 512), lo=20.0, hi=200.0) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return lo + (hi - lo) * (0.5 + 0.5 * np.sin(xx / 60) * np.cos(yy / 80))
+
+
+# ------------------------------------------------------------------------- the noise estimator
+@pytest.mark.parametrize("sigma", [0.02, 0.1])
+def test_sigma_recovered_on_a_photograph(sigma):
+    clean = _ascent()
+    noisy = clean + np.random.default_rng(1).normal(0, sigma, clean.shape)
+    assert qc.estimate_sigma(noisy) == pytest.approx(sigma, rel=0.1)
+    model = qc.estimate_noise(noisy)
+    assert model.gain == 0 and np.sqrt(model.offset) == pytest.approx(sigma, rel=0.1)
+
+
+def test_poisson_gain_and_read_noise_recovered():
+    rng = np.random.default_rng(2)
+    # photon counts 5 to 150 at gain 2, read noise 8: the read noise a visible part of the variance
+    gain, read = 2.0, 8.0
+    z = gain * rng.poisson(_smooth(lo=10.0, hi=300.0) / gain) + rng.normal(0, read, (512, 512))
+    model = qc.estimate_noise(z)
+    assert model.gain == pytest.approx(gain, rel=0.1)
+    assert model.offset == pytest.approx(read**2, rel=0.1)
+    assert "Poisson-Gaussian" in model.describe(100.0)
+
+
+def test_pure_gaussian_is_not_fitted_a_gain():
+    z = _smooth() + np.random.default_rng(3).normal(0, 5.0, (512, 512))
+    model = qc.estimate_noise(z)
+    assert model.gain == 0 and np.sqrt(model.offset) == pytest.approx(5.0, rel=0.1)
+
+
+def test_correlated_noise_is_recognised():
+    rng = np.random.default_rng(4)
+    clean = _ascent()
+    white = rng.normal(0, 0.1, clean.shape)
+    corr = ndimage.gaussian_filter(rng.normal(0, 1, clean.shape), 1.0)
+    assert qc.estimate_noise(clean + white).correlation < 0.15
+    assert qc.estimate_noise(clean + 0.1 * corr / corr.std()).correlation > 0.3
+
+
+def test_estimator_refuses_what_it_cannot_read():
+    with pytest.raises(ValueError, match="2-D image of at least 8 x 8"):
+        qc.estimate_sigma(np.zeros((4, 4)))
+
+
+# ------------------------------------------------------------------------- the verdicts
+def _noisy_ascent(sigma=0.1, seed=5):
+    clean = _ascent()
+    return clean, clean + np.random.default_rng(seed).normal(0, sigma, clean.shape)
+
+
+def test_perfect_oracle_output_is_cleared():
+    clean, x = _noisy_ascent()
+    noise = qc.estimate_noise(x)
+    signals = qc.block_signals(x, clean, noise)
+    summary = qc.summarize(signals, noise)
+    assert summary["verdict"] == "cleared", summary["text"]
+    assert "sigma 0.1" in summary["text"]
+    assert 0.85 < summary["median_ratio"] < 1.2
+    _, trust = qc.combine(signals)
+    assert np.median(trust) > 0.5
+
+
+def test_a_model_that_blurs_is_flagged_where_it_blurs():
+    clean, x = _noisy_ascent()
+    blurred = ndimage.gaussian_filter(x, 2.0)
+    noise = qc.estimate_noise(x)
+    signals = qc.block_signals(x, blurred, noise)
+    summary = qc.summarize(signals, noise)
+    assert summary["verdict"] == "flagged"
+    assert "structure removed" in summary["text"] or "x the noise sigma" in summary["text"]
+    # the least trusted blocks are those where the blur did the most harm
+    doubt, _ = qc.combine(signals)
+    err = qc._edge_blocks(np.abs(blurred - clean), qc.BLOCK).mean(-1)
+    from scipy.stats import spearmanr
+
+    assert spearmanr(doubt.ravel(), err.ravel())[0] > 0.5
+
+
+def test_an_output_that_removes_nothing_is_flagged():
+    _, x = _noisy_ascent()
+    noise = qc.estimate_noise(x)
+    summary = qc.summarize(qc.block_signals(x, x * 0.999, noise), noise)
+    assert summary["verdict"] == "flagged" and "x the noise sigma" in summary["text"]
+
+
+def test_chunked_signals_equal_whole_image_signals():
+    import dask.array as da
+
+    clean, x = _noisy_ascent()
+    y = ndimage.gaussian_filter(x, 1.0)
+    noise = qc.estimate_noise(x)
+    # chunks of 96 px: blocks of 32 never straddle a chunk; the halo covers the filters (dask reflects
+    # about the edge pixel, numpy calls that "symmetric")
+    lazy = qc.signal_maps(da.from_array(x, chunks=100), da.from_array(y, chunks=100), noise, chunk=96)
+    whole = qc.block_signals(np.pad(x, 4, mode="symmetric"), np.pad(y, 4, mode="symmetric"), noise, halo=4)
+    np.testing.assert_allclose(lazy.compute(), whole, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------- restore(qc=True)
+def _crop(edge=96):
+    clean = _ascent()[200 : 200 + edge, 200 : 200 + edge]
+    return clean, (clean + np.random.default_rng(6).normal(0, 25 / 255, clean.shape)).astype(np.float32)
+
+
+@pytest.mark.slow
+def test_restore_qc_returns_residual_and_trust(tiny_weights):
+    from napari_mirnet import restore
+
+    _, x = _crop()
+    weights = _gray_weights(tiny_weights)
+    y, report = restore(x, weights=weights, qc=True, device="cpu", tile=64, halo=8)
+    assert isinstance(y, np.ndarray) and y.shape == x.shape
+    np.testing.assert_allclose(report.residual, x - y, atol=1e-6)
+    assert report.trust.shape == (3, 3) and report.trust_axes == "YX"
+    assert ((report.trust > 0) & (report.trust <= 1)).all()
+    assert report.summary["verdict"] in ("cleared", "flagged") and report.text
+
+
+_GRAY = {}
+
+
+def _gray_weights(_) -> str:
+    """A tiny random 1-channel MIRNet-v2 (the gray denoiser's shape), made once per session."""
+    import tempfile
+    from pathlib import Path
+
+    from .conftest import make_checkpoint
+
+    if "w" not in _GRAY:
+        _GRAY["w"] = make_checkpoint(Path(tempfile.mkdtemp()) / "gray.pth", in_channels=1, out_channels=1)
+    return _GRAY["w"]
+
+
+def test_qc_refused_for_tasks_that_change_the_grid():
+    from napari_mirnet import restore
+
+    with pytest.raises(ValueError, match="task='denoise'"):
+        restore(np.zeros((32, 32), np.float32), task="super_resolution", qc=True)
+    with pytest.raises(ValueError, match="qc='tta'"):
+        restore(np.zeros((32, 32), np.float32), qc="yes")
+
+
+@pytest.mark.slow
+def test_restore_qc_into_ome_zarr_readable_by_ome_zarr_py(tmp_path):
+    import zarr
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    from napari_mirnet import restore
+
+    _, x = _crop(128)
+    src = tmp_path / "in.zarr"
+    zarr.create_array(str(src), shape=x.shape, chunks=(64, 64), dtype="float32")[:] = x
+    out = tmp_path / "out.zarr"
+    y, report = restore(str(src), weights=_gray_weights(None), out=str(out), qc=True, device="cpu", tile=64, halo=8)
+    # the residual in the store is input minus the stored output
+    stored = zarr.open_group(str(out), mode="r")
+    np.testing.assert_allclose(stored["qc/residual/0"][:], x - np.asarray(y), atol=1e-6)
+    # both are NGFF images that ome-zarr-py reads, the trust map placed on its blocks
+    for name, shape in (("residual", x.shape), ("trust", (4, 4))):
+        nodes = list(Reader(parse_url(str(out / "qc" / name)))())
+        assert nodes and nodes[0].data[0].shape == shape
+    ome = stored["qc/trust"].attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+    assert ome[0]["scale"] == [32.0, 32.0] and ome[1]["translation"] == [15.5, 15.5]
+    summary = stored["qc"].attrs["napari_mirnet_qc"]
+    assert summary["verdict"] == report.summary["verdict"] and summary["text"] == report.text
+    # the restored image itself is still read as before
+    nodes = list(Reader(parse_url(str(out)))())
+    assert nodes[0].data[0].shape == x.shape
+
+
+@pytest.mark.slow
+def test_ome_zarr_models_validates_the_qc_images(tmp_path):
+    pytest.importorskip("ome_zarr_models")
+    from ome_zarr_models.v05.image import Image
+
+    from napari_mirnet import restore
+
+    _, x = _crop(64)
+    out = tmp_path / "out.zarr"
+    restore(x, weights=_gray_weights(None), out=str(out), qc=True, device="cpu", tile=64, halo=8)
+    import zarr
+
+    for name in ("residual", "trust"):
+        Image.from_zarr(zarr.open_group(str(out / "qc" / name), mode="r"))
+
+
+# ------------------------------------------------------------------------- the CLI
+@pytest.mark.slow
+def test_cli_qc_writes_sibling_files_for_tiff(tmp_path, capsys):
+    import tifffile
+
+    from napari_mirnet.cli import main
+
+    _, x = _crop(64)
+    src, dst = tmp_path / "in.tif", tmp_path / "out.tif"
+    tifffile.imwrite(src, x)
+    rc = main(["restore", str(src), "-o", str(dst), "--weights", _gray_weights(None), "--qc", "--device", "cpu", "-q"])
+    assert rc == 0
+    residual = tifffile.imread(tmp_path / "out.qc-residual.tif")
+    np.testing.assert_allclose(residual, x - tifffile.imread(dst), atol=1e-6)
+    assert tifffile.imread(tmp_path / "out.qc-trust.tif").shape == (2, 2)
+    summary = json.loads((tmp_path / "out.qc.json").read_text())
+    assert summary["verdict"] in ("cleared", "flagged")
+    assert f"qc {summary['verdict']}" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_cli_qc_refused_in_cli_words(tmp_path, capsys):
+    from napari_mirnet.cli import main
+
+    src = tmp_path / "in.tif"
+    import tifffile
+
+    tifffile.imwrite(src, np.zeros((32, 32), np.float32))
+    rc = main(["restore", str(src), "-o", str(tmp_path / "o.tif"), "--task", "super_resolution", "--qc"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "--qc" in err and "--task denoise" in err and "qc=True" not in err
+
+
+# ------------------------------------------------------------------------- the widget
+@pytest.mark.gui
+@pytest.mark.slow
+def test_widget_checkbox_adds_residual_and_trust_layers(make_napari_viewer, qtbot):
+    from napari_mirnet.widgets import LOCAL_FILE, DenoiseWidget
+
+    from .conftest import SAFETY_MS
+
+    _, x = _crop(64)
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(x, name="noisy", scale=(0.5, 0.5), translate=(10.0, 20.0))
+    w = DenoiseWidget(viewer)
+    w.image.value = layer
+    w.weights.value = LOCAL_FILE
+    w.weights_file.value = _gray_weights(None)
+    w.device.value = "cpu"
+    w.qc.value = True
+    w()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=SAFETY_MS)
+    names = [lyr.name for lyr in viewer.layers]
+    assert names[-2:] == ["noisy denoised residual", "noisy denoised trust"], (names, w.last_status)
+    res, trust = viewer.layers[-2], viewer.layers[-1]
+    out = viewer.layers["noisy denoised"]
+    np.testing.assert_allclose(res.data, x - out.data, atol=1e-6)
+    assert res.colormap.name == "coolwarm" and res.contrast_limits[0] == -res.contrast_limits[1]
+    assert trust.colormap.name == "RdYlGn" and tuple(trust.scale) == (16.0, 16.0)
+    assert tuple(trust.translate) == (10.0 + 15.5 * 0.5, 20.0 + 15.5 * 0.5)
+    assert "qc " in w.last_status
