@@ -324,7 +324,7 @@ def _plus_saturating(base: np.ndarray, delta: np.ndarray, dtype: np.dtype) -> np
     b = np.broadcast_to(_bias(base), delta.shape)
     room_up, room_down = (~b).astype(np.float64), b.astype(np.float64)  # to the top (2**64 - 1) and to 0
     with np.errstate(invalid="ignore"):
-        up = np.where(delta >= room_up, ~b, b + np.minimum(delta, room_up).clip(0).astype(np.uint64))
+        up = np.where(delta >= room_up, np.uint64(2**64 - 1), b + np.minimum(delta, room_up).clip(0).astype(np.uint64))
         down = np.where(-delta >= room_down, np.uint64(0), b - np.minimum(-delta, room_down).clip(0).astype(np.uint64))
     out = np.where(delta >= 0, up, down)
     if dtype == np.uint64:
