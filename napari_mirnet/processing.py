@@ -270,6 +270,11 @@ def check_nodata(nodata, dtype: np.dtype) -> float | None:
             )
     elif np.isinf(value):
         raise ValueError(f"nodata={nodata!r}: Inf cannot mark missing pixels; use NaN or a finite value")
+    elif abs(value) > np.finfo(dtype).max:  # it would become Inf in the image's dtype, and be written as Inf
+        raise ValueError(
+            f"nodata={nodata!r} cannot occur in a {dtype} image (largest {np.finfo(dtype).max:g}); "
+            "pass a value of that range, or none (NaN marks missing pixels in float images)"
+        )
     return value
 
 
@@ -280,11 +285,11 @@ _F32_SAFE = float(_F32.max) / 16
 
 def _check_model_range(y: np.ndarray, x: np.ndarray, low, high) -> None:
     """Refuse mapped values that float32 (the model's input, and what its output carries) cannot hold."""
-    big = np.abs(y) > _F32.max  # NaN (nodata) compares False
+    big = np.abs(y) > _F32_SAFE  # NaN (nodata) compares False; the margin leaves room for blending and resizing
     if big.any():
         worst = float(np.asarray(x, np.float64)[big].flat[np.argmax(np.abs(y[big]))])
         raise ValueError(
-            f"the image holds a value of {worst:g}, beyond 3.4e38 times its usual range [{_fmt(low)}, {_fmt(high)}] "
+            f"the image holds a value of {worst:g}, beyond 2e37 times its usual range [{_fmt(low)}, {_fmt(high)}] "
             "(0.1-99.9 percentiles): float32, which the model computes in, cannot carry it through. Clip such "
             "values (e.g. np.clip(image, lo, hi)) or mark them as missing (NaN, or nodata=) first"
         )

@@ -87,7 +87,7 @@ def restore(
     weights : str or path, optional
         Shipped model name, official asset name, file or URL; default: the task's model.
     scale : int, optional
-        Super-resolution factor (2, 3 or 4).
+        Super-resolution factor (2, 3 or 4), an int: 2.5 or "2" are refused.
     axes : str, optional
         E.g. ``'YX'``, ``'YXC'``, ``'CYX'``, ``'ZYX'``, ``'TZCYX'``. Files that record their axes
         and DataArrays (dims) need none; a bare array is read as ``'YX'`` (2-D) or ``'YXC'``
@@ -105,7 +105,8 @@ def restore(
     tta : bool
         Average each tile over its 8 flips/rotations (8x the compute; dual-pixel: 2 flips).
     pixel_size : sequence of float, optional
-        Pixel size per input axis, written to zarr metadata when the input carries none.
+        Pixel size per input axis (one finite, positive value for each, in the input's axis order),
+        written to zarr metadata when the input carries none.
     accelerate : str
         The forward's optimisations: "auto" (off on CPU; on CUDA the fastest variant measured on
         the first tile), "off", "on", or switch names such as ``"bf16_weights,channels_last"``
