@@ -331,3 +331,16 @@ def test_cli_keeps_the_ome_image_name_in_a_zarr_result(identity_weights, tmp_pat
     assert _restore(identity_weights, tmp_path / "in.ome.tif", tmp_path / "out.zarr") == 0
     node = next(iter(Reader(parse_url(str(tmp_path / "out.zarr")))()))
     assert node.metadata["name"] == "embryo"
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_tiff_orientation_tag_is_applied_as_pil_does(tmp_path, orientation):
+    rgb = RNG.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    # 1000 px/cm across, 500 down: 10 x 20 um pixels, which swap with rows and columns for 5-8
+    tags = [(274, "H", 1, orientation, True)]  # Orientation, as scanners and cameras write it
+    tifffile.imwrite(tmp_path / "o.tif", rgb, extratags=tags, resolution=(1000.0, 500.0), resolutionunit="CENTIMETER")
+    with Image.open(tmp_path / "o.tif") as f:
+        shown = np.asarray(ImageOps.exif_transpose(f))
+    src = mio.open_image(tmp_path / "o.tif")
+    np.testing.assert_array_equal(np.asarray(src.array), shown)
+    assert src.meta.scale == ({"X": 20.0, "Y": 10.0} if orientation >= 5 else {"X": 10.0, "Y": 20.0})

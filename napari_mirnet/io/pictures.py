@@ -35,7 +35,10 @@ def exif_orient(a: np.ndarray, orientation: int) -> np.ndarray:
         7: lambda x: np.rot90(x, 2).swapaxes(0, 1),
         8: lambda x: np.rot90(x, 1),
     }
-    return np.ascontiguousarray(turns[orientation](a)) if orientation in turns else a
+    if orientation not in turns:
+        return a
+    out = turns[orientation](a)  # slicing, swapaxes and rot90 keep a dask array lazy
+    return np.ascontiguousarray(out) if isinstance(a, np.ndarray) else out
 
 
 def _png_depth(p: Path) -> tuple[int, int] | None:

@@ -22,7 +22,7 @@ import numpy as np
 from ..metadata import ImageMeta
 from .errors import OutputError
 from .image import ImageSource, axes_from_letters
-from .tiff_meta import as_seen, fit_to_axes, imagej_meta, ome_meta, one_series, plain_meta, sample_channels
+from .tiff_meta import as_seen, fit_to_axes, imagej_meta, ome_meta, one_series, oriented, plain_meta, sample_channels
 from .units import normalise_unit, ome_symbol, to_seconds
 
 __all__ = [
@@ -80,10 +80,12 @@ def open_tiff(p: Path) -> ImageSource:
             fields = dict(zip(("scale", "units"), plain_meta(tif)))
         photometric, extras = int(page.photometric), tuple(int(e) for e in page.extrasamples or ())
         colormap = page.colormap if photometric == 3 else None
+        orientation = int(page.tags["Orientation"].value) if "Orientation" in page.tags else 1
     z = zarr.open(tifffile.imread(p, aszarr=True, series=index), mode="r")
     if isinstance(z, zarr.Group):  # a pyramid: full resolution is level 0
         z = z["0"]
     z, axes = as_seen(z, axes, photometric, colormap, p)
+    z, fields = oriented(z, axes, orientation, fields, p)
     if axes is not None:
         fields = fit_to_axes(fields, axes, z.shape)
         last = axes.endswith("C")  # planar RGB (C first) says it is colour by photometric alone (issue 36, 17)

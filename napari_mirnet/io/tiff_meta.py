@@ -17,7 +17,16 @@ import numpy as np
 from ..metadata import Channel
 from .units import UnitError, from_ome, normalise_unit, to_meters
 
-__all__ = ["as_seen", "fit_to_axes", "imagej_meta", "ome_meta", "one_series", "plain_meta", "sample_channels"]
+__all__ = [
+    "as_seen",
+    "fit_to_axes",
+    "imagej_meta",
+    "ome_meta",
+    "one_series",
+    "oriented",
+    "plain_meta",
+    "sample_channels",
+]
 
 
 def _color_from_ome(value) -> str | None:
@@ -269,3 +278,23 @@ def sample_channels(photometric: int, extras: tuple[int, ...], n: int) -> tuple[
     colours = [Channel(color=c) for c in ("FF0000", "00FF00", "0000FF")] if photometric == 2 else [Channel()]
     chans = colours + [Channel(alpha=e in (1, 2)) for e in extras]
     return tuple(chans) if len(chans) == n and any(c.alpha or c.color for c in chans) else ()
+
+
+def oriented(z, axes: str | None, orientation: int, fields: dict, p: Path):
+    """A 2-D image turned by its TIFF Orientation tag (EXIF's values), lazily; pixel sizes follow X and Y."""
+    if orientation in (0, 1) or axes not in ("YX", "YXC"):
+        return z, fields
+    import dask.array as da
+
+    from .pictures import exif_orient
+
+    out = exif_orient(z if isinstance(z, da.Array) else da.from_zarr(z), orientation)
+    fields = dict(fields)
+    if fields.get("translation"):  # the first pixel is another corner now
+        warnings.warn(f"{p.name}: the position of the first pixel is left out: the image is turned", stacklevel=4)
+        fields["translation"] = {}
+    if orientation >= 5:  # rows and columns swap
+        swap = {"X": "Y", "Y": "X"}
+        for key in ("scale", "units"):
+            fields[key] = {swap.get(a, a): v for a, v in fields.get(key, {}).items()}
+    return out, fields
