@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="napari-mirnet",
         description="MIRNet-v2 image restoration for large images and stacks (tiled, resumable).",
     )
+    from .version import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_restore_command(sub)
@@ -195,7 +198,13 @@ def _add_finetune_command(sub) -> None:
         default="auto",
         help="intensity mapping; restore with the same one (default: auto)",
     )
-    ft.add_argument("--objective", choices=["neighbor2neighbor", "blindspot"], default="neighbor2neighbor")
+    ft.add_argument(
+        "--objective",
+        choices=["neighbor2neighbor", "blindspot"],
+        default="neighbor2neighbor",
+        help="self-supervised loss: neighbor2neighbor (pairs of neighbouring pixels; pixel-independent noise) "
+        "or blindspot (masked pixels, Noise2Void-style); docs/finetune.md compares them (default: neighbor2neighbor)",
+    )
     ft.add_argument(
         "--pairs",
         choices=["auto", "any", "vertical", "horizontal"],
@@ -207,7 +216,12 @@ def _add_finetune_command(sub) -> None:
     ft.add_argument("--patch", type=int, default=96, help="patch edge, a multiple of 8 (default: 96)")
     ft.add_argument("--batch", type=int, default=2, help="patches per step (default: 2)")
     ft.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed of the patches drawn and held out (default: 0): the same seed draws the same patches",
+    )
     ft.add_argument("--resume", action="store_true", help="continue the run saved next to OUTPUT")
     ft.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ft.set_defaults(func=_cmd_finetune)
@@ -289,7 +303,13 @@ def _cmd_sample(args) -> int:
     from .io import OutputError, write_image
 
     files, reduced = _sample_files(args.name, Path(args.output))
-    try:  # every file is checked before the first is written: no half-written pair
+    folder = Path(args.output).parent
+    try:  # a missing folder is made, as restore does; then every file is checked before the first is written
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        _err(f"cannot create the folder {folder}: {err.strerror or err}; choose another output")
+        return 1
+    try:
         for path, data, axes, _ in files:
             write_image(path, data, axes, check=True)
     except OutputError as err:
@@ -717,6 +737,9 @@ def _run_jobs(args, jobs: list, client) -> int:
             continue
         try:
             _restore_one(args, run or _prepare(args, src, dst, client), dst, label, client)
+            if dst.suffix.lower() == ".zarr" and not args.quiet:
+                # napari 0.9 asks which reader to use for a .zarr folder; ours keeps scale, units and colour
+                print(f"{label}: to view it: napari {dst} --plugin napari-mirnet", file=sys.stderr)
         except OutputExistsError as err:  # another process finished it since the check
             if not err.matches:
                 _err(f"{dst}: {err}")
