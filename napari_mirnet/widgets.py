@@ -1010,6 +1010,10 @@ def share_dock_area(widget) -> None:
         return  # not docked (a test, a script): nothing to share
     if main.findChild(_DockWatcher, "napari_mirnet_docks") is None:
         main.installEventFilter(_DockWatcher(main))
+        # docks of ours added before the watcher (in the same event loop turn) join now
+        for other in main.findChildren(QDockWidget):
+            if other is not dock:
+                _tabify_with_ours(main, other)
     _tabify_with_ours(main, dock)
 
 
@@ -1021,15 +1025,15 @@ def _tabify_with_ours(main, dock) -> None:
         ours = [
             d
             for d in main.findChildren(QDockWidget)
-            # the new dock itself may not be shown yet (napari shows it after adding it)
-            if d.windowTitle().endswith(_OUR_DOCKS) and (d is dock or not d.isHidden()) and not d.isFloating()
+            # hidden ones too: napari shows a dock after adding it, and a closed one may be opened again
+            if d.windowTitle().endswith(_OUR_DOCKS) and not d.isFloating()
         ]
     except RuntimeError:  # the window is gone (closed in the meantime)
         return
     if dock not in ours or any(d in main.tabifiedDockWidgets(dock) for d in ours):
         return  # not ours, or already in a tab group with ours
     area = main.dockWidgetArea(dock)
-    others = [d for d in ours if d is not dock and main.dockWidgetArea(d) == area]
+    others = sorted((d for d in ours if d is not dock and main.dockWidgetArea(d) == area), key=lambda d: d.isHidden())
     if others:
         main.tabifyDockWidget(others[0], dock)
         dock.show()
