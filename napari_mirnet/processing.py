@@ -270,7 +270,7 @@ def check_nodata(nodata, dtype: np.dtype) -> float | None:
             )
     elif np.isinf(value):
         raise ValueError(f"nodata={nodata!r}: Inf cannot mark missing pixels; use NaN or a finite value")
-    elif abs(value) > np.finfo(dtype).max:  # it would become Inf in the image's dtype, and be written as Inf
+    elif abs(value) > float(np.finfo(dtype).max):  # it would become Inf in the image's dtype, and be written as Inf
         raise ValueError(
             f"nodata={nodata!r} cannot occur in a {dtype} image (largest {np.finfo(dtype).max:g}); "
             "pass a value of that range, or none (NaN marks missing pixels in float images)"

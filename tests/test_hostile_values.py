@@ -186,6 +186,17 @@ def test_settings_out_of_range_are_refused_in_keyword_words(tiny_weights, kwargs
             engine.restore_lazy(_gray(), weights=tiny_weights, **args)
 
 
+@NO_NUMPY_WARNINGS
+def test_nodata_a_float_dtype_cannot_hold_is_refused(identity_weights):
+    image = RNG.random((40, 50)).astype(np.float32)
+    image[:3] = np.nan  # these holes were written back as Inf (1e300 in float32)
+    with pytest.raises(ValueError, match=r"nodata=1e\+300 cannot occur in a float32 image"):
+        engine.restore(image, weights=identity_weights, nodata=1e300, **TILED)
+    image[3:5] = -3e38  # a nodata value near the dtype's limit: its pixels and the NaN ones are written as it
+    out = engine.restore(image, weights=identity_weights, nodata=-3e38, **TILED)
+    assert (out[:5] == np.float32(-3e38)).all() and np.isfinite(out[5:]).all() and (out[5:] > -1).all()
+
+
 def test_huge_tile_and_numpy_integer_settings_run(identity_weights):
     image = _gray()
     out = engine.restore(image, weights=identity_weights, tile=2**40, halo=np.int64(8), blend=np.uint8(4))
