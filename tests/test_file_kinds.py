@@ -191,6 +191,7 @@ def test_unknown_or_pixel_units_in_an_ome_tiff_are_not_taken_for_micrometres(tmp
 
 
 # ------------------------------------------------------------------ 8: OME image name and position
+@pytest.mark.slow
 def test_ome_image_name_and_position_survive_zarr_to_tiff(tmp_path):
     from bioio import BioImage
     from bioio_ome_tiff import Reader
