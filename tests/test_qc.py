@@ -148,7 +148,7 @@ def _gray_weights(_) -> str:
     import tempfile
     from pathlib import Path
 
-    from .conftest import make_checkpoint
+    from conftest import make_checkpoint
 
     if "w" not in _GRAY:
         _GRAY["w"] = make_checkpoint(Path(tempfile.mkdtemp()) / "gray.pth", in_channels=1, out_channels=1)
@@ -248,7 +248,7 @@ def test_cli_qc_refused_in_cli_words(tmp_path, capsys):
 def test_widget_checkbox_adds_residual_and_trust_layers(make_napari_viewer, qtbot):
     from napari_mirnet.widgets import LOCAL_FILE, DenoiseWidget
 
-    from .conftest import SAFETY_MS
+    from conftest import SAFETY_MS
 
     _, x = _crop(64)
     viewer = make_napari_viewer()

@@ -19,6 +19,7 @@ import numpy as np
 from .. import io as mio
 from .. import qc
 from ..axes import inverse_order, to_cyx_order
+from ..io.omezarr import multiscales_attrs
 from ..metadata import ImageMeta
 from .source import canonical_dask
 
@@ -226,11 +227,13 @@ def _write_and_measure(out, residual, maps, run, compute):
     if "qc" in root:
         del root["qc"]  # a re-run replaces the check of the run before
     group = root.require_group("qc").require_group("residual")
-    arr = group.create_array("0", shape=res.shape, chunks=res.chunksize, dtype="float32")
+    arr = group.create_array(
+        "0", shape=res.shape, chunks=res.chunksize, dtype="float32", dimension_names=[a.lower() for a in store_axes]
+    )
     write = da.store(res.rechunk(arr.chunks), arr, lock=False, compute=False)
     signals = compute([write, maps])[1]
     meta = run.output_meta.replace(axes=store_axes) if hasattr(run.output_meta, "replace") else ImageMeta()
-    group.attrs.update({"ome": mio.multiscales_attrs(store_axes, _float_meta(meta), name="qc residual")})
+    group.attrs.update({"ome": multiscales_attrs(store_axes, _float_meta(meta), name="qc residual")})
     return signals
 
 
@@ -260,9 +263,14 @@ def _write_trust(out, report: QualityReport, run) -> None:
     store_axes = mio.ome_order(report.trust_axes)
     trust = np.transpose(report.trust, [report.trust_axes.index(a) for a in store_axes])
     group = zarr.open_group(str(out), mode="a")["qc"].require_group("trust")
-    group.create_array("0", data=np.ascontiguousarray(trust, np.float32), overwrite=True)
+    group.create_array(
+        "0",
+        data=np.ascontiguousarray(trust, np.float32),
+        overwrite=True,
+        dimension_names=[a.lower() for a in store_axes],
+    )
     meta = trust_meta(run.output_meta, store_axes, report.block)
-    group.attrs.update({"ome": mio.multiscales_attrs(store_axes, meta, name="qc trust")})
+    group.attrs.update({"ome": multiscales_attrs(store_axes, meta, name="qc trust")})
     zarr.open_group(str(out), mode="a")["qc"].attrs.update({ATTR: _json(report)})
 
 
