@@ -81,6 +81,15 @@ def get_reader(path):
     return read_ome_zarr
 
 
+def _store_name(path: str) -> str:
+    """A store without an image name is named by its folder (``out`` for ``/data/out.zarr``), never
+    by its whole path."""
+    from pathlib import PurePath
+
+    name = PurePath(path.rstrip("/\\")).name
+    return name[: -len(".zarr")] if name.lower().endswith(".zarr") and len(name) > 5 else name
+
+
 def read_ome_zarr(path: str) -> list[tuple]:
     """One image layer: every level of the store's first multiscale image (lazy), with its metadata."""
     import dask.array as da
@@ -96,7 +105,7 @@ def read_ome_zarr(path: str) -> list[tuple]:
     levels = [da.from_zarr(a) if not isinstance(a, da.Array) else a for a in levels]
     chans = list(meta.channels)
     rgb = "C" in axes and [c.color for c in chans[:3]] == list(RGB_COLOURS) and len(chans) in (3, 4)
-    kwargs: dict = {"name": meta.name or path.rstrip("/").rsplit("/", 1)[-1], "multiscale": len(levels) > 1}
+    kwargs: dict = {"name": meta.name or _store_name(path), "multiscale": len(levels) > 1}
     if rgb:  # napari wants the colour axis last
         c = axes.index("C")
         levels = [da.moveaxis(lv, c, -1) for lv in levels]
