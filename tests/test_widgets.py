@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 
 import numpy as np
@@ -637,3 +638,75 @@ def test_weights_note_says_when_auto_means_official_download(make_napari_viewer)
     assert not _shown(s, s.weights_note)  # x2 has a shipped model
     s.scale.value = 3
     assert _shown(s, s.weights_note) and "sr_x3" in s.weights_note.value
+
+
+# ----------------------------------------------------------------- issue 31: first contact, second round
+def test_progress_shows_0_of_n_as_soon_as_the_run_is_planned(make_napari_viewer, qtbot, tiny_weights):
+    """A one-tile image: the bar says 0/1 (not a busy bar) before its only tile is finished."""
+    viewer = make_napari_viewer()
+    viewer.add_image(sample_data.noisy_stack()[0][0][0, :48, :48], name="img")
+    w = _widget(DenoiseWidget, viewer, tiny_weights)
+    seen = []
+    bar = w.progress_bar.native
+    w._relay.progressed.connect(lambda d, t: seen.append((d, t, bar.format(), bar.maximum(), w.result_layer)))
+    assert _run(qtbot, w) is not None, w.last_status
+    assert seen[0] == (0, 1, "0/1 tiles", bar.maximum(), None) and bar.maximum() > 0
+    assert seen[-1][:3] == (1, 1, "1/1 tiles")
+
+
+def test_bar_moves_within_a_long_tile(make_napari_viewer):
+    """The bar's 1 s clock: time on the first tile; then the tile in hand advances by the average."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32), np.uint8), name="img")
+    w = DenoiseWidget(viewer)
+    bar = w.progress_bar.native
+    w.worker = object()  # a run is going
+    w._on_progress(0, 1)
+    w._first_tile = (w._last_report - 65.0, 0)  # planned 65 s ago, nothing finished since
+    w._tick()
+    assert re.fullmatch(r"0/1 tiles, 1 min 0\d s on the current tile", bar.format()), bar.format()
+    w._on_progress(0, 4)
+    w._on_progress(2, 4)
+    w._first_tile, w._last_report = (w._last_report - 20.0, 0), w._last_report - 5.0  # 10 s a tile, 5 s in
+    w._tick()
+    assert 250 <= bar.value() < 300 and bar.maximum() == 400  # half way through the third tile
+    assert re.fullmatch(r"2/4 tiles, about 1\d s left", bar.format()), bar.format()
+    w.worker = None
+
+
+def test_download_error_is_one_short_line_with_the_action(make_napari_viewer, qtbot, errors, monkeypatch):
+    """No network (a name that cannot resolve): what to copy where first; urllib3's text in the tooltip."""
+    monkeypatch.setenv("NAPARI_MIRNET_BASE_URL", "https://mirnet-weights.invalid/releases")
+    from napari_mirnet.weights import cached_path
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="img")
+    w = DenoiseWidget(viewer)
+    w.weights.value = "real_denoising"
+    assert _run(qtbot, w) is None
+    status, tooltip = w.last_status, w.status.tooltip
+    assert status.startswith("copy https://mirnet-weights.invalid/releases/real_denoising.pth to ")
+    assert str(cached_path("real_denoising")) in status and "use a local file as the weights" in status
+    assert "HTTPSConnectionPool" not in status and len(status) < 250 + len(str(cached_path("real_denoising")))
+    assert tooltip.startswith(status) and "caused by:" in tooltip and "mirnet-weights.invalid" in tooltip
+    assert errors[-1] == ("error", f"MIRNet: {status}")
+
+
+def test_all_six_docks_leave_the_canvas_room(make_napari_viewer, qtbot):
+    """Every dock of the plugin open in napari's default window: one tab group, the window no taller
+    than the screen, the canvas at least 40% of the window's height."""
+    from qtpy.QtWidgets import QApplication
+
+    viewer = make_napari_viewer(show=True)
+    main = viewer.window._qt_window
+    names = ["Denoise", "Super-resolution", "Low-light enhancement", "Contrast enhancement"]
+    names += ["Dual-pixel defocus deblur", "Fine-tune denoiser (self-supervised)"]
+    docks = [viewer.window.add_plugin_dock_widget("napari-mirnet", name)[0] for name in names]
+    qtbot.waitUntil(lambda: all(len(main.tabifiedDockWidgets(d)) == 5 for d in docks), timeout=SAFETY_MS)
+    qtbot.wait(50)
+    screen = QApplication.primaryScreen().availableGeometry()
+    canvas = viewer.window._qt_viewer.canvas.native
+    print(f"window {main.width()} x {main.height()}, canvas {canvas.height()} px, screen {screen.height()} px")
+    assert main.frameGeometry().height() <= screen.height()
+    assert canvas.height() >= 0.4 * main.height()
+    assert sum(not d.visibleRegion().isEmpty() for d in docks) == 1  # one tab shown at a time
