@@ -103,12 +103,12 @@ def check_picture(p: Path, shape: tuple, dtype: np.dtype, axes: str) -> None:
     if n_c not in ((1, 2, 3, 4) if png else (1, 3)):
         raise OutputError(
             f"{p.name}: {suffix} holds gray{', gray + alpha' if png else ''} or RGB{'(A)' if png else ''} images; "
-            f"this image has {n_c} channels; write .tif or .zarr"
+            f"this image has {n_c} channels; write {'.png, ' if n_c in (2, 4) else ''}.tif or .zarr"
         )
     if dtype != np.uint8 and not (png and dtype == np.uint16):
         raise OutputError(
             f"{p.name}: {suffix} holds {'8- or 16-bit' if png else '8-bit'} images; this image is {dtype}; "
-            "write .tif or .zarr"
+            + ("write .png, .tif or .zarr" if dtype == np.uint16 and n_c in (1, 2, 3, 4) else "write .tif or .zarr")
         )
     if png and dtype == np.uint16 and n_c > 1:
         try:
