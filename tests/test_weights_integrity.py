@@ -83,16 +83,15 @@ def test_a_checkpoint_changed_on_disk_is_loaded_again(tmp_path, how):
         assert torch.equal(v, w), k
 
 
-def test_an_unchanged_checkpoint_is_loaded_once(tmp_path, monkeypatch):
+def test_an_unchanged_checkpoint_is_loaded_once_and_not_hashed_again(tmp_path, monkeypatch):
     path = Path(make_checkpoint(tmp_path / "m.pth", seed=3))
-    # older than the racy window: its identity alone says it is unchanged
-    old = path.stat().st_mtime_ns - 10 * WF.RACY_NS
-    os.utime(path, ns=(old, old))
+    monkeypatch.setattr(WF, "RACY_NS", 0)  # as if written long ago: its identity alone says it is unchanged
     model = W.cached_model(str(path), "cpu")
-    loads = []
+    loads, hashes = [], []
     monkeypatch.setattr(W, "load_model", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr(WF, "file_sha256", lambda p: hashes.append(p))
     assert all(W.cached_model(str(path), "cpu") is model for _ in range(5))
-    assert loads == []
+    assert loads == [] and hashes == []  # a stat per call, nothing read
 
 
 def test_a_rewrite_the_file_identity_cannot_see_is_caught_by_its_sha256(tmp_path, monkeypatch):
