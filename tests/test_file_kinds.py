@@ -345,3 +345,14 @@ def test_tiff_orientation_tag_is_applied_as_pil_does(tmp_path, orientation):
     src = mio.open_image(tmp_path / "o.tif")
     np.testing.assert_array_equal(np.asarray(src.array), shown)
     assert src.meta.scale == ({"X": 20.0, "Y": 10.0} if orientation >= 5 else {"X": 10.0, "Y": 20.0})
+
+
+def test_pixel_sizes_that_are_not_positive_numbers_are_left_out(tmp_path):
+    img = RNG.integers(0, 255, (2, 20, 30), dtype=np.uint8)
+    md = {"axes": "ZYX", "PhysicalSizeX": "abc", "PhysicalSizeY": "INF", "PhysicalSizeZ": 0.5}
+    tifffile.imwrite(tmp_path / "s.ome.tif", img, ome=True, metadata=md)
+    with pytest.warns(UserWarning, match="PhysicalSizeX 'abc' is left out: not a positive number"):
+        meta = mio.open_image(tmp_path / "s.ome.tif").meta
+    assert meta.scale == {"Z": 0.5}
+    tifffile.imwrite(tmp_path / "ij.tif", img, imagej=True, metadata={"axes": "ZYX", "spacing": "nan", "unit": "um"})
+    assert "Z" not in mio.open_image(tmp_path / "ij.tif").meta.scale

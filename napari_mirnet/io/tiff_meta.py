@@ -38,6 +38,15 @@ def _color_from_ome(value) -> str | None:
     return f"{v >> 8:06X}"
 
 
+def _positive(x) -> float | None:
+    """``x`` as a finite positive number, else None (metadata may hold text, 0, inf or NaN)."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and v > 0 else None
+
+
 def _as_list(x) -> list:
     if x is None:
         return []
@@ -74,10 +83,13 @@ def _ome_sizes(pixels: dict, shown: str) -> tuple[dict, dict]:
     keys = [(a, f"PhysicalSize{a}", "µm") for a in "XYZ"] + [("T", "TimeIncrement", "s")]
     for a, key, default in keys:
         size = pixels.get(key)
-        if size is None or not float(size) > 0:
+        if size is None:
+            continue
+        if _positive(size) is None:
+            warnings.warn(f"{shown}: {key} {size!r} is left out: not a positive number", stacklevel=4)
             continue
         try:
-            value, unit = from_ome(float(size), pixels.get(key + "Unit", default))
+            value, unit = from_ome(_positive(size), pixels.get(key + "Unit", default))
         except UnitError as err:
             warnings.warn(f"{shown}: {key} {size} is left out: {err}", stacklevel=4)
             continue
@@ -142,12 +154,12 @@ def imagej_meta(tif, ij: dict) -> tuple[dict, dict, tuple[Channel, ...]]:
                 scale[a] = size
                 if unit:
                     units[a] = unit
-    if "spacing" in ij and float(ij["spacing"]) > 0:
-        scale["Z"] = float(ij["spacing"])
+    if _positive(ij.get("spacing")):
+        scale["Z"] = _positive(ij["spacing"])
         if unit:
             units["Z"] = normalise_unit(ij.get("zunit")) or unit
-    if "finterval" in ij and float(ij["finterval"]) > 0:
-        scale["T"] = float(ij["finterval"])
+    if _positive(ij.get("finterval")):
+        scale["T"] = _positive(ij["finterval"])
         units["T"] = normalise_unit(ij.get("tunit", "sec")) or "second"
     n_c = int(ij.get("channels", 1))
     channels = [Channel() for _ in range(n_c)]
