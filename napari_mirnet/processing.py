@@ -156,6 +156,8 @@ class IntensityMap:
             with np.errstate(over="ignore", invalid="ignore"):
                 diff = _minus_exact(x, low) if x.dtype.kind in "ui" else x.astype(np.float64) - low
                 y = diff / (np.asarray(high, np.float64) - low)
+            if holes is not None:  # a nodata of -1e300 is no value to carry
+                y[holes] = np.nan
             _check_model_range(y, x, self.low, self.high)
             y = y.astype(np.float32)
         if holes is not None:
@@ -223,7 +225,10 @@ class IntensityMap:
         return (-CLIP_MARGIN, 1.0 + CLIP_MARGIN) if self.mode == "percentile" else None
 
     def check_range(self, values, where: str = "") -> None:
-        """``fixed`` on floats means [0, 1]: refuse data outside (its result would be clipped)."""
+        """Refuse float data the map cannot carry: outside [0, 1] under ``fixed`` (its result would be
+        clipped), or too far outside the percentiles for float32 (see :meth:`forward`)."""
+        if self.mode == "percentile" and self.dtype.kind == "f" and self.computes_wide(self.dtype):
+            self._check_carried(values)
         if self.mode != "fixed" or self.dtype.kind != "f":
             return
         v = np.asarray(values)
@@ -239,6 +244,20 @@ class IntensityMap:
                 f"[{lo:g}, {hi:g}] (they would be clipped); use normalisation='percentile' or 'auto' "
                 "(--normalisation percentile), or scale the image to [0, 1] first"
             )
+
+    def _check_carried(self, values) -> None:
+        """The refusal of :meth:`forward` for a whole array, from its extremes, before any tile runs."""
+        v = np.asarray(values)
+        if self.nodata is not None and not np.isnan(self.nodata):
+            v = np.where(v == self.nodata, np.nan, v)
+        if v.size == 0 or np.isnan(v).all():
+            return
+        extremes = np.array([np.nanmin(v), np.nanmax(v)], np.float64)
+        lows = np.atleast_1d(np.asarray(self.low, np.float64))[:, None]
+        spans = np.atleast_1d(np.asarray(self.high, np.float64))[:, None] - lows
+        with np.errstate(over="ignore"):
+            y = (extremes[None, :] - lows) / spans  # every channel's map, conservatively
+        _check_model_range(y, np.broadcast_to(extremes, y.shape), self.low, self.high)
 
     def to_dict(self) -> dict:
         low, high = (list(v) if isinstance(v, tuple) else v for v in (self.low, self.high))

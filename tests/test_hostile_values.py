@@ -56,8 +56,16 @@ def test_floats_near_their_limits_come_back_as_they_went_in(identity_weights, im
 def test_a_float64_value_float32_cannot_carry_is_refused_with_what_to_do(identity_weights):
     image = RNG.random((40, 50))
     image[3, 3] = 1e300  # was Inf in the output
+    done = []
     with pytest.raises(ValueError, match=r"1e\+300.*np\.clip"):
-        engine.restore(image, weights=identity_weights, **TILED)
+        engine.restore(image, weights=identity_weights, progress=lambda n, total: done.append(n), **TILED)
+    assert not done  # refused before any tile ran
+    # the same value as nodata is no value to carry: its pixels come back as nodata
+    image[3, 3] = image[10:12, 5:9] = -1e300
+    out = engine.restore(image, weights=identity_weights, nodata=-1e300, **TILED)
+    holes = image == -1e300
+    assert (out[holes] == -1e300).all()
+    np.testing.assert_allclose(out[~holes], image[~holes], rtol=0, atol=1e-6)
 
 
 @NO_NUMPY_WARNINGS
