@@ -260,6 +260,11 @@ def test_geotiff_to_zarr_keeps_crs_and_transform_and_opens_without_nodata(identi
     valid = band[band != -9999]
     # before: the display window started at -9999, so every elevation showed as one white
     assert valid.min() - 1 <= window["start"] < window["end"] <= valid.max() + 1
+    # an image written whole (napari's writer, io.write_image) gets the same attributes
+    source = mio.open_image(src)
+    whole = zarr.open_group(str(mio.write_image(tmp_path / "whole.zarr", band, "YX", meta=source.meta)), mode="r")
+    assert whole.attrs["proj:code"] == "EPSG:4326" and whole.attrs["spatial:transform"] == list(transform)[:6]
+    assert whole.attrs["ome"]["omero"]["channels"][0]["window"]["start"] >= valid.min() - 1
 
 
 def test_planar_rgb_tiff_is_still_a_picture(tiny_weights, tmp_path):
