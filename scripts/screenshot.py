@@ -94,14 +94,15 @@ def _wait(until, seconds: float = 600) -> None:
             raise SystemExit("gave up waiting")
 
 
-def _save(viewer, path: Path) -> None:
+def _save(viewer, path: Path, close: bool = True) -> None:
     from qtpy.QtWidgets import QApplication
 
     _close_toasts(viewer)
     for _ in range(5):
         QApplication.processEvents()
     viewer.screenshot(str(path), canvas_only=False)
-    viewer.close()
+    if close:
+        viewer.close()
 
 
 def _shot_planned(path: Path) -> None:
@@ -122,7 +123,10 @@ def _shot_planned(path: Path) -> None:
     if w.worker is None or reports[-1] != 0:
         raise SystemExit(f"the run did not stop at 0/N long enough to be seen: {w.last_status}")
     viewer.reset_view()
-    _save(viewer, path)
+    _save(viewer, path, close=False)
+    w.cancel()  # and wait: a viewer closed under a running forward pass can crash the process at exit
+    _wait(lambda: w.worker is None)
+    viewer.close()
 
 
 def _shot_all_docks(path: Path) -> None:
@@ -177,7 +181,7 @@ def _shot_opened_store(path: Path) -> None:
     args = ["restore", str(low), "-o", str(store), "--task", "super_resolution", "--weights", "small-sr-x2", "-q"]
     assert main(args) == 0
     viewer = napari.Viewer(title="napari-mirnet")
-    viewer.open(str(low), plugin="napari-mirnet")  # the input, for comparison
+    viewer.open(str(low), plugin="napari")  # the input, for comparison
     viewer.window._qt_viewer._qt_open([str(store)], stack=False, plugin="napari-mirnet")
     viewer.grid.enabled = True
     viewer.reset_view()
