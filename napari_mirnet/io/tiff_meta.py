@@ -102,7 +102,7 @@ def _ome_sizes(pixels: dict, shown: str) -> tuple[dict, dict]:
 def _ome_positions(pixels: dict, scale: dict, units: dict) -> dict:
     """The first plane's PositionX/Y/Z as a translation in the units of the pixel sizes (key 'units': those of the rest)."""
     planes = [p for p in _as_list(pixels.get("Plane")) if isinstance(p, dict)]
-    first = [p for p in planes if all(int(p.get(k, 0) or 0) == 0 for k in ("TheC", "TheZ", "TheT"))]
+    first = [p for p in planes if all(str(p.get(k, 0)).strip() in ("0", "") for k in ("TheC", "TheZ", "TheT"))]
     out, own = {}, {}
     for a in "XYZ" if first else "":
         value = first[0].get(f"Position{a}")
