@@ -209,7 +209,11 @@ def _stand_in(ds, dtype: np.dtype) -> float:
     if dtype.itemsize > 2:
         return float(info.min if dtype.kind == "i" else info.max)
     counts = np.zeros(int(info.max) - int(info.min) + 1, np.int64)
-    for _, win in ds.block_windows(1):
+    from rasterio.windows import Window
+
+    rows = max(1, 4_000_000 // max(1, ds.width * ds.count))  # whole rows, ~4 M values a read
+    for y in range(0, ds.height, rows):
+        win = Window(0, y, ds.width, min(rows, ds.height - y))
         data = ds.read(window=win)
         valid = np.broadcast_to(ds.dataset_mask(window=win) != 0, data.shape)
         counts += np.bincount((data[valid].astype(np.int64) - int(info.min)), minlength=counts.size)
