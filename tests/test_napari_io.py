@@ -162,3 +162,60 @@ def test_save_layer_keeps_the_layer_name(make_napari_viewer, tmp_path):
     viewer.layers.clear()
     viewer.open(str(out), plugin="napari-mirnet")
     assert [lay.name for lay in viewer.layers] == ["embryo"]
+
+
+# ------------------------------------------------------------------ issue 31 item 2: opening our results
+def _cli_result(tmp_path, weights):
+    """An RGB PNG restored x2 by the CLI into a store (no pixel size: input pixels)."""
+    from PIL import Image
+
+    from napari_mirnet.cli import main
+
+    Image.fromarray(RNG.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    out = tmp_path / "out.zarr"
+    args = ["restore", str(tmp_path / "in.png"), "-o", str(out), "--task", "super_resolution", "--scale", "2"]
+    assert main([*args, "--weights", weights, "--device", "cpu", "-q"]) == 0
+    return out
+
+
+def _check_ours(layers, out):
+    assert len(layers) == 1, [lay.name for lay in layers]  # not split into three gray planes
+    lay = layers[0]
+    assert lay.rgb and lay.data.shape[-3:] == (80, 100, 3)
+    np.testing.assert_allclose(lay.scale, [0.5, 0.5])
+    np.testing.assert_allclose(lay.translate, [-0.25, -0.25])
+    assert str(out) not in lay.name and "/" not in lay.name
+
+
+@pytest.mark.slow
+def test_napari_command_with_plugin_flag_opens_our_result(make_napari_viewer, tmp_path, tiny_weights):
+    """``napari out.zarr --plugin napari-mirnet`` (what the CLI prints after writing a store)."""
+    out = _cli_result(tmp_path, tiny_weights)
+    viewer = make_napari_viewer()
+    viewer.window._qt_viewer._qt_open([str(out)], stack=False, plugin="napari-mirnet")  # napari's __main__
+    _check_ours(list(viewer.layers), out)
+
+
+@pytest.mark.slow
+def test_reader_preference_opens_our_results_without_a_dialog(make_napari_viewer, tmp_path, tiny_weights, monkeypatch):
+    """The README's one-time setting: with ``*.zarr/`` -> napari-mirnet in napari's reader preferences,
+    ``napari out.zarr`` (no --plugin) opens ours and asks nothing; without it napari would ask."""
+    import napari._qt.qt_viewer as qt_viewer
+    from napari.settings import get_settings
+
+    out = _cli_result(tmp_path, tiny_weights)
+    viewer = make_napari_viewer()
+    asked = []
+    # the dialog; nothing of its arguments kept (they hold the viewer, which must not leak)
+    monkeypatch.setattr(qt_viewer, "handle_gui_reading", lambda *a, **k: asked.append("asked"))
+    viewer.window._qt_viewer._qt_open([str(out)], stack=False)
+    assert asked and not viewer.layers  # several readers claim a .zarr folder: napari asks
+    plugins = get_settings().plugins
+    before = dict(plugins.extension2reader)
+    plugins.extension2reader = {**before, "*.zarr/": "napari-mirnet"}
+    try:
+        viewer.window._qt_viewer._qt_open([str(out)], stack=False)
+    finally:
+        plugins.extension2reader = before
+    assert len(asked) == 1
+    _check_ours(list(viewer.layers), out)
