@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import dask.array as da
@@ -80,6 +81,13 @@ def test_dask_array_read_from_the_output_store_is_refused_and_kept(tiny_weights,
     for image in lazy:
         with pytest.raises(mio.OutputError, match="is the input"):
             engine.restore(image, weights=tiny_weights, axes="YXC", out=res, overwrite=True, **TILED)
+    # xarray's lazy arrays wrap the zarr array a few layers deep
+    xarray = pytest.importorskip("xarray")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # consolidated metadata is not in zarr v3's spec
+        opened = xarray.open_zarr(str(res), consolidated=False)["0"]
+    with pytest.raises(mio.OutputError, match="is the input"):
+        engine.restore(opened, weights=tiny_weights, out=res, overwrite=True, **TILED)
     with pytest.raises(mio.OutputError, match="holds the input"):  # a store around it
         engine.restore(lazy[0], weights=tiny_weights, axes="YXC", out=tmp_path, overwrite=True, **TILED)
     assert mio.is_complete(res)

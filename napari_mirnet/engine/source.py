@@ -199,7 +199,19 @@ def _graph_arrays(image) -> list:
         mapping = getattr(layer, "mapping", None)
         if isinstance(mapping, dict) and len(mapping) <= _SMALL_LAYER:
             found.extend(getattr(v, "value", v) if type(v).__name__ == "DataNode" else v for v in mapping.values())
-    return [v for v in found if hasattr(v, "store") and hasattr(v, "shape")]
+    return [a for a in map(_unwrap_zarr, found) if a is not None]
+
+
+def _unwrap_zarr(value, depth: int = 8):
+    """The zarr array inside ``value``: itself, or inside xarray's lazy wrappers (``.array``/``._array``)."""
+    for _ in range(depth):
+        if hasattr(value, "store") and hasattr(value, "shape"):
+            return value
+        inner = getattr(value, "array", None)
+        value = inner if inner is not None else getattr(value, "_array", None)
+        if value is None:
+            return None
+    return None
 
 
 def _region_index(axes: str, lead: tuple[int, ...], ys: slice, xs: slice) -> tuple:
