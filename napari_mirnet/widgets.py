@@ -1018,18 +1018,22 @@ def share_dock_area(widget) -> None:
 
 
 def _tabify_with_ours(main, dock) -> None:
+    try:
+        _tabify(main, dock)
+    except RuntimeError:  # the window or the dock is gone (closed in the meantime)
+        pass
+
+
+def _tabify(main, dock) -> None:
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QDockWidget
 
-    try:
-        ours = [
-            d
-            for d in main.findChildren(QDockWidget)
-            # hidden ones too: napari shows a dock after adding it, and a closed one may be opened again
-            if d.windowTitle().endswith(_OUR_DOCKS) and not d.isFloating()
-        ]
-    except RuntimeError:  # the window is gone (closed in the meantime)
-        return
+    ours = [
+        d
+        for d in main.findChildren(QDockWidget)
+        # hidden ones too: napari shows a dock after adding it, and a closed one may be opened again
+        if d.windowTitle().endswith(_OUR_DOCKS) and not d.isFloating()
+    ]
     if dock not in ours or any(d in main.tabifiedDockWidgets(dock) for d in ours):
         return  # not ours, or already in a tab group with ours
     area = main.dockWidgetArea(dock)
