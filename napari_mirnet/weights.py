@@ -9,6 +9,7 @@ again when it changed. Nothing that this module did not write itself is ever del
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import os
@@ -192,7 +193,7 @@ def shipped_meta(name: str) -> dict:
         data = _slurp(path, str(path))
         return _parse(data, path, str(path))[1], hashlib.sha256(data).hexdigest()
 
-    return dict(_meta_cache.get(path, path, load))
+    return copy.deepcopy(_meta_cache.get(path, path, load))  # callers may change their copy
 
 
 def available_weights() -> list[WeightsInfo]:

@@ -282,8 +282,10 @@ def test_available_weights_reads_each_shipped_file_once(shipped, monkeypatch):
     os.replace(shipped / "new.tmp", shipped / "two.pth")
     assert [i.task for i in W.available_weights() if i.kind == "shipped"] == ["denoise", "lowlight"]
     assert sorted(reads) == ["one.pth", "two.pth", "two.pth"]
-    W.shipped_meta("one")["task"] = "changed by a caller"  # a copy: the cache stays right
-    assert W.shipped_meta("one")["task"] == "denoise"
+    mine = W.shipped_meta("one")
+    mine["task"] = "changed by a caller"  # a copy, nested values too: the cache stays right
+    mine.setdefault("nested", {})["x"] = 1
+    assert W.shipped_meta("one") == {"task": "denoise", "name": "one"}
 
 
 def test_a_fine_tuning_resume_file_is_never_listed_as_a_model(shipped, tmp_path, capsys):
