@@ -127,15 +127,7 @@ def _add_restore_command(sub) -> None:
         action="store_true",
         help="test-time augmentation: average over 8 flips/rotations (8x slower, slightly better)",
     )
-    r.add_argument(
-        "--qc",
-        nargs="?",
-        const="on",
-        choices=["on", "tta"],
-        help="denoise only: also write the residual (input - output) and a trust map beside each output "
-        "(zarr: qc/ groups; files: NAME.qc-residual.tif, NAME.qc-trust.tif, NAME.qc.json) and print a "
-        "verdict; '--qc tta' adds the 8 flips' disagreement (8x slower). See docs/qc.md",
-    )
+    _add_qc_option(r)
     r.add_argument(
         "--format",
         choices=["same", "zarr", "tif", "png"],
@@ -146,6 +138,18 @@ def _add_restore_command(sub) -> None:
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     r.set_defaults(func=_cmd_restore)
+
+
+def _add_qc_option(r) -> None:
+    r.add_argument(
+        "--qc",
+        nargs="?",
+        const="on",
+        choices=["on", "tta"],
+        help="denoise only: also write the residual (input - output) and a trust map beside each output "
+        "(zarr: qc/ groups; files: NAME.qc-residual.tif, NAME.qc-trust.tif, NAME.qc.json) and print a "
+        "verdict; '--qc tta' adds the 8 flips' disagreement (8x slower). See docs/qc.md",
+    )
 
 
 def _add_weights_command(sub) -> None:
