@@ -181,7 +181,7 @@ class IntensityMap:
         else:
             if self.mode == "fixed":
                 out = np.clip(out, self.low, self.high)
-            if wide:  # values past the dtype's largest saturate there, as integers do, not Inf
+            if wide or self.dtype.itemsize < 4:  # past the dtype's largest saturates, as integers do, not Inf
                 limit = np.finfo(self.dtype).max
                 out = np.clip(out, -limit, limit)
             out = out.astype(self.dtype)

@@ -53,6 +53,13 @@ def test_floats_near_their_limits_come_back_as_they_went_in(identity_weights, im
 
 
 @NO_NUMPY_WARNINGS
+def test_float16_near_its_limit_saturates_instead_of_inf(tiny_weights):
+    image = (RNG.random((40, 50)) * 131000 - 65500).astype(np.float16)  # the model overshot 65504: Inf
+    out = engine.restore(image, weights=tiny_weights, **TILED)
+    assert out.dtype == np.float16 and np.isfinite(out).all()
+
+
+@NO_NUMPY_WARNINGS
 def test_a_float64_value_float32_cannot_carry_is_refused_with_what_to_do(identity_weights):
     image = RNG.random((40, 50))
     image[3, 3] = 1e300  # was Inf in the output
