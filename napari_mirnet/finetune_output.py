@@ -52,7 +52,8 @@ def check_output(out: Path, data, source: Path, *, overwrite: bool, resume: bool
     Raises
     ------
     ValueError
-        ``out`` is an input image, lies inside an input zarr store, is the source model, or is a folder.
+        ``out`` is an input image, lies inside an input zarr store, is the source model, or is a folder
+        (``overwrite`` never replaces these).
     OutputExistsError
         ``out`` or its saved run exists and neither ``overwrite`` nor ``resume`` was given.
     """
@@ -61,13 +62,13 @@ def check_output(out: Path, data, source: Path, *, overwrite: bool, resume: bool
         for p in _input_paths(data):
             if _same(target, p) or (p.suffix.lower() == ".zarr" and _inside(target, p)):
                 raise ValueError(
-                    f"out={str(out)!r} would overwrite the input image {p}; choose another file for the model "
-                    "(overwrite=True never replaces an input)"
+                    f"out={str(out)!r} is the input image {p}: writing the model there would destroy it; "
+                    "choose another file for the model"
                 )
         if _same(target, source):
             raise ValueError(
-                f"out={str(out)!r} would overwrite the source model {source} (weights=); choose another file for "
-                "the fine-tuned model (overwrite=True never replaces the model a run starts from)"
+                f"out={str(out)!r} is the model the run starts from ({source}): writing there would replace it; "
+                "choose another file for the fine-tuned model"
             )
     if out.is_dir():
         raise ValueError(f"out={str(out)!r} is a folder; give a model file name, e.g. {out / 'finetuned.pth'}")
