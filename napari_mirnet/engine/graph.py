@@ -206,10 +206,15 @@ def _refs(task) -> list:
     return [a for a in task[1:] if isinstance(a, tuple) and a and isinstance(a[0], str)]
 
 
+#: Tiles per window of a written run (at least 4 groups): the graph of a window costs the
+#: scheduler about 0.3 ms a tile, and the windows' ends, where the pipeline drains, stay rare.
+WINDOW_TILES = 1024
+
+
 def _cut(todo: list, group_of: dict, batch: int, largest: int | None) -> list[list]:
-    """``todo`` in windows of whole groups, growing from a few groups to ``largest`` tiles."""
-    largest = largest or max(1024, 32 * batch)
-    size, out, cur = min(largest, max(8 * batch, 64)), [], []
+    """``todo`` in windows of whole groups, growing from a few groups (a prompt first tile) to ``largest`` tiles."""
+    largest = largest or max(WINDOW_TILES, 4 * batch)
+    size, out, cur = min(largest, max(4 * batch, 64)), [], []
     for i, t in enumerate(todo):
         cur.append(t)
         nxt = todo[i + 1] if i + 1 < len(todo) else None

@@ -100,7 +100,13 @@ def done_markers(path) -> np.ndarray:
         g = zarr.open_group(str(path), mode="r")
         grid = tuple(-(-n // c) for n, c in zip(g["0"].shape, g["0"].chunks))
         return np.ones(grid, np.uint8)
-    return np.asarray(zarr.open_group(str(bookkeeping_path(path)), mode="r")[DONE][...])
+    arr = zarr.open_group(str(bookkeeping_path(path)), mode="r")[DONE]
+    found = _written_cells(arr, bookkeeping_path(path) / DONE, read=False)
+    if found is None:
+        return np.asarray(arr[...])
+    marks = np.zeros(arr.shape, np.uint8)
+    marks[found[0]] = 1
+    return marks
 
 
 def _chunk_plan(shape, chunks, axes: str) -> tuple[int, list[tuple[int, ...]]]:
