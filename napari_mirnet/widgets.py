@@ -129,11 +129,12 @@ def weights_choices(task: str, scale: int = 1) -> list[tuple[str, str]]:
     for info in infos:
         if info.kind == "official" and info.name == official:
             choices.append((info.label, info.name))
-    if task == "denoise":  # models saved by the Fine-tune widget
+    if task == "denoise":  # models saved by the Fine-tune widget; never their resume files (NAME.pth.state.pth)
         from .finetune import models_dir
+        from .weights import checkpoint_files
 
-        folder = models_dir()
-        choices += [(f"{p.stem} (fine-tuned)", str(p)) for p in sorted(folder.glob("*.pth"))] if folder.is_dir() else []
+        saved = [p for p in checkpoint_files(models_dir()) if p.suffix == ".pth"]
+        choices += [(f"{p.stem} (fine-tuned)", str(p)) for p in saved]
     choices.append(("local file…", LOCAL_FILE))
     return choices
 
