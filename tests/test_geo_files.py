@@ -100,6 +100,7 @@ def test_channel_order_puts_colour_first_and_carries_alpha_anywhere():
     assert channel_order(3, (red, green, blue)) is None and channel_order(3) is None
 
 
+@pytest.mark.slow
 def test_gray_and_alpha_bands_keep_alpha_through_a_real_model(tiny_weights, tmp_path):
     dem = tmp_path / "dem_alpha.tif"
     with rasterio.open(DATA / "rmnp-dem.tif") as ds:
@@ -119,6 +120,7 @@ def test_gray_and_alpha_bands_keep_alpha_through_a_real_model(tiny_weights, tmp_
 
 
 # ------------------------------------------------------------------------------- 5. GDAL mask band
+@pytest.mark.slow
 def test_mask_band_is_nodata_in_and_written_back(tiny_weights, tmp_path):
     src = DATA / "RGB2.byte.crop.tif"  # mask in RGB2.byte.crop.tif.msk, no nodata value
     with rasterio.open(src) as ds:
