@@ -298,3 +298,16 @@ def test_a_fine_tuning_resume_file_is_never_listed_as_a_model(shipped, tmp_path,
     with pytest.raises(W.WeightsError, match=r"it holds one\.pth, two\.pth: pass one of them") as err:
         W.load_model(str(shipped))
     assert "state" not in str(err.value)
+
+
+def test_the_denoise_widget_lists_fine_tuned_models_but_not_their_resume_files(tmp_path, monkeypatch):
+    """The Denoise widget's model list (issue 30): it globbed ``*.pth`` and offered NAME.pth.state.pth."""
+    pytest.importorskip("magicgui")
+    from napari_mirnet.widgets import weights_choices
+
+    monkeypatch.setenv("NAPARI_MIRNET_MODELS", str(tmp_path))
+    make_checkpoint(tmp_path / "mine.pth")
+    shutil.copy(tmp_path / "mine.pth", tmp_path / "mine.pth.state.pth")
+    labels = [label for label, _ in weights_choices("denoise")]
+    assert "mine (fine-tuned)" in labels
+    assert not [label for label in labels if "state" in label]
