@@ -241,12 +241,13 @@ def block_signals(x, y, noise: NoiseModel, block: int = BLOCK, halo: int = 0) ->
     return np.stack([ratio, corr, detail]).astype(np.float32)
 
 
-def spread_blocks(passes, mean_out, noise: NoiseModel, block: int = BLOCK) -> np.ndarray:
-    """Disagreement per block: the passes' standard deviation over the noise sigma (2-D planes)."""
-    stack = np.asarray(passes, np.float64)
-    sd = stack.std(axis=0)
+def spread_blocks(sd, mean_out, noise: NoiseModel, block: int = BLOCK) -> np.ndarray:
+    """Disagreement per block: the passes' standard deviation ``sd`` over the noise sigma at the
+    passes' mean output ``mean_out`` (2-D planes)."""
     sigma = np.sqrt(noise.variance(np.asarray(mean_out, np.float64)))
-    return (_edge_blocks(sd, block).mean(-1) / _edge_blocks(sigma, block).mean(-1)).astype(np.float32)
+    return (_edge_blocks(np.asarray(sd, np.float64), block).mean(-1) / _edge_blocks(sigma, block).mean(-1)).astype(
+        np.float32
+    )
 
 
 def signal_maps(x, y, noise: NoiseModel, block: int = BLOCK, chunk: int = 1024):

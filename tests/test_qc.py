@@ -246,9 +246,9 @@ def test_cli_qc_refused_in_cli_words(tmp_path, capsys):
 @pytest.mark.gui
 @pytest.mark.slow
 def test_widget_checkbox_adds_residual_and_trust_layers(make_napari_viewer, qtbot):
-    from napari_mirnet.widgets import LOCAL_FILE, DenoiseWidget
-
     from conftest import SAFETY_MS
+
+    from napari_mirnet.widgets import LOCAL_FILE, DenoiseWidget
 
     _, x = _crop(64)
     viewer = make_napari_viewer()
@@ -270,3 +270,19 @@ def test_widget_checkbox_adds_residual_and_trust_layers(make_napari_viewer, qtbo
     assert trust.colormap.name == "RdYlGn" and tuple(trust.scale) == (16.0, 16.0)
     assert tuple(trust.translate) == (10.0 + 15.5 * 0.5, 20.0 + 15.5 * 0.5)
     assert "qc " in w.last_status
+
+
+@pytest.mark.slow
+def test_tta_disagreement_and_lazy_input():
+    import dask.array as da
+
+    from napari_mirnet import restore
+
+    _, x = _crop(64)
+    lazy = da.from_array(x, chunks=32)
+    y, report = restore(lazy, weights=_gray_weights(None), qc="tta", device="cpu", tile=64, halo=8)
+    assert isinstance(y, da.Array)
+    assert set(report.signals) == {"noise", "structure", "detail", "disagreement"}
+    # a random network is not equivariant to flips: its 8 passes disagree, and the map says so
+    assert (report.signals["disagreement"] > 0).all()
+    np.testing.assert_allclose(np.asarray(report.residual), x - y.compute(), atol=1e-6)
