@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from dask.highlevelgraph import HighLevelGraph
+from dask.highlevelgraph import HighLevelGraph, Layer, MaterializedLayer
 
 from . import steps
 from .source import canonical_dask, chunk_span, gather, pick_plane
@@ -45,10 +45,13 @@ class _Stages:
             self.add_group(g, (after or {}).get(g, []))
 
     def add_group(self, g: int, after: list) -> None:
-        """The stage-1 task of group ``g``; ``after`` lists keys it must wait for (ordering only)."""
+        """Add the stage-1 task of group ``g``; ``after`` lists keys it must wait for (ordering only)."""
+        self.dsk[(self.tiles, g)] = self.group_task(g, after)
+
+    def group_task(self, g: int, after: list) -> tuple:
         members = self.groups[g]
         blocks = [self._dask_window(k) for k in members] if self.run.source.kind == "dask" else []
-        self.dsk[(self.tiles, g)] = (steps.restore_tiles, self.ctx, members, list(after), *blocks)
+        return (steps.restore_tiles, self.ctx, members, list(after), *blocks)
 
     def use_source(self) -> None:
         """Make the dask input's graph part of the graph being built (dask input only)."""
@@ -70,6 +73,10 @@ class _Stages:
         # pick the plane inside each chunk, then stitch the chunks and cut the window out
         blocks = [(pick_plane, (src.name, *lead_idx, 0, i, j), tuple(lead_off)) for i in yi for j in xi]
         return (gather, (len(yi), len(xi)), (ysl, xsl), *blocks)
+
+    def strip_key_of(self, tile) -> tuple:
+        """The key of the band of ``tile`` that the chunk below blends with (no task added)."""
+        return (self.strips, *tile[0], tile[1], tile[2])
 
     def strip_key(self, tile) -> tuple:
         """The band of ``tile`` that the chunk below blends with (a task added on first use)."""
@@ -93,19 +100,92 @@ class _Stages:
 
 
 def lazy_array(run, ctx: steps.TileContext) -> da.Array:
-    """The restored image as a lazy dask array in the input's axis order."""
+    """The restored image as a lazy dask array in the input's axis order.
+
+    Its graph is one layer that makes tasks on demand (:class:`_LazyLayer`): computing a part of
+    the array plans only the tiles that part needs, and nothing is planned up front.
+    """
     import dask.array as da
 
     st = _Stages(run, ctx)
     st.use_source()
-    st.add_tile_groups()
     name = f"mirnet-out-{run.run_id}"
-    for tile in run.keys:
-        lead, ty, tx = tile
-        st.dsk[(name, *lead, 0, ty, tx)] = (steps.assemble, ctx, tile, *st.chunk_inputs(tile, st.strip_key))
-    hg = HighLevelGraph.from_collections(name, st.dsk, dependencies=st.deps)
+    hg = HighLevelGraph.from_collections(name, _LazyLayer(st, name), dependencies=st.deps)
     canon = da.Array(hg, name, chunks=run.out_chunks, dtype=run.imap.dtype)
     return _from_canonical(canon, run.axes)
+
+
+class _LazyLayer(Layer):
+    """The lazy array's tasks (tile groups, bands, output chunks), each made when it is asked for.
+
+    A materialised graph of 10^5 tiles costs seconds and hundreds of MiB before anything runs; this
+    layer holds the run's stages only, and culling (what dask does before computing) makes the
+    tasks of the requested chunks and of the tiles they read.
+    """
+
+    has_legacy_tasks = True  # tuple tasks: dask's cull then asks us, and never lists every task
+
+    def __init__(self, st: _Stages, name: str):
+        super().__init__()
+        self.st, self.name = st, name
+        self.ny = st.run.plan.grid[0]
+
+    def _strip(self, tile) -> tuple:
+        return (self.st.strips, *tile[0], tile[1], tile[2])
+
+    def __getitem__(self, key):
+        st = self.st
+        try:
+            if key[0] == self.name:
+                tile = (tuple(key[1:-3]), key[-2], key[-1])
+                group = st.group_key(tile)  # KeyError for a tile the run does not have
+                return (steps.assemble, st.ctx, tile, *st.chunk_inputs(tile, st.strip_key_of))
+            if key[0] == st.strips and st.run.plan.margin[0]:
+                tile = (tuple(key[1:-2]), key[-2], key[-1])
+                group = st.group_key(tile)
+                if tile[1] + 1 < self.ny:
+                    return (steps.strip, st.ctx, tile, group)
+            if key[0] == st.tiles and len(key) == 2 and 0 <= key[1] < len(st.groups):
+                return st.group_task(key[1], [])
+        except (TypeError, IndexError, KeyError):
+            pass
+        raise KeyError(key)
+
+    def _keys(self):
+        st = self.st
+        yield from ((st.tiles, g) for g in range(len(st.groups)))
+        for tile in st.run.keys:
+            yield (self.name, *tile[0], 0, tile[1], tile[2])
+            if st.run.plan.margin[0] and tile[1] + 1 < self.ny:
+                yield self._strip(tile)
+
+    def __iter__(self):
+        return self._keys()
+
+    def __len__(self) -> int:
+        n = len(self.st.run.keys)
+        with_strip = n - n // self.ny if self.st.run.plan.margin[0] else 0
+        return len(self.st.groups) + n + with_strip
+
+    def is_materialized(self) -> bool:
+        return False
+
+    def get_output_keys(self):
+        return set(self._keys())
+
+    def cull(self, keys, all_hlg_keys):
+        """The tasks ``keys`` need, made now, and their dependencies (dask's :meth:`Layer.cull`)."""
+        from dask.core import keys_in_tasks
+
+        out, deps, work = {}, {}, [k for k in keys if k in self]
+        while work:
+            k = work.pop()
+            if k in out:
+                continue
+            out[k] = self[k]
+            deps[k] = keys_in_tasks(all_hlg_keys, [out[k]]) if k[0] == self.st.tiles else set(_refs(out[k]))
+            work.extend(d for d in deps[k] if d not in out and d[0] in (self.name, self.st.strips, self.st.tiles))
+        return MaterializedLayer(out, annotations=self.annotations), deps
 
 
 def _from_canonical(canon: da.Array, axes: str) -> da.Array:
