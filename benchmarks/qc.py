@@ -150,29 +150,31 @@ def peak_memory(edge: int, tmp: Path) -> tuple[float, float]:
 
 
 def figure(cases: dict, path: Path) -> None:
+    """Input, output, residual, trust map and true error of one matched and one mismatched case."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     picks = [k for k in cases if k[1] == "gaussian"][:1] + [k for k in cases if k[1] == "correlated"][:1]
-    fig, axs = plt.subplots(len(picks), 5, figsize=(15, 3.3 * len(picks)))
-    for row, key in zip(np.atleast_2d(axs), picks):
+    fig, axs = plt.subplots(len(picks), 5, figsize=(15, 3.6 * len(picks)), squeeze=False)
+    titles = ["input", "output", "residual (input - output)", "trust map (green: trust)", "true |error| per block"]
+    for row, key in zip(axs, picks):
         x, y, rep, err, clean = cases[key]
-        res = np.asarray(rep.residual)
         lim = 3 * SIGMA
         row[0].imshow(x, cmap="gray", vmin=0, vmax=1)
         row[1].imshow(np.asarray(y), cmap="gray", vmin=0, vmax=1)
-        row[2].imshow(res, cmap="coolwarm", vmin=-lim, vmax=lim)
+        row[2].imshow(np.asarray(rep.residual), cmap="coolwarm", vmin=-lim, vmax=lim)
         row[3].imshow(rep.trust, cmap="RdYlGn", vmin=0, vmax=1)
         row[4].imshow(err, cmap="magma")
-        titles = ["input", "output", "residual (input - output)", "trust map", "true |error| per block"]
         for a, t in zip(row, titles):
-            a.set_title(f"{key[0]} {key[1]}: {t}" if t == "input" else t, fontsize=9)
+            a.set_title(t, fontsize=10)
             a.axis("off")
-        row[0].text(0, -0.12, rep.text[:110], transform=row[0].transAxes, fontsize=7, va="top")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+        row[0].set_title(f"{key[0]}, {key[1]} noise: input", fontsize=10)
+        text = rep.text if len(rep.text) < 150 else rep.text[:147] + "..."
+        row[2].text(0.5, -0.08, text, transform=row[2].transAxes, fontsize=9, ha="center", va="top")
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.93, bottom=0.06, wspace=0.05, hspace=0.25)
+    fig.savefig(path, dpi=80)
 
 
 def main(argv=None) -> int:
