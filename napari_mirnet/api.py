@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import xarrays as _xr
-from .engine import RestoreOptions, execute, prepare, restore, restore_lazy
+from .engine import RestoreOptions, execute, prepare, quality, restore, restore_lazy
 from .engine.plan import round_to_stride
 from .processing import check_dtype
 from .tasks import get_task
@@ -26,13 +26,16 @@ def restore_whole(
     normalisation: str = "auto",
     tta: bool = False,
     nodata=None,
+    qc=False,
 ):
     """Whole-image inference of an in-memory image: one tile, no halo (the reference for tiled output).
 
     Parameters are those of :func:`napari_mirnet.restore`; the image must fit in memory. A
     DataArray in gives a (numpy-backed) DataArray out, as :func:`napari_mirnet.restore` does.
+    ``qc=True`` (denoising) returns ``(result, report)`` as :func:`napari_mirnet.restore` does.
     """
     spec = get_task(task)
+    qc_mode = quality.check_qc(qc, spec, tta)
     factor = spec.check_scale(scale if scale is not None else spec.scales[0])
     template = image if _xr.is_dataarray(image) else None
     if template is not None:
@@ -56,7 +59,9 @@ def restore_whole(
     )
     run = prepare(image, task, weights, scale=scale, axes=axes, options=options)
     result = execute(run)
-    return result if template is None else _xr.to_dataarray(result, template, run.factor)
+    report = None if qc_mode is None else quality.run_qc(run, result, tta=qc_mode == "tta")
+    result = result if template is None else _xr.to_dataarray(result, template, run.factor)
+    return result if report is None else (result, report)
 
 
 def _as_array(image, name: str = "image") -> np.ndarray:

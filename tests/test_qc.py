@@ -286,3 +286,10 @@ def test_tta_disagreement_and_lazy_input():
     # a random network is not equivariant to flips: its 8 passes disagree, and the map says so
     assert (report.signals["disagreement"] > 0).all()
     np.testing.assert_allclose(np.asarray(report.residual), x - y.compute(), atol=1e-6)
+
+
+def test_restore_whole_refuses_qc_for_other_tasks():
+    from napari_mirnet.api import restore_whole
+
+    with pytest.raises(ValueError, match="task='denoise'"):
+        restore_whole(np.zeros((16, 16), np.float32), task="super_resolution", qc=True)
