@@ -89,3 +89,22 @@ def test_resume_across_windows_gives_the_uninterrupted_result(tiny_weights, tmp_
     resumed = engine.restore(img, "denoise", tiny_weights, out=out, **TILES)
     assert mio.is_complete(out)
     np.testing.assert_array_equal(np.asarray(resumed), full)
+
+
+def test_restore_lazy_plans_nothing_up_front_and_a_slice_only_its_tiles(tiny_weights, tmp_path, monkeypatch):
+    from napari_mirnet.engine import steps
+
+    calls = []
+    restore_tiles = steps.restore_tiles
+    monkeypatch.setattr(
+        steps, "restore_tiles", lambda ctx, tiles, *a: calls.append(tiles) or restore_tiles(ctx, tiles, *a)
+    )
+    big = zarr.create_array(str(tmp_path / "big.zarr"), shape=(4000, 4000, 3), chunks=(1024, 1024, 3), dtype="uint8")
+    arr = engine.restore_lazy(big, "denoise", tiny_weights, **TILES)  # 250 x 250 tiles of 16 px
+    assert arr.shape == big.shape
+    ours = [layer for name, layer in arr.dask.layers.items() if name.startswith("mirnet-out-")]
+    assert len(ours) == 1 and not ours[0].is_materialized(), "the 62500 tiles' tasks were made up front"
+    corner = arr[:16, :16].compute()
+    assert corner.shape == (16, 16, 3) and corner.dtype == np.uint8
+    # the corner chunk reads its own tile only (no blend band above or to the left of it)
+    assert [len(t) for t in calls] == [1], calls
