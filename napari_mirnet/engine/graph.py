@@ -4,6 +4,10 @@ Stage 1 restores groups of tiles (one batch each); stage 2 makes each output chu
 tile and, when blending, the bands of the tiles above and to the left. For zarr output the chunk
 tasks write and hand the band below on as a small strip, and each tile group waits for the write
 of a chunk a few tiles back, so that predictions never pile up ahead of the writes.
+
+Planning stays a small part of a run however many tiles it has: a written run is computed in
+windows of a bounded number of tiles (:class:`WriteWindows`), and a lazy array's tasks are made
+only for the chunks that are computed (:class:`_LazyLayer`). See benchmarks/planning.py.
 """
 
 from __future__ import annotations
