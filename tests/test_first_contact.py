@@ -36,6 +36,10 @@ def test_cli_super_resolution_of_a_png_has_the_widgets_grid(tiny_weights, tmp_pa
     stored = mio.open_image(out)
     shape = dict(zip(stored.axes, stored.array.shape))
     assert (shape["Y"], shape["X"]) == (80, 100)  # 80 rows x 0.5 = the input's 40
+    # named by the store, as napari shows it, not by the input's file (a.png) or a path
+    from napari_mirnet.napari_io import read_ome_zarr
+
+    assert stored.meta.name == "a_x2" and read_ome_zarr(str(out))[0][1]["name"] == "a_x2"
 
 
 @pytest.mark.parametrize("command", ["fetch", "restore"])

@@ -359,8 +359,7 @@ def _to_zarr_locked(run: RestorationRun, out, overwrite: bool, client, progress,
     workers = len(client.scheduler_info()["workers"]) if client is not None else 1
     try:
         _write(run, run.context(control, sink), todo, max(2, 2 * run.batch, 4 * workers), client, progress, cancel)
-        # the image's own name (OME Image Name, layer name) where it has one, else the input's file name
-        sink.output.finalize(sink.store_axes, run.output_meta, name=run.output_meta.name or run.source.name)
+        sink.output.finalize(sink.store_axes, run.output_meta, name=_result_name(run, out))
     except OSError as err:
         raise mio.OutputError(
             f"writing {sink.output.path} failed ({err}); the store is left incomplete. Fix the cause (free disk "
@@ -383,6 +382,16 @@ def _write(run: RestorationRun, ctx: TileContext, todo: list, lag: int, client=N
             delayeds = [Delayed(k, graph, layer=final[0]) for k in (final, *writes)]
             values, done = _distributed_compute(client, delayeds, progress, cancel, done, len(todo))
         windows.keep(w, exports, values)
+
+
+def _result_name(run: RestorationRun, out) -> str:
+    """The image's own name (OME Image Name, a layer's name) where it has one; else the store's
+    (``out`` for ``/data/out.zarr``): a file name like ``scene.png`` would name the result after its input."""
+    own = run.output_meta.name
+    if own and own != os.path.basename(str(run.source.name or "")):
+        return own
+    stem = os.path.basename(os.fspath(out).rstrip("/\\"))
+    return stem[: -len(".zarr")] if stem.lower().endswith(".zarr") and len(stem) > 5 else stem
 
 
 def _distributed_compute(client, delayeds: list, progress, cancel, done: int, total: int) -> tuple:
