@@ -105,9 +105,9 @@ def _until_first_tile(restore, arr, weights, opts: dict, out: Path) -> float:
     t0 = time.perf_counter()
 
     def progress(done, total):
-        if not first:
+        if done and not first:  # the first report may be 0/N, once the tiles are planned
             first.append(time.perf_counter() - t0)
-        stop.set()
+            stop.set()
 
     try:
         restore(arr, "denoise", weights, out=str(out), progress=progress, cancel=stop, **opts)
@@ -228,7 +228,8 @@ def shipped(size: int) -> list[str]:
     t0 = time.perf_counter()
 
     def progress(done, total):
-        stamps.append((time.perf_counter() - t0, done))
+        if done:  # not the 0/N report made once the tiles are planned
+            stamps.append((time.perf_counter() - t0, done))
         if len(stamps) == 3:
             stop.set()
 
@@ -236,7 +237,7 @@ def shipped(size: int) -> list[str]:
         engine.restore(arr, "denoise", out=str(tmp / "o.zarr"), device="cpu", progress=progress, cancel=stop)
     except Cancelled:
         pass
-    (t1, d1), (t3, d3) = stamps[0], stamps[2]
+    (t1, d1), (t3, d3) = stamps[0], stamps[2]  # from the first tile done to the third
     per_tile = (t3 - t1) / (d3 - d1)
     n = len(run.keys)
     return [
