@@ -365,6 +365,7 @@ def _in_flags(msg: str) -> str:
 
 
 def _cmd_finetune(args) -> int:
+    from . import io as mio
     from .finetune import finetune, state_path
     from .weights import WeightsError
 
@@ -377,8 +378,10 @@ def _cmd_finetune(args) -> int:
     if args.batch < 1:
         raise UsageError("--batch must be at least 1")
     out = Path(args.output)
-    if out.exists() and not args.resume:
-        raise UsageError(f"{out} exists; pass --resume to continue its run, or choose another --output")
+    if (out.exists() or state_path(out).exists()) and not args.resume:
+        raise UsageError(
+            f"{out} or its saved run exists; pass --resume to continue that run, or choose another --output"
+        )
     data = args.inputs if len(args.inputs) > 1 else args.inputs[0]
     try:
         res = finetune(
@@ -402,7 +405,7 @@ def _cmd_finetune(args) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; the best model so far is in {out} (continue with --resume)", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError, WeightsError) as err:
+    except (ValueError, TypeError, FileNotFoundError, WeightsError, mio.OutputError) as err:
         _err(_in_flags(str(err)))
         return 2
     print(

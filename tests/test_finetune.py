@@ -221,6 +221,13 @@ def test_cli_finetune(tmp_path, gray_identity, capsys):
     assert main(args) == 2  # the output exists: refuses without --resume
     assert "--resume" in capsys.readouterr().err
     assert main(args + ["--resume"]) == 0
+    from napari_mirnet.finetune import state_path
+
+    assert state_path(out).exists()
+    out.unlink()  # a saved run whose model was deleted: refused in the CLI's words, not a traceback
+    assert main(args) == 2
+    assert "saved run" in capsys.readouterr().err
+    state_path(out).unlink()
     tiny = tmp_path / "tiny.tif"
     tifffile.imwrite(tiny, np.random.rand(16, 16).astype(np.float32))
     assert (
