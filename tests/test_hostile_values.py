@@ -276,6 +276,7 @@ def test_big_endian_images_restore_as_their_native_twins(tiny_weights, dtype):
     np.testing.assert_array_equal(out, engine.restore(native, weights=tiny_weights, **TILED))
 
 
+@pytest.mark.slow  # eight tiled runs: ~6 s on busy cores
 def test_views_restore_as_their_copies(tiny_weights):
     base = RNG.integers(0, 256, (90, 110, 3), dtype=np.uint8)
     for view in (base[::-1, ::-1], base[::2, 1::3], base.transpose(1, 0, 2), base[:, :, ::-1]):
