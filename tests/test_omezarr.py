@@ -316,7 +316,10 @@ def test_level_through_restore_and_the_cli(tiny_weights, tmp_path, small_pyramid
     out = engine.restore(str(src), weights=tiny_weights, level=1, **TILED)
     assert out.shape == (3, 65, 60)  # stored as CYX
     lvl1 = mio.open_image(src, level=1).array[...]
-    np.testing.assert_array_equal(out.compute(), engine.restore(lvl1, weights=tiny_weights, axes="CYX", **TILED))
+    # the store says its channels are red, green, blue: colour, as the same pixels given as a picture
+    # (channels last); bare channels first would be bands, each restored alone
+    picture = engine.restore(np.moveaxis(lvl1, 0, -1), weights=tiny_weights, axes="YXC", **TILED)
+    np.testing.assert_array_equal(out.compute(), np.moveaxis(picture, -1, 0))
     dst = tmp_path / "out.zarr"
     args = ["restore", str(src), "-o", str(dst), "--weights", tiny_weights, "--tile", "80", "--halo", "8", "-q"]
     assert main([*args, "--level", "1"]) == 0
