@@ -27,6 +27,7 @@ def restore_whole(
     tta: bool = False,
     nodata=None,
     qc=False,
+    rgb: bool | None = None,
 ):
     """Whole-image inference of an in-memory image: one tile, no halo (the reference for tiled output).
 
@@ -56,6 +57,7 @@ def restore_whole(
         normalisation=normalisation,
         tta=tta,
         nodata=nodata,
+        rgb=rgb,
     )
     run = prepare(image, task, weights, scale=scale, axes=axes, options=options)
     result = execute(run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
+import tifffile
 import zarr
 from conftest import SAFETY_MS
 
@@ -83,6 +84,26 @@ def test_zyx_stack_is_restored_as_gray_planes(tiny_weights, tmp_path, kind):
         # bare channels ahead of Y and X are not a picture: each is restored as a gray plane (issue 36, 17)
         as_bands = engine.restore(img, weights=tiny_weights, axes="CYX", **TILED)
         np.testing.assert_allclose(as_bands.astype(int), out.astype(int), atol=1, rtol=0)
+
+
+def test_rgb_says_whether_channels_are_colour(tiny_weights, tmp_path, capsys):
+    """``rgb=`` / ``--rgb``: the caller's word over the data's. A (3, H, W) photograph is colour with
+    rgb=True; a picture (channels last) restores channel by channel with rgb=False."""
+    img = _stack()  # (3, 64, 64) uint8
+    picture = np.moveaxis(img, 0, -1)
+    as_colour = np.moveaxis(engine.restore(picture, weights=tiny_weights, axes="YXC", **TILED), -1, 0)
+    as_bands = engine.restore(img, weights=tiny_weights, axes="CYX", **TILED)
+    assert np.abs(as_colour.astype(int) - as_bands.astype(int)).max() > 1  # they differ: the test can tell
+    np.testing.assert_array_equal(engine.restore(img, weights=tiny_weights, axes="CYX", rgb=True, **TILED), as_colour)
+    bands_last = engine.restore(picture, weights=tiny_weights, axes="YXC", rgb=False, **TILED)
+    np.testing.assert_allclose(np.moveaxis(bands_last, -1, 0).astype(int), as_bands.astype(int), atol=1, rtol=0)
+    with pytest.raises(TypeError, match=r"rgb='yes' is not True, False or None"):
+        engine.restore(img, weights=tiny_weights, axes="CYX", rgb="yes", **TILED)
+    src = tmp_path / "planes.tif"
+    tifffile.imwrite(src, img, metadata={"axes": "CYX"})  # ImageJ-less plain TIFF: channels first, no colours
+    args = ["--weights", tiny_weights, "--device", "cpu", "--tile", "48", "--halo", "8", "--blend", "4", "-q"]
+    assert main(["restore", str(src), "-o", str(tmp_path / "c.tif"), "--axes", "CYX", "--rgb", *args]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "c.tif"), as_colour)
 
 
 def test_cli_says_axes_in_its_own_words(tiny_weights, tmp_path, capsys):

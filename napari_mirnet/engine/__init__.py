@@ -73,6 +73,7 @@ def restore(
     cancel=None,
     level=None,
     accelerate: str = "auto",
+    rgb: bool | None = None,
     qc=False,
 ):
     """Restore an image of any size with MIRNet-v2, tile by tile, in the input's dtype and range.
@@ -111,6 +112,11 @@ def restore(
         The forward's optimisations: "auto" (off on CPU; on CUDA the fastest variant measured on
         the first tile), "off", "on", or switch names such as ``"bf16_weights,channels_last"``
         (see :mod:`napari_mirnet.engine.accelerate`).
+    rgb : bool, optional
+        Whether 3 or 4 channels are a colour image. None (default): as the data says (channels
+        last, as pictures are stored, or channels coloured red, green and blue); True: colour
+        whatever the order of axes (e.g. a (3, H, W) photograph with ``axes="CYX"``); False:
+        every channel restored alone, as a gray image.
     nodata : float, optional
         The value that marks missing pixels (NaN allowed); default: the file's nodata (GeoTIFF).
         NaN pixels of float images are always missing; Inf is refused. Missing pixels stay out of
@@ -167,6 +173,7 @@ def restore(
         pixel_size,
         nodata=nodata,
         accelerate=accelerate,
+        rgb=rgb,
     )
     check_level(level)
     if out is not None:  # refused before the model is loaded (execute checks again)
@@ -184,7 +191,9 @@ def restore(
         result = execute(run, out=out, overwrite=overwrite, client=client, progress=progress, cancel=cancel)
         report = None
         if qc_mode is not None:
-            report = _quality.run_qc(run, result, tta=qc_mode == "tta", out=out, compute=lambda c: compute(c, run, client))
+            report = _quality.run_qc(
+                run, result, tta=qc_mode == "tta", out=out, compute=lambda c: compute(c, run, client)
+            )
         result = result if template is None else _xr.to_dataarray(result, template, run.factor)
         return result if report is None else (result, report)
     finally:
@@ -212,6 +221,7 @@ def restore_lazy(
     cancel=None,
     out=None,
     level=None,
+    rgb: bool | None = None,
 ):
     """Like :func:`restore`, but always return a lazy dask array: nothing runs until it is computed.
 
@@ -223,7 +233,7 @@ def restore_lazy(
     if out is not None:
         raise ValueError("restore_lazy returns a lazy array; use restore(..., out=path) to write a zarr store")
     template = _xarray_template(image, task, scale)
-    options = RestoreOptions(tile, halo, blend, device, precision, normalisation, tta, nodata=nodata)
+    options = RestoreOptions(tile, halo, blend, device, precision, normalisation, tta, nodata=nodata, rgb=rgb)
     check_level(level)
     client, own_client = _connect(client)
     try:

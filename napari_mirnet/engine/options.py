@@ -26,6 +26,9 @@ class RestoreOptions:
     ``nodata`` marks missing pixels (the file's nodata when None; NaN in float images always):
     they stay out of the intensity mapping, are filled before the model sees them, and come out
     as nodata again.
+    ``rgb`` says whether 3 or 4 channels are a colour image: None reads it from the data (channels
+    last as pictures are stored, or channels coloured red, green, blue), True makes them colour in
+    any order of axes, False restores every channel alone.
     ``accelerate`` picks the forward's optimisations (bf16 weights, channels_last, cudnn.benchmark,
     torch.compile): "auto" (channels_last on CPUs with oneDNN, measured on CUDA), "off", "on" or switch names; see
     :mod:`napari_mirnet.engine.accelerate`.
@@ -41,6 +44,7 @@ class RestoreOptions:
     pixel_size: tuple | None = None
     nodata: float | None = None
     accelerate: str = "auto"
+    rgb: bool | None = None
 
     def __post_init__(self):
         # refused here, in the keyword arguments' words, before a model is loaded or a tile planned:
@@ -57,6 +61,9 @@ class RestoreOptions:
             )
         if self.pixel_size is not None:
             object.__setattr__(self, "pixel_size", _pixel_sizes(self.pixel_size))
+        if self.rgb is not None and not isinstance(self.rgb, (bool, np.bool_)):
+            raise TypeError(f"rgb={self.rgb!r} is not True, False or None (None: as the data says)")
+        object.__setattr__(self, "rgb", None if self.rgb is None else bool(self.rgb))
 
     def check_axes(self, axes: str) -> None:
         """``pixel_size`` has one value per axis of the input (``axes``); a ValueError otherwise."""

@@ -142,6 +142,8 @@ class RestorationRun:
             "input_shape": list(src.shape),
             "input_dtype": src.dtype.str,
             "axes": self.axes,
+            # only when given, so that stores written before the option existed still resume
+            **({} if self.options.rgb is None else {"rgb": self.options.rgb}),
         }
 
     def context(self, control: RunControl | None = None, sink=None) -> TileContext:
@@ -185,7 +187,7 @@ def prepare(
     factor = spec.check_scale(scale if scale is not None else spec.scales[0])
     source = open_source(image, axes, spec.dual_pixel, client, level)
     n_c = source.size("C")
-    layout = None if spec.dual_pixel else channel_layout(n_c, source.meta.channels, source.axes)
+    layout = None if spec.dual_pixel else channel_layout(n_c, source.meta.channels, source.axes, options.rgb)
     order = None if spec.dual_pixel else channel_order(n_c, source.meta.channels)
     weights = str(
         choose_weights(task, factor, n_c, weights, colour=None if layout is None else layout in ("rgb", "rgba"))
