@@ -128,6 +128,7 @@ def _add_restore_command(sub) -> None:
         help="test-time augmentation: average over 8 flips/rotations (8x slower, slightly better)",
     )
     _add_qc_option(r)
+    _add_rgb_option(r)
     r.add_argument(
         "--format",
         choices=["same", "zarr", "tif", "png"],
@@ -149,6 +150,16 @@ def _add_qc_option(r) -> None:
         help="denoise only: also write the residual (input - output) and a trust map beside each output "
         "(zarr: qc/ groups; files: NAME.qc-residual.tif, NAME.qc-trust.tif, NAME.qc.json) and print a "
         "verdict; '--qc tta' adds the 8 flips' disagreement (8x slower). See docs/qc.md",
+    )
+
+
+def _add_rgb_option(r) -> None:
+    r.add_argument(
+        "--rgb",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="3 or 4 channels are a colour image (--rgb) or separate bands, each restored alone (--no-rgb); "
+        "default: as the data says (channels last, as pictures are stored, or channels coloured red, green, blue)",
     )
 
 
@@ -246,6 +257,7 @@ _FLAGS = {
     "normalisation": "--normalisation",
     "nodata": "--nodata",
     "tta": "--tta",
+    "rgb": "--rgb",
     "overwrite": "--overwrite",
     "out": "-o",
     "client": "--scheduler",
@@ -652,6 +664,7 @@ def _prepare(args, src, dst: Path, client):
         normalisation=args.normalisation,
         tta=args.tta,
         nodata=args.nodata,
+        rgb=args.rgb,
     )
     stored = None if args.overwrite else _stored_record(dst)
     if stored is None and not args.overwrite and dst.suffix.lower() in (".tif", ".tiff"):
