@@ -422,8 +422,11 @@ def _cmd_finetune(args) -> int:
         return 2
     print(
         f"model: {res.path} (best of {res.steps} steps at step {res.best_step}; validation loss "
-        f"{res.source_val:.4g} -> {res.best_val:.4g}); resumable state: {state_path(res.path)}"
+        f"{res.source_val:.4g} -> {res.best_val:.4g}; {res.elapsed:.0f} s, {res.setup_s:.0f} s of it set-up); "
+        f"resumable state: {state_path(res.path)}"
     )
+    if res.unchanged:
+        print(f"note: {res.unchanged}")
     print(
         f"use it: napari-mirnet restore INPUT -o OUTPUT --weights {res.path}"
         + (f" --normalisation {args.normalisation}" if args.normalisation != "auto" else "")

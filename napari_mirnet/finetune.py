@@ -12,8 +12,9 @@ noise is correlated along rows (or columns), only pixel pairs across the other d
 Patches are read region by region from numpy, dask or zarr arrays and tif/zarr/png files, so inputs of
 any size are never loaded whole. The run ends after ``minutes`` or ``steps``; the best model so far
 (by a self-supervised loss on held-out patches) is written to ``out`` every time it improves, so a
-cancelled or killed run leaves the best model behind, and the state to resume from lives next to it
-(``<out>.state.pth``).
+cancelled or killed run leaves the best model behind; the state to resume from is kept in the user
+cache (see :func:`state_path`), not beside the model. The ``minutes`` budget counts the whole run from
+the call: reading patches, measuring the noise, loading and validating the model, and training.
 
 The output is a model file in the official layout, ``{'params': fp16 state dict, 'meta': {...}}``,
 that ``restore(..., weights=out)``, the CLI and the napari widgets load like any other.
@@ -55,6 +56,10 @@ OBJECTIVES = ("neighbor2neighbor", "blindspot")
 PAIRS = ("auto", "any", "vertical", "horizontal")
 #: The smallest plane edge we fine-tune on: a patch's half-resolution sub-images must be at least 16 px.
 MIN_EDGE = 32
+#: The share of a ``minutes`` budget that reading the validation and noise samples may use: past it,
+#: set-up keeps the few patches it has (at least ``_MIN_SAMPLES``) and training starts.
+SETUP_SHARE = 0.3
+_MIN_SAMPLES = 4
 
 
 def models_dir() -> Path:
@@ -139,6 +144,28 @@ class FinetuneResult:
     val_losses: list[tuple[int, float]] = field(default_factory=list)
     stopped: bool = False
     elapsed: float = 0.0
+    #: why the saved model is the source model unchanged ("" when a step improved it)
+    unchanged: str = ""
+    setup_s: float = 0.0  # of ``elapsed``: reading patches, measuring the noise, validating the source
+
+
+class _SetupClock:
+    """Set-up's share of the budget: sampling loops ask :meth:`over` and report each patch they read."""
+
+    def __init__(self, clock: Callable[[], float], t0: float, minutes: float | None, report=None):
+        self.clock, self.t0, self.report = clock, t0, report
+        self.limit = None if minutes is None else SETUP_SHARE * 60.0 * float(minutes)
+        self.done, self.total = 0, 0
+
+    def over(self) -> bool:
+        return self.limit is not None and self.clock() - self.t0 > self.limit
+
+    def read(self, read, box):
+        out = read(box)
+        self.done += 1
+        if self.report is not None:
+            self.report(self.done, max(self.total, self.done))
+        return out
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -247,7 +274,7 @@ def _planes(sources, model_channels: int, normalisation: str) -> list[_Plane]:
 class _Data:
     """Random patches from many planes, with a few held out for validation."""
 
-    def __init__(self, planes: list[_Plane], patch: int, n_val: int, seed: int):
+    def __init__(self, planes: list[_Plane], patch: int, n_val: int, seed: int, setup: _SetupClock | None = None):
         if not planes:
             raise ValueError("the data holds no image planes")
         edge = min(min(p.shape) for p in planes)
@@ -282,7 +309,18 @@ class _Data:
                 if not any(self._overlap(box, b) for b in self.val_boxes):
                     break
             self.val_boxes.append(box)
-        self.val = np.stack([self._read(b) for b in self.val_boxes])
+        self.setup = setup or _SetupClock(time.perf_counter, 0.0, None)
+        self.setup.total += self.n_val
+        self.val = np.stack(self._read_some(self.val_boxes, 1))
+
+    def _read_some(self, boxes, at_least: int) -> list[np.ndarray]:
+        """Read ``boxes`` in order, stopping early (after ``at_least``) once set-up's time is used."""
+        out = []
+        for b in boxes:
+            if len(out) >= at_least and self.setup.over():
+                break
+            out.append(self.setup.read(self._read, b))
+        return out
 
     def _draw(self, rng) -> tuple[int, int, int]:
         i = int(rng.choice(len(self.planes), p=self.weights))
@@ -307,12 +345,16 @@ class _Data:
         return out
 
     def sample_pixels(self, rng, n_boxes: int = 16) -> np.ndarray:
+        # all boxes are drawn first, so a sample cut short by the clock leaves ``rng`` where a full one would
         boxes = [self._draw(rng) for _ in range(n_boxes)]
-        return np.stack([self._read(b) for b in boxes])
+        return np.stack(self._read_some(boxes, _MIN_SAMPLES))
 
 
-def _fingerprint(sources, planes: list[_Plane]) -> str:
-    """A data fingerprint from shapes, dtypes and a fixed sample of pixels (never the whole data)."""
+def _fingerprint(sources, planes: list[_Plane], setup: _SetupClock | None = None) -> str:
+    """A data fingerprint from shapes, dtypes and a fixed sample of pixels (never the whole data).
+
+    Never cut short by the clock: a resumed run must find the same fingerprint."""
+    setup = setup or _SetupClock(time.perf_counter, 0.0, None)
     h = hashlib.sha256()
     for arr, axes in sources:
         h.update(f"{tuple(arr.shape)}{np.dtype(arr.dtype).str}{axes}".encode())
@@ -321,7 +363,8 @@ def _fingerprint(sources, planes: list[_Plane]) -> str:
         p = planes[int(rng.integers(len(planes)))]
         e = min(16, *p.shape)
         y, x = int(rng.integers(0, p.shape[0] - e + 1)), int(rng.integers(0, p.shape[1] - e + 1))
-        h.update(np.ascontiguousarray(p.read(y, x, e, e), dtype=np.float32).tobytes())
+        region = setup.read(lambda box, plane=p: plane.read(*box), (y, x, e, e))
+        h.update(np.ascontiguousarray(region, dtype=np.float32).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -515,6 +558,7 @@ def finetune(
     config: FinetuneConfig | None = None,
     callback: Callable[[FinetuneProgress], bool | None] | None = None,
     progress: bool = False,
+    setup_callback: Callable[[int, int], None] | None = None,
     **options,
 ) -> FinetuneResult:
     """Fine-tune a MIRNet-v2 denoiser on noisy images alone (self-supervised) and save the best model.
@@ -525,18 +569,22 @@ def finetune(
         Noisy images: numpy, dask or zarr arrays, tif/png/zarr files, or folders of them. Read patch
         by patch, so they may be larger than memory.
     out : path
-        The model file to write (``.pth``); the resumable state goes to ``<out>.state.pth``.
+        The model file to write (``.pth``); the resumable state goes to the user cache
+        (:func:`state_path`), not beside it.
     weights : str or path
         The model to start from: a shipped name (default ``small-denoise-gray``), a file or a URL.
     minutes, steps : float, int
-        Budget: the run ends at whichever comes first (``minutes=None`` for steps only).
+        Budget: the run ends at whichever comes first (``minutes=None`` for steps only). ``minutes``
+        counts the whole call, set-up included (reading patches, measuring the noise, validating the
+        source model): set-up samples fewer patches when it would use more than a third of it, and
+        the run may overrun by the step or validation under way when the time is up.
     axes : str, optional
         Axes of array inputs, e.g. ``"ZYX"``, ``"TYX"``, ``"YXC"`` (default: from the file or shape).
     normalisation : {"auto", "fixed", "percentile"}
         Intensity mapping, as in :func:`napari_mirnet.restore`; restore with the same setting.
     resume : bool
-        Continue the run saved in ``<out>.state.pth`` (same data and settings); ``minutes``/``steps``
-        are the whole run's budget.
+        Continue the run saved for ``out`` (same data and settings; a cancelled, interrupted or
+        finished run); ``minutes``/``steps`` are the whole run's budget.
     overwrite : bool
         Replace an existing ``out`` (and its saved run). Without it (or ``resume``) an existing ``out``
         is refused. An input image or the source model is never replaced.
@@ -547,10 +595,13 @@ def finetune(
         keeping the best model so far.
     progress : bool
         Show a progress bar.
+    setup_callback : callable, optional
+        Called with ``(patches_read, patches_to_read)`` as set-up reads each patch.
 
     Returns
     -------
     FinetuneResult
+        ``unchanged`` says why, when the saved model is the source model unchanged.
 
     Raises
     ------
@@ -560,24 +611,27 @@ def finetune(
         ``out`` exists and neither ``overwrite`` nor ``resume`` was given.
     """
     cfg = _finetune_config(config, options, minutes, steps)
+    t_call = _clock(cfg.clock)()  # the budget counts from here: set-up is part of the run
+    setup = _SetupClock(_clock(cfg.clock), t_call, minutes, setup_callback)
     out = Path(out)
     source_path = locate(weights)
     # before anything is read or written: a model file must never land on the data or the model it came from
     check_output(out, data, source_path, overwrite=overwrite, resume=resume)
-    run = _FinetuneRun.create(data, out, weights, source_path, cfg, minutes, steps, axes, normalisation)
+    run = _FinetuneRun.create(data, out, weights, source_path, cfg, minutes, steps, axes, normalisation, setup)
+    run.t0 = t_call
     if resume:
         run.resume()
     else:
         run.validate_source()
         run.save_best(0, 0.0)  # the source model is the best so far: a cancel right away keeps it
-        run.save_state(0, 0.0)  # and the saved run is this one's, not an earlier run's at the same out
+        run.save_state(0, run.elapsed())  # and the saved run is this one's, not an earlier run's at the same out
+    run.setup_s = run.elapsed() - run.elapsed0
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=100, desc="fine-tune", unit="%", dynamic_ncols=True, file=sys.stderr)
-    run.t0 = run.clock()
     try:
         stopped = run.loop(callback, bar)
     except KeyboardInterrupt:
@@ -650,20 +704,26 @@ class _FinetuneRun:
     best_val: float = math.inf
     best_step: int = 0
     source_val: float = math.inf
+    setup_s: float = 0.0
+    start_step: int = 0  # the step this session started from (resumed runs)
 
     @classmethod
     def create(
-        cls, data, out: Path, weights, source_path: Path, cfg: FinetuneConfig, minutes, steps, axes, normalisation
-    ) -> _FinetuneRun:
+        cls, data, out: Path, weights, source_path: Path, cfg: FinetuneConfig, minutes, steps, axes, normalisation,
+        setup: _SetupClock | None = None,
+    ) -> _FinetuneRun:  # fmt: skip
         """Load the source model, index the data's planes, hold out validation patches, measure the noise."""
         device = resolve_device(cfg.device)
         model, source_meta = _source_model(weights, source_path, device)
         sources = _as_sources(data, axes)
         planes = _planes(sources, model.config.in_channels, normalisation)
-        dataset = _Data(planes, cfg.patch, cfg.val_patches, cfg.seed)
+        if setup is not None:
+            # the uniformity, fingerprint and noise samples, after the validation patches
+            setup.total += 32 + min(16, len(planes) * 4) + 16
+        dataset = _Data(planes, cfg.patch, cfg.val_patches, cfg.seed, setup)
         rng0 = np.random.default_rng([cfg.seed, 1])
         _check_not_uniform(dataset, rng0)
-        fingerprint = _fingerprint(sources, planes)
+        fingerprint = _fingerprint(sources, planes, setup)
         pairs, corr_info = _choose_pairs(cfg.pairs, dataset, rng0)
         val = torch.from_numpy(dataset.val).to(device)
 
@@ -720,6 +780,7 @@ class _FinetuneRun:
             for k, v in st["ema"].items():
                 self.ema[k].copy_(v)
         self.step, self.elapsed0 = int(st["step"]), float(st["elapsed"])
+        self.start_step = self.step
         self.losses = [tuple(v) for v in st["losses"]]
         self.val_losses = [tuple(v) for v in st["val_losses"]]
         self.best_val, self.best_step = float(st["best_val"]), int(st["best_step"])
@@ -738,7 +799,7 @@ class _FinetuneRun:
     def loop(self, callback, bar) -> bool:
         """Step until the budget is used (False) or ``callback`` returns False (True)."""
         cfg = self.cfg
-        last_val_frac = self.fraction(self.step, self.elapsed0)
+        last_val_frac = self.fraction(self.step, self.elapsed())  # set-up's time is spent, not progress to validate
         self.model.train()
         ema = self.ema
         ema_pairs = [(ema[k], v) for k, v in self.model.state_dict().items() if k in ema] if ema is not None else []
@@ -812,8 +873,28 @@ class _FinetuneRun:
         self.save_state(self.step, elapsed)
         return FinetuneResult(
             self.out, self.step, self.best_step, self.best_val, self.source_val, self.losses, self.val_losses,
-            stopped, elapsed,
+            stopped, elapsed, self.unchanged_reason(stopped, elapsed), self.setup_s,
         )  # fmt: skip
+
+    def unchanged_reason(self, stopped: bool, elapsed: float) -> str:
+        """Why the saved model is the source model unchanged, in words; "" when a step improved it."""
+        if self.best_step > 0:
+            return ""
+        keep = "the saved model is the source model, unchanged"
+        if self.step == 0:
+            if stopped:
+                return f"cancelled before the first training step: {keep}"
+            return (
+                f"the budget ran out before the first training step (set-up, reading patches and measuring "
+                f"the noise, took {self.setup_s:.0f} s of {elapsed:.0f} s): {keep}; give more minutes"
+            )
+        n = self.step - self.start_step
+        return (
+            f"none of the {self.step} training steps ({n} in this run) lowered the validation loss below the "
+            f"source model's ({self.source_val:.4g}; best {min(v for _, v in self.val_losses):.4g}): {keep}. "
+            "Give it more minutes or steps (one step takes "
+            f"{max(elapsed - self.setup_s, 0.0) / max(n, 1):.1f} s here), or it already suits this noise"
+        )
 
     # -------------------------------------------------------------------------------------- files
     def save_best(self, it: int, el: float) -> None:
@@ -825,11 +906,12 @@ class _FinetuneRun:
         _save(self.out, {"params": params, "meta": self.meta(it, el)})
 
     def save_state(self, it: int, el: float) -> None:
-        """Everything a resume needs, to ``<out>.state.pth``."""
-        self.out.parent.mkdir(parents=True, exist_ok=True)
+        """Everything a resume needs, to :func:`state_path` of ``out``."""
+        spath = state_path(self.out)
+        spath.parent.mkdir(parents=True, exist_ok=True)
         ema = self.ema
         _save(
-            state_path(self.out),
+            spath,
             {
                 "params": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                 **({"ema": {k: v.cpu() for k, v in ema.items()}} if ema is not None else {}),

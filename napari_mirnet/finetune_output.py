@@ -12,9 +12,20 @@ __all__ = ["check_output", "state_path"]
 
 
 def state_path(out: str | os.PathLike) -> Path:
-    """The resumable training state that lives next to a fine-tuned model file."""
-    p = Path(out)
-    return p.with_name(p.name + ".state.pth")
+    """Where the resumable state of the run that writes ``out`` is kept.
+
+    Not next to the model: the state (the optimiser's moments, the raw and averaged weights, some
+    ten times the model's size) lives in the per-user cache (``$NAPARI_MIRNET_CACHE/finetune-runs``),
+    named by the model's absolute path, so the user's model folder holds only models, and a finished
+    run can still be extended with ``resume=True`` and a larger budget.
+    """
+    import hashlib
+
+    from .weights import cache_dir
+
+    p = Path(os.path.abspath(Path(out).expanduser()))
+    key = hashlib.sha256(str(p).encode()).hexdigest()[:16]
+    return cache_dir() / "finetune-runs" / f"{p.stem}-{key}.state.pth"
 
 
 def _same(a: Path, b: Path) -> bool:

@@ -259,7 +259,14 @@ class FinetuneWidget(Container):
 
     def _on_item(self, item) -> None:
         kind = item[0]
-        if kind == "step":
+        if kind == "setup":
+            _, done, total = item
+            if not self._cancelled:
+                self.status.value = (
+                    f"Reading patches and measuring the noise: {done}/{total} patches read "
+                    f"(part of the {self.minutes.value:g}-minute budget)..."
+                )
+        elif kind == "step":
             _, step, loss, frac = item
             self.progress.value = int(1000 * frac)
             self.plot.add_train(step, loss)
@@ -281,6 +288,8 @@ class FinetuneWidget(Container):
                 f"{r.source_val:.3g} -> {r.best_val:.3g}). Saved {r.path}; pick it in the "
                 "Denoise widget's weights."
             )
+            if getattr(r, "unchanged", ""):
+                self.status.value = f"{how}: {r.unchanged}. Saved {r.path}."
         elif kind == "error":
             self.error = item[1]
             self.status.value = f"error: {item[1]}"

@@ -191,7 +191,13 @@ def main() -> int:
 
     try:
         callback = _callback(send, cancel, job.get("preview"))
-        result = finetune(job["data"], job["out"], job["weights"], callback=callback, **job["kwargs"])
+
+        def setup_callback(done: int, total: int) -> None:
+            send(("setup", done, total))
+
+        result = finetune(
+            job["data"], job["out"], job["weights"], callback=callback, setup_callback=setup_callback, **job["kwargs"]
+        )
         send(("done", result))
     except Exception as err:  # reported in the widget
         send(("error", _sendable(err)))

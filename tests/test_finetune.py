@@ -272,10 +272,17 @@ def test_widget_adapts_the_layer_and_the_model_appears_in_denoise(
     viewer.window.add_dock_widget(w)
     w.weights.value = str(tmp_path / "models" / "start.pth")
     w.minutes.value = 0.1  # 6 s
+    seen, on_item = [], w._on_item
+    w._on_item = lambda item: (seen.append((item, w.status.value)), on_item(item))  # what the status showed
     w.start.clicked()
     assert not w.start.enabled and w.cancel.enabled
     qtbot.waitUntil(lambda: w.result is not None or w.error is not None, timeout=120_000)
     assert w.error is None, w.error
+    # set-up (issue 31.6): the status counts the patches read, within the run's budget
+    setup = [item for item, _ in seen if item[0] == "setup"]
+    assert setup and setup[0][1] == 1 and all(d <= n for _, d, n in setup)
+    on_item(("setup", 3, 10))
+    assert "3/10 patches read" in w.status.value and "0.1-minute budget" in w.status.value
     assert w.result.path == tmp_path / "models" / "cells-finetuned.pth" and w.result.path.is_file()
     assert "cells (fine-tune preview)" in viewer.layers
     assert viewer.layers["cells (fine-tune preview)"].data.shape == (96, 96)
@@ -452,3 +459,93 @@ def test_training_process_errors_reach_the_widget_readably():
     assert _sendable(plain) is plain
     with pytest.raises(TypeError, match="cannot be handed to the training process.*save the layer"):
         FinetuneProcess({"data": (i for i in range(3)), "out": "x.pth", "weights": "w", "kwargs": {}})
+
+
+# ------------------------------------------------------------------------------- issue 31 item 6
+class _SlowReads:
+    """A real array whose every read takes ``delay`` seconds, as a slow disk or a remote store would."""
+
+    def __init__(self, a, delay):
+        self.a, self.delay = a, delay
+        self.shape, self.dtype, self.ndim = a.shape, a.dtype, a.ndim
+        self.reads = 0
+
+    def __getitem__(self, idx):
+        time.sleep(self.delay)
+        self.reads += 1
+        return self.a[idx]
+
+
+def test_minutes_count_the_set_up_and_bound_it(tmp_path, gray_identity):
+    """``minutes`` counts reading patches and measuring the noise; set-up samples less when reads are slow."""
+    _, noisy = toy(n=2, size=64)
+    slow = _SlowReads(noisy, 0.2)
+    reported = []
+    res = finetune(
+        slow, tmp_path / "ft.pth", gray_identity, minutes=0.02, axes="ZYX", normalisation="fixed",
+        setup_callback=lambda done, total: reported.append((done, total)), **FAST,
+    )  # fmt: skip
+    # set-up's share of 1.2 s is 0.36 s: of the 1 validation + 32 + 8 + 16 planned reads (the 8 of the
+    # fingerprint always), only the few set-up needs are made
+    assert reported and reported[-1][1] == 1 + 32 + 8 + 16 and reported[-1][0] <= 1 + 4 + 8 + 4
+    assert [d for d, _ in reported] == list(range(1, len(reported) + 1))
+    # the run's elapsed time (its budget) includes the set-up, which took at least its reads' time
+    assert 0.2 * len(reported) <= res.setup_s <= res.elapsed
+    meta = read_checkpoint(tmp_path / "ft.pth")[1]["finetune"]
+    assert meta["elapsed_s"] == pytest.approx(res.elapsed, abs=0.1)
+
+
+def test_a_run_that_leaves_the_model_unchanged_says_why(tmp_path, gray_identity, capsys):
+    _, noisy = toy(n=2, size=64)
+    # no learning rate: no step can improve on the source model
+    res = finetune(
+        noisy,
+        tmp_path / "a.pth",
+        gray_identity,
+        minutes=None,
+        steps=2,
+        axes="ZYX",
+        **{**FAST, "lr": 0.0, "lr_min": 0.0},
+    )
+    assert res.best_step == 0 and "none of the 2 training steps" in res.unchanged
+    assert "source model, unchanged" in res.unchanged
+    # the budget spent on set-up (slow reads) before the first step
+    slow = _SlowReads(noisy, 0.3)
+    res = finetune(slow, tmp_path / "b.pth", gray_identity, minutes=0.005, axes="ZYX", normalisation="fixed", **FAST)
+    assert res.steps == 0 and "budget ran out before the first training step" in res.unchanged
+    assert res.setup_s > 0.3
+    # a run that improved the model has nothing to explain
+    res = finetune(noisy, tmp_path / "c.pth", gray_identity, minutes=None, steps=3, axes="ZYX", **FAST)
+    assert res.best_step > 0 and res.unchanged == ""
+    # the CLI prints the reason
+    from napari_mirnet.cli import main
+
+    src = tmp_path / "stack.tif"
+    tifffile.imwrite(src, noisy)
+    args = ["finetune", str(src), "-o", str(tmp_path / "d.pth"), "--weights", gray_identity, "--steps", "1"]
+    args += ["--patch", "32", "--axes", "ZYX", "--device", "cpu", "--lr", "0", "-q"]
+    assert main(args) == 0
+    assert "note: none of the 1 training steps" in capsys.readouterr().out
+
+
+def test_resume_state_is_kept_out_of_the_model_folder(tmp_path, gray_identity):
+    _, noisy = toy(n=2, size=64)
+    out = tmp_path / "models" / "ft.pth"
+    kw = dict(minutes=None, axes="ZYX", **FAST)
+    first = finetune(noisy, out, gray_identity, steps=1, **kw)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["ft.pth"]
+    spath = state_path(out)
+    assert spath.is_file() and not spath.is_relative_to(out.parent)
+    assert spath == state_path(tmp_path / "models" / ".." / "models" / "ft.pth")  # keyed by the absolute path
+    assert state_path(tmp_path / "other" / "ft.pth") != spath
+    # a finished run still resumes (to a larger budget) from there
+    assert finetune(noisy, out, gray_identity, steps=2, resume=True, **kw).steps == first.steps + 1
+
+
+def test_seeded_step_runs_are_reproducible(tmp_path, gray_identity):
+    _, noisy = toy(n=2, size=64)
+    kw = dict(minutes=None, steps=3, axes="ZYX", seed=3, **FAST)
+    a = finetune(noisy, tmp_path / "a.pth", gray_identity, **kw)
+    b = finetune(noisy, tmp_path / "b.pth", gray_identity, **kw)
+    sa, sb = read_checkpoint(a.path)[0], read_checkpoint(b.path)[0]
+    assert a.losses == b.losses and all(torch.equal(sa[k], sb[k]) for k in sa)
