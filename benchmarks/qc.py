@@ -205,7 +205,7 @@ def main(argv=None) -> int:
             name = next(iter(images))
             text, psnr = finetuned(images[name], args.finetune_minutes, Path(tmp))
             lines.append(
-                f"fine-tuned ({args.finetune_minutes} CPU minutes) on {name} correlated: PSNR {psnr:.2f} dB; {text}"
+                f"fine-tuned ({args.finetune_minutes} wall minutes, CPU, 2 shared cores) on {name} correlated: PSNR {psnr:.2f} dB; {text}"
             )
         if "overhead" not in skip:
             a, b, r = overhead(noisy(next(iter(images.values())), "gaussian", 1))
