@@ -122,6 +122,25 @@ def overhead(image: np.ndarray, reps: int = 3) -> tuple[float, float, float]:
     return a, b, b / a
 
 
+def check_cost(image: np.ndarray, reps: int = 3) -> tuple[float, float]:
+    """Median seconds of the model run and of the check alone on its output (alternating): the
+    check's share does not depend on how loaded the machine is between two whole restores."""
+    from napari_mirnet import engine
+    from napari_mirnet.engine import quality
+
+    run = engine.prepare(image, "denoise", None, options=engine.RestoreOptions(device="cpu"))
+    quality.run_qc(run, engine.execute(run))
+    model, check = [], []
+    for _ in range(reps):
+        t = time.perf_counter()
+        y = engine.execute(run)
+        model.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        quality.run_qc(run, y)
+        check.append(time.perf_counter() - t)
+    return float(np.median(model)), float(np.median(check))
+
+
 _PEAK = """
 import resource, sys, numpy as np, zarr
 from napari_mirnet import restore
