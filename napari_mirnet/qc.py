@@ -25,7 +25,15 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
+
+
+def _ndimage():
+    # scipy (~40 MiB, 400 modules) only when a check runs: the engine imports this module, and a
+    # plain restore must not pay for it (tests/test_engine.py::test_numpy_runs_never_import_dask_array)
+    from scipy import ndimage
+
+    return ndimage
+
 
 __all__ = [
     "BLOCK",
@@ -87,7 +95,7 @@ class NoiseModel:
 
 def _highpass(x: np.ndarray) -> np.ndarray:
     """Immerkaer's operator, valid pixels only (one pixel trimmed per side)."""
-    return ndimage.correlate(np.asarray(x, np.float64), _IMMERKAER, mode="nearest")[1:-1, 1:-1]
+    return _ndimage().correlate(np.asarray(x, np.float64), _IMMERKAER, mode="nearest")[1:-1, 1:-1]
 
 
 def _flat(x: np.ndarray, keep: float = 0.8) -> np.ndarray:
@@ -95,7 +103,7 @@ def _flat(x: np.ndarray, keep: float = 0.8) -> np.ndarray:
 
     Edges leak into the high-pass; leaving out the strongest fifth keeps them from the estimate.
     """
-    g = ndimage.gaussian_gradient_magnitude(np.asarray(x, np.float64), 2.0)[1:-1, 1:-1]
+    g = _ndimage().gaussian_gradient_magnitude(np.asarray(x, np.float64), 2.0)[1:-1, 1:-1]
     return g <= np.quantile(g, keep)
 
 
@@ -129,10 +137,10 @@ def noise_samples(image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(local mean, high-pass value, lag-1 product pairs) of the smooth pixels of a 2-D image."""
     x = _plane(image)
     d = _highpass(x)
-    mean = ndimage.uniform_filter(x, 5, mode="nearest")[1:-1, 1:-1]
+    mean = _ndimage().uniform_filter(x, 5, mode="nearest")[1:-1, 1:-1]
     flat = _flat(x)
     # neighbouring pixels of the noise itself: the image minus a 3x3 median leaves mostly noise
-    n = (x - ndimage.median_filter(x, 3, mode="nearest"))[1:-1, 1:-1]
+    n = (x - _ndimage().median_filter(x, 3, mode="nearest"))[1:-1, 1:-1]
     pairs = np.stack([n[:, :-1][flat[:, :-1]], n[:, 1:][flat[:, :-1]]])
     return mean[flat], d[flat], pairs
 
@@ -227,7 +235,7 @@ def block_signals(x, y, noise: NoiseModel, block: int = BLOCK, halo: int = 0) ->
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
     r = x - y
-    lap = -ndimage.gaussian_laplace(y, 1.0, mode="nearest")
+    lap = -_ndimage().gaussian_laplace(y, 1.0, mode="nearest")
     core = (slice(halo, x.shape[0] - halo), slice(halo, x.shape[1] - halo))
     rb = _edge_blocks(r[core], block)
     ratio = (rb**2).mean(-1) / _edge_blocks(noise.variance(y[core]), block).mean(-1)
@@ -236,7 +244,7 @@ def block_signals(x, y, noise: NoiseModel, block: int = BLOCK, halo: int = 0) ->
     lc = lb - lb.mean(-1, keepdims=True)
     den = np.sqrt((rc**2).sum(-1) * (lc**2).sum(-1))
     corr = np.where(den > 0, (rc * lc).sum(-1) / np.where(den > 0, den, 1.0), 0.0)
-    grad = ndimage.gaussian_gradient_magnitude(y, 1.0, mode="nearest")[core]
+    grad = _ndimage().gaussian_gradient_magnitude(y, 1.0, mode="nearest")[core]
     detail = _edge_blocks(grad, block).mean(-1) / np.sqrt(_edge_blocks(noise.variance(y[core]), block).mean(-1))
     return np.stack([ratio, corr, detail]).astype(np.float32)
 
