@@ -114,7 +114,7 @@ def _denoise_weights() -> list[tuple[str, str]]:
     ]
     folder = models_dir()
     if folder.is_dir():
-        # <name>.pth.state.pth is a run's resumable state beside its model, not a model to start from
+        # earlier versions saved a run's resumable state (<name>.pth.state.pth) beside its model: not a model
         models = [p for p in sorted(folder.glob("*.pth")) if not p.name.endswith(".state.pth")]
         choices += [(f"{p.stem} (fine-tuned)", str(p)) for p in models]
     return choices
