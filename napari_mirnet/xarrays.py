@@ -122,10 +122,33 @@ def from_dataarray(arr, axes: str | None = None):
         units=units,
         translation=translation,
         channels=channels,
+        nodata=declared_nodata(arr),
         source_format="xarray",
         name=None if arr.name is None else str(arr.name),
     )
     return data, dim_axes, meta
+
+
+#: Where xarray, netCDF/CF and rioxarray keep a DataArray's nodata value, in the order rioxarray reads them.
+_NODATA_KEYS = ("_FillValue", "missing_value", "fill_value", "nodata")
+
+
+def declared_nodata(arr) -> float | None:
+    """The nodata value a DataArray declares (``rio.nodata``: encoding or attrs), as the file readers take a
+    GeoTIFF's; None when it declares none. A declared value that is not a number is refused."""
+    for where in (arr.encoding, arr.attrs):
+        for key in _NODATA_KEYS:
+            value = where.get(key)
+            if value is None:
+                continue
+            try:
+                return float(np.asarray(value).reshape(-1)[0])
+            except (TypeError, ValueError, IndexError):
+                raise ValueError(
+                    f"the DataArray declares {key}={value!r}, which is not a number; fix the attribute or "
+                    "drop it and pass nodata="
+                ) from None
+    return None
 
 
 def check_resamplable(arr, factor: int) -> None:
@@ -169,4 +192,24 @@ def to_dataarray(result, template, factor: int = 1):
         dtype = template.coords[dim].dtype if template.coords[dim].dtype.kind == "f" else np.float64
         values = (out.translation[a] + out.scale[a] * np.arange(n)).astype(dtype)  # integer indices: fractional
         coords[dim] = xr.Variable(dim, values, dict(template.coords[dim].attrs))
+    if factor != 1:
+        coords = {name: _resampled_geotransform(c, factor) for name, c in coords.items()}
     return xr.DataArray(result, dims=template.dims, coords=coords, name=template.name, attrs=dict(template.attrs))
+
+
+def _resampled_geotransform(coord, factor: int):
+    """A grid-mapping coordinate (rioxarray's ``spatial_ref``) with its GDAL ``GeoTransform`` for the output
+    grid: same origin (the outer corner), pixel size and rotation divided by ``factor``. Without this
+    ``rio.transform()`` and ``rio.resolution()`` report the input's pixel on the finer grid."""
+    text = coord.attrs.get("GeoTransform")
+    if text is None:
+        return coord
+    try:
+        c, a, b, f, d, e = (float(v) for v in str(text).split())
+    except ValueError:  # not six numbers: not ours to rewrite, and wrong for the output grid, so dropped
+        coord = coord.copy()
+        del coord.attrs["GeoTransform"]
+        return coord
+    coord = coord.copy()
+    coord.attrs["GeoTransform"] = " ".join(repr(v) for v in (c, a / factor, b / factor, f, d / factor, e / factor))
+    return coord

@@ -336,3 +336,39 @@ def test_layer_axes_and_geometry_reach_the_zarr_output(make_napari_viewer, qtbot
     # planes restored one by one as gray images, as numpy with the same axes gives them
     expected = engine.restore(img, weights=tiny_weights, axes="TYX", **w.make_job().options)
     np.testing.assert_array_equal(np.asarray(src.array), expected)
+
+
+def _geo_dataarray():
+    """A projected float raster as rioxarray users hold one: descending y, a CRS, a GeoTransform, nodata -9999."""
+    rioxarray = pytest.importorskip("rioxarray")
+    assert rioxarray
+    img = (np.random.default_rng(6).random((40, 48)) * 1000).astype(np.float32)
+    img[5:10, 5:10] = -9999
+    y, x = 1000 - 30.0 * np.arange(40) - 15, 500000 + 30.0 * np.arange(48) + 15
+    arr = xr.DataArray(img, dims=("y", "x"), coords={"y": y, "x": x})
+    return arr.rio.write_crs("EPSG:32633").rio.write_nodata(-9999, encoded=False).rio.write_transform()
+
+
+def test_rioxarray_nodata_is_taken_as_the_file_readers_take_it(tiny_weights):
+    """A DataArray's declared nodata (``rio.nodata``, ``_FillValue``) stays out of the intensity mapping and
+    comes back as nodata, as a GeoTIFF's does (it went through the model as data: no -9999 pixel came out)."""
+    arr = _geo_dataarray()
+    holes = arr.values == -9999
+    out = engine.restore(arr, weights=tiny_weights, device="cpu")
+    assert out.rio.nodata == -9999
+    np.testing.assert_array_equal(out.values == -9999, holes)
+    explicit = engine.restore(arr.values, weights=tiny_weights, device="cpu", nodata=-9999)
+    np.testing.assert_array_equal(out.values, explicit)
+    with pytest.raises(ValueError, match="_FillValue='none'.*not a number"):
+        engine.restore(arr.assign_attrs(_FillValue="none"), weights=tiny_weights, device="cpu")
+
+
+def test_rioxarray_transform_follows_super_resolution(tiny_weights):
+    """After x2 the carried ``spatial_ref`` gives the output grid: half the pixel, the same corner
+    (it kept the input's GeoTransform: rio.transform() said 30 m and a shifted origin)."""
+    arr = _geo_dataarray()
+    sr = engine.restore(arr, "super_resolution", weights=tiny_weights, scale=2, device="cpu")
+    assert sr.rio.resolution() == pytest.approx((15.0, -15.0))
+    assert tuple(sr.rio.transform())[:6] == pytest.approx((15.0, 0.0, 500000.0, 0.0, -15.0, 1000.0))
+    assert tuple(sr.rio.transform(recalc=True))[:6] == pytest.approx(tuple(sr.rio.transform())[:6])
+    assert sr.rio.crs.to_epsg() == 32633
