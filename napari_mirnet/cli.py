@@ -612,7 +612,9 @@ def _connect(args):
     try:
         from distributed import Client
     except ImportError:
-        raise RuntimeError("--scheduler needs dask.distributed: pip install 'napari-mirnet[distributed]'") from None
+        raise RuntimeError(
+            "--scheduler needs dask.distributed: pip install distributed (in a clone: pip install -e '.[distributed]')"
+        ) from None
     try:
         return Client(args.scheduler, timeout="20s")
     except OSError as err:

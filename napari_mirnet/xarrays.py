@@ -1,6 +1,6 @@
 """xarray DataArrays in and out: dims -> axes, coordinates -> pixel size and position, and back.
 
-xarray is an optional extra (``pip install napari-mirnet[xarray]``): it is imported only when the
+xarray is an optional extra (``pip install xarray``, or ``pip install -e '.[xarray]'`` in a clone): it is imported only when the
 input already is a DataArray (so xarray is installed), never to find out whether it is one.
 
 Coordinates are read as pixel centres (xarray's convention). A uniformly spaced 1-D coordinate

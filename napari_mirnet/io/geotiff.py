@@ -36,7 +36,7 @@ NOTE_ITEM = "napari_mirnet"
 _COLOUR_OF = {"red": RGB_COLOURS[0], "green": RGB_COLOURS[1], "blue": RGB_COLOURS[2], "gray": "FFFFFF"}
 MISSING = (
     "{what} needs rasterio to keep its georeferencing (CRS, transform, nodata, band descriptions); "
-    "install it with: pip install 'napari-mirnet[geo]'"
+    "install it with: pip install rasterio (in a clone of napari-mirnet: pip install -e '.[geo]')"
 )
 
 
