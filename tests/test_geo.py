@@ -252,7 +252,9 @@ def test_missing_rasterio_is_a_clear_error(identity_weights, tmp_path, monkeypat
     bands, _ = _rgb_nir()
     src = _write(tmp_path / "in.tif", bands[:1], nodata=0)
     monkeypatch.setitem(sys.modules, "rasterio", None)
-    with pytest.raises(RuntimeError, match=r"pip install rasterio \(in a clone of napari-mirnet: pip install -e '\.\[geo\]'\)"):
+    with pytest.raises(
+        RuntimeError, match=r"pip install rasterio \(in a clone of napari-mirnet: pip install -e '\.\[geo\]'\)"
+    ):
         engine.restore(str(src), weights=identity_weights)
     assert main(["restore", str(src), "-o", str(tmp_path / "o.tif"), *_args(identity_weights)]) == 1
     err = capsys.readouterr().err
