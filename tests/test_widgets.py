@@ -715,3 +715,22 @@ def test_all_six_docks_leave_the_canvas_room(make_napari_viewer, qtbot):
     assert main.frameGeometry().height() <= screen.height()
     assert canvas.height() >= 0.4 * main.height()
     assert sum(not d.visibleRegion().isEmpty() for d in docks) == 1  # one tab shown at a time
+
+
+@pytest.mark.slow
+def test_the_napari_docs_script_example_runs_as_written():
+    """docs/napari.md's 'From a script' example, run as a user would (it once started a second run and
+    printed 'a run is already going')."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "napari.md").read_text()
+    section = doc[doc.index("## From a script") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code += "assert layer is not None and layer.data.shape == viewer.layers[0].data.shape, w.last_status\n"
+    code += "viewer.close()\n"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=SAFETY_S)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "denoised" in r.stdout and "already" not in r.stdout + r.stderr
