@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .io import open_image, write_image
+from .io import open_image, store_name, write_image
 from .metadata import RGB_COLOURS, Channel
 from .widgets import layer_axes, layer_meta
 
@@ -81,15 +81,6 @@ def get_reader(path):
     return read_ome_zarr
 
 
-def _store_name(path: str) -> str:
-    """A store without an image name is named by its folder (``out`` for ``/data/out.zarr``), never
-    by its whole path."""
-    from pathlib import PurePath
-
-    name = PurePath(path.rstrip("/\\")).name
-    return name[: -len(".zarr")] if name.lower().endswith(".zarr") and len(name) > 5 else name
-
-
 def read_ome_zarr(path: str) -> list[tuple]:
     """One image layer: every level of the store's first multiscale image (lazy), with its metadata."""
     import dask.array as da
@@ -105,7 +96,8 @@ def read_ome_zarr(path: str) -> list[tuple]:
     levels = [da.from_zarr(a) if not isinstance(a, da.Array) else a for a in levels]
     chans = list(meta.channels)
     rgb = "C" in axes and [c.color for c in chans[:3]] == list(RGB_COLOURS) and len(chans) in (3, 4)
-    kwargs: dict = {"name": meta.name or _store_name(path), "multiscale": len(levels) > 1}
+    # a store without an image name is named by its folder, never by its whole path
+    kwargs: dict = {"name": meta.name or store_name(path), "multiscale": len(levels) > 1}
     if rgb:  # napari wants the colour axis last
         c = axes.index("C")
         levels = [da.moveaxis(lv, c, -1) for lv in levels]

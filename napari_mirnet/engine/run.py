@@ -392,8 +392,7 @@ def _result_name(run: RestorationRun, out) -> str:
     own = run.output_meta.name
     if own and own != os.path.basename(str(run.source.name or "")):
         return own
-    stem = os.path.basename(os.fspath(out).rstrip("/\\"))
-    return stem[: -len(".zarr")] if stem.lower().endswith(".zarr") and len(stem) > 5 else stem
+    return mio.store_name(out)
 
 
 def _distributed_compute(client, delayeds: list, progress, cancel, done: int, total: int) -> tuple:

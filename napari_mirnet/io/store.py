@@ -86,6 +86,12 @@ def is_complete(path) -> bool:
     return bool((_stored_meta(path) or {}).get("complete", False))
 
 
+def store_name(path) -> str:
+    """A store's name as people say it: its folder without ``.zarr`` (``out`` for ``/data/out.zarr``)."""
+    name = os.path.basename(os.fspath(path).rstrip("/\\"))
+    return name[: -len(".zarr")] if name.lower().endswith(".zarr") and len(name) > 5 else name
+
+
 def bookkeeping_path(path) -> Path:
     """Where the resume bookkeeping of the store at ``path`` lives: ``.NAME.mirnet`` beside it."""
     p = Path(path)
