@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
+import threading
+
 import pytest
 import torch
 
@@ -51,3 +55,43 @@ def _private_cache(tmp_path, monkeypatch):
 def tiny_dual_weights(tmp_path_factory) -> str:
     """A random 6->3 dual-pixel MIRNet-v2 with n_feat=16, one MRB per RRG."""
     return make_checkpoint(tmp_path_factory.mktemp("w") / "tiny_dual.pth", in_channels=6, dual_pixel=True)
+
+
+class WeightsServer:
+    """A real HTTP server on 127.0.0.1 serving a folder, counting the requests per path."""
+
+    def __init__(self, root):
+        self.hits: dict[str, int] = {}
+        hits = self.hits
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self):
+                hits[self.path] = hits.get(self.path, 0) + 1
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.root = root
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def weights_server(tmp_path, monkeypatch):
+    """Official-name downloads served from ``tmp_path/served`` (``$NAPARI_MIRNET_BASE_URL``); the licence
+    notice not yet shown in this process."""
+    from napari_mirnet import weights
+
+    root = tmp_path / "served"
+    root.mkdir()
+    srv = WeightsServer(root)
+    monkeypatch.setenv("NAPARI_MIRNET_BASE_URL", srv.url)
+    monkeypatch.setattr(weights, "_licence_shown", False)
+    yield srv
+    srv.close()

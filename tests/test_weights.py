@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
-import threading
 import warnings
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_checkpoint
+from conftest import WeightsServer, make_checkpoint
 
 from napari_mirnet import weights as W
 from napari_mirnet import weights_files as WF
@@ -25,40 +22,9 @@ from napari_mirnet.cli import main
 from napari_mirnet.model import MIRNetV2
 
 
-class _Server:
-    """A real HTTP server on 127.0.0.1 serving a folder, counting the requests per path."""
-
-    def __init__(self, root):
-        self.hits: dict[str, int] = {}
-        hits = self.hits
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def do_GET(self):
-                hits[self.path] = hits.get(self.path, 0) + 1
-                super().do_GET()
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
-def server(tmp_path, monkeypatch):
-    root = tmp_path / "served"
-    root.mkdir()
-    srv = _Server(root)
-    srv.root = root
-    monkeypatch.setenv("NAPARI_MIRNET_BASE_URL", srv.url)
-    monkeypatch.setattr(W, "_licence_shown", False)
-    yield srv
-    srv.close()
+def server(weights_server):
+    return weights_server
 
 
 def _cached_files():
@@ -195,7 +161,7 @@ def test_wrong_shape_is_named(server):
 
 
 def test_offline_error_says_where_to_put_the_file(monkeypatch):
-    srv = _Server(".")
+    srv = WeightsServer(".")
     url = srv.url
     srv.close()  # nothing listens there any more: a refused connection, as offline
     monkeypatch.setenv("NAPARI_MIRNET_BASE_URL", url)

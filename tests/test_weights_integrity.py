@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_checkpoint
-from test_weights import _Server
 
 from napari_mirnet import engine
 from napari_mirnet import io as mio
@@ -146,15 +145,9 @@ def test_a_resumed_store_is_not_finished_with_replaced_weights(tmp_path):
 
 # ------------------------------------------------------------------ 21: downloads and their record
 @pytest.fixture
-def server(tmp_path, monkeypatch):
-    root = tmp_path / "served"
-    root.mkdir()
-    srv = _Server(root)
-    srv.root = root
-    monkeypatch.setenv("NAPARI_MIRNET_BASE_URL", srv.url)
-    monkeypatch.setattr(W, "_licence_shown", True)
-    yield srv
-    srv.close()
+def server(weights_server, monkeypatch):
+    monkeypatch.setattr(W, "_licence_shown", True)  # the notice is test_weights.py's business
+    return weights_server
 
 
 @pytest.fixture(scope="module")
