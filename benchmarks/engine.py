@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+import napari_mirnet as nm
+
 HERE = Path(__file__).resolve()
 # issue 19's goals for the in-memory engine against naive tiling: time, peak RSS, per-pixel growth
 GOAL_TIME, GOAL_PEAK, GOAL_GROWTH = 1.0, 0.5, 1.1
@@ -326,7 +328,7 @@ def throughput(args, weights: str, report: dict) -> None:
 
     def run_engine():
         t0 = time.perf_counter()
-        engine.restore(img, weights=weights, device=args.device, tile=tile, halo=halo, blend=16)
+        nm.restore(img, weights=weights, device=args.device, tile=tile, halo=halo, blend=16)
         return time.perf_counter() - t0
 
     def run_raw():

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import napari_mirnet as nm
 from napari_mirnet import engine
 from napari_mirnet.api import restore_whole
 from napari_mirnet.model import MIRNetV2
@@ -46,11 +47,11 @@ def main() -> None:
 
     engine.forward.forward_with_retry = spy
     t0 = time.perf_counter()
-    out = engine.restore(img, weights=str(full), device="cuda", tile=plan_tile, halo=halo)
+    out = nm.restore(img, weights=str(full), device="cuda", tile=plan_tile, halo=halo)
     torch.cuda.synchronize()
     print(f"1536^2 tile 512: {time.perf_counter() - t0:.2f} s, batches {sorted(set(sizes))}")
     engine.forward.forward_with_retry = real
-    out32 = engine.restore(img, weights=str(full), device="cuda", tile=plan_tile, halo=halo, precision="fp32")
+    out32 = nm.restore(img, weights=str(full), device="cuda", tile=plan_tile, halo=halo, precision="fp32")
     print(
         "bf16 vs fp32 output: max |diff|",
         int(np.abs(out.astype(int) - out32).max()),
@@ -67,7 +68,7 @@ def main() -> None:
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         t0 = time.perf_counter()
-        res = engine.restore(big, weights=str(full), device="cuda", tile=3072, halo=0, blend=0, precision="fp32")
+        res = nm.restore(big, weights=str(full), device="cuda", tile=3072, halo=0, blend=0, precision="fp32")
     msgs = sorted({str(w.message)[:90] for w in rec if issubclass(w.category, RuntimeWarning)})
     print(f"OOM test (6 GiB cap, one 3072^2 fp32 tile): done in {time.perf_counter() - t0:.1f} s, shape {res.shape}")
     for m in msgs:

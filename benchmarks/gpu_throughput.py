@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+import napari_mirnet as nm
+
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[1]))
 
@@ -291,7 +293,6 @@ def quality(src: str, weights: str, device: str, accelerate: str, crop: int, til
     import torch
     import zarr
 
-    from napari_mirnet import engine
     from napari_mirnet.engine import accelerate as acc
     from napari_mirnet.weights import cached_model
 
@@ -299,11 +300,11 @@ def quality(src: str, weights: str, device: str, accelerate: str, crop: int, til
     res = {"crop": crop, "tile": tile}
     outs = {}
     for label, spec in (("eager", "off"), ("new", accelerate)):
-        whole = engine.restore(img, weights=weights, device=device, tile=crop, halo=0, blend=0, accelerate=spec)
-        tiled = engine.restore(img, weights=weights, device=device, tile=tile, accelerate=spec)
+        whole = nm.restore(img, weights=weights, device=device, tile=crop, halo=0, blend=0, accelerate=spec)
+        tiled = nm.restore(img, weights=weights, device=device, tile=tile, accelerate=spec)
         res[f"psnr_tiled_vs_whole_{label}"] = psnr(tiled, whole, 255)
         outs[label] = tiled
-    fp32 = engine.restore(img, weights=weights, device=device, tile=tile, precision="fp32", accelerate="off")
+    fp32 = nm.restore(img, weights=weights, device=device, tile=tile, precision="fp32", accelerate="off")
     for label in ("eager", "new"):
         d = np.abs(outs[label].astype(np.int32) - fp32)
         res[f"{label}_vs_fp32_lsb_max"] = int(d.max())

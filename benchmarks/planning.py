@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+import napari_mirnet as nm
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = (
     "prepare",
@@ -155,12 +157,12 @@ def child(n_tiles: int, tile: int, halo: int, blend: int) -> dict:
     opts = dict(tile=tile, halo=halo, blend=blend, device="cpu")
     options = RestoreOptions(tile, halo, blend, "cpu")
     warm = np.zeros((4 * core, 4 * core), np.uint8)  # imports and the model cache, outside the figures
-    engine.restore(warm, "denoise", weights, out=str(tmp / "warm.zarr"), **opts)
-    engine.restore_lazy(zarr.create_array(str(tmp / "w.zarr"), data=warm), "denoise", weights, **opts).compute()
+    nm.restore(warm, "denoise", weights, out=str(tmp / "warm.zarr"), **opts)
+    nm.restore_lazy(zarr.create_array(str(tmp / "w.zarr"), data=warm), "denoise", weights, **opts).compute()
     run = _timed(peak, res, "prepare", lambda: engine.prepare(arr, "denoise", weights, options=options))
     _timed(peak, res, "keys", lambda: run.keys)
     out = tmp / "out.zarr"
-    res["first tile (new)"] = (_until_first_tile(engine.restore, arr, weights, opts, out), None)
+    res["first tile (new)"] = (_until_first_tile(nm.restore, arr, weights, opts, out), None)
     res["first tile (new)"] = (res["first tile (new)"][0], peak.mib())
     run = engine.prepare(arr, "denoise", weights, options=options)
     done = _mark_half_done(run, out)
@@ -168,9 +170,9 @@ def child(n_tiles: int, tile: int, halo: int, blend: int) -> dict:
     _timed(peak, res, "done markers", lambda: (sink.output.done_mask(), sink.output.input_digests()))
     _timed(peak, res, "verify", lambda: verify_done(run, sink))
     peak.start()
-    t = _until_first_tile(engine.restore, arr, weights, opts, out)
+    t = _until_first_tile(nm.restore, arr, weights, opts, out)
     res["first tile (resume)"] = (t, peak.mib())
-    lazy = _timed(peak, res, "restore_lazy", lambda: engine.restore_lazy(arr, "denoise", weights, **opts))
+    lazy = _timed(peak, res, "restore_lazy", lambda: nm.restore_lazy(arr, "denoise", weights, **opts))
     c = lazy.chunks
     _timed(peak, res, "lazy first chunk", lambda: lazy[: c[0][0], : c[1][0]].compute())
     return {"tiles": len(run.keys), "side": side, "done": done, "steps": res}
@@ -234,7 +236,7 @@ def shipped(size: int) -> list[str]:
             stop.set()
 
     try:
-        engine.restore(arr, "denoise", out=str(tmp / "o.zarr"), device="cpu", progress=progress, cancel=stop)
+        nm.restore(arr, "denoise", out=str(tmp / "o.zarr"), device="cpu", progress=progress, cancel=stop)
     except Cancelled:
         pass
     (t1, d1), (t3, d3) = stamps[0], stamps[2]  # from the first tile done to the third

@@ -1,6 +1,6 @@
 """napari-mirnet: MIRNet-v2 image restoration for napari, Python and the command line."""
 
-from .api import restore
+from .api import restore, restore_lazy, restore_whole
 from .finetune import finetune
 from .model import MIRNetConfig, MIRNetV2
 from .tasks import TASKS
@@ -17,4 +17,6 @@ __all__ = [
     "finetune",
     "load_model",
     "restore",
+    "restore_lazy",
+    "restore_whole",
 ]

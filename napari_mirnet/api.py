@@ -1,11 +1,17 @@
-"""The Python API: ``restore`` and ``restore_lazy`` (the engine's), ``restore_whole``, ``load_model``."""
+"""The Python API: ``restore``, ``restore_lazy``, ``restore_whole`` and ``load_model``."""
 
 from __future__ import annotations
 
+import dataclasses
+import numbers
+import os
+import weakref
+
 import numpy as np
 
+from . import io as mio
 from . import xarrays as _xr
-from .engine import RestoreOptions, execute, prepare, quality, restore, restore_lazy
+from .engine import RestoreOptions, RunControl, check_zarr_out, compute, execute, prepare, quality
 from .engine.plan import round_to_stride
 from .processing import check_dtype
 from .tasks import get_task
@@ -72,3 +78,251 @@ def _as_array(image, name: str = "image") -> np.ndarray:
     if arr.size == 0:
         raise ValueError(f"{name} is empty (shape {arr.shape}); nothing to restore")
     return arr
+
+
+def restore(
+    image,
+    task: str = "denoise",
+    weights=None,
+    *,
+    scale: int | None = None,
+    axes: str | None = None,
+    tile: int | None = None,
+    halo: int | None = None,
+    blend: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    normalisation: str = "auto",
+    tta: bool = False,
+    pixel_size=None,
+    nodata=None,
+    out=None,
+    overwrite: bool = False,
+    client=None,
+    progress=None,
+    cancel=None,
+    level=None,
+    accelerate: str = "auto",
+    rgb: bool | None = None,
+    qc=False,
+):
+    """Restore an image of any size with MIRNet-v2, tile by tile, in the input's dtype and range.
+
+    Parameters
+    ----------
+    image : array-like, path, or (left, right) pair
+        numpy, dask or zarr array, xarray DataArray, or a path (tif, png, jpg, zarr, OME-Zarr); a
+        ``(left, right)`` pair for ``task='defocus'``.
+    task : str
+        ``denoise``, ``super_resolution``, ``lowlight``, ``enhance`` or ``defocus``.
+    weights : str or path, optional
+        Shipped model name, official asset name, file or URL; default: the task's model.
+    scale : int, optional
+        Super-resolution factor (2, 3 or 4), an int: 2.5 or "2" are refused.
+    axes : str, optional
+        E.g. ``'YX'``, ``'YXC'``, ``'CYX'``, ``'ZYX'``, ``'TZCYX'``. Files that record their axes
+        and DataArrays (dims) need none; a bare array is read as ``'YX'`` (2-D) or ``'YXC'``
+        (``(H, W, 3 or 4)``) and any other shape must be given its axes. Y and X are tiled, other
+        axes iterated.
+    tile, halo, blend : int, optional
+        Tile edge including the halo on both sides, and halo (model pixels, multiples of 4); the
+        feathered blend margin. Default: the tile from memory, halo 64, blend 16.
+    device : str
+        ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
+    precision : str
+        ``auto`` (bf16 on CUDA, else fp32), ``fp32`` or ``bf16``.
+    normalisation : str
+        ``auto`` (fixed range for integers, percentiles for floats), ``fixed`` or ``percentile``.
+    tta : bool
+        Average each tile over its 8 flips/rotations (8x the compute; dual-pixel: 2 flips).
+    pixel_size : sequence of float, optional
+        Pixel size per input axis (one finite, positive value for each, in the input's axis order),
+        written to zarr metadata when the input carries none.
+    accelerate : str
+        The forward's optimisations: "auto" (off on CPU; on CUDA the fastest variant measured on
+        the first tile), "off", "on", or switch names such as ``"bf16_weights,channels_last"``
+        (see :mod:`napari_mirnet.engine.accelerate`).
+    rgb : bool, optional
+        Whether 3 or 4 channels are a colour image. None (default): as the data says (channels
+        last, as pictures are stored, or channels coloured red, green and blue); True: colour
+        whatever the order of axes (e.g. a (3, H, W) photograph with ``axes="CYX"``); False:
+        every channel restored alone, as a gray image.
+    nodata : float, optional
+        The value that marks missing pixels (NaN allowed); default: the file's nodata (GeoTIFF).
+        NaN pixels of float images are always missing; Inf is refused. Missing pixels stay out of
+        the intensity mapping, are filled from their valid neighbours before the model sees them,
+        and come out as nodata again: the same pixels (for super-resolution each becomes a
+        ``scale`` x ``scale`` block), and no restored pixel takes the nodata value.
+    out : str or path, optional
+        A zarr store to write chunk by chunk (resumable: re-run the same call to continue).
+    overwrite : bool
+        Replace a complete store at ``out``.
+    client : distributed.Client or str, optional
+        A dask.distributed client or scheduler address to run the tiles on.
+    progress : callable, optional
+        ``progress(done, total)`` after each tile.
+    cancel : threading.Event, optional
+        Stops the run with :class:`Cancelled` once set.
+    level : int or str, optional
+        For an OME-Zarr path: the pyramid level to restore, as an index (0: full resolution) or a
+        dataset path; default 0 (or the level the path points at, e.g. ``image.zarr/2``).
+    qc : bool or 'tta'
+        Denoising only: also check the output against the input (see docs/qc.md) and return
+        ``(result, report)``, a :class:`~napari_mirnet.engine.quality.QualityReport` with the
+        residual (input minus output), a trust map per 32 x 32 block and a verdict. ``'tta'`` adds
+        the 8 flips/rotations' disagreement (8 more runs). With ``out``, written into the store
+        (``qc/residual``, ``qc/trust``, summary in ``qc``'s attributes). A lazy result is
+        computed once for the check (and again when you compute it): use ``out`` for large images.
+
+    Returns
+    -------
+    numpy.ndarray or dask.array.Array or xarray.DataArray
+        numpy for numpy input; a lazy dask array for dask, zarr or path input; with ``out``, a dask
+        array reading the written store. An xarray DataArray in (dims ``t``/``time``, ``z``,
+        ``c``/``channel``/``band``, ``y``, ``x``; coordinates give the pixel size and position)
+        gives a DataArray out: same dims, name and attrs, Y/X coordinates of the output grid,
+        holding numpy or a lazy dask array as above.
+
+    Notes
+    -----
+    Channels, with an RGB model: without channel metadata (numpy, dask, PNG, plain TIFF) 3
+    channels are RGB and 4 are RGBA, as image libraries hand them out: the 4th (alpha) is carried
+    unrestored. With channel metadata (GeoTIFF, OME) the first three are a colour image only when
+    marked red, green and blue, and a band is alpha only when marked alpha; other bands (a
+    near-infrared band, say) are restored as gray images, never carried. The denoiser restores
+    such multispectral images band by band with its gray model (one model per run).
+    """
+    options = RestoreOptions(
+        tile,
+        halo,
+        blend,
+        device,
+        precision,
+        normalisation,
+        tta,
+        pixel_size,
+        nodata=nodata,
+        accelerate=accelerate,
+        rgb=rgb,
+    )
+    check_level(level)
+    if out is not None:  # refused before the model is loaded (execute checks again)
+        check_zarr_out(out)
+        if isinstance(image, (str, os.PathLike)):
+            mio.check_distinct([image], out)
+    if out is not None and not overwrite:
+        options = _resume_geometry(options, out)
+    template = _xarray_template(image, task, scale)
+    qc_mode = quality.check_qc(qc, get_task(task), tta)
+    client, own_client = _connect(client)
+    try:
+        run = prepare(image, task, weights, scale=scale, axes=axes, options=options, client=client, level=level)
+        options.check_axes(run.axes)  # before anything is written
+        result = execute(run, out=out, overwrite=overwrite, client=client, progress=progress, cancel=cancel)
+        report = None
+        if qc_mode is not None:
+            report = quality.run_qc(
+                run, result, tta=qc_mode == "tta", out=out, compute=lambda c: compute(c, run, client)
+            )
+        result = result if template is None else _xr.to_dataarray(result, template, run.factor)
+        return result if report is None else (result, report)
+    finally:
+        if own_client:
+            client.close()
+
+
+def restore_lazy(
+    image,
+    task: str = "denoise",
+    weights=None,
+    *,
+    scale: int | None = None,
+    axes: str | None = None,
+    tile: int | None = None,
+    halo: int | None = None,
+    blend: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    normalisation: str = "auto",
+    tta: bool = False,
+    nodata=None,
+    client=None,
+    progress=None,
+    cancel=None,
+    out=None,
+    level=None,
+    rgb: bool | None = None,
+):
+    """Like :func:`restore`, but always return a lazy dask array: nothing runs until it is computed.
+
+    Parameters are those of :func:`restore` (without ``out``: use ``restore(..., out=path)`` to
+    write a store). ``progress`` and ``cancel`` stay attached for as long as the array (or one
+    derived from it) exists; a ``client`` given as an address is closed with the last of them.
+    An xarray DataArray in gives a DataArray holding the lazy array out (see :func:`restore`).
+    """
+    if out is not None:
+        raise ValueError("restore_lazy returns a lazy array; use restore(..., out=path) to write a zarr store")
+    template = _xarray_template(image, task, scale)
+    options = RestoreOptions(tile, halo, blend, device, precision, normalisation, tta, nodata=nodata, rgb=rgb)
+    check_level(level)
+    client, own_client = _connect(client)
+    try:
+        run = prepare(image, task, weights, scale=scale, axes=axes, options=options, client=client, level=level)
+    except BaseException:
+        if own_client:
+            client.close()
+        raise
+    from .engine.graph import lazy_array  # dask.array: numpy runs never import it
+
+    arr = lazy_array(run, run.context(RunControl(progress if client is None else None, cancel, len(run.keys))))
+    if own_client:
+        # the connection is needed until the last array that reads this graph is gone
+        weakref.finalize(arr.dask.layers[arr.name] if arr.name in arr.dask.layers else arr.dask, client.close)
+    return arr if template is None else _xr.to_dataarray(arr, template, run.factor)
+
+
+def check_level(level) -> None:
+    """``level`` is None, a level index (0: full resolution) or a dataset path; a clear error otherwise.
+
+    A float would be cut to an int (``level=1.5`` would restore level 1) and ``True`` taken as 1.
+    """
+    if level is None or isinstance(level, str):
+        return
+    if isinstance(level, (bool, np.bool_)) or not isinstance(level, numbers.Integral):
+        raise TypeError(
+            f"level={level!r} is not a level index or dataset path; pass an int (0 is full resolution) or a name like '2'"
+        )
+
+
+def _xarray_template(image, task: str, scale):
+    """A DataArray input (the output is built like it), checked before the model loads; else None."""
+    if not _xr.is_dataarray(image):
+        return None
+    spec = get_task(task)
+    _xr.check_resamplable(image, spec.check_scale(scale if scale is not None else spec.scales[0]))
+    return image
+
+
+def _resume_geometry(options: RestoreOptions, out) -> RestoreOptions:
+    """Resuming with default settings keeps the tile, halo and blend the store was started with.
+
+    The defaults depend on free memory, which may have changed since the interrupted run.
+    """
+    if None not in (options.tile, options.halo, options.blend):
+        return options
+    stored = mio.stored_fingerprint(out) or {}
+    return dataclasses.replace(
+        options,
+        tile=stored.get("tile") if options.tile is None else options.tile,
+        halo=stored.get("halo") if options.halo is None else options.halo,
+        blend=stored.get("blend") if options.blend is None else options.blend,
+    )
+
+
+def _connect(client):
+    """A Client for a scheduler address (owned: closed by the caller), or the client as given."""
+    if isinstance(client, str):
+        from distributed import Client
+
+        return Client(client), True
+    return client, False

@@ -184,6 +184,12 @@ def _engine():
     return engine
 
 
+def _api():
+    from . import api
+
+    return api
+
+
 def run_job(job: Job, progress=None, cancel: threading.Event | None = None):
     """Run a job with the engine (in the calling thread); returns the data for the result layer."""
     eng = _engine()
@@ -192,10 +198,10 @@ def run_job(job: Job, progress=None, cancel: threading.Event | None = None):
         common["pixel_size"] = job.pixel_size
     if job.output == OUTPUT_LAZY:
         levels = job.image if job.pyramid else [job.image]
-        out = [eng.restore_lazy(level, **common) for level in levels]
+        out = [_api().restore_lazy(level, **common) for level in levels]
         return out if job.pyramid else out[0]
     if job.output == OUTPUT_ZARR:
-        out = eng.restore(
+        out = _api().restore(
             job.image, **common, out=job.zarr_path, overwrite=job.overwrite, progress=progress, cancel=cancel, qc=job.qc
         )
         # the engine hands back a lazy array reading the written store, in the input's axis order

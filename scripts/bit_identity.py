@@ -19,7 +19,7 @@ def _cases(tmp: Path):
     import torch
 
     import napari_mirnet as nm
-    from napari_mirnet import api, engine
+    from napari_mirnet import api
     from napari_mirnet.model import MIRNetConfig, MIRNetV2
 
     torch.manual_seed(0)
@@ -36,27 +36,27 @@ def _cases(tmp: Path):
     left = rng.integers(0, 65536, (60, 52), dtype=np.uint16)
     right = rng.integers(0, 65536, (60, 52), dtype=np.uint16)
     tiled = dict(tile=48, halo=12, blend=8, device="cpu")
-    yield "gray_tiled", lambda: engine.restore(gray, "denoise", **tiled)
+    yield "gray_tiled", lambda: nm.restore(gray, "denoise", **tiled)
     yield "gray_whole", lambda: api.restore_whole(gray, "denoise", device="cpu")
-    yield "rgb_tiled", lambda: engine.restore(rgb, "denoise", **tiled)
+    yield "rgb_tiled", lambda: nm.restore(rgb, "denoise", **tiled)
     yield "rgb_whole", lambda: api.restore_whole(rgb, "denoise", device="cpu")
-    yield "rgb_tiled_tta", lambda: engine.restore(rgb[:40, :48], "denoise", tta=True, **tiled)
-    yield "zyx_tiled", lambda: engine.restore(stack, "denoise", axes="ZYX", **tiled)
+    yield "rgb_tiled_tta", lambda: nm.restore(rgb[:40, :48], "denoise", tta=True, **tiled)
+    yield "zyx_tiled", lambda: nm.restore(stack, "denoise", axes="ZYX", **tiled)
     yield "zyx_whole", lambda: api.restore_whole(stack, "denoise", axes="ZYX", device="cpu")
-    yield "float_tiled", lambda: engine.restore(flt, "denoise", **tiled)
+    yield "float_tiled", lambda: nm.restore(flt, "denoise", **tiled)
     yield "float_whole", lambda: api.restore_whole(flt, "denoise", device="cpu")
-    yield "sr2_tiled", lambda: engine.restore(small, "super_resolution", scale=2, **tiled)
+    yield "sr2_tiled", lambda: nm.restore(small, "super_resolution", scale=2, **tiled)
     yield "sr2_whole", lambda: api.restore_whole(small, "super_resolution", scale=2, device="cpu")
-    yield "dp_tiled", lambda: engine.restore((left, right), "defocus", str(dp_path), **tiled)
+    yield "dp_tiled", lambda: nm.restore((left, right), "defocus", str(dp_path), **tiled)
     yield "dp_whole", lambda: api.restore_whole((left, right), "defocus", str(dp_path), device="cpu")
-    yield "rgb_zarr", lambda: np.asarray(engine.restore(rgb, "denoise", out=str(tmp / "rgb.zarr"), **tiled))
+    yield "rgb_zarr", lambda: np.asarray(nm.restore(rgb, "denoise", out=str(tmp / "rgb.zarr"), **tiled))
     yield (
         "zyx_zarr",
-        lambda: np.asarray(engine.restore(stack, "denoise", axes="ZYX", out=str(tmp / "zyx.zarr"), **tiled)),
+        lambda: np.asarray(nm.restore(stack, "denoise", axes="ZYX", out=str(tmp / "zyx.zarr"), **tiled)),
     )
     yield (
         "sr2_zarr",
-        lambda: np.asarray(engine.restore(small, "super_resolution", scale=2, out=str(tmp / "sr.zarr"), **tiled)),
+        lambda: np.asarray(nm.restore(small, "super_resolution", scale=2, out=str(tmp / "sr.zarr"), **tiled)),
     )
     yield "api_rgb", lambda: np.asarray(nm.restore(rgb, "denoise", **tiled))
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import napari_mirnet as nm
 from napari_mirnet import engine
 from napari_mirnet.engine import accelerate as acc_mod
 from napari_mirnet.engine import forward
@@ -101,9 +102,9 @@ def test_off_is_the_model_itself(tiny_model):
 @pytest.mark.slow
 def test_engine_output_on_cpu_auto_matches_the_eager_forward(tiny_weights):
     img = np.random.default_rng(0).integers(0, 256, (96, 80, 3), dtype=np.uint8)
-    base = engine.restore(img, weights=tiny_weights, device="cpu", tile=64, halo=16)
-    off = engine.restore(img, weights=tiny_weights, device="cpu", tile=64, halo=16, accelerate="off")
-    auto = engine.restore(img, weights=tiny_weights, device="cpu", tile=64, halo=16, accelerate="auto")
+    base = nm.restore(img, weights=tiny_weights, device="cpu", tile=64, halo=16)
+    off = nm.restore(img, weights=tiny_weights, device="cpu", tile=64, halo=16, accelerate="off")
+    auto = nm.restore(img, weights=tiny_weights, device="cpu", tile=64, halo=16, accelerate="auto")
     np.testing.assert_array_equal(base, auto)
     # channels_last changes only the order of fp32 sums: at most one grey level after rounding
     assert np.abs(base.astype(int) - off).max() <= 1

@@ -9,7 +9,7 @@ import tifffile
 import zarr
 from conftest import SAFETY_MS
 
-from napari_mirnet import engine
+import napari_mirnet as nm
 from napari_mirnet.api import restore_whole
 from napari_mirnet.axes import infer_axes
 from napari_mirnet.cli import main
@@ -40,7 +40,7 @@ def _as(kind, img, tmp_path):
 def test_three_planes_are_refused_with_the_readings(tiny_weights, tmp_path, kind):
     image = _as(kind, _stack(), tmp_path)
     with pytest.raises(ValueError) as err:
-        engine.restore(image, weights=tiny_weights, **TILED)
+        nm.restore(image, weights=tiny_weights, **TILED)
     msg = str(err.value)
     assert "(3, 64, 64)" in msg
     for reading in ("'ZYX'", "'TYX'", "'CYX'"):  # Z stack, time points, channels
@@ -70,19 +70,17 @@ def test_only_unambiguous_shapes_are_inferred():
 @pytest.mark.parametrize("kind", ["numpy", "dask", "zarr"])
 def test_zyx_stack_is_restored_as_gray_planes(tiny_weights, tmp_path, kind):
     img = _stack()
-    out = np.asarray(engine.restore(_as(kind, img, tmp_path), weights=tiny_weights, axes="ZYX", **TILED))
+    out = np.asarray(nm.restore(_as(kind, img, tmp_path), weights=tiny_weights, axes="ZYX", **TILED))
     assert out.shape == img.shape and out.dtype == img.dtype
     for z in range(3):
-        alone = engine.restore(img[z], weights=tiny_weights, **TILED)
+        alone = nm.restore(img[z], weights=tiny_weights, **TILED)
         # batched and single convolutions may differ in the last float bit: at most 1 LSB after rounding
         np.testing.assert_allclose(out[z].astype(int), alone.astype(int), atol=1, rtol=0)
     if kind == "numpy":  # the colour reading (channels last, a picture's) is another image: the axes matter
-        as_colour = np.moveaxis(
-            engine.restore(np.moveaxis(img, 0, -1), weights=tiny_weights, axes="YXC", **TILED), -1, 0
-        )
+        as_colour = np.moveaxis(nm.restore(np.moveaxis(img, 0, -1), weights=tiny_weights, axes="YXC", **TILED), -1, 0)
         assert np.abs(as_colour.astype(int) - out.astype(int)).max() > 1
         # bare channels ahead of Y and X are not a picture: each is restored as a gray plane (issue 36, 17)
-        as_bands = engine.restore(img, weights=tiny_weights, axes="CYX", **TILED)
+        as_bands = nm.restore(img, weights=tiny_weights, axes="CYX", **TILED)
         np.testing.assert_allclose(as_bands.astype(int), out.astype(int), atol=1, rtol=0)
 
 
@@ -91,14 +89,14 @@ def test_rgb_says_whether_channels_are_colour(tiny_weights, tmp_path, capsys):
     rgb=True; a picture (channels last) restores channel by channel with rgb=False."""
     img = _stack()  # (3, 64, 64) uint8
     picture = np.moveaxis(img, 0, -1)
-    as_colour = np.moveaxis(engine.restore(picture, weights=tiny_weights, axes="YXC", **TILED), -1, 0)
-    as_bands = engine.restore(img, weights=tiny_weights, axes="CYX", **TILED)
+    as_colour = np.moveaxis(nm.restore(picture, weights=tiny_weights, axes="YXC", **TILED), -1, 0)
+    as_bands = nm.restore(img, weights=tiny_weights, axes="CYX", **TILED)
     assert np.abs(as_colour.astype(int) - as_bands.astype(int)).max() > 1  # they differ: the test can tell
-    np.testing.assert_array_equal(engine.restore(img, weights=tiny_weights, axes="CYX", rgb=True, **TILED), as_colour)
-    bands_last = engine.restore(picture, weights=tiny_weights, axes="YXC", rgb=False, **TILED)
+    np.testing.assert_array_equal(nm.restore(img, weights=tiny_weights, axes="CYX", rgb=True, **TILED), as_colour)
+    bands_last = nm.restore(picture, weights=tiny_weights, axes="YXC", rgb=False, **TILED)
     np.testing.assert_allclose(np.moveaxis(bands_last, -1, 0).astype(int), as_bands.astype(int), atol=1, rtol=0)
     with pytest.raises(TypeError, match=r"rgb='yes' is not True, False or None"):
-        engine.restore(img, weights=tiny_weights, axes="CYX", rgb="yes", **TILED)
+        nm.restore(img, weights=tiny_weights, axes="CYX", rgb="yes", **TILED)
     src = tmp_path / "planes.tif"
     tifffile.imwrite(src, img, metadata={"axes": "CYX"})  # ImageJ-less plain TIFF: channels first, no colours
     args = ["--weights", tiny_weights, "--device", "cpu", "--tile", "48", "--halo", "8", "--blend", "4", "-q"]
@@ -153,16 +151,16 @@ def test_dataarray_metadata():
 def test_dataarray_in_dataarray_out(tiny_weights, backing):
     img = _stack()
     arr = _dataarray(img, backing)
-    out = engine.restore(arr, weights=tiny_weights, **TILED)
+    out = nm.restore(arr, weights=tiny_weights, **TILED)
     assert isinstance(out, xr.DataArray)
     assert isinstance(out.data, np.ndarray if backing == "numpy" else da.Array)  # numpy stays numpy, dask lazy
     assert out.dims == ("z", "y", "x") and out.name == "nuclei" and out.attrs == {"sample": "s1"}
     for dim in ("z", "y", "x"):
         np.testing.assert_allclose(out[dim].values, arr[dim].values)
         assert out[dim].attrs == {"units": "micrometer"}
-    expected = engine.restore(img, weights=tiny_weights, axes="ZYX", **TILED)
+    expected = nm.restore(img, weights=tiny_weights, axes="ZYX", **TILED)
     np.testing.assert_array_equal(out.values, expected)
-    lazy = engine.restore_lazy(arr, weights=tiny_weights, **TILED)
+    lazy = nm.restore_lazy(arr, weights=tiny_weights, **TILED)
     assert isinstance(lazy, xr.DataArray) and isinstance(lazy.data, da.Array)
     np.testing.assert_array_equal(lazy.values, expected)
     whole = restore_whole(arr, weights=tiny_weights, device="cpu")
@@ -175,7 +173,7 @@ def test_dataarray_in_dataarray_out(tiny_weights, backing):
 def test_super_resolved_dataarray_has_the_output_grid(identity_weights, backing):
     img = _stack((2, 40, 48))
     arr = _dataarray(img, backing, sy=0.5, sx=0.25)
-    out = engine.restore(arr, "super_resolution", identity_weights, scale=2, **TILED)
+    out = nm.restore(arr, "super_resolution", identity_weights, scale=2, **TILED)
     assert out.shape == (2, 80, 96) and out.dims == ("z", "y", "x")
     assert isinstance(out.data, np.ndarray if backing == "numpy" else da.Array)
     for dim, s in (("y", 0.5), ("x", 0.25)):
@@ -188,7 +186,7 @@ def test_super_resolved_dataarray_has_the_output_grid(identity_weights, backing)
     np.testing.assert_array_equal(out["z"].values, arr["z"].values)
     resampled = ImageMeta(scale={"Y": 0.5}, translation={"Y": 10.0}).resampled(2)
     assert out["y"].values[0] == pytest.approx(resampled.translation["Y"])
-    expected = engine.restore(img, "super_resolution", identity_weights, scale=2, axes="ZYX", **TILED)
+    expected = nm.restore(img, "super_resolution", identity_weights, scale=2, axes="ZYX", **TILED)
     np.testing.assert_array_equal(out.values, expected)
 
 
@@ -198,7 +196,7 @@ def test_dataarray_to_ome_zarr_keeps_scale_translation_units(tiny_weights, tmp_p
     from ome_zarr.reader import Multiscales, Reader
 
     arr = _dataarray(_stack((2, 40, 48)))
-    out = engine.restore(arr, "super_resolution", tiny_weights, scale=2, out=tmp_path / "o.zarr", **TILED)
+    out = nm.restore(arr, "super_resolution", tiny_weights, scale=2, out=tmp_path / "o.zarr", **TILED)
     assert isinstance(out, xr.DataArray) and isinstance(out.data, da.Array)
     node = next(
         n for n in Reader(parse_url(str(tmp_path / "o.zarr")))() if n.specs and isinstance(n.specs[0], Multiscales)
@@ -217,12 +215,12 @@ def test_bad_dims_and_coordinates_are_refused_clearly(tiny_weights):
     img = _stack()
     bad = xr.DataArray(img, dims=("plane", "y", "x"))
     with pytest.raises(ValueError, match=r"dim 'plane'.*rename it, e.g. arr.rename\(\{'plane': 'z'\}\)"):
-        engine.restore(bad, weights=tiny_weights, **TILED)
+        nm.restore(bad, weights=tiny_weights, **TILED)
     with pytest.raises(ValueError, match=r"axes='CYX' disagrees with the DataArray's dims \('z', 'y', 'x'\)"):
-        engine.restore(_dataarray(img), weights=tiny_weights, axes="CYX", **TILED)
+        nm.restore(_dataarray(img), weights=tiny_weights, axes="CYX", **TILED)
     uneven = _dataarray(img).assign_coords(x=np.sqrt(np.arange(64.0)))
     with pytest.raises(ValueError, match="coordinate 'x' is not uniformly spaced"):
-        engine.restore_lazy(uneven, "super_resolution", tiny_weights, scale=2, **TILED)
+        nm.restore_lazy(uneven, "super_resolution", tiny_weights, scale=2, **TILED)
 
 
 @pytest.mark.slow
@@ -233,7 +231,7 @@ def test_descending_raster_coordinates(identity_weights):
     img = _stack((40, 48))
     arr = xr.DataArray(img, dims=("y", "x"), coords={"y": 500.0 - 30.0 * np.arange(40), "x": 30.0 * np.arange(48)})
     assert "Y" not in from_dataarray(arr)[2].scale and from_dataarray(arr)[2].scale == {"X": 30.0}
-    out = engine.restore(arr, "super_resolution", identity_weights, scale=2, **TILED)
+    out = nm.restore(arr, "super_resolution", identity_weights, scale=2, **TILED)
     np.testing.assert_allclose(out["y"].values[:2], [500.0 + 7.5, 500.0 - 7.5])  # edges at 515 on both grids
     np.testing.assert_allclose(out["y"].values[-1] - 7.5, arr["y"].values[-1] - 15.0)
     np.testing.assert_allclose(out["x"].values[:2], [-7.5, 7.5])
@@ -242,7 +240,7 @@ def test_descending_raster_coordinates(identity_weights):
 @pytest.mark.slow
 def test_uneven_coordinates_are_kept_where_the_grid_does_not_change(tiny_weights):
     arr = _dataarray(_stack((2, 40, 48))).assign_coords(z=[0.0, 7.5], x=np.sqrt(np.arange(48.0)))
-    out = engine.restore(arr, weights=tiny_weights, **TILED)
+    out = nm.restore(arr, weights=tiny_weights, **TILED)
     np.testing.assert_array_equal(out["x"].values, arr["x"].values)
     np.testing.assert_array_equal(out["z"].values, [0.0, 7.5])
 
@@ -258,8 +256,8 @@ def test_unchunked_array_like_is_read(tiny_weights):
             return self._a[idx]
 
     img = _stack((40, 48))
-    out = engine.restore(Contiguous(img), weights=tiny_weights, **TILED)
-    np.testing.assert_array_equal(np.asarray(out), engine.restore(img, weights=tiny_weights, **TILED))
+    out = nm.restore(Contiguous(img), weights=tiny_weights, **TILED)
+    np.testing.assert_array_equal(np.asarray(out), nm.restore(img, weights=tiny_weights, **TILED))
 
 
 # ---------------------------------------------------------------------------------- napari
@@ -334,7 +332,7 @@ def test_layer_axes_and_geometry_reach_the_zarr_output(make_napari_viewer, qtbot
     assert src.meta.translation.get("Y") == 10.0 and src.meta.translation.get("X") == -3.0
     assert src.meta.units == {"T": "second", "Y": "micrometer", "X": "micrometer"}
     # planes restored one by one as gray images, as numpy with the same axes gives them
-    expected = engine.restore(img, weights=tiny_weights, axes="TYX", **w.make_job().options)
+    expected = nm.restore(img, weights=tiny_weights, axes="TYX", **w.make_job().options)
     np.testing.assert_array_equal(np.asarray(src.array), expected)
 
 
@@ -354,20 +352,20 @@ def test_rioxarray_nodata_is_taken_as_the_file_readers_take_it(tiny_weights):
     comes back as nodata, as a GeoTIFF's does (it went through the model as data: no -9999 pixel came out)."""
     arr = _geo_dataarray()
     holes = arr.values == -9999
-    out = engine.restore(arr, weights=tiny_weights, device="cpu")
+    out = nm.restore(arr, weights=tiny_weights, device="cpu")
     assert out.rio.nodata == -9999
     np.testing.assert_array_equal(out.values == -9999, holes)
-    explicit = engine.restore(arr.values, weights=tiny_weights, device="cpu", nodata=-9999)
+    explicit = nm.restore(arr.values, weights=tiny_weights, device="cpu", nodata=-9999)
     np.testing.assert_array_equal(out.values, explicit)
     with pytest.raises(ValueError, match="_FillValue='none'.*not a number"):
-        engine.restore(arr.assign_attrs(_FillValue="none"), weights=tiny_weights, device="cpu")
+        nm.restore(arr.assign_attrs(_FillValue="none"), weights=tiny_weights, device="cpu")
 
 
 def test_rioxarray_transform_follows_super_resolution(tiny_weights):
     """After x2 the carried ``spatial_ref`` gives the output grid: half the pixel, the same corner
     (it kept the input's GeoTransform: rio.transform() said 30 m and a shifted origin)."""
     arr = _geo_dataarray()
-    sr = engine.restore(arr, "super_resolution", weights=tiny_weights, scale=2, device="cpu")
+    sr = nm.restore(arr, "super_resolution", weights=tiny_weights, scale=2, device="cpu")
     assert sr.rio.resolution() == pytest.approx((15.0, -15.0))
     assert tuple(sr.rio.transform())[:6] == pytest.approx((15.0, 0.0, 500000.0, 0.0, -15.0, 1000.0))
     assert tuple(sr.rio.transform(recalc=True))[:6] == pytest.approx(tuple(sr.rio.transform())[:6])

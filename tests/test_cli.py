@@ -14,6 +14,7 @@ import zarr
 from conftest import SAFETY_S
 from PIL import Image
 
+import napari_mirnet as nm
 from napari_mirnet import engine
 from napari_mirnet import io as mio
 from napari_mirnet.cli import main
@@ -45,7 +46,7 @@ def test_restore_file_to_zarr_then_skip_refuse_overwrite(tiny_weights, files, tm
     stack = tifffile.imread(files / "c.tif")
     np.testing.assert_array_equal(
         zarr.open_group(str(out))["0"][...],
-        engine.restore(stack, weights=tiny_weights, axes="ZYX", tile=48, halo=8, blend=4, device="cpu"),
+        nm.restore(stack, weights=tiny_weights, axes="ZYX", tile=48, halo=8, blend=4, device="cpu"),
     )
     capsys.readouterr()
     assert main(["restore", str(files / "c.tif"), "-o", str(out), *_args(tiny_weights)]) == 0
@@ -64,8 +65,8 @@ def test_tta_flag_reaches_the_engine_and_the_store(tiny_weights, files, tmp_path
     rgb = np.asarray(Image.open(files / "a.png"))
     kw = dict(weights=tiny_weights, tile=48, halo=8, blend=4, device="cpu")
     got = np.moveaxis(zarr.open_group(str(out))["0"][...], 0, -1)  # stored as CYX
-    np.testing.assert_array_equal(got, engine.restore(rgb, tta=True, **kw))
-    assert not np.array_equal(got, engine.restore(rgb, **kw))
+    np.testing.assert_array_equal(got, nm.restore(rgb, tta=True, **kw))
+    assert not np.array_equal(got, nm.restore(rgb, **kw))
     # the same output without --tta is another run, not a finished one to skip
     assert main(["restore", str(files / "a.png"), "-o", str(out), *_args(tiny_weights)]) == 1
 
@@ -208,7 +209,7 @@ def test_killed_run_resumes_to_an_identical_result(tiny_weights, tmp_path):
     diff = np.abs(resumed.astype(int) - zarr.open_group(str(fresh), mode="r")["0"][...].astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-4, (diff.max(), int((diff > 0).sum()))
     # and the same pixels as the API (1 LSB at most: torch's thread count may differ in this process)
-    expected = np.moveaxis(engine.restore(img, weights=tiny_weights, device="cpu", tile=40, halo=4, blend=4), -1, 0)
+    expected = np.moveaxis(nm.restore(img, weights=tiny_weights, device="cpu", tile=40, halo=4, blend=4), -1, 0)
     np.testing.assert_allclose(g["0"][...].astype(int), expected.astype(int), atol=1, rtol=0)
 
 

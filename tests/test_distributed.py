@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import napari_mirnet as nm
 from napari_mirnet import engine
 from napari_mirnet import io as mio
 
@@ -40,14 +41,14 @@ def cluster():
 @pytest.mark.slow
 def test_cluster_output_is_bit_identical(tiny_weights, cluster, tmp_path, one_thread):
     img = np.random.default_rng(4).integers(0, 65535, (2, 90, 110), dtype=np.uint16)
-    local = engine.restore(img, weights=tiny_weights, axes="ZYX", **TILED)
+    local = nm.restore(img, weights=tiny_weights, axes="ZYX", **TILED)
     with distributed.Client(cluster) as client:
-        remote = engine.restore(img, weights=tiny_weights, axes="ZYX", client=client, **TILED)
+        remote = nm.restore(img, weights=tiny_weights, axes="ZYX", client=client, **TILED)
         assert isinstance(remote, np.ndarray)
         np.testing.assert_array_equal(remote, local)
         # zarr output written by the workers, chunk by chunk, with progress on the client
         seen = []
-        out = engine.restore(
+        out = nm.restore(
             img,
             weights=tiny_weights,
             axes="ZYX",
@@ -59,7 +60,7 @@ def test_cluster_output_is_bit_identical(tiny_weights, cluster, tmp_path, one_th
         np.testing.assert_array_equal(out.compute(), local)
         assert mio.is_complete(tmp_path / "d.zarr") and seen[-1][0] == seen[-1][1] == 24
         # a lazy dask input computed on the cluster
-        lazy = engine.restore(
+        lazy = nm.restore(
             da.from_array(img, chunks=(1, 45, 55)), weights=tiny_weights, axes="ZYX", client=client, **TILED
         )
         np.testing.assert_array_equal(client.compute(lazy).result(), local)
@@ -71,13 +72,13 @@ def test_cluster_output_is_bit_identical(tiny_weights, cluster, tmp_path, one_th
 @pytest.mark.slow
 def test_scheduler_address_and_cancel(tiny_weights, cluster, tmp_path, one_thread):
     img = np.random.default_rng(5).integers(0, 256, (90, 110, 3), dtype=np.uint8)
-    local = engine.restore(img, weights=tiny_weights, **TILED)
-    out = engine.restore(img, weights=tiny_weights, client=cluster.scheduler_address, out=tmp_path / "a.zarr", **TILED)
+    local = nm.restore(img, weights=tiny_weights, **TILED)
+    out = nm.restore(img, weights=tiny_weights, client=cluster.scheduler_address, out=tmp_path / "a.zarr", **TILED)
     np.testing.assert_array_equal(out.compute(), local)
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(engine.Cancelled):
-        engine.restore(
+        nm.restore(
             img, weights=tiny_weights, client=cluster.scheduler_address, cancel=cancel, out=tmp_path / "c.zarr", **TILED
         )
     assert not mio.is_complete(tmp_path / "c.zarr")

@@ -15,6 +15,7 @@ import pytest
 import torch
 import zarr
 
+import napari_mirnet as nm
 from napari_mirnet import engine
 from napari_mirnet import io as mio
 from napari_mirnet.api import restore_whole
@@ -89,7 +90,7 @@ def test_default_tile_comes_from_measured_bytes_per_pixel(tiny_weights, monkeypa
 # ------------------------------------------------------------------------------- correctness
 def test_one_tile_equals_whole_image_inference(tiny_weights):
     img = _rgb()
-    out = engine.restore(img, weights=tiny_weights, device="cpu", tile=256, halo=16)
+    out = nm.restore(img, weights=tiny_weights, device="cpu", tile=256, halo=16)
     np.testing.assert_array_equal(out, restore_whole(img, weights=tiny_weights, device="cpu"))
 
 
@@ -97,7 +98,7 @@ def test_one_tile_equals_whole_image_inference(tiny_weights):
 def test_identity_model_survives_tiling_exactly(identity_weights, blend):
     """With an identity network every crop, offset and blend weight shows up as a difference."""
     img = _rgb(101, 77)
-    out = engine.restore(img, weights=identity_weights, device="cpu", tile=32, halo=8, blend=blend)
+    out = nm.restore(img, weights=identity_weights, device="cpu", tile=32, halo=8, blend=blend)
     np.testing.assert_array_equal(out, img)
 
 
@@ -105,7 +106,7 @@ def test_identity_model_survives_tiling_exactly(identity_weights, blend):
 def test_tiled_super_resolution_matches_whole_bicubic(identity_weights, scale):
     img = _rgb(41, 53)
     whole = restore_whole(img, "super_resolution", identity_weights, scale=scale, device="cpu")
-    lazy = engine.restore(
+    lazy = nm.restore(
         da.from_array(img, chunks=(20, 20, 3)),
         "super_resolution",
         identity_weights,
@@ -122,15 +123,15 @@ def test_tiled_super_resolution_matches_whole_bicubic(identity_weights, scale):
 @pytest.mark.slow
 def test_numpy_dask_and_zarr_inputs_agree(tiny_weights, tmp_path):
     img = _rgb()
-    ref = engine.restore(img, weights=tiny_weights, **TILED)
+    ref = nm.restore(img, weights=tiny_weights, **TILED)
     assert isinstance(ref, np.ndarray) and ref.shape == img.shape and ref.dtype == img.dtype
-    lazy = engine.restore(da.from_array(img, chunks=(37, 29, 3)), weights=tiny_weights, **TILED)
+    lazy = nm.restore(da.from_array(img, chunks=(37, 29, 3)), weights=tiny_weights, **TILED)
     assert isinstance(lazy, da.Array)
     np.testing.assert_array_equal(lazy.compute(), ref)
     z = zarr.create_array(str(tmp_path / "in.zarr"), shape=img.shape, chunks=(32, 32, 3), dtype=img.dtype)
     z[...] = img
-    np.testing.assert_array_equal(engine.restore(z, weights=tiny_weights, **TILED).compute(), ref)
-    path_lazy = engine.restore(str(tmp_path / "in.zarr"), weights=tiny_weights, **TILED)
+    np.testing.assert_array_equal(nm.restore(z, weights=tiny_weights, **TILED).compute(), ref)
+    path_lazy = nm.restore(str(tmp_path / "in.zarr"), weights=tiny_weights, **TILED)
     np.testing.assert_array_equal(path_lazy.compute(), ref)
 
 
@@ -144,8 +145,8 @@ def test_dask_input_stays_lazy(tiny_weights):
 
     src = da.from_array(_rgb(), chunks=(45, 55, 3)).map_blocks(count, dtype=np.uint8)
     progress = []
-    out = engine.restore(src, weights=tiny_weights, progress=lambda d, t: progress.append(d), **TILED)
-    lazy2 = engine.restore_lazy(_rgb(), weights=tiny_weights, **TILED)
+    out = nm.restore(src, weights=tiny_weights, progress=lambda d, t: progress.append(d), **TILED)
+    lazy2 = nm.restore_lazy(_rgb(), weights=tiny_weights, **TILED)
     assert calls == [] and progress == [] and isinstance(lazy2, da.Array)
     out.compute()
     assert calls and progress[-1] == len(progress)
@@ -154,15 +155,13 @@ def test_dask_input_stays_lazy(tiny_weights):
 @pytest.mark.parametrize("axes, shape", [("ZYX", (3, 50, 60)), ("CYX", (2, 50, 60)), ("TZCYX", (2, 1, 3, 40, 44))])
 def test_other_axes_are_iterated(tiny_weights, axes, shape):
     img = RNG.integers(0, 65535, shape, dtype=np.uint16)
-    out = engine.restore(img, weights=tiny_weights, axes=axes, **TILED)
+    out = nm.restore(img, weights=tiny_weights, axes=axes, **TILED)
     assert out.shape == img.shape and out.dtype == img.dtype
     # each plane alone gives the same result: the other axes are iterated, not mixed
     lead = [i for i, a in enumerate(axes) if a not in "CYX"]
     first = tuple(0 if i in lead else slice(None) for i in range(len(axes)))
     plane_axes = "".join(a for a in axes if a in "CYX")
-    np.testing.assert_array_equal(
-        engine.restore(img[first], weights=tiny_weights, axes=plane_axes, **TILED), out[first]
-    )
+    np.testing.assert_array_equal(nm.restore(img[first], weights=tiny_weights, axes=plane_axes, **TILED), out[first])
 
 
 def test_output_scale_divides_y_and_x():
@@ -242,17 +241,17 @@ def test_tiles_are_batched_when_memory_allows(tiny_weights, monkeypatch):
     monkeypatch.setattr(engine.forward, "forward_with_retry", spy)
     monkeypatch.setattr(engine.memory, "default_batch", lambda *a: 4)
     img = _rgb()
-    out = engine.restore(img, weights=tiny_weights, **TILED)
+    out = nm.restore(img, weights=tiny_weights, **TILED)
     assert max(sizes) == 4
     monkeypatch.setattr(engine.memory, "default_batch", lambda *a: 1)
     # batched and single convolutions may differ in the last float bit: at most 1 LSB
-    np.testing.assert_allclose(out.astype(int), engine.restore(img, weights=tiny_weights, **TILED).astype(int), atol=1)
+    np.testing.assert_allclose(out.astype(int), nm.restore(img, weights=tiny_weights, **TILED).astype(int), atol=1)
 
 
 # ------------------------------------------------------------------------- progress and cancel
 def test_progress_and_cancel(tiny_weights, tmp_path):
     seen = []
-    engine.restore(_rgb(), weights=tiny_weights, progress=lambda d, t: seen.append((d, t)), **TILED)
+    nm.restore(_rgb(), weights=tiny_weights, progress=lambda d, t: seen.append((d, t)), **TILED)
     # 0/12 as soon as the tiles are planned (issue 31 item 1), then one report per tile
     assert seen[0] == (0, 12) and seen[-1][0] == seen[-1][1] == len(seen) - 1 == 12
     cancel = threading.Event()
@@ -262,7 +261,7 @@ def test_progress_and_cancel(tiny_weights, tmp_path):
             cancel.set()
 
     with pytest.raises(engine.Cancelled):
-        engine.restore(
+        nm.restore(
             _rgb(), weights=tiny_weights, progress=stop_after_two, cancel=cancel, out=tmp_path / "c.zarr", **TILED
         )
     assert not mio.is_complete(tmp_path / "c.zarr")
@@ -284,7 +283,7 @@ def test_progress_and_cancel(tiny_weights, tmp_path):
 )
 def test_bad_inputs_are_refused(tiny_weights, tmp_path, image, axes, exc, msg):
     with pytest.raises(exc, match=msg):
-        engine.restore(image, weights=tiny_weights, axes=axes, out=tmp_path / "o.zarr", **TILED)
+        nm.restore(image, weights=tiny_weights, axes=axes, out=tmp_path / "o.zarr", **TILED)
     assert not mio.is_complete(tmp_path / "o.zarr")
 
 
@@ -294,19 +293,19 @@ def test_inf_pixels(tiny_weights, tmp_path, bad):
     img = RNG.random((60, 70)).astype(np.float32)
     img[50, 60] = bad
     with pytest.raises(ValueError, match="Inf pixels"):
-        engine.restore(img, weights=tiny_weights, **TILED)
+        nm.restore(img, weights=tiny_weights, **TILED)
     # a lazy input is checked tile by tile: the error comes when the tile is reached
     lazy = da.from_array(img, chunks=30)
     with pytest.raises(ValueError, match="Inf pixels"):
-        engine.restore(lazy, weights=tiny_weights, normalisation="fixed", out=tmp_path / "n.zarr", **TILED)
+        nm.restore(lazy, weights=tiny_weights, normalisation="fixed", out=tmp_path / "n.zarr", **TILED)
     assert not mio.is_complete(tmp_path / "n.zarr")
 
 
 def test_dual_pixel_views_must_match(tiny_dual_weights):
     left = _rgb(40, 40)
     with pytest.raises(ValueError, match="left and right views must match"):
-        engine.restore((left, left[:30]), "defocus", tiny_dual_weights, **TILED)
-    out = engine.restore((left, left[::-1].copy()), "defocus", tiny_dual_weights, **TILED)
+        nm.restore((left, left[:30]), "defocus", tiny_dual_weights, **TILED)
+    out = nm.restore((left, left[::-1].copy()), "defocus", tiny_dual_weights, **TILED)
     assert out.shape == left.shape
 
 
@@ -314,7 +313,7 @@ def test_output_path_that_is_a_file(tiny_weights, tmp_path):
     f = tmp_path / "taken.zarr"
     f.write_text("not a store")
     with pytest.raises(mio.OutputError, match="existing file"):
-        engine.restore(_rgb(), weights=tiny_weights, out=f, **TILED)
+        nm.restore(_rgb(), weights=tiny_weights, out=f, **TILED)
     assert f.read_text() == "not a store"
 
 
@@ -343,7 +342,7 @@ def tmpfs(tmp_path):
 def test_read_only_output_location(tiny_weights, tmpfs):
     mnt = tmpfs("ro,size=1m")
     with pytest.raises(mio.OutputError, match="cannot create output.*writable"):
-        engine.restore(_rgb(), weights=tiny_weights, out=mnt / "o.zarr", **TILED)
+        nm.restore(_rgb(), weights=tiny_weights, out=mnt / "o.zarr", **TILED)
 
 
 def test_disk_full_mid_run_then_resume(tiny_weights, tmp_path, monkeypatch):
@@ -361,13 +360,13 @@ def test_disk_full_mid_run_then_resume(tiny_weights, tmp_path, monkeypatch):
     monkeypatch.setattr(mio, "write_chunk", failing)
     out = tmp_path / "full.zarr"
     with pytest.raises(mio.OutputError, match="No space left.*re-run the same command"):
-        engine.restore(img, weights=tiny_weights, out=out, **TILED)
+        nm.restore(img, weights=tiny_weights, out=out, **TILED)
     assert not mio.is_complete(out)
     assert 0 < mio.done_markers(out).sum() < 12
     monkeypatch.setattr(mio, "write_chunk", real)
-    resumed = engine.restore(img, weights=tiny_weights, out=out, **TILED).compute()
+    resumed = nm.restore(img, weights=tiny_weights, out=out, **TILED).compute()
     assert mio.is_complete(out)
-    np.testing.assert_array_equal(resumed, engine.restore(img, weights=tiny_weights, **TILED))
+    np.testing.assert_array_equal(resumed, nm.restore(img, weights=tiny_weights, **TILED))
 
 
 def test_real_full_disk(tiny_weights, tmpfs):
@@ -376,7 +375,7 @@ def test_real_full_disk(tiny_weights, tmpfs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(mio.OutputError, match="(No space|space left).*re-run"):
-            engine.restore(img, weights=tiny_weights, out=mnt / "o.zarr", **TILED)
+            nm.restore(img, weights=tiny_weights, out=mnt / "o.zarr", **TILED)
     assert not mio.is_complete(mnt / "o.zarr")
 
 
@@ -387,7 +386,7 @@ def test_lazy_run_callbacks_are_released_with_the_array(tiny_weights):
         pass
 
     alive = weakref.ref(callback)
-    lazy = engine.restore_lazy(_rgb(), weights=tiny_weights, progress=callback, **TILED)
+    lazy = nm.restore_lazy(_rgb(), weights=tiny_weights, progress=callback, **TILED)
     del callback
     view = lazy[:10]  # derived arrays keep the run alive
     del lazy
@@ -403,9 +402,9 @@ def test_lazy_run_callbacks_are_released_with_the_array(tiny_weights):
 @pytest.mark.slow
 def test_tta_one_tile_equals_whole_image_and_differs_from_one_pass(tiny_weights):
     img = _rgb()
-    out = engine.restore(img, weights=tiny_weights, device="cpu", tile=256, halo=16, tta=True)
+    out = nm.restore(img, weights=tiny_weights, device="cpu", tile=256, halo=16, tta=True)
     np.testing.assert_array_equal(out, restore_whole(img, weights=tiny_weights, device="cpu", tta=True))
-    plain = engine.restore(img, weights=tiny_weights, device="cpu", tile=256, halo=16)
+    plain = nm.restore(img, weights=tiny_weights, device="cpu", tile=256, halo=16)
     assert np.abs(out.astype(int) - plain.astype(int)).max() > 0
 
 
@@ -414,7 +413,7 @@ def test_tta_one_tile_equals_whole_image_and_differs_from_one_pass(tiny_weights)
 def test_tta_survives_tiling_and_super_resolution(identity_weights, task, scale):
     img = _rgb(61, 45)
     ref = restore_whole(img, task, identity_weights, scale=scale, device="cpu")
-    out = engine.restore(
+    out = nm.restore(
         da.from_array(img, chunks=(30, 30, 3)),
         task,
         identity_weights,
@@ -430,9 +429,9 @@ def test_tta_survives_tiling_and_super_resolution(identity_weights, task, scale)
 
 def test_tta_is_part_of_the_store_fingerprint(tiny_weights, tmp_path):
     img = _rgb(40, 40)
-    engine.restore(img, weights=tiny_weights, out=str(tmp_path / "a.zarr"), tta=True, **TILED)
+    nm.restore(img, weights=tiny_weights, out=str(tmp_path / "a.zarr"), tta=True, **TILED)
     assert mio.stored_fingerprint(tmp_path / "a.zarr")["tta"] is True
-    engine.restore(img, weights=tiny_weights, out=str(tmp_path / "b.zarr"), **TILED)
+    nm.restore(img, weights=tiny_weights, out=str(tmp_path / "b.zarr"), **TILED)
     assert mio.stored_fingerprint(tmp_path / "b.zarr")["tta"] is False
 
 
@@ -522,8 +521,8 @@ def test_numpy_runs_never_import_dask_array(tiny_weights):
         "import napari_mirnet\n"
         "from napari_mirnet import engine\n"
         "img = (np.random.default_rng(0).random((2, 90, 70, 3)) * 255).astype(np.uint8)\n"
-        f"out = engine.restore(img, weights={tiny_weights!r}, axes='ZYXC', tile=48, halo=8)\n"
-        f"same = engine.restore(img[1], weights={tiny_weights!r}, tile=48, halo=8)\n"
+        f"out = napari_mirnet.restore(img, weights={tiny_weights!r}, axes='ZYXC', tile=48, halo=8)\n"
+        f"same = napari_mirnet.restore(img[1], weights={tiny_weights!r}, tile=48, halo=8)\n"
         "assert out.shape == img.shape and out.dtype == np.uint8 and (out[1] == same).all()\n"
         "heavy = ('dask.array', 'distributed', 'pandas', 'scipy', 'xarray', 'zarr', 'fsspec')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
@@ -582,13 +581,13 @@ def test_in_memory_result_equals_the_lazy_and_zarr_results(tiny_weights, tmp_pat
     rng = np.random.default_rng(3)
     img = (rng.random((2, 3, 75, 66)) * 65535).astype(np.uint16)  # lead axis, channels first
     kw = dict(weights=tiny_weights, axes="ZCYX", tile=40, halo=8)
-    eager = engine.restore(img, **kw)
-    lazy = engine.restore_lazy(img, **kw)
-    stored = engine.restore(da.from_array(img, chunks=(1, 3, 30, 30)), out=tmp_path / "o.zarr", **kw)
+    eager = nm.restore(img, **kw)
+    lazy = nm.restore_lazy(img, **kw)
+    stored = nm.restore(da.from_array(img, chunks=(1, 3, 30, 30)), out=tmp_path / "o.zarr", **kw)
     assert isinstance(eager, np.ndarray) and eager.shape == img.shape and eager.dtype == img.dtype
     np.testing.assert_array_equal(eager, np.asarray(lazy))
     np.testing.assert_array_equal(eager, np.asarray(stored))
     sr_kw = dict(weights=tiny_weights, axes="CYX", tile=40, halo=8, scale=2)
-    sr = engine.restore(img[0], "super_resolution", **sr_kw)
+    sr = nm.restore(img[0], "super_resolution", **sr_kw)
     assert sr.shape == (3, 150, 132)
-    np.testing.assert_array_equal(sr, np.asarray(engine.restore_lazy(img[0], "super_resolution", **sr_kw)))
+    np.testing.assert_array_equal(sr, np.asarray(nm.restore_lazy(img[0], "super_resolution", **sr_kw)))

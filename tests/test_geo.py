@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+import napari_mirnet as nm
 from napari_mirnet import engine
 from napari_mirnet.cli import main
 from napari_mirnet.metadata import Channel
@@ -108,11 +109,11 @@ def test_nir_band_is_restored_not_carried(tiny_weights, tmp_path):
     rgba = _write(tmp_path / "rgba.tif", bands, photometric="RGB", alpha="YES")
     run = engine.prepare(str(nir), weights=tiny_weights, options=engine.RestoreOptions(tile=48, halo=8))
     assert run.channels.how == "rgb+gray"
-    out = np.asarray(engine.restore(str(nir), weights=tiny_weights, tile=48, halo=8))
+    out = np.asarray(nm.restore(str(nir), weights=tiny_weights, tile=48, halo=8))
     assert not np.array_equal(out[..., 3], bands[3])
     run = engine.prepare(str(rgba), weights=tiny_weights, options=engine.RestoreOptions(tile=48, halo=8))
     assert run.channels.how == "rgba"
-    out = np.asarray(engine.restore(str(rgba), weights=tiny_weights, tile=48, halo=8))
+    out = np.asarray(nm.restore(str(rgba), weights=tiny_weights, tile=48, halo=8))
     np.testing.assert_array_equal(out[..., 3], bands[3])
 
 
@@ -197,7 +198,7 @@ def test_dem_nodata_never_makes_valid_pixels_worse(tmp_path, nodata):
         mask = ds.read_masks(1) == 0
     np.testing.assert_array_equal(mask, hole)
     np.testing.assert_array_equal(np.isnan(got) if np.isnan(nodata) else got == nodata, hole)
-    ref = np.asarray(engine.restore(noisy, weights="small-denoise-gray", device="cpu", tile=128, halo=32))
+    ref = np.asarray(nm.restore(noisy, weights="small-denoise-gray", device="cpu", tile=128, halo=32))
     valid, edge = ~hole, binary_dilation(hole, iterations=12) & ~hole
     for where in (valid, edge):
         before, without, with_holes = (_rmse(a, clean, where) for a in (noisy, ref, got))
@@ -211,12 +212,12 @@ def test_dem_nodata_never_makes_valid_pixels_worse(tmp_path, nodata):
 def test_nan_in_a_numpy_image_is_nodata_and_stays_nan(identity_weights):
     img = RNG.random((60, 70)).astype(np.float32) * 100
     img[10:30, 5:25] = np.nan
-    out = engine.restore(img, weights=identity_weights, tile=48, halo=8)
+    out = nm.restore(img, weights=identity_weights, tile=48, halo=8)
     np.testing.assert_array_equal(np.isnan(out), np.isnan(img))
     np.testing.assert_allclose(out[~np.isnan(img)], img[~np.isnan(img)], rtol=1e-5, atol=1e-3)
     # a nodata value given by the caller: out of the percentiles, back in place
     img2 = np.nan_to_num(img, nan=-1.0)
-    out2 = engine.restore(img2, weights=identity_weights, tile=48, halo=8, nodata=-1)
+    out2 = nm.restore(img2, weights=identity_weights, tile=48, halo=8, nodata=-1)
     np.testing.assert_array_equal(out2 == -1, img2 == -1)
     np.testing.assert_allclose(out2[img2 != -1], img2[img2 != -1], rtol=1e-5, atol=1e-3)
 
@@ -224,7 +225,7 @@ def test_nan_in_a_numpy_image_is_nodata_and_stays_nan(identity_weights):
 def test_nodata_out_of_the_dtype_is_refused_in_the_interface_words(identity_weights, tmp_path, capsys):
     img = RNG.integers(0, 255, (40, 40), dtype=np.uint8)
     with pytest.raises(ValueError, match=r"nodata=300 cannot occur in a uint8 image"):
-        engine.restore(img, weights=identity_weights, nodata=300)
+        nm.restore(img, weights=identity_weights, nodata=300)
     tif = _write(tmp_path / "u8.tif", img[None])
     assert main(["restore", str(tif), "-o", str(tmp_path / "o.tif"), *_args(identity_weights), "--nodata", "nan"]) == 1
     assert "--nodata nan cannot occur in a uint8 image" in capsys.readouterr().err
@@ -255,7 +256,7 @@ def test_missing_rasterio_is_a_clear_error(identity_weights, tmp_path, monkeypat
     with pytest.raises(
         RuntimeError, match=r"pip install rasterio \(in a clone of napari-mirnet: pip install -e '\.\[geo\]'\)"
     ):
-        engine.restore(str(src), weights=identity_weights)
+        nm.restore(str(src), weights=identity_weights)
     assert main(["restore", str(src), "-o", str(tmp_path / "o.tif"), *_args(identity_weights)]) == 1
     err = capsys.readouterr().err
     assert "is a GeoTIFF" in err and "pip install rasterio" in err

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import napari_mirnet as nm
 from napari_mirnet import engine
 from napari_mirnet.cli import main
 from napari_mirnet.metadata import Channel
@@ -82,7 +83,7 @@ def test_alpha_band_is_carried_and_bgr_bands_are_restored_as_colour(tiny_weights
     np.testing.assert_array_equal(got[3], bands[3])  # before: 352 values on 134,432 pixels
     # the colour bands went through the model as the photograph R, G, B: as restoring that picture
     rgb = np.moveaxis(bands[[2, 1, 0]], 0, -1)
-    ref = np.asarray(engine.restore(rgb, weights=tiny_weights, device="cpu", tile=64, halo=8, blend=4))
+    ref = np.asarray(nm.restore(rgb, weights=tiny_weights, device="cpu", tile=64, halo=8, blend=4))
     assert not np.array_equal(ref, rgb)
     np.testing.assert_allclose(np.moveaxis(got[[2, 1, 0]], 0, -1).astype(int), ref.astype(int), atol=1, rtol=0)
 
@@ -211,9 +212,9 @@ def test_bare_float_channels_first_are_restored_each_alone(tiny_weights):
     assert run.weights == "small-denoise-gray" and run.channels.how == "per_channel"
     run = engine.prepare(noisy, weights=tiny_weights, axes="CYX", options=engine.RestoreOptions(**kw))
     assert run.channels.how == "replicated_gray" and isinstance(run.imap.high, tuple)
-    both = np.asarray(engine.restore(noisy, weights=tiny_weights, axes="CYX", **kw))
+    both = np.asarray(nm.restore(noisy, weights=tiny_weights, axes="CYX", **kw))
     for c in range(3):  # before: mixed as colours, and mapped jointly (channel 0 lost in channel 2's range)
-        alone = np.asarray(engine.restore(noisy[c], weights=tiny_weights, **kw))
+        alone = np.asarray(nm.restore(noisy[c], weights=tiny_weights, **kw))
         np.testing.assert_allclose(both[c], alone, rtol=1e-5, atol=1e-5 * float(np.abs(alone).max()))
     # a picture stays a picture: (H, W, 3) uint8 channels last is RGB, and so are RGB GeoTIFF bands
     assert channel_layout(3, (), "YXC") == "rgb" and channel_layout(4, (), "YXC") == "rgba"
@@ -279,5 +280,5 @@ def test_planar_rgb_tiff_is_still_a_picture(tiny_weights, tmp_path):
     kw = dict(weights=tiny_weights, device="cpu", tile=64, halo=8, blend=4)
     run = engine.prepare(str(tmp_path / "planar.tif"), weights=tiny_weights, options=engine.RestoreOptions(tile=64))
     assert run.source.axes == "CYX" and run.channels.how == "rgb"
-    planar = np.asarray(engine.restore(str(tmp_path / "planar.tif"), **kw))
-    np.testing.assert_array_equal(np.moveaxis(planar, 0, -1), np.asarray(engine.restore(rgb, **kw)))
+    planar = np.asarray(nm.restore(str(tmp_path / "planar.tif"), **kw))
+    np.testing.assert_array_equal(np.moveaxis(planar, 0, -1), np.asarray(nm.restore(rgb, **kw)))

@@ -18,6 +18,7 @@ import tifffile
 import torch
 import zarr
 
+import napari_mirnet as nm
 from napari_mirnet import engine
 from napari_mirnet import io as mio
 from napari_mirnet.engine.source import InputError
@@ -49,14 +50,14 @@ def _cancel_after(n):
 # --------------------------------------------------------------------------- 1. input == output
 def test_store_restored_into_itself_is_refused_and_kept(tiny_weights, tmp_path):
     res = tmp_path / "res.zarr"
-    engine.restore(_u8(), weights=tiny_weights, out=res, **TILED)
+    nm.restore(_u8(), weights=tiny_weights, out=res, **TILED)
     before = np.asarray(zarr.open_group(str(res))["0"])
     for out in (res, tmp_path / "." / "res.zarr", res / "inner.zarr"):
         with pytest.raises(mio.OutputError, match="destroy the input"):
-            engine.restore(res, weights=tiny_weights, out=out, overwrite=True, **TILED)
+            nm.restore(res, weights=tiny_weights, out=out, overwrite=True, **TILED)
     # a zarr array opened from the store is the same input
     with pytest.raises(mio.OutputError, match="is the input"):
-        engine.restore(
+        nm.restore(
             zarr.open_group(str(res), mode="r")["0"], weights=tiny_weights, axes="CYX", out=res, overwrite=True, **TILED
         )
     # the engine level (prepare + execute) refuses too, and an output holding the input
@@ -70,7 +71,7 @@ def test_store_restored_into_itself_is_refused_and_kept(tiny_weights, tmp_path):
 def test_dask_array_read_from_the_output_store_is_refused_and_kept(tiny_weights, tmp_path):
     # issue 36: da.from_zarr(out) left the store all zeros, marked complete
     res = tmp_path / "res.zarr"
-    engine.restore(_u8(), weights=tiny_weights, out=res, **TILED)
+    nm.restore(_u8(), weights=tiny_weights, out=res, **TILED)
     before = np.asarray(zarr.open_group(str(res))["0"])
     lazy = [
         da.from_zarr(str(res), component="0"),  # an FsspecStore on the local disk
@@ -80,20 +81,20 @@ def test_dask_array_read_from_the_output_store_is_refused_and_kept(tiny_weights,
     ]
     for image in lazy:
         with pytest.raises(mio.OutputError, match="is the input"):
-            engine.restore(image, weights=tiny_weights, axes="YXC", out=res, overwrite=True, **TILED)
+            nm.restore(image, weights=tiny_weights, axes="YXC", out=res, overwrite=True, **TILED)
     # xarray's lazy arrays wrap the zarr array a few layers deep
     xarray = pytest.importorskip("xarray")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # consolidated metadata is not in zarr v3's spec
         opened = xarray.open_zarr(str(res), consolidated=False)["0"]
     with pytest.raises(mio.OutputError, match="is the input"):
-        engine.restore(opened, weights=tiny_weights, out=res, overwrite=True, **TILED)
+        nm.restore(opened, weights=tiny_weights, out=res, overwrite=True, **TILED)
     with pytest.raises(mio.OutputError, match="holds the input"):  # a store around it
-        engine.restore(lazy[0], weights=tiny_weights, axes="YXC", out=tmp_path, overwrite=True, **TILED)
+        nm.restore(lazy[0], weights=tiny_weights, axes="YXC", out=tmp_path, overwrite=True, **TILED)
     assert mio.is_complete(res)
     np.testing.assert_array_equal(np.asarray(zarr.open_group(str(res))["0"]), before)
     # a dask array of another store is restored
-    other = engine.restore(lazy[0], weights=tiny_weights, axes="YXC", out=tmp_path / "b.zarr", **TILED)
+    other = nm.restore(lazy[0], weights=tiny_weights, axes="YXC", out=tmp_path / "b.zarr", **TILED)
     assert other.shape == before.shape and mio.is_complete(tmp_path / "b.zarr")
 
 
@@ -103,15 +104,15 @@ def test_resume_with_another_input_is_refused(tiny_weights, tmp_path):
     out = tmp_path / "o.zarr"
     cancel, progress = _cancel_after(6)
     with pytest.raises(engine.Cancelled):
-        engine.restore(a, weights=tiny_weights, out=out, cancel=cancel, progress=progress, **TILED)
+        nm.restore(a, weights=tiny_weights, out=out, cancel=cancel, progress=progress, **TILED)
     assert 0 < mio.done_markers(out).sum() < 12
     with pytest.raises(mio.FingerprintMismatch, match="other input data.*overwrite"):
-        engine.restore(b, weights=tiny_weights, out=out, **TILED)
+        nm.restore(b, weights=tiny_weights, out=out, **TILED)
     with pytest.raises(mio.FingerprintMismatch, match="other input data"):  # the dask path checks too
-        engine.restore(da.from_array(b, chunks=(30, 40, 3)), weights=tiny_weights, out=out, **TILED)
+        nm.restore(da.from_array(b, chunks=(30, 40, 3)), weights=tiny_weights, out=out, **TILED)
     assert not mio.is_complete(out)
-    resumed = engine.restore(a, weights=tiny_weights, out=out, **TILED)  # the right input resumes
-    np.testing.assert_array_equal(resumed.compute(), engine.restore(a, weights=tiny_weights, **TILED))
+    resumed = nm.restore(a, weights=tiny_weights, out=out, **TILED)  # the right input resumes
+    np.testing.assert_array_equal(resumed.compute(), nm.restore(a, weights=tiny_weights, **TILED))
 
 
 def test_resume_after_the_input_file_changed_is_refused(tiny_weights, tmp_path):
@@ -119,13 +120,13 @@ def test_resume_after_the_input_file_changed_is_refused(tiny_weights, tmp_path):
     tifffile.imwrite(src, _u8(seed=3), photometric="rgb")
     cancel, progress = _cancel_after(6)
     with pytest.raises(engine.Cancelled):
-        engine.restore(src, weights=tiny_weights, out=out, cancel=cancel, progress=progress, **TILED)
+        nm.restore(src, weights=tiny_weights, out=out, cancel=cancel, progress=progress, **TILED)
     changed = _u8(seed=3)
     changed[::16, ::16] = 0  # a few pixels in every tile, finished or not
     tifffile.imwrite(src, changed, photometric="rgb")
     with pytest.raises(mio.FingerprintMismatch, match="other input data"):
-        engine.restore(src, weights=tiny_weights, out=out, **TILED)
-    engine.restore(src, weights=tiny_weights, out=out, overwrite=True, **TILED)
+        nm.restore(src, weights=tiny_weights, out=out, **TILED)
+    nm.restore(src, weights=tiny_weights, out=out, overwrite=True, **TILED)
     assert mio.is_complete(out)
 
 
@@ -142,7 +143,7 @@ sys.stdin.read()
 
 def test_a_second_process_cannot_write_a_locked_store(tiny_weights, tmp_path):
     out = tmp_path / "busy.zarr"
-    engine.restore(_u8(), weights=tiny_weights, out=out, **TILED)
+    nm.restore(_u8(), weights=tiny_weights, out=out, **TILED)
     proc = subprocess.Popen(
         [sys.executable, "-c", _HOLDER, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
@@ -151,12 +152,12 @@ def test_a_second_process_cannot_write_a_locked_store(tiny_weights, tmp_path):
         with pytest.raises(
             mio.StoreLocked, match=rf"busy.zarr is being written by another run \(pid {proc.pid} .*delete"
         ):
-            engine.restore(_u8(seed=4), weights=tiny_weights, out=out, overwrite=True, **{**TILED, "tile": 64})
+            nm.restore(_u8(seed=4), weights=tiny_weights, out=out, overwrite=True, **{**TILED, "tile": 64})
         assert mio.is_complete(out)  # untouched
     finally:
         proc.kill()  # a dead holder: the kernel drops its lock, the file it left does not block
         proc.wait()
-    engine.restore(_u8(seed=4), weights=tiny_weights, out=out, overwrite=True, **TILED)
+    nm.restore(_u8(seed=4), weights=tiny_weights, out=out, overwrite=True, **TILED)
     assert mio.is_complete(out) and not (tmp_path / ".busy.zarr.lock").exists()
 
 
@@ -172,7 +173,7 @@ def test_two_runs_on_one_new_store_one_wins_cleanly(tiny_weights, tmp_path):
 
     def first():
         try:
-            engine.restore(_u8(), weights=tiny_weights, out=out, progress=first_progress, **TILED)
+            nm.restore(_u8(), weights=tiny_weights, out=out, progress=first_progress, **TILED)
         except BaseException as err:  # pragma: no cover - reported below
             errors.append(err)
 
@@ -181,14 +182,14 @@ def test_two_runs_on_one_new_store_one_wins_cleanly(tiny_weights, tmp_path):
     try:
         assert started.wait(120)
         with pytest.raises(mio.StoreLocked, match="another run"):
-            engine.restore(_u8(seed=5), weights=tiny_weights, out=out, overwrite=True, **{**TILED, "tile": 64})
+            nm.restore(_u8(seed=5), weights=tiny_weights, out=out, overwrite=True, **{**TILED, "tile": 64})
     finally:
         release.set()
         t.join()
     assert not errors
     assert mio.is_complete(out)
     np.testing.assert_array_equal(
-        np.asarray(mio.open_image(out).array).transpose(1, 2, 0), engine.restore(_u8(), weights=tiny_weights, **TILED)
+        np.asarray(mio.open_image(out).array).transpose(1, 2, 0), nm.restore(_u8(), weights=tiny_weights, **TILED)
     )
 
 
@@ -205,14 +206,14 @@ def _hot_pixel_images():
 
 def test_a_hot_pixel_does_not_damage_the_tile(tiny_weights, identity_weights):
     img, hot = _hot_pixel_images()
-    ref = engine.restore(img, weights=tiny_weights, **WHOLE)
-    out = engine.restore(hot, weights=tiny_weights, **WHOLE)
+    ref = nm.restore(img, weights=tiny_weights, **WHOLE)
+    out = nm.restore(hot, weights=tiny_weights, **WHOLE)
     far = (slice(66, None), slice(66, None))  # 46 px and more from the hot pixel
     # the random tiny model is far less sensitive than a trained one (official denoiser: 31.1 -> 9.8 dB
     # before the fix); here the far region went from 103 dB to float rounding (~137 dB)
     assert _psnr(out[far], ref[far], 1000) > 120
     assert out[20, 20] == pytest.approx(30000, rel=1e-5)  # passed through, not lost
-    same = engine.restore(hot, weights=identity_weights, **WHOLE)
+    same = nm.restore(hot, weights=identity_weights, **WHOLE)
     np.testing.assert_allclose(same, hot, rtol=1e-5, atol=1e-2)
 
 
@@ -221,8 +222,8 @@ def test_sparse_image_maps_its_spots_into_range(tiny_weights, identity_weights):
     sparse[[10, 60, 100], [20, 90, 40]] = [1000, 400, 700]
     imap = IntensityMap.for_image(sparse)
     assert (imap.low, imap.high) == (0.0, 1000.0)  # before: 0..1, spots at 1000x the model's range
-    np.testing.assert_allclose(engine.restore(sparse, weights=identity_weights, **WHOLE), sparse, atol=1e-3)
-    out = engine.restore(sparse, weights=tiny_weights, **WHOLE)
+    np.testing.assert_allclose(nm.restore(sparse, weights=identity_weights, **WHOLE), sparse, atol=1e-3)
+    out = nm.restore(sparse, weights=tiny_weights, **WHOLE)
     assert np.isfinite(out).all() and np.abs(out).max() < 3000
 
 
@@ -234,9 +235,9 @@ def test_channels_get_their_own_percentiles_and_every_channel_is_sampled(tiny_we
     assert run.imap.high[0] < 1.01 and 99 < run.imap.high[1] <= 100
     # the channels of a gray model are restored independently: as if each were alone
     small = big[:, :96, :96].copy()
-    both = engine.restore(small, weights=tiny_weights, axes="CYX", **TILED)
+    both = nm.restore(small, weights=tiny_weights, axes="CYX", **TILED)
     for c in (0, 1):  # (a batch of two differs from one in the last bit)
-        alone = engine.restore(small[c], weights=tiny_weights, **TILED)
+        alone = nm.restore(small[c], weights=tiny_weights, **TILED)
         np.testing.assert_allclose(both[c], alone, rtol=1e-5, atol=1e-5 * float(alone.max()))
     # colour (RGB) keeps one joint mapping, so that its balance survives
     rgb = engine.prepare(
@@ -252,8 +253,8 @@ def test_int16_maps_like_the_uint16_shift(tiny_weights):
     img, _ = _hot_pixel_images()
     signed = (img * 2 - 1200).astype(np.int16)  # -1000..1000, like CT in Hounsfield units
     shifted = (signed.astype(np.int32) + 32768).astype(np.uint16)
-    a = engine.restore(signed, weights=tiny_weights, **TILED)
-    b = engine.restore(shifted, weights=tiny_weights, **TILED)
+    a = nm.restore(signed, weights=tiny_weights, **TILED)
+    b = nm.restore(shifted, weights=tiny_weights, **TILED)
     assert a.dtype == np.int16
     np.testing.assert_array_equal(a.astype(np.int32) + 32768, b)
     assert _psnr(a, signed, 2000) == pytest.approx(_psnr(b.astype(np.int32) - 32768, signed, 2000))
@@ -263,8 +264,8 @@ def test_int16_maps_like_the_uint16_shift(tiny_weights):
 def test_wide_integers_map_by_percentiles_like_floats(tiny_weights, dtype):
     img, _ = _hot_pixel_images()
     data = img.astype(dtype)
-    out = engine.restore(data, weights=tiny_weights, **TILED)
-    ref = engine.restore(data.astype(np.float32), weights=tiny_weights, **TILED)
+    out = nm.restore(data, weights=tiny_weights, **TILED)
+    ref = nm.restore(data.astype(np.float32), weights=tiny_weights, **TILED)
     assert out.dtype == dtype
     assert np.abs(out.astype(np.float64) - np.rint(ref)).max() <= 1
 
@@ -273,13 +274,13 @@ def test_wide_integers_map_by_percentiles_like_floats(tiny_weights, dtype):
 def test_fixed_normalisation_refuses_floats_outside_0_1(tiny_weights, tmp_path):
     img, _ = _hot_pixel_images()
     with pytest.raises(ValueError, match=r"normalisation='fixed'.*\[0, 1\].*'percentile'"):
-        engine.restore(img, weights=tiny_weights, normalisation="fixed", **TILED)
+        nm.restore(img, weights=tiny_weights, normalisation="fixed", **TILED)
     with pytest.raises(ValueError, match=r"normalisation='fixed'"):
-        engine.restore(
+        nm.restore(
             da.from_array(img, chunks=64), weights=tiny_weights, normalisation="fixed", out=tmp_path / "f.zarr", **TILED
         )
     unit = img / 1100
-    out = engine.restore(unit, weights=tiny_weights, normalisation="fixed", **TILED)
+    out = nm.restore(unit, weights=tiny_weights, normalisation="fixed", **TILED)
     assert out.min() >= 0 and out.max() <= 1
 
 
@@ -287,33 +288,33 @@ def test_fixed_normalisation_refuses_floats_outside_0_1(tiny_weights, tmp_path):
 @pytest.mark.parametrize("name", ["x.tif", "x.png", "x.bmp"])
 def test_out_must_be_a_zarr_store(tiny_weights, tmp_path, name):
     with pytest.raises(mio.OutputError, match=r"must end in \.zarr.*write_image"):
-        engine.restore(_u8(), weights=tiny_weights, out=tmp_path / name, **TILED)
+        nm.restore(_u8(), weights=tiny_weights, out=tmp_path / name, **TILED)
     assert not (tmp_path / name).exists()
 
 
 # ---------------------------------------------------------------------------- 9. unclear errors
 def test_torch_tensor_input_is_restored_as_numpy(tiny_weights):
     img = _u8(40, 44)
-    out = engine.restore(torch.from_numpy(img), weights=tiny_weights, **TILED)
+    out = nm.restore(torch.from_numpy(img), weights=tiny_weights, **TILED)
     assert isinstance(out, np.ndarray)
-    np.testing.assert_array_equal(out, engine.restore(img, weights=tiny_weights, **TILED))
+    np.testing.assert_array_equal(out, nm.restore(img, weights=tiny_weights, **TILED))
     f = torch.rand(40, 44, requires_grad=True)
-    assert engine.restore(f, weights=tiny_weights, **TILED).dtype == np.float32
+    assert nm.restore(f, weights=tiny_weights, **TILED).dtype == np.float32
 
 
 def test_dask_with_unknown_chunks_is_refused(tiny_weights):
     x = da.from_array(_u8()[..., 0], chunks=30)
     x = x[x[:, 0] >= 0]  # boolean indexing: NaN row chunks
     with pytest.raises(ValueError, match=r"unknown chunk sizes.*compute_chunk_sizes"):
-        engine.restore(x, weights=tiny_weights, **TILED)
+        nm.restore(x, weights=tiny_weights, **TILED)
 
 
 def test_task_and_model_must_agree(tiny_weights, tiny_dual_weights):
     img = _u8(40, 40)
     with pytest.raises(ValueError, match=r"task='defocus' needs a dual-pixel model.*takes 3"):
-        engine.restore((img, img), "defocus", tiny_weights, **TILED)
+        nm.restore((img, img), "defocus", tiny_weights, **TILED)
     with pytest.raises(ValueError, match=r"dual-pixel defocus model; use task='defocus'"):
-        engine.restore(img, "denoise", tiny_dual_weights, **TILED)
+        nm.restore(img, "denoise", tiny_dual_weights, **TILED)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
@@ -324,7 +325,7 @@ def test_corrupt_input_chunk_names_the_input_and_region(tiny_weights, tmp_path, 
     chunk = next(p for p in Path(src).rglob("*") if p.is_file() and p.parts[-3:] == ("c", "1", "2"))
     chunk.write_bytes(chunk.read_bytes()[:7])  # truncated
     with pytest.raises(InputError, match=r"in.zarr.*(rows \d+-\d+, columns \d+-\d+|sample).*damaged"):
-        np.asarray(engine.restore(src, weights=tiny_weights, out=tmp_path / "o.zarr", **TILED))
+        np.asarray(nm.restore(src, weights=tiny_weights, out=tmp_path / "o.zarr", **TILED))
     assert not mio.is_complete(tmp_path / "o.zarr")
 
 
@@ -341,26 +342,26 @@ def test_corrupt_input_chunk_names_the_input_and_region(tiny_weights, tmp_path, 
 )
 def test_strange_arrays_get_clear_errors(tiny_weights, image, msg):
     with pytest.raises((TypeError, ValueError), match=msg):
-        engine.restore(image, weights=tiny_weights, **TILED)
+        nm.restore(image, weights=tiny_weights, **TILED)
 
 
 def test_views_read_only_big_endian_and_float16_restore_correctly(tiny_weights, tmp_path):
     base = _u8(90, 110)[..., 0].astype(np.uint16) * 200
-    ref = engine.restore(base, weights=tiny_weights, **TILED)
+    ref = nm.restore(base, weights=tiny_weights, **TILED)
     ro = base.copy()
     ro.flags.writeable = False
-    np.testing.assert_array_equal(engine.restore(ro, weights=tiny_weights, **TILED), ref)
+    np.testing.assert_array_equal(nm.restore(ro, weights=tiny_weights, **TILED), ref)
     be = base.astype(">u2")
-    np.testing.assert_array_equal(engine.restore(be, weights=tiny_weights, **TILED), ref)
-    stored = engine.restore(be, weights=tiny_weights, out=tmp_path / "be.zarr", **TILED)
+    np.testing.assert_array_equal(nm.restore(be, weights=tiny_weights, **TILED), ref)
+    stored = nm.restore(be, weights=tiny_weights, out=tmp_path / "be.zarr", **TILED)
     np.testing.assert_array_equal(np.asarray(stored), ref)
     big = np.zeros((180, 220), np.uint16)
     big[::2, ::-2] = base  # a strided, reversed view
     view = big[::2, ::-2]
     assert not view.flags.c_contiguous
-    np.testing.assert_array_equal(engine.restore(view, weights=tiny_weights, **TILED), ref)
+    np.testing.assert_array_equal(nm.restore(view, weights=tiny_weights, **TILED), ref)
     f = (base / 60000).astype(np.float16)
-    out16 = engine.restore(f, weights=tiny_weights, **TILED)
+    out16 = nm.restore(f, weights=tiny_weights, **TILED)
     assert out16.dtype == np.float16 and np.isfinite(out16).all()
-    out32 = engine.restore(f.astype(np.float32), weights=tiny_weights, **TILED)
+    out32 = nm.restore(f.astype(np.float32), weights=tiny_weights, **TILED)
     np.testing.assert_allclose(out16.astype(np.float32), out32, atol=2e-3)

@@ -14,7 +14,7 @@ import pytest
 import tifffile
 import zarr
 
-from napari_mirnet import engine
+import napari_mirnet as nm
 from napari_mirnet.api import restore_whole
 from napari_mirnet.cli import main
 from napari_mirnet.processing import IntensityMap
@@ -45,7 +45,7 @@ def _gray(h=40, w=50):
     ids=["f32-const-3e38", "f32-pm3e38", "f32-const-min", "f64-1e300", "f64-subnormal", "f32-subnormal"],
 )
 def test_floats_near_their_limits_come_back_as_they_went_in(identity_weights, image):
-    out = engine.restore(image, weights=identity_weights, **TILED)
+    out = nm.restore(image, weights=identity_weights, **TILED)
     assert out.dtype == image.dtype and np.isfinite(out).all()
     x = image.astype(np.float64)
     span = float(np.ptp(x)) or float(np.abs(x).max())
@@ -55,7 +55,7 @@ def test_floats_near_their_limits_come_back_as_they_went_in(identity_weights, im
 @NO_NUMPY_WARNINGS
 def test_float16_near_its_limit_saturates_instead_of_inf(tiny_weights):
     image = (RNG.random((40, 50)) * 131000 - 65500).astype(np.float16)  # the model overshot 65504: Inf
-    out = engine.restore(image, weights=tiny_weights, **TILED)
+    out = nm.restore(image, weights=tiny_weights, **TILED)
     assert out.dtype == np.float16 and np.isfinite(out).all()
 
 
@@ -65,11 +65,11 @@ def test_a_float64_value_float32_cannot_carry_is_refused_with_what_to_do(identit
     image[3, 3] = 1e300  # was Inf in the output
     done = []
     with pytest.raises(ValueError, match=r"1e\+300.*np\.clip"):
-        engine.restore(image, weights=identity_weights, progress=lambda n, total: done.append(n), **TILED)
+        nm.restore(image, weights=identity_weights, progress=lambda n, total: done.append(n), **TILED)
     assert not done  # refused before any tile ran
     # the same value as nodata is no value to carry: its pixels come back as nodata
     image[3, 3] = image[10:12, 5:9] = -1e300
-    out = engine.restore(image, weights=identity_weights, nodata=-1e300, **TILED)
+    out = nm.restore(image, weights=identity_weights, nodata=-1e300, **TILED)
     holes = image == -1e300
     assert (out[holes] == -1e300).all()
     np.testing.assert_allclose(out[~holes], image[~holes], rtol=0, atol=1e-6)
@@ -78,11 +78,11 @@ def test_a_float64_value_float32_cannot_carry_is_refused_with_what_to_do(identit
 @NO_NUMPY_WARNINGS
 def test_negative_zero_constant_and_all_nan_images(identity_weights):
     for image in (np.full((40, 50), -0.0, np.float32), np.full((40, 50), 7.0, np.float32)):
-        np.testing.assert_array_equal(engine.restore(image, weights=identity_weights, **TILED), image)
+        np.testing.assert_array_equal(nm.restore(image, weights=identity_weights, **TILED), image)
     u8 = np.full((40, 50), 7, np.uint8)
-    np.testing.assert_array_equal(engine.restore(u8, weights=identity_weights, **TILED), u8)
+    np.testing.assert_array_equal(nm.restore(u8, weights=identity_weights, **TILED), u8)
     # no data at all: all of it comes back as no data, not as invented values
-    holes = engine.restore(np.full((40, 50), np.nan, np.float32), weights=identity_weights, **TILED)
+    holes = nm.restore(np.full((40, 50), np.nan, np.float32), weights=identity_weights, **TILED)
     assert holes.dtype == np.float32 and np.isnan(holes).all()
 
 
@@ -93,12 +93,12 @@ def test_wide_integers_saturate_and_keep_their_digits(identity_weights, dtype):
     info = np.iinfo(dtype)
     image = RNG.integers(info.min, info.max, (40, 50), dtype=dtype, endpoint=True)
     image[:5], image[5:8] = info.max, info.min  # saturated pixels came out as 0 or -2**63
-    out = engine.restore(image, weights=identity_weights, **TILED)
+    out = nm.restore(image, weights=identity_weights, **TILED)
     assert out.dtype == dtype
     assert (out[:5] == info.max).all() and (out[5:8] == info.min).all()
     # a narrow range near the top: float32 (uint32) or float64 (64-bit) rounded every pixel to a few values
     narrow = np.array(info.max - 1000, dtype=dtype) - RNG.integers(0, 100, (40, 50)).astype(dtype)
-    np.testing.assert_array_equal(engine.restore(narrow, weights=identity_weights, **TILED), narrow)
+    np.testing.assert_array_equal(nm.restore(narrow, weights=identity_weights, **TILED), narrow)
 
 
 def test_intensity_map_round_trip_of_uint64_is_exact():
@@ -132,19 +132,19 @@ def test_pixel_size_of_the_wrong_length_or_value_is_refused_and_nothing_written(
 ):
     out = tmp_path / "r.zarr"
     with pytest.raises(ValueError, match=match):
-        engine.restore(_gray(), weights=tiny_weights, out=out, pixel_size=pixel_size, **TILED)
+        nm.restore(_gray(), weights=tiny_weights, out=out, pixel_size=pixel_size, **TILED)
     assert not out.exists()
 
 
 @pytest.mark.parametrize("pixel_size", [1.0, "ab", (True, 1.0), ("0.5", 1.0)])
 def test_pixel_size_that_is_not_numbers_is_refused(tiny_weights, pixel_size):
     with pytest.raises(TypeError, match="pixel_size="):
-        engine.restore(_gray(), weights=tiny_weights, pixel_size=pixel_size, **TILED)
+        nm.restore(_gray(), weights=tiny_weights, pixel_size=pixel_size, **TILED)
 
 
 def test_pixel_size_per_axis_reaches_the_ome_zarr_metadata(tiny_weights, tmp_path):
     out = tmp_path / "r.zarr"
-    engine.restore(_gray(), weights=tiny_weights, out=out, pixel_size=(0.25, 0.5), **TILED)
+    nm.restore(_gray(), weights=tiny_weights, out=out, pixel_size=(0.25, 0.5), **TILED)
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
 
@@ -160,7 +160,7 @@ def test_super_resolution_scale_must_be_a_whole_supported_int(tiny_weights, scal
     with pytest.raises(
         ValueError, match=rf"scale={re.escape(repr(scale))} is not a whole number.*supports scale 2, 3, 4"
     ):
-        engine.restore(_gray(), "super_resolution", tiny_weights, scale=scale, **TILED)
+        nm.restore(_gray(), "super_resolution", tiny_weights, scale=scale, **TILED)
     with pytest.raises(ValueError, match="is not a whole number"):
         restore_whole(_gray(), "super_resolution", tiny_weights, scale=scale, device="cpu")
 
@@ -195,10 +195,10 @@ def test_scale_accepts_numpy_integers():
 def test_settings_out_of_range_are_refused_in_keyword_words(tiny_weights, kwargs, error, match):
     args = {**TILED, **kwargs}
     with pytest.raises(error, match=match):
-        engine.restore(_gray(), weights=tiny_weights, **args)
+        nm.restore(_gray(), weights=tiny_weights, **args)
     if "accelerate" not in kwargs:  # restore_lazy has no accelerate=
         with pytest.raises(error, match=match):
-            engine.restore_lazy(_gray(), weights=tiny_weights, **args)
+            nm.restore_lazy(_gray(), weights=tiny_weights, **args)
 
 
 @NO_NUMPY_WARNINGS
@@ -206,17 +206,17 @@ def test_nodata_a_float_dtype_cannot_hold_is_refused(identity_weights):
     image = RNG.random((40, 50)).astype(np.float32)
     image[:3] = np.nan  # these holes were written back as Inf (1e300 in float32)
     with pytest.raises(ValueError, match=r"nodata=1e\+300 cannot occur in a float32 image"):
-        engine.restore(image, weights=identity_weights, nodata=1e300, **TILED)
+        nm.restore(image, weights=identity_weights, nodata=1e300, **TILED)
     image[3:5] = -3e38  # a nodata value near the dtype's limit: its pixels and the NaN ones are written as it
-    out = engine.restore(image, weights=identity_weights, nodata=-3e38, **TILED)
+    out = nm.restore(image, weights=identity_weights, nodata=-3e38, **TILED)
     assert (out[:5] == np.float32(-3e38)).all() and np.isfinite(out[5:]).all() and (out[5:] > -1).all()
 
 
 def test_huge_tile_and_numpy_integer_settings_run(identity_weights):
     image = _gray()
-    out = engine.restore(image, weights=identity_weights, tile=2**40, halo=np.int64(8), blend=np.uint8(4))
+    out = nm.restore(image, weights=identity_weights, tile=2**40, halo=np.int64(8), blend=np.uint8(4))
     np.testing.assert_array_equal(out, image)
-    np.testing.assert_array_equal(engine.restore(image, weights=identity_weights, device=None, tile=48), image)
+    np.testing.assert_array_equal(nm.restore(image, weights=identity_weights, device=None, tile=48), image)
 
 
 @pytest.mark.parametrize(
@@ -230,7 +230,7 @@ def test_huge_tile_and_numpy_integer_settings_run(identity_weights):
 )
 def test_odd_weights_values_are_refused(weights, error, match):
     with pytest.raises(error, match=match):
-        engine.restore(_gray(), weights=weights, **TILED)
+        nm.restore(_gray(), weights=weights, **TILED)
 
 
 @pytest.fixture
@@ -249,15 +249,15 @@ def pyramid(tmp_path):
 def test_level_that_is_not_an_index_is_refused(tiny_weights, pyramid, level):
     # level=1.5 restored level 1, level=True level 1
     with pytest.raises(TypeError, match=rf"level={re.escape(repr(level))} is not a level index"):
-        engine.restore(pyramid, weights=tiny_weights, level=level, **TILED)
+        nm.restore(pyramid, weights=tiny_weights, level=level, **TILED)
     with pytest.raises(TypeError, match="is not a level index"):
-        engine.restore_lazy(pyramid, weights=tiny_weights, level=level, **TILED)
+        nm.restore_lazy(pyramid, weights=tiny_weights, level=level, **TILED)
 
 
 def test_level_out_of_range_is_refused_and_an_index_picks_its_level(identity_weights, pyramid):
     with pytest.raises(ValueError, match="level=3 is not a level of"):
-        engine.restore(pyramid, weights=identity_weights, level=3, **TILED)
-    out = np.asarray(engine.restore(pyramid, weights=identity_weights, level=np.int64(2), **TILED))
+        nm.restore(pyramid, weights=identity_weights, level=3, **TILED)
+    out = np.asarray(nm.restore(pyramid, weights=identity_weights, level=np.int64(2), **TILED))
     assert out.shape == (32, 32)
 
 
@@ -265,15 +265,15 @@ def test_level_out_of_range_is_refused_and_an_index_picks_its_level(identity_wei
 @pytest.mark.parametrize("dtype", [bool, np.complex64, object, "U3"])
 def test_dtypes_without_intensities_are_refused(tiny_weights, dtype):
     with pytest.raises(TypeError, match=r"cannot be restored; convert to uint8, uint16 or float32"):
-        engine.restore(np.zeros((40, 50), dtype), weights=tiny_weights, **TILED)
+        nm.restore(np.zeros((40, 50), dtype), weights=tiny_weights, **TILED)
 
 
 @pytest.mark.parametrize("dtype", [">u2", ">f4", ">i4", ">f8"])
 def test_big_endian_images_restore_as_their_native_twins(tiny_weights, dtype):
     native = (RNG.random((40, 50)) * 30000).astype(np.dtype(dtype).newbyteorder("="))
-    out = engine.restore(native.astype(dtype), weights=tiny_weights, **TILED)
+    out = nm.restore(native.astype(dtype), weights=tiny_weights, **TILED)
     assert out.dtype == np.dtype(dtype)
-    np.testing.assert_array_equal(out, engine.restore(native, weights=tiny_weights, **TILED))
+    np.testing.assert_array_equal(out, nm.restore(native, weights=tiny_weights, **TILED))
 
 
 @pytest.mark.slow  # eight tiled runs: ~6 s on busy cores
@@ -281,18 +281,18 @@ def test_views_restore_as_their_copies(tiny_weights):
     base = RNG.integers(0, 256, (90, 110, 3), dtype=np.uint8)
     for view in (base[::-1, ::-1], base[::2, 1::3], base.transpose(1, 0, 2), base[:, :, ::-1]):
         np.testing.assert_array_equal(
-            engine.restore(view, weights=tiny_weights, **TILED),
-            engine.restore(np.ascontiguousarray(view), weights=tiny_weights, **TILED),
+            nm.restore(view, weights=tiny_weights, **TILED),
+            nm.restore(np.ascontiguousarray(view), weights=tiny_weights, **TILED),
         )
 
 
 def test_thin_images(identity_weights):
     for shape in ((1, 50), (50, 1)):
         with pytest.raises(ValueError, match=r"restoration needs at least 2x2"):
-            engine.restore(RNG.random(shape).astype(np.float32), weights=identity_weights, **TILED)
+            nm.restore(RNG.random(shape).astype(np.float32), weights=identity_weights, **TILED)
     for shape in ((2, 50), (50, 2), (2, 2)):
         image = RNG.integers(0, 2**16, shape, dtype=np.uint16)
-        np.testing.assert_array_equal(engine.restore(image, weights=identity_weights, **TILED), image)
+        np.testing.assert_array_equal(nm.restore(image, weights=identity_weights, **TILED), image)
 
 
 # --------------------------------------------------------------------- the same through the CLI

@@ -10,6 +10,7 @@ import tifffile
 import zarr
 from PIL import Image
 
+import napari_mirnet as nm
 from napari_mirnet import engine
 from napari_mirnet import io as mio
 
@@ -46,9 +47,9 @@ def test_read_tif_png_jpg(tmp_path):
 def test_tif_input_restores_lazily(tiny_weights, tmp_path):
     stack = RNG.integers(0, 4000, (2, 60, 50), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "s.tif", stack, imagej=True, metadata={"axes": "ZYX"})
-    out = engine.restore(str(tmp_path / "s.tif"), weights=tiny_weights, **TILED)
+    out = nm.restore(str(tmp_path / "s.tif"), weights=tiny_weights, **TILED)
     assert out.shape == stack.shape and hasattr(out, "dask")
-    np.testing.assert_array_equal(out.compute(), engine.restore(stack, weights=tiny_weights, axes="ZYX", **TILED))
+    np.testing.assert_array_equal(out.compute(), nm.restore(stack, weights=tiny_weights, axes="ZYX", **TILED))
 
 
 # ----------------------------------------------------------------------------- OME-Zarr output
@@ -56,7 +57,7 @@ def test_tif_input_restores_lazily(tiny_weights, tmp_path):
 def test_ome_zarr_output_metadata_and_sr_scale(identity_weights, tmp_path):
     img = RNG.integers(0, 256, (2, 3, 40, 44), dtype=np.uint8)  # ZCYX: stored as CZYX
     out = tmp_path / "o.zarr"
-    res = engine.restore(
+    res = nm.restore(
         img,
         "super_resolution",
         identity_weights,
@@ -84,16 +85,16 @@ def test_ome_zarr_output_metadata_and_sr_scale(identity_weights, tmp_path):
     assert sorted(g.array_keys()) == ["0"]  # 80x88: no pyramid; only the image, no bookkeeping inside
     assert not mio.bookkeeping_path(out).exists()  # removed once complete
     np.testing.assert_array_equal(
-        res.compute(), engine.restore(img, "super_resolution", identity_weights, scale=2, axes="ZCYX", **TILED)
+        res.compute(), nm.restore(img, "super_resolution", identity_weights, scale=2, axes="ZCYX", **TILED)
     )
 
 
 def test_ome_zarr_input_scale_carries_over(tiny_weights, tmp_path):
     img = RNG.integers(0, 256, (3, 50, 60), dtype=np.uint8)
-    engine.restore(img, weights=tiny_weights, axes="ZYX", out=tmp_path / "a.zarr", pixel_size=(2.0, 0.3, 0.3), **TILED)
+    nm.restore(img, weights=tiny_weights, axes="ZYX", out=tmp_path / "a.zarr", pixel_size=(2.0, 0.3, 0.3), **TILED)
     src = mio.open_image(tmp_path / "a.zarr")
     assert src.axes == "ZYX" and src.pixel_scale == {"Z": 2.0, "Y": 0.3, "X": 0.3}
-    engine.restore(str(tmp_path / "a.zarr"), weights=tiny_weights, out=tmp_path / "b.zarr", **TILED)
+    nm.restore(str(tmp_path / "a.zarr"), weights=tiny_weights, out=tmp_path / "b.zarr", **TILED)
     ms = dict(zarr.open_group(str(tmp_path / "b.zarr")).attrs)["ome"]["multiscales"][0]
     assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [2.0, 0.3, 0.3]
 
@@ -102,9 +103,7 @@ def test_incomplete_store_is_not_an_image(tiny_weights, tmp_path):
     cancel = threading.Event()
     out = tmp_path / "p.zarr"
     with pytest.raises(engine.Cancelled):
-        engine.restore(
-            _rgb(), weights=tiny_weights, out=out, cancel=cancel, progress=lambda d, t: cancel.set(), **TILED
-        )
+        nm.restore(_rgb(), weights=tiny_weights, out=out, cancel=cancel, progress=lambda d, t: cancel.set(), **TILED)
     attrs = dict(zarr.open_group(str(out)).attrs)
     assert "ome" not in attrs and attrs["napari_mirnet"]["complete"] is False
     with pytest.raises(ValueError, match="unfinished"):
@@ -122,13 +121,13 @@ def test_resume_skips_finished_chunks_and_matches(tiny_weights, tmp_path):
             cancel.set()
 
     with pytest.raises(engine.Cancelled):
-        engine.restore(img, weights=tiny_weights, out=out, cancel=cancel, progress=stop, **TILED)
+        nm.restore(img, weights=tiny_weights, out=out, cancel=cancel, progress=stop, **TILED)
     done_before = int(mio.done_markers(out).sum())
     assert 0 < done_before < 12
     seen = []
-    resumed = engine.restore(img, weights=tiny_weights, out=out, progress=lambda d, t: seen.append(t), **TILED)
+    resumed = nm.restore(img, weights=tiny_weights, out=out, progress=lambda d, t: seen.append(t), **TILED)
     assert seen[-1] == 12 - done_before  # only the unfinished chunks ran
-    fresh = engine.restore(img, weights=tiny_weights, out=tmp_path / "f.zarr", **TILED)
+    fresh = nm.restore(img, weights=tiny_weights, out=tmp_path / "f.zarr", **TILED)
     np.testing.assert_array_equal(resumed.compute(), fresh.compute())
 
 
@@ -137,24 +136,24 @@ def test_mismatched_fingerprint_is_refused(tiny_weights, tmp_path):
     out = tmp_path / "m.zarr"
     cancel = threading.Event()
     with pytest.raises(engine.Cancelled):
-        engine.restore(img, weights=tiny_weights, out=out, cancel=cancel, progress=lambda d, t: cancel.set(), **TILED)
+        nm.restore(img, weights=tiny_weights, out=out, cancel=cancel, progress=lambda d, t: cancel.set(), **TILED)
     with pytest.raises(mio.FingerprintMismatch, match=r"other settings.*tile.*--overwrite"):
-        engine.restore(img, weights=tiny_weights, out=out, **{**TILED, "tile": 64})
-    engine.restore(img, weights=tiny_weights, out=out, overwrite=True, **{**TILED, "tile": 64})
+        nm.restore(img, weights=tiny_weights, out=out, **{**TILED, "tile": 64})
+    nm.restore(img, weights=tiny_weights, out=out, overwrite=True, **{**TILED, "tile": 64})
     assert mio.is_complete(out)
 
 
 def test_complete_output_is_not_overwritten(tiny_weights, tmp_path):
     img = _rgb()
     out = tmp_path / "c.zarr"
-    engine.restore(img, weights=tiny_weights, out=out, **TILED)
+    nm.restore(img, weights=tiny_weights, out=out, **TILED)
     before = zarr.open_group(str(out))["0"][...]
     with pytest.raises(mio.OutputExistsError, match="already complete.*overwrite") as info:
-        engine.restore(img[:80], weights=tiny_weights, out=out, **TILED)
+        nm.restore(img[:80], weights=tiny_weights, out=out, **TILED)
     assert not info.value.matches
     np.testing.assert_array_equal(zarr.open_group(str(out))["0"][...], before)
     with pytest.raises(mio.OutputExistsError) as info:
-        engine.restore(img, weights=tiny_weights, out=out, **TILED)
+        nm.restore(img, weights=tiny_weights, out=out, **TILED)
     assert info.value.matches
 
 
@@ -164,7 +163,7 @@ def test_foreign_directory_is_left_alone(tiny_weights, tmp_path):
     (d / "notes.txt").write_text("keep me")
     for overwrite in (False, True):
         with pytest.raises(mio.OutputError, match="not a napari-mirnet result"):
-            engine.restore(_rgb(), weights=tiny_weights, out=d, overwrite=overwrite, **TILED)
+            nm.restore(_rgb(), weights=tiny_weights, out=d, overwrite=overwrite, **TILED)
     assert (d / "notes.txt").read_text() == "keep me"
 
 
@@ -192,13 +191,11 @@ def test_resume_with_default_tile_keeps_the_stored_settings(tiny_weights, tmp_pa
     monkeypatch.setattr(engine.memory, "memory_budget", lambda dev: bpp * 128**2)
     cancel = threading.Event()
     with pytest.raises(engine.Cancelled):
-        engine.restore(
-            img, weights=tiny_weights, device="cpu", out=out, cancel=cancel, progress=lambda d, t: cancel.set()
-        )
+        nm.restore(img, weights=tiny_weights, device="cpu", out=out, cancel=cancel, progress=lambda d, t: cancel.set())
     monkeypatch.setattr(engine.memory, "memory_budget", lambda dev: bpp * 96**2)  # less memory now
-    res = engine.restore(img, weights=tiny_weights, device="cpu", out=out)
+    res = nm.restore(img, weights=tiny_weights, device="cpu", out=out)
     assert mio.is_complete(out) and mio.stored_fingerprint(out)["tile"] == 128
-    np.testing.assert_array_equal(res.compute(), engine.restore(img, weights=tiny_weights, device="cpu", tile=128))
+    np.testing.assert_array_equal(res.compute(), nm.restore(img, weights=tiny_weights, device="cpu", tile=128))
 
 
 def test_overwriting_a_store_in_the_same_process_writes_through_fresh_arrays(tiny_weights, tmp_path):
@@ -206,18 +203,18 @@ def test_overwriting_a_store_in_the_same_process_writes_through_fresh_arrays(tin
     rng = np.random.default_rng(5)
     img = rng.integers(0, 256, (90, 110, 3), dtype=np.uint8)
     out = str(tmp_path / "again.zarr")
-    engine.restore(img, weights=tiny_weights, out=out, tile=48, halo=8, blend=4, device="cpu")
+    nm.restore(img, weights=tiny_weights, out=out, tile=48, halo=8, blend=4, device="cpu")
     # other chunks: stale arrays would raise BoundsCheckError or write a misaligned store
-    second = engine.restore(img, weights=tiny_weights, out=out, overwrite=True, tile=64, halo=8, blend=4, device="cpu")
+    second = nm.restore(img, weights=tiny_weights, out=out, overwrite=True, tile=64, halo=8, blend=4, device="cpu")
     np.testing.assert_array_equal(
-        second.compute(), engine.restore(img, weights=tiny_weights, tile=64, halo=8, blend=4, device="cpu")
+        second.compute(), nm.restore(img, weights=tiny_weights, tile=64, halo=8, blend=4, device="cpu")
     )
     # another shape: the store must read back as the new image
     other = rng.integers(0, 256, (70, 60, 3), dtype=np.uint8)
-    third = engine.restore(other, weights=tiny_weights, out=out, overwrite=True, tile=48, halo=8, blend=4, device="cpu")
+    third = nm.restore(other, weights=tiny_weights, out=out, overwrite=True, tile=48, halo=8, blend=4, device="cpu")
     assert third.shape == other.shape
     # the store holds (C, Y, X): read it back in the input's (Y, X, C) order
     np.testing.assert_array_equal(
         np.moveaxis(np.asarray(zarr.open_group(out, mode="r")["0"]), 0, -1),
-        engine.restore(other, weights=tiny_weights, tile=48, halo=8, blend=4, device="cpu"),
+        nm.restore(other, weights=tiny_weights, tile=48, halo=8, blend=4, device="cpu"),
     )

@@ -12,7 +12,7 @@ import pytest
 import tifffile
 import zarr
 
-from napari_mirnet import engine
+import napari_mirnet as nm
 from napari_mirnet import io as mio
 from napari_mirnet.cli import main
 from napari_mirnet.metadata import ImageMeta
@@ -50,11 +50,9 @@ def test_every_zarr_output_is_valid_and_readers_see_the_input_meaning(case, tiny
     mio.write_image(src, _image(shape, dtype), axes, meta=ImageMeta(scale=scale, units=units, translation=translation))
     out = tmp_path / "out.zarr"
     if factor == 1:
-        engine.restore(
-            str(src), "denoise", tiny_weights if "C" in axes and axes.endswith("C") else None, out=out, **TILED
-        )
+        nm.restore(str(src), "denoise", tiny_weights if "C" in axes and axes.endswith("C") else None, out=out, **TILED)
     else:
-        engine.restore(str(src), "super_resolution", identity_weights, scale=factor, out=out, **TILED)
+        nm.restore(str(src), "super_resolution", identity_weights, scale=factor, out=out, **TILED)
 
     Image.from_zarr(zarr.open_group(str(out), mode="r"))  # raises on anything NGFF 0.5 forbids
     expect = ImageMeta(axes=axes, scale=scale, units=units, translation=translation).resampled(factor)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import zarr
 
+import napari_mirnet as nm
 from napari_mirnet import engine
 from napari_mirnet import io as mio
 from napari_mirnet.cli import main
@@ -70,7 +71,7 @@ def test_sr_result_is_a_valid_pyramid_every_reader_understands(identity_weights,
     meta = ImageMeta(scale={"Y": 0.5, "X": 0.5}, units=UM, translation={"Y": 10.0, "X": -3.0})
     mio.write_image(src, img, "YXC", meta=meta)
     out = tmp_path / "sr.zarr"
-    res = engine.restore(str(src), "super_resolution", identity_weights, scale=2, out=out, **TILED)
+    res = nm.restore(str(src), "super_resolution", identity_weights, scale=2, out=out, **TILED)
     assert res.shape == (3, 150, 200)  # the input store's order (CYX)
     _validate(out)
     g = zarr.open_group(str(out), mode="r")
@@ -159,17 +160,17 @@ def test_resume_of_a_pyramid_store_gives_the_same_levels(tiny_weights, tmp_path,
             cancel.set()
 
     with pytest.raises(engine.Cancelled):
-        engine.restore(img, weights=tiny_weights, out=out, cancel=cancel, progress=stop, **TILED)
+        nm.restore(img, weights=tiny_weights, out=out, cancel=cancel, progress=stop, **TILED)
     assert not mio.is_complete(out) and "ome" not in dict(zarr.open_group(str(out)).attrs)
     done = mio.done_markers(out)
     assert 0 < done.sum() < done.size and mio.bookkeeping_path(out).is_dir()
     # the image group holds only image levels, even while unfinished
     assert sorted(zarr.open_group(str(out)).array_keys()) == ["0", "1", "2"]
     seen = []
-    engine.restore(img, weights=tiny_weights, out=out, progress=lambda d, t: seen.append(t), **TILED)
+    nm.restore(img, weights=tiny_weights, out=out, progress=lambda d, t: seen.append(t), **TILED)
     assert seen[-1] == done.size - done.sum()
     fresh = tmp_path / "f.zarr"
-    engine.restore(img, weights=tiny_weights, out=fresh, **TILED)
+    nm.restore(img, weights=tiny_weights, out=fresh, **TILED)
     a, b = zarr.open_group(str(out), mode="r"), zarr.open_group(str(fresh), mode="r")
     for k in "012":
         np.testing.assert_array_equal(a[k][...], b[k][...])
@@ -188,16 +189,16 @@ def test_stale_bookkeeping_never_vouches_for_a_new_store(tiny_weights, tmp_path)
             cancel.set()
 
     with pytest.raises(engine.Cancelled):
-        engine.restore(img, weights=tiny_weights, out=out, cancel=cancel, progress=stop, **TILED)
+        nm.restore(img, weights=tiny_weights, out=out, cancel=cancel, progress=stop, **TILED)
     assert mio.done_markers(out).sum() >= 1
     import shutil
 
     shutil.rmtree(out)  # the user deletes the store, not the hidden bookkeeping beside it
     seen = []
-    engine.restore(img, weights=tiny_weights, out=out, progress=lambda d, t: seen.append(t), **TILED)
+    nm.restore(img, weights=tiny_weights, out=out, progress=lambda d, t: seen.append(t), **TILED)
     assert seen[-1] == 9  # every tile computed again (3 x 3)
     np.testing.assert_array_equal(
-        np.moveaxis(zarr.open_group(str(out))["0"][...], 0, -1), engine.restore(img, weights=tiny_weights, **TILED)
+        np.moveaxis(zarr.open_group(str(out))["0"][...], 0, -1), nm.restore(img, weights=tiny_weights, **TILED)
     )
 
 
@@ -206,13 +207,13 @@ def test_unfinished_store_of_the_old_layout_is_refused(tiny_weights, tmp_path):
     out = tmp_path / "o.zarr"
     cancel = threading.Event()
     with pytest.raises(engine.Cancelled):
-        engine.restore(img, weights=tiny_weights, out=out, cancel=cancel, progress=lambda d, t: cancel.set(), **TILED)
+        nm.restore(img, weights=tiny_weights, out=out, cancel=cancel, progress=lambda d, t: cancel.set(), **TILED)
     g = zarr.open_group(str(out), mode="r+")
     ours = dict(g.attrs)["napari_mirnet"]
     del ours["layout"]
     g.attrs["napari_mirnet"] = ours
     with pytest.raises(mio.FingerprintMismatch, match="older napari-mirnet.*--overwrite"):
-        engine.restore(img, weights=tiny_weights, out=out, **TILED)
+        nm.restore(img, weights=tiny_weights, out=out, **TILED)
 
 
 # ------------------------------------------------------------------------------------------- in
@@ -313,12 +314,12 @@ def test_level_through_restore_and_the_cli(tiny_weights, tmp_path, small_pyramid
     img = RNG.integers(0, 256, (130, 120, 3), dtype=np.uint8)
     src = tmp_path / "in.zarr"
     mio.write_image(src, img, "YXC", meta=ImageMeta(scale={"Y": 0.5, "X": 0.5}, units=UM))
-    out = engine.restore(str(src), weights=tiny_weights, level=1, **TILED)
+    out = nm.restore(str(src), weights=tiny_weights, level=1, **TILED)
     assert out.shape == (3, 65, 60)  # stored as CYX
     lvl1 = mio.open_image(src, level=1).array[...]
     # the store says its channels are red, green, blue: colour, as the same pixels given as a picture
     # (channels last); bare channels first would be bands, each restored alone
-    picture = engine.restore(np.moveaxis(lvl1, 0, -1), weights=tiny_weights, axes="YXC", **TILED)
+    picture = nm.restore(np.moveaxis(lvl1, 0, -1), weights=tiny_weights, axes="YXC", **TILED)
     np.testing.assert_array_equal(out.compute(), np.moveaxis(picture, -1, 0))
     dst = tmp_path / "out.zarr"
     args = ["restore", str(src), "-o", str(dst), "--weights", tiny_weights, "--tile", "80", "--halo", "8", "-q"]
@@ -330,7 +331,7 @@ def test_level_through_restore_and_the_cli(tiny_weights, tmp_path, small_pyramid
     err = capsys.readouterr().err
     assert "--level '7' is not a level" in err and "0 ('0', 3x130x120)" in err and "level=" not in err
     with pytest.raises(ValueError, match="level=.*array, not a path"):
-        engine.restore(img, weights=tiny_weights, level=1, **TILED)
+        nm.restore(img, weights=tiny_weights, level=1, **TILED)
 
 
 def test_super_resolution_moves_an_implicit_first_centre_too():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
+import napari_mirnet as nm
 from napari_mirnet import engine
 from napari_mirnet import io as mio
 from napari_mirnet.engine import graph
@@ -76,7 +77,7 @@ def test_windows_write_the_same_bits_as_one_graph_and_stay_bounded(tiny_weights,
 def test_resume_across_windows_gives_the_uninterrupted_result(tiny_weights, tmp_path, monkeypatch):
     img = np.random.default_rng(2).integers(0, 256, (90, 110, 3), dtype=np.uint8)
     monkeypatch.setattr(graph, "WINDOW_TILES", 6)
-    full = engine.restore(img, "denoise", tiny_weights, **TILES)
+    full = nm.restore(img, "denoise", tiny_weights, **TILES)
     cancel, out = threading.Event(), tmp_path / "r.zarr"
 
     def stop(done, total):
@@ -84,9 +85,9 @@ def test_resume_across_windows_gives_the_uninterrupted_result(tiny_weights, tmp_
             cancel.set()
 
     with pytest.raises(engine.Cancelled):
-        engine.restore(img, "denoise", tiny_weights, out=out, progress=stop, cancel=cancel, **TILES)
+        nm.restore(img, "denoise", tiny_weights, out=out, progress=stop, cancel=cancel, **TILES)
     assert 0 < mio.done_markers(out).sum() < 7 * 6
-    resumed = engine.restore(img, "denoise", tiny_weights, out=out, **TILES)
+    resumed = nm.restore(img, "denoise", tiny_weights, out=out, **TILES)
     assert mio.is_complete(out)
     np.testing.assert_array_equal(np.asarray(resumed), full)
 
@@ -100,7 +101,7 @@ def test_restore_lazy_plans_nothing_up_front_and_a_slice_only_its_tiles(tiny_wei
         steps, "restore_tiles", lambda ctx, tiles, *a: calls.append(tiles) or restore_tiles(ctx, tiles, *a)
     )
     big = zarr.create_array(str(tmp_path / "big.zarr"), shape=(4000, 4000, 3), chunks=(1024, 1024, 3), dtype="uint8")
-    arr = engine.restore_lazy(big, "denoise", tiny_weights, **TILES)  # 250 x 250 tiles of 16 px
+    arr = nm.restore_lazy(big, "denoise", tiny_weights, **TILES)  # 250 x 250 tiles of 16 px
     assert arr.shape == big.shape
     ours = [layer for name, layer in arr.dask.layers.items() if name.startswith("mirnet-out-")]
     assert len(ours) == 1 and not ours[0].is_materialized(), "the 62500 tiles' tasks were made up front"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
+import napari_mirnet as nm
 from napari_mirnet import io as mio
 from napari_mirnet.cli import main
 from napari_mirnet.io import tiff as mtiff
@@ -265,13 +266,12 @@ def test_cli_stopped_while_writing_leaves_no_tiff_and_reuses_the_computed_store(
     assert main(cmd) == 0
     assert not work.exists() and mtiff.stored_tiff_fingerprint(out)["tile"] == 48
     monkeypatch.undo()
-    expected = engine.restore(str(src), weights=tiny_weights, tile=48, halo=8, blend=4, device="cpu")
+    expected = nm.restore(str(src), weights=tiny_weights, tile=48, halo=8, blend=4, device="cpu")
     np.testing.assert_array_equal(tifffile.imread(out), np.asarray(expected))
 
 
 @pytest.mark.slow
 def test_cli_interrupted_run_into_a_tiff_resumes(tiny_weights, tmp_path, monkeypatch):
-    from napari_mirnet import engine
 
     src, out = tmp_path / "s.tif", tmp_path / "o.tif"
     tifffile.imwrite(src, RNG.integers(0, 4000, (2, 90, 100), dtype=np.uint16), imagej=True, metadata={"axes": "ZYX"})
@@ -294,5 +294,5 @@ def test_cli_interrupted_run_into_a_tiff_resumes(tiny_weights, tmp_path, monkeyp
     assert len(written) == total  # the three finished chunks were not computed again
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.tif", "s.tif"]
     monkeypatch.undo()
-    expected = engine.restore(str(src), weights=tiny_weights, tile=48, halo=8, blend=4, device="cpu")
+    expected = nm.restore(str(src), weights=tiny_weights, tile=48, halo=8, blend=4, device="cpu")
     np.testing.assert_array_equal(tifffile.imread(out), np.asarray(expected))

@@ -19,6 +19,7 @@ import pytest
 import torch
 from conftest import make_checkpoint
 
+import napari_mirnet as nm
 from napari_mirnet import engine
 from napari_mirnet import io as mio
 from napari_mirnet import weights as W
@@ -58,10 +59,10 @@ def test_a_checkpoint_replaced_on_disk_is_used_by_the_next_restore(tmp_path):
     make_checkpoint(b, seed=2)  # same config, same size: only the values differ
     shutil.copy(a, path)
     image = _u8(24, 28)
-    first = engine.restore(image, weights=str(path), **WHOLE)
+    first = nm.restore(image, weights=str(path), **WHOLE)
     _replace(path, b)
-    second = engine.restore(image, weights=str(path), **WHOLE)
-    np.testing.assert_array_equal(second, engine.restore(image, weights=str(b), **WHOLE))
+    second = nm.restore(image, weights=str(path), **WHOLE)
+    np.testing.assert_array_equal(second, nm.restore(image, weights=str(b), **WHOLE))
     assert not np.array_equal(first, second)
 
 
@@ -132,15 +133,15 @@ def test_a_resumed_store_is_not_finished_with_replaced_weights(tmp_path):
             cancel.set()
 
     with pytest.raises(engine.Cancelled):  # a killed run: part of the store written with a
-        engine.restore(image, weights=str(path), out=out, cancel=cancel, progress=progress, **TILED)
+        nm.restore(image, weights=str(path), out=out, cancel=cancel, progress=progress, **TILED)
     assert 0 < mio.done_markers(out).sum() < mio.done_markers(out).size
     shutil.copy(b, tmp_path / "new.pth")
     os.replace(tmp_path / "new.pth", path)  # fine-tuned again into the same file
     with pytest.raises(mio.FingerprintMismatch, match="weights_sha256.*overwrite"):
-        engine.restore(image, weights=str(path), out=out, **TILED)
+        nm.restore(image, weights=str(path), out=out, **TILED)
     assert not mio.is_complete(out)
-    redone = engine.restore(image, weights=str(path), out=out, overwrite=True, **TILED)
-    np.testing.assert_array_equal(redone.compute(), engine.restore(image, weights=str(b), **TILED))
+    redone = nm.restore(image, weights=str(path), out=out, overwrite=True, **TILED)
+    np.testing.assert_array_equal(redone.compute(), nm.restore(image, weights=str(b), **TILED))
 
 
 # ------------------------------------------------------------------ 21: downloads and their record

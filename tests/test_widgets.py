@@ -10,6 +10,8 @@ import time
 import numpy as np
 import pytest
 
+import napari_mirnet as nm
+
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
@@ -137,7 +139,6 @@ def test_defocus_widget_two_inputs(make_napari_viewer, qtbot, tiny_dual_weights)
 
 @pytest.mark.slow
 def test_tta_option_reaches_the_engine(make_napari_viewer, qtbot, tiny_dual_weights):
-    from napari_mirnet import engine
 
     viewer = make_napari_viewer()
     (left, lk), (right, rk) = sample_data.dual_pixel_pair()
@@ -152,8 +153,8 @@ def test_tta_option_reaches_the_engine(make_napari_viewer, qtbot, tiny_dual_weig
     assert out is not None, w.last_status
     assert out.metadata["mirnet"]["tta"] is True
     kw = dict(weights=tiny_dual_weights, device="cpu")
-    np.testing.assert_array_equal(out.data, engine.restore((left, right), "defocus", tta=True, **kw))
-    assert not np.array_equal(out.data, engine.restore((left, right), "defocus", **kw))
+    np.testing.assert_array_equal(out.data, nm.restore((left, right), "defocus", tta=True, **kw))
+    assert not np.array_equal(out.data, nm.restore((left, right), "defocus", **kw))
 
 
 @pytest.mark.slow
