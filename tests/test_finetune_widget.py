@@ -1,0 +1,171 @@
+"""The napari fine-tuning widget and its training process (moved from test_finetune.py)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from conftest import make_checkpoint
+
+from napari_mirnet import restore
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+
+@pytest.fixture(scope="module")
+def gray_identity(tmp_path_factory) -> str:
+    """A 1->1 MIRNet-v2 (n_feat 16) that starts as the identity: its PSNR is the noisy input's."""
+    return make_checkpoint(tmp_path_factory.mktemp("w") / "gray_id.pth", identity=True, in_channels=1, out_channels=1)
+
+
+def toy(n=3, size=96, sigma=0.1, seed=0):
+    yy, xx = np.mgrid[0:size, 0:size]
+    clean = np.stack([0.5 + 0.3 * np.sin(xx / 9 + k) * np.cos(yy / 7) for k in range(n)]).astype(np.float32)
+    noisy = clean + np.random.default_rng(seed).normal(0, sigma, clean.shape).astype(np.float32)
+    return clean, noisy.astype(np.float32)
+
+
+@pytest.mark.gui
+def test_widget_adapts_the_layer_and_the_model_appears_in_denoise(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch, gray_identity
+):
+    import shutil
+
+    monkeypatch.setenv("NAPARI_MIRNET_MODELS", str(tmp_path / "models"))
+    (tmp_path / "models").mkdir()
+    shutil.copy(gray_identity, tmp_path / "models" / "start.pth")
+    from napari_mirnet.finetune_widget import FinetuneWidget
+    from napari_mirnet.widgets import weights_choices
+
+    _, noisy = toy(n=3, size=96)
+    viewer = make_napari_viewer()
+    viewer.add_image(noisy, name="cells")
+    w = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.weights.value = str(tmp_path / "models" / "start.pth")
+    w.minutes.value = 0.1  # 6 s
+    seen, on_item = [], w._on_item
+    w._on_item = lambda item: (seen.append((item, w.status.value)), on_item(item))  # what the status showed
+    w.start.clicked()
+    assert not w.start.enabled and w.cancel.enabled
+    qtbot.waitUntil(lambda: w.result is not None or w.error is not None, timeout=120_000)
+    assert w.error is None, w.error
+    # set-up (issue 31.6): the status counts the patches read, within the run's budget
+    setup = [item for item, _ in seen if item[0] == "setup"]
+    assert setup and setup[0][1] == 1 and all(d <= n for _, d, n in setup)
+    on_item(("setup", 3, 10))
+    assert "3/10 patches read" in w.status.value and "0.1-minute budget" in w.status.value
+    assert w.result.path == tmp_path / "models" / "cells-finetuned.pth" and w.result.path.is_file()
+    assert "cells (fine-tune preview)" in viewer.layers
+    assert viewer.layers["cells (fine-tune preview)"].data.shape == (96, 96)
+    assert len(w.plot.train) == w.result.steps
+    qtbot.waitUntil(lambda: w.start.enabled, timeout=10_000)
+    assert any(v == str(w.result.path) for _, v in weights_choices("denoise"))
+    out = restore(noisy, "denoise", weights=str(w.result.path), axes="ZYX", device="cpu")
+    assert out.shape == noisy.shape
+    # the next run gets a free name; a name that is taken is refused and the model kept
+    assert w.model_name.value == "cells-finetuned-2"
+    kept = w.result.path.read_bytes()
+    w.model_name.value = "cells-finetuned"
+    w.start.clicked()
+    assert "exists" in w.status.value and w.start.enabled and w.result.path.read_bytes() == kept
+
+
+@pytest.mark.gui
+def test_widget_cancel_keeps_the_best_model(make_napari_viewer, qtbot, tmp_path, monkeypatch, gray_identity):
+    monkeypatch.setenv("NAPARI_MIRNET_MODELS", str(tmp_path / "models"))
+    from napari_mirnet.finetune_widget import FinetuneWidget
+
+    _, noisy = toy(n=2, size=64)
+    viewer = make_napari_viewer()
+    viewer.add_image(noisy, name="cells")
+    w = FinetuneWidget(viewer)
+    w.weights.choices = [("start", gray_identity)]
+    w.weights.value = gray_identity
+    w.minutes.value = 30
+    w.start.clicked()
+    qtbot.waitUntil(lambda: len(w.plot.train) >= 1, timeout=60_000)
+    t = time.perf_counter()
+    w.cancel.clicked()
+    qtbot.waitUntil(lambda: w.result is not None, timeout=60_000)
+    assert w.result.stopped and w.result.path.is_file() and time.perf_counter() - t < 30
+    assert "cancelled" in w.status.value
+
+
+_WIDGET_RUN = """
+import sys
+import numpy as np
+import napari
+from qtpy.QtWidgets import QApplication
+from napari_mirnet.finetune_widget import FinetuneWidget
+
+viewer = napari.Viewer(show=True)  # shown: Qt's OpenGL (Mesa's llvmpipe under Xvfb) is loaded
+viewer.add_image(np.random.default_rng(0).integers(0, 255, (96, 128), dtype=np.uint8), name="img")
+w = FinetuneWidget(viewer)
+viewer.window.add_dock_widget(w)
+w.weights.choices = [("start", sys.argv[1])]
+w.weights.value = sys.argv[1]
+w.minutes.value = 0.1
+w.start.clicked()
+while w.result is None and w.error is None or not w.start.enabled:
+    QApplication.processEvents()
+    w.native.thread().msleep(20)
+loaded = sorted(m for m in sys.modules if m.split(".")[0] == "triton" or m.startswith("torch._dynamo"))
+print("result:", w.result, "error:", repr(w.error), "compiler modules in napari's process:", loaded)
+viewer.close()
+sys.exit(1 if loaded or w.error is not None or w.result.steps < 1 else 0)
+"""
+
+
+@pytest.mark.gui
+@pytest.mark.slow
+def test_widget_finetune_keeps_the_compiler_stack_out_of_napari(tmp_path, gray_identity):
+    """The issue's reproduction, as napari runs it: a shown viewer, the widget docked on a 96x128 uint8
+    layer, 0.1 minutes, Fine-tune. Creating the optimiser imports torch._dynamo; with the CUDA build
+    that loads triton's LLVM, which crashed this process (Mesa's LLVM loaded by Qt's OpenGL)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import SAFETY_S
+
+    env = {**os.environ, "NAPARI_MIRNET_MODELS": str(tmp_path / "models")}
+    proc = subprocess.run(
+        [sys.executable, "-c", _WIDGET_RUN, gray_identity], capture_output=True, text=True, timeout=SAFETY_S, env=env
+    )
+    assert proc.returncode == 0, f"rc {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert (tmp_path / "models" / "img-finetuned.pth").is_file()
+
+
+@pytest.mark.gui
+def test_widget_reports_the_training_process_error(make_napari_viewer, qtbot, tmp_path, monkeypatch, gray_identity):
+    monkeypatch.setenv("NAPARI_MIRNET_MODELS", str(tmp_path / "models"))
+    from conftest import SAFETY_MS
+
+    from napari_mirnet.finetune_widget import FinetuneWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((20, 20)).astype(np.float32), name="tiny")
+    w = FinetuneWidget(viewer)
+    w.weights.choices = [("start", gray_identity)]
+    w.weights.value = gray_identity
+    w.start.clicked()
+    qtbot.waitUntil(lambda: w.start.enabled, timeout=SAFETY_MS)
+    assert isinstance(w.error, ValueError) and "too small" in str(w.error) and "too small" in w.status.value
+    assert w.result is None and not w.is_running()
+
+
+def test_training_process_errors_reach_the_widget_readably():
+    from napari_mirnet.finetune_worker import FinetuneProcess, _sendable
+
+    class LocalError(Exception):  # a class the parent cannot import: its instances cannot travel
+        pass
+
+    sent = _sendable(LocalError("out='a.pth' exists"))
+    assert type(sent) is RuntimeError and str(sent) == "LocalError: out='a.pth' exists"
+    plain = ValueError("too small")
+    assert _sendable(plain) is plain
+    with pytest.raises(TypeError, match="cannot be handed to the training process.*save the layer"):
+        FinetuneProcess({"data": (i for i in range(3)), "out": "x.pth", "weights": "w", "kwargs": {}})
