@@ -1,0 +1,87 @@
+"""What every sub-command shares: usage errors, the help layout, messages in the CLI's words, the licence notice."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+__all__ = ["UsageError", "in_cli_words"]
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Show '(default: ...)' where there is a default worth showing and the help does not name one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+# Python argument names in library messages -> this command's flags (one place for every sub-command)
+_FLAGS = {
+    "weights": "--weights",
+    "axes": "--axes",
+    "level": "--level",
+    "tile": "--tile",
+    "halo": "--halo",
+    "blend": "--blend",
+    "scale": "--scale",
+    "device": "--device",
+    "precision": "--precision",
+    "task": "--task",
+    "normalisation": "--normalisation",
+    "nodata": "--nodata",
+    "tta": "--tta",
+    "rgb": "--rgb",
+    "overwrite": "--overwrite",
+    "out": "-o",
+    "client": "--scheduler",
+}
+_FLAG_RE = re.compile(r"(?<![-\w./])(" + "|".join(_FLAGS) + r")=(True\b)?(?=(.?))")
+
+
+def in_cli_words(msg: str) -> str:
+    """``axes='YX'`` -> ``--axes 'YX'``, ``pass axes=,`` -> ``pass --axes,``, ``overwrite=True`` -> ``--overwrite``."""
+
+    def flag(m: re.Match) -> str:
+        name, true, nxt = m.groups()
+        if true or not nxt or nxt in " ,;:)]":
+            return _FLAGS[name]
+        return _FLAGS[name] + " "
+
+    msg = _FLAG_RE.sub(flag, msg)
+    return re.sub(r"(--[\w-]+) \(\1\)", r"\1", msg)  # "--overwrite (overwrite=True)" said it twice
+
+
+def _err(msg: str) -> None:
+    print(f"napari-mirnet: error: {in_cli_words(msg)}", file=sys.stderr)
+
+
+def _plain_licence_notice() -> None:
+    """Show the official weights' licence notice as one plain ``napari-mirnet: note:`` line on stderr.
+
+    Python's default rendering adds the category and a source line, which reads like a bug in a
+    command-line tool. Other warnings keep the default rendering; the Python API keeps the warning.
+    """
+    import warnings
+
+    shown = warnings.showwarning
+    if getattr(shown, "_napari_mirnet_plain", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        # the weights module is imported by then if the notice is being shown; no import here
+        weights = sys.modules.get("napari_mirnet.weights")
+        if weights is not None and issubclass(category, weights.OfficialWeightsNotice):
+            print(f"napari-mirnet: note: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    show._napari_mirnet_plain = True
+    warnings.showwarning = show

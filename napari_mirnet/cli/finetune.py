@@ -1,0 +1,138 @@
+"""``napari-mirnet finetune``: its options and the command (self-supervised fine-tuning of a denoiser)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .common import UsageError, _err
+
+
+def _add_finetune_command(sub) -> None:
+    ft = sub.add_parser(
+        "finetune",
+        help="adapt a denoiser to your own noisy images, without clean ones (self-supervised)",
+        description="Fine-tune a MIRNet-v2 denoiser on noisy images alone (Neighbor2Neighbor-style "
+        "self-supervision) and write the best model (by a held-out self-supervised loss) to OUTPUT, "
+        "updated as it improves; use it with: napari-mirnet restore ... --weights OUTPUT. "
+        "Re-run with --resume to continue an interrupted run.",
+    )
+    ft.add_argument("inputs", nargs="+", metavar="INPUT", help="noisy images, stacks, folders or zarr stores")
+    ft.add_argument("-o", "--output", required=True, help="model file to write (.pth)")
+    ft.add_argument("--weights", default="small-denoise-gray", help="model to start from (default: small-denoise-gray)")
+    ft.add_argument("--minutes", type=float, default=10.0, help="time budget in minutes (default: 10)")
+    ft.add_argument("--steps", type=int, help="stop after this many steps (with --minutes: whichever comes first)")
+    ft.add_argument("--axes", help="axes of the inputs, e.g. ZYX, TYX, YXC (default: from the file)")
+    ft.add_argument(
+        "--normalisation",
+        choices=["auto", "fixed", "percentile"],
+        default="auto",
+        help="intensity mapping; restore with the same one (default: auto)",
+    )
+    ft.add_argument(
+        "--objective",
+        choices=["neighbor2neighbor", "blindspot"],
+        default="neighbor2neighbor",
+        help="self-supervised loss: neighbor2neighbor (pairs of neighbouring pixels; pixel-independent noise) "
+        "or blindspot (masked pixels, Noise2Void-style); docs/finetune.md compares them (default: neighbor2neighbor)",
+    )
+    ft.add_argument(
+        "--pairs",
+        choices=["auto", "any", "vertical", "horizontal"],
+        default="auto",
+        help="neighbours whose noise is independent: vertical for noise correlated along rows "
+        "(default: measured on the data)",
+    )
+    ft.add_argument("--lr", type=float, default=1e-4, help="learning rate (default: 1e-4)")
+    ft.add_argument("--patch", type=int, default=96, help="patch edge, a multiple of 8 (default: 96)")
+    ft.add_argument("--batch", type=int, default=2, help="patches per step (default: 2)")
+    ft.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    ft.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed of the patches drawn and held out (default: 0): the same seed draws the same patches",
+    )
+    ft.add_argument("--resume", action="store_true", help="continue the run saved next to OUTPUT")
+    ft.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ft.set_defaults(func=_cmd_finetune)
+
+
+#: Python argument names in finetune's messages -> this command's flags
+_FINETUNE_FLAGS = {
+    "resume=True": "--resume",
+    "weights=": "--weights ",
+    "minutes=...": "--minutes",
+    "steps=...": "--steps",
+    "minutes": "--minutes",
+    "steps": "--steps",
+    "patch": "--patch",
+    "batch": "--batch",
+    "objective": "--objective",
+    "pairs": "--pairs",
+}
+
+
+def _in_flags(msg: str) -> str:
+    import re
+
+    names = "|".join(re.escape(k) for k in sorted(_FINETUNE_FLAGS, key=len, reverse=True))
+    return re.sub(rf"(?<![-\w])({names})(?!\w)", lambda m: _FINETUNE_FLAGS[m.group(1)], msg)
+
+
+def _cmd_finetune(args) -> int:
+    from .. import io as mio
+    from ..finetune import finetune, state_path
+    from ..weights import WeightsError
+
+    if args.minutes is not None and args.minutes <= 0:
+        raise UsageError("--minutes must be positive")
+    if args.steps is not None and args.steps < 1:
+        raise UsageError("--steps must be at least 1")
+    if args.patch < 32 or args.patch % 8:
+        raise UsageError("--patch must be a multiple of 8 and at least 32")
+    if args.batch < 1:
+        raise UsageError("--batch must be at least 1")
+    out = Path(args.output)
+    if (out.exists() or state_path(out).exists()) and not args.resume:
+        raise UsageError(
+            f"{out} or its saved run exists; pass --resume to continue that run, or choose another --output"
+        )
+    data = args.inputs if len(args.inputs) > 1 else args.inputs[0]
+    try:
+        res = finetune(
+            data,
+            out,
+            args.weights,
+            minutes=args.minutes,
+            steps=args.steps,
+            axes=args.axes,
+            normalisation=args.normalisation,
+            resume=args.resume,
+            progress=not args.quiet,
+            objective=args.objective,
+            pairs=args.pairs,
+            lr=args.lr,
+            patch=args.patch,
+            batch=args.batch,
+            device=args.device,
+            seed=args.seed,
+        )
+    except KeyboardInterrupt:
+        print(f"interrupted; the best model so far is in {out} (continue with --resume)", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, WeightsError, mio.OutputError) as err:
+        _err(_in_flags(str(err)))
+        return 2
+    print(
+        f"model: {res.path} (best of {res.steps} steps at step {res.best_step}; validation loss "
+        f"{res.source_val:.4g} -> {res.best_val:.4g}; {res.elapsed:.0f} s, {res.setup_s:.0f} s of it set-up); "
+        f"resumable state: {state_path(res.path)}"
+    )
+    if res.unchanged:
+        print(f"note: {res.unchanged}")
+    print(
+        f"use it: napari-mirnet restore INPUT -o OUTPUT --weights {res.path}"
+        + (f" --normalisation {args.normalisation}" if args.normalisation != "auto" else "")
+    )
+    return 0
