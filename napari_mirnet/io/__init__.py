@@ -1,7 +1,8 @@
 """Reading images and writing results, one module per format; the resumable store and its lock.
 
-``files`` picks the reader for a path and writes whole files; ``omezarr``, ``tiff`` and
-``pictures`` hold each format's reading and writing; ``store`` is the chunk-by-chunk output the
+``files`` picks the reader for a path and writes whole files; ``omezarr``, ``tiff``, ``geotiff``
+and ``pictures`` hold each format's reading and writing (``ngff``: the OME-Zarr attributes written;
+``record``: the key of our run record in every format); ``store`` is the chunk-by-chunk output the
 engine resumes; ``lock`` keeps one writer per store. Every reader returns an :class:`ImageSource`
 whose :class:`~napari_mirnet.metadata.ImageMeta` says what the pixels mean.
 """
@@ -12,7 +13,7 @@ from .errors import FingerprintMismatch, OutputError, OutputExistsError, StoreLo
 from .files import IMAGE_SUFFIXES, list_inputs, open_image, write_image
 from .image import ImageSource
 from .lock import check_distinct, store_lock
-from .omezarr import ome_order
+from .ngff import ome_order
 from .store import (
     ATTR,
     DIGEST,

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..metadata import RGB_COLOURS, Channel, GeoInfo, ImageMeta
 from .image import ImageSource
+from .record import ATTR
 
 __all__ = ["GeoArray", "is_geotiff", "open_geotiff", "stored_note", "write_geotiff", "writes_geotiff"]
 
@@ -30,8 +31,8 @@ GEO_TAGS = (34735, 33550, 33922, 34264)
 #: Block edge of written GeoTIFFs; images larger than this (either side) get overviews.
 BLOCK = 512
 OVERVIEW_MIN = BLOCK
-#: The GDAL metadata item holding the run fingerprint (see ``io.store.ATTR``).
-NOTE_ITEM = "napari_mirnet"
+#: The GDAL metadata item holding the run fingerprint.
+NOTE_ITEM = ATTR
 
 _COLOUR_OF = {"red": RGB_COLOURS[0], "green": RGB_COLOURS[1], "blue": RGB_COLOURS[2], "gray": "FFFFFF"}
 MISSING = (

@@ -17,6 +17,7 @@ import numpy as np
 from ..metadata import Channel, ImageMeta
 from .errors import OutputError
 from .image import ImageSource
+from .record import ATTR
 
 __all__ = ["check_picture", "exif_orient", "open_picture", "write_picture"]
 
@@ -131,8 +132,6 @@ def _png_text(png: bytes, key: str, text: str) -> bytes:
 def write_picture(tmp: Path, suffix: str, arr, note: str | None) -> None:
     """Write a png/jpg at ``tmp``; ``note`` (the run fingerprint) goes into a text chunk or comment."""
     from PIL import Image, PngImagePlugin
-
-    from .store import ATTR
 
     data = np.asarray(arr)
     if data.ndim == 3 and data.shape[-1] == 1:

@@ -29,7 +29,9 @@ import numpy as np
 
 from ..metadata import ImageMeta
 from .errors import FingerprintMismatch, OutputError, OutputExistsError
-from .omezarr import channel_windows, downsample2, geo_attrs, level_shape, multiscales_attrs, pyramid_levels
+from .ngff import channel_windows, geo_attrs, multiscales_attrs
+from .omezarr import downsample2, level_shape, pyramid_levels
+from .record import ATTR
 
 if TYPE_CHECKING:  # zarr is imported where a store is opened: numpy runs never load it
     import zarr
@@ -48,7 +50,6 @@ __all__ = [
     "write_digest",
 ]
 
-ATTR = "napari_mirnet"
 DONE = "mirnet_done"
 DIGEST = "mirnet_input"  # per output chunk: a digest of the input it was computed from (see engine.digest)
 LAYOUT = 2  # 1: one level, bookkeeping inside the image group (before 0.2); 2: pyramid, bookkeeping beside

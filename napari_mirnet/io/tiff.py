@@ -22,6 +22,7 @@ import numpy as np
 from ..metadata import ImageMeta
 from .errors import OutputError
 from .image import ImageSource, axes_from_letters
+from .record import ATTR
 from .tiff_meta import as_seen, fit_to_axes, imagej_meta, ome_meta, one_series, oriented, plain_meta, sample_channels
 from .units import normalise_unit, ome_symbol, to_seconds
 
@@ -111,16 +112,13 @@ def stored_tiff_fingerprint(path) -> dict | None:
             for el in root.iter():
                 if el.tag.endswith("MapAnnotation") and el.get("Namespace") == NAMESPACE:
                     for m in el.iter():
-                        if m.tag.endswith("}M") and m.get("K") == _KEY:
+                        if m.tag.endswith("}M") and m.get("K") == ATTR:
                             text = m.text
         elif tif.is_imagej and tif.imagej_metadata:
-            text = tif.imagej_metadata.get(_KEY)
+            text = tif.imagej_metadata.get(ATTR)
         elif tif.shaped_metadata:  # files written before OME output (tifffile's JSON description)
-            text = tif.shaped_metadata[0].get(_KEY)
+            text = tif.shaped_metadata[0].get(ATTR)
     return json.loads(text) if text else None
-
-
-_KEY = "napari_mirnet"  # == store.ATTR, kept here so that reading a TIFF needs no zarr store module
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -231,7 +229,7 @@ def _ome_metadata(layout: _Layout, meta: ImageMeta, note: str | None, name: str 
         if all(c.color for c in chans):
             md["Channel"]["Color"] = [_color_to_ome(c.color) for c in chans]
     if note:
-        md["MapAnnotation"] = {"Namespace": NAMESPACE, "Value": {_KEY: note}}
+        md["MapAnnotation"] = {"Namespace": NAMESPACE, "Value": {ATTR: note}}
     return md
 
 
@@ -292,7 +290,7 @@ def _imagej_metadata(layout: _Layout, meta: ImageMeta, note: str | None) -> tupl
         if all(c.window for c in chans):
             md["Ranges"] = tuple(float(v) for c in chans for v in c.window)
     if note:
-        md[_KEY] = note
+        md[ATTR] = note
     res = None
     if "X" in meta.scale and "Y" in meta.scale:
         res = (1.0 / float(meta.scale["X"]), 1.0 / float(meta.scale["Y"]))
