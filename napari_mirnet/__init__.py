@@ -1,11 +1,18 @@
 """napari-mirnet: MIRNet-v2 image restoration for napari, Python and the command line."""
 
-from .api import restore, restore_lazy, restore_whole
-from .finetune import finetune
-from .model import MIRNetConfig, MIRNetV2
-from .tasks import TASKS
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from .version import __version__
-from .weights import WeightsError, available_weights, load_model
+
+if TYPE_CHECKING:
+    from .api import restore, restore_lazy, restore_whole
+    from .model import MIRNetConfig, MIRNetV2
+    from .tasks import TASKS
+    from .training.self_supervised import finetune
+    from .weights import WeightsError, available_weights, load_model
 
 __all__ = [
     "MIRNetConfig",
@@ -20,3 +27,40 @@ __all__ = [
     "restore_lazy",
     "restore_whole",
 ]
+
+# Each public name is imported on first use (PEP 562): importing the package, the CLI's parser and
+# the napari reader must not pay for torch (about 1 s and 800 MB before the first line runs).
+_HOMES = {
+    "restore": ".api",
+    "restore_lazy": ".api",
+    "restore_whole": ".api",
+    "load_model": ".weights",
+    "available_weights": ".weights",
+    "WeightsError": ".weights",
+    "MIRNetV2": ".model",
+    "MIRNetConfig": ".model",
+    "TASKS": ".tasks",
+    "finetune": ".training.self_supervised",
+}
+
+
+def _finetune():
+    """The fine-tuning function, from ``training.self_supervised`` or (older tree) the ``finetune`` module."""
+    try:
+        return importlib.import_module(".training.self_supervised", __name__).finetune
+    except ModuleNotFoundError as err:
+        if err.name not in (f"{__name__}.training", f"{__name__}.training.self_supervised"):
+            raise
+    return importlib.import_module(".finetune", __name__).finetune
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = _finetune() if name == "finetune" else getattr(importlib.import_module(_HOMES[name], __name__), name)
+    globals()[name] = value  # once: later look-ups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["DeviceError", "resolve_device", "resolve_precision"]
 
@@ -13,6 +16,8 @@ class DeviceError(RuntimeError):
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """'auto' picks CUDA, then Apple MPS, then CPU; an unavailable device is a clear error."""
+    import torch  # here, not above: the CLI's parser and the napari reader import this module
+
     if device in (None, "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .weights import shipped_models
-
 __all__ = ["SHIPPED_GRAY_DENOISER", "TASKS", "Task", "check_weights", "choose_weights", "get_task"]
 
 
@@ -97,6 +95,8 @@ def choose_weights(task: str, scale: int, n_channels: int, weights=None, *, colo
     """
     if weights is not None:
         return check_weights(weights)
+    from .weights import shipped_models  # here: the task table is read where the catalogue is not needed
+
     shipped = set(shipped_models())
     colour = n_channels in (3, 4) if colour is None else colour
     if task == "denoise" and not colour and SHIPPED_GRAY_DENOISER in shipped:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..model import STRIDE
+from ..model_config import STRIDE
 
 __all__ = ["TilePlan", "blend_ramp", "plan_tiles", "round_to_stride", "whole_image_plan"]
 

@@ -21,7 +21,7 @@ import torch
 from .. import io as mio
 from ..devices import resolve_device, resolve_precision
 from ..metadata import ImageMeta
-from ..model import MIRNetConfig
+from ..model_config import MIRNetConfig
 from ..processing import ChannelAdapter, IntensityMap, channel_layout, channel_order
 from ..tasks import choose_weights, get_task
 from ..weights import cached_model
