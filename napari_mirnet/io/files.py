@@ -11,7 +11,8 @@ import numpy as np
 
 from ..metadata import ImageMeta
 from .errors import OutputError
-from .geotiff import is_geotiff, open_geotiff, write_geotiff, writes_geotiff
+from .geotiff import is_geotiff, open_geotiff
+from .geotiff_write import write_geotiff, writes_geotiff
 from .image import ImageSource
 from .omezarr import open_zarr, write_omezarr
 from .pictures import check_picture, open_picture, write_picture

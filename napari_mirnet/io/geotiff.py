@@ -1,20 +1,15 @@
-"""GeoTIFF through rasterio (the ``[geo]`` extra): CRS, transform, nodata, bands in; the same out.
+"""Reading a GeoTIFF through rasterio (the ``[geo]`` extra): CRS, transform, nodata, mask and bands in.
 
-Reading is lazy (:class:`GeoArray` reads windows, so the engine slices it per tile). Writing goes
-window by window from the lazy result into a tiled GeoTIFF; an image larger than one block
-(:data:`OVERVIEW_MIN`) then gets overviews and is rewritten as a cloud-optimised GeoTIFF with
-GDAL's GTiff driver (``COPY_SRC_OVERVIEWS=YES``: overviews and tile index ahead of the data). The
-COG driver is not used because it cannot be written window by window and, before GDAL 3.11,
-cannot write band-interleaved files; the GTiff copy keeps the input's interleave.
+Reading is lazy (:class:`GeoArray` reads windows, so the engine slices it per tile). Writing the
+same back out lives in :mod:`.geotiff_write`; what both share (the rasterio check, the block
+edge, the colour names, the metadata item of our record) is here.
 """
 
 from __future__ import annotations
 
 import functools
 import html
-import math
 import os
-import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -24,24 +19,23 @@ from ..metadata import RGB_COLOURS, Channel, GeoInfo, ImageMeta
 from .image import ImageSource
 from .record import ATTR
 
-__all__ = ["GeoArray", "is_geotiff", "open_geotiff", "stored_note", "write_geotiff", "writes_geotiff"]
+__all__ = ["GeoArray", "is_geotiff", "open_geotiff", "stored_note"]
 
 #: GeoTIFF tags: GeoKeyDirectory, ModelPixelScale, ModelTiepoint, ModelTransformation.
 GEO_TAGS = (34735, 33550, 33922, 34264)
-#: Block edge of written GeoTIFFs; images larger than this (either side) get overviews.
+#: Block edge of written GeoTIFFs (and of read ones that do not say).
 BLOCK = 512
-OVERVIEW_MIN = BLOCK
 #: The GDAL metadata item holding the run fingerprint.
 NOTE_ITEM = ATTR
 
-_COLOUR_OF = {"red": RGB_COLOURS[0], "green": RGB_COLOURS[1], "blue": RGB_COLOURS[2], "gray": "FFFFFF"}
+COLOUR_OF = {"red": RGB_COLOURS[0], "green": RGB_COLOURS[1], "blue": RGB_COLOURS[2], "gray": "FFFFFF"}
 MISSING = (
     "{what} needs rasterio to keep its georeferencing (CRS, transform, nodata, band descriptions); "
     "install it with: pip install rasterio (in a clone of napari-mirnet: pip install -e '.[geo]')"
 )
 
 
-def _rasterio(what: str):
+def require_rasterio(what: str):
     try:
         import rasterio
     except ImportError:
@@ -124,7 +118,7 @@ def open_geotiff(p: Path) -> ImageSource:
     internal or ``.msk`` GDAL mask) without a nodata value becomes nodata for the run: masked
     pixels read as a stand-in value (:func:`_stand_in`), written back as the output's mask band.
     """
-    rasterio = _rasterio(f"{p.name} is a GeoTIFF: reading it")
+    rasterio = require_rasterio(f"{p.name} is a GeoTIFF: reading it")
     with rasterio.open(p) as ds:
         if len(set(ds.dtypes)) != 1:
             raise ValueError(f"{p.name}: bands of different types ({', '.join(ds.dtypes)}) cannot be restored together")
@@ -170,7 +164,7 @@ def _channel(ds, i: int) -> Channel:
     scale, offset = ds.scales[i - 1], ds.offsets[i - 1]
     return Channel(
         name=ds.descriptions[i - 1] or None,  # as the file says: GDAL shows what is written here
-        color=_COLOUR_OF.get(ci.name),
+        color=COLOUR_OF.get(ci.name),
         alpha=ci.name == "alpha",
         unit=ds.units[i - 1] or None,
         scale=None if scale == 1.0 else float(scale),
@@ -238,168 +232,6 @@ def _apply_mask(data: np.ndarray, masked: np.ndarray, value: float) -> np.ndarra
         data[clash] = v - 1 if v == np.iinfo(data.dtype).max else v + 1
     data[masked] = v
     return data
-
-
-def writes_geotiff(suffix: str, axes: str, meta: ImageMeta | None) -> bool:
-    """A tif result of a georeferenced input is written as a GeoTIFF."""
-    return suffix in (".tif", ".tiff") and meta is not None and meta.geo is not None and axes in ("YX", "YXC", "CYX")
-
-
-def _colorinterp(channels: tuple, count: int):
-    from rasterio.enums import ColorInterp
-
-    by_colour = {v: k for k, v in _COLOUR_OF.items()}
-    if len(channels) != count:
-        return None
-    out = []
-    for c in channels:
-        if c.alpha:
-            out.append(ColorInterp.alpha)
-        elif c.color and c.color.upper() in by_colour:
-            out.append(getattr(ColorInterp, by_colour[c.color.upper()]))
-        elif count == 1 or (c.color or "").upper() == "FFFFFF":
-            out.append(ColorInterp.gray)
-        else:
-            out.append(ColorInterp.undefined)
-    return out
-
-
-def write_geotiff(tmp: Path, arr, axes: str, meta: ImageMeta, note: str | None) -> None:
-    """Write ``arr`` (numpy or dask, YX / YXC / CYX) as a GeoTIFF at ``tmp``, window by window.
-
-    Same CRS, transform (or ground control points), nodata (or mask band), band count,
-    descriptions, units, scale/offset, metadata, colour interpretation and interleave as ``meta``
-    says; the run fingerprint ``note`` goes into the GDAL metadata (item ``napari_mirnet``).
-    """
-    import dask.array as da
-
-    rasterio = _rasterio(f"writing {Path(tmp).name.lstrip('.').removesuffix('.partial')} as a GeoTIFF")
-    from rasterio.windows import Window
-
-    if axes == "CYX":
-        arr = arr.transpose(1, 2, 0)
-    elif axes == "YX":
-        arr = arr[..., None]
-    height, width, count = (int(n) for n in arr.shape)
-    dtype = np.dtype(arr.dtype)
-    geo = meta.geo
-    mask = geo.mask and meta.nodata is not None  # nodata stands in for the input's mask band
-    large = max(height, width) > OVERVIEW_MIN
-    stage = Path(tmp).with_name(Path(tmp).name + ".stage") if large else Path(tmp)
-    profile = {
-        "driver": "GTiff",
-        "height": height,
-        "width": width,
-        "count": count,
-        "dtype": dtype.name,
-        **_georeferencing(geo),
-        "nodata": None if mask else meta.nodata,
-        "interleave": geo.interleave,
-        "tiled": True,
-        "blockxsize": BLOCK,
-        "blockysize": BLOCK,
-        "compress": "deflate",
-        "predictor": 3 if dtype.kind == "f" else 2,
-        "BIGTIFF": "IF_SAFER",
-        **_photometric(meta.channels, count),
-    }
-    try:
-        # a mask band goes inside the TIFF (whatever the GDAL version defaults to: never a .msk file beside it)
-        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(stage, "w", **profile) as ds:
-            _describe(ds, meta, count, note)
-
-            class Target:  # da.store writes each computed chunk through here (one at a time: lock)
-                def __setitem__(self, key, value):
-                    ys, xs = key[0], key[1]
-                    win = Window(xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start)
-                    value = np.asarray(value)
-                    ds.write(np.moveaxis(value, -1, 0), window=win)
-                    if mask:
-                        ds.write_mask(_valid_mask(value, meta.nodata), window=win)
-
-            if isinstance(arr, da.Array):
-                da.store(arr, Target(), lock=threading.Lock())
-            else:
-                Target()[slice(0, height), slice(0, width)] = np.asarray(arr)
-        if large:
-            with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(stage, "r+") as ds:
-                ds.build_overviews(_overview_factors(height, width), _resampling())
-                ds.update_tags(ns="rio_overview", resampling=_resampling().name)
-            # creation options only: the copy takes georeferencing, nodata and mask from the stage file
-            skip = ("driver", "height", "width", "count", "dtype", "crs", "transform", "gcps", "nodata")
-            cog = {k: v for k, v in profile.items() if k not in skip}
-            import rasterio.shutil
-
-            with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
-                rasterio.shutil.copy(stage, tmp, driver="GTiff", COPY_SRC_OVERVIEWS="YES", **cog)
-    finally:
-        if large and stage.exists():
-            os.unlink(stage)
-
-
-def _describe(ds, meta: ImageMeta, count: int, note: str | None) -> None:
-    tags = dict(meta.geo.tags)
-    if note:
-        tags[NOTE_ITEM] = note
-    if tags:
-        ds.update_tags(**tags)
-    chans = meta.channels
-    if len(chans) != count:
-        return
-    for i, c in enumerate(chans, 1):
-        if c.name:
-            ds.set_band_description(i, c.name)
-        if c.unit:
-            ds.set_band_unit(i, c.unit)
-        if c.tags:
-            ds.update_tags(i, **dict(c.tags))
-    if any(c.scale is not None or c.offset is not None for c in chans):
-        ds.scales = [1.0 if c.scale is None else c.scale for c in chans]
-        ds.offsets = [0.0 if c.offset is None else c.offset for c in chans]
-    interp = _colorinterp(chans, count)
-    if interp is not None:
-        ds.colorinterp = interp
-
-
-def _georeferencing(geo: GeoInfo) -> dict:
-    """Creation options: CRS and transform, or ground control points and their CRS (GDAL keeps one)."""
-    from rasterio import Affine
-
-    if not geo.gcps:
-        return {"crs": geo.crs, "transform": Affine(*geo.transform[:6])}
-    from rasterio.control import GroundControlPoint
-
-    points = [GroundControlPoint(r, c, x, y, z, i, info) for r, c, x, y, z, i, info in geo.gcps]
-    return {"gcps": points, "crs": geo.gcp_crs or geo.crs}
-
-
-def _valid_mask(value: np.ndarray, nodata: float) -> np.ndarray:
-    """GDAL's mask of a (y, x, c) block: 255 where every band holds data, 0 where one is ``nodata``."""
-    holes = np.isnan(value) if np.isnan(nodata) else value == np.asarray(nodata).astype(value.dtype)
-    return np.where(holes.any(axis=-1), 0, 255).astype(np.uint8)
-
-
-def _photometric(channels: tuple, count: int) -> dict:
-    """TIFF photometric and extra-sample options: GDAL marks a 4th band of 8-bit data alpha by default."""
-    interp = _colorinterp(channels, count) or []
-    rgb = [c.name for c in interp[:3]] == ["red", "green", "blue"]
-    alpha = any(c.name == "alpha" for c in interp)
-    out = {"photometric": "RGB" if rgb else "MINISBLACK"}
-    if count > (3 if rgb else 1):
-        out["alpha"] = "YES" if alpha else "UNSPECIFIED"
-    return out
-
-
-def _overview_factors(height: int, width: int) -> list[int]:
-    """2, 4, 8... until the smallest level fits in one block (as GDAL's COG driver does)."""
-    levels = max(1, math.ceil(math.log2(max(height, width) / BLOCK)))
-    return [2**i for i in range(1, levels + 1)]
-
-
-def _resampling():
-    from rasterio.enums import Resampling
-
-    return Resampling.average  # GDAL's average leaves nodata out
 
 
 def stored_note(path) -> str | None:
