@@ -35,11 +35,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .devices import resolve_device
-from .finetune_output import check_output, state_path
-from .model import MIRNetV2
-from .training import NORMALISATION, _save, code_version
-from .weights import load_model, locate
+from ..devices import resolve_device
+from ..model import MIRNetV2
+from ..weights import load_model, locate
+from .config import MIN_EDGE, OBJECTIVES, FinetuneConfig
+from .output import check_output, state_path
+from .supervised import NORMALISATION, _save, code_version
 
 __all__ = [
     "finetune",
@@ -52,10 +53,6 @@ __all__ = [
     "noise_correlation",
 ]
 
-OBJECTIVES = ("neighbor2neighbor", "blindspot")
-PAIRS = ("auto", "any", "vertical", "horizontal")
-#: The smallest plane edge we fine-tune on: a patch's half-resolution sub-images must be at least 16 px.
-MIN_EDGE = 32
 #: The share of a ``minutes`` budget that reading the validation and noise samples may use: past it,
 #: set-up keeps the few patches it has (at least ``_MIN_SAMPLES``) and training starts.
 SETUP_SHARE = 0.3
@@ -70,51 +67,6 @@ def models_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("napari-mirnet")) / "models"
-
-
-# ------------------------------------------------------------------------------------------ config
-@dataclass
-class FinetuneConfig:
-    """Settings of one fine-tuning run. Defaults suit 2 CPU cores and 10 minutes."""
-
-    objective: str = "neighbor2neighbor"
-    #: which neighbour pairs have independent noise: "auto" measures it, "vertical" pairs pixels of
-    #: adjacent rows (for noise correlated along rows), "horizontal" the converse, "any" both
-    pairs: str = "auto"
-    #: patch edge at full resolution (a multiple of 8) and patches per step
-    patch: int = 96
-    batch: int = 2
-    lr: float = 1e-4
-    lr_min: float = 1e-6
-    #: weight of Neighbor2Neighbor's consistency term (ties the half- to the full-resolution output)
-    gamma: float = 1.0
-    #: blind-spot objective: one masked pixel per ``mask_spacing`` x ``mask_spacing`` cell
-    mask_spacing: int = 4
-    #: moving average of the weights (validated and saved instead of the raw weights; 0 = off)
-    ema: float = 0.98
-    #: held-out validation patches (fewer on small data) and how often to validate (fraction of the run)
-    val_patches: int = 6
-    val_every: float = 0.05
-    #: "wall" seconds, or "cpu" seconds of this process (exact CPU cost for benchmarks)
-    clock: str = "wall"
-    seed: int = 0
-    device: str = "auto"
-
-    def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.pairs not in PAIRS:
-            raise ValueError(f"pairs must be one of {PAIRS}, got {self.pairs!r}")
-        if self.patch < MIN_EDGE or self.patch % 8:
-            raise ValueError(f"patch must be a multiple of 8 and at least {MIN_EDGE}, got {self.patch}")
-        if self.batch < 1:
-            raise ValueError(f"batch must be >= 1, got {self.batch}")
-        if not 0.0 <= self.ema < 1.0:
-            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
-        if self.clock not in ("wall", "cpu"):
-            raise ValueError(f"clock must be 'wall' or 'cpu', got {self.clock!r}")
-        if self.mask_spacing < 3:
-            raise ValueError(f"mask_spacing must be >= 3, got {self.mask_spacing}")
 
 
 @dataclass
@@ -207,8 +159,8 @@ class _Plane:
 
 def _as_sources(data, axes) -> list[tuple[object, str]]:
     """(array, axes) pairs from an array, a path (file, zarr, folder) or a list of these."""
-    from .axes import infer_axes, validate_axes
-    from .io import list_inputs, open_image
+    from ..axes import infer_axes, validate_axes
+    from ..io import list_inputs, open_image
 
     items = data if isinstance(data, (list, tuple)) else [data]
     out = []
@@ -240,7 +192,7 @@ def _as_sources(data, axes) -> list[tuple[object, str]]:
 def _planes(sources, model_channels: int, normalisation: str) -> list[_Plane]:
     from itertools import product
 
-    from .processing import IntensityMap
+    from ..processing import IntensityMap
 
     planes = []
     for arr, axes in sources:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .io.errors import OutputExistsError
+from ..io.errors import OutputExistsError
 
 __all__ = ["check_output", "state_path"]
 
@@ -21,7 +21,7 @@ def state_path(out: str | os.PathLike) -> Path:
     """
     import hashlib
 
-    from .weights import cache_dir
+    from ..weights import cache_dir
 
     p = Path(os.path.abspath(Path(out).expanduser()))
     key = hashlib.sha256(str(p).encode()).hexdigest()[:16]
@@ -40,7 +40,7 @@ def _same(a: Path, b: Path) -> bool:
 
 def _input_paths(data) -> list[Path]:
     """The files and stores ``data`` names (arrays name none); folders count with the images they hold."""
-    from .io import list_inputs
+    from ..io import list_inputs
 
     items = data if isinstance(data, (list, tuple)) else [data]
     named = [Path(item) for item in items if isinstance(item, (str, os.PathLike))]

@@ -17,7 +17,6 @@ the slim fp16 ``{'params', 'meta'}`` file that is shipped or shared (the average
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import math
@@ -33,14 +32,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .degradations import TASK_DEFAULTS, degrade
-from .devices import resolve_device
-from .model import MIRNetConfig, MIRNetV2
-from .weights import read_checkpoint
+from ..degradations import degrade
+from ..devices import resolve_device
+from ..model import MIRNetV2
+from ..weights import read_checkpoint
+from .config import LOSS_NAMES, TrainConfig
 
 __all__ = [
-    "TRAINABLE_TASKS",
-    "TrainConfig",
     "TrainResult",
     "train",
     "export_model",
@@ -63,11 +61,7 @@ __all__ = [
     "val_log_path",
     "centre_crop",
     "code_version",
-    "parse_stages",
 ]
-
-#: Tasks that can be trained from clean images with a synthetic degradation.
-TRAINABLE_TASKS = ("denoise", "super_resolution", "lowlight")
 
 
 def psnr_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -79,6 +73,7 @@ def psnr_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> to
 
 
 LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss, "psnr": psnr_loss}
+assert tuple(LOSSES) == LOSS_NAMES
 
 #: Images bundled with scikit-image that shipped models were trained on (those present on disk).
 SKIMAGE_TRAIN_IMAGES = (
@@ -187,7 +182,7 @@ NORMALISATION = {
 
 def code_version() -> str:
     """napari-mirnet's version (installed metadata, else the source tree's pyproject.toml)."""
-    from .version import __version__
+    from ..version import __version__
 
     return __version__
 
@@ -390,109 +385,6 @@ def is_colour(img: np.ndarray) -> bool:
     return not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]))
 
 
-# --------------------------------------------------------------------------------------- config
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (besides the images)."""
-
-    task: str = "denoise"
-    channels: int = 3
-    n_feat: int = 32
-    chan_factor: float = 1.5
-    n_mrb: int = 1
-    bias: bool = False
-    #: synthetic degradation spec (see napari_mirnet.degradations); None = the task's default,
-    #: ignored when degraded images are given
-    degradation: dict | None = None
-    iters: int = 2000
-    lr: float = 2e-4
-    lr_min: float = 1e-6
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    #: gradient-norm clipping threshold (the paper's 0.01; Adam rescales steps anyway)
-    grad_clip: float = 0.01
-    #: fraction of the run with a linear learning-rate warm-up before the cosine decay
-    warmup: float = 0.0
-    #: progressive training: (patch size, batch size) stages, each for an equal share of the run
-    stages: tuple[tuple[int, int], ...] = ((64, 8), (96, 4), (128, 2))
-    augment: bool = True
-    #: also permute the colour channels of each crop at random (3-channel models; noise that is
-    #: independent per channel looks the same after any permutation)
-    channel_shuffle: bool = False
-    seed: int = 0
-    log_every: int = 10
-    save_every: int = 500
-    #: decay of an exponential moving average of the weights, kept beside them and exported instead
-    #: of them (0 = off; 0.999 is usual): it evens out the step-to-step noise of small batches
-    ema: float = 0.0
-    #: "l1" (the paper's), "l2", or "psnr" (minus the mean per-patch PSNR) for a last fine-tune
-    loss: str = "l1"
-    #: stop by wall clock after this many seconds (schedule then follows elapsed time, not bit-exact)
-    time_budget: float | None = None
-    device: str = "auto"
-    #: bf16 autocast on CUDA
-    amp: bool = True
-    #: bf16 autocast on the CPU too: about 1.5x faster per step where the CPU has native bf16
-    #: (AVX512-BF16 or AMX; measured with channels_last on a 2-core EPYC), slower elsewhere
-    amp_cpu: bool = False
-    #: NHWC memory layout (1.2x faster on this 2-core EPYC, 10-30% slower on an H200: time it)
-    channels_last: bool = False
-    #: fraction of each batch drawn from procedural dead-leaves images instead of the photographs
-    #: (:func:`napari_mirnet.synthetic.dead_leaves`; synthetic degradations only)
-    procedural: float = 0.0
-    #: the dead-leaves images are kept in a bank of this many, of this size, and one of them is
-    #: replaced by a new one every ``procedural_refresh`` iterations (an endless supply at a bounded cost)
-    procedural_bank: int = 64
-    procedural_size: int = 256
-    procedural_refresh: int = 4
-    #: measure the validation PSNR every this many iterations (and at the end) when validation pairs
-    #: are given; the best weights so far go to ``<out>.best.pth`` (0 = only at the end)
-    val_every: int = 0
-    #: compute the grouped 3x3 convolutions as dense ones with block-diagonal weights (same result
-    #: and parameters; more arithmetic, but GPUs may run dense kernels much faster)
-    dense_groups: bool = False
-
-    def __post_init__(self):
-        if self.task not in TRAINABLE_TASKS:
-            raise ValueError(f"task must be one of {TRAINABLE_TASKS}, got {self.task!r}")
-        self.stages = tuple((int(p), int(b)) for p, b in self.stages)
-        if not self.stages or any(p < 8 or b < 1 for p, b in self.stages):
-            raise ValueError(f"stages must be (patch >= 8, batch >= 1) pairs, got {self.stages}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
-        if not 0.0 <= self.ema < 1.0:
-            raise ValueError(f"ema is a decay per step in [0, 1) (0 = off, e.g. 0.999), got {self.ema}")
-        self.betas = tuple(float(b) for b in self.betas)
-        if not 0.0 <= self.procedural <= 1.0:
-            raise ValueError(
-                f"procedural is the fraction of each batch from dead leaves, in [0, 1], got {self.procedural}"
-            )
-        if self.procedural and self.procedural_size < max(p for p, _ in self.stages):
-            raise ValueError(
-                f"procedural_size ({self.procedural_size}) must be at least the largest patch "
-                f"({max(p for p, _ in self.stages)})"
-            )
-        if self.procedural and (self.procedural_bank < 1 or self.procedural_refresh < 1):
-            raise ValueError("procedural_bank and procedural_refresh must be at least 1")
-        if self.degradation is None:
-            self.degradation = json.loads(json.dumps(TASK_DEFAULTS[self.task]))
-
-    def model_config(self) -> MIRNetConfig:
-        return MIRNetConfig(
-            in_channels=self.channels,
-            out_channels=self.channels,
-            n_feat=self.n_feat,
-            chan_factor=self.chan_factor,
-            n_mrb=self.n_mrb,
-            bias=self.bias,
-        )
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
 @dataclass
 class TrainResult:
     checkpoint: Path
@@ -599,7 +491,7 @@ class _LeafBank:
         return (self.cfg.seed, 7919, 1, last) if last >= 1 else (self.cfg.seed, 7919, 0, slot)
 
     def at(self, it: int) -> list[torch.Tensor]:
-        from .synthetic import dead_leaves
+        from ..synthetic import dead_leaves
 
         for j in range(self.n):
             key = self._key(j, it)
@@ -625,7 +517,7 @@ def validation_pairs(
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Fixed (degraded, clean) pairs for checkpoint selection: each image degraded by each spec
     (e.g. Gaussian at sigma 15, 25 and 50) with a fixed seed. Keys are ``name`` or ``name@i``."""
-    from .degradations import degrade_numpy
+    from ..degradations import degrade_numpy
 
     specs = [spec] if isinstance(spec, dict) else list(spec)
     out = {}
@@ -1131,26 +1023,3 @@ def _truncate_log(path: Path, upto: int) -> None:
         return
     keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["iter"] <= upto]
     path.write_text("".join(ln + "\n" for ln in keep))
-
-
-def parse_stages(text: str) -> tuple[tuple[int, int], ...]:
-    """``"64:8,96:4"`` -> ((64, 8), (96, 4)): (patch, batch) stages, as the command line gives them."""
-    try:
-        return tuple(tuple(int(v) for v in s.split(":")) for s in text.split(","))  # type: ignore[misc]
-    except ValueError:
-        raise ValueError("stages look like 64:8,96:4,128:2 (patch:batch,...)") from None
-
-
-def degradation_from_args(task: str, noise: str | None, sigma_max: float, scale: int) -> dict:
-    """The synthetic degradation spec for the CLI's options."""
-    if task == "super_resolution":
-        return {"kind": "bicubic", "scale": int(scale)}
-    if task == "lowlight":
-        return json.loads(json.dumps(TASK_DEFAULTS["lowlight"]))
-    gauss = {"kind": "gaussian", "sigma_range": [0.0, float(sigma_max)]}
-    pg = {"kind": "poisson_gaussian", "peak_range": [5.0, 300.0], "sigma_range": [0.0, 10.0]}
-    if noise == "poisson_gaussian":
-        return pg
-    if noise == "mixed":
-        return {"kind": "mixture", "choices": [gauss, pg], "weights": [0.75, 0.25]}
-    return gauss

@@ -1,0 +1,55 @@
+"""Training MIRNet-v2 models: supervised from clean images, or self-supervised on the user's noisy data.
+
+The names of the former ``napari_mirnet.training`` and ``napari_mirnet.finetune`` modules live here.
+Each is imported on first use (PEP 562), so that ``napari_mirnet.training.config``, which the
+command line's parser reads, imports no torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> the submodule that defines it
+_HOMES: dict[str, str] = {}
+
+
+def _home(module: str, *names: str) -> None:
+    for n in names:
+        _HOMES[n] = module
+
+
+_home(
+    "config",
+    "TrainConfig", "FinetuneConfig", "parse_stages", "degradation_from_args",
+    "TRAINABLE_TASKS", "LOSS_NAMES", "OBJECTIVES", "PAIRS", "MIN_EDGE",
+)  # fmt: skip
+_home(
+    "supervised",
+    "TrainResult", "train", "export_model", "load_images", "bundled_images", "is_colour", "training_images",
+    "SKIMAGE_TRAIN_IMAGES", "PACKAGE_TRAIN_IMAGES", "TRAIN_IMAGES", "HELD_OUT_IMAGES", "VALIDATION_SOURCES",
+    "VALIDATION_STRIP", "VALIDATION_MIN_ROWS", "TEST_IMAGES", "split_validation", "validation_images",
+    "independent_test_images", "save_test_images", "validation_pairs", "best_path", "val_log_path",
+    "loss_log_path", "centre_crop", "code_version", "to_channels", "psnr_loss", "LOSSES", "NORMALISATION",
+    "use_dense_groups", "_BlockDiagonalConv2d", "_Data", "_LeafBank", "_package_dir", "_load_test_image",
+)  # fmt: skip
+_home(
+    "self_supervised",
+    "finetune", "FinetuneResult", "FinetuneProgress", "models_dir", "noise_correlation",
+)  # fmt: skip
+_home("output", "state_path", "check_output")
+
+__all__ = [n for n in _HOMES if not n.startswith("_")]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))
