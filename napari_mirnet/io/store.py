@@ -4,8 +4,8 @@ Layout. ``out.zarr`` holds exactly the image: levels '0', '1', ... and, in its a
 record (``napari_mirnet``: the run fingerprint and ``complete``). The resume bookkeeping lives
 beside it in ``.out.zarr.mirnet`` (hidden, like the lock file): ``mirnet_done``, one byte per
 level-0 chunk, set after that chunk and its pyramid blocks are written, and ``mirnet_input``, the
-digest of the input behind it. Readers of the image (napari's own, napari-ome-zarr, ome-zarr-py,
-bioio) never see it, and it is deleted once the store is complete. The OME-NGFF metadata and
+digest of the input behind it (:mod:`.bookkeeping`). Readers of the image (napari's own,
+napari-ome-zarr, ome-zarr-py, bioio) never see it, and it is deleted once the store is complete. The OME-NGFF metadata and
 ``complete: true`` are written last, in one write, so a store looks incomplete until it is.
 
 Pyramid. Level k has Y/X chunks of (level-0 chunk) / 2**k, so each level-0 chunk maps onto whole
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..metadata import ImageMeta
+from .bookkeeping import DIGEST, DONE, bookkeeping_path, new_book, open_book, written_cells
 from .errors import FingerprintMismatch, OutputError, OutputExistsError
 from .ngff import channel_windows, geo_attrs, multiscales_attrs
 from .omezarr import downsample2, level_shape, pyramid_levels
@@ -50,8 +51,6 @@ __all__ = [
     "write_digest",
 ]
 
-DONE = "mirnet_done"
-DIGEST = "mirnet_input"  # per output chunk: a digest of the input it was computed from (see engine.digest)
 LAYOUT = 2  # 1: one level, bookkeeping inside the image group (before 0.2); 2: pyramid, bookkeeping beside
 MIN_CHUNK = 32  # smallest Y/X chunk edge of a level written chunk by chunk
 
@@ -93,12 +92,6 @@ def store_name(path) -> str:
     return name[: -len(".zarr")] if name.lower().endswith(".zarr") and len(name) > 5 else name
 
 
-def bookkeeping_path(path) -> Path:
-    """Where the resume bookkeeping of the store at ``path`` lives: ``.NAME.mirnet`` beside it."""
-    p = Path(path)
-    return p.parent / f".{p.name}.mirnet"
-
-
 def done_markers(path) -> np.ndarray:
     """The done markers (one per level-0 chunk, store axis order) of an unfinished store; all set once complete."""
     import zarr
@@ -108,7 +101,7 @@ def done_markers(path) -> np.ndarray:
         grid = tuple(-(-n // c) for n, c in zip(g["0"].shape, g["0"].chunks))
         return np.ones(grid, np.uint8)
     arr = zarr.open_group(str(bookkeeping_path(path)), mode="r")[DONE]
-    found = _written_cells(arr, bookkeeping_path(path) / DONE, read=False)
+    found = written_cells(arr, bookkeeping_path(path) / DONE, read=False)
     if found is None:
         return np.asarray(arr[...])
     marks = np.zeros(arr.shape, np.uint8)
@@ -141,53 +134,6 @@ def _chunk_plan(shape, chunks, axes: str) -> tuple[int, list[tuple[int, ...]]]:
     return per_chunk, out
 
 
-def _written_cells(arr: zarr.Array, folder: Path, read: bool) -> tuple[tuple, np.ndarray | None] | None:
-    """The cells written to a one-cell-per-chunk bookkeeping array: (index arrays, values or None).
-
-    Reading such an array through zarr costs one store request per chunk, written or not (minutes
-    for 10^5 chunks); here one walk of the chunk folders finds the written ones, and only those
-    (uncompressed, a few bytes each) are read. None when the array is not laid out as we create it
-    (the caller then reads it through zarr).
-    """
-    try:
-        meta = json.loads((folder / "zarr.json").read_text())
-    except (OSError, ValueError):
-        return None
-    plain = [{"name": "bytes", "configuration": {"endian": "little"}}]
-    if (
-        meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape") != [1] * arr.ndim
-        or meta.get("chunk_key_encoding") != {"name": "default", "configuration": {"separator": "/"}}
-        or meta.get("codecs") not in (plain, [{"name": "bytes"}])
-        or meta.get("storage_transformers")
-    ):
-        return None
-    cells, files = [], []
-    stack = [(folder / "c", ())]
-    while stack:  # depth-first over c/<i>/<j>/...: one scandir per folder, none per cell
-        path, prefix = stack.pop()
-        try:
-            entries = list(os.scandir(path))
-        except FileNotFoundError:
-            continue
-        for e in entries:
-            if not e.name.isdigit():
-                continue
-            index = prefix + (int(e.name),)
-            if len(index) == arr.ndim and e.is_file():
-                cells.append(index)
-                files.append(e.path)
-            elif len(index) < arr.ndim and e.is_dir():
-                stack.append((Path(e.path), index))
-    dtype = np.dtype(arr.dtype).newbyteorder("<")
-    index = tuple(np.array(cells, dtype=np.intp).reshape(-1, arr.ndim).T)
-    if not read:
-        return index, None
-    values = np.frombuffer(b"".join(Path(f).read_bytes() for f in files), dtype=dtype)
-    if values.size != len(files):  # a cell that is not one plain value: let zarr read the array
-        return None
-    return index, values
-
-
 class ZarrOutput:
     """A napari-mirnet store being written: the image pyramid at '0', '1', ...; done markers beside it."""
 
@@ -202,7 +148,7 @@ class ZarrOutput:
 
     def done_mask(self) -> np.ndarray:
         """Per level-0 chunk, whether it is written (one directory listing, however many chunks)."""
-        found = _written_cells(self.book[DONE], bookkeeping_path(self.path) / DONE, read=False)
+        found = written_cells(self.book[DONE], bookkeeping_path(self.path) / DONE, read=False)
         if found is None:
             return np.asarray(self.book[DONE][...]).astype(bool)
         mask = np.zeros(self.book[DONE].shape, bool)
@@ -212,7 +158,7 @@ class ZarrOutput:
     def input_digests(self) -> np.ndarray:
         """Per output chunk, the digest of the input it was computed from (0: none recorded)."""
         arr = self.book[DIGEST]
-        found = _written_cells(arr, bookkeeping_path(self.path) / DIGEST, read=True)
+        found = written_cells(arr, bookkeeping_path(self.path) / DIGEST, read=True)
         if found is None:
             return np.asarray(arr[...])
         out = np.zeros(arr.shape, arr.dtype)
@@ -271,78 +217,72 @@ def _build_level(group: zarr.Group, axes: str, k: int) -> None:
             pass
 
 
-def _new_book(p: Path, grid: tuple[int, ...], token: str) -> zarr.Group:
-    import zarr
-
-    book = zarr.create_group(str(bookkeeping_path(p)), zarr_format=3, overwrite=True)
-    book.attrs.update({"store": token})
-    # one byte per output chunk, one file each: concurrent writers never share a chunk
-    book.create_array(DONE, shape=grid, chunks=(1,) * len(grid), dtype="uint8", fill_value=0, compressors=None)
-    book.create_array(DIGEST, shape=grid, chunks=(1,) * len(grid), dtype="uint64", fill_value=0, compressors=None)
-    return book
-
-
-def _open_book(p: Path, g: zarr.Group, grid: tuple[int, ...]) -> zarr.Group:
-    """The bookkeeping of an unfinished store; a missing or foreign one starts afresh (every chunk redone)."""
-    import zarr
-
-    token = dict(g.attrs)[ATTR].get("token")
-    try:
-        book = zarr.open_group(str(bookkeeping_path(p)), mode="r+")
-        if dict(book.attrs).get("store") == token and tuple(book[DONE].shape) == tuple(grid):
-            return book
-    except Exception:
-        pass
-    return _new_book(p, grid, token)
-
-
 def open_output(path, fingerprint: dict, shape, chunks, dtype, axes: str, overwrite: bool = False) -> ZarrOutput:
     """Create the store, or reopen an unfinished one with the same fingerprint (resume)."""
-    import zarr
-
     p = Path(path)
     fingerprint = _norm(fingerprint)
     grid = tuple(-(-n // c) for n, c in zip(shape, chunks))
     if p.exists() and not p.is_dir():
         raise OutputError(f"output {p} is an existing file, not a zarr store; choose another path")
     if p.exists():
-        meta = _stored_meta(p)
-        if meta is None:
-            if any(p.iterdir()):
-                raise OutputError(
-                    f"output {p} exists and is not a napari-mirnet result; it is left alone: choose another path"
-                )
-        else:
-            same = meta.get("fingerprint") == fingerprint
-            if meta.get("complete") and not overwrite:
-                raise OutputExistsError(
-                    f"output {p} is already complete"
-                    + ("" if same else " (from other settings)")
-                    + "; pass --overwrite (overwrite=True) to replace it",
-                    same,
-                )
-            if not meta.get("complete") and not overwrite:
-                if not same:
-                    raise FingerprintMismatch(
-                        f"output {p} holds an unfinished run with other settings ({_diff(meta.get('fingerprint', {}), fingerprint)}); "
-                        "re-run with the original settings to resume it, or pass --overwrite to start again"
-                    )
-                if meta.get("layout") != LAYOUT:
-                    raise FingerprintMismatch(
-                        f"output {p} holds an unfinished run written by an older napari-mirnet (another store "
-                        "layout); pass --overwrite to start again"
-                    )
-                g = zarr.open_group(str(p), mode="r+")
-                if tuple(g["0"].shape) != tuple(shape):
-                    raise FingerprintMismatch(f"output {p} has shape {g['0'].shape}, expected {tuple(shape)}")
-                return ZarrOutput(p, g, _open_book(p, g, grid), axes)
-            shutil.rmtree(p)  # overwrite a store we wrote ourselves
+        resumed = _reopen(p, fingerprint, shape, grid, axes, overwrite)
+        if resumed is not None:
+            return resumed
+    return _create(p, fingerprint, shape, chunks, dtype, axes, grid)
+
+
+def _reopen(p: Path, fingerprint: dict, shape, grid: tuple, axes: str, overwrite: bool) -> ZarrOutput | None:
+    """The unfinished store at ``p`` to resume; None where a new one is to be created (ours removed).
+
+    Refuses what must not be touched or resumed: a folder not ours, a complete result without
+    ``overwrite``, an unfinished run with other settings, shape or store layout.
+    """
+    import zarr
+
+    meta = _stored_meta(p)
+    if meta is None:
+        if any(p.iterdir()):
+            raise OutputError(
+                f"output {p} exists and is not a napari-mirnet result; it is left alone: choose another path"
+            )
+        return None
+    same = meta.get("fingerprint") == fingerprint
+    if meta.get("complete") and not overwrite:
+        raise OutputExistsError(
+            f"output {p} is already complete"
+            + ("" if same else " (from other settings)")
+            + "; pass --overwrite (overwrite=True) to replace it",
+            same,
+        )
+    if not meta.get("complete") and not overwrite:
+        if not same:
+            raise FingerprintMismatch(
+                f"output {p} holds an unfinished run with other settings ({_diff(meta.get('fingerprint', {}), fingerprint)}); "
+                "re-run with the original settings to resume it, or pass --overwrite to start again"
+            )
+        if meta.get("layout") != LAYOUT:
+            raise FingerprintMismatch(
+                f"output {p} holds an unfinished run written by an older napari-mirnet (another store "
+                "layout); pass --overwrite to start again"
+            )
+        g = zarr.open_group(str(p), mode="r+")
+        if tuple(g["0"].shape) != tuple(shape):
+            raise FingerprintMismatch(f"output {p} has shape {g['0'].shape}, expected {tuple(shape)}")
+        return ZarrOutput(p, g, open_book(p, g, grid), axes)
+    shutil.rmtree(p)  # overwrite a store we wrote ourselves
+    return None
+
+
+def _create(p: Path, fingerprint: dict, shape, chunks, dtype, axes: str, grid: tuple) -> ZarrOutput:
+    """A new, empty store at ``p``: its bookkeeping, our record (not complete) and every level's array."""
+    import zarr
+
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         per_chunk, level_chunks = _chunk_plan(shape, chunks, axes)
         token = uuid.uuid4().hex
         # the bookkeeping first: a stale one beside a deleted store must never vouch for this one
-        book = _new_book(p, grid, token)
+        book = new_book(p, grid, token)
         g = zarr.create_group(str(p), zarr_format=3, overwrite=False)
         g.attrs.update(
             {
