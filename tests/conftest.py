@@ -86,12 +86,12 @@ class WeightsServer:
 def weights_server(tmp_path, monkeypatch):
     """Official-name downloads served from ``tmp_path/served`` (``$NAPARI_MIRNET_BASE_URL``); the licence
     notice not yet shown in this process."""
-    from napari_mirnet import weights
+    from napari_mirnet.weights import download
 
     root = tmp_path / "served"
     root.mkdir()
     srv = WeightsServer(root)
     monkeypatch.setenv("NAPARI_MIRNET_BASE_URL", srv.url)
-    monkeypatch.setattr(weights, "_licence_shown", False)
+    monkeypatch.setattr(download, "_licence_shown", False)
     yield srv
     srv.close()

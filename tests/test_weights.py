@@ -17,9 +17,10 @@ import torch
 from conftest import WeightsServer, make_checkpoint
 
 from napari_mirnet import weights as W
-from napari_mirnet import weights_files as WF
 from napari_mirnet.cli import main
 from napari_mirnet.model import MIRNetV2
+from napari_mirnet.weights import checkpoint, download
+from napari_mirnet.weights import files as WF
 
 
 @pytest.fixture
@@ -165,7 +166,7 @@ def test_offline_error_says_where_to_put_the_file(monkeypatch):
     url = srv.url
     srv.close()  # nothing listens there any more: a refused connection, as offline
     monkeypatch.setenv("NAPARI_MIRNET_BASE_URL", url)
-    monkeypatch.setattr(W, "_licence_shown", True)
+    monkeypatch.setattr(download, "_licence_shown", True)
     with pytest.raises(W.WeightsError) as err:
         W.load_model("enhancement_fivek")
     msg = str(err.value)
@@ -250,7 +251,7 @@ def test_nan_or_inf_in_a_checkpoint_is_refused_naming_tensors_and_file(tmp_path,
 
 def test_a_hand_copied_official_file_is_checked_and_kept(tmp_path, monkeypatch, official_file, official_dual_file):
     monkeypatch.setenv("NAPARI_MIRNET_BASE_URL", "http://127.0.0.1:9")  # offline: nothing may be fetched
-    monkeypatch.setattr(W, "_licence_shown", True)
+    monkeypatch.setattr(download, "_licence_shown", True)
     W.cache_dir().mkdir(parents=True)
     # the official structure, copied in by hand, works offline
     shutil.copy(official_file, W.cache_dir() / "sr_x2.pth")
@@ -331,7 +332,7 @@ def test_cli_shows_the_licence_as_one_plain_note(server, capsys, monkeypatch, of
     assert notes == [f"napari-mirnet: note: {W.OFFICIAL_LICENCE}"]
     assert "UserWarning" not in err and "warnings.warn" not in err
     # the Python API keeps a warning, of its own category
-    monkeypatch.setattr(W, "_licence_shown", False)
+    monkeypatch.setattr(download, "_licence_shown", False)
     with pytest.warns(W.OfficialWeightsNotice):
         W.fetch("enhancement_lol")
 
@@ -466,7 +467,7 @@ def test_huge_files_and_declared_shapes_are_refused_before_reading(tmp_path, ser
         W.load_model(tmp_path / "bomb.pth")
     # an oversized download is stopped, and nothing is cached
     make_checkpoint(server.root / "big.pth")
-    monkeypatch.setattr(W, "MAX_CHECKPOINT_BYTES", 1000)
+    monkeypatch.setattr(checkpoint, "MAX_CHECKPOINT_BYTES", 1000)
     with pytest.raises(W.WeightsError, match="more than any MIRNet-v2 checkpoint.*not downloaded"):
         W.load_model(f"{server.url}/big.pth")
     assert _cached_files() == []

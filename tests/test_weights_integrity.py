@@ -23,8 +23,9 @@ import napari_mirnet as nm
 from napari_mirnet import engine
 from napari_mirnet import io as mio
 from napari_mirnet import weights as W
-from napari_mirnet import weights_files as WF
 from napari_mirnet.cli import main
+from napari_mirnet.weights import catalogue, download, loading
+from napari_mirnet.weights import files as WF
 
 TILED = dict(tile=32, halo=4, blend=2, device="cpu")
 WHOLE = dict(tile=64, halo=0, blend=0, device="cpu")
@@ -88,7 +89,7 @@ def test_an_unchanged_checkpoint_is_loaded_once_and_not_hashed_again(tmp_path, m
     monkeypatch.setattr(WF, "RACY_NS", 0)  # as if written long ago: its identity alone says it is unchanged
     model = W.cached_model(str(path), "cpu")
     loads, hashes = [], []
-    monkeypatch.setattr(W, "load_model", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: loads.append(a))
     monkeypatch.setattr(WF, "file_sha256", lambda p: hashes.append(p))
     assert all(W.cached_model(str(path), "cpu") is model for _ in range(5))
     assert loads == [] and hashes == []  # a stat per call, nothing read
@@ -147,7 +148,7 @@ def test_a_resumed_store_is_not_finished_with_replaced_weights(tmp_path):
 # ------------------------------------------------------------------ 21: downloads and their record
 @pytest.fixture
 def server(weights_server, monkeypatch):
-    monkeypatch.setattr(W, "_licence_shown", True)  # the notice is test_weights.py's business
+    monkeypatch.setattr(download, "_licence_shown", True)  # the notice is test_weights.py's business
     return weights_server
 
 
@@ -237,7 +238,7 @@ def test_a_published_sha256_is_checked_where_one_is_known(server, official_pair,
 def test_a_hand_copied_file_without_record_is_checked_by_structure(tmp_path, monkeypatch, official_pair):
     # offline users copy the file into the cache: no record, the structural checks apply
     monkeypatch.setenv("NAPARI_MIRNET_BASE_URL", "http://127.0.0.1:9")
-    monkeypatch.setattr(W, "_licence_shown", True)
+    monkeypatch.setattr(download, "_licence_shown", True)
     W.cache_dir().mkdir(parents=True)
     shutil.copy(official_pair[0], W.cached_path("sr_x2"))
     assert W.load_model("sr_x2").config.n_feat == 80
@@ -253,18 +254,16 @@ def shipped(tmp_path, monkeypatch):
         sd = torch.load(make_checkpoint(tmp_path / f"{name}.src", seed=seed), weights_only=True)
         sd["meta"] = {"task": "denoise", "name": name}
         torch.save(sd, folder / f"{name}.pth")
-    monkeypatch.setattr(W, "SHIPPED_DIR", folder)
-    W._meta_cache.clear()
+    monkeypatch.setattr(catalogue, "SHIPPED_DIR", folder)
+    catalogue._meta_cache.clear()
     yield folder
-    W._meta_cache.clear()
+    catalogue._meta_cache.clear()
 
 
 def test_available_weights_reads_each_shipped_file_once(shipped, monkeypatch):
     reads = []
-    parse = W._parse
-    monkeypatch.setattr(
-        W, "_parse", lambda data, path, source: reads.append(Path(path).name) or parse(data, path, source)
-    )
+    read = catalogue._read_meta
+    monkeypatch.setattr(catalogue, "_read_meta", lambda path: reads.append(Path(path).name) or read(path))
     for _ in range(5):  # the widgets call it on every change
         infos = [i for i in W.available_weights() if i.kind == "shipped"]
     assert [(i.name, i.task) for i in infos] == [("one", "denoise"), ("two", "denoise")]

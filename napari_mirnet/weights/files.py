@@ -1,4 +1,8 @@
-"""Knowing which bytes a weights file holds: SHA-256 records of downloads and caches keyed by file content.
+"""Weights files on disk: which files in a folder are models, SHA-256 records of downloads, caches keyed by file identity.
+
+A folder's models are its checkpoint files (``.pth`` and the other checkpoint suffixes), never a
+fine-tuning run's resume file ``NAME.pth.state.pth`` nor a download record: one rule for every list
+of models (:func:`checkpoint_files`, :func:`is_model_file`).
 
 A download's SHA-256 is recorded beside it at download time (``<file>.sha256``, in the format of
 ``sha256sum``) and every later use checks the file against that record: a cached file that was
@@ -23,7 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
-__all__ = ["FileCache", "file_identity", "file_sha256", "read_record", "record_path", "write_record"]
+__all__ = [
+    "CHECKPOINT_SUFFIXES",
+    "RESUME_SUFFIX",
+    "FileCache",
+    "checkpoint_files",
+    "file_identity",
+    "file_sha256",
+    "is_model_file",
+    "read_record",
+    "record_path",
+    "write_record",
+]
 
 T = TypeVar("T")
 
@@ -31,6 +46,42 @@ T = TypeVar("T")
 #: identity changing: 2 s covers FAT's and SMB's timestamp steps, and some clock skew of a file server.
 RACY_NS = 3_000_000_000
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+#: What a checkpoint file's name may end with.
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".tar")
+#: A fine-tuning run's resumable state (optimizer and all) is saved as ``NAME.pth`` + this: not a model.
+RESUME_SUFFIX = ".state.pth"
+
+
+# ----------------------------------------------------------------------------- models in a folder
+def is_model_file(name: str | os.PathLike) -> bool:
+    """Whether a file name is a model's: a checkpoint suffix, and not a resume file (``NAME.pth.state.pth``).
+
+    Only the name is looked at, not the file.
+    """
+    p = Path(name)
+    return p.suffix.lower() in CHECKPOINT_SUFFIXES and not p.name.lower().endswith(RESUME_SUFFIX)
+
+
+def checkpoint_files(folder: str | os.PathLike) -> list[Path]:
+    """The model files in a folder, sorted: ``.pth`` and the other checkpoint suffixes.
+
+    A fine-tuning run's resume file (``NAME.pth.state.pth``: optimizer state, not a model to
+    restore with) and download records are not listed.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+        The folder to list (not recursively).
+
+    Returns
+    -------
+    list of Path
+        Regular files (or links to them); an empty list for a missing folder.
+    """
+    p = Path(folder)
+    if not p.is_dir():
+        return []
+    return sorted(q for q in p.iterdir() if is_model_file(q.name) and q.is_file())
 
 
 def file_sha256(path: str | os.PathLike) -> str:
