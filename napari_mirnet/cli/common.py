@@ -18,7 +18,8 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default in (None, False) or "default" in text:
+        # a switch (nargs 0: --x, --no-x) is off unless given, whatever the value it sets
+        if action.default in (None, False) or action.nargs == 0 or "default" in text:
             return text
         return super()._get_help_string(action)
 

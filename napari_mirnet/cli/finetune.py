@@ -5,7 +5,31 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..engine.options import RestoreOptions
 from .common import UsageError, _err
+from .fields import add_field
+
+#: help of the flags made from FinetuneConfig's fields (their defaults and types come from the fields),
+#: in the order --help lists them
+_FINETUNE_HELP = {
+    "objective": "self-supervised loss: neighbor2neighbor (pairs of neighbouring pixels; pixel-independent noise) "
+    "or blindspot (masked pixels, Noise2Void-style); docs/finetune.md compares them (default: {default})",
+    "pairs": "neighbours whose noise is independent: vertical for noise correlated along rows "
+    "(default: measured on the data)",
+    "lr": "learning rate (default: {default})",
+    "patch": "patch edge, a multiple of 8 (default: {default})",
+    "batch": "patches per step (default: {default})",
+    "device": "auto, cpu, cuda, cuda:1, mps",
+    "seed": "random seed of the patches drawn and held out (default: {default}): the same seed draws the same patches",
+}
+
+
+def _finetune_field(parser, name: str) -> None:
+    from ..training.config import OBJECTIVES, PAIRS, FinetuneConfig
+
+    choices = {"objective": OBJECTIVES, "pairs": PAIRS}
+    extra = {"choices": list(choices[name])} if name in choices else {}
+    add_field(parser, FinetuneConfig, name, help=_FINETUNE_HELP[name], **extra)
 
 
 def _add_finetune_command(sub) -> None:
@@ -19,40 +43,15 @@ def _add_finetune_command(sub) -> None:
     )
     ft.add_argument("inputs", nargs="+", metavar="INPUT", help="noisy images, stacks, folders or zarr stores")
     ft.add_argument("-o", "--output", required=True, help="model file to write (.pth)")
-    ft.add_argument("--weights", default="small-denoise-gray", help="model to start from (default: small-denoise-gray)")
+    ft.add_argument("--weights", default="small-denoise-gray", help="model to start from (default: %(default)s)")
     ft.add_argument("--minutes", type=float, default=10.0, help="time budget in minutes (default: 10)")
     ft.add_argument("--steps", type=int, help="stop after this many steps (with --minutes: whichever comes first)")
     ft.add_argument("--axes", help="axes of the inputs, e.g. ZYX, TYX, YXC (default: from the file)")
-    ft.add_argument(
-        "--normalisation",
-        choices=["auto", "fixed", "percentile"],
-        default="auto",
-        help="intensity mapping; restore with the same one (default: auto)",
+    add_field(
+        ft, RestoreOptions, "normalisation", help="intensity mapping; restore with the same one (default: {default})"
     )
-    ft.add_argument(
-        "--objective",
-        choices=["neighbor2neighbor", "blindspot"],
-        default="neighbor2neighbor",
-        help="self-supervised loss: neighbor2neighbor (pairs of neighbouring pixels; pixel-independent noise) "
-        "or blindspot (masked pixels, Noise2Void-style); docs/finetune.md compares them (default: neighbor2neighbor)",
-    )
-    ft.add_argument(
-        "--pairs",
-        choices=["auto", "any", "vertical", "horizontal"],
-        default="auto",
-        help="neighbours whose noise is independent: vertical for noise correlated along rows "
-        "(default: measured on the data)",
-    )
-    ft.add_argument("--lr", type=float, default=1e-4, help="learning rate (default: 1e-4)")
-    ft.add_argument("--patch", type=int, default=96, help="patch edge, a multiple of 8 (default: 96)")
-    ft.add_argument("--batch", type=int, default=2, help="patches per step (default: 2)")
-    ft.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    ft.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="random seed of the patches drawn and held out (default: 0): the same seed draws the same patches",
-    )
+    for name in _FINETUNE_HELP:
+        _finetune_field(ft, name)
     ft.add_argument("--resume", action="store_true", help="continue the run saved next to OUTPUT")
     ft.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ft.set_defaults(func=_cmd_finetune)
@@ -82,15 +81,15 @@ def _in_flags(msg: str) -> str:
 
 def _cmd_finetune(args) -> int:
     from .. import io as mio
-    from ..finetune import finetune, state_path
+    from ..training import MIN_EDGE, finetune, state_path
     from ..weights import WeightsError
 
     if args.minutes is not None and args.minutes <= 0:
         raise UsageError("--minutes must be positive")
     if args.steps is not None and args.steps < 1:
         raise UsageError("--steps must be at least 1")
-    if args.patch < 32 or args.patch % 8:
-        raise UsageError("--patch must be a multiple of 8 and at least 32")
+    if args.patch < MIN_EDGE or args.patch % 8:
+        raise UsageError(f"--patch must be a multiple of 8 and at least {MIN_EDGE}")
     if args.batch < 1:
         raise UsageError("--batch must be at least 1")
     out = Path(args.output)
@@ -110,13 +109,7 @@ def _cmd_finetune(args) -> int:
             normalisation=args.normalisation,
             resume=args.resume,
             progress=not args.quiet,
-            objective=args.objective,
-            pairs=args.pairs,
-            lr=args.lr,
-            patch=args.patch,
-            batch=args.batch,
-            device=args.device,
-            seed=args.seed,
+            **{name: getattr(args, name) for name in _FINETUNE_HELP},
         )
     except KeyboardInterrupt:
         print(f"interrupted; the best model so far is in {out} (continue with --resume)", file=sys.stderr)

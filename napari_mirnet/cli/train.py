@@ -7,10 +7,38 @@ import json
 import sys
 
 from .common import _Help
+from .fields import add_field
+
+#: help of the flags made from TrainConfig's fields (their defaults and types come from the fields)
+_TRAIN_HELP = {
+    "task": "what the model restores",
+    "channels": "colour channels of the model",
+    "n_feat": "features of the first stream",
+    "n_mrb": "multi-scale residual blocks per group",
+    "chan_factor": "feature growth per stream",
+    "iters": "training steps",
+    "lr": "peak learning rate (cosine schedule)",
+    "warmup": "share of the run spent warming up the learning rate",
+    "grad_clip": "gradient norm clip",
+    "stages": "progressive patch:batch stages, each for an equal share of the run",
+    "time_budget": "stop after this many seconds of training",
+    "seed": "random seed",
+    "augment": "no flips and rotations",
+    "channel_shuffle": "also permute colour channels at random",
+    "loss": "l1 (the paper's); l2 or psnr (minus the per-patch PSNR) for a last fine-tune",
+    "ema": "keep and export a moving average of the weights (e.g. 0.999; 0 = off)",
+    "device": "auto, cpu, cuda, cuda:1, mps",
+    "amp": "no bf16 autocast on CUDA",
+    "amp_cpu": "bf16 autocast on the CPU (faster on CPUs with native bf16; use with --channels-last)",
+    "channels_last": "NHWC memory layout (often faster: time it)",
+    "dense_groups": "grouped convolutions as dense block-diagonal ones (GPU speed; same result)",
+    "save_every": "steps between checkpoints",
+    "log_every": "steps between loss log lines",
+}
 
 
 def _stages(text: str):
-    from ..training import parse_stages
+    from ..training.config import parse_stages
 
     try:
         return parse_stages(text)
@@ -18,9 +46,16 @@ def _stages(text: str):
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _train_field(group, name: str, *flags: str, **overrides) -> None:
+    from ..training.config import TrainConfig
+
+    add_field(group, TrainConfig, name, *flags, help=_TRAIN_HELP[name], **overrides)
+
+
 def _add_train_command(subparsers) -> argparse.ArgumentParser:
     """Add the ``train`` sub-command to an argparse subparsers object."""
-    from ..training import HELD_OUT_IMAGES, TRAINABLE_TASKS
+    from ..training.config import TRAINABLE_TASKS
+    from ..training.images import HELD_OUT_IMAGES
 
     p = subparsers.add_parser(
         "train",
@@ -29,7 +64,7 @@ def _add_train_command(subparsers) -> argparse.ArgumentParser:
         description="Train MIRNet-v2. Give --clean (and --degraded for real pairs), or --bundled-data to "
         "train on images bundled with installed packages (minus the held-out ones).",
     )
-    p.add_argument("--task", choices=TRAINABLE_TASKS, default="denoise", help="what the model restores")
+    _train_field(p, "task", choices=TRAINABLE_TASKS)
     src = p.add_argument_group("data")
     src.add_argument("--clean", nargs="+", help="folder(s) or files of clean target images")
     src.add_argument("--degraded", nargs="+", help="matching degraded inputs (same order); omit to synthesise")
@@ -55,10 +90,9 @@ def _add_train_command(subparsers) -> argparse.ArgumentParser:
     deg.add_argument("--scale", type=int, default=2, help="super-resolution factor")
     deg.add_argument("--degradation-json", help="a full degradation spec as JSON (overrides the above)")
     net = p.add_argument_group("network")
-    net.add_argument("--channels", type=int, default=3, choices=[1, 3], help="colour channels of the model")
-    net.add_argument("--n-feat", type=int, default=32, help="features of the first stream")
-    net.add_argument("--n-mrb", type=int, default=1, help="multi-scale residual blocks per group")
-    net.add_argument("--chan-factor", type=float, default=1.5, help="feature growth per stream")
+    _train_field(net, "channels", choices=[1, 3])
+    for name in ("n_feat", "n_mrb", "chan_factor"):
+        _train_field(net, name)
     _add_train_optimisation(p)
     _add_train_run(p)
     p.set_defaults(func=_cmd_train)
@@ -66,36 +100,20 @@ def _add_train_command(subparsers) -> argparse.ArgumentParser:
 
 
 def _add_train_optimisation(p) -> None:
-    from ..training import LOSSES
+    from ..training.config import LOSS_NAMES, TrainConfig
 
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--iters", type=int, default=2000, help="training steps")
-    opt.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (cosine schedule)")
-    opt.add_argument("--warmup", type=float, default=0.0, help="share of the run spent warming up the learning rate")
-    opt.add_argument("--grad-clip", type=float, default=0.01, help="gradient norm clip")
-    opt.add_argument(
-        "--stages",
-        type=_stages,
-        default="64:8,96:4,128:2",
-        help="progressive patch:batch stages, each for an equal share of the run",
-    )
-    opt.add_argument("--time-budget", type=float, help="stop after this many seconds of training")
-    opt.add_argument("--seed", type=int, default=0, help="random seed")
-    opt.add_argument("--no-augment", action="store_true", help="no flips and rotations")
-    opt.add_argument("--channel-shuffle", action="store_true", help="also permute colour channels at random")
-    opt.add_argument(
-        "--loss",
-        choices=sorted(LOSSES),
-        default="l1",
-        help="l1 (the paper's); l2 or psnr (minus the per-patch PSNR) for a last fine-tune",
-    )
-    opt.add_argument(
-        "--ema",
-        type=float,
-        default=0.0,
-        metavar="DECAY",
-        help="keep and export a moving average of the weights (e.g. 0.999; 0 = off)",
-    )
+    for name in ("iters", "lr", "warmup", "grad_clip"):
+        _train_field(opt, name)
+    # shown and parsed as text (argparse converts a text default with type=)
+    stages = ",".join(f"{patch}:{batch}" for patch, batch in TrainConfig.stages)
+    _train_field(opt, "stages", type=_stages, default=stages)
+    for name in ("time_budget", "seed"):
+        _train_field(opt, name)
+    _train_field(opt, "augment", "--no-augment")
+    _train_field(opt, "channel_shuffle")
+    _train_field(opt, "loss", choices=LOSS_NAMES)
+    _train_field(opt, "ema", metavar="DECAY")
 
 
 def _add_train_run(p) -> None:
@@ -104,21 +122,10 @@ def _add_train_run(p) -> None:
     run.add_argument("--resume", help="checkpoint to resume from (usually the same as --out)")
     run.add_argument("--init", help="start from this model file's weights (fine-tuning)")
     run.add_argument("--export", help="also write a slim fp16 {'params','meta'} model file here")
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    run.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
-    run.add_argument(
-        "--amp-cpu",
-        action="store_true",
-        help="bf16 autocast on the CPU (faster on CPUs with native bf16; use with --channels-last)",
-    )
-    run.add_argument("--channels-last", action="store_true", help="NHWC memory layout (often faster: time it)")
-    run.add_argument(
-        "--dense-groups",
-        action="store_true",
-        help="grouped convolutions as dense block-diagonal ones (GPU speed; same result)",
-    )
-    run.add_argument("--save-every", type=int, default=500, help="steps between checkpoints")
-    run.add_argument("--log-every", type=int, default=10, help="steps between loss log lines")
+    _train_field(run, "device")
+    _train_field(run, "amp", "--no-amp")
+    for name in ("amp_cpu", "channels_last", "dense_groups", "save_every", "log_every"):
+        _train_field(run, name)
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -177,32 +184,7 @@ def _cmd_train(args) -> int:
     if data is None:
         return 2
     clean, degraded, desc = data
-    cfg = TrainConfig(
-        task=args.task,
-        channels=args.channels,
-        n_feat=args.n_feat,
-        chan_factor=args.chan_factor,
-        n_mrb=args.n_mrb,
-        degradation=spec,
-        iters=args.iters,
-        lr=args.lr,
-        warmup=args.warmup,
-        grad_clip=args.grad_clip,
-        stages=args.stages,
-        augment=not args.no_augment,
-        channel_shuffle=args.channel_shuffle,
-        channels_last=args.channels_last,
-        dense_groups=args.dense_groups,
-        seed=args.seed,
-        log_every=args.log_every,
-        save_every=args.save_every,
-        time_budget=args.time_budget,
-        device=args.device,
-        amp=not args.no_amp,
-        amp_cpu=args.amp_cpu,
-        ema=args.ema,
-        loss=args.loss,
-    )
+    cfg = TrainConfig(degradation=spec, **{name: getattr(args, name) for name in _TRAIN_HELP})
     try:
         res = train(
             cfg if not args.resume else None,

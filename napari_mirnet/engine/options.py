@@ -5,15 +5,20 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-__all__ = ["DEFAULT_BLEND", "DEFAULT_HALO", "RestoreOptions", "scheduler_config"]
+__all__ = ["DEFAULT_BLEND", "DEFAULT_HALO", "NORMALISATIONS", "PRECISIONS", "RestoreOptions", "scheduler_config"]
 
 #: Default halo and blend margin, in model (output) pixels; see docs and benchmarks/engine.py.
 DEFAULT_HALO = 64
 DEFAULT_BLEND = 16
+#: ``precision`` and ``normalisation`` values ("auto": bf16 on CUDA, fp32 elsewhere; the full range
+#: for integers, percentiles for floats)
+PRECISIONS = ("auto", "fp32", "bf16")
+NORMALISATIONS = ("auto", "fixed", "percentile")
 
 
 @dataclass(frozen=True)
@@ -34,17 +39,60 @@ class RestoreOptions:
     :mod:`napari_mirnet.engine.accelerate`.
     """
 
-    tile: int | None = None
-    halo: int | None = None
-    blend: int | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    normalisation: str = "auto"
-    tta: bool = False
+    # metadata["help"] (and "choices") say each setting once for every front end: the CLI's flags
+    # are made from these fields (napari_mirnet.cli.fields)
+    tile: int | None = field(
+        default=None, metadata={"help": "tile edge in model pixels, halo included (default: from memory)"}
+    )
+    halo: int | None = field(
+        default=None,
+        metadata={
+            "help": "halo on each side of a tile, in pixels (default: 32 with the CPU's automatic tile, "
+            f"else a quarter of the tile, at most {DEFAULT_HALO})"
+        },
+    )
+    blend: int | None = field(
+        default=None,
+        metadata={"help": f"feathered blend margin at tile borders, in pixels; 0: none (default: {DEFAULT_BLEND})"},
+    )
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
+    precision: str = field(
+        default="auto", metadata={"help": "auto: bf16 on CUDA, fp32 elsewhere", "choices": PRECISIONS}
+    )
+    normalisation: str = field(
+        default="auto",
+        metadata={"help": "auto: the full range for integers, percentiles for floats", "choices": NORMALISATIONS},
+    )
+    tta: bool = field(
+        default=False,
+        metadata={"help": "test-time augmentation: average over 8 flips/rotations (8x slower, slightly better)"},
+    )
     pixel_size: tuple | None = None
-    nodata: float | None = None
+    nodata: float | None = field(
+        default=None,
+        metadata={
+            "help": "value that marks missing pixels (nan allowed): left out of the intensity mapping, filled for "
+            "the model, written back as nodata (default: the file's nodata; NaN in float images always)"
+        },
+    )
     accelerate: str = "auto"
-    rgb: bool | None = None
+    rgb: bool | None = field(
+        default=None,
+        metadata={
+            "help": "3 or 4 channels are a colour image (--rgb) or separate bands, each restored alone (--no-rgb); "
+            "default: as the data says (channels last, as pictures are stored, or channels coloured red, green, blue)"
+        },
+    )
+
+    @classmethod
+    def from_mapping(cls, values: Mapping) -> RestoreOptions:
+        """The options named in ``values`` (a front end's settings, ``vars`` of parsed arguments).
+
+        Keys that are not options (the task, the output...) are left out, so every front end builds
+        its options here, from whatever it holds.
+        """
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
 
     def __post_init__(self):
         # refused here, in the keyword arguments' words, before a model is loaded or a tile planned:
