@@ -147,18 +147,7 @@ def _prepare(args, src, dst: Path, client):
     from .. import engine
     from ..outputs import resume_options
 
-    options = engine.RestoreOptions(
-        tile=args.tile,
-        halo=args.halo,
-        blend=args.blend,
-        device=args.device,
-        precision=args.precision,
-        normalisation=args.normalisation,
-        tta=args.tta,
-        nodata=args.nodata,
-        rgb=args.rgb,
-    )
-    options = resume_options(options, dst, args.overwrite)
+    options = resume_options(RestoreOptions.from_mapping(vars(args)), dst, args.overwrite)
     image = tuple(map(str, src)) if isinstance(src, tuple) else str(src)
     return engine.prepare(
         image,
