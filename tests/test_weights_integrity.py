@@ -11,13 +11,15 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_checkpoint
+from conftest import SAFETY_S, make_checkpoint
 
 import napari_mirnet as nm
 from napari_mirnet import engine
@@ -26,6 +28,7 @@ from napari_mirnet import weights as W
 from napari_mirnet.cli import main
 from napari_mirnet.weights import catalogue, download, loading
 from napari_mirnet.weights import files as WF
+from napari_mirnet.weights.meta import peek_meta
 
 TILED = dict(tile=32, halo=4, blend=2, device="cpu")
 WHOLE = dict(tile=64, halo=0, blend=0, device="cpu")
@@ -304,3 +307,93 @@ def test_the_denoise_widget_lists_fine_tuned_models_but_not_their_resume_files(t
     labels = [label for label, _ in weights_choices("denoise")]
     assert "mine (fine-tuned)" in labels
     assert not [label for label in labels if "state" in label]
+
+
+def test_listing_the_models_imports_no_torch(tmp_path):
+    """The catalogue (what `weights list`, `weights path` and the widgets' lists read) never imports torch:
+    the shipped files' metadata comes from their pickle without it (the old weights.py imported torch at
+    its top and read every shipped file with torch.load)."""
+    code = (
+        "import sys\n"
+        "from napari_mirnet.weights import available_weights, cached_path, shipped_models, user_models\n"
+        "infos = available_weights()\n"
+        "assert [i.task for i in infos if i.name == 'small-sr-x2'] == ['super_resolution'], infos\n"
+        "assert shipped_models() and cached_path('sr_x2') and user_models() == {}\n"
+        "print('torch' in sys.modules)\n"
+    )
+    env = {**os.environ, "NAPARI_MIRNET_MODELS": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=SAFETY_S)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_the_light_metadata_reader_agrees_with_torch_or_leaves_the_file_to_it(tmp_path):
+    for name, path in W.shipped_models().items():
+        assert peek_meta(path.read_bytes()) == torch.load(path, weights_only=True)["meta"], name
+    sd = torch.load(make_checkpoint(tmp_path / "src.pth"), weights_only=True)["params"]
+    plain = {"task": "denoise", "scale": 2, "tags": {"a", "b"}, "raw": b"\x00\xff", "pair": (1, 2.5), "none": None}
+    for key in ("params", "params_ema", "state_dict", "model"):
+        torch.save({key: sd, "meta": plain}, tmp_path / "m.pth")
+        assert peek_meta((tmp_path / "m.pth").read_bytes()) == plain
+    torch.save(sd, tmp_path / "bare.pth")  # a bare state dict: no meta
+    assert peek_meta((tmp_path / "bare.pth").read_bytes()) == {}
+    # what it cannot vouch for is left to torch (None): a tensor in the metadata, a name torch refuses,
+    # the legacy format, no state dict, not a checkpoint at all
+    odd = {
+        "tensor-meta": {"params": sd, "meta": {"mean": torch.ones(1)}},
+        "frozenset": {"params": sd, "meta": {"f": frozenset([1])}},
+        "no-state-dict": {"meta": plain, "x": torch.ones(1)},
+        "a-list": [torch.ones(1)],
+    }
+    for name, obj in odd.items():
+        torch.save(obj, tmp_path / f"{name}.pth")
+        assert peek_meta((tmp_path / f"{name}.pth").read_bytes()) is None, name
+    torch.save({"params": sd, "meta": plain}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    assert peek_meta((tmp_path / "legacy.pth").read_bytes()) is None
+    assert peek_meta(b"<html>login</html>") is None
+
+
+def test_a_shipped_file_the_light_reader_leaves_is_read_by_torch_once(shipped, monkeypatch):
+    sd = torch.load(shipped / "two.pth", weights_only=True)
+    sd["meta"]["mean"] = torch.ones(1)  # a tensor in the metadata: torch's reader is needed
+    torch.save(sd, shipped / "two.pth")
+    parses = []
+    parse = catalogue.parse
+    monkeypatch.setattr(catalogue, "parse", lambda *a: parses.append(a[1].name) or parse(*a))
+    for _ in range(3):
+        assert [i.task for i in W.available_weights() if i.kind == "shipped"] == ["denoise", "denoise"]
+    assert parses == ["two.pth"]
+    assert torch.equal(W.shipped_meta("two")["mean"], torch.ones(1))
+    # a broken shipped file is reported as the loader reports it
+    (shipped / "one.pth").write_bytes(b"<html>not found</html>")
+    with pytest.raises(W.WeightsError, match="HTML page"):
+        W.available_weights()
+
+
+def test_the_catalogue_never_lists_a_resume_file(shipped, tmp_path):
+    """One rule for every list of models: the shipped ones, `available_weights`, a folder of fine-tuned models."""
+    for folder in (shipped, tmp_path / "mine"):
+        folder.mkdir(exist_ok=True)
+        shutil.copy(shipped / "one.pth", folder / "tuned.pth")
+        for resume in ("tuned.pth.state.pth", "other.PTH.STATE.PTH"):
+            shutil.copy(shipped / "one.pth", folder / resume)
+        (folder / "tuned.pth.sha256").write_text("0" * 64 + "  tuned.pth\n")
+    assert list(W.shipped_models()) == ["one", "tuned", "two"]
+    assert [i.name for i in W.available_weights() if i.kind == "shipped"] == ["one", "tuned", "two"]
+    assert W.user_models(tmp_path / "mine") == {"tuned": tmp_path / "mine" / "tuned.pth"}
+    assert W.user_models(tmp_path / "missing") == {}
+    assert [W.is_model_file(n) for n in ("a.pth", "a.PT", "a.pth.state.pth", "a.pth.sha256", ".pth")] == [
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
+
+
+def test_shipped_models_say_their_scale(monkeypatch, tmp_path):
+    infos = {i.name: i for i in W.available_weights()}
+    assert infos["small-sr-x2"].scale == 2 and infos["small-denoise-rgb"].scale is None
+    assert infos["sr_x2"].scale is None  # official: the name says it, the catalogue does not guess
+    monkeypatch.setenv("NAPARI_MIRNET_MODELS", str(tmp_path / "models"))
+    assert W.models_dir() == tmp_path / "models"
