@@ -13,7 +13,7 @@ import zarr
 from conftest import make_checkpoint
 
 from napari_mirnet import finetune, restore
-from napari_mirnet.finetune import noise_correlation, state_path
+from napari_mirnet.training import noise_correlation, state_path
 from napari_mirnet.weights import read_checkpoint
 
 # tiny and fast: 32-px patches, 2 per step
@@ -171,7 +171,7 @@ def test_row_noise_pairs_keep_the_rows_noise_and_are_independent():
     """Noise correlated along rows: the two sub-images are alternate whole rows, so each keeps the noise
     statistics along rows that the model meets at full resolution, and their noise is independent.
     (A 2x2 sub-sampling halves the span of the correlation: lag-1 0.6 instead of 0.8 for a 5-px kernel.)"""
-    from napari_mirnet.finetune import _n2n_loss, _subsample
+    from napari_mirnet.training.objectives import _n2n_loss, _subsample
 
     g = torch.Generator().manual_seed(0)
     white = torch.randn(4, 1, 64, 132, generator=g)
@@ -221,7 +221,7 @@ def test_cli_finetune(tmp_path, gray_identity, capsys):
     assert main(args) == 2  # the output exists: refuses without --resume
     assert "--resume" in capsys.readouterr().err
     assert main(args + ["--resume"]) == 0
-    from napari_mirnet.finetune import state_path
+    from napari_mirnet.training import state_path
 
     assert state_path(out).exists()
     out.unlink()  # a saved run whose model was deleted: refused in the CLI's words, not a traceback

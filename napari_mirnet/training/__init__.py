@@ -25,18 +25,19 @@ _home(
     "TRAINABLE_TASKS", "LOSS_NAMES", "OBJECTIVES", "PAIRS", "MIN_EDGE",
 )  # fmt: skip
 _home(
-    "supervised",
-    "TrainResult", "train", "export_model", "load_images", "bundled_images", "is_colour", "training_images",
-    "SKIMAGE_TRAIN_IMAGES", "PACKAGE_TRAIN_IMAGES", "TRAIN_IMAGES", "HELD_OUT_IMAGES", "VALIDATION_SOURCES",
-    "VALIDATION_STRIP", "VALIDATION_MIN_ROWS", "TEST_IMAGES", "split_validation", "validation_images",
-    "independent_test_images", "save_test_images", "validation_pairs", "best_path", "val_log_path",
-    "loss_log_path", "centre_crop", "code_version", "to_channels", "psnr_loss", "LOSSES", "NORMALISATION",
-    "use_dense_groups", "_BlockDiagonalConv2d", "_Data", "_LeafBank", "_package_dir", "_load_test_image",
+    "images",
+    "load_images", "bundled_images", "is_colour", "training_images", "SKIMAGE_TRAIN_IMAGES",
+    "PACKAGE_TRAIN_IMAGES", "TRAIN_IMAGES", "HELD_OUT_IMAGES", "VALIDATION_SOURCES", "VALIDATION_STRIP",
+    "VALIDATION_MIN_ROWS", "TEST_IMAGES", "split_validation", "validation_images", "independent_test_images",
+    "save_test_images", "centre_crop", "to_channels", "_package_dir", "_load_test_image",
 )  # fmt: skip
-_home(
-    "self_supervised",
-    "finetune", "FinetuneResult", "FinetuneProgress", "models_dir", "noise_correlation",
-)  # fmt: skip
+_home("checkpoints", "export_model", "best_path", "val_log_path", "loss_log_path", "code_version", "NORMALISATION")
+_home("supervised_data", "validation_pairs", "_Data", "_LeafBank")
+_home("dense_groups", "use_dense_groups", "_BlockDiagonalConv2d")
+_home("supervised", "TrainResult", "train", "psnr_loss", "LOSSES")
+_home("self_supervised", "finetune", "models_dir")
+_home("finetune_run", "FinetuneResult", "FinetuneProgress")
+_home("patches", "noise_correlation")
 _home("output", "state_path", "check_output")
 
 __all__ = [n for n in _HOMES if not n.startswith("_")]

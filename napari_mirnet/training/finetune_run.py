@@ -1,0 +1,371 @@
+"""One fine-tuning run: its model, optimiser, moving average and best model so far, its steps on the
+shared :class:`~.loop.Loop`, what it reports, and the files it writes (the model and the state to resume)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..devices import resolve_device
+from ..model import MIRNetV2
+from ..weights import load_model
+from .checkpoints import NORMALISATION, code_version, lineage, save_atomic
+from .config import FinetuneConfig
+from .loop import Loop, MovingAverage, budget_fraction, cosine_lr, step_rngs
+from .objectives import _augment, objective_loss, validation_loss
+from .output import state_path
+from .patches import _as_sources, _check_not_uniform, _choose_pairs, _Data, _fingerprint, _planes, _SetupClock
+
+__all__ = ["FinetuneProgress", "FinetuneResult", "process_clock"]
+
+
+def process_clock(kind: str) -> Callable[[], float]:
+    """The clock a budget counts: "cpu" seconds of this process, else wall seconds."""
+    return time.process_time if kind == "cpu" else time.perf_counter
+
+
+@dataclass
+class FinetuneProgress:
+    """What a progress callback receives after each step (and after each validation)."""
+
+    step: int
+    loss: float
+    fraction: float  # of the budget (time or steps) used
+    elapsed: float
+    val_loss: float | None = None  # set on steps that validated
+    best_val: float | None = None
+    best_step: int | None = None
+    model: MIRNetV2 | None = None  # the weights being validated (the moving average); do not train it
+
+
+@dataclass
+class FinetuneResult:
+    """Where the model went and how the run went."""
+
+    path: Path
+    steps: int
+    best_step: int
+    best_val: float
+    source_val: float
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    val_losses: list[tuple[int, float]] = field(default_factory=list)
+    stopped: bool = False
+    elapsed: float = 0.0
+    #: why the saved model is the source model unchanged ("" when a step improved it)
+    unchanged: str = ""
+    setup_s: float = 0.0  # of ``elapsed``: reading patches, measuring the noise, validating the source
+
+
+# ------------------------------------------------------------------------------------------ main
+def _source_model(weights, source_path: Path, device) -> tuple[MIRNetV2, dict]:
+    """The denoiser to start from (``weights`` as the caller named it, found at ``source_path``) and its
+    metadata; other kinds of model are refused."""
+    model = load_model(source_path, device)
+    source_meta = dict(getattr(model, "meta", {}) or {})
+    if model.config.dual_pixel or model.config.in_channels != model.config.out_channels:
+        raise ValueError(f"weights={weights!r} is not a denoiser (dual-pixel model); pick a denoising model")
+    task = source_meta.get("task", "denoise")
+    if task not in ("denoise", None):
+        raise ValueError(f"weights={weights!r} is a {task} model; self-supervised fine-tuning is for denoisers")
+    return model, source_meta
+
+
+@dataclass
+class _FinetuneRun(Loop):
+    """One fine-tuning run: the model, optimiser and moving average, the data, and the best model so far."""
+
+    cfg: FinetuneConfig
+    out: Path
+    weights: str | os.PathLike  # as the caller named them (recorded in the metadata)
+    minutes: float | None
+    steps: int | None
+    normalisation: str
+    device: torch.device
+    model: MIRNetV2
+    source_path: Path
+    source_meta: dict
+    source_sha: str
+    sources: list
+    dataset: _Data
+    fingerprint: str
+    pairs: str
+    corr_info: dict
+    val: torch.Tensor
+    opt: torch.optim.Optimizer
+    ema: MovingAverage | None
+    eval_model: MIRNetV2  # the validated model: the moving average, else the raw weights themselves
+    best_sd: dict[str, torch.Tensor]
+    step: int = 0
+    elapsed0: float = 0.0  # budget spent before this session (resumed runs)
+    t0: float = 0.0
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    val_losses: list[tuple[int, float]] = field(default_factory=list)
+    best_val: float = math.inf
+    best_step: int = 0
+    source_val: float = math.inf
+    setup_s: float = 0.0
+    start_step: int = 0  # the step this session started from (resumed runs)
+    callback: Callable[[FinetuneProgress], bool | None] | None = None
+    last_val_frac: float = 0.0  # the budget used at the last validation
+
+    @classmethod
+    def create(
+        cls, data, out: Path, weights, source_path: Path, cfg: FinetuneConfig, minutes, steps, axes, normalisation,
+        setup: _SetupClock | None = None,
+    ) -> _FinetuneRun:  # fmt: skip
+        """Load the source model, index the data's planes, hold out validation patches, measure the noise."""
+        device = resolve_device(cfg.device)
+        model, source_meta = _source_model(weights, source_path, device)
+        sources = _as_sources(data, axes)
+        planes = _planes(sources, model.config.in_channels, normalisation)
+        if setup is not None:
+            # the uniformity, fingerprint and noise samples, after the validation patches
+            setup.total += 32 + min(16, len(planes) * 4) + 16
+        dataset = _Data(planes, cfg.patch, cfg.val_patches, cfg.seed, setup)
+        rng0 = np.random.default_rng([cfg.seed, 1])
+        _check_not_uniform(dataset, rng0)
+        fingerprint = _fingerprint(sources, planes, setup)
+        pairs, corr_info = _choose_pairs(cfg.pairs, dataset, rng0)
+        val = torch.from_numpy(dataset.val).to(device)
+
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        ema = MovingAverage(model, cfg.ema) if cfg.ema else None
+        eval_model = MIRNetV2(model.config).to(device).eval()
+        for p in eval_model.parameters():
+            p.requires_grad_(False)
+        # the source model is the best so far until a validation beats it
+        best_sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return cls(
+            cfg=cfg, out=out, weights=weights, minutes=minutes, steps=steps, normalisation=normalisation,
+            device=device, model=model, source_path=source_path, source_meta=source_meta,
+            source_sha=model.weights_sha256, sources=sources, dataset=dataset, fingerprint=fingerprint,
+            pairs=pairs, corr_info=corr_info, val=val, opt=opt, ema=ema, eval_model=eval_model, best_sd=best_sd,
+        )  # fmt: skip
+
+    # -------------------------------------------------------------------------------------- clock
+    @property
+    def clock(self) -> Callable[[], float]:
+        return process_clock(self.cfg.clock)
+
+    def fraction(self, it: int, el: float) -> float:
+        """The share of the budget (steps or time, whichever is further) used after ``it`` steps."""
+        return budget_fraction(it, el, self.steps, None if self.minutes is None else 60.0 * float(self.minutes))
+
+    # -------------------------------------------------------------------------------------- start
+    def resume(self) -> None:
+        """Take the run saved next to ``out``, refusing one made on other data or another source model."""
+        spath = state_path(self.out)
+        if not spath.is_file():
+            raise FileNotFoundError(f"resume=True but there is no saved state at {spath}; start without resume")
+        st = torch.load(spath, map_location="cpu", weights_only=True)
+        if st["fingerprint"] != self.fingerprint:
+            raise ValueError(
+                f"resume=True but the data differs from the run saved in {spath} "
+                "(other images, axes or normalisation); start a new run or use the same data"
+            )
+        if st["source_sha256"] != self.source_sha:
+            raise ValueError(f"resume=True but weights={self.weights!r} is not the model the saved run started from")
+        self.model.load_state_dict(st["params"])
+        self.opt.load_state_dict(st["optimizer"])
+        if self.ema is not None and "ema" in st:
+            for k, v in st["ema"].items():
+                self.ema.avg[k].copy_(v)
+        self.step, self.elapsed0 = int(st["step"]), float(st["elapsed"])
+        self.start_step = self.step
+        self.losses = [tuple(v) for v in st["losses"]]
+        self.val_losses = [tuple(v) for v in st["val_losses"]]
+        self.best_val, self.best_step = float(st["best_val"]), int(st["best_step"])
+        self.source_val = float(st["source_val"])
+        self.best_sd = {k: v.to(self.device) for k, v in st["best_params"].items()}
+        self.pairs = st["pairs"]
+
+    def validate_source(self) -> None:
+        """Measure the source model: the value later validations must beat."""
+        self.sync_eval()
+        self.source_val = validation_loss(self.cfg, self.eval_model, self.val, self.pairs, self.cfg.seed)
+        self.best_val, self.best_step = self.source_val, 0
+        self.val_losses.append((0, self.source_val))
+
+    # -------------------------------------------------------------------------------------- loop
+    @contextlib.contextmanager
+    def session(self):
+        """Set-up's time is spent, not progress towards the first validation."""
+        self.last_val_frac = self.fraction(self.step, self.elapsed())
+        yield
+
+    def train_step(self, frac: float) -> float:
+        """One optimiser step (cosine learning rate at ``frac`` of the budget) on patches seeded by the step."""
+        cfg = self.cfg
+        lr = cosine_lr(frac, cfg.lr, cfg.lr_min)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        rng, gen = step_rngs(cfg.seed, self.step, "cpu", 2)
+        x = torch.stack([_augment(torch.from_numpy(c), k, self.pairs) for c, k in self.dataset.batch(rng, cfg.batch)])
+        x = x.to(self.device)
+        loss = objective_loss(cfg, self.model, x, gen, self.pairs)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.step += 1
+        return float(loss.detach())
+
+    def after_step(self, loss: float, reporter) -> bool:
+        """Record the loss, validate every ``val_every`` of the budget (and at its end), report."""
+        self.losses.append((self.step, loss))
+        elapsed = self.elapsed()
+        frac = self.fraction(self.step, elapsed)
+        info = FinetuneProgress(self.step, loss, frac, elapsed, best_val=self.best_val, best_step=self.best_step)
+        if frac - self.last_val_frac >= self.cfg.val_every or frac >= 1.0:
+            self.last_val_frac = frac
+            info.val_loss = self.validate(self.step, elapsed)
+            info.best_val, info.best_step, info.model = self.best_val, self.best_step, self.eval_model
+        reporter.report(int(100 * frac), 100, unit="%", detail=info)
+        return (self.callback is not None and self.callback(info) is False) or reporter.cancelled
+
+    def sync_eval(self) -> None:
+        sd = self.model.state_dict()
+        if self.ema is not None:
+            sd = {**sd, **self.ema.avg}
+        self.eval_model.load_state_dict(sd)
+
+    def validate(self, it: int, el: float) -> float:
+        """Validate the current model; keep (and save) it when it is the best so far; save the state."""
+        self.sync_eval()
+        v = validation_loss(self.cfg, self.eval_model, self.val, self.pairs, self.cfg.seed)
+        self.val_losses.append((it, v))
+        if v < self.best_val:
+            self.best_val, self.best_step = v, it
+            self.best_sd = {k: t.detach().clone() for k, t in self.eval_model.state_dict().items()}
+            self.save_best(it, el)
+        self.save_state(it, el)
+        return v
+
+    def finish(self, stopped: bool) -> FinetuneResult:
+        """Validate the last step (unless just done), write the final files and say how the run went."""
+        elapsed = self.elapsed()
+        if not self.val_losses or self.val_losses[-1][0] != self.step:
+            self.validate(self.step, elapsed)
+        self.save_best(self.step, elapsed)  # the final metadata (steps, curves), with the best weights
+        self.save_state(self.step, elapsed)
+        return FinetuneResult(
+            self.out, self.step, self.best_step, self.best_val, self.source_val, self.losses, self.val_losses,
+            stopped, elapsed, self.unchanged_reason(stopped, elapsed), self.setup_s,
+        )  # fmt: skip
+
+    def unchanged_reason(self, stopped: bool, elapsed: float) -> str:
+        """Why the saved model is the source model unchanged, in words; "" when a step improved it."""
+        if self.best_step > 0:
+            return ""
+        keep = "the saved model is the source model, unchanged"
+        if self.step == 0:
+            if stopped:
+                return f"cancelled before the first training step: {keep}"
+            return (
+                f"the budget ran out before the first training step (set-up, reading patches and measuring "
+                f"the noise, took {self.setup_s:.0f} s of {elapsed:.0f} s): {keep}; give more minutes"
+            )
+        n = self.step - self.start_step
+        return (
+            f"none of the {self.step} training steps ({n} in this run) lowered the validation loss below the "
+            f"source model's ({self.source_val:.4g}; best {min(v for _, v in self.val_losses):.4g}): {keep}. "
+            "Give it more minutes or steps (one step takes "
+            f"{max(elapsed - self.setup_s, 0.0) / max(n, 1):.1f} s here), or it already suits this noise"
+        )
+
+    # -------------------------------------------------------------------------------------- files
+    def save_best(self, it: int, el: float) -> None:
+        """The best weights so far, in fp16, with the run's metadata, to ``out``."""
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        params = {
+            k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu() for k, v in self.best_sd.items()
+        }
+        save_atomic(self.out, {"params": params, "meta": self.meta(it, el)})
+
+    def save_state(self, it: int, el: float) -> None:
+        """Everything a resume needs, to :func:`state_path` of ``out``."""
+        spath = state_path(self.out)
+        spath.parent.mkdir(parents=True, exist_ok=True)
+        ema = self.ema
+        save_atomic(
+            spath,
+            {
+                "params": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                **({"ema": {k: v.cpu() for k, v in ema.avg.items()}} if ema is not None else {}),
+                "optimizer": self.opt.state_dict(),
+                "best_params": {k: v.detach().cpu() for k, v in self.best_sd.items()},
+                "best_val": self.best_val,
+                "best_step": self.best_step,
+                "source_val": self.source_val,
+                "step": it,
+                "elapsed": el,
+                "losses": [list(v) for v in self.losses],
+                "val_losses": [list(v) for v in self.val_losses],
+                "fingerprint": self.fingerprint,
+                "source_sha256": self.source_sha,
+                "pairs": self.pairs,
+                "config": asdict(self.cfg),
+            },
+        )
+
+    def meta(self, it: int, el: float) -> dict:
+        """The model file's metadata: the official keys plus the data's and the run's record."""
+        return {
+            "task": "denoise",
+            "config": self.model.config.to_dict(),
+            "global_residual": True,
+            "normalisation": {
+                **NORMALISATION,
+                "mode": self.normalisation,
+                "note": f"fine-tuned with normalisation={self.normalisation!r}: restore with the same",
+            },
+            "training_data": self._data_meta(),
+            "degradation": {"kind": "self-supervised", "noise": "the data's own (unknown)"},
+            "code_version": code_version(),
+            "finetune": self._run_meta(it, el),
+            "params_dtype": "float16",
+        }
+
+    def _data_meta(self) -> dict:
+        return {
+            "description": "the user's noisy images (self-supervised: no clean targets)",
+            "fingerprint": self.fingerprint,
+            "sources": [f"{type(a).__name__}{tuple(a.shape)} {np.dtype(a.dtype)} axes {ax}" for a, ax in self.sources],
+            "n_planes": len(self.dataset.planes),
+            "initialised_from": Path(str(self.weights)).name,
+            "earlier_runs": lineage(self.source_path, self.source_meta),
+        }
+
+    def _run_meta(self, it: int, el: float) -> dict:
+        return {
+            "source_model": str(self.weights),
+            "source_sha256": self.source_sha,
+            "objective": self.cfg.objective,
+            "pairs": self.pairs,
+            **self.corr_info,
+            "steps": it,
+            "best_step": self.best_step,
+            "elapsed_s": round(el, 1),
+            "clock": self.cfg.clock,
+            "val_loss": {"source": self.source_val, "best": self.best_val},
+            "loss_curve": [[s, round(v, 7)] for s, v in _thin(self.losses)],
+            "val_curve": [[s, round(v, 7)] for s, v in self.val_losses],
+            "settings": asdict(self.cfg),
+            "budget": {"minutes": self.minutes, "steps": self.steps},
+        }
+
+
+def _thin(curve: list[tuple[int, float]], n: int = 500) -> list[tuple[int, float]]:
+    """At most ``n`` points of a loss curve, each the mean of its stretch (metadata stays small)."""
+    if len(curve) <= n:
+        return curve
+    edges = np.linspace(0, len(curve), n + 1).astype(int)
+    return [(curve[b - 1][0], float(np.mean([v for _, v in curve[a:b]]))) for a, b in zip(edges[:-1], edges[1:])]
