@@ -392,3 +392,28 @@ def test_no_parser_function_is_long():
         if isinstance(f, ast.FunctionDef) and f.end_lineno - f.lineno + 1 > 60
     }
     assert not long, long
+
+
+def test_help_and_usage_errors_import_no_torch():
+    """--help and usage errors answer at once: no torch, dask.array, zarr or napari is imported for them."""
+    probe = (
+        "import sys\n"
+        "from napari_mirnet.cli import main\n"
+        "try:\n"
+        "    rc = main(sys.argv[1:])\n"
+        "except SystemExit as e:\n"
+        "    rc = e.code\n"
+        "print(rc, sorted(m for m in ('torch', 'dask.array', 'zarr', 'napari') if m in sys.modules))\n"
+    )
+    for argv, rc in [
+        (["--help"], 0),
+        (["restore", "--help"], 0),
+        (["train", "--help"], 0),
+        (["finetune", "--help"], 0),
+        (["restore", "in.png", "-o", "out.png", "--tile", "50"], 2),  # refused by the parser
+        (["restore", "in.png", "-o", "out.png", "--blend", "-1", "-q"], 2),  # refused by the command
+        (["finetune", "in.tif", "-o", "m.pth", "--minutes", "0"], 2),
+        (["train", "--out", "m.pth"], 2),  # no data
+    ]:
+        r = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=SAFETY_S)
+        assert r.stdout.splitlines()[-1] == f"{rc} []", (argv, r.stdout[-500:], r.stderr[-2000:])

@@ -80,9 +80,8 @@ def _in_flags(msg: str) -> str:
 
 
 def _cmd_finetune(args) -> int:
-    from .. import io as mio
-    from ..training import MIN_EDGE, finetune, state_path
-    from ..weights import WeightsError
+    from ..training.config import MIN_EDGE
+    from ..training.output import state_path
 
     if args.minutes is not None and args.minutes <= 0:
         raise UsageError("--minutes must be positive")
@@ -97,6 +96,11 @@ def _cmd_finetune(args) -> int:
         raise UsageError(
             f"{out} or its saved run exists; pass --resume to continue that run, or choose another --output"
         )
+    # torch only now: a usage error above is said at once
+    from .. import io as mio
+    from ..training import finetune
+    from ..weights import WeightsError
+
     data = args.inputs if len(args.inputs) > 1 else args.inputs[0]
     try:
         res = finetune(

@@ -131,7 +131,7 @@ def _add_train_run(p) -> None:
 
 def _train_data(args):
     """(clean, degraded, description) for ``train``; None after printing what is wrong."""
-    from ..training import HELD_OUT_IMAGES, load_images, training_images
+    from ..training.images import HELD_OUT_IMAGES, load_images, training_images
 
     if args.bundled_data and args.clean:
         print("error: give either --clean or --bundled-data, not both", file=sys.stderr)
@@ -174,7 +174,7 @@ def _train_data(args):
 
 
 def _cmd_train(args) -> int:
-    from ..training import TrainConfig, degradation_from_args, export_model, loss_log_path, train
+    from ..training.config import TrainConfig, degradation_from_args
 
     if args.degradation_json:
         spec = json.loads(args.degradation_json)
@@ -185,6 +185,8 @@ def _cmd_train(args) -> int:
         return 2
     clean, degraded, desc = data
     cfg = TrainConfig(degradation=spec, **{name: getattr(args, name) for name in _TRAIN_HELP})
+    from ..training import export_model, loss_log_path, train  # torch: after the usage errors
+
     try:
         res = train(
             cfg if not args.resume else None,
