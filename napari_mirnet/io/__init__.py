@@ -1,9 +1,10 @@
 """Reading images and writing results, one module per format; the resumable store and its lock.
 
-``files`` picks the reader for a path and writes whole files; ``omezarr``, ``tiff``, ``geotiff``
-and ``pictures`` hold each format's reading and writing (``ngff``: the OME-Zarr attributes written;
-``record``: the key of our run record in every format); ``store`` is the chunk-by-chunk output the
-engine resumes; ``lock`` keeps one writer per store. Every reader returns an :class:`ImageSource`
+``files`` picks the reader for a path and writes whole files; ``omezarr``, ``tiff`` (with
+``tiff_meta``), ``geotiff`` (reading) and ``geotiff_write``, and ``pictures`` hold each format's
+reading and writing (``ngff``: the OME-Zarr attributes written; ``record``: the key of our run
+record in every format); ``store`` is the chunk-by-chunk output the engine resumes, with its
+resume ``bookkeeping`` beside it; ``lock`` keeps one writer per store. Every reader returns an :class:`ImageSource`
 whose :class:`~napari_mirnet.metadata.ImageMeta` says what the pixels mean.
 """
 
