@@ -4,8 +4,8 @@
 ``tiff_meta``), ``geotiff`` (reading) and ``geotiff_write``, and ``pictures`` hold each format's
 reading and writing (``ngff``: the OME-Zarr attributes written; ``record``: the key of our run
 record in every format); ``store`` is the chunk-by-chunk output the engine resumes, with its
-resume ``bookkeeping`` beside it; ``lock`` keeps one writer per store. Every reader returns an :class:`ImageSource`
-whose :class:`~napari_mirnet.metadata.ImageMeta` says what the pixels mean.
+resume ``bookkeeping`` beside it; ``lock`` keeps one writer per store. Every reader returns an
+:class:`ImageSource` whose :class:`~napari_mirnet.metadata.ImageMeta` says what the pixels mean.
 """
 
 from __future__ import annotations
