@@ -9,7 +9,8 @@ from .version import __version__
 
 if TYPE_CHECKING:
     from .api import restore, restore_lazy, restore_whole
-    from .model import MIRNetConfig, MIRNetV2
+    from .model import MIRNetV2
+    from .model_config import MIRNetConfig
     from .tasks import TASKS
     from .training.self_supervised import finetune
     from .weights import WeightsError, available_weights, load_model
@@ -38,26 +39,16 @@ _HOMES = {
     "available_weights": ".weights",
     "WeightsError": ".weights",
     "MIRNetV2": ".model",
-    "MIRNetConfig": ".model",
+    "MIRNetConfig": ".model_config",
     "TASKS": ".tasks",
     "finetune": ".training.self_supervised",
 }
 
 
-def _finetune():
-    """The fine-tuning function, from ``training.self_supervised`` or (older tree) the ``finetune`` module."""
-    try:
-        return importlib.import_module(".training.self_supervised", __name__).finetune
-    except ModuleNotFoundError as err:
-        if err.name not in (f"{__name__}.training", f"{__name__}.training.self_supervised"):
-            raise
-    return importlib.import_module(".finetune", __name__).finetune
-
-
 def __getattr__(name: str):
     if name not in _HOMES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = _finetune() if name == "finetune" else getattr(importlib.import_module(_HOMES[name], __name__), name)
+    value = getattr(importlib.import_module(_HOMES[name], __name__), name)
     globals()[name] = value  # once: later look-ups do not come here
     return value
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .io import open_image, store_name, write_image
 from .metadata import RGB_COLOURS, Channel
-from .widgets import layer_axes, layer_meta
+from .widgets.layers import layer_axes, layer_meta
 
 
 def write_ome_zarr(path: str, data, attributes: dict) -> list[str]:

@@ -16,6 +16,7 @@ import torch
 import zarr
 
 import napari_mirnet as nm
+import napari_mirnet.engine.forward  # noqa: F401  (engine.forward below: a run imports it, the engine does not)
 from napari_mirnet import engine
 from napari_mirnet import io as mio
 from napari_mirnet.api import restore_whole

@@ -13,8 +13,8 @@ import zarr
 import napari_mirnet as nm
 from napari_mirnet import engine
 from napari_mirnet import io as mio
+from napari_mirnet.engine import execution as run_mod
 from napari_mirnet.engine import graph
-from napari_mirnet.engine import run as run_mod
 
 TILES = dict(tile=32, halo=8, blend=4, device="cpu")
 

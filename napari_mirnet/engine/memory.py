@@ -10,12 +10,15 @@ import platform
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from . import accelerate
-from .forward import forward_plain
 from .plan import plan_tiles, round_to_stride
+
+if TYPE_CHECKING:
+    import torch
+
+# torch (and the forward that runs the model) is imported in the functions that measure: the engine
+# is imported by the CLI's parser and the napari reader, which never plan a tile
 
 __all__ = [
     "MAX_DEFAULT_TILE",
@@ -59,6 +62,10 @@ def bytes_per_pixel(model: torch.nn.Module, precision: str = "fp32", size: int =
         cfg = model.config
         per_feature = _CPU_BYTES_PER_FEATURE[min(cfg.n_mrb, 2)] * _stream_weight(cfg.chan_factor) / _stream_weight(1.5)
         return _CPU_SLACK * per_feature * cfg.n_feat * (0.5 if precision == "bf16" else 1.0)
+    import torch
+
+    from .forward import forward_plain
+
     key = (getattr(model, "weights_sha256", id(model)), str(device), precision)
     with _cuda_lock:
         if key not in _cuda_cache:
@@ -77,6 +84,8 @@ def bytes_per_pixel(model: torch.nn.Module, precision: str = "fp32", size: int =
 def memory_budget(device: torch.device) -> float:
     """Bytes a run may spend on forward passes: most of the free GPU memory, a share of free RAM."""
     if device.type == "cuda":
+        import torch
+
         free, _total = torch.cuda.mem_get_info(device)
         return 0.6 * free
     import psutil
@@ -163,6 +172,10 @@ def _cpu_name() -> str:
 
 def _throughput_key(model: torch.nn.Module, precision: str) -> str:
     """What CPU speed depends on: the machine, torch and its threads, the model's shape, the precision."""
+    import torch
+
+    from . import accelerate
+
     cfg = model.config
     layout = accelerate.parse("auto", "cpu", precision).label()
     return (
@@ -259,6 +272,11 @@ def measure_cpu_throughput(
     if edges is None:
         best = _best_edge_formula(model, precision)
         edges = sorted({max(MIN_CPU_TILE, round_to_stride(best * f) // 32 * 32) for f in (0.5, 0.75, 1, 1.25, 1.6)})
+    import torch
+
+    from . import accelerate
+    from .forward import forward_plain
+
     dev = next(model.parameters()).device
     times = {int(e): float("inf") for e in edges}
     fwd = accelerate.accelerated(model, precision, "auto")  # what a default run calls

@@ -161,7 +161,8 @@ def _spread(run, x, noise, block, compute):
     """Disagreement per block over the 8 flips/rotations, each pass a run of its own (no TTA)."""
     import dask.array as da
 
-    from .run import execute, prepare
+    from .execution import execute
+    from .run import prepare
 
     canon_axes = run.source.lead_axes + "CYX"
     options = dataclasses.replace(run.options, tta=False)

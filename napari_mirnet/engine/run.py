@@ -1,40 +1,32 @@
-"""A restoration run: ``prepare`` decides everything once; ``execute`` drives it to numpy, dask or zarr.
+"""A restoration run: :func:`prepare` decides everything once, into a frozen :class:`RestorationRun`.
 
 The :class:`RestorationRun` is the single description of a run that every front end reads (axes,
-weights, tile plan, output geometry, fingerprint); ``compute`` is the one place that picks the
-dask scheduler.
+weights, tile plan, output geometry, fingerprint); :mod:`.execution` carries it out.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import uuid
 from dataclasses import dataclass
 from functools import cached_property
 
-import dask
 import numpy as np
-import torch
 
-from .. import io as mio
 from ..devices import resolve_device, resolve_precision
 from ..metadata import ImageMeta
 from ..model_config import MIRNetConfig
 from ..processing import ChannelAdapter, IntensityMap, channel_layout, channel_order
 from ..tasks import choose_weights, get_task
-from ..weights import cached_model
-from . import accelerate, heap, memory
-from .digest import SCHEME, verify_done
-from .graph import WriteWindows, lazy_array
+from . import memory
+from .digest import SCHEME
 from .options import DEFAULT_BLEND, DEFAULT_HALO, RestoreOptions, scheduler_config
 from .plan import TilePlan, plan_tiles, round_to_stride
-from .sinks import open_array_sink, open_zarr_sink
 from .source import Source, open_source
-from .steps import Cancelled, RunControl, TileContext
+from .steps import RunControl, TileContext
 
-__all__ = ["RestorationRun", "check_zarr_out", "compute", "execute", "prepare", "scheduler_config"]
+__all__ = ["RestorationRun", "prepare", "scheduler_config"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -183,6 +175,9 @@ def prepare(
     With a dask.distributed ``client`` the model is loaded on the CPU here only to read its
     config; the workers own the devices. ``level`` picks a level of an OME-Zarr input.
     """
+    from ..weights import cached_model  # torch: the model is loaded here, not when the engine is imported
+    from . import accelerate
+
     spec = get_task(task)
     factor = spec.check_scale(scale if scale is not None else spec.scales[0])
     source = open_source(image, axes, spec.dual_pixel, client, level)
@@ -193,12 +188,7 @@ def prepare(
         choose_weights(task, factor, n_c, weights, colour=None if layout is None else layout in ("rgb", "rgba"))
     )
     model = cached_model(weights, "cpu" if client is not None else options.device)
-    if client is None:
-        dev = resolve_device(options.device)
-        device, prec = str(dev), resolve_precision(options.precision, dev)
-    else:
-        device = str(options.device)
-        prec = options.precision if options.precision == "auto" else resolve_precision(options.precision, "cpu")
+    device, prec = _device_and_precision(options, client)
     cfg = model.config
     _check_model_fits_task(task, weights, cfg)
     accelerate.parse(options.accelerate, device if client is None else "cpu", "fp32")  # bad names: refused now
@@ -229,8 +219,25 @@ def prepare(
         plan=plan,
         options=options,
         batch=batch,
-        threads=torch.get_num_threads() if client is None else None,
+        threads=_torch_threads() if client is None else None,
     )
+
+
+def _device_and_precision(options: RestoreOptions, client) -> tuple[str, str]:
+    """The run's device and precision; with a ``client`` the workers own the devices ("auto" stays)."""
+    if client is None:
+        dev = resolve_device(options.device)
+        device, prec = str(dev), resolve_precision(options.precision, dev)
+    else:
+        device = str(options.device)
+        prec = options.precision if options.precision == "auto" else resolve_precision(options.precision, "cpu")
+    return device, prec
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _with_default_geometry(
@@ -299,116 +306,10 @@ def _intensity_map(source: Source, normalisation: str, channels: ChannelAdapter,
     return imap
 
 
-def compute(collection, run: RestorationRun, client=None):
-    """Compute a collection of ``run`` with the scheduler :func:`scheduler_config` picks."""
-    if client is not None:
-        return client.compute(collection).result()
-    config = scheduler_config(run.device, overlap=accelerate.overlaps(run.options.accelerate, run.device))
-    # on CPU the forwards' freed maps are reused rather than page-faulted afresh (heap.py)
-    keep = heap.keep_freed_memory() if run.device == "cpu" else contextlib.nullcontext()
-    with dask.config.set(config), keep:
-        return dask.compute(collection)[0]
+def __getattr__(name: str):
+    # until every caller imports them from .execution, where they moved (engine/__init__ among them)
+    if name in ("check_zarr_out", "compute", "execute"):
+        from . import execution
 
-
-def execute(
-    run: RestorationRun, *, out=None, overwrite: bool = False, client=None, progress=None, cancel=None, read_back=True
-):
-    """Carry out a prepared run: numpy for numpy input, else a lazy dask array; with ``out``, a store.
-
-    With ``out``, the store is returned as a dask array, or None with ``read_back=False`` (callers
-    that only want the file skip importing dask.array, ~70 MB of resident memory with pandas).
-    """
-    if out is not None:
-        check_zarr_out(out)
-        mio.check_distinct(run.source.paths, out)
-        sink = _to_zarr(run, out, overwrite, client, progress, cancel)
-        return sink.read_back(run.axes) if read_back else None
-    # on a cluster the client reports nothing per tile: the result comes back in one piece
-    control = RunControl(progress if client is None else None, cancel, len(run.keys))
-    if not run.source.eager:
-        return lazy_array(run, run.context(control))  # the callbacks live as long as the array's graph
-    if client is not None:
-        return compute(lazy_array(run, run.context(control)), run, client)
-    # numpy in, numpy out: each chunk goes into the result as soon as it is made, through the same
-    # graph as a zarr run (so no dask array is built: dask.array's imports alone cost ~70 MB)
-    sink = open_array_sink(run)
-    _write(run, run.context(control, sink), run.keys, max(2, 2 * run.batch))
-    return sink.array
-
-
-def check_zarr_out(out) -> None:
-    """``out`` is a zarr store: a path ending in .zarr (or without a suffix)."""
-    suffix = os.path.splitext(os.fspath(out).rstrip("/\\"))[1].lower()
-    if suffix not in ("", ".zarr"):
-        raise mio.OutputError(
-            f"out={os.fspath(out)!r}: restore writes a zarr store, so out must end in .zarr; for {suffix} "
-            "write the returned array with napari_mirnet.io.write_image(path, result, axes), or use the CLI's -o"
-        )
-
-
-def _to_zarr(run: RestorationRun, out, overwrite: bool, client, progress, cancel):
-    # one run per store: a second writer (other settings, --overwrite, or the same new store at the
-    # same instant) would interleave chunks and leave a store marked complete that cannot be read
-    with mio.store_lock(out):
-        return _to_zarr_locked(run, out, overwrite, client, progress, cancel)
-
-
-def _to_zarr_locked(run: RestorationRun, out, overwrite: bool, client, progress, cancel):
-    sink = open_zarr_sink(run, out, overwrite)
-    verify_done(run, sink)
-    todo = sink.todo(run.keys)
-    control = RunControl(progress if client is None else None, cancel, len(todo))
-    workers = len(client.scheduler_info()["workers"]) if client is not None else 1
-    try:
-        _write(run, run.context(control, sink), todo, max(2, 2 * run.batch, 4 * workers), client, progress, cancel)
-        sink.output.finalize(sink.store_axes, run.output_meta, name=_result_name(run, out))
-    except OSError as err:
-        raise mio.OutputError(
-            f"writing {sink.output.path} failed ({err}); the store is left incomplete. Fix the cause (free disk "
-            "space, permissions) and re-run the same command to resume."
-        ) from err
-    return sink
-
-
-def _write(run: RestorationRun, ctx: TileContext, todo: list, lag: int, client=None, progress=None, cancel=None):
-    """Compute the chunk writes of ``todo``, window after window (see :class:`.graph.WriteWindows`)."""
-    from dask.delayed import Delayed
-
-    windows, done = WriteWindows(run, ctx, todo, lag), 0
-    ctx.control.planned()  # 0/N from now on, not only once the first (possibly long) tile is done
-    for w in range(len(windows.windows)):
-        graph, writes, final, exports = windows.graph(w)
-        if client is None:
-            values = compute(Delayed(final, graph, layer=final[0]), run)
-        else:
-            delayeds = [Delayed(k, graph, layer=final[0]) for k in (final, *writes)]
-            values, done = _distributed_compute(client, delayeds, progress, cancel, done, len(todo))
-        windows.keep(w, exports, values)
-
-
-def _result_name(run: RestorationRun, out) -> str:
-    """The image's own name (OME Image Name, a layer's name) where it has one; else the store's
-    (``out`` for ``/data/out.zarr``): a file name like ``scene.png`` would name the result after its input."""
-    own = run.output_meta.name
-    if own and own != os.path.basename(str(run.source.name or "")):
-        return own
-    return mio.store_name(out)
-
-
-def _distributed_compute(client, delayeds: list, progress, cancel, done: int, total: int) -> tuple:
-    """(the value of the first of ``delayeds``, writes done); progress counts the others."""
-    from distributed import as_completed
-
-    futures = client.compute(delayeds)
-    try:
-        for fut in as_completed(futures[1:]):
-            fut.result()
-            done += 1
-            if progress is not None:
-                progress(done, total)
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("restoration cancelled")
-        return futures[0].result(), done
-    except BaseException:
-        client.cancel(futures)
-        raise
+        return getattr(execution, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

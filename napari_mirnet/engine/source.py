@@ -75,19 +75,7 @@ def open_source(image, axes: str | None, dual_pixel: bool, client=None, level=No
     ``level`` picks the level of an OME-Zarr pyramid a path points at (see ``io.open_image``).
     """
     if dual_pixel:
-        if not isinstance(image, (tuple, list)) or len(image) != 2:
-            raise ValueError("the defocus task takes a (left, right) pair of images")
-        lv, rv = (open_source(v, axes, False, client, level) for v in image)
-        if lv.shape != rv.shape or lv.dtype != rv.dtype:
-            raise ValueError(f"left and right views must match: {lv.shape} {lv.dtype} vs {rv.shape} {rv.dtype}")
-        kinds = {lv.kind, rv.kind}
-        arrays = (lv.arrays[0], rv.arrays[0])
-        kind = "dask" if "dask" in kinds else ("zarr" if "zarr" in kinds else "numpy")
-        if kind == "dask":
-            import dask.array as da
-
-            arrays = tuple(a if is_dask_array(a) else da.from_array(a) for a in arrays)
-        return Source(arrays, lv.axes, lv.meta, kind, lv.name, lv.eager and rv.eager, lv.paths + rv.paths)
+        return _open_pair(image, axes, client, level)
     meta, name = ImageMeta(), None
     if _xr.is_dataarray(image):  # dims say the axes, coordinates the pixel size and position
         image, axes, meta = _xr.from_dataarray(image, axes)
@@ -102,20 +90,51 @@ def open_source(image, axes: str | None, dual_pixel: bool, client=None, level=No
         raise ValueError(f"level={level!r} picks a level of an OME-Zarr path; the image here is an array, not a path")
     image = _from_torch(image)
     paths = (name,) if name else _store_paths(image)
+    image, kind = _array_kind(image)
+    axes = _checked_axes(image, kind, axes)
+    eager = kind == "numpy"
+    if client is not None and kind == "numpy":
+        import dask.array as da
+
+        kind, image = "dask", da.from_array(image)  # scattered through the graph, not a closure
+    return Source((image,), axes, meta.replace(axes=axes), kind, name, eager, paths)
+
+
+def _open_pair(image, axes: str | None, client, level) -> Source:
+    """The (left, right) views of a dual-pixel input as one source of two arrays."""
+    if not isinstance(image, (tuple, list)) or len(image) != 2:
+        raise ValueError("the defocus task takes a (left, right) pair of images")
+    lv, rv = (open_source(v, axes, False, client, level) for v in image)
+    if lv.shape != rv.shape or lv.dtype != rv.dtype:
+        raise ValueError(f"left and right views must match: {lv.shape} {lv.dtype} vs {rv.shape} {rv.dtype}")
+    kinds = {lv.kind, rv.kind}
+    arrays = (lv.arrays[0], rv.arrays[0])
+    kind = "dask" if "dask" in kinds else ("zarr" if "zarr" in kinds else "numpy")
+    if kind == "dask":
+        import dask.array as da
+
+        arrays = tuple(a if is_dask_array(a) else da.from_array(a) for a in arrays)
+    return Source(arrays, lv.axes, lv.meta, kind, lv.name, lv.eager and rv.eager, lv.paths + rv.paths)
+
+
+def _array_kind(image) -> tuple:
+    """(the image, how tiles are read from it: ``"dask"``, ``"numpy"`` or ``"zarr"``, any sliceable store)."""
     if is_dask_array(image):
-        kind = "dask"
         if any(np.isnan(c) for dim in image.chunks for c in dim):
             raise ValueError(
                 f"the dask array has unknown chunk sizes (NaN in chunks, shape {image.shape}), e.g. after "
                 "boolean indexing; call image.compute_chunk_sizes() first (or pass numpy)"
             )
-    elif isinstance(image, np.ndarray):
-        kind = "numpy"
-    elif hasattr(image, "shape") and hasattr(image, "dtype") and hasattr(image, "__getitem__"):
-        kind = "zarr"  # zarr arrays, tifffile stores, h5py datasets: sliced per tile
-    else:
-        image = np.asarray(image)
-        kind = "numpy"
+        return image, "dask"
+    if isinstance(image, np.ndarray):
+        return image, "numpy"
+    if hasattr(image, "shape") and hasattr(image, "dtype") and hasattr(image, "__getitem__"):
+        return image, "zarr"  # zarr arrays, tifffile stores, h5py datasets: sliced per tile
+    return np.asarray(image), "numpy"
+
+
+def _checked_axes(image, kind: str, axes: str | None) -> str:
+    """The image's axes (given or inferred) once its dtype, shape and (in memory) values can be restored."""
     shape = tuple(image.shape)
     check_dtype(np.dtype(image.dtype))
     if not shape:
@@ -130,12 +149,7 @@ def open_source(image, axes: str | None, dual_pixel: bool, client=None, level=No
         raise ValueError(f"the image is {ny}x{nx} pixels (Y x X); restoration needs at least 2x2")
     if kind == "numpy" and image.dtype.kind == "f" and np.isinf(image).any():  # NaN is nodata
         raise ValueError("the image contains Inf pixels; replace them (e.g. np.nan_to_num) first")
-    eager = kind == "numpy"
-    if client is not None and kind == "numpy":
-        import dask.array as da
-
-        kind, image = "dask", da.from_array(image)  # scattered through the graph, not a closure
-    return Source((image,), axes, meta.replace(axes=axes), kind, name, eager, paths)
+    return axes
 
 
 def is_dask_array(x) -> bool:

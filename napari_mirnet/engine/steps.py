@@ -11,51 +11,54 @@ import threading
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from ..devices import resolve_precision
 from ..processing import ChannelAdapter, IntensityMap, fill_nodata, mark_nodata, upscale
-from ..weights import cached_model
-from . import forward
-from .accelerate import accelerated
+from ..progress import Cancelled, Reporter
 from .plan import TilePlan, blend_ramp
 
 __all__ = ["Cancelled", "RunControl", "TileContext", "assemble", "restore_tiles", "strip", "write"]
 
 
-class Cancelled(RuntimeError):
-    """The run was cancelled through its ``cancel`` event; no output is marked complete."""
-
-
 class RunControl:
-    """Progress and cancel of one run: counts finished tiles, reports them, and stops on request."""
+    """Progress and cancel of one restore: counts finished tiles and reports them through a
+    :class:`~napari_mirnet.progress.Reporter` (``Progress(job="restore", unit="tile")``).
+
+    ``progress`` takes a :class:`~napari_mirnet.progress.Progress`, or is the older
+    ``progress(done, total)`` (see :func:`~napari_mirnet.progress.as_callback`).
+    """
 
     def __init__(self, progress=None, cancel: threading.Event | None = None, total: int = 0):
-        self.progress, self.cancel, self.total = progress, cancel, total
+        self.reporter = Reporter("restore", progress, cancel)
+        self.total = total
         self.done = 0
         self._lock = threading.Lock()
+
+    @property
+    def cancel(self) -> threading.Event | None:
+        return self.reporter.cancel
 
     def __reduce__(self):
         # callbacks and events stay with the client: a worker gets a control that reports nothing
         return (RunControl, ())
 
     def check(self) -> None:
-        """Raise :class:`Cancelled` once the cancel event is set."""
-        if self.cancel is not None and self.cancel.is_set():
+        """Raise :class:`~napari_mirnet.progress.Cancelled` once the cancel event is set."""
+        if self.reporter.cancelled:
             raise Cancelled("restoration cancelled")
 
     def planned(self) -> None:
-        """Report ``progress(0, total)`` once the tiles are planned: a front end shows 0/N from then
-        on, not only when the first (possibly long) tile is finished."""
-        if self.progress is not None and self.total:
-            self.progress(self.done, self.total)
+        """Report 0 of ``total`` once the tiles are planned: a front end shows 0/N from then on,
+        not only when the first (possibly long) tile is finished."""
+        if self.total:
+            self.reporter.report(self.done, self.total)
 
     def tiles_done(self, n: int) -> None:
+        """Count ``n`` more tiles done and report the count."""
         with self._lock:
             self.done += n
             done = self.done
-        if self.progress is not None:
-            self.progress(done, self.total)
+        self.reporter.report(done, self.total)
 
 
 @dataclass(eq=False)
@@ -86,8 +89,11 @@ def restore_tiles(ctx: TileContext, tiles: list, after: list, *blocks) -> dict:
     ``blocks`` are the tiles' input windows when they come from a dask graph. ``digest`` is the
     hash of the tile's input window (see :mod:`.digest`).
     """
-    from .digest import tile_digest
-    from .source import read_window
+    import torch  # here: importing the engine (the CLI's parser, the napari reader) costs no torch
+
+    from ..weights import cached_model
+    from . import forward
+    from .accelerate import accelerated
 
     ctx.control.check()
     plan, s = ctx.plan, ctx.plan.factor
@@ -97,8 +103,36 @@ def restore_tiles(ctx: TileContext, tiles: list, after: list, *blocks) -> dict:
         # torch's thread setting is per thread: dask's pool threads would keep an older one, and
         # CPU results depend (in the last bit) on the thread count
         torch.set_num_threads(ctx.threads)
-    items, ups, seen, digests, holes = [], [], [], [], []
     bounds = ctx.imap.clip_range()
+    items, ups, seen, digests, holes = _model_inputs(ctx, tiles, blocks, bounds)
+    x = torch.from_numpy(np.ascontiguousarray(np.concatenate(items)))  # run_batch copies it to the device
+    # "auto" reaches here only on dask.distributed workers, where the device is known at last
+    precision = resolve_precision(ctx.precision, device) if ctx.precision == "auto" else ctx.precision
+    model = accelerated(model, precision, ctx.accelerate, x)  # the model itself when off
+    y = forward.run_batch(model, x, precision, ctx.tta, ctx.channels.dual_pixel)
+    preds, start = {}, 0
+    for (lead, ty, tx), item, up, clipped, digest, hole in zip(tiles, items, ups, seen, digests, holes):
+        out = ctx.channels.finish(y[start : start + item.shape[0]], clipped)
+        start += item.shape[0]
+        if bounds is not None:
+            out = _pass_through(out, up, bounds, ctx.channels.dual_pixel)
+        out = mark_nodata(out, hole, s)
+        (wy0, _), (wx0, _) = plan.window_range(0, ty), plan.window_range(1, tx)
+        (py0, py1), (px0, px1) = plan.pred_range(0, ty), plan.pred_range(1, tx)
+        crop = out[:, s * (py0 - wy0) : s * (py1 - wy0), s * (px0 - wx0) : s * (px1 - wx0)]
+        preds[(lead, ty, tx)] = (s * py0, s * px0, np.ascontiguousarray(crop, dtype=np.float32), digest)
+    ctx.control.tiles_done(len(tiles))
+    return preds
+
+
+def _model_inputs(ctx: TileContext, tiles: list, blocks: tuple, bounds) -> tuple[list, list, list, list, list]:
+    """Read, check and map each tile's window: (model items, upscaled, as the model sees them,
+    input digests, nodata holes), one entry per tile."""
+    from .digest import tile_digest
+    from .source import read_window
+
+    plan, s = ctx.plan, ctx.plan.factor
+    items, ups, seen, digests, holes = [], [], [], [], []
     for k, key in enumerate(tiles):
         lead, ty, tx = key
         (wy0, wy1), (wx0, wx1) = plan.window_range(0, ty), plan.window_range(1, tx)
@@ -121,24 +155,7 @@ def restore_tiles(ctx: TileContext, tiles: list, after: list, *blocks) -> dict:
             up = np.clip(up, *bounds)
         seen.append(up)
         items.append(ctx.channels.prepare(up))
-    x = torch.from_numpy(np.ascontiguousarray(np.concatenate(items)))  # run_batch copies it to the device
-    # "auto" reaches here only on dask.distributed workers, where the device is known at last
-    precision = resolve_precision(ctx.precision, device) if ctx.precision == "auto" else ctx.precision
-    model = accelerated(model, precision, ctx.accelerate, x)  # the model itself when off
-    y = forward.run_batch(model, x, precision, ctx.tta, ctx.channels.dual_pixel)
-    preds, start = {}, 0
-    for (lead, ty, tx), item, up, clipped, digest, hole in zip(tiles, items, ups, seen, digests, holes):
-        out = ctx.channels.finish(y[start : start + item.shape[0]], clipped)
-        start += item.shape[0]
-        if bounds is not None:
-            out = _pass_through(out, up, bounds, ctx.channels.dual_pixel)
-        out = mark_nodata(out, hole, s)
-        (wy0, _), (wx0, _) = plan.window_range(0, ty), plan.window_range(1, tx)
-        (py0, py1), (px0, px1) = plan.pred_range(0, ty), plan.pred_range(1, tx)
-        crop = out[:, s * (py0 - wy0) : s * (py1 - wy0), s * (px0 - wx0) : s * (px1 - wx0)]
-        preds[(lead, ty, tx)] = (s * py0, s * px0, np.ascontiguousarray(crop, dtype=np.float32), digest)
-    ctx.control.tiles_done(len(tiles))
-    return preds
+    return items, ups, seen, digests, holes
 
 
 def _pass_through(out: np.ndarray, up: np.ndarray, bounds: tuple, dual_pixel: bool) -> np.ndarray:
