@@ -405,3 +405,42 @@ def test_seeded_step_runs_are_reproducible(tmp_path, gray_identity):
     b = finetune(noisy, tmp_path / "b.pth", gray_identity, **kw)
     sa, sb = read_checkpoint(a.path)[0], read_checkpoint(b.path)[0]
     assert a.losses == b.losses and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_progress_and_cancel_follow_the_shared_protocol(tmp_path, gray_identity):
+    import threading
+
+    from napari_mirnet.progress import Progress
+
+    _, noisy = toy(n=2, size=64)
+    cancel, seen = threading.Event(), []
+
+    def progress(p: Progress) -> None:
+        seen.append(p)
+        if p.stage == "run" and p.detail.step == 2:
+            cancel.set()
+
+    out = tmp_path / "ft.pth"
+    res = finetune(noisy, out, gray_identity, minutes=None, steps=50, axes="ZYX", progress=progress, cancel=cancel, **FAST)
+    # cancelling stops the run like its budget ending: the best model so far is saved, the result says stopped
+    assert res.stopped and res.steps == 2 and out.is_file() and state_path(out).is_file()
+    setup = [p for p in seen if p.stage == "setup"]
+    run = [p for p in seen if p.stage == "run"]
+    assert setup and all(p.job == "finetune" and p.unit == "patch" for p in setup)
+    assert [p.detail.step for p in run] == [1, 2] and all(p.unit == "%" and p.total == 100 for p in run)
+    # cancelled before the first step: the source model is kept, and the result says why
+    early = threading.Event()
+    early.set()
+    res = finetune(noisy, tmp_path / "e.pth", gray_identity, minutes=None, steps=5, axes="ZYX", cancel=early, **FAST)
+    assert res.stopped and res.steps == 0 and "cancelled before the first training step" in res.unchanged
+
+
+def test_axes_of_a_bare_stack_are_read_as_restore_reads_them(tmp_path, gray_identity):
+    # two planes of 64x64 with no axes: Z planes, time points or channels? restore refuses to guess,
+    # and a model fine-tuned on the guess would be one restore then refuses to apply to the same data
+    _, noisy = toy(n=2, size=64)
+    with pytest.raises(ValueError, match="cannot tell the axes") as ft:
+        finetune(noisy, tmp_path / "a.pth", gray_identity, minutes=None, steps=1, **FAST)
+    with pytest.raises(ValueError, match="cannot tell the axes") as rs:
+        restore(noisy, weights=gray_identity, device="cpu")
+    assert str(ft.value) == str(rs.value) and not (tmp_path / "a.pth").exists()

@@ -459,3 +459,53 @@ def test_cli_train_command(tmp_path, capsys):
     # resume to a longer run through the CLI
     args = parser.parse_args(["train", "--clean", str(folder), "--out", str(out), "--resume", str(out), "--quiet"])
     assert args.func(args) == 0
+
+
+def test_progress_and_cancel_follow_the_shared_protocol(tmp_path):
+    import threading
+
+    cancel, seen = threading.Event(), []
+
+    def progress(p):
+        seen.append(p)
+        if p.done == 2:
+            cancel.set()
+
+    out = tmp_path / "c.pth"
+    res = train(_cfg(iters=6, save_every=100), clean=_images(2), out=out, progress=progress, cancel=cancel)
+    # cancelling stops the run like a callback returning False: the checkpoint is saved
+    assert res.stopped_early and res.iteration == 2 and [v for _, v in res.losses] == [p.detail for p in seen]
+    assert [(p.job, p.stage, p.done, p.total, p.unit) for p in seen] == [("train", "run", i, 6, "step") for i in (1, 2)]
+    assert torch.load(out, weights_only=True)["iteration"] == 2
+    # the old callback keyword still stops a run, and the run resumes from the checkpoint
+    res = train(_cfg(iters=6), clean=_images(2), out=out, progress=False, resume=out, callback=lambda it, loss: it < 3)
+    assert res.stopped_early and res.iteration == 3
+
+
+def test_cudnn_benchmark_is_switched_on_for_a_cuda_run_only_and_restored():
+    from napari_mirnet.training.loop import cudnn_benchmark
+
+    old = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        with cudnn_benchmark(torch.device("cuda")):
+            assert torch.backends.cudnn.benchmark
+        assert torch.backends.cudnn.benchmark is False
+        with pytest.raises(KeyboardInterrupt), cudnn_benchmark("cuda"):
+            raise KeyboardInterrupt
+        assert torch.backends.cudnn.benchmark is False
+        with cudnn_benchmark(torch.device("cpu")):
+            assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = old
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_training_run_leaves_the_process_cudnn_setting_as_it_was(tmp_path):
+    old = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        train(_cfg(iters=2, device="cuda"), clean=_images(2), out=tmp_path / "g.pth", progress=False)
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = old
