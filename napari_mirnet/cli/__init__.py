@@ -1,4 +1,7 @@
-"""The ``napari-mirnet`` command: ``restore`` files, folders and zarr stores; ``weights``; ``sample``; ``train``.
+"""The ``napari-mirnet`` command: ``restore``, ``weights``, ``sample``, ``finetune`` and ``train``, a module each.
+
+Each sub-command's module holds its parser function and its command; flags that set a library
+option are made from the option's dataclass field (:mod:`.fields`), so a default is written once.
 
 Exit codes: 0 success (complete outputs of the same settings are skipped), 1 a check, restoration or
 download failed (restore checks every input and output before any tile runs and then runs nothing;
@@ -21,6 +24,7 @@ __all__ = ["main", "build_parser", "in_cli_words", "UsageError"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``napari-mirnet`` and its sub-commands (imports no torch)."""
     parser = argparse.ArgumentParser(
         prog="napari-mirnet",
         description="MIRNet-v2 image restoration for large images and stacks (tiled, resumable).",
@@ -39,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``napari-mirnet`` with ``argv`` (default: the process's arguments); returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     _plain_licence_notice()

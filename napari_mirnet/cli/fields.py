@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, fields
 
-__all__ = ["add_field", "field_argument"]
+__all__ = ["add_field", "field_argument", "field_help"]
 
 _TYPES = {"int": int, "float": float, "str": str}
 
@@ -34,9 +34,7 @@ def field_argument(cls, name: str, *, help: str | None = None, **overrides) -> d
         ``--x/--no-x`` when None); an ``int``, ``float`` or ``str`` field (or one of them or
         None) converts its text.
     """
-    f = next((f for f in fields(cls) if f.name == name), None)
-    if f is None:
-        raise AttributeError(f"{cls.__name__} has no field {name!r}")
+    f = _field(cls, name)
     default = f.default_factory() if f.default is MISSING and f.default_factory is not MISSING else f.default
     kwargs = {"dest": name, "default": None if default is MISSING else default}
     text = help if help is not None else f.metadata.get("help")
@@ -56,6 +54,18 @@ def field_argument(cls, name: str, *, help: str | None = None, **overrides) -> d
 def add_field(parser, cls, name: str, *flags: str, **kwargs) -> argparse.Action:
     """Add the field ``name`` of ``cls`` to ``parser`` (or a group) as ``flags`` (default: ``--the-name``)."""
     return parser.add_argument(*(flags or ("--" + name.replace("_", "-"),)), **field_argument(cls, name, **kwargs))
+
+
+def field_help(cls, name: str) -> str | None:
+    """The help the field ``name`` of ``cls`` carries in its metadata (for a flag of another dataclass)."""
+    return _field(cls, name).metadata.get("help")
+
+
+def _field(cls, name: str):
+    f = next((f for f in fields(cls) if f.name == name), None)
+    if f is None:
+        raise AttributeError(f"{cls.__name__} has no field {name!r}")
+    return f
 
 
 def _kind(annotation) -> type | None:

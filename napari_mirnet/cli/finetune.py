@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..engine.options import RestoreOptions
 from .common import UsageError, _err
-from .fields import add_field
+from .fields import add_field, field_help
 
 #: help of the flags made from FinetuneConfig's fields (their defaults and types come from the fields),
 #: in the order --help lists them
@@ -19,7 +19,7 @@ _FINETUNE_HELP = {
     "lr": "learning rate (default: {default})",
     "patch": "patch edge, a multiple of 8 (default: {default})",
     "batch": "patches per step (default: {default})",
-    "device": "auto, cpu, cuda, cuda:1, mps",
+    "device": field_help(RestoreOptions, "device"),
     "seed": "random seed of the patches drawn and held out (default: {default}): the same seed draws the same patches",
 }
 

@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 
+from ..engine.options import RestoreOptions
 from .common import _Help
-from .fields import add_field
+from .fields import add_field, field_help
 
 #: help of the flags made from TrainConfig's fields (their defaults and types come from the fields)
 _TRAIN_HELP = {
@@ -27,7 +28,7 @@ _TRAIN_HELP = {
     "channel_shuffle": "also permute colour channels at random",
     "loss": "l1 (the paper's); l2 or psnr (minus the per-patch PSNR) for a last fine-tune",
     "ema": "keep and export a moving average of the weights (e.g. 0.999; 0 = off)",
-    "device": "auto, cpu, cuda, cuda:1, mps",
+    "device": field_help(RestoreOptions, "device"),
     "amp": "no bf16 autocast on CUDA",
     "amp_cpu": "bf16 autocast on the CPU (faster on CPUs with native bf16; use with --channels-last)",
     "channels_last": "NHWC memory layout (often faster: time it)",
