@@ -36,8 +36,7 @@ def test_widget_adapts_the_layer_and_the_model_appears_in_denoise(
     monkeypatch.setenv("NAPARI_MIRNET_MODELS", str(tmp_path / "models"))
     (tmp_path / "models").mkdir()
     shutil.copy(gray_identity, tmp_path / "models" / "start.pth")
-    from napari_mirnet.finetune_widget import FinetuneWidget
-    from napari_mirnet.widgets import weights_choices
+    from napari_mirnet.widgets import FinetuneWidget, weights_choices
 
     _, noisy = toy(n=3, size=96)
     viewer = make_napari_viewer()
@@ -76,7 +75,7 @@ def test_widget_adapts_the_layer_and_the_model_appears_in_denoise(
 @pytest.mark.gui
 def test_widget_cancel_keeps_the_best_model(make_napari_viewer, qtbot, tmp_path, monkeypatch, gray_identity):
     monkeypatch.setenv("NAPARI_MIRNET_MODELS", str(tmp_path / "models"))
-    from napari_mirnet.finetune_widget import FinetuneWidget
+    from napari_mirnet.widgets import FinetuneWidget
 
     _, noisy = toy(n=2, size=64)
     viewer = make_napari_viewer()
@@ -99,7 +98,7 @@ import sys
 import numpy as np
 import napari
 from qtpy.QtWidgets import QApplication
-from napari_mirnet.finetune_widget import FinetuneWidget
+from napari_mirnet.widgets import FinetuneWidget
 
 viewer = napari.Viewer(show=True)  # shown: Qt's OpenGL (Mesa's llvmpipe under Xvfb) is loaded
 viewer.add_image(np.random.default_rng(0).integers(0, 255, (96, 128), dtype=np.uint8), name="img")
@@ -144,7 +143,7 @@ def test_widget_reports_the_training_process_error(make_napari_viewer, qtbot, tm
     monkeypatch.setenv("NAPARI_MIRNET_MODELS", str(tmp_path / "models"))
     from conftest import SAFETY_MS
 
-    from napari_mirnet.finetune_widget import FinetuneWidget
+    from napari_mirnet.widgets import FinetuneWidget
 
     viewer = make_napari_viewer()
     viewer.add_image(np.random.default_rng(0).random((20, 20)).astype(np.float32), name="tiny")
@@ -158,7 +157,7 @@ def test_widget_reports_the_training_process_error(make_napari_viewer, qtbot, tm
 
 
 def test_training_process_errors_reach_the_widget_readably():
-    from napari_mirnet.finetune_worker import FinetuneProcess, _sendable
+    from napari_mirnet.widgets.finetune_process import FinetuneProcess, _sendable
 
     class LocalError(Exception):  # a class the parent cannot import: its instances cannot travel
         pass
@@ -169,3 +168,96 @@ def test_training_process_errors_reach_the_widget_readably():
     assert _sendable(plain) is plain
     with pytest.raises(TypeError, match="cannot be handed to the training process.*save the layer"):
         FinetuneProcess({"data": (i for i in range(3)), "out": "x.pth", "weights": "w", "kwargs": {}})
+
+
+# ------------------------------------------------------------------- issue 30: decisions made twice
+@pytest.fixture
+def sent_jobs(monkeypatch):
+    """The jobs the fine-tune widget hands to its training process (none is started)."""
+    import napari_mirnet.widgets.finetune as fw
+
+    jobs = []
+
+    def capture(job):
+        jobs.append(job)
+        raise TypeError("captured")  # the widget reports it and starts nothing
+
+    monkeypatch.setattr(fw, "FinetuneProcess", capture)
+    return jobs
+
+
+@pytest.mark.gui
+def test_preview_is_the_displayed_slice_of_a_scaled_and_translated_layer(
+    make_napari_viewer, tmp_path, monkeypatch, sent_jobs
+):
+    """The viewer's step is not the layer's data index: world z = 10 is plane (10 - 4) / 2 = 3."""
+    monkeypatch.setenv("NAPARI_MIRNET_MODELS", str(tmp_path / "models"))
+    from napari_mirnet.widgets import FinetuneWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((16, 32, 32), np.float32), name="reference")  # world z 0..15, step 1
+    planes = np.broadcast_to(np.arange(8, dtype=np.float32)[:, None, None], (8, 32, 32)).copy()
+    layer = viewer.add_image(planes, name="cells", scale=(2.0, 1.0, 1.0), translate=(4.0, 0.0, 0.0))
+    viewer.dims.set_point(0, 10.0)
+    w = FinetuneWidget(viewer)
+    w.layer.value = layer
+    w.start.clicked()
+    assert len(sent_jobs) == 1, w.status.value
+    _, plane = sent_jobs[0]["preview"]
+    assert plane.shape == (32, 32) and np.all(plane == 3), np.unique(plane)
+
+
+@pytest.mark.gui
+def test_a_channel_axis_is_not_taken_for_z(make_napari_viewer, tmp_path, monkeypatch, sent_jobs):
+    """The fine-tune widget reads a layer's axes as the task widgets do (its labels), not from its shape."""
+    monkeypatch.setenv("NAPARI_MIRNET_MODELS", str(tmp_path / "models"))
+    from napari_mirnet.widgets import FinetuneWidget, layer_axes
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.zeros((2, 32, 32), np.float32), name="two channels", axis_labels=("c", "y", "x"))
+    w = FinetuneWidget(viewer)
+    w.layer.value = layer
+    w.start.clicked()
+    assert len(sent_jobs) == 1, w.status.value
+    assert sent_jobs[0]["kwargs"]["axes"] == layer_axes(layer) == "CYX"
+
+
+@pytest.mark.gui
+def test_both_widgets_offer_the_same_fine_tuned_models_and_never_a_resume_file(
+    make_napari_viewer, tmp_path, monkeypatch
+):
+    models = tmp_path / "models"
+    monkeypatch.setenv("NAPARI_MIRNET_MODELS", str(models))
+    models.mkdir()
+    for name in ("a.pth", "a.pth.state.pth", "b.pth.STATE.pth", "notes.txt"):
+        (models / name).write_bytes(b"x")
+    (models / "folder.pth").mkdir()  # a folder named like a model is not one
+    from napari_mirnet.widgets import DenoiseWidget, FinetuneWidget
+
+    viewer = make_napari_viewer()
+    denoise = [v for v in DenoiseWidget(viewer).weights.choices if str(models) in str(v)]
+    finetune = [v for v in FinetuneWidget(viewer).weights.choices if str(models) in str(v)]
+    assert denoise == finetune == [str(models / "a.pth")]
+
+
+_NO_QT = """
+import sys
+import napari_mirnet.widgets.finetune_process, napari_mirnet.widgets.layers, napari_mirnet.widgets.choices
+import napari_mirnet.widgets.job
+gui = {"qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari", "magicgui", "superqt", "vispy"}
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in gui)
+print(loaded)
+sys.exit(1 if loaded else 0)
+"""
+
+
+def test_the_training_process_and_the_layer_helpers_import_no_qt():
+    """The fine-tuning child must load no Qt (its OpenGL is what the process exists to avoid); the napari
+    writer uses the layer helpers."""
+    import subprocess
+    import sys
+
+    from conftest import SAFETY_S
+
+    proc = subprocess.run([sys.executable, "-c", _NO_QT], capture_output=True, text=True, timeout=SAFETY_S)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]

@@ -5,10 +5,12 @@ Why a process: PyTorch's optimisers, ``torch.compile`` and every function torch 
 LLVM. In a process where Qt's OpenGL already loaded Mesa's LLVM (llvmpipe: Xvfb, VNC, remote and virtual
 desktops) that crashes the process with a segmentation fault, napari and the user's unsaved work with
 it. No list of import paths to avoid can be complete, so the training runs where no OpenGL is loaded.
+This module imports no Qt and no napari (``napari_mirnet.widgets`` imports its Qt modules lazily),
+so the child loads neither.
 
-The process is ``python -m napari_mirnet.finetune_worker`` (not :mod:`multiprocessing`, whose "spawn"
-re-runs the parent's ``__main__``: a user's napari script would open a second viewer). Parent and
-child exchange pickles over the child's stdin and a private copy of its stdout; what libraries print
+The process is ``python -m napari_mirnet.widgets.finetune_process`` (not :mod:`multiprocessing`,
+whose "spawn" re-runs the parent's ``__main__``: a user's napari script would open a second
+viewer). Parent and child exchange pickles over the child's stdin and a private copy of its stdout; what libraries print
 in the child goes to its stderr, which is the parent's. The child stops after its current step when
 asked, or when its stdin closes (the parent exited), and keeps the best model so far either way.
 """
@@ -187,7 +189,7 @@ def main() -> int:
         return 0  # the parent went away before it sent the job
     cancel = threading.Event()
     threading.Thread(target=_listen, args=(rx, cancel), daemon=True).start()
-    from .finetune import finetune
+    from ..training import finetune
 
     try:
         callback = _callback(send, cancel, job.get("preview"))

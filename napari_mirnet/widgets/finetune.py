@@ -1,123 +1,34 @@
 """The napari widget that adapts a denoiser to the selected layer (self-supervised fine-tuning).
 
-Training runs in a process of its own (:mod:`napari_mirnet.finetune_worker` says why: torch's
-compiler stack crashes a process whose OpenGL runs on Mesa's llvmpipe), read by a napari
-``thread_worker`` generator that hands progress, validation losses and previews to the GUI thread.
-Cancel stops the run after its current step; the model file then holds the best model so far.
-Models are saved in :func:`napari_mirnet.finetune.models_dir`, where the Denoise widget finds them;
-an existing model is never replaced.
+Training runs in a process of its own (:mod:`napari_mirnet.widgets.finetune_process` says why:
+torch's compiler stack crashes a process whose OpenGL runs on Mesa's llvmpipe), read by a
+:class:`~napari_mirnet.widgets.worker.BackgroundRun` that hands progress, validation losses and
+previews to the GUI thread. Cancel stops the run after its current step; the model file then holds
+the best model so far. Models are saved in :func:`napari_mirnet.widgets.choices.models_dir`, where
+the Denoise widget finds them; an existing model is never replaced.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton, create_widget
-from qtpy.QtCore import QPointF, Qt
-from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
-from qtpy.QtWidgets import QSizePolicy, QWidget
 
-from .finetune import models_dir
-from .finetune_worker import FinetuneProcess
+from ..progress import Progress
+from .choices import denoise_start_choices, models_dir
+from .finetune_process import FinetuneProcess
+from .layers import InputError, displayed_index, layer_axes, level0
+from .loss_plot import LossPlot
+from .worker import BackgroundRun, Relay
 
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["FinetuneWidget", "LossPlot"]
+__all__ = ["FinetuneWidget"]
 
 PREVIEW_EDGE = 256  # the preview covers the middle of the displayed slice, at most this big
-
-
-class LossPlot(QWidget):
-    """A small log-scale plot of the training loss (gray, smoothed) and the validation loss (blue)."""
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self.train: list[tuple[int, float]] = []
-        self.val: list[tuple[int, float]] = []
-        self.best: tuple[int, float] | None = None
-        self.setMinimumHeight(110)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-
-    def clear(self) -> None:
-        self.train, self.val, self.best = [], [], None
-        self.update()
-
-    def add_train(self, step: int, loss: float) -> None:
-        if loss > 0 and math.isfinite(loss):
-            self.train.append((step, loss))
-            self.update()
-
-    def add_val(self, step: int, loss: float, best: tuple[int, float] | None) -> None:
-        if loss > 0 and math.isfinite(loss):
-            self.val.append((step, loss))
-        self.best = best
-        self.update()
-
-    def paintEvent(self, event) -> None:  # noqa: N802 (Qt's name)
-        p = QPainter(self)
-        p.fillRect(self.rect(), QColor(30, 30, 34))
-        pts = self.train + self.val
-        if len(pts) < 2:
-            p.setPen(QColor(160, 160, 160))
-            p.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, "loss (log scale) appears here")
-            return
-        smooth = _smooth(self.train)
-        ys = [math.log10(v) for _, v in smooth + self.val]
-        x1 = max(s for s, _ in pts) or 1
-        lo, hi = min(ys), max(ys)
-        hi = hi if hi > lo else lo + 1e-3
-        w, h, m = self.width(), self.height(), 6
-
-        def at(s, v):
-            return QPointF(m + (w - 2 * m) * s / x1, m + (h - 2 * m) * (hi - math.log10(v)) / (hi - lo))
-
-        p.setRenderHint(QPainter.RenderHint.Antialiasing)
-        p.setPen(QPen(QColor(170, 170, 170), 1))
-        p.drawPolyline(QPolygonF([at(s, v) for s, v in smooth]))
-        p.setPen(QPen(QColor(80, 160, 255), 2))
-        if len(self.val) > 1:
-            p.drawPolyline(QPolygonF([at(s, v) for s, v in self.val]))
-        if self.best is not None:
-            p.setBrush(QColor(255, 200, 60))
-            p.drawEllipse(at(*self.best), 3.5, 3.5)
-        p.setPen(QColor(200, 200, 200))
-        p.drawText(m, h - m, "train (gray), validation (blue), best (dot)")
-
-
-def _smooth(curve: list[tuple[int, float]], n: int = 200) -> list[tuple[int, float]]:
-    if len(curve) <= 3:
-        return curve
-    k = max(1, len(curve) // n)
-    out = []
-    for i in range(0, len(curve), k):
-        part = curve[max(0, i - 4 * k) : i + k]
-        out.append((curve[min(i + k, len(curve)) - 1][0], float(np.mean([v for _, v in part]))))
-    return out
-
-
-def _axes_for(layer) -> str:
-    nd = layer.data.ndim
-    if getattr(layer, "rgb", False):
-        return "YXC" if nd == 3 else "ZYXC"[-nd:]
-    return {2: "YX", 3: "ZYX", 4: "TZYX"}.get(nd, "TZYX")
-
-
-def _denoise_weights() -> list[tuple[str, str]]:
-    from .weights import available_weights
-
-    choices = [
-        (f"{i.name} (shipped)", i.name) for i in available_weights() if i.kind == "shipped" and i.task == "denoise"
-    ]
-    folder = models_dir()
-    if folder.is_dir():
-        # earlier versions saved a run's resumable state (<name>.pth.state.pth) beside its model: not a model
-        models = [p for p in sorted(folder.glob("*.pth")) if not p.name.endswith(".state.pth")]
-        choices += [(f"{p.stem} (fine-tuned)", str(p)) for p in models]
-    return choices
 
 
 class FinetuneWidget(Container):
@@ -127,7 +38,7 @@ class FinetuneWidget(Container):
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self.layer = create_widget(annotation="napari.layers.Image", label="noisy layer")
-        choices = _denoise_weights()
+        choices = denoise_start_choices()
         self.weights = ComboBox(
             label="start from",
             choices=choices,
@@ -159,8 +70,10 @@ class FinetuneWidget(Container):
         self.layer.changed.connect(self._default_name)
         self._default_name()
         self._cancelled = False
-        self._worker = None
+        self._run: BackgroundRun | None = None
         self._process: FinetuneProcess | None = None
+        self._relay = Relay()
+        self._relay.reported.connect(self._on_report)
         self.result = None  # the FinetuneResult of the last finished run
         self.error: BaseException | None = None
         # the widget closing stops the run after its step, which keeps its best model (the child also
@@ -191,18 +104,11 @@ class FinetuneWidget(Container):
         return self._path_for(self.model_name.value)
 
     def _displayed_plane(self, layer) -> tuple[np.ndarray, tuple[int, int], tuple[int, ...]]:
-        """The middle (at most PREVIEW_EDGE square) of the slice the viewer shows: the crop, its (y, x) offset
-        and the index of the slice."""
-        data = layer.data
-        axes = _axes_for(layer)
-        lead = len(axes.replace("C", "")) - 2
-        step = self.viewer.dims.current_step
-        ndim_v = self.viewer.dims.ndim
-        index = []
-        for i in range(lead):
-            d = ndim_v - layer.ndim + i  # layer axes are the viewer's last ones
-            v = int(step[d]) if 0 <= d < len(step) else 0
-            index.append(min(max(v, 0), data.shape[i] - 1))
+        """The middle (at most PREVIEW_EDGE square) of the slice the viewer shows: the crop, its (y, x)
+        offset and the data index of the slice (the layer's own world-to-data transform)."""
+        data = level0(layer)
+        index = displayed_index(layer, self.viewer)
+        lead = len(index)
         h, w = data.shape[lead], data.shape[lead + 1]
         e_h, e_w = min(h, PREVIEW_EDGE), min(w, PREVIEW_EDGE)
         y0, x0 = (h - e_h) // 2, (w - e_w) // 2
@@ -219,12 +125,15 @@ class FinetuneWidget(Container):
         if out.exists():
             self.status.value = f"A model named {out.name} exists in {out.parent}; choose another model name."
             return
+        try:
+            axes = layer_axes(layer)  # what the layer says its dims are, as the task widgets read them
+        except InputError as err:
+            self.status.value = f"error: {err}"
+            return
         out.parent.mkdir(parents=True, exist_ok=True)
-        from .processing import IntensityMap
+        from ..processing import IntensityMap
 
-        data, axes = layer.data, _axes_for(layer)
-        if isinstance(data, (list, tuple)):  # a multiscale layer: train on full resolution
-            data = data[0]
+        data = level0(layer)  # a multiscale layer: train on full resolution
         plane, offset, index = self._displayed_plane(layer)
         imap = IntensityMap.for_image(data)
         job = {
@@ -232,30 +141,31 @@ class FinetuneWidget(Container):
             "kwargs": {"minutes": float(self.minutes.value), "axes": axes},
         }  # fmt: skip
         try:
-            self._process = FinetuneProcess(job)
+            self._process = process = FinetuneProcess(job)
         except TypeError as err:
             self.status.value = f"error: {err}"
             return
-        self._running[:] = [self._process]
+        self._running[:] = [process]
         self._preview_input = (imap, plane, offset, index, layer)
         self._cancelled = False
         self.plot.clear()
         self.result, self.error = None, None
         self.start.enabled, self.cancel.enabled = False, True
         self.status.value = "Starting, reading patches and measuring the noise..."
-        from napari.qt.threading import thread_worker
-
-        self._worker = thread_worker(self._process.messages, start_thread=False)()
-        self._worker.yielded.connect(self._on_item)
-        self._worker.finished.connect(self._on_finished)
-        self._worker.start()
+        self._run = BackgroundRun(
+            _reader(process), self._relay, on_finished=self._on_finished, on_cancel=process.cancel
+        )
+        self._run.start()
 
     def _request_cancel(self, *_) -> None:
         self._cancelled = True
-        if self._process is not None:
-            self._process.cancel()
+        if self._run is not None:
+            self._run.cancel()
         self.cancel.enabled = False
         self.status.value = "Stopping after this step; the best model so far is kept..."
+
+    def _on_report(self, p: Progress) -> None:
+        self._on_item(p.detail)
 
     def _on_item(self, item) -> None:
         kind = item[0]
@@ -319,3 +229,20 @@ class FinetuneWidget(Container):
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.is_alive()
+
+
+def _reader(process: FinetuneProcess):
+    """The run's body: the child's messages as :class:`~napari_mirnet.progress.Progress` reports
+    (``detail``: the message; the run's share of its budget in %)."""
+
+    def body(report, cancel) -> None:
+        percent = 0
+        for item in process.messages():
+            if item[0] == "setup":
+                report(Progress("finetune", "setup", item[1], item[2], "patch", item))
+                continue
+            if item[0] == "step":
+                percent = round(100 * item[3])
+            report(Progress("finetune", "run", percent, 100, "%", item))
+
+    return body
