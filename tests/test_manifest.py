@@ -10,6 +10,7 @@ import shutil
 import site
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,12 @@ def test_wheel_in_fresh_venv_is_listed(tmp_path):
     )
     _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", tmp_path / "dist", src])
     wheel = next((tmp_path / "dist").glob("napari_mirnet-*.whl"))
+    # every package of the source tree is in the wheel: one missing from pyproject's list is left out
+    # silently, and the editable install the other tests use hides it
+    with zipfile.ZipFile(wheel) as zf:
+        in_wheel = {str(Path(n).parent) for n in zf.namelist() if n.endswith("/__init__.py")}
+    in_tree = {str(p.parent.relative_to(ROOT)) for p in (ROOT / "napari_mirnet").rglob("__init__.py")}
+    assert in_tree <= in_wheel, f"packages missing from the wheel: {sorted(in_tree - in_wheel)}"
 
     # this environment's packages, minus napari-mirnet, one filtered view (of symlinks) per site dir
     deps = []
@@ -138,13 +145,16 @@ def test_wheel_in_fresh_venv_is_listed(tmp_path):
         "m = pm.get_manifest('napari-mirnet'); yaml = os.path.join(os.path.dirname(napari_mirnet.__file__), 'napari.yaml'); "
         "print(json.dumps({'file': napari_mirnet.__file__, 'yaml_is_file': os.path.isfile(yaml) and not os.path.islink(yaml), "
         "'dists': [str(d.locate_file('')) for d in md.distributions() if d.metadata['Name'] == 'napari-mirnet'], "
-        "'widgets': [w.display_name for w in m.contributions.widgets], 'samples': [s.key for s in m.contributions.sample_data]}))"
+        "'widgets': [w.display_name for w in m.contributions.widgets], 'samples': [s.key for s in m.contributions.sample_data], "
+        "'shipped': sorted(__import__('napari_mirnet.weights').weights.shipped_models())}))"
     )
     out = json.loads(_run([py, "-c", probe], cwd=tmp_path, env=env).stdout)
     assert out["file"].startswith(str(venv_site)), out
     assert len(out["dists"]) == 1 and out["dists"][0].startswith(str(venv_site)), out
     assert out["yaml_is_file"], out
     assert set(out["widgets"]) == WIDGETS and set(out["samples"]) == SAMPLES, out
+    # the shipped models are package data the catalogue finds in the installed wheel
+    assert out["shipped"] == sorted(p.stem for p in (ROOT / "napari_mirnet" / "models").glob("*.pth")), out
     listing = _run([py, "-m", "npe2", "list", "-f", "json"], cwd=tmp_path, env=env).stdout
     print(listing)
     entry = next(p for p in json.loads(listing) if p["name"] == "napari-mirnet")

@@ -58,6 +58,7 @@ def _file_url_path(url: str) -> Path:
 
 
 def size_text(n: int) -> str:
+    """A byte count for a message: GiB from 1 GiB up, MiB below."""
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 

@@ -82,6 +82,7 @@ def _check_sha256(path: Path, digest: str, official: str | None) -> None:
 
 
 def replace_advice(name: str, path: Path) -> str:
+    """What to do when the cached file of the official asset ``name`` is not that checkpoint."""
     return (
         f"It is not the official {name} checkpoint: delete {path} and run `napari-mirnet weights fetch "
         f"{name}`, or copy the real file ({official_url(name)}) to {path}"
