@@ -28,33 +28,19 @@ def state_path(out: str | os.PathLike) -> Path:
     return cache_dir() / "finetune-runs" / f"{p.stem}-{key}.state.pth"
 
 
-def _same(a: Path, b: Path) -> bool:
-    """One file under two names (links, ``..``, relative paths), whether or not it exists yet."""
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return a.resolve() == b.resolve()
-
-
 def _input_paths(data) -> list[Path]:
-    """The files and stores ``data`` names (arrays name none); folders count with the images they hold."""
+    """The image files and stores ``data`` names (arrays name none); a folder counts as the images it holds."""
     from ..io import list_inputs
 
     items = data if isinstance(data, (list, tuple)) else [data]
-    named = [Path(item) for item in items if isinstance(item, (str, os.PathLike))]
-    found = list(named)
-    for p in named:
-        try:
-            found += list_inputs([p])
-        except (OSError, ValueError):
-            pass  # reading the data reports a missing input in its own words
+    found = []
+    for item in items:
+        if isinstance(item, (str, os.PathLike)):
+            try:
+                found += list_inputs([item])
+            except (OSError, ValueError):
+                found.append(Path(item))  # reading the data reports a missing input in its own words
     return found
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    return folder.is_dir() and path.resolve().is_relative_to(folder.resolve())
 
 
 def check_output(out: Path, data, source: Path, *, overwrite: bool, resume: bool) -> None:
@@ -68,24 +54,31 @@ def check_output(out: Path, data, source: Path, *, overwrite: bool, resume: bool
     OutputExistsError
         ``out`` or its saved run exists and neither ``overwrite`` nor ``resume`` was given.
     """
-    state = state_path(out)
-    for target in (out, state):
-        for p in _input_paths(data):
-            if _same(target, p) or (p.suffix.lower() == ".zarr" and _inside(target, p)):
+    from ..io import OutputError, check_distinct
+
+    inputs = _input_paths(data)
+    for target in (out, state_path(out)):
+        # one rule for every writer: the same file under another name, or a place inside an input store
+        for p in inputs:
+            try:
+                check_distinct([p], target)
+            except OutputError:
                 raise ValueError(
                     f"out={str(out)!r} is the input image {p}: writing the model there would destroy it; "
                     "choose another file for the model"
-                )
-        if _same(target, source):
+                ) from None
+        try:
+            check_distinct([source], target)
+        except OutputError:
             raise ValueError(
                 f"out={str(out)!r} is the model the run starts from ({source}): writing there would replace it; "
                 "choose another file for the fine-tuned model"
-            )
+            ) from None
     if out.is_dir():
         raise ValueError(f"out={str(out)!r} is a folder; give a model file name, e.g. {out / 'finetuned.pth'}")
     if resume or overwrite:
         return
-    existing = [str(p) for p in (out, state) if p.exists()]
+    existing = [str(p) for p in (out, state_path(out)) if p.exists()]
     if existing:
         raise OutputExistsError(
             f"{' and '.join(existing)} exist{'s' if len(existing) == 1 else ''}: out={str(out)!r} is taken. Pass "
