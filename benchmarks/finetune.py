@@ -129,7 +129,7 @@ def run_shipped(noisy_eval: np.ndarray, weights="small-denoise-gray") -> np.ndar
 def run_finetune(
     noisy: np.ndarray, budget_s: float, workdir: Path, objective="neighbor2neighbor", **kw
 ) -> tuple[Path, dict]:
-    from napari_mirnet.finetune import finetune
+    from napari_mirnet import finetune
 
     out = workdir / f"ft-{objective}.pth"
     t = time.process_time()
