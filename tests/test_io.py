@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -218,3 +220,32 @@ def test_overwriting_a_store_in_the_same_process_writes_through_fresh_arrays(tin
         np.moveaxis(np.asarray(zarr.open_group(out, mode="r")["0"]), 0, -1),
         nm.restore(other, weights=tiny_weights, tile=48, halo=8, blend=4, device="cpu"),
     )
+
+
+# ----------------------------------------------------------------------------------- start-up
+_NO_TORCH = """
+import sys
+
+import numpy as np
+
+import napari_mirnet.axes, napari_mirnet.metadata, napari_mirnet.xarrays
+from napari_mirnet import io as mio
+from napari_mirnet.processing import IntensityMap, channel_layout, fill_nodata, mark_nodata
+
+img = (np.arange(64 * 48) % 251).astype(np.uint8).reshape(64, 48)
+for name in ("a.zarr", "a.tif", "a.png"):
+    mio.write_image(sys.argv[1] + "/" + name, img, "YX")
+    assert mio.open_image(sys.argv[1] + "/" + name).array.shape == img.shape
+imap = IntensityMap.for_image(img)
+filled, holes = fill_nodata(imap.forward(img)[None])
+imap.inverse(mark_nodata(filled, holes)[0])
+channel_layout(3)
+print(sorted(m for m in ("torch", "napari_mirnet.model") if m in sys.modules))
+"""
+
+
+def test_reading_writing_and_mapping_images_import_no_torch(tmp_path):
+    """io, processing, metadata, xarrays and axes work without torch (the napari reader and writer need no model)."""
+    done = subprocess.run([sys.executable, "-c", _NO_TORCH, str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
