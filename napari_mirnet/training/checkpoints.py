@@ -84,6 +84,7 @@ def val_log_path(checkpoint: str | os.PathLike) -> Path:
 
 
 def get_rng_state() -> dict:
+    """The global random state of torch, numpy and Python (and CUDA where started), for a checkpoint."""
     # plain types and tensors only, so that torch.load(weights_only=True) can read it back
     np_state = np.random.get_state()
     state = {
@@ -97,6 +98,7 @@ def get_rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore what :func:`get_rng_state` saved."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), int(n[2]), int(n[3]), float(n[4])))
@@ -108,6 +110,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def truncate_log(path: Path, upto: int) -> None:
+    """Keep the JSON-lines log entries up to iteration ``upto``."""
     # entries after the checkpoint's iteration are re-run after a resume; drop them to avoid duplicates
     if not path.exists():
         return

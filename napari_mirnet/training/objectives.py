@@ -110,6 +110,7 @@ def _blindspot_loss(model, x, gen, pairs: str, spacing: int):
 
 
 def objective_loss(cfg: FinetuneConfig, model, x, gen, pairs: str):
+    """The training loss of ``cfg.objective`` on the noisy batch ``x`` (B, C, H, W)."""
     if cfg.objective == "neighbor2neighbor":
         return _n2n_loss(model, x, gen, pairs, cfg.gamma)
     return _blindspot_loss(model, x, gen, pairs, cfg.mask_spacing)
@@ -117,6 +118,7 @@ def objective_loss(cfg: FinetuneConfig, model, x, gen, pairs: str):
 
 @torch.no_grad()
 def validation_loss(cfg: FinetuneConfig, model, val: torch.Tensor, pairs: str, seed: int) -> float:
+    """The objective's main term on the held-out patches, with fixed draws (lower is better)."""
     # fixed sub-samplings / masks, so that values compare across the run; the main term only
     gen = torch.Generator(device=val.device)
     gen.manual_seed(seed)
