@@ -5,6 +5,7 @@
 - :mod:`.checkpoint`: reading and checking a checkpoint's bytes (torch only when tensors are read).
 - :mod:`.loading`: :func:`load_model` and the engine's :func:`cached_model` (imports torch).
 - :mod:`.files`: which files are models, download records, caches keyed by file identity.
+- :mod:`.meta`: a checkpoint's metadata read without torch; :mod:`.errors`: ``WeightsError``.
 
 Importing this package does not import torch: the names that need it are loaded on first use.
 """
