@@ -268,6 +268,38 @@ def test_progress_and_cancel(tiny_weights, tmp_path):
     assert not mio.is_complete(tmp_path / "c.zarr")
 
 
+def test_progress_speaks_the_shared_protocol(tiny_weights, tmp_path):
+    from napari_mirnet.progress import Cancelled, Progress
+
+    assert engine.Cancelled is Cancelled  # one class for restore, train and finetune
+    seen = []
+
+    def report(p):
+        seen.append(p)
+
+    nm.restore(_rgb(), weights=tiny_weights, progress=report, out=tmp_path / "p.zarr", **TILED)
+    assert all(isinstance(p, Progress) for p in seen) and seen
+    assert {(p.job, p.stage, p.unit, p.total) for p in seen} == {("restore", "run", "tile", 12)}
+    assert [p.done for p in seen] == list(range(13))
+
+
+def test_run_control_pickles_to_a_silent_control():
+    import pickle
+
+    calls = []
+    cancel = threading.Event()
+    cancel.set()
+    control = engine.RunControl(lambda d, t: calls.append((d, t)), cancel, 4)
+    with pytest.raises(engine.Cancelled):
+        control.check()
+    control.tiles_done(1)
+    assert calls == [(1, 4)]
+    worker = pickle.loads(pickle.dumps(control))  # what a dask.distributed worker gets
+    worker.check()  # the event stays with the client
+    worker.tiles_done(1)
+    assert calls == [(1, 4)] and worker.cancel is None
+
+
 # ------------------------------------------------------------------------------- bad inputs
 @pytest.mark.parametrize(
     "image, axes, exc, msg",
