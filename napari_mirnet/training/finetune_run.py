@@ -64,7 +64,6 @@ class FinetuneResult:
     setup_s: float = 0.0  # of ``elapsed``: reading patches, measuring the noise, validating the source
 
 
-# ------------------------------------------------------------------------------------------ main
 def _source_model(weights, source_path: Path, device) -> tuple[MIRNetV2, dict]:
     """The denoiser to start from (``weights`` as the caller named it, found at ``source_path``) and its
     metadata; other kinds of model are refused."""
