@@ -417,3 +417,22 @@ def test_help_and_usage_errors_import_no_torch():
     ]:
         r = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=SAFETY_S)
         assert r.stdout.splitlines()[-1] == f"{rc} []", (argv, r.stdout[-500:], r.stderr[-2000:])
+
+
+def test_flags_take_their_defaults_from_the_option_fields():
+    """restore, train and finetune flags that set a library option default to that option's field."""
+    import dataclasses
+
+    from napari_mirnet.cli import build_parser
+    from napari_mirnet.training.config import FinetuneConfig, TrainConfig
+
+    parser = build_parser()
+    for command, cls in (("restore", engine.RestoreOptions), ("train", TrainConfig), ("finetune", FinetuneConfig)):
+        needed = {"restore": ["x", "-o", "y"], "train": ["--out", "y"], "finetune": ["x", "-o", "y"]}[command]
+        args = vars(parser.parse_args([command, *needed]))
+        shared = {f.name: f.default for f in dataclasses.fields(cls) if f.name in args}
+        assert len(shared) >= 7, (command, shared)
+        assert {k: args[k] for k in shared} == shared, command
+    assert engine.RestoreOptions.from_mapping({"tile": 48, "task": "denoise", "rgb": True}) == engine.RestoreOptions(
+        tile=48, rgb=True
+    )
