@@ -96,7 +96,7 @@ def pooled(cases: dict, kind: str) -> dict[str, float]:
 
 def finetuned(clean: np.ndarray, minutes: float, tmp: Path) -> tuple[str, float]:
     """Fine-tune the shipped gray denoiser on the correlated-noise image; its summary and PSNR."""
-    from napari_mirnet.finetune import finetune
+    from napari_mirnet import finetune
 
     x = noisy(clean, "correlated", seed=7)
     model = tmp / "ft.pth"

@@ -45,7 +45,7 @@ class Progress:
         ``"tile"``, ``"step"``, ``"patch"`` or ``"%"``.
     detail : object
         The job's own detail: the loss for training, a
-        :class:`~napari_mirnet.finetune.FinetuneProgress` for fine-tuning, None for restore.
+        :class:`~napari_mirnet.training.FinetuneProgress` for fine-tuning, None for restore.
     """
 
     job: str
