@@ -46,6 +46,8 @@ class Progress:
     detail : object
         The job's own detail: the loss for training, a
         :class:`~napari_mirnet.training.FinetuneProgress` for fine-tuning, None for restore.
+    note : str
+        A short line for a bar's tail, e.g. ``"loss=0.0123, lr=1.00e-04, patch=64"``.
     """
 
     job: str
@@ -54,6 +56,7 @@ class Progress:
     total: int
     unit: str
     detail: Any = None
+    note: str = ""
 
     @property
     def fraction(self) -> float:
@@ -118,9 +121,11 @@ class Reporter:
         if self.cancelled:
             raise Cancelled(f"{self.job} cancelled")
 
-    def report(self, done: int, total: int, *, stage: str = "run", unit: str = "tile", detail: Any = None) -> None:
+    def report(
+        self, done: int, total: int, *, stage: str = "run", unit: str = "tile", detail: Any = None, note: str = ""
+    ) -> None:
         """Send one :class:`Progress` to the callback (if any)."""
-        self.last = Progress(self.job, stage, int(done), int(total), unit, detail)
+        self.last = Progress(self.job, stage, int(done), int(total), unit, detail, note)
         if self.callback is not None:
             self.callback(self.last)
 
@@ -154,6 +159,8 @@ class Bar:
         bar = self._bar
         if bar.total != p.total:  # a resumed store: only its missing tiles run
             bar.total = p.total
+        if p.note:
+            bar.set_postfix_str(p.note, refresh=False)
         bar.update(p.done - bar.n)
 
     def close(self) -> None:

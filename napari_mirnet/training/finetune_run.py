@@ -227,7 +227,8 @@ class _FinetuneRun(Loop):
             self.last_val_frac = frac
             info.val_loss = self.validate(self.step, elapsed)
             info.best_val, info.best_step, info.model = self.best_val, self.best_step, self.eval_model
-        reporter.report(int(100 * frac), 100, unit="%", detail=info)
+        note = f"step={self.step}, loss={loss:.3g}, best={self.best_val:.3g}@{self.best_step}"
+        reporter.report(int(100 * frac), 100, unit="%", detail=info, note=note)
         return (self.callback is not None and self.callback(info) is False) or reporter.cancelled
 
     def sync_eval(self) -> None:

@@ -359,7 +359,10 @@ class _TrainRun(Loop):
         """Log the loss, report, checkpoint every ``save_every`` steps (and when stopped), validate."""
         cfg = self.cfg
         self.record(loss)
-        reporter.report(self.step, cfg.iters, unit="step", detail=loss)
+        lr, patch, _ = self.last
+        reporter.report(
+            self.step, cfg.iters, unit="step", detail=loss, note=f"loss={loss:.4f}, lr={lr:.2e}, patch={patch}"
+        )
         stop = (self.callback is not None and self.callback(self.step, loss) is False) or reporter.cancelled
         if self.step % cfg.save_every == 0 or stop:
             self.checkpoint(self.elapsed())
