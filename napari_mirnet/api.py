@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import numbers
-import os
 import weakref
 
 import numpy as np
 
-from . import io as mio
+from . import outputs
 from . import xarrays as _xr
-from .engine import RestoreOptions, RunControl, check_zarr_out, compute, execute, prepare, quality
+from .engine import RestoreOptions, RunControl, compute, execute, prepare, quality
 from .engine.plan import round_to_stride
 from .processing import check_dtype
 from .tasks import get_task
@@ -154,13 +152,23 @@ def restore(
         and come out as nodata again: the same pixels (for super-resolution each becomes a
         ``scale`` x ``scale`` block), and no restored pixel takes the nodata value.
     out : str or path, optional
-        A zarr store to write chunk by chunk (resumable: re-run the same call to continue).
+        Where to write the result, in the format its suffix names, as the CLI's ``-o`` does (see
+        :mod:`napari_mirnet.outputs`): ``.zarr`` (``.ome.zarr``; also a path without a suffix),
+        an OME-Zarr pyramid written chunk by chunk (resumable: re-run the same call to continue);
+        ``.tif`` (``.ome.tif``), an OME-TIFF (ImageJ TIFF for an ImageJ input, GeoTIFF/COG for a
+        georeferenced one; a lazy input is computed into a hidden resumable store beside it
+        first); ``.png`` or ``.jpg``, a 2-D picture. The input's metadata (pixel size, units,
+        channels, georeferencing, nodata) and the settings are recorded in the file.
     overwrite : bool
-        Replace a complete store at ``out``.
+        Replace an existing output at ``out``. Without it, an output of other settings (or not
+        written by napari-mirnet) is refused, and a complete result of the same settings raises
+        :class:`~napari_mirnet.io.OutputExistsError` with ``matches=True``. An input is never
+        overwritten.
     client : distributed.Client or str, optional
         A dask.distributed client or scheduler address to run the tiles on.
     progress : callable, optional
-        ``progress(done, total)`` after each tile.
+        Called after each tile with a :class:`~napari_mirnet.progress.Progress` (or, a callable of
+        two arguments, with ``(done, total)``).
     cancel : threading.Event, optional
         Stops the run with :class:`Cancelled` once set.
     level : int or str, optional
@@ -170,15 +178,17 @@ def restore(
         Denoising only: also check the output against the input (see docs/qc.md) and return
         ``(result, report)``, a :class:`~napari_mirnet.engine.quality.QualityReport` with the
         residual (input minus output), a trust map per 32 x 32 block and a verdict. ``'tta'`` adds
-        the 8 flips/rotations' disagreement (8 more runs). With ``out``, written into the store
-        (``qc/residual``, ``qc/trust``, summary in ``qc``'s attributes). A lazy result is
+        the 8 flips/rotations' disagreement (8 more runs). With ``out``, written beside the result: into a
+        store (``qc/residual``, ``qc/trust``, summary in ``qc``'s attributes), or beside a file
+        (``NAME.qc-residual.tif``, ``NAME.qc-trust.tif``, ``NAME.qc.json``). A lazy result is
         computed once for the check (and again when you compute it): use ``out`` for large images.
 
     Returns
     -------
     numpy.ndarray or dask.array.Array or xarray.DataArray
         numpy for numpy input; a lazy dask array for dask, zarr or path input; with ``out``, a dask
-        array reading the written store. An xarray DataArray in (dims ``t``/``time``, ``z``,
+        array reading what was written (the store, or the file: a ``.jpg`` reads back its lossy
+        pixels), in the input's axis order. An xarray DataArray in (dims ``t``/``time``, ``z``,
         ``c``/``channel``/``band``, ``y``, ``x``; coordinates give the pixel size and position)
         gives a DataArray out: same dims, name and attrs, Y/X coordinates of the output grid,
         holding numpy or a lazy dask array as above.
@@ -206,24 +216,25 @@ def restore(
         rgb=rgb,
     )
     check_level(level)
-    if out is not None:  # refused before the model is loaded (execute checks again)
-        check_zarr_out(out)
-        if isinstance(image, (str, os.PathLike)):
-            mio.check_distinct([image], out)
-    if out is not None and not overwrite:
-        options = _resume_geometry(options, out)
+    dst = None if out is None else outputs.check_out_path(out, image)  # refused before the model loads
+    if dst is not None:
+        options = outputs.resume_options(options, dst, overwrite)
     template = _xarray_template(image, task, scale)
     qc_mode = quality.check_qc(qc, get_task(task), tta)
     client, own_client = _connect(client)
     try:
         run = prepare(image, task, weights, scale=scale, axes=axes, options=options, client=client, level=level)
         options.check_axes(run.axes)  # before anything is written
-        result = execute(run, out=out, overwrite=overwrite, client=client, progress=progress, cancel=cancel)
-        report = None
-        if qc_mode is not None:
-            report = quality.run_qc(
-                run, result, tta=qc_mode == "tta", out=out, compute=lambda c: compute(c, run, client)
+        if dst is not None:
+            result = outputs.write_result(
+                run, dst, overwrite=overwrite, client=client, progress=progress, cancel=cancel
             )
+            report = None if qc_mode is None else outputs.quality_check_beside(run, dst, qc_mode, client)
+        else:
+            result = execute(run, client=client, progress=progress, cancel=cancel)
+            report = None
+            if qc_mode is not None:
+                report = quality.run_qc(run, result, tta=qc_mode == "tta", compute=lambda c: compute(c, run, client))
         result = result if template is None else _xr.to_dataarray(result, template, run.factor)
         return result if report is None else (result, report)
     finally:
@@ -301,22 +312,6 @@ def _xarray_template(image, task: str, scale):
     spec = get_task(task)
     _xr.check_resamplable(image, spec.check_scale(scale if scale is not None else spec.scales[0]))
     return image
-
-
-def _resume_geometry(options: RestoreOptions, out) -> RestoreOptions:
-    """Resuming with default settings keeps the tile, halo and blend the store was started with.
-
-    The defaults depend on free memory, which may have changed since the interrupted run.
-    """
-    if None not in (options.tile, options.halo, options.blend):
-        return options
-    stored = mio.stored_fingerprint(out) or {}
-    return dataclasses.replace(
-        options,
-        tile=stored.get("tile") if options.tile is None else options.tile,
-        halo=stored.get("halo") if options.halo is None else options.halo,
-        blend=stored.get("blend") if options.blend is None else options.blend,
-    )
 
 
 def _connect(client):

@@ -7,11 +7,38 @@ from pathlib import Path
 
 from .errors import OutputError, StoreLocked
 
-__all__ = ["check_distinct", "store_lock"]
+__all__ = ["check_distinct", "file_identity", "same_file", "store_lock"]
+
+
+def file_identity(path) -> tuple:
+    """What ``path`` names on disk: its device and inode where it exists, else its resolved path.
+
+    Two names of one file or folder (symbolic and hard links, ``..``, relative paths, a bind
+    mount, another case on a case-insensitive disk) have the same identity, as
+    :func:`os.path.samefile` would say; a path not there yet is known by where it resolves to.
+    """
+    p = Path(path).expanduser()
+    try:
+        st = p.stat()
+    except (OSError, ValueError):
+        return ("path", str(p.resolve()))
+    return ("inode", st.st_dev, st.st_ino)
+
+
+def same_file(a, b) -> bool:
+    """Whether ``a`` and ``b`` name the same file or folder (see :func:`file_identity`)."""
+    return file_identity(a) == file_identity(b)
+
+
+def _within(inner: Path, outer: Path) -> bool:
+    """Whether ``inner`` lies inside the folder ``outer`` (resolved paths; ``outer`` by identity too)."""
+    outer_id = file_identity(outer)
+    return any(p == outer or (outer_id[0] == "inode" and file_identity(p) == outer_id) for p in inner.parents)
 
 
 def check_distinct(inputs, out) -> None:
-    """Refuse an output that is an input, lies inside one, or holds one (paths resolved first).
+    """Refuse an output that is an input, lies inside one, or holds one (paths resolved first;
+    one file under two names counts as one, see :func:`file_identity`).
 
     Replacing the output deletes it before the input is read: writing a store into itself would
     leave a store of zeros marked complete.
@@ -21,11 +48,11 @@ def check_distinct(inputs, out) -> None:
         if raw is None:
             continue
         i = Path(raw).expanduser().resolve()
-        if i == o:
+        if i == o or same_file(i, o):
             why = f"is the input {raw}"
-        elif o in i.parents:
+        elif _within(i, o):
             why = f"holds the input {raw}"
-        elif i in o.parents:
+        elif _within(o, i):
             why = f"lies inside the input {raw}"
         else:
             continue
