@@ -46,8 +46,9 @@ CASES = {
         "np.asarray(data[0] if isinstance(data, list) else data)\n"
     ),
 }
-# appended to each case for one extra run: did it import torch?
-TORCH_PROBE = "\nimport sys as _s\nopen(_s.argv[-1], 'w').write(str('torch' in _s.modules))\n"
+# around each case for one extra run: did it import torch? (the path is read first: --help sets sys.argv)
+PROBE_START = "import sys as _s\n_probe = _s.argv.pop()\n"
+PROBE_END = "\nopen(_probe, 'w').write(str('torch' in _s.modules))\n"
 WRITE_STORE = (
     "import sys, numpy as np\n"
     "from napari_mirnet import io\n"
@@ -86,8 +87,9 @@ def measure(trees: dict[str, str], repeats: int, store: str, cwd: str) -> dict:
             for label, tree in trees.items():  # alternating: a busy moment hits both trees
                 samples[label].append(run_child(tree, code, args, cwd))
         for label, tree in trees.items():
-            probe = Path(cwd) / "torch.txt"
-            run_child(tree, code + TORCH_PROBE, [*args, str(probe)], cwd)
+            probe = Path(cwd) / f"torch-{label}.txt"
+            probe.unlink(missing_ok=True)
+            run_child(tree, PROBE_START + code + PROBE_END, [*args, str(probe)], cwd)
             walls, rss = zip(*samples[label])
             results[case, label] = (statistics.median(walls), statistics.median(rss), probe.read_text() == "True")
     return results
