@@ -4,16 +4,19 @@ A run is prepared once (:func:`prepare` -> :class:`RestorationRun`) and executed
 dask array or a resumable zarr store (:func:`execute`). The modules, in the order data flows:
 ``source`` (reading the input), ``plan`` (the tile grid), ``memory`` (default tile and batch),
 ``forward`` (the model call), ``steps`` (what each graph task does), ``graph`` (the dask graph),
-``sinks`` (where chunks go: a numpy array or a zarr store), ``digest`` (what a resumed store was computed from), ``run`` (prepare,
-execute, the scheduler).
+``sinks`` (where chunks go: a numpy array or a zarr store), ``digest`` (what a resumed store was
+computed from), ``run`` (prepare), ``execution`` (execute, the scheduler). Writing result files in
+every format, and the rule on existing outputs, is :mod:`napari_mirnet.outputs`' (above the engine);
+``restore`` and ``restore_lazy`` are the front-end API's (:mod:`napari_mirnet.api`).
 """
 
 from __future__ import annotations
 
+from .execution import check_zarr_out, compute, execute
 from .memory import bytes_per_pixel, default_batch, default_tile
 from .options import DEFAULT_BLEND, DEFAULT_HALO, RestoreOptions
 from .plan import TilePlan, plan_tiles
-from .run import RestorationRun, check_zarr_out, compute, execute, prepare, scheduler_config
+from .run import RestorationRun, prepare, scheduler_config
 from .sinks import output_scale
 from .steps import Cancelled, RunControl
 
