@@ -29,6 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..weights import locate
+from ..weights.catalogue import models_dir
 from .config import OBJECTIVES, FinetuneConfig
 from .finetune_run import FinetuneProgress, FinetuneResult, _FinetuneRun, process_clock
 from .loop import reporter_for
@@ -45,16 +46,6 @@ __all__ = [
     "models_dir",
     "noise_correlation",
 ]
-
-
-def models_dir() -> Path:
-    """Where the napari widget saves fine-tuned models: ``$NAPARI_MIRNET_MODELS`` or the user data folder."""
-    env = os.environ.get("NAPARI_MIRNET_MODELS")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("napari-mirnet")) / "models"
 
 
 def finetune(
