@@ -153,14 +153,24 @@ class FinetuneWidget(Container):
         self.start.enabled, self.cancel.enabled = False, True
         self.status.value = "Starting, reading patches and measuring the noise..."
         self._run = BackgroundRun(
-            _reader(process), self._relay, on_finished=self._on_finished, on_cancel=process.cancel
+            _reader(process),
+            self._relay,
+            on_finished=self._on_finished,
+            on_cancel=self._cancelling,
+            title="MIRNet: fine-tuning",
         )
         self._run.start()
 
     def _request_cancel(self, *_) -> None:
-        self._cancelled = True
         if self._run is not None:
-            self._run.cancel()
+            self._run.cancel()  # which calls _cancelling (as napari's activity dock's cancel button does)
+        else:
+            self._cancelling()
+
+    def _cancelling(self) -> None:
+        self._cancelled = True
+        if self._process is not None:
+            self._process.cancel()
         self.cancel.enabled = False
         self.status.value = "Stopping after this step; the best model so far is kept..."
 

@@ -82,7 +82,12 @@ def run_job(job: Job, progress=None, cancel: threading.Event | None = None):
         # the engine hands back a lazy array reading the written store, in the input's axis order
         return out
     run = eng.prepare(
-        job.image, job.task, job.weights, scale=job.scale, axes=job.axes, options=eng.RestoreOptions(**job.options)
+        job.image,
+        job.task,
+        job.weights,
+        scale=job.scale,
+        axes=job.axes,
+        options=eng.RestoreOptions.from_mapping(job.options),
     )
     out = eng.execute(run, progress=progress, cancel=cancel)
     if hasattr(out, "dask") and hasattr(out, "compute"):

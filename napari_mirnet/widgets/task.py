@@ -183,6 +183,9 @@ class TaskWidget(TaskForm):
             self._relay,
             on_returned=lambda result, job=job: self._on_returned(job, result),
             on_finished=self._on_finished,
+            # napari's activity dock shows the run too; its cancel button stops it like ours
+            on_cancel=lambda: None if self._closed else self._show_status("cancelling…"),
+            title=f"MIRNet: {self.preset.title}",
         )
         self._cancel = run.cancel_event
         self._first_tile = None

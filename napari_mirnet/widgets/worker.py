@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from napari.utils import cancelable_progress
 from qtpy.QtCore import QObject, Signal
 
 from ..progress import Progress
@@ -49,6 +50,8 @@ class BackgroundRun:
     on_cancel : callable, optional
         Called (on the GUI thread) when :meth:`cancel` is, besides setting the event: for a job
         that must be told at once (a child process).
+    title : str, optional
+        Also show the run in napari's activity dock under this title, with a cancel button.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class BackgroundRun:
         on_returned: Callable | None = None,
         on_finished: Callable | None = None,
         on_cancel: Callable | None = None,
+        title: str | None = None,
     ):
         from napari.qt.threading import thread_worker
 
@@ -67,6 +71,10 @@ class BackgroundRun:
         self.worker = thread_worker(body, start_thread=False)(relay.report, self.cancel_event)
         if on_returned is not None:
             self.worker.returned.connect(on_returned)
+        self._relay, self._title, self._bar, self._stage = relay, title, None, None
+        if title is not None:
+            relay.reported.connect(self._render)
+            self.worker.finished.connect(self._finish)
         if on_finished is not None:
             self.worker.finished.connect(on_finished)
 
@@ -85,6 +93,42 @@ class BackgroundRun:
     def cancelled(self) -> bool:
         """Whether :meth:`cancel` was called."""
         return self.cancel_event.is_set()
+
+    def _render(self, p: Progress) -> None:
+        """napari's activity dock: one bar per stage (set-up, then the run), as the CLI's tqdm bars."""
+        if self._bar is None or p.stage != self._stage:
+            self._close_bar()
+            desc = self._title if p.stage == "run" else f"{self._title} ({p.stage})"
+            self._bar = _ActivityBar(total=p.total, desc=desc, cancel_callback=self.cancel)
+            self._stage = p.stage
+        if self._bar.total != p.total:  # a resumed store: only its missing tiles run
+            self._bar.total = p.total
+        self._bar.update(p.done - self._bar.n)
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def _finish(self) -> None:
+        self._close_bar()
+        try:
+            self._relay.reported.disconnect(self._render)
+        except (RuntimeError, TypeError):  # disconnected already, or the widget is gone
+            pass
+
+
+class _ActivityBar(cancelable_progress):
+    """A bar in napari's activity dock whose cancel button stops the run at once.
+
+    napari calls ``cancel_callback`` only while it iterates over an iterable; a run reports its
+    counts instead, so the button's ``cancel`` calls it here.
+    """
+
+    def cancel(self) -> None:
+        super().cancel()
+        if self.cancel_callback is not None:
+            self.cancel_callback()
 
 
 def _duration(seconds: float) -> str:
