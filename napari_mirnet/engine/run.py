@@ -304,12 +304,3 @@ def _intensity_map(source: Source, normalisation: str, channels: ChannelAdapter,
         for a in source.arrays:  # in memory: check every value, not just the sample
             imap.check_range(a)
     return imap
-
-
-def __getattr__(name: str):
-    # until every caller imports them from .execution, where they moved (engine/__init__ among them)
-    if name in ("check_zarr_out", "compute", "execute"):
-        from . import execution
-
-        return getattr(execution, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
