@@ -235,6 +235,7 @@ def _device_and_precision(options: RestoreOptions, client) -> tuple[str, str]:
 
 
 def _torch_threads() -> int:
+    """The caller's torch thread count: every tile runs with it (CPU results depend on it in the last bit)."""
     import torch
 
     return torch.get_num_threads()
