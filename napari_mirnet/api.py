@@ -267,12 +267,12 @@ def restore_lazy(
     """Like :func:`restore`, but always return a lazy dask array: nothing runs until it is computed.
 
     Parameters are those of :func:`restore` (without ``out``: use ``restore(..., out=path)`` to
-    write a store). ``progress`` and ``cancel`` stay attached for as long as the array (or one
+    write a store or file). ``progress`` and ``cancel`` stay attached for as long as the array (or one
     derived from it) exists; a ``client`` given as an address is closed with the last of them.
     An xarray DataArray in gives a DataArray holding the lazy array out (see :func:`restore`).
     """
     if out is not None:
-        raise ValueError("restore_lazy returns a lazy array; use restore(..., out=path) to write a zarr store")
+        raise ValueError("restore_lazy returns a lazy array; use restore(..., out=path) to write a zarr store or file")
     template = _xarray_template(image, task, scale)
     options = RestoreOptions(tile, halo, blend, device, precision, normalisation, tta, nodata=nodata, rgb=rgb)
     check_level(level)
