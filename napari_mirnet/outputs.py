@@ -29,6 +29,8 @@ __all__ = [
     "OUTPUT_SUFFIXES",
     "check_output",
     "check_out_path",
+    "input_name",
+    "is_store",
     "plan_outputs",
     "quality_check_beside",
     "read_result",
@@ -234,13 +236,15 @@ def check_output(run, dst, *, overwrite: bool) -> str:
     Raises
     ------
     OutputError
-        ``dst`` cannot be written, is not a napari-mirnet result, or holds one of other settings
+        ``dst`` is (or holds, or lies inside) an input, cannot be written, is not a napari-mirnet
+        result, or holds one of other settings
         (:class:`~napari_mirnet.io.FingerprintMismatch` for an unfinished one) and ``overwrite``
         is False.
     """
     import numpy as np
 
     dst = Path(dst)
+    mio.check_distinct(run.source.paths, dst)  # also an array read lazily from a file or store
     zeros = np.broadcast_to(np.zeros((), run.imap.dtype), run.output_shape)
     mio.write_image(dst, zeros, run.axes, meta=run.output_meta, check=True)  # meta: units the format must hold
     parent = next(p for p in [dst.parent, *dst.parent.parents] if p.exists())

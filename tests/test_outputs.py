@@ -234,3 +234,14 @@ def test_a_hard_link_to_the_input_is_the_input(tiny_weights, tmp_path, capsys):
     assert "is its input" in capsys.readouterr().err
     assert src.read_bytes() == before and os.path.samefile(src, link)
     assert same_file(src, link) and not same_file(src, tmp_path / "other.tif")
+
+
+def test_a_file_output_inside_the_store_an_array_reads_is_refused(tiny_weights, tmp_path):
+    import dask.array as da
+
+    store = tmp_path / "in.zarr"
+    nm.restore(RNG.integers(0, 256, (40, 52, 3), dtype=np.uint8), weights=tiny_weights, out=store, **TILED)
+    lazy = da.from_zarr(str(store), component="0")  # (C, Y, X): the store's own order
+    with pytest.raises(mio.OutputError, match="lies inside the input"):
+        nm.restore(lazy, weights=tiny_weights, axes="CYX", out=store / "x.tif", **TILED)
+    assert not (store / "x.tif").exists() and mio.is_complete(store)
