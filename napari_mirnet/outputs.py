@@ -344,15 +344,17 @@ def _write_tiff_via_store(run, dst: Path, overwrite: bool, client, report, cance
 
 def read_result(dst, axes: str):
     """A written output (zarr store or file) as a lazy dask array in ``axes`` (the run's input axes)."""
+    import dask.array as da
+
     dst = Path(dst)
     if is_store(dst):
-        import dask.array as da
-
         arr, have = da.from_zarr(str(dst), component="0"), mio.ome_order(axes)
-        return arr.transpose([have.index(a) for a in axes]) if have != axes else arr
-    from .engine.quality import read_output
-
-    return read_output(dst, axes)
+    else:
+        src = mio.open_image(dst)
+        arr, have = da.asarray(src.array), src.axes or axes
+    if sorted(have) != sorted(axes):
+        raise ValueError(f"{dst} has axes {have}, the run {axes}: it is not this run's output")
+    return arr.transpose([have.index(a) for a in axes]) if have != axes else arr
 
 
 def write_result(run, dst, *, overwrite: bool = False, client=None, progress=None, cancel=None):
