@@ -235,6 +235,26 @@ def test_cancel_leaves_no_layer(make_napari_viewer, qtbot, tiny_weights):
 
 
 @pytest.mark.slow
+def test_run_shows_in_napari_activity_and_its_cancel_button_stops_it(make_napari_viewer, qtbot, tiny_weights):
+    """Issue 30: one progress protocol, rendered in the widget's bar and napari's activity dock."""
+    from napari.utils import progress
+
+    viewer = make_napari_viewer()
+    w, worker = _start_long_run(viewer, qtbot, tiny_weights, 40)
+
+    def ours():
+        return [b for b in list(progress._all_instances) if b.desc == "MIRNet: Denoise"]
+
+    qtbot.waitUntil(lambda: any(b.n >= 1 for b in ours()), timeout=SAFETY_MS)
+    (bar,) = ours()
+    assert bar.total == 40 and 1 <= bar.n <= 40
+    bar.cancel()  # the activity dock's cancel button
+    qtbot.waitUntil(lambda: w.worker is None, timeout=SAFETY_MS)
+    assert w.result_layer is None and "cancelled" in w.last_status
+    assert not any(b.desc.startswith("MIRNet") for b in list(progress._all_instances))  # closed
+
+
+@pytest.mark.slow
 def test_closing_the_viewer_cancels_the_run(make_napari_viewer, qtbot, tiny_weights):
     viewer = make_napari_viewer()
     w, worker = _start_long_run(viewer, qtbot, tiny_weights, 400)

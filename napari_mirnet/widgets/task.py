@@ -58,6 +58,7 @@ class TaskWidget(TaskForm):
         self.worker = None
         self.result_layer = None
         self.last_progress = (0, 0)  # (tiles done, total) of the latest run
+        self._run = None  # the BackgroundRun going on (or last)
         self._cancel = None
         self._first_tile = None  # (time, tiles done) of the run's first progress report: the ETA's origin
         self._started = 0.0
@@ -187,6 +188,7 @@ class TaskWidget(TaskForm):
             on_cancel=lambda: None if self._closed else self._show_status("cancelling…"),
             title=f"MIRNet: {self.preset.title}",
         )
+        self._run = run  # Qt holds its slots weakly: the run lives as long as the widget's reference
         self._cancel = run.cancel_event
         self._first_tile = None
         self.run_button.enabled = False

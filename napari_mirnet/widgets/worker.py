@@ -71,7 +71,7 @@ class BackgroundRun:
         self.worker = thread_worker(body, start_thread=False)(relay.report, self.cancel_event)
         if on_returned is not None:
             self.worker.returned.connect(on_returned)
-        self._relay, self._title, self._bar, self._stage = relay, title, None, None
+        self._relay, self._title, self._bar, self._stage, self._opening = relay, title, None, None, False
         if title is not None:
             relay.reported.connect(self._render)
             self.worker.finished.connect(self._finish)
@@ -96,10 +96,16 @@ class BackgroundRun:
 
     def _render(self, p: Progress) -> None:
         """napari's activity dock: one bar per stage (set-up, then the run), as the CLI's tqdm bars."""
+        if self._opening:
+            return  # napari processes events while it builds a bar: the reports after this one update it
         if self._bar is None or p.stage != self._stage:
             self._close_bar()
             desc = self._title if p.stage == "run" else f"{self._title} ({p.stage})"
-            self._bar = _ActivityBar(total=p.total, desc=desc, cancel_callback=self.cancel)
+            self._opening = True
+            try:
+                self._bar = _ActivityBar(total=p.total, desc=desc, cancel_callback=self.cancel)
+            finally:
+                self._opening = False
             self._stage = p.stage
         if self._bar.total != p.total:  # a resumed store: only its missing tiles run
             self._bar.total = p.total
