@@ -1,13 +1,8 @@
-"""napari widgets: one per restoration task. They only collect choices; the engine does the work.
+"""The five task widgets: a :class:`TaskWidget` gathers a job from its form, runs it and adds the result.
 
-Drive one from a script::
-
-    w = DenoiseWidget(viewer)
-    w.image.value = viewer.layers["noisy"]
-    w.weights.value = LOCAL_FILE
-    w.weights_file.value = "my_model.pth"
-    worker = w()            # starts the run off the GUI thread and returns the napari worker
-    layer = w.run_blocking()  # or: run and wait (processing Qt events), return the new layer
+The run goes off the GUI thread (:class:`~napari_mirnet.widgets.worker.BackgroundRun`); its tiles
+show in the widget's bar (with the time left) and in napari's activity dock; the result becomes a
+layer placed like the input. See :mod:`napari_mirnet.widgets` for driving one from a script.
 """
 
 from __future__ import annotations
