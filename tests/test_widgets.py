@@ -211,6 +211,18 @@ def test_zarr_output(make_napari_viewer, qtbot, tiny_weights, tmp_path):
     assert arr.shape == (64, 64, 3)
 
 
+def test_zarr_output_refuses_another_format(make_napari_viewer, tmp_path, tiny_weights, errors):
+    """The OME-Zarr choice writes a store: a .tif path is refused before the run (restore(out=...)
+    would write a TIFF there)."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32), np.uint8), name="img")
+    w = _widget(DenoiseWidget, viewer, tiny_weights)
+    w.output.value = OUTPUT_ZARR
+    w.zarr_path.value = tmp_path / "out.tif"
+    assert w() is None
+    assert "must end in .zarr" in w.last_status and not (tmp_path / "out.tif").exists()
+
+
 def _start_long_run(viewer, qtbot, weights, planes: int):
     """A denoising run over a stack of ``planes`` planes, once its first tile is done."""
     data = np.repeat(sample_data.noisy_stack()[0][0][:1, :64, :64], planes, axis=0)

@@ -98,6 +98,19 @@ class TaskWidget(TaskForm):
             check_image_layer(layer, label)
         return layers
 
+    def _zarr_out(self) -> str | None:
+        """The OME-Zarr output's path (None for the other outputs); the library says what a store is."""
+        if self.output.value != OUTPUT_ZARR:
+            return None
+        text = str(self.zarr_path.value or "").strip()
+        if not text or text == ".":
+            raise InputError("choose a path for the OME-Zarr output (e.g. result.zarr)")
+        from ..outputs import is_store
+
+        if not is_store(text):  # restore(out=...) would write that format instead of the store chosen
+            raise InputError(f"the OME-Zarr output's path must end in .zarr (got {text!r})")
+        return str(self.zarr_path.value)
+
     def make_job(self) -> Job:
         """Check the choices and gather a :class:`Job`; raises :class:`InputError` with a message."""
         layers = self._input_layers()
@@ -105,10 +118,7 @@ class TaskWidget(TaskForm):
         weights = self._weights_value()
         scale = self._scale_value()
         output = self.output.value
-        if output == OUTPUT_ZARR:
-            text = str(self.zarr_path.value or "").strip()
-            if not text or text == ".":
-                raise InputError("choose a path for the OME-Zarr output (e.g. result.zarr)")
+        zarr_path = self._zarr_out()
         preview = bool(self.preview.value)
         qc = bool(self.qc.value) and self.task == "denoise"
         if qc and output == OUTPUT_LAZY:
@@ -148,7 +158,7 @@ class TaskWidget(TaskForm):
             scale=scale,
             layer_kwargs=kwargs,
             options=self._options(),
-            zarr_path=str(self.zarr_path.value) if output == OUTPUT_ZARR else None,
+            zarr_path=zarr_path,
             overwrite=bool(self.overwrite.value),
             # the zarr's pixel size: the layer's scale, 1 for the RGB channel axis
             pixel_size=tuple(float(v) for v in ref.scale) + ((1.0,) if ref.rgb else ()),
