@@ -144,9 +144,10 @@ def _install_stub(engine, device: str) -> None:
             return x + 0.01 * self.conv(x)
 
     stub = Stub().eval().to(device)
-    # the run is prepared in engine.run and its tiles call the model in engine.steps
-    for module in (engine.run, engine.steps):
-        module.cached_model = lambda weights, device="auto": stub
+    # the engine looks the model up in napari_mirnet.weights when a run prepares and runs its tiles
+    import napari_mirnet.weights
+
+    napari_mirnet.weights.cached_model = lambda weights, device="auto": stub
 
 
 def _image(spec: dict) -> np.ndarray:

@@ -30,22 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .degradation_specs import DEGRADATION_KINDS, TASK_DEFAULTS
+
 __all__ = ["degrade", "degrade_numpy", "bicubic_down_up", "DEGRADATION_KINDS", "TASK_DEFAULTS"]
-
-DEGRADATION_KINDS = ("gaussian", "poisson_gaussian", "camera", "bicubic", "lowlight", "mixture")
-
-#: The synthetic degradation each task trains with unless told otherwise.
-TASK_DEFAULTS: dict[str, dict] = {
-    "denoise": {"kind": "gaussian", "sigma_range": [0.0, 50.0]},
-    "super_resolution": {"kind": "bicubic", "scale": 2},
-    "lowlight": {
-        "kind": "lowlight",
-        "factor_range": [0.08, 0.2],
-        "gamma_range": [1.2, 1.8],
-        "peak_range": [30.0, 300.0],
-        "sigma_range": [0.0, 4.0],
-    },
-}
 
 
 def _draw(spec: dict, name: str, n: int, gen: torch.Generator, device, log: bool = False) -> torch.Tensor:

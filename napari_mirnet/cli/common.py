@@ -41,6 +41,7 @@ _FLAGS = {
     "tta": "--tta",
     "rgb": "--rgb",
     "overwrite": "--overwrite",
+    "format": "--format",
     "out": "-o",
     "client": "--scheduler",
 }

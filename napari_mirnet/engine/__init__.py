@@ -12,13 +12,40 @@ every format, and the rule on existing outputs, is :mod:`napari_mirnet.outputs`'
 
 from __future__ import annotations
 
-from .execution import check_zarr_out, compute, execute
-from .memory import bytes_per_pixel, default_batch, default_tile
-from .options import DEFAULT_BLEND, DEFAULT_HALO, RestoreOptions
-from .plan import TilePlan, plan_tiles
-from .run import RestorationRun, prepare, scheduler_config
-from .sinks import output_scale
-from .steps import Cancelled, RunControl
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING
+
+# where each public name lives: the package imports a module when a name is first used, so that
+# reading the options (the CLI's parser) does not import dask, the planner or the scheduler
+_HOMES = {
+    "check_zarr_out": "execution",
+    "compute": "execution",
+    "execute": "execution",
+    "bytes_per_pixel": "memory",
+    "default_batch": "memory",
+    "default_tile": "memory",
+    "DEFAULT_BLEND": "options",
+    "DEFAULT_HALO": "options",
+    "RestoreOptions": "options",
+    "TilePlan": "plan",
+    "plan_tiles": "plan",
+    "RestorationRun": "run",
+    "prepare": "run",
+    "scheduler_config": "run",
+    "output_scale": "sinks",
+    "Cancelled": "steps",
+    "RunControl": "steps",
+}
+
+if TYPE_CHECKING:
+    from .execution import check_zarr_out, compute, execute
+    from .memory import bytes_per_pixel, default_batch, default_tile
+    from .options import DEFAULT_BLEND, DEFAULT_HALO, RestoreOptions
+    from .plan import TilePlan, plan_tiles
+    from .run import RestorationRun, prepare, scheduler_config
+    from .sinks import output_scale
+    from .steps import Cancelled, RunControl
 
 __all__ = [
     "DEFAULT_BLEND",
@@ -39,3 +66,17 @@ __all__ = [
     "prepare",
     "scheduler_config",
 ]
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a module: engine.steps, engine.graph ...
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -64,8 +64,8 @@ def check_zarr_out(out) -> None:
     suffix = os.path.splitext(os.fspath(out).rstrip("/\\"))[1].lower()
     if suffix not in ("", ".zarr"):
         raise mio.OutputError(
-            f"out={os.fspath(out)!r}: restore writes a zarr store, so out must end in .zarr; for {suffix} "
-            "write the returned array with napari_mirnet.io.write_image(path, result, axes), or use the CLI's -o"
+            f"out={os.fspath(out)!r}: execute writes a zarr store, so out must end in .zarr; for {suffix} "
+            "use napari_mirnet.restore(..., out=path), which writes every format"
         )
 
 

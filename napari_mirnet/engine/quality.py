@@ -23,7 +23,7 @@ from ..io.omezarr import multiscales_attrs
 from ..metadata import ImageMeta
 from .source import canonical_dask
 
-__all__ = ["QualityReport", "check_qc", "read_output", "run_qc", "write_qc_tiffs"]
+__all__ = ["QualityReport", "check_qc", "run_qc", "write_qc_tiffs"]
 
 ATTR = "napari_mirnet_qc"
 
@@ -202,21 +202,6 @@ def _d4_inverse(a, k: int):
 
 
 # ------------------------------------------------------------------------------------ writing
-def read_output(path, axes: str):
-    """A written output (zarr store or file) as a lazy array in ``axes`` (the run's input axes)."""
-    import dask.array as da
-
-    p = Path(path)
-    if p.suffix.lower() == ".zarr":
-        arr, have = da.from_zarr(str(p), component="0"), mio.ome_order(axes)
-    else:
-        src = mio.open_image(p)
-        arr, have = da.asarray(src.array), src.axes or axes
-    if sorted(have) != sorted(axes):
-        raise ValueError(f"{p} has axes {have}, the run {axes}: it is not this run's output")
-    return arr.transpose([have.index(a) for a in axes]) if have != axes else arr
-
-
 def _write_and_measure(out, residual, maps, run, compute):
     """Write the residual into ``out/qc/residual`` and compute the signals, in one pass over the data."""
     import dask.array as da

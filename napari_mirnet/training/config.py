@@ -11,6 +11,8 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+from ..degradation_specs import TASK_DEFAULTS
+
 __all__ = [
     "FinetuneConfig",
     "LOSS_NAMES",
@@ -36,7 +38,6 @@ MIN_EDGE = 32
 
 def _task_default(task: str) -> dict:
     """A fresh copy of the synthetic degradation ``task`` trains with unless told otherwise."""
-    from ..degradations import TASK_DEFAULTS  # torch: only when a config is built, never by the CLI's parser
 
     return json.loads(json.dumps(TASK_DEFAULTS[task]))
 
@@ -128,8 +129,8 @@ class TrainConfig:
             self.degradation = _task_default(self.task)
 
     def model_config(self):
-        """The network's :class:`~napari_mirnet.model.MIRNetConfig` (imports torch)."""
-        from ..model import MIRNetConfig
+        """The network's :class:`~napari_mirnet.model.MIRNetConfig`."""
+        from ..model_config import MIRNetConfig
 
         return MIRNetConfig(
             in_channels=self.channels,
