@@ -9,7 +9,7 @@ import numpy as np
 
 from . import outputs
 from . import xarrays as _xr
-from .engine import RestoreOptions, RunControl, compute, execute, prepare, quality
+from .engine import RestoreOptions, RunControl, compute, connect, execute, prepare, quality
 from .engine.plan import round_to_stride
 from .processing import check_dtype
 from .tasks import get_task
@@ -221,7 +221,7 @@ def restore(
         options = outputs.resume_options(options, dst, overwrite)
     template = _xarray_template(image, task, scale)
     qc_mode = quality.check_qc(qc, get_task(task), tta)
-    client, own_client = _connect(client)
+    client, own_client = connect(client)
     try:
         run = prepare(image, task, weights, scale=scale, axes=axes, options=options, client=client, level=level)
         options.check_axes(run.axes)  # before anything is written
@@ -276,7 +276,7 @@ def restore_lazy(
     template = _xarray_template(image, task, scale)
     options = RestoreOptions(tile, halo, blend, device, precision, normalisation, tta, nodata=nodata, rgb=rgb)
     check_level(level)
-    client, own_client = _connect(client)
+    client, own_client = connect(client)
     try:
         run = prepare(image, task, weights, scale=scale, axes=axes, options=options, client=client, level=level)
     except BaseException:
@@ -312,12 +312,3 @@ def _xarray_template(image, task: str, scale):
     spec = get_task(task)
     _xr.check_resamplable(image, spec.check_scale(scale if scale is not None else spec.scales[0]))
     return image
-
-
-def _connect(client):
-    """A Client for a scheduler address (owned: closed by the caller), or the client as given."""
-    if isinstance(client, str):
-        from distributed import Client
-
-        return Client(client), True
-    return client, False

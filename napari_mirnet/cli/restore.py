@@ -93,18 +93,9 @@ def _plan_outputs(args) -> list[tuple[object, Path]]:
 
 
 def _connect(args):
-    if not args.scheduler:
-        return None
-    try:
-        from distributed import Client
-    except ImportError:
-        raise RuntimeError(
-            "--scheduler needs dask.distributed: pip install distributed (in a clone: pip install -e '.[distributed]')"
-        ) from None
-    try:
-        return Client(args.scheduler, timeout="20s")
-    except OSError as err:
-        raise RuntimeError(f"cannot reach the scheduler at {args.scheduler}: {err}") from None
+    from ..engine import connect
+
+    return connect(args.scheduler or None)[0]
 
 
 def _cmd_restore(args) -> int:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 _HOMES = {
     "check_zarr_out": "execution",
     "compute": "execution",
+    "connect": "execution",
     "execute": "execution",
     "bytes_per_pixel": "memory",
     "default_batch": "memory",
@@ -39,7 +40,7 @@ _HOMES = {
 }
 
 if TYPE_CHECKING:
-    from .execution import check_zarr_out, compute, execute
+    from .execution import check_zarr_out, compute, connect, execute
     from .memory import bytes_per_pixel, default_batch, default_tile
     from .options import DEFAULT_BLEND, DEFAULT_HALO, RestoreOptions
     from .plan import TilePlan, plan_tiles
@@ -58,6 +59,7 @@ __all__ = [
     "bytes_per_pixel",
     "check_zarr_out",
     "compute",
+    "connect",
     "default_batch",
     "default_tile",
     "execute",

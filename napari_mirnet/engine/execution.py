@@ -135,3 +135,21 @@ def _distributed_compute(client, delayeds: list, control: RunControl):
     except BaseException:
         client.cancel(futures)
         raise
+
+
+def connect(client, timeout: str = "20s"):
+    """``(client, owned)``: a new Client for a scheduler address (owned: the caller closes it), or
+    the client as given (None included); a clear error when dask.distributed is missing or the
+    scheduler cannot be reached."""
+    if not isinstance(client, str):
+        return client, False
+    try:
+        from distributed import Client
+    except ImportError:
+        raise RuntimeError(
+            "client= needs dask.distributed: pip install distributed (in a clone: pip install -e '.[distributed]')"
+        ) from None
+    try:
+        return Client(client, timeout=timeout), True
+    except OSError as err:
+        raise RuntimeError(f"cannot reach the scheduler at {client}: {err}") from None
