@@ -421,7 +421,9 @@ def test_progress_and_cancel_follow_the_shared_protocol(tmp_path, gray_identity)
             cancel.set()
 
     out = tmp_path / "ft.pth"
-    res = finetune(noisy, out, gray_identity, minutes=None, steps=50, axes="ZYX", progress=progress, cancel=cancel, **FAST)
+    res = finetune(
+        noisy, out, gray_identity, minutes=None, steps=50, axes="ZYX", progress=progress, cancel=cancel, **FAST
+    )
     # cancelling stops the run like its budget ending: the best model so far is saved, the result says stopped
     assert res.stopped and res.steps == 2 and out.is_file() and state_path(out).is_file()
     setup = [p for p in seen if p.stage == "setup"]
