@@ -10,7 +10,7 @@ import pytest
 import tifffile
 import torch
 import zarr
-from conftest import make_checkpoint
+from conftest import toy
 
 from napari_mirnet import finetune, restore
 from napari_mirnet.training import noise_correlation, state_path
@@ -18,19 +18,6 @@ from napari_mirnet.weights import read_checkpoint
 
 # tiny and fast: 32-px patches, 2 per step
 FAST = dict(patch=32, batch=2, lr=1e-3, device="cpu", val_patches=2)
-
-
-@pytest.fixture(scope="module")
-def gray_identity(tmp_path_factory) -> str:
-    """A 1->1 MIRNet-v2 (n_feat 16) that starts as the identity: its PSNR is the noisy input's."""
-    return make_checkpoint(tmp_path_factory.mktemp("w") / "gray_id.pth", identity=True, in_channels=1, out_channels=1)
-
-
-def toy(n=3, size=96, sigma=0.1, seed=0):
-    yy, xx = np.mgrid[0:size, 0:size]
-    clean = np.stack([0.5 + 0.3 * np.sin(xx / 9 + k) * np.cos(yy / 7) for k in range(n)]).astype(np.float32)
-    noisy = clean + np.random.default_rng(seed).normal(0, sigma, clean.shape).astype(np.float32)
-    return clean, noisy.astype(np.float32)
 
 
 def psnr(a, b):

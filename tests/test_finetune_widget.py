@@ -6,25 +6,12 @@ import time
 
 import numpy as np
 import pytest
-from conftest import make_checkpoint
+from conftest import toy
 
 from napari_mirnet import restore
 
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
-
-
-@pytest.fixture(scope="module")
-def gray_identity(tmp_path_factory) -> str:
-    """A 1->1 MIRNet-v2 (n_feat 16) that starts as the identity: its PSNR is the noisy input's."""
-    return make_checkpoint(tmp_path_factory.mktemp("w") / "gray_id.pth", identity=True, in_channels=1, out_channels=1)
-
-
-def toy(n=3, size=96, sigma=0.1, seed=0):
-    yy, xx = np.mgrid[0:size, 0:size]
-    clean = np.stack([0.5 + 0.3 * np.sin(xx / 9 + k) * np.cos(yy / 7) for k in range(n)]).astype(np.float32)
-    noisy = clean + np.random.default_rng(seed).normal(0, sigma, clean.shape).astype(np.float32)
-    return clean, noisy.astype(np.float32)
 
 
 @pytest.mark.gui
