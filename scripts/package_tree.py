@@ -35,6 +35,26 @@ def cycles(root: Path) -> list[tuple[str, str]]:
     return found
 
 
+def top_level_graph(root: Path) -> dict[str, list[str]]:
+    """For each of the package's top-level modules and subpackages, the others it imports."""
+    import grimp
+
+    sys.path.insert(0, str(root.parent))
+    graph = grimp.build_graph(root.name, cache_dir=None)
+    top = sorted({".".join(m.split(".")[:2]) for m in graph.modules if m != root.name})
+    edges = {}
+    for a in top:
+        inside = {m for m in graph.modules if m == a or m.startswith(a + ".")}
+        found = set()
+        for m in inside:
+            for b in graph.find_modules_directly_imported_by(m):
+                b2 = ".".join(b.split(".")[:2])
+                if b2 != a and b2 in top:
+                    found.add(b2.split(".", 1)[1])
+        edges[a.split(".", 1)[1]] = sorted(found)
+    return edges
+
+
 def main(argv: list[str]) -> int:
     root = Path(argv[0]) if argv else Path(__file__).resolve().parents[1] / "napari_mirnet"
     total = 0
@@ -46,6 +66,9 @@ def main(argv: list[str]) -> int:
     print("import cycles:", "none" if not found else "")
     for a, b in found:
         print(f"  {a} <-> {b}")
+    print("imports between top-level modules and subpackages (including imports inside functions):")
+    for a, bs in top_level_graph(root).items():
+        print(f"  {a:18s} -> {', '.join(bs) or '-'}")
     return 0
 
 
