@@ -12,9 +12,9 @@ every format, and the rule on existing outputs, is :mod:`napari_mirnet.outputs`'
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from typing import TYPE_CHECKING
+
+from ..lazy import lazy_names
 
 # where each public name lives: the package imports a module when a name is first used, so that
 # reading the options (the CLI's parser) does not import dask, the planner or the scheduler
@@ -70,15 +70,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _HOMES:
-        value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a module: engine.steps, engine.graph ...
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, {k: f".{v}" for k, v in _HOMES.items()}, submodules=True)

@@ -7,8 +7,7 @@ command line's parser reads, imports no torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_names
 
 # name -> the submodule that defines it
 _HOMES: dict[str, str] = {}
@@ -43,14 +42,4 @@ _home("output", "state_path", "check_output")
 __all__ = [n for n in _HOMES if not n.startswith("_")]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{home}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_HOMES))
+__getattr__, __dir__ = lazy_names(__name__, {k: f".{v}" for k, v in _HOMES.items()})

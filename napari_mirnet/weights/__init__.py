@@ -12,8 +12,7 @@ Importing this package does not import torch: the names that need it are loaded 
 
 from __future__ import annotations
 
-import importlib
-
+from ..lazy import lazy_names
 from .catalogue import (
     OFFICIAL_ASSETS,
     OFFICIAL_BASE_URL,
@@ -104,11 +103,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, cache=False)
