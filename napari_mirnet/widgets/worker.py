@@ -71,7 +71,7 @@ class BackgroundRun:
         self.worker = thread_worker(body, start_thread=False)(relay.report, self.cancel_event)
         if on_returned is not None:
             self.worker.returned.connect(on_returned)
-        self._relay, self._title, self._bar, self._stage, self._opening = relay, title, None, None, False
+        self._relay, self._title, self._bar, self._stage = relay, title, None, None
         if title is not None:
             relay.reported.connect(self._render)
             self.worker.finished.connect(self._finish)
@@ -79,7 +79,12 @@ class BackgroundRun:
             self.worker.finished.connect(on_finished)
 
     def start(self) -> BackgroundRun:
-        """Start the worker thread; returns itself."""
+        """Start the worker thread (and open the activity dock's bar first); returns itself."""
+        if self._title is not None:
+            # opened here, before the worker runs: napari processes Qt events while it builds a bar,
+            # which inside a slot of the worker's signals could run the worker's end (and its
+            # deletion) in the middle of that slot
+            self._bar = _ActivityBar(total=0, desc=self._title, cancel_callback=self.cancel)
         self.worker.start()
         return self
 
@@ -95,21 +100,19 @@ class BackgroundRun:
         return self.cancel_event.is_set()
 
     def _render(self, p: Progress) -> None:
-        """napari's activity dock: one bar per stage (set-up, then the run), as the CLI's tqdm bars."""
-        if self._opening:
-            return  # napari processes events while it builds a bar: the reports after this one update it
-        if self._bar is None or p.stage != self._stage:
-            self._close_bar()
+        """napari's activity dock: the bar opened at the start follows the stages (set-up, then the run)."""
+        bar = self._bar
+        if bar is None:  # closed: the run has ended
+            return
+        if p.stage != self._stage:
             desc = self._title if p.stage == "run" else f"{self._title} ({p.stage})"
-            self._opening = True
-            try:
-                self._bar = _ActivityBar(total=p.total, desc=desc, cancel_callback=self.cancel)
-            finally:
-                self._opening = False
+            if self._stage is not None or desc != self._title:  # the bar opened with the title
+                bar.set_description(desc)
             self._stage = p.stage
-        if self._bar.total != p.total:  # a resumed store: only its missing tiles run
-            self._bar.total = p.total
-        self._bar.update(p.done - self._bar.n)
+            bar.n = 0
+        if bar.total != p.total:  # a new stage, or a resumed store: only its missing tiles run
+            bar.total = p.total
+        bar.update(p.done - bar.n)
 
     def _close_bar(self) -> None:
         if self._bar is not None:
