@@ -16,19 +16,25 @@ from .geotiff_write import write_geotiff, writes_geotiff
 from .image import ImageSource
 from .omezarr import open_zarr, write_omezarr
 from .pictures import check_picture, open_picture, write_picture
+from .remote import open_remote
 from .tiff import check_tiff, open_tiff, write_tiff
+from .urls import is_url
 
 __all__ = ["IMAGE_SUFFIXES", "list_inputs", "open_image", "write_image"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".zarr")
 
 
-def open_image(path: str | os.PathLike, level=None) -> ImageSource:
+def open_image(path: str | os.PathLike, level=None, storage_options: dict | None = None) -> ImageSource:
     """Open an image file or zarr store without loading it (png/jpg are small and read whole).
 
     ``level`` picks a level of an OME-Zarr pyramid (an index, 0 = full resolution, or a dataset
     path); the default is level 0, or the level a path such as ``image.zarr/2`` points at.
+    ``path`` may be a URL (``http(s)://``, ``s3://``, ``gs://``, ``az://``): ``storage_options``
+    go to fsspec (e.g. ``{"client_kwargs": {"endpoint_url": ...}}`` for an S3-compatible server).
     """
+    if is_url(path):
+        return open_remote(path, level, storage_options)
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"input {p} does not exist")
@@ -48,10 +54,13 @@ def open_image(path: str | os.PathLike, level=None) -> ImageSource:
     return src
 
 
-def list_inputs(paths) -> list[Path]:
-    """Expand folders into the images they hold (zarr stores count as one image)."""
+def list_inputs(paths) -> list[Path | str]:
+    """Expand folders into the images they hold (zarr stores count as one image; URLs are kept as given)."""
     out = []
     for raw in paths:
+        if is_url(raw):  # a URL is one image; whether it exists is checked when it is opened
+            out.append(raw)
+            continue
         p = Path(raw)
         if (
             p.is_dir()
