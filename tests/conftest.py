@@ -151,3 +151,76 @@ def s3(s3_server, monkeypatch):
     # max_concurrency=1: s3fs otherwise asks a missing key's size, then lists its "folder"; moto 5.2.1
     # miscomputes the signature of a listing whose query holds "/" (Prefix="a/", Delimiter="/")
     return endpoint, {"client_kwargs": {"endpoint_url": endpoint}, "max_concurrency": 1}
+
+
+#: Any key/secret works on the open moto server; these are the tests' (never a real credential).
+OPEN_KEY, OPEN_SECRET = "open-key", "open-secret"
+
+
+@pytest.fixture(scope="session")
+def s3_open(tmp_path_factory):
+    """moto's S3 server WITHOUT signature checks (listing, writing, removing stores work): its endpoint."""
+    pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    from servers import start_moto_open
+
+    proc, endpoint = start_moto_open(tmp_path_factory.mktemp("moto-open"))
+    try:
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+class S3Bucket(tuple):
+    """``(endpoint, storage_options)``, plus ``.bucket`` (a fresh, existing bucket) and ``.url(key)``."""
+
+    bucket: str
+
+    def __new__(cls, endpoint: str, storage_options: dict, bucket: str):
+        self = super().__new__(cls, (endpoint, storage_options))
+        self.bucket = bucket
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        return self[0]
+
+    @property
+    def storage_options(self) -> dict:
+        return self[1]
+
+    def url(self, key: str = "") -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def client(self):
+        """A boto3 S3 client on the server (for uploading test data with put_object)."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self[0],
+            region_name="us-east-1",
+            aws_access_key_id=OPEN_KEY,
+            aws_secret_access_key=OPEN_SECRET,
+        )
+
+
+@pytest.fixture
+def s3_bucket(s3_open, request) -> S3Bucket:
+    """A fresh bucket on the open moto server: unpacks as ``(endpoint, storage_options)``; ``.bucket``,
+    ``.url(key)`` -> ``s3://bucket/key``, ``.client()`` -> boto3. The options carry the key/secret, so the
+    user's AWS environment plays no part."""
+    import re
+    import uuid
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:30].strip("-")
+    bucket = f"{name}-{uuid.uuid4().hex[:8]}"
+    options = {
+        "key": OPEN_KEY,
+        "secret": OPEN_SECRET,
+        "client_kwargs": {"endpoint_url": s3_open, "region_name": "us-east-1"},
+    }
+    out = S3Bucket(s3_open, options, bucket)
+    out.client().create_bucket(Bucket=bucket)
+    return out

@@ -74,14 +74,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_moto(tmp_dir):
-    """moto_server with signatures checked: an IAM user with an allow-all policy is made in the first
-    unauthenticated calls. Returns (process, endpoint, key id, secret)."""
-    import boto3
-
+def _launch_moto(tmp_dir, env: dict, log_name: str):
+    """Start ``python -m moto.server`` on a free port and wait until it answers; returns (process, endpoint)."""
     port = free_port()
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"}
-    log = open(os.path.join(tmp_dir, "moto.log"), "wb")  # noqa: SIM115 (kept open for the server's life)
+    log = open(os.path.join(tmp_dir, log_name), "wb")  # noqa: SIM115 (kept open for the server's life)
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env, stdout=log, stderr=log
     )
@@ -91,12 +87,20 @@ def start_moto(tmp_dir):
         try:
             # /moto-api/ does not count as an action (the count is for IAM/S3 calls only)
             urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).read()
-            break
+            return proc, endpoint
         except OSError:
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
                 raise RuntimeError(f"moto_server did not start (see {log.name})") from None
             time.sleep(0.2)
+
+
+def start_moto(tmp_dir):
+    """moto_server with signatures checked: an IAM user with an allow-all policy is made in the first
+    unauthenticated calls. Returns (process, endpoint, key id, secret)."""
+    import boto3
+
+    proc, endpoint = _launch_moto(tmp_dir, {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"}, "moto.log")
     iam = boto3.client(
         "iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
     )
@@ -105,3 +109,10 @@ def start_moto(tmp_dir):
     iam.put_user_policy(UserName="tester", PolicyName="all", PolicyDocument=policy)
     key = iam.create_access_key(UserName="tester")["AccessKey"]
     return proc, endpoint, key["AccessKeyId"], key["SecretAccessKey"]
+
+
+def start_moto_open(tmp_dir):
+    """moto_server WITHOUT signature checks (any key/secret is accepted): listing with a "/" prefix works
+    there (the signature-checking server rejects it). Returns (process, endpoint)."""
+    env = {k: v for k, v in os.environ.items() if k != "INITIAL_NO_AUTH_ACTION_COUNT"}
+    return _launch_moto(tmp_dir, env, "moto-open.log")

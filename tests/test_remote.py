@@ -113,3 +113,23 @@ def test_missing_filesystem_package_is_named(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gcsfs" else real(name, *a))
     with pytest.raises(ImportError, match="gcsfs"):
         open_image("gs://bucket/img.zarr")
+
+
+def test_source_of_a_url_is_named_by_its_redacted_url(http_zarr):
+    from napari_mirnet.engine.source import open_source
+
+    secret_url = http_zarr.replace("http://", "http://alice:hunter22@")
+    src = open_source(secret_url, None, False, storage_options={})
+    assert src.name == http_zarr and src.paths == (http_zarr,)
+    assert "hunter22" not in repr(src.name) + repr(src.paths)
+
+
+def test_open_moto_bucket_lists_and_removes(s3_bucket):
+    import s3fs
+
+    endpoint, options = s3_bucket
+    fs = s3fs.S3FileSystem(**options, skip_instance_cache=True)
+    fs.pipe(f"{s3_bucket.bucket}/a/b/c.txt", b"hi")
+    assert fs.ls(f"{s3_bucket.bucket}/a/") and fs.find(s3_bucket.bucket)
+    fs.rm(f"{s3_bucket.bucket}/a", recursive=True)
+    assert not fs.exists(f"{s3_bucket.bucket}/a/b/c.txt")

@@ -169,18 +169,20 @@ def prepare(
     options: RestoreOptions = RestoreOptions(),
     client=None,
     level=None,
+    storage_options: dict | None = None,
 ) -> RestorationRun:
     """Open the input and decide the run: axes, weights, intensity mapping, channels, tile plan.
 
     With a dask.distributed ``client`` the model is loaded on the CPU here only to read its
-    config; the workers own the devices. ``level`` picks a level of an OME-Zarr input.
+    config; the workers own the devices. ``level`` picks a level of an OME-Zarr input;
+    ``storage_options`` (fsspec options) open an input URL.
     """
     from ..weights import cached_model  # torch: the model is loaded here, not when the engine is imported
     from . import accelerate
 
     spec = get_task(task)
     factor = spec.check_scale(scale if scale is not None else spec.scales[0])
-    source = open_source(image, axes, spec.dual_pixel, client, level)
+    source = open_source(image, axes, spec.dual_pixel, client, level, storage_options)
     n_c = source.size("C")
     layout = None if spec.dual_pixel else channel_layout(n_c, source.meta.channels, source.axes, options.rgb)
     order = None if spec.dual_pixel else channel_order(n_c, source.meta.channels)

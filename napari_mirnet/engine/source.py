@@ -12,6 +12,7 @@ import numpy as np
 from .. import io as mio
 from .. import xarrays as _xr
 from ..axes import infer_axes, to_cyx_order, validate_axes
+from ..io.urls import is_url, redact
 from ..metadata import ImageMeta
 from ..processing import check_dtype
 
@@ -69,21 +70,26 @@ class Source:
         return list(self.arrays)
 
 
-def open_source(image, axes: str | None, dual_pixel: bool, client=None, level=None) -> Source:
-    """Accept numpy, dask, zarr, array-likes and paths (or a pair of those for dual-pixel).
+def open_source(
+    image, axes: str | None, dual_pixel: bool, client=None, level=None, storage_options: dict | None = None
+) -> Source:
+    """Accept numpy, dask, zarr, array-likes, paths and URLs (or a pair of those for dual-pixel).
 
-    ``level`` picks the level of an OME-Zarr pyramid a path points at (see ``io.open_image``).
+    ``level`` picks the level of an OME-Zarr pyramid a path points at (see ``io.open_image``);
+    ``storage_options`` go to fsspec/GDAL for a URL. A URL's name is its redacted form (no credentials).
     """
     if dual_pixel:
-        return _open_pair(image, axes, client, level)
+        return _open_pair(image, axes, client, level, storage_options)
     meta, name = ImageMeta(), None
     if _xr.is_dataarray(image):  # dims say the axes, coordinates the pixel size and position
         image, axes, meta = _xr.from_dataarray(image, axes)
     elif isinstance(image, mio.ImageSource):  # an array with what its pixels mean (napari layers)
         image, meta, axes = image.array, image.meta, axes or image.axes
     if isinstance(image, (str, os.PathLike)):
-        src = mio.open_image(image, level=level)
-        image, meta, name = src.array, src.meta, str(image)
+        src = mio.open_image(image, level=level, storage_options=storage_options)
+        # a URL's name feeds messages and the fingerprint: never its credentials
+        name = redact(image) if is_url(image) else str(image)
+        image, meta = src.array, src.meta
         if axes is None:
             axes = src.axes
     elif level is not None:
@@ -100,11 +106,11 @@ def open_source(image, axes: str | None, dual_pixel: bool, client=None, level=No
     return Source((image,), axes, meta.replace(axes=axes), kind, name, eager, paths)
 
 
-def _open_pair(image, axes: str | None, client, level) -> Source:
+def _open_pair(image, axes: str | None, client, level, storage_options=None) -> Source:
     """The (left, right) views of a dual-pixel input as one source of two arrays."""
     if not isinstance(image, (tuple, list)) or len(image) != 2:
         raise ValueError("the defocus task takes a (left, right) pair of images")
-    lv, rv = (open_source(v, axes, False, client, level) for v in image)
+    lv, rv = (open_source(v, axes, False, client, level, storage_options) for v in image)
     if lv.shape != rv.shape or lv.dtype != rv.dtype:
         raise ValueError(f"left and right views must match: {lv.shape} {lv.dtype} vs {rv.shape} {rv.dtype}")
     kinds = {lv.kind, rv.kind}
