@@ -1,5 +1,8 @@
 """Getting a local file for any weights: official names and URLs downloaded into the cache once, and checked.
 
+URLs: http(s):// and object stores (s3://, gs://, az://: fsspec, credentials and endpoint from the
+environment); on a cluster with no shared disk each worker downloads them once into its own cache.
+
 A download only reaches the cache after it passed every check of :mod:`.checkpoint`, with its
 SHA-256 recorded beside it (:mod:`.files`); every later use checks the cached file against that
 record. Nothing that this module did not write itself is ever deleted. The messages say what to do,
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import sys
 import tempfile
 import threading
@@ -21,9 +25,19 @@ from . import checkpoint as ck
 from .catalogue import OFFICIAL_ASSETS, OFFICIAL_LICENCE, PUBLISHED_SHA256, cached_path, official_url, shipped_models
 from .checkpoint import local_checkpoint, read_bytes
 from .errors import OfficialWeightsNotice, WeightsError
-from .files import CHECKPOINT_SUFFIXES, read_record, record_path, write_record
+from .files import CHECKPOINT_SUFFIXES, file_sha256, read_record, record_path, workers_missing, write_record
 
-__all__ = ["fetch", "load_checked", "locate", "resolve"]
+__all__ = ["OBJECT_SCHEMES", "check_workers_see", "fetch", "load_checked", "locate", "resolve"]
+
+#: Object stores whose weights are downloaded through fsspec (s3fs, gcsfs, adlfs).
+OBJECT_SCHEMES = ("s3", "gs", "gcs", "az", "abfs")
+#: The filesystem package fsspec needs per object-store scheme, named when it is missing.
+_PACKAGES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
+#: What to do when a worker cannot read a weights file (said where a file is missing).
+CLUSTER_ADVICE = (
+    "on a cluster whose workers do not share this disk, put the weights at a URL that every worker can read "
+    "(weights='s3://bucket/model.pth' or 'https://...'; each worker downloads it once into its own cache)"
+)
 
 _licence_shown = False
 _licence_lock = threading.Lock()
@@ -115,7 +129,8 @@ def fetch(name_or_url: str, *, progress: bool = True, verify: bool = True) -> Pa
     Parameters
     ----------
     name_or_url : str
-        An official asset name, an http(s) URL, or a ``file://`` URL (used in place, not copied).
+        An official asset name, an http(s) URL, an object-store URL (``s3://``, ``gs://``, ``az://``;
+        credentials from the environment), or a ``file://`` URL (used in place, not copied).
     progress : bool
         Show a progress bar on stderr while downloading.
     verify : bool
@@ -143,10 +158,11 @@ def fetch(name_or_url: str, *, progress: bool = True, verify: bool = True) -> Pa
             if verify:
                 load_checked(path, str(path))
             return path
-        if scheme not in ("http", "https"):
+        if scheme not in ("http", "https", *OBJECT_SCHEMES):
             raise WeightsError(
-                f"cannot download {text}: only http://, https:// and file:// addresses are supported; "
-                "download it yourself and pass the local file"
+                f"cannot download {_shown(text)}: only http://, https:// and file:// addresses and the object stores "
+                f"{', '.join(s + '://' for s in OBJECT_SCHEMES)} are supported; download it yourself and pass the "
+                "local file"
             )
         official, url = None, text
     else:
@@ -197,8 +213,54 @@ def _unreachable_text(err, url: str, target: Path) -> str:
     return f"copy {url} to {target} by hand, or use a local file as the weights (could not download: {why})"
 
 
+def _shown(url: str) -> str:
+    """``url`` as a message may show it: no ``user:password@``, no query (pre-signed URLs carry secrets there)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}{'' if parts.port is None else f':{parts.port}'}{parts.path}"
+
+
+def _stream_object(url: str, fh, target: Path) -> None:
+    """Write the object at ``url`` (s3://, gs://, az://) to ``fh`` through fsspec, refusing an oversized one."""
+    scheme = urlsplit(url).scheme.lower()
+    shown, most = _shown(url), ck.MAX_CHECKPOINT_BYTES
+    try:
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(url)
+        size = fs.size(path)
+        if size is not None and size > most:
+            raise WeightsError(
+                f"{shown} is {ck.size_text(size)}, more than any MIRNet-v2 checkpoint "
+                f"(at most {ck.size_text(most)}): not downloaded; check the address"
+            )
+        with fs.open(path, "rb") as src:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                fh.write(block)
+    except ImportError as err:
+        package = _PACKAGES.get(scheme, "fsspec")
+        raise WeightsError(f"downloading {shown} needs the {package} package: pip install {package}") from err
+    except FileNotFoundError as err:
+        raise WeightsError(f"cannot download {shown}: there is no such object; check the address") from err
+    except PermissionError as err:
+        raise WeightsError(
+            f"cannot download {shown}: access denied. Give every process that loads the weights (each worker of "
+            "a cluster) credentials in its environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
+            "an instance role), or make the object readable"
+        ) from err
+    except OSError as err:
+        # the library's text may quote request details: the type names the failure, __cause__ keeps the rest
+        raise WeightsError(
+            f"cannot download {shown} ({type(err).__name__}); check the address and the network, or copy the "
+            f"file to {target} by hand"
+        ) from err
+
+
 def _stream(url: str, fh, target: Path, *, official: str | None, progress: bool) -> None:
     """Write the body at ``url`` to ``fh``, refusing an oversized or cut-short one; a tqdm bar on stderr."""
+    if urlsplit(url).scheme.lower() in OBJECT_SCHEMES:
+        _stream_object(url, fh, target)
+        return
     import requests
     from tqdm.auto import tqdm
 
@@ -290,7 +352,7 @@ def resolve(weights: str | os.PathLike) -> tuple[Path, str | None, bool]:
     if path.exists() or path.is_symlink():
         return path, None, False
     if path.suffix.lower() in CHECKPOINT_SUFFIXES or os.sep in text or "/" in text:
-        raise WeightsError(f"weights file {path} does not exist")
+        raise WeightsError(f"weights file {path} does not exist on {socket.gethostname()}; {CLUSTER_ADVICE}")
     names = ", ".join([*shipped, *OFFICIAL_ASSETS])
     raise WeightsError(f"weights {text!r} is not a file, a URL, or a known model name ({names})")
 
@@ -309,3 +371,19 @@ def locate(weights: str | os.PathLike) -> Path:
         The file (not checked: loading it does that).
     """
     return resolve(weights)[0]
+
+
+def check_workers_see(weights: str | os.PathLike, client) -> None:
+    """Refuse, before a cluster run starts, a local weights file that some worker of ``client`` lacks.
+
+    Shipped names resolve inside each worker's package and each worker downloads URLs itself; a
+    local path must be the same file on every worker (a shared disk), else the run would fail on
+    the workers after its output was created. Raises WeightsError naming those workers.
+    """
+    text = str(weights)
+    if text in shipped_models() or text in OFFICIAL_ASSETS or "://" in text:
+        return
+    path = str(Path(text).expanduser().resolve())
+    missing = workers_missing(client, path, file_sha256(path))
+    if missing:
+        raise WeightsError(f"weights file {path} is not on worker(s) {', '.join(missing)}; {CLUSTER_ADVICE}")

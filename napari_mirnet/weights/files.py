@@ -37,6 +37,7 @@ __all__ = [
     "is_model_file",
     "read_record",
     "record_path",
+    "workers_missing",
     "write_record",
 ]
 
@@ -105,6 +106,20 @@ def file_identity(path: str | os.PathLike) -> tuple[int, ...]:
 
 def _racy(identity: tuple[int, ...], seen_ns: int) -> bool:
     return max(identity[3], identity[4]) > seen_ns - RACY_NS
+
+
+def _same_file(path: str, sha256: str) -> bool:
+    # runs on a worker: False for a file that is missing, unreadable or holds other bytes
+    try:
+        return file_sha256(path) == sha256
+    except OSError:
+        return False
+
+
+def workers_missing(client, path: str, sha256: str) -> list[str]:
+    """The addresses of the dask.distributed workers of ``client`` that do not have ``path`` with ``sha256``."""
+    seen = client.run(_same_file, path, sha256)
+    return sorted(addr for addr, ok in seen.items() if not ok)
 
 
 # ----------------------------------------------------------------------------- download records
