@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .io import open_image, store_name, write_image
+from .io.urls import is_url, redact
 from .metadata import RGB_COLOURS, Channel
 from .widgets.layers import layer_axes, layer_meta
 
@@ -82,7 +83,11 @@ def get_reader(path):
 
 
 def read_ome_zarr(path: str) -> list[tuple]:
-    """One image layer: every level of the store's first multiscale image (lazy), with its metadata."""
+    """One image layer: every level of the store's first multiscale image (lazy), with its metadata.
+
+    ``path`` may be a URL (``https://``, ``s3://``...): read chunk by chunk as napari views it, with
+    credentials from the environment (napari passes no storage options).
+    """
     import dask.array as da
 
     first = open_image(path)
@@ -96,8 +101,10 @@ def read_ome_zarr(path: str) -> list[tuple]:
     levels = [da.from_zarr(a) if not isinstance(a, da.Array) else a for a in levels]
     chans = list(meta.channels)
     rgb = "C" in axes and [c.color for c in chans[:3]] == list(RGB_COLOURS) and len(chans) in (3, 4)
-    # a store without an image name is named by its folder, never by its whole path
-    kwargs: dict = {"name": meta.name or store_name(path), "multiscale": len(levels) > 1}
+    # a store without an image name is named by its folder, never by its whole path or URL (the
+    # reader names a remote image by its redacted URL)
+    name = meta.name if meta.name and not is_url(meta.name) else store_name(redact(path) if is_url(path) else path)
+    kwargs: dict = {"name": name, "multiscale": len(levels) > 1}
     if rgb:  # napari wants the colour axis last
         c = axes.index("C")
         levels = [da.moveaxis(lv, c, -1) for lv in levels]

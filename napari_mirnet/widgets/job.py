@@ -7,6 +7,8 @@ the worker's body, which turns every failure into a message. Imports no Qt.
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 from dataclasses import dataclass, field
 
@@ -20,9 +22,13 @@ __all__ = [
     "OUTPUT_ZARR",
     "Job",
     "check_fits_in_memory",
+    "job_urls",
     "lazy_pyramid",
+    "parse_storage_options",
     "run_job",
+    "scrub",
     "work",
+    "zarr_output",
 ]
 
 OUTPUT_NOW = "new layer, computed now"
@@ -51,6 +57,9 @@ class Job:
     pixel_size: tuple | None = None
     pyramid: bool = False
     qc: bool = False  # also the residual and trust map (denoise): run_job returns (data, QualityReport)
+    # fsspec options for a URL output (None: from the environment); kept out of repr, which logs may show
+    storage_options: dict | None = field(default=None, repr=False)
+    urls: tuple = ()  # the job's URLs (input layer's source, output), as messages must redact them
 
 
 def _engine():
@@ -76,6 +85,10 @@ def run_job(job: Job, progress=None, cancel: threading.Event | None = None):
         out = [_api().restore_lazy(level, **common) for level in levels]
         return out if job.pyramid else out[0]
     if job.output == OUTPUT_ZARR:
+        from ..io.urls import is_url
+
+        if job.storage_options is not None or is_url(job.zarr_path):
+            common["storage_options"] = job.storage_options
         out = _api().restore(
             job.image, **common, out=job.zarr_path, overwrite=job.overwrite, progress=progress, cancel=cancel, qc=job.qc
         )
@@ -100,6 +113,36 @@ def run_job(job: Job, progress=None, cancel: threading.Event | None = None):
         out = np.asarray(out)
         return out, quality.run_qc(run, out, compute=lambda c: eng.compute(c, run))
     return np.asarray(out)
+
+
+def zarr_output(value) -> str:
+    """The OME-Zarr output field's value (a ``Path``, or a ``str`` URL) as ``restore(out=...)`` takes it.
+
+    An http(s) URL (read-only) and a path that is not a store are refused before any work.
+    """
+    from ..io.urls import is_url, redact
+    from ..outputs import is_store
+
+    text = str(value or "").strip()
+    if not text or text == ".":
+        raise InputError("choose a path for the OME-Zarr output (e.g. result.zarr or s3://bucket/result.zarr)")
+    url = is_url(text)
+    if url and text.split("://", 1)[0].lower() in ("http", "https"):
+        raise InputError(
+            f"cannot write the OME-Zarr output to {redact(text)}: http(s) URLs are read-only; "
+            "choose a local path or an s3://, gs:// or az:// URL"
+        )
+    if not is_store(text):  # restore(out=...) would write that format instead of the store chosen
+        raise InputError(f"the OME-Zarr output's path must end in .zarr (got {redact(text) if url else text!r})")
+    return text if url else str(value)
+
+
+def job_urls(layers, out: str | None) -> tuple:
+    """The URLs a job's messages must redact: the input layers' sources and the output."""
+    from ..io.urls import is_url
+    from .layers import source_url
+
+    return tuple(u for u in [*(source_url(layer) for layer in layers), out] if u and is_url(u))
 
 
 def check_fits_in_memory(shape, dtype: np.dtype, axes: str, factor: int = 1) -> None:
@@ -150,8 +193,9 @@ def work(job: Job, report, cancel: threading.Event):
         if isinstance(err, (KeyboardInterrupt, SystemExit)):
             raise
         if isinstance(err, MemoryError) or "out of memory" in str(err).lower():
-            return "error", f"out of memory ({err}); choose a smaller tile under advanced options"
-        return "error", (_error_line(err), _error_detail(err))
+            return "error", scrub(f"out of memory ({err}); choose a smaller tile under advanced options", job)
+        # a library's message may quote a URL or an option: the status line, tooltip and log must not
+        return "error", (scrub(_error_line(err), job), scrub(_error_detail(err), job))
 
 
 def _error_line(err: BaseException) -> str:
@@ -168,3 +212,77 @@ def _error_detail(err: BaseException) -> str | None:
         causes.append(f"{type(cause).__name__}: {cause}")
         cause = cause.__cause__ or cause.__context__
     return "\n".join(["caused by:", *causes]) if causes else None
+
+
+def scrub(text: str | None, job: Job) -> str | None:
+    """``text`` with the job's URLs redacted and no storage option value in it (messages, logs)."""
+    if text is None:
+        return None
+    from ..io.urls import redact
+
+    for url in job.urls:
+        text = text.replace(url, redact(url))
+    for value in _option_strings(job.storage_options):
+        if len(value) >= 4:  # shorter ones (e.g. "1") would blank out unrelated text
+            text = text.replace(value, "***")
+    return text
+
+
+def _option_strings(obj):
+    if isinstance(obj, dict):
+        for value in obj.values():
+            yield from _option_strings(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _option_strings(value)
+    elif isinstance(obj, str):
+        yield obj
+
+
+# keys whose values stay text (a numeric-looking secret must not become an int)
+_SECRET_KEY = re.compile(r"(key|secret|token|password|credential|sas|sig)", re.IGNORECASE)
+
+
+def parse_storage_options(text: str | None) -> dict | None:
+    """The widget's storage options: a JSON object, or ``KEY=VALUE`` lines; None when empty.
+
+    A dotted key nests (``client_kwargs.endpoint_url=http://127.0.0.1:9000``); ``true``/``false``
+    and whole numbers become bool and int unless the key names a secret. Empty: fsspec reads the
+    environment (``AWS_*``, profiles). Errors name the line and key, never a value.
+    """
+    text = (text or "").strip()
+    if not text:
+        return None
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InputError(
+                f"storage options are not valid JSON (line {err.lineno}, column {err.colno}); "
+                "write a JSON object or KEY=VALUE lines"
+            ) from None
+        if not isinstance(value, dict):
+            raise InputError("storage options must be a JSON object ({...}) or KEY=VALUE lines")
+        return value
+    options: dict = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = (part.strip() for part in line.partition("="))
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise InputError(f"storage options: line {n} is not KEY=VALUE; write KEY=VALUE lines or a JSON object")
+        *groups, last = key.split(".")
+        node = options
+        for group in groups:
+            node = node.setdefault(group, {})
+            if not isinstance(node, dict):
+                raise InputError(f"storage options: line {n}: {group!r} is given both a value and sub-keys")
+        node[last] = value if _SECRET_KEY.search(last) else _option_value(value)
+    return options
+
+
+def _option_value(text: str):
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return int(text) if re.fullmatch(r"-?\d+", text) else text

@@ -22,6 +22,7 @@ __all__ = [
     "left_right_pair",
     "level0",
     "result_layer_kwargs",
+    "source_url",
 ]
 
 
@@ -166,8 +167,36 @@ def _visible_yx(layer, viewer, min_size: int = 32):
     return tuple(int(v) for v in start), tuple(int(v) for v in stop)
 
 
+def source_url(layer) -> str | None:
+    """The URL the layer was opened from (napari's ``layer.source.path``, as the user typed it, with
+    any credentials), or None for a local file or a layer made in Python."""
+    from ..io.urls import is_url
+
+    path = getattr(getattr(layer, "source", None), "path", None)
+    return str(path) if is_url(str(path or "")) else None
+
+
+def _redacted(value, url: str | None):
+    """Layer metadata copied into a result: every URL in it redacted (the source's own URL above all)."""
+    from ..io.urls import is_url, redact
+
+    if isinstance(value, dict):
+        return {k: _redacted(v, url) for k, v in value.items()}
+    if type(value) in (list, tuple):  # not a namedtuple: its fields are not a sequence to rebuild
+        return type(value)(_redacted(v, url) for v in value)
+    if isinstance(value, str):
+        value = value.replace(url, redact(url)) if url else value
+        return redact(value) if is_url(value) else value
+    return value
+
+
 def result_layer_kwargs(layer, task: str, scale: int | None, offset=None, preview: bool = False) -> dict:
-    """Name, scale, translate, axis labels, metadata ... of the result, from the input layer."""
+    """Name, scale, translate, axis labels, metadata ... of the result, from the input layer.
+
+    A layer opened from a URL is named in the metadata (``mirnet.source``) by its redacted URL; no
+    credential of it reaches the result's name or metadata.
+    """
+    from ..io.urls import redact
     from ..metadata import ImageMeta
 
     # copies: np.asarray would hand back the layer's own arrays, and the lines below would move
@@ -186,12 +215,14 @@ def result_layer_kwargs(layer, task: str, scale: int | None, offset=None, previe
     out_scale[-2:] = yx.scale["Y"], yx.scale["X"]
     translate[-2:] = yx.translation["Y"], yx.translation["X"]
     suffix = f"SR x{factor}" if task == "super_resolution" else _SUFFIX[task]
-    name = f"{layer.name} {suffix}" + (" preview" if preview else "")
+    url = source_url(layer)
+    name = _redacted(f"{layer.name} {suffix}" + (" preview" if preview else ""), url)
+    source = redact(url) if url else layer.name
     kwargs = dict(
         name=name,
         scale=tuple(out_scale),
         translate=tuple(translate),
-        metadata={**dict(layer.metadata), "mirnet": {"task": task, "source": layer.name, "scale": factor}},
+        metadata={**_redacted(dict(layer.metadata), url), "mirnet": {"task": task, "source": source, "scale": factor}},
         rgb=layer.rgb,
         # explicit limits: napari would otherwise compute the lazy result to find them
         contrast_limits=tuple(layer.contrast_limits),

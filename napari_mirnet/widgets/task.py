@@ -14,7 +14,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .choices import AUTO_WEIGHTS, LOCAL_FILE, auto_weights, official_to_download
-from .job import OUTPUT_LAZY, OUTPUT_NOW, OUTPUT_ZARR, PYRAMID_ABOVE, Job, check_fits_in_memory, lazy_pyramid, work
+from .job import (
+    OUTPUT_LAZY,
+    OUTPUT_NOW,
+    OUTPUT_ZARR,
+    PYRAMID_ABOVE,
+    Job,
+    check_fits_in_memory,
+    job_urls,
+    lazy_pyramid,
+    parse_storage_options,
+    work,
+    zarr_output,
+)
 from .layers import (
     InputError,
     add_qc_layers,
@@ -99,17 +111,8 @@ class TaskWidget(TaskForm):
         return layers
 
     def _zarr_out(self) -> str | None:
-        """The OME-Zarr output's path (None for the other outputs); the library says what a store is."""
-        if self.output.value != OUTPUT_ZARR:
-            return None
-        text = str(self.zarr_path.value or "").strip()
-        if not text or text == ".":
-            raise InputError("choose a path for the OME-Zarr output (e.g. result.zarr)")
-        from ..outputs import is_store
-
-        if not is_store(text):  # restore(out=...) would write that format instead of the store chosen
-            raise InputError(f"the OME-Zarr output's path must end in .zarr (got {text!r})")
-        return str(self.zarr_path.value)
+        """The OME-Zarr output's path or URL (None for the other outputs)."""
+        return zarr_output(self.zarr_path.value) if self.output.value == OUTPUT_ZARR else None
 
     def make_job(self) -> Job:
         """Check the choices and gather a :class:`Job`; raises :class:`InputError` with a message."""
@@ -119,6 +122,7 @@ class TaskWidget(TaskForm):
         scale = self._scale_value()
         output = self.output.value
         zarr_path = self._zarr_out()
+        storage_options = parse_storage_options(self.storage_options.value)
         preview = bool(self.preview.value)
         qc = bool(self.qc.value) and self.task == "denoise"
         if qc and output == OUTPUT_LAZY:
@@ -164,6 +168,8 @@ class TaskWidget(TaskForm):
             pixel_size=tuple(float(v) for v in ref.scale) + ((1.0,) if ref.rgb else ()),
             pyramid=pyramid,
             qc=qc,
+            storage_options=storage_options,
+            urls=job_urls(layers, zarr_path),
         )
 
     # -- running

@@ -9,8 +9,19 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    TextEdit,
+)
 
+from ..io.urls import is_url
 from ..tasks import get_task
 from .choices import AUTO_WEIGHTS, LOCAL_FILE, device_choices, device_status, weights_choices, weights_note
 from .job import OUTPUT_LAZY, OUTPUT_NOW, OUTPUT_ZARR
@@ -19,9 +30,34 @@ from .qt_fixes import auto_at_minimum, box, breakable, compact_combo, share_dock
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["TaskForm"]
+__all__ = ["PathOrUrlEdit", "TaskForm"]
 
 _OUTPUT_CHOICES = [("new layer", OUTPUT_NOW), ("lazy layer", OUTPUT_LAZY), ("OME-Zarr", OUTPUT_ZARR)]
+
+
+class PathOrUrlEdit(FileEdit):
+    """A file field that also takes a URL (``s3://bucket/out.zarr``): its value is then the text as
+    typed (a ``str``), since a ``Path`` would collapse the URL's ``//``; a local path stays a ``Path``."""
+
+    def get_value(self):
+        text = self.line_edit.value.strip()
+        return text if is_url(text) else super().get_value()
+
+    def set_value(self, value) -> None:
+        if isinstance(value, str) and is_url(value.strip()):
+            self.line_edit.value = value.strip()
+        else:
+            super().set_value(value)
+
+    def _on_choose_clicked(self) -> None:
+        text = self.line_edit.value
+        if not is_url(text.strip()):
+            return super()._on_choose_clicked()
+        self.line_edit.value = ""  # the file dialog cannot start at a URL
+        super()._on_choose_clicked()
+        if not self.line_edit.value:  # cancelled: the URL stays
+            self.line_edit.value = text
+        return None
 
 
 class TaskForm(Container):
@@ -75,9 +111,13 @@ class TaskForm(Container):
         self.output = ComboBox(label="output", choices=_OUTPUT_CHOICES, value=OUTPUT_NOW)
         self.output.tooltip = (
             "new layer: computed now. lazy layer: computed tile by tile as napari shows it. "
-            "OME-Zarr: written to disk (an unfinished store from the same settings is resumed)."
+            "OME-Zarr: written to disk or object storage (an unfinished store from the same settings is resumed)."
         )
-        self.zarr_path = FileEdit(label="path", mode="w", filter="*.zarr")
+        self.zarr_path = PathOrUrlEdit(label="path", mode="w", filter="*.zarr")
+        self.zarr_path.tooltip = (
+            "A local .zarr path, or a URL of a writable store: s3://bucket/out.zarr (also gs://, az://); "
+            "credentials from the environment or the storage options under advanced options."
+        )
         form += [self.weights, self.weights_file, self.weights_note, self.device, self.device_label]
         form += [self.output, self.zarr_path]
         for combo in form:
@@ -130,7 +170,15 @@ class TaskForm(Container):
             "Average the model over the 8 flipped and rotated images: slightly better results (about "
             "+0.1 dB for the shipped denoisers) for 8x the compute."
         )
+        self.storage_options = TextEdit(label="storage options", value="")
+        self.storage_options.tooltip = (
+            "fsspec options for a URL output (s3://, gs://, az://): a JSON object, or KEY=VALUE lines "
+            "(a dotted key nests: client_kwargs.endpoint_url=http://127.0.0.1:9000). Empty: from the "
+            "environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, profiles...). Never shown in messages."
+        )
+        self.storage_options.native.setMaximumHeight(64)  # a few lines; the form stays compact
         fields = [self.tile, self.halo, self.blend, self.precision, self.normalisation, self.tta]
+        fields.append(self.storage_options)
         self._advanced_box = box(fields, labels=True, margins=(12, 0, 0, 0))
         return [self.advanced, self._advanced_box]
 
