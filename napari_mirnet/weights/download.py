@@ -383,7 +383,7 @@ def check_workers_see(weights: str | os.PathLike, client) -> None:
     text = str(weights)
     if text in shipped_models() or text in OFFICIAL_ASSETS or "://" in text:
         return
-    path = str(Path(text).expanduser().resolve())
-    missing = workers_missing(client, path, file_sha256(path))
+    # the path as the run's tasks carry it: a relative one is relative to each worker's own folder
+    missing = workers_missing(client, text, file_sha256(Path(text).expanduser()))
     if missing:
-        raise WeightsError(f"weights file {path} is not on worker(s) {', '.join(missing)}; {CLUSTER_ADVICE}")
+        raise WeightsError(f"weights file {text} is not on worker(s) {', '.join(missing)}; {CLUSTER_ADVICE}")

@@ -111,7 +111,7 @@ def _racy(identity: tuple[int, ...], seen_ns: int) -> bool:
 def _same_file(path: str, sha256: str) -> bool:
     # runs on a worker: False for a file that is missing, unreadable or holds other bytes
     try:
-        return file_sha256(path) == sha256
+        return file_sha256(os.path.expanduser(path)) == sha256
     except OSError:
         return False
 
