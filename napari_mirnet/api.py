@@ -103,14 +103,16 @@ def restore(
     accelerate: str = "auto",
     rgb: bool | None = None,
     qc=False,
+    storage_options: dict | None = None,
 ):
     """Restore an image of any size with MIRNet-v2, tile by tile, in the input's dtype and range.
 
     Parameters
     ----------
-    image : array-like, path, or (left, right) pair
-        numpy, dask or zarr array, xarray DataArray, or a path (tif, png, jpg, zarr, OME-Zarr); a
-        ``(left, right)`` pair for ``task='defocus'``.
+    image : array-like, path, URL, or (left, right) pair
+        numpy, dask or zarr array, xarray DataArray, or a path (tif, png, jpg, zarr, OME-Zarr) or
+        URL (``s3://``, ``gs://``, ``az://``, ``https://``); a ``(left, right)`` pair for
+        ``task='defocus'``.
     task : str
         ``denoise``, ``super_resolution``, ``lowlight``, ``enhance`` or ``defocus``.
     weights : str or path, optional
@@ -158,7 +160,14 @@ def restore(
         ``.tif`` (``.ome.tif``), an OME-TIFF (ImageJ TIFF for an ImageJ input, GeoTIFF/COG for a
         georeferenced one; a lazy input is computed into a hidden resumable store beside it
         first); ``.png`` or ``.jpg``, a 2-D picture. The input's metadata (pixel size, units,
-        channels, georeferencing, nodata) and the settings are recorded in the file.
+        channels, georeferencing, nodata) and the settings are recorded in the file. A URL
+        (``s3://``, ``gs://``, ``az://``; not ``http(s)://``, which cannot be written): a store is
+        written there chunk by chunk (resumable); a file is written locally (in the cache) and
+        uploaded once complete.
+    storage_options : dict, optional
+        fsspec options for every URL of the run, input and output (e.g. ``{"client_kwargs":
+        {"endpoint_url": "http://127.0.0.1:9000"}, "key": ..., "secret": ...}``); default: the
+        usual environment and profiles. Never recorded in the output or shown in a message.
     overwrite : bool
         Replace an existing output at ``out``. Without it, an output of other settings (or not
         written by napari-mirnet) is refused, and a complete result of the same settings raises
@@ -217,18 +226,23 @@ def restore(
     )
     check_level(level)
     dst = None if out is None else outputs.check_out_path(out, image)  # refused before the model loads
-    if dst is not None:
-        options = outputs.resume_options(options, dst, overwrite)
-    template = _xarray_template(image, task, scale)
     qc_mode = quality.check_qc(qc, get_task(task), tta)
+    if dst is not None:
+        _check_qc_out(qc_mode, dst)
+        options = outputs.resume_options(options, dst, overwrite, storage_options)
+    template = _xarray_template(image, task, scale)
     client, own_client = connect(client)
     try:
-        run = prepare(image, task, weights, scale=scale, axes=axes, options=options, client=client, level=level)
+        run = prepare(
+            image, task, weights, scale=scale, axes=axes, options=options, client=client, level=level,
+            **_so(storage_options),
+        )  # fmt: skip
         options.check_axes(run.axes)  # before anything is written
         if dst is not None:
             result = outputs.write_result(
-                run, dst, overwrite=overwrite, client=client, progress=progress, cancel=cancel
-            )
+                run, dst, overwrite=overwrite, client=client, progress=progress, cancel=cancel,
+                **_so(storage_options),
+            )  # fmt: skip
             report = None if qc_mode is None else outputs.quality_check_beside(run, dst, qc_mode, client)
         else:
             result = execute(run, client=client, progress=progress, cancel=cancel)
@@ -263,11 +277,12 @@ def restore_lazy(
     out=None,
     level=None,
     rgb: bool | None = None,
+    storage_options: dict | None = None,
 ):
     """Like :func:`restore`, but always return a lazy dask array: nothing runs until it is computed.
 
     Parameters are those of :func:`restore` (without ``out``: use ``restore(..., out=path)`` to
-    write a store or file). ``progress`` and ``cancel`` stay attached for as long as the array (or one
+    write a store or file); ``storage_options`` open a URL input. ``progress`` and ``cancel`` stay attached for as long as the array (or one
     derived from it) exists; a ``client`` given as an address is closed with the last of them.
     An xarray DataArray in gives a DataArray holding the lazy array out (see :func:`restore`).
     """
@@ -278,7 +293,10 @@ def restore_lazy(
     check_level(level)
     client, own_client = connect(client)
     try:
-        run = prepare(image, task, weights, scale=scale, axes=axes, options=options, client=client, level=level)
+        run = prepare(
+            image, task, weights, scale=scale, axes=axes, options=options, client=client, level=level,
+            **_so(storage_options),
+        )  # fmt: skip
     except BaseException:
         if own_client:
             client.close()
@@ -290,6 +308,23 @@ def restore_lazy(
         # the connection is needed until the last array that reads this graph is gone
         weakref.finalize(arr.dask.layers[arr.name] if arr.name in arr.dask.layers else arr.dask, client.close)
     return arr if template is None else _xr.to_dataarray(arr, template, run.factor)
+
+
+def _so(storage_options: dict | None) -> dict:
+    """``storage_options=`` for the calls below, only when given (local runs call as before)."""
+    if storage_options is None:
+        return {}
+    if not isinstance(storage_options, dict):
+        raise TypeError(f"storage_options must be a dict of fsspec options, not {type(storage_options).__name__}")
+    return {"storage_options": storage_options}
+
+
+def _check_qc_out(qc_mode, dst) -> None:
+    """``qc`` writes its maps beside a local output only (for now)."""
+    from .io.urls import is_url, redact
+
+    if qc_mode is not None and is_url(dst):
+        raise ValueError(f"qc= with out={redact(dst)!r} (a URL) is not supported yet; write to a local path")
 
 
 def check_level(level) -> None:

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..engine.options import RestoreOptions
-from .common import UsageError, _err
+from .common import UsageError, _err, add_storage_option, parse_storage_options
 from .fields import add_field, field_help
 
 #: help of the flags made from FinetuneConfig's fields (their defaults and types come from the fields),
@@ -41,8 +41,13 @@ def _add_finetune_command(sub) -> None:
         "updated as it improves; use it with: napari-mirnet restore ... --weights OUTPUT. "
         "Re-run with --resume to continue an interrupted run.",
     )
-    ft.add_argument("inputs", nargs="+", metavar="INPUT", help="noisy images, stacks, folders or zarr stores")
-    ft.add_argument("-o", "--output", required=True, help="model file to write (.pth)")
+    ft.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="noisy images, stacks, folders, zarr stores or URLs (s3://, https://)",
+    )
+    ft.add_argument("-o", "--output", required=True, help="model file to write (.pth), a local path")
     ft.add_argument("--weights", default="small-denoise-gray", help="model to start from (default: %(default)s)")
     ft.add_argument("--minutes", type=float, default=10.0, help="time budget in minutes (default: 10)")
     ft.add_argument("--steps", type=int, help="stop after this many steps (with --minutes: whichever comes first)")
@@ -53,6 +58,7 @@ def _add_finetune_command(sub) -> None:
     for name in _FINETUNE_HELP:
         _finetune_field(ft, name)
     ft.add_argument("--resume", action="store_true", help="continue the run saved next to OUTPUT")
+    add_storage_option(ft, "input")
     ft.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ft.set_defaults(func=_cmd_finetune)
 
@@ -91,6 +97,14 @@ def _cmd_finetune(args) -> int:
         raise UsageError(f"--patch must be a multiple of 8 and at least {MIN_EDGE}")
     if args.batch < 1:
         raise UsageError("--batch must be at least 1")
+    storage_options = parse_storage_options(args.storage_option)
+    from ..io.urls import is_url, redact
+
+    if is_url(args.output):
+        raise UsageError(
+            f"-o {redact(args.output)}: the fine-tuned model is written to a local file; give a local path "
+            "(and copy it to the store afterwards if you need it there)"
+        )
     out = Path(args.output)
     if (out.exists() or state_path(out).exists()) and not args.resume:
         raise UsageError(
@@ -113,6 +127,7 @@ def _cmd_finetune(args) -> int:
             normalisation=args.normalisation,
             resume=args.resume,
             progress=not args.quiet,
+            storage_options=storage_options,
             **{name: getattr(args, name) for name in _FINETUNE_HELP},
         )
     except KeyboardInterrupt:

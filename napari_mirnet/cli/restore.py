@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..engine.options import RestoreOptions
 from ..tasks import TASKS
-from .common import UsageError, _err, _Help
+from .common import UsageError, _err, _Help, add_storage_option, parse_storage_options
 from .fields import add_field
 
 _EXISTING_RULE = (
@@ -36,14 +36,17 @@ def _add_restore_command(sub) -> None:
         "restore",
         formatter_class=_Help,
         help="restore images, folders or zarr stores",
-        description="Restore each INPUT (file, folder of images, zarr/OME-Zarr store) into OUTPUT. "
-        "With one input, OUTPUT may be a file (.zarr, .tif, .png, .jpg); otherwise it is a folder that gets "
-        "one output per input. Zarr outputs are written chunk by chunk and resume when the same command "
-        "is re-run.",
+        description="Restore each INPUT (file, folder of images, zarr/OME-Zarr store, or a URL: s3://, gs://, "
+        "az://, https://) into OUTPUT. With one input, OUTPUT may be a file (.zarr, .tif, .png, .jpg); otherwise "
+        "it is a folder that gets one output per input. Zarr outputs are written chunk by chunk and resume "
+        "when the same command is re-run. OUTPUT may be an s3://, gs:// or az:// URL (a folder URL ends in /): "
+        "zarr stores are written there chunk by chunk, files are written locally and uploaded once complete.",
         epilog=_EXISTING_RULE,
     )
-    r.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders or zarr stores (defocus: LEFT RIGHT)")
-    r.add_argument("-o", "--output", required=True, help="output file or folder")
+    r.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="images, folders, zarr stores or URLs (defocus: LEFT RIGHT)"
+    )
+    r.add_argument("-o", "--output", required=True, help="output file or folder, or an s3://, gs://, az:// URL")
     r.add_argument("--task", choices=list(TASKS), default="denoise", help="what to restore")
     r.add_argument("--scale", type=int, help="super-resolution factor (2, 3 or 4; default: 2)")
     r.add_argument("--weights", help="model name, official asset, file or URL (default: the task's)")
@@ -65,6 +68,7 @@ def _add_restore_command(sub) -> None:
     )
     r.add_argument("--scheduler", help="dask.distributed scheduler address (tcp://host:8786) to run on a cluster")
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
+    add_storage_option(r)
     r.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     r.set_defaults(func=_cmd_restore)
 
@@ -87,7 +91,9 @@ def _plan_outputs(args) -> list[tuple[object, Path]]:
     from ..outputs import plan_outputs
 
     try:
-        return plan_outputs(args.inputs, args.output, task=args.task, format=args.format)
+        return plan_outputs(
+            args.inputs, args.output, task=args.task, format=args.format, storage_options=args.storage_options
+        )
     except ValueError as err:
         raise UsageError(str(err)) from None
 
@@ -99,6 +105,11 @@ def _connect(args):
 
 
 def _cmd_restore(args) -> int:
+    from ..io.urls import is_url
+
+    args.storage_options = parse_storage_options(args.storage_option)
+    if args.qc and is_url(args.output):
+        raise UsageError("--qc writes its maps beside a local output; -o a URL with --qc is not supported yet")
     # said before torch is imported: loading the model and planning take seconds
     if not args.quiet:
         print("napari-mirnet: loading model and planning...", file=sys.stderr, flush=True)
@@ -138,7 +149,7 @@ def _prepare(args, src, dst: Path, client):
     from .. import engine
     from ..outputs import resume_options
 
-    options = resume_options(RestoreOptions.from_mapping(vars(args)), dst, args.overwrite)
+    options = resume_options(RestoreOptions.from_mapping(vars(args)), dst, args.overwrite, args.storage_options)
     image = tuple(map(str, src)) if isinstance(src, tuple) else str(src)
     return engine.prepare(
         image,
@@ -149,6 +160,7 @@ def _prepare(args, src, dst: Path, client):
         options=options,
         client=client,
         level=args.level,
+        storage_options=args.storage_options,
     )
 
 
@@ -161,7 +173,7 @@ def _preflight(args, pairs, client) -> tuple[list, list[str]]:
     for src, dst in pairs:
         try:
             run = _prepare(args, src, dst, client)
-            action = check_output(run, dst, overwrite=args.overwrite)
+            action = check_output(run, dst, overwrite=args.overwrite, storage_options=args.storage_options)
         except OutputError as err:
             problems.append(str(err))
             continue
@@ -177,21 +189,23 @@ def _preflight(args, pairs, client) -> tuple[list, list[str]]:
 def _run_jobs(args, jobs: list, client) -> int:
     from ..io import OutputExistsError
     from ..outputs import input_name
+    from ..outputs.existing import shown, suffix_of
+    from ..outputs.remote import is_url, url_name
 
     rc = 0
     for i, (src, dst, run, action) in enumerate(jobs):
-        label = f"[{i + 1}/{len(jobs)}] {dst.name}"
+        label = f"[{i + 1}/{len(jobs)}] {url_name(dst) if is_url(dst) else dst.name}"
         if action == "skip":
             print(f"{label}: already complete, skipped (--overwrite to redo)", file=sys.stderr)
             continue
         try:
             _restore_one(args, run or _prepare(args, src, dst, client), dst, label, client)
-            if dst.suffix.lower() == ".zarr" and not args.quiet:
+            if suffix_of(dst) == ".zarr" and not args.quiet:
                 # napari 0.9 asks which reader to use for a .zarr folder; ours keeps scale, units and colour
-                print(f"{label}: to view it: napari {dst} --plugin napari-mirnet", file=sys.stderr)
+                print(f"{label}: to view it: napari {shown(dst)} --plugin napari-mirnet", file=sys.stderr)
         except OutputExistsError as err:  # another process finished it since the check
             if not err.matches:
-                _err(f"{dst}: {err}")
+                _err(f"{shown(dst)}: {err}")
                 rc = 1
         except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as err:
             _err(f"{input_name(src)}: {err}")
@@ -199,7 +213,7 @@ def _run_jobs(args, jobs: list, client) -> int:
     return rc
 
 
-def _restore_one(args, run, dst: Path, label: str, client) -> None:
+def _restore_one(args, run, dst, label: str, client) -> None:
     """Write a prepared run into ``dst`` with a progress bar, then ``--qc``'s check beside it."""
     from ..outputs import quality_check_beside, write_run
     from ..progress import Bar
@@ -207,10 +221,10 @@ def _restore_one(args, run, dst: Path, label: str, client) -> None:
     # created now, not at the first tile: its elapsed time and rate count from the real start
     bar = None if args.quiet else Bar(label, total=len(run.keys), unit="tile")
     try:
-        write_run(run, dst, overwrite=args.overwrite, client=client, progress=bar)
+        write_run(run, dst, overwrite=args.overwrite, client=client, progress=bar, storage_options=args.storage_options)
     finally:
         if bar is not None:
             bar.close()
     if getattr(args, "qc", None):
         report = quality_check_beside(run, dst, args.qc, client)
-        print(f"{dst.name}: qc {report.text}", file=sys.stderr)
+        print(f"{Path(dst).name}: qc {report.text}", file=sys.stderr)

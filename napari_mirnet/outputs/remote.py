@@ -50,8 +50,9 @@ def join(folder: str, name: str) -> str:
 def check_writable(url: str, what: str = "out") -> None:
     """Refuse a URL that cannot be written (``http(s)://``), in the words of ``what`` (``out=``, ``-o``)."""
     if urlsplit(url).scheme.lower() in ("http", "https"):
+        name = f"{what}{redact(url)!r}" if what.endswith("=") else f"{what} {redact(url)}"
         raise OutputError(
-            f"{what} {redact(url)}: an http(s):// URL cannot be written; write to s3:// (or gs://, az://) "
+            f"{name}: an http(s):// URL cannot be written; write to s3:// (or gs://, az://) "
             "or to a local path"
         )
 

@@ -161,22 +161,24 @@ def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
     raise ValueError(f"cannot convert {a.shape[-1]} channels to {channels}")
 
 
-def _read(path) -> np.ndarray:
-    """A whole image file as an array, read as restore reads it."""
+def _read(path, storage_options: dict | None = None) -> np.ndarray:
+    """A whole image file (or URL) as an array, read as restore reads it."""
     from ..io import open_image
 
-    return np.asarray(open_image(path).array)
+    return np.asarray(open_image(path, storage_options=storage_options).array)
 
 
-def load_images(source) -> list[np.ndarray]:
-    """Images from a folder, a file, a list of files, or arrays (returned as given)."""
+def load_images(source, storage_options: dict | None = None) -> list[np.ndarray]:
+    """Images from a folder, a file, a URL, a list of these, or arrays (returned as given).
+
+    ``storage_options`` (fsspec's) open URLs (``s3://``, ``https://`` ...)."""
     if isinstance(source, np.ndarray):
         return [source] if source.ndim in (2, 3) else list(source)
     if isinstance(source, (str, os.PathLike)):
         from ..io import list_inputs
 
-        return [_read(f) for f in list_inputs([source])]
-    return [x if isinstance(x, np.ndarray) else _read(x) for x in source]
+        return [_read(f, storage_options) for f in list_inputs([source])]
+    return [x if isinstance(x, np.ndarray) else _read(x, storage_options) for x in source]
 
 
 def _package_dir(package: str) -> Path | None:

@@ -85,12 +85,14 @@ def _as_sources(data, axes) -> list[tuple[object, str]]:
     restore then refuses would help nobody).
     """
     from ..axes import infer_axes, validate_axes
-    from ..io import list_inputs, open_image
+    from ..io import ImageSource, list_inputs, open_image
 
     items = data if isinstance(data, (list, tuple)) else [data]
     out = []
     for item in items:
-        if isinstance(item, (str, os.PathLike)):
+        if isinstance(item, ImageSource):  # an image opened already (a URL, see open_urls): its own axes
+            out.append((item.array, axes or item.axes))
+        elif isinstance(item, (str, os.PathLike)):
             for path in list_inputs([item]):
                 src = open_image(path)
                 out.append((src.array, axes or src.axes))
@@ -100,6 +102,17 @@ def _as_sources(data, axes) -> list[tuple[object, str]]:
                 arr = np.asarray(arr)
             out.append((arr, axes))
     return [(arr, validate_axes(ax, tuple(arr.shape)) if ax else infer_axes(tuple(arr.shape))) for arr, ax in out]
+
+
+def open_urls(data, storage_options: dict | None = None):
+    """``data`` with each URL item (``s3://``, ``https://`` ...) opened lazily with ``storage_options``
+    (fsspec's) into an :class:`~napari_mirnet.io.ImageSource`; other items as given."""
+    from ..io import open_image
+    from ..io.urls import is_url
+
+    if isinstance(data, (list, tuple)):
+        return [open_image(d, storage_options=storage_options) if is_url(d) else d for d in data]
+    return open_image(data, storage_options=storage_options) if is_url(data) else data
 
 
 def _planes(sources, model_channels: int, normalisation: str) -> list[_Plane]:

@@ -34,7 +34,7 @@ from .config import OBJECTIVES, FinetuneConfig
 from .finetune_run import FinetuneProgress, FinetuneResult, _FinetuneRun, process_clock
 from .loop import reporter_for
 from .output import check_output, state_path
-from .patches import _SetupClock, noise_correlation
+from .patches import _SetupClock, noise_correlation, open_urls
 
 __all__ = [
     "finetune",
@@ -64,17 +64,19 @@ def finetune(
     progress: bool | Callable = False,
     setup_callback: Callable[[int, int], None] | None = None,
     cancel: threading.Event | None = None,
+    storage_options: dict | None = None,
     **options,
 ) -> FinetuneResult:
     """Fine-tune a MIRNet-v2 denoiser on noisy images alone (self-supervised) and save the best model.
 
     Parameters
     ----------
-    data : array, path, or list of these
-        Noisy images: numpy, dask or zarr arrays, tif/png/zarr files, or folders of them. Read patch
-        by patch, so they may be larger than memory.
+    data : array, path, URL, or list of these
+        Noisy images: numpy, dask or zarr arrays, tif/png/zarr files, folders of them, or URLs
+        (``s3://``, ``https://`` ...; opened with ``storage_options``). Read patch by patch, so they
+        may be larger than memory.
     out : path
-        The model file to write (``.pth``); the resumable state goes to the user cache
+        The model file to write (``.pth``), a local path; the resumable state goes to the user cache
         (:func:`state_path`), not beside it.
     weights : str or path
         The model to start from: a shipped name (default ``small-denoise-gray``), a file or a URL.
@@ -107,6 +109,9 @@ def finetune(
     cancel : threading.Event, optional
         Set it to stop the run as a callback returning False does: the best model so far is kept
         and the result says ``stopped``.
+    storage_options : dict, optional
+        fsspec options for URL inputs (``{"client_kwargs": {"endpoint_url": ...}, "anon": True}``);
+        never recorded in the model or shown in a message.
 
     Returns
     -------
@@ -130,12 +135,20 @@ def finetune(
         if setup_callback is not None:
             setup_callback(done, total)
 
+    from ..io.urls import is_url, redact
+
+    if is_url(out):
+        raise ValueError(
+            f"out={redact(str(out))!r}: the fine-tuned model is written to a local file; give a local path "
+            "(and copy it to the store afterwards if you need it there)"
+        )
     try:
         out = Path(out)
         source_path = locate(weights)
         # before anything is read or written: a model file must never land on the data or the model it came from
         check_output(out, data, source_path, overwrite=overwrite, resume=resume)
         setup = _SetupClock(clock, t_call, minutes, setup_report)
+        data = open_urls(data, storage_options)  # URL inputs read lazily, chunk by chunk
         run = _FinetuneRun.create(data, out, weights, source_path, cfg, minutes, steps, axes, normalisation, setup)
         run.t0, run.callback = t_call, callback
         if resume:

@@ -1,0 +1,224 @@
+"""URLs through the front ends: restore(..., out=URL), the CLI's --storage-option and URL outputs,
+GeoTIFF uploads, http outputs refused, finetune from an http OME-Zarr (real servers on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import napari_mirnet as nm
+from napari_mirnet import io as mio
+from napari_mirnet.cli import main
+from napari_mirnet.cli.common import UsageError, parse_storage_options
+
+pytest.importorskip("fsspec")
+pytest.importorskip("aiohttp")
+
+DATA = Path(__file__).parent / "data" / "geotiff"
+TILED = dict(tile=48, halo=8, blend=4, device="cpu")
+SECRET = "s3cr3t-Value-That-Must-Not-Show"
+
+
+def _image(seed=0, shape=(96, 80, 3)):
+    return np.random.default_rng(seed).integers(0, 65535, size=shape, dtype=np.uint16)
+
+
+@pytest.fixture(scope="module")
+def s3w(tmp_path_factory):
+    """moto's S3 server WITHOUT signature checks (any key/secret; listing works, which writing,
+    resuming and removing stores need). Returns (endpoint, storage_options with a key and SECRET)."""
+    pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    import boto3
+    from servers import free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "INITIAL_NO_AUTH_ACTION_COUNT"}
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")  # noqa: SIM115 (the server's life)
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
+                            stdout=log, stderr=log)  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).read()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("moto_server did not start")
+            time.sleep(0.2)
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="k",
+                 aws_secret_access_key=SECRET).create_bucket(Bucket="bucket")  # fmt: skip
+    options = {"client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}, "key": "k", "secret": SECRET}
+    try:
+        yield endpoint, options
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _s3(endpoint):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="k",
+                        aws_secret_access_key=SECRET)  # fmt: skip
+
+
+def _upload(endpoint, folder: Path, prefix: str) -> str:
+    c = _s3(endpoint)
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        c.put_object(Bucket="bucket", Key=f"{prefix}/{f.relative_to(folder).as_posix()}", Body=f.read_bytes())
+    return f"s3://bucket/{prefix}"
+
+
+def _objects(endpoint, prefix: str) -> dict[str, bytes]:
+    c = _s3(endpoint)
+    keys = [o["Key"] for o in c.list_objects_v2(Bucket="bucket", Prefix=prefix).get("Contents", [])]
+    return {k: c.get_object(Bucket="bucket", Key=k)["Body"].read() for k in keys}
+
+
+@pytest.fixture(scope="module")
+def local_zarr(tmp_path_factory):
+    p = tmp_path_factory.mktemp("z") / "img.zarr"
+    mio.write_image(p, _image(), "YXC")
+    return p
+
+
+def _store_array(url_or_path, options=None) -> np.ndarray:
+    import zarr
+
+    return np.asarray(zarr.open_group(str(url_or_path), mode="r", storage_options=options)["0"][:])
+
+
+# ------------------------------------------------------------------------------ --storage-option
+def test_storage_option_parsing_and_its_usage_errors(capsys):
+    got = parse_storage_options(
+        ["client_kwargs.endpoint_url=http://h:9000", "anon=true", "n=3", "secret=abc=d", 'cfg={"a": 1}']
+    )
+    assert got == {"client_kwargs": {"endpoint_url": "http://h:9000"}, "anon": True, "n": 3, "secret": "abc=d",
+                   "cfg": {"a": 1}}  # fmt: skip
+    assert parse_storage_options([]) is None
+    for bad in ("novalue", "=x", "a..b=1", ".a=1"):
+        with pytest.raises(UsageError, match="--storage-option"):
+            parse_storage_options([bad])
+    with pytest.raises(UsageError, match="both"):
+        parse_storage_options(["a=1", "a.b=2"])
+    # through the command: a usage error (exit 2) that names the flag, for restore and finetune
+    for cmd in (["restore", "x.zarr", "-o", "y.zarr"], ["finetune", "x.zarr", "-o", "m.pth"]):
+        assert main([*cmd, "--storage-option", "oops"]) == 2
+        assert "--storage-option 'oops' is not KEY=VALUE" in capsys.readouterr().err
+
+
+def test_http_output_is_refused_before_any_work(local_zarr, tmp_path, capsys):
+    # the CLI: a usage error at planning, before the model loads (no weights named here exist)
+    args = ["restore", str(local_zarr), "-o", "http://127.0.0.1:9/out.zarr", "--weights", "no-such-model", "-q"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "http(s):// URL cannot be written" in err and "s3://" in err
+    # the API: refused by out= before the model is looked for
+    with pytest.raises(mio.OutputError, match=r"out='https://h/o.tif': an http\(s\):// URL cannot be written") as e:
+        nm.restore(local_zarr, weights="no-such-model", out="https://user:pw@h/o.tif")
+    assert "pw" not in str(e.value)
+    with pytest.raises(ValueError, match="qc= with out="):
+        nm.restore(local_zarr, weights="no-such-model", out="s3://bucket/o.zarr", qc=True)
+    assert main(["finetune", str(local_zarr), "-o", "s3://bucket/m.pth"]) == 2
+    assert "local path" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- OME-Zarr to s3
+def test_api_restores_s3_zarr_into_s3_zarr_as_locally(s3w, local_zarr, tiny_weights, tmp_path):
+    endpoint, options = s3w
+    url = _upload(endpoint, local_zarr, "api/in.zarr")
+    ref = nm.restore(local_zarr, weights=tiny_weights, out=tmp_path / "ref.zarr", **TILED)
+    got = nm.restore(url, weights=tiny_weights, out="s3://bucket/api/out.zarr", storage_options=options, **TILED)
+    want = _store_array(tmp_path / "ref.zarr")
+    have = _store_array("s3://bucket/api/out.zarr", options)
+    assert have.dtype == want.dtype and float(np.max(np.abs(have.astype(float) - want))) == 0.0
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))  # the lazy result read from the URL
+    objects = _objects(endpoint, "api/out.zarr/")
+    assert "api/out.zarr/zarr.json" in objects and "api/out.zarr/1/zarr.json" in objects  # the pyramid
+    assert not any(SECRET.encode() in v for v in objects.values())
+    # a second run of the same settings finds the complete store: skipped, as for a local path
+    with pytest.raises(mio.OutputExistsError) as e:
+        nm.restore(url, weights=tiny_weights, out="s3://bucket/api/out.zarr", storage_options=options, **TILED)
+    assert e.value.matches and SECRET not in str(e.value)
+
+
+def test_cli_restores_s3_inputs_into_an_s3_folder(s3w, local_zarr, tiny_weights, tmp_path, capfd):
+    endpoint, options = s3w
+    ins = [_upload(endpoint, local_zarr, f"cli/{n}.zarr") for n in ("a", "b")]
+    flags = ["--storage-option", f"client_kwargs.endpoint_url={endpoint}", "--storage-option", "key=k",
+             "--storage-option", f"secret={SECRET}", "--tile", "48", "--halo", "8", "--blend", "4",
+             "--device", "cpu", "--weights", tiny_weights]  # fmt: skip
+    assert main(["restore", *ins, "-o", "s3://bucket/results/", *flags]) == 0
+    assert main(["restore", str(local_zarr), "-o", str(tmp_path / "ref.zarr"), *flags]) == 0
+    want = _store_array(tmp_path / "ref.zarr")
+    for n in ("a", "b"):  # named as in a local folder
+        have = _store_array(f"s3://bucket/results/{n}.zarr", options)
+        assert float(np.max(np.abs(have.astype(float) - want))) == 0.0
+    assert main(["restore", *ins, "-o", "s3://bucket/results/", *flags]) == 0  # complete: skipped
+    out = capfd.readouterr()
+    assert "already complete, skipped" in out.err
+    assert SECRET not in out.out + out.err
+    assert not any(SECRET.encode() in v for v in _objects(endpoint, "results/").values())
+    # a wrong endpoint fails with a message that names the URL, never the secret
+    bad = [f if not f.startswith("client_kwargs") else "client_kwargs.endpoint_url=http://127.0.0.1:9" for f in flags]
+    assert main(["restore", ins[0], "-o", "s3://bucket/results/c.zarr", *bad, "-q"]) != 0
+    out = capfd.readouterr()
+    assert "s3://bucket/cli/a.zarr" in out.err and SECRET not in out.out + out.err
+
+
+# ------------------------------------------------------------------------------ GeoTIFF to s3
+def test_geotiff_output_to_s3_is_uploaded_complete(s3w, tiny_weights, tmp_path):
+    rasterio = pytest.importorskip("rasterio")
+    endpoint, options = s3w
+    src = DATA / "RGB.byte.crop.tif"
+    url = "s3://bucket/geo/out.tif"
+    got = nm.restore(src, weights=tiny_weights, out=url, storage_options=options, **TILED)
+    nm.restore(src, weights=tiny_weights, out=tmp_path / "ref.tif", **TILED)
+    (tmp_path / "dl.tif").write_bytes(_objects(endpoint, "geo/out.tif")["geo/out.tif"])
+    with rasterio.open(src) as a, rasterio.open(tmp_path / "dl.tif") as b, rasterio.open(tmp_path / "ref.tif") as r:
+        assert (b.crs, b.transform, b.count, b.dtypes, b.nodata) == (a.crs, a.transform, a.count, a.dtypes, a.nodata)
+        np.testing.assert_array_equal(b.read(), r.read())
+        np.testing.assert_array_equal(np.moveaxis(b.read(), 0, -1), np.asarray(got))
+    assert list(_objects(endpoint, "geo/")) == ["geo/out.tif"]  # one object: nothing partial was put
+    # the local work file is gone; the record is read back through fsspec: the same call skips it
+    from napari_mirnet.outputs import remote, stored_record
+
+    assert not remote.work_file(url).parent.exists()
+    assert stored_record(url, options)["task"] == "denoise"
+    with pytest.raises(mio.OutputExistsError) as e:
+        nm.restore(src, weights=tiny_weights, out=url, storage_options=options, **TILED)
+    assert e.value.matches
+    # an object we did not write is refused without overwrite=True
+    _s3(endpoint).put_object(Bucket="bucket", Key="geo/foreign.tif", Body=b"not a tiff")
+    with pytest.raises(mio.OutputError, match="overwrite=True"):
+        nm.restore(src, weights=tiny_weights, out="s3://bucket/geo/foreign.tif", storage_options=options, **TILED)
+
+
+# ---------------------------------------------------------------------------- finetune from http
+def test_finetune_reads_an_http_ome_zarr(http_folder, gray_identity, tmp_path, capsys):
+    from conftest import toy
+
+    folder, base, served = http_folder
+    _, noisy = toy(n=2, size=64)
+    mio.write_image(tmp_path / "noisy.zarr", noisy, "ZYX")
+    shutil.copytree(tmp_path / "noisy.zarr", folder / "ft-noisy.zarr")
+    out = tmp_path / "ft.pth"
+    args = ["finetune", f"{base}/ft-noisy.zarr", "-o", str(out), "--weights", gray_identity, "--steps", "2",
+            "--patch", "32", "--device", "cpu", "-q", "--storage-option", "block_size=65536"]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    assert out.is_file() and "napari-mirnet restore" in capsys.readouterr().out
+    assert served["/ft-noisy.zarr/zarr.json"] > 0  # read over HTTP, not from a local copy
+    meta = json.dumps(__import__("torch").load(out, weights_only=False)["meta"])
+    assert base not in meta  # the model records the data's shape, not where it was read from
