@@ -224,3 +224,19 @@ def s3_bucket(s3_open, request) -> S3Bucket:
     out = S3Bucket(s3_open, options, bucket)
     out.client().create_bucket(Bucket=bucket)
     return out
+
+
+@pytest.fixture
+def flaky_folder(tmp_path):
+    """A folder served by a Range server that fails chosen requests (tests/servers.py FlakyHandler):
+    (folder, base URL, bytes served per path, rules: append dicts to make requests fail)."""
+    from servers import serve_flaky
+
+    folder = tmp_path / "flaky"
+    folder.mkdir()
+    server, base, served, rules = serve_flaky(folder)
+    try:
+        yield folder, base, served, rules
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -116,3 +116,60 @@ def start_moto_open(tmp_dir):
     there (the signature-checking server rejects it). Returns (process, endpoint)."""
     env = {k: v for k, v in os.environ.items() if k != "INITIAL_NO_AUTH_ACTION_COUNT"}
     return _launch_moto(tmp_dir, env, "moto-open.log")
+
+
+class FlakyHandler(RangeHandler):
+    """A Range server that fails chosen requests: ``rules`` (per server class) hold dicts with ``path``,
+    ``mode`` ("503", "403" or "close": the headers of a 206, then the connection is closed without the
+    body), ``lo``/``hi`` (only requests whose byte range overlaps [lo, hi); a request without Range
+    overlaps from 0), ``left`` (how many more to fail; None: all) and ``hits`` (failed so far)."""
+
+    rules: list  # set per server class (see serve_flaky)
+
+    def _rule(self):
+        path = self.path.split("?")[0]
+        rng = self.headers.get("Range")
+        first, last = 0, 0  # a HEAD or a whole GET meets only the rules from byte 0 (opening the file)
+        if rng and rng.startswith("bytes=") and not rng.startswith("bytes=-"):
+            a, _, b = rng.removeprefix("bytes=").partition("-")
+            first, last = int(a), int(b) if b else 2**62
+        for rule in self.rules:
+            meets = rule["path"] == path and first < rule.get("hi", 2**62) and last >= rule.get("lo", 0)
+            if meets and (rule.get("left") is None or rule["left"] > 0):
+                return rule
+        return None
+
+    def _maybe_fail(self) -> bool:
+        rule = self._rule()
+        if rule is None:
+            return False
+        if rule.get("left") is not None:
+            rule["left"] -= 1
+        rule["hits"] = rule.get("hits", 0) + 1
+        if rule["mode"] == "close":
+            self.send_response(206)
+            self.send_header("Content-Length", "1000000")
+            self.send_header("Content-Range", "bytes 0-999999/1000000")
+            self.end_headers()
+            self.wfile.flush()
+        else:
+            self.send_error(int(rule["mode"]))
+        self.close_connection = True
+        return True
+
+    def do_GET(self):
+        if not self._maybe_fail():
+            super().do_GET()
+
+    def do_HEAD(self):
+        if not self._maybe_fail():
+            super().do_HEAD()
+
+
+def serve_flaky(folder):
+    """Start a :class:`FlakyHandler` server; returns (server, base URL, bytes served per path, rules list)."""
+    counter, rules = collections.Counter(), []
+    handler = type("Handler", (FlakyHandler,), {"served": counter, "rules": rules})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}", counter, rules

@@ -78,12 +78,6 @@ def test_http_zarr_reads_as_local(http_zarr, local_zarr):
     np.testing.assert_array_equal(np.asarray(src.array[:]), np.asarray(open_image(local_zarr).array[:]))
 
 
-def test_tiff_url_is_refused_for_now(http_folder):
-    _, base, _ = http_folder
-    with pytest.raises(ValueError, match="not supported yet"):
-        open_image(base.replace("http://", "http://alice:hunter22@") + "/scene.tif")
-
-
 def test_missing_url_names_it_without_credentials(http_folder):
     _, base, _ = http_folder
     secret_url = base.replace("http://", "http://alice:hunter22@") + "/nothing.zarr"

@@ -29,9 +29,11 @@ def open_image(path: str | os.PathLike, level=None, storage_options: dict | None
     """Open an image file or zarr store without loading it (png/jpg are small and read whole).
 
     ``level`` picks a level of an OME-Zarr pyramid (an index, 0 = full resolution, or a dataset
-    path); the default is level 0, or the level a path such as ``image.zarr/2`` points at.
-    ``path`` may be a URL (``http(s)://``, ``s3://``, ``gs://``, ``az://``): ``storage_options``
-    go to fsspec (e.g. ``{"client_kwargs": {"endpoint_url": ...}}`` for an S3-compatible server).
+    path) or an overview of a GeoTIFF/COG (1 = the first); the default is level 0, or the level a
+    path such as ``image.zarr/2`` points at. ``path`` may be a URL (``http(s)://``, ``s3://``,
+    ``gs://``, ``az://``): ``storage_options`` go to fsspec and GDAL (e.g. ``{"client_kwargs":
+    {"endpoint_url": ...}, "key": ..., "secret": ...}`` for an S3-compatible server); TIFFs are read
+    by byte range, every remote read is retried (``io.retry``).
     """
     if is_url(path):
         return open_remote(path, level, storage_options)
@@ -41,10 +43,14 @@ def open_image(path: str | os.PathLike, level=None, storage_options: dict | None
     suffix = p.suffix.lower()
     if p.is_dir() or suffix == ".zarr":
         src = open_zarr(p, level)
+    elif suffix in (".tif", ".tiff") and is_geotiff(p):
+        src = open_geotiff(p, level)  # level: an overview of a COG
     elif level is not None:
-        raise ValueError(f"level={level!r} applies to OME-Zarr pyramids; {p.name} is a {suffix or 'plain'} file")
+        raise ValueError(
+            f"level={level!r} applies to OME-Zarr pyramids and GeoTIFF overviews; {p.name} is a {suffix or 'plain'} file"
+        )
     elif suffix in (".tif", ".tiff"):
-        src = open_geotiff(p) if is_geotiff(p) else open_tiff(p)
+        src = open_tiff(p)
     elif suffix in (".png", ".jpg", ".jpeg"):
         src = open_picture(p)
     else:

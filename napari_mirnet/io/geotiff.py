@@ -66,8 +66,10 @@ class GeoArray:
     be shared between threads.
     """
 
-    def __init__(self, path, shape: tuple, dtype, block: tuple[int, int], masked=None):
+    def __init__(self, path, shape: tuple, dtype, block: tuple[int, int], masked=None, level=None, env=None):
         self.path, self.shape, self.dtype = str(path), tuple(shape), np.dtype(dtype)
+        # a remote file: its GDAL path (/vsicurl/, /vsis3/...) and GDAL config; level: an overview
+        self.level, self.env = level, env
         # the file's mask band: masked pixels read as this stand-in value (None: no mask)
         self.masked = masked
         self.ndim = len(self.shape)
@@ -101,7 +103,7 @@ class GeoArray:
             return np.zeros(shape[: self.ndim], self.dtype)
         y0, x0 = int(iy.min()), int(ix.min())
         win = Window(x0, y0, int(ix.max()) + 1 - x0, int(iy.max()) + 1 - y0)
-        with rasterio.open(self.path) as ds:
+        with _gdal_env(self.env), rasterio.open(self.path, **_overview(self.level)) as ds:
             data = np.moveaxis(ds.read(bands, window=win), 0, -1)  # (y, x, c)
             if self.masked is not None:
                 data = _apply_mask(data, ds.dataset_mask(window=win) == 0, self.masked)
@@ -110,36 +112,37 @@ class GeoArray:
         return data[..., 0] if ic.ndim == 0 else data
 
 
-def open_geotiff(p: Path) -> ImageSource:
+def open_geotiff(p, level=None, *, env: dict | None = None, name: str | None = None) -> ImageSource:
     """A GeoTIFF as a lazy (Y, X[, C]) array and its georeferencing, nodata and bands.
 
     Band descriptions, units, scale/offset and band metadata are read as the file has them (no
     name is made up: the colour interpretation says red, green, blue or alpha). A mask band (an
     internal or ``.msk`` GDAL mask) without a nodata value becomes nodata for the run: masked
     pixels read as a stand-in value (:func:`_stand_in`), written back as the output's mask band.
+    ``level`` picks an overview (0: full resolution, 1: the first overview...). A remote file is
+    a GDAL path (``/vsicurl/...``, ``/vsis3/...``) read with the GDAL config ``env``; ``name`` is
+    what messages call it (the redacted URL).
     """
-    rasterio = require_rasterio(f"{p.name} is a GeoTIFF: reading it")
-    with rasterio.open(p) as ds:
-        if len(set(ds.dtypes)) != 1:
-            raise ValueError(f"{p.name}: bands of different types ({', '.join(ds.dtypes)}) cannot be restored together")
-        count, height, width = ds.count, ds.height, ds.width
-        dtype = np.dtype(ds.dtypes[0])
-        block = ds.block_shapes[0] if ds.block_shapes else (BLOCK, BLOCK)
-        interleave = (ds.tags(ns="IMAGE_STRUCTURE").get("INTERLEAVE") or "PIXEL").lower()
-        gcps, gcp_crs = ds.gcps
-        nodata = ds.nodata
-        has_mask = nodata is None and _has_mask_band(ds)
-        geo = GeoInfo(
-            crs=ds.crs.to_wkt() if ds.crs and not gcps else None,
-            transform=tuple(float(v) for v in tuple(ds.transform)[:6]),
-            interleave="band" if interleave == "band" else "pixel",
-            tags=_kept(ds.tags()),
-            gcps=tuple((g.row, g.col, g.x, g.y, g.z, g.id, g.info) for g in gcps),
-            gcp_crs=gcp_crs.to_wkt() if gcps and gcp_crs else None,
-            mask=has_mask,
-        )
-        channels = tuple(_channel(ds, i) for i in ds.indexes)
-        masked = _stand_in_of(str(p), os.stat(p).st_mtime_ns, dtype.str) if has_mask else None
+    name = name or Path(p).name
+    rasterio = require_rasterio(f"{name} is a GeoTIFF: reading it")
+    with _gdal_env(env):
+        level = _checked_level(rasterio, p, name, level)
+        with rasterio.open(p, **_overview(level)) as ds:
+            if len(set(ds.dtypes)) != 1:
+                raise ValueError(
+                    f"{name}: bands of different types ({', '.join(ds.dtypes)}) cannot be restored together"
+                )
+            count, height, width = ds.count, ds.height, ds.width
+            dtype = np.dtype(ds.dtypes[0])
+            block = ds.block_shapes[0] if ds.block_shapes else (BLOCK, BLOCK)
+            geo, nodata, has_mask = _geo_info(ds)
+            channels = tuple(_channel(ds, i) for i in ds.indexes)
+            if not has_mask:
+                masked = None
+            elif env is None and level is None:
+                masked = _stand_in_of(str(p), os.stat(p).st_mtime_ns, dtype.str)
+            else:  # remote, or an overview: counted here (no file time to key a cache on)
+                masked = _stand_in(ds, dtype)
     if count == 1 and not any((c.name, c.unit, c.scale, c.offset, c.tags) != (None,) * 4 + ((),) for c in channels):
         channels = ()
     shape = (height, width) if count == 1 else (height, width, count)
@@ -151,7 +154,55 @@ def open_geotiff(p: Path) -> ImageSource:
         geo=geo,
         source_format="geotiff",
     )
-    return ImageSource(GeoArray(p, shape, dtype, block, masked), axes, meta)
+    return ImageSource(GeoArray(p, shape, dtype, block, masked, level, env), axes, meta)
+
+
+def _geo_info(ds) -> tuple:
+    """(GeoInfo, nodata, whether a mask band stands for nodata) of an open dataset."""
+    interleave = (ds.tags(ns="IMAGE_STRUCTURE").get("INTERLEAVE") or "PIXEL").lower()
+    gcps, gcp_crs = ds.gcps
+    nodata = ds.nodata
+    has_mask = nodata is None and _has_mask_band(ds)
+    geo = GeoInfo(
+        crs=ds.crs.to_wkt() if ds.crs and not gcps else None,
+        transform=tuple(float(v) for v in tuple(ds.transform)[:6]),
+        interleave="band" if interleave == "band" else "pixel",
+        tags=_kept(ds.tags()),
+        gcps=tuple((g.row, g.col, g.x, g.y, g.z, g.id, g.info) for g in gcps),
+        gcp_crs=gcp_crs.to_wkt() if gcps and gcp_crs else None,
+        mask=has_mask,
+    )
+    return geo, nodata, has_mask
+
+
+def _gdal_env(env: dict | None):
+    """GDAL config options for a remote read (thread-local in rasterio); nothing for a local file."""
+    if env is None:
+        import contextlib
+
+        return contextlib.nullcontext()
+    import rasterio
+
+    return rasterio.Env(**env)
+
+
+def _overview(level) -> dict:
+    """rasterio.open's argument for pyramid ``level`` (0 or None: full resolution)."""
+    return {"overview_level": level - 1} if level else {}
+
+
+def _checked_level(rasterio, p, name: str, level):
+    """``level`` (an int from 0, full resolution, to the number of overviews) or an error listing them."""
+    if level is None:
+        return None
+    with rasterio.open(p) as ds:
+        factors = ds.overviews(1) if ds.count else []
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= int(level) <= len(factors):
+        have = ", ".join(f"{i + 1} (1/{f})" for i, f in enumerate(factors)) or "none"
+        raise ValueError(
+            f"level={level!r}: {name} has full resolution (level 0) and overviews {have}; pick one of those"
+        )
+    return int(level) or None
 
 
 def _kept(tags: dict) -> tuple:

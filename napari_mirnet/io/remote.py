@@ -1,28 +1,47 @@
 """Images at a URL (``http(s)://``, ``s3://``, ``gs://``, ``az://``), read lazily where the format allows.
 
-OME-Zarr goes through zarr's fsspec store (only the chunks a tile needs are fetched); PNG/JPEG are
-read whole; TIFF/GeoTIFF from a URL is refused for now (not yet written: GDAL's /vsicurl/, /vsis3/).
-Every message names the redacted URL: credentials never appear in an error.
+OME-Zarr goes through zarr's fsspec store (only the chunks a tile needs are fetched); TIFF, OME-TIFF
+and GeoTIFF/COG through :mod:`.remote_tiff` (GDAL's /vsicurl/, /vsis3/ for GeoTIFF, tifffile over
+fsspec otherwise: only the tiles' byte ranges); PNG/JPEG are read whole. Every array is wrapped in
+:class:`.retry.RetryArray` (bounded retries, errors naming the URL and the region). Opening retries
+a passing failure too; a 404, a 403 or a URL that is no image fails here, at planning time, with a
+message naming the redacted URL: credentials never appear in an error.
 """
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from .image import ImageSource
 from .omezarr import _multiscales, _pick_level, level_meta
 from .record import ATTR
-from .urls import fsspec_options, redact
+from .retry import RetryArray, error_text, is_transient, with_retries
+from .urls import _SECRET_QUERY, fsspec_options, redact
 
 __all__ = ["open_remote"]
+
+_KINDS = "an OME-Zarr store, a TIFF/OME-TIFF/GeoTIFF/COG, a PNG or a JPEG"
+
+
+class _Passing(ConnectionError):
+    """A failure that may pass (5xx, dropped connection) while opening: retried by with_retries."""
+
+
+def _secrets(url: str, storage_options: dict) -> tuple:
+    """Strings no message may show: option values, the URL's password, secret query values."""
+    parts = urlsplit(url)
+    found = [v for v in _strings(storage_options) if len(v) >= 4]
+    found += [v for k, v in parse_qsl(parts.query) if _SECRET_QUERY.search(k) and v]
+    if parts.password:
+        found.append(parts.password)
+    return tuple(sorted(set(found), key=len, reverse=True))
 
 
 def _scrub(text: str, url: str, storage_options: dict) -> str:
     """``text`` without the URL's credentials and without any secret-looking option value."""
     text = text.replace(url, redact(url))
-    for value in _strings(storage_options):
-        if len(value) >= 4:
-            text = text.replace(value, "***")
+    for value in _secrets(url, storage_options):
+        text = text.replace(value, "***")
     return text
 
 
@@ -30,18 +49,31 @@ def _strings(obj):
     if isinstance(obj, dict):
         for v in obj.values():
             yield from _strings(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _strings(v)
     elif isinstance(obj, str):
         yield obj
 
 
 def _fail(url: str, storage_options: dict, err: Exception, what: str) -> Exception:
+    """A clear error for a URL that cannot be opened (never the library's traceback, never a credential)."""
     name = redact(url)
-    detail = _scrub(f"{type(err).__name__}: {err}", url, storage_options)
-    if isinstance(err, FileNotFoundError) or "404" in detail or "NoSuchKey" in detail:
-        return FileNotFoundError(f"input {name} does not exist ({what}; {detail})")
-    if isinstance(err, PermissionError) or "403" in detail or "AccessDenied" in detail or "Signature" in detail:
-        return PermissionError(f"input {name} cannot be read: access denied ({what}; {detail})")
-    return ValueError(f"cannot read {name} ({what}; {detail})")
+    detail = _scrub(error_text(err), url, storage_options)
+    if is_transient(err):
+        return _Passing(f"{name}: the server or the connection failed while {what} ({detail})")
+    if any(w in detail for w in ("403", "AccessDenied", "Forbidden", "Signature", "InvalidAccessKeyId")) or (
+        isinstance(err, PermissionError)
+    ):
+        return PermissionError(
+            f"input {name} cannot be read: access denied ({what}; {detail}); check the credentials "
+            "(storage_options= / --storage-option, or the AWS_*/GOOGLE_*/AZURE_* environment) and the URL"
+        )
+    if isinstance(err, FileNotFoundError) or any(w in detail for w in ("404", "NoSuchKey", "NoSuchBucket")):
+        return FileNotFoundError(f"input {name} does not exist ({what}; {detail}); check the URL")
+    if "TiffFileError" in detail or "not recognized as being in a supported file format" in detail:
+        return ValueError(f"input {name} is not a TIFF image ({detail}); point at {_KINDS}")
+    return ValueError(f"cannot read {name} ({what}; {detail}); point at {_KINDS}")
 
 
 def _open_zarr_url(url: str, level, options: dict) -> ImageSource:
@@ -51,7 +83,13 @@ def _open_zarr_url(url: str, level, options: dict) -> ImageSource:
     try:
         node = zarr.open(url.rstrip("/"), mode="r", storage_options=options or None)
     except Exception as err:  # zarr and fsspec raise many types for a missing or foreign store
-        raise _fail(url, options, err, "not a zarr store, or not reachable") from err
+        failed = _fail(url, options, err, "opening it as a zarr store")
+        if isinstance(failed, FileNotFoundError) and _is_file(url, options):
+            raise ValueError(
+                f"input {name} is not an image napari-mirnet reads: it has no zarr metadata (zarr.json, "
+                f".zgroup, .zarray) and its name does not end in .tif, .tiff, .png or .jpg; point at {_KINDS}"
+            ) from None
+        raise failed from None
     if isinstance(node, zarr.Array):
         if level is not None:
             raise ValueError(f"{name} is a single zarr array; leave level= out")
@@ -68,6 +106,44 @@ def _open_zarr_url(url: str, level, options: dict) -> ImageSource:
     return ImageSource(arr, meta.axes, meta)
 
 
+def _is_file(url: str, options: dict) -> bool:
+    """Whether ``url`` is one object or file (so a zarr store was not found because it is something else)."""
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **options)
+        return bool(fs.isfile(path))
+    except Exception:
+        return False
+
+
+def _open_tiff_url(url: str, level, options: dict) -> ImageSource:
+    from .geotiff import open_geotiff
+    from .remote_tiff import RemoteTiff, is_geotiff_url
+    from .tiff import open_tiff
+    from .urls import gdal_config, gdal_path
+
+    name = redact(url)
+    remote = RemoteTiff(url, options, name, _secrets(url, options))
+    try:
+        geo = is_geotiff_url(remote)
+    except Exception as err:
+        raise _fail(url, options, err, "reading its TIFF header") from None
+    if geo:
+        try:
+            return open_geotiff(gdal_path(url), level, env=gdal_config(url, options), name=name)
+        except OSError as err:  # rasterio's RasterioIOError (GDAL's curl/S3 errors) is an OSError
+            raise _fail(url, options, err, "opening it with GDAL") from None
+    if level is not None:
+        raise ValueError(f"level={level!r} picks an overview of a GeoTIFF or a level of an OME-Zarr; {name} is neither")
+    from pathlib import PurePosixPath
+
+    try:
+        return open_tiff(PurePosixPath(urlsplit(name).path), remote)
+    except OSError as err:
+        raise _fail(url, options, err, "reading the TIFF's layout") from None
+
+
 def _open_picture_url(url: str, suffix: str, options: dict) -> ImageSource:
     import tempfile
     from pathlib import Path
@@ -80,7 +156,7 @@ def _open_picture_url(url: str, suffix: str, options: dict) -> ImageSource:
         with fsspec.open(url, "rb", **options) as f:
             data = f.read()
     except Exception as err:
-        raise _fail(url, options, err, "not reachable") from None
+        raise _fail(url, options, err, "downloading it") from None
     # pictures are small and read whole: through a temporary file, as the local reader wants a path
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / f"image.{suffix}"
@@ -88,16 +164,31 @@ def _open_picture_url(url: str, suffix: str, options: dict) -> ImageSource:
         return open_picture(p)
 
 
+def _needs_retries(arr) -> bool:
+    """Whether ``arr`` reads from the URL when sliced and is not yet wrapped (numpy is in memory; a dask
+    array made by the TIFF reader wraps a RetryArray already)."""
+    import numpy as np
+
+    from .retry import RetryArray
+
+    return not isinstance(arr, (np.ndarray, RetryArray)) and not type(arr).__module__.startswith("dask")
+
+
 def open_remote(url: str, level=None, storage_options: dict | None = None) -> ImageSource:
-    """Open the image at ``url`` (see the module docstring); ``level`` picks an OME-Zarr pyramid level."""
+    """Open the image at ``url`` (see the module docstring); ``level`` picks an OME-Zarr pyramid level
+    or a GeoTIFF overview (0 = full resolution)."""
     options = fsspec_options(url, storage_options)
+    name = redact(url)
     suffix = urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1].rpartition(".")[2].lower()
     if suffix in ("tif", "tiff"):
-        # not yet: GeoTIFF/COG through GDAL's /vsicurl/ and /vsis3/ (issue 32)
-        raise ValueError(f"{redact(url)}: reading TIFF/GeoTIFF from a URL is not supported yet; download it first")
+        opener = _open_tiff_url
     elif suffix in ("png", "jpg", "jpeg"):
-        src = _open_picture_url(url, suffix, options)
+        opener = lambda u, lv, o: _open_picture_url(u, suffix, o)  # noqa: E731
     else:
-        src = _open_zarr_url(url, level, options)
-    src.meta = src.meta.replace(name=src.meta.name or redact(url))
+        opener = _open_zarr_url
+    secrets = _secrets(url, options)
+    src = with_retries(lambda: opener(url, level, options), name, "opening it", scrub=lambda t: _scrub(t, url, options))
+    if _needs_retries(src.array):  # lazy: every chunk read is retried
+        src.array = RetryArray(src.array, name, secrets)
+    src.meta = src.meta.replace(name=src.meta.name or name)
     return src

@@ -54,17 +54,18 @@ def _color_to_ome(color: str) -> int:
 
 
 # ------------------------------------------------------------------------------------------ reading
-def open_tiff(p: Path) -> ImageSource:
+def open_tiff(p: Path, remote=None) -> ImageSource:
     """A TIFF's image, read region by region through tifffile's zarr store, with its metadata.
 
     A file of several images (pages of different sizes, OME images) is refused with their list:
     taking the first alone would drop the others without a word. Pixels are given as they look:
     a min-is-white file is inverted, a palette file becomes RGB; CMYK and CIELab are refused.
+    ``remote`` (io.remote_tiff.RemoteTiff) reads a file at a URL; ``p`` then only names it.
     """
     import tifffile
     import zarr
 
-    with tifffile.TiffFile(p) as tif:
+    with tifffile.TiffFile(p if remote is None else remote.handle()) as tif:
         index = one_series(tif, p)
         series = tif.series[index]
         page = series.pages[0] if series.pages else tif.pages.first
@@ -82,7 +83,7 @@ def open_tiff(p: Path) -> ImageSource:
         photometric, extras = int(page.photometric), tuple(int(e) for e in page.extrasamples or ())
         colormap = page.colormap if photometric == 3 else None
         orientation = int(page.tags["Orientation"].value) if "Orientation" in page.tags else 1
-    z = zarr.open(tifffile.imread(p, aszarr=True, series=index), mode="r")
+    z = zarr.open(tifffile.imread(p, aszarr=True, series=index), mode="r") if remote is None else remote.array(index)
     if isinstance(z, zarr.Group):  # a pyramid: full resolution is level 0
         z = z["0"]
     z, axes = as_seen(z, axes, photometric, colormap, p)

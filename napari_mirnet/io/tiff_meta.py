@@ -260,18 +260,25 @@ def _mismatch(tif, kind: str, held: str) -> str:
     )
 
 
+def as_dask(z):
+    """A zarr array (or a remote array with ``chunks``, io.retry.RetryArray) as a dask array of its chunks."""
+    import dask.array as da
+    import zarr
+
+    return da.from_zarr(z) if isinstance(z, zarr.Array) else da.from_array(z, chunks=z.chunks)
+
+
 def as_seen(z, axes: str | None, photometric: int, colormap, p: Path):
     """The pixels as a viewer shows them: min-is-white inverted, palette indices looked up (lazily, with dask)."""
-    import dask.array as da
 
     if photometric == 0 and np.dtype(z.dtype).kind == "u":  # min-is-white: 0 is white
         top = np.iinfo(z.dtype).max
-        return top - da.from_zarr(z), axes
+        return top - as_dask(z), axes
     if photometric == 3 and colormap is not None and axes == "YX":
         lut = np.asarray(colormap).T  # (entries, 3)
         if np.all(lut % 257 == 0):  # 8-bit colours stored as 16 (tifffile, libtiff write them so)
             lut = (lut // 257).astype(np.uint8)
-        d = da.from_zarr(z)
+        d = as_dask(z)
         rgb = d.map_blocks(lambda b: lut[b], new_axis=2, chunks=d.chunks + ((3,),), dtype=lut.dtype)
         return rgb, "YXC"
     refused = {0: "min-is-white floating point", 3: "palette", 5: "CMYK (separated)", 8: "CIELab", 9: "ICCLab"}
@@ -300,7 +307,7 @@ def oriented(z, axes: str | None, orientation: int, fields: dict, p: Path):
 
     from .pictures import exif_orient
 
-    out = exif_orient(z if isinstance(z, da.Array) else da.from_zarr(z), orientation)
+    out = exif_orient(z if isinstance(z, da.Array) else as_dask(z), orientation)
     fields = dict(fields)
     if fields.get("translation"):  # the first pixel is another corner now
         warnings.warn(f"{p.name}: the position of the first pixel is left out: the image is turned", stacklevel=4)

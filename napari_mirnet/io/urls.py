@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["SCHEMES", "fsspec_options", "is_url", "redact"]
+__all__ = ["SCHEMES", "fsspec_options", "gdal_config", "gdal_path", "is_url", "redact"]
 
 SCHEMES = ("http", "https", "s3", "gs", "gcs", "az", "abfs")
 # the package fsspec needs per scheme, named in the error when it is missing
@@ -48,3 +48,68 @@ def fsspec_options(url: str, storage_options: dict | None) -> dict:
             "(or pip install 'napari-mirnet[remote]')"
         )
     return dict(storage_options or {})
+
+
+# GDAL's virtual file system per scheme (https://gdal.org/user/virtual_file_systems.html)
+_VSI = {"s3": "/vsis3/", "gs": "/vsigs/", "gcs": "/vsigs/", "az": "/vsiaz/", "abfs": "/vsiaz/"}
+# GDAL settings for every remote read: no directory listing on open (a COG is one object: listing a
+# bucket or an HTTP folder to look for side-car files costs requests and fails on many servers),
+# bounded time per request; GDAL's own HTTP retries are off: io.retry retries every remote read, once,
+# with one bound, whatever library reads (a second layer would multiply the tries)
+_GDAL_BASE = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "GDAL_HTTP_TIMEOUT": "60",
+    "GDAL_HTTP_CONNECTTIMEOUT": "20",
+    "GDAL_HTTP_MAX_RETRY": "0",
+}
+
+
+def gdal_path(url: str) -> str:
+    """The GDAL path of ``url``: ``/vsicurl/http(s)://...``, ``/vsis3/bucket/key``, ``/vsigs/``, ``/vsiaz/``."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https"):
+        return "/vsicurl/" + url
+    return _VSI[scheme] + parts.netloc + parts.path
+
+
+def gdal_config(url: str, storage_options: dict | None) -> dict:
+    """GDAL config options for ``url`` from fsspec-style ``storage_options`` (and the S3 endpoint from the
+    environment): the rest (``AWS_*``, ``GOOGLE_APPLICATION_CREDENTIALS``, ``AZURE_*``, profiles) GDAL
+    reads from the environment itself, as every GDAL tool does."""
+    import os
+
+    opts = dict(storage_options or {})
+    client = dict(opts.get("client_kwargs") or {})
+    cfg = dict(_GDAL_BASE)
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "s3":
+        endpoint = (
+            client.get("endpoint_url")
+            or opts.get("endpoint_url")
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+        )
+        if endpoint:  # an S3-compatible server (MinIO, Ceph, moto...): path-style requests to it
+            ep = urlsplit(endpoint)
+            cfg.update(AWS_S3_ENDPOINT=ep.netloc, AWS_HTTPS="YES" if ep.scheme == "https" else "NO")
+            cfg["AWS_VIRTUAL_HOSTING"] = "FALSE"
+        pairs = {"key": "AWS_ACCESS_KEY_ID", "secret": "AWS_SECRET_ACCESS_KEY", "token": "AWS_SESSION_TOKEN"}
+        cfg.update({gdal: str(opts[k]) for k, gdal in pairs.items() if opts.get(k)})
+        if client.get("region_name"):
+            cfg["AWS_REGION"] = str(client["region_name"])
+        if opts.get("profile"):
+            cfg["AWS_PROFILE"] = str(opts["profile"])
+        if opts.get("anon"):
+            cfg["AWS_NO_SIGN_REQUEST"] = "YES"
+    elif scheme in ("az", "abfs"):
+        pairs = {"account_name": "AZURE_STORAGE_ACCOUNT", "account_key": "AZURE_STORAGE_ACCESS_KEY"}
+        pairs["connection_string"] = "AZURE_STORAGE_CONNECTION_STRING"
+        pairs["sas_token"] = "AZURE_STORAGE_SAS_TOKEN"
+        cfg.update({gdal: str(opts[k]) for k, gdal in pairs.items() if opts.get(k)})
+    elif scheme in ("gs", "gcs") and isinstance(opts.get("token"), str) and os.path.isfile(opts["token"]):
+        cfg["GOOGLE_APPLICATION_CREDENTIALS"] = opts["token"]
+    headers = client.get("headers") or opts.get("headers")
+    if headers and scheme in ("http", "https"):
+        cfg["GDAL_HTTP_HEADERS"] = "\r\n".join(f"{k}: {v}" for k, v in dict(headers).items())
+    return cfg
