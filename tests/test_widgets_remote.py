@@ -235,3 +235,49 @@ def test_error_messages_lose_urls_and_option_values():
     text = scrub("failed https://bob:pw1234@host/a.zarr with AKIA1234 and tok-5678", job)
     assert text == "failed https://host/a.zarr with *** and ***"
     assert "AKIA1234" not in repr(job)
+
+
+@pytest.mark.gui
+@pytest.mark.slow
+def test_finetune_on_a_remote_layer_reads_patches_not_the_image(
+    make_napari_viewer, qtbot, http_folder, tmp_path, monkeypatch, gray_identity
+):
+    """The fine-tune widget's training process reads random patches from the layer's dask data (over
+    HTTP, in the child process): its set-up (patches for validation, the noise and the intensities)
+    reads a small part of a 4096^2 level 0, and training goes on patch by patch."""
+    from napari_mirnet.widgets import FinetuneWidget
+
+    folder, base, served = http_folder
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:4096, 0:4096].astype(np.float32)
+    clean = 20000 + 15000 * np.sin(xx / 23) * np.cos(yy / 17)
+    big = np.clip(clean + rng.normal(0, 3000, clean.shape).astype(np.float32), 0, 65535).astype(np.uint16)
+    _write_pyramid(folder / "big.zarr", big)
+    level0 = sum(p.stat().st_size for p in (folder / "big.zarr" / "0").rglob("*") if p.name != "zarr.json")
+    monkeypatch.setenv("NAPARI_MIRNET_MODELS", str(tmp_path / "models"))
+    viewer = make_napari_viewer()
+    url = base.replace("http://", f"http://alice:{SECRET}@") + "/big.zarr"
+    layer = _open_remote(viewer, qtbot, url, "napari-ome-zarr")
+    w = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.layer.value = layer
+    w.weights.choices = [("start", gray_identity)]
+    w.weights.value = gray_identity
+    w.minutes.value = 0.1  # 6 s (a busy machine may spend them all on set-up: no step then)
+
+    def level0_read() -> int:
+        return sum(n for path, n in served.items() if "/big.zarr/0/" in path and not path.endswith(".json"))
+
+    at_first_step, on_item = [], w._on_item
+    w._on_item = lambda item: (
+        item[0] == "step" and not at_first_step and at_first_step.append(level0_read()),
+        on_item(item),
+    )
+    served.clear()
+    w.start.clicked()
+    qtbot.waitUntil(lambda: w.result is not None or w.error is not None, timeout=120_000)
+    assert w.error is None, w.error
+    assert w.result.path.is_file()
+    setup = at_first_step[0] if at_first_step else level0_read()  # no step: all was set-up
+    print(f"fine-tune: {setup} bytes of level 0 served by set-up, {level0_read()} in all; level 0 holds {level0}")
+    assert 0 < setup < level0 / 4
