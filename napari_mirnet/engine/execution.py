@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+from urllib.parse import urlsplit
 
 import dask
 
 from .. import io as mio
+from ..io.location import display, writable_url
+from ..io.urls import is_url, redact
 from . import heap
 from .digest import verify_done
 from .graph import WriteWindows, lazy_array
@@ -34,17 +37,30 @@ def compute(collection, run: RestorationRun, client=None):
 
 
 def execute(
-    run: RestorationRun, *, out=None, overwrite: bool = False, client=None, progress=None, cancel=None, read_back=True
+    run: RestorationRun,
+    *,
+    out=None,
+    overwrite: bool = False,
+    client=None,
+    progress=None,
+    cancel=None,
+    read_back=True,
+    storage_options: dict | None = None,
+    lease: bool = True,
 ):
     """Carry out a prepared run: numpy for numpy input, else a lazy dask array; with ``out``, a store.
 
     With ``out``, the store is returned as a dask array, or None with ``read_back=False`` (callers
     that only want the file skip importing dask.array, ~70 MB of resident memory with pandas).
+    ``out`` may be a URL (``s3://bucket/out.zarr``; gs://, az://) written through fsspec with
+    ``storage_options``; one run holds it by a lease object beside it (:mod:`napari_mirnet.io.lease`).
+    ``lease=False`` writes a URL without one, where no conditional put is to be had (gs://, az://) and
+    the caller makes sure that no other run writes the store.
     """
     if out is not None:
         check_zarr_out(out)
-        mio.check_distinct(run.source.paths, out)
-        sink = _to_zarr(run, out, overwrite, client, progress, cancel)
+        mio.check_distinct(run.source.paths, out, storage_options)
+        sink = _to_zarr(run, out, overwrite, client, progress, cancel, storage_options, lease)
         return sink.read_back(run.axes) if read_back else None
     # on a cluster the client reports nothing per tile: the result comes back in one piece
     control = RunControl(progress if client is None else None, cancel, len(run.keys))
@@ -60,24 +76,33 @@ def execute(
 
 
 def check_zarr_out(out) -> None:
-    """``out`` is a zarr store: a path ending in .zarr (or without a suffix)."""
-    suffix = os.path.splitext(os.fspath(out).rstrip("/\\"))[1].lower()
+    """``out`` is a zarr store: a path ending in .zarr (or without a suffix), or a writable URL
+    (``s3://``, ``gs://``, ``az://``; not ``http(s)://``) ending so."""
+    name = os.fspath(out)
+    if is_url(name):
+        try:
+            writable_url(name)
+        except ValueError as err:
+            raise mio.OutputError(str(err)) from None
+        name = urlsplit(name).path
+    suffix = os.path.splitext(name.rstrip("/\\"))[1].lower()
     if suffix not in ("", ".zarr"):
+        shown = redact(out) if is_url(out) else os.fspath(out)
         raise mio.OutputError(
-            f"out={os.fspath(out)!r}: execute writes a zarr store, so out must end in .zarr; for {suffix} "
+            f"out={shown!r}: execute writes a zarr store, so out must end in .zarr; for {suffix} "
             "use napari_mirnet.restore(..., out=path), which writes every format"
         )
 
 
-def _to_zarr(run: RestorationRun, out, overwrite: bool, client, progress, cancel):
+def _to_zarr(run: RestorationRun, out, overwrite: bool, client, progress, cancel, storage_options, lease):
     # one run per store: a second writer (other settings, --overwrite, or the same new store at the
     # same instant) would interleave chunks and leave a store marked complete that cannot be read
-    with mio.store_lock(out):
-        return _to_zarr_locked(run, out, overwrite, client, progress, cancel)
+    with mio.store_lock(out, storage_options, lease=lease) as held:
+        return _to_zarr_locked(run, out, overwrite, client, progress, cancel, storage_options, held)
 
 
-def _to_zarr_locked(run: RestorationRun, out, overwrite: bool, client, progress, cancel):
-    sink = open_zarr_sink(run, out, overwrite)
+def _to_zarr_locked(run: RestorationRun, out, overwrite: bool, client, progress, cancel, storage_options, held):
+    sink = open_zarr_sink(run, out, overwrite, storage_options)
     verify_done(run, sink)
     todo = sink.todo(run.keys)
     control = RunControl(progress, cancel, len(todo))
@@ -86,10 +111,11 @@ def _to_zarr_locked(run: RestorationRun, out, overwrite: bool, client, progress,
     workers = len(client.scheduler_info()["workers"]) if client is not None else 1
     try:
         _write(run, run.context(local, sink), todo, max(2, 2 * run.batch, 4 * workers), client, control)
+        held.check()  # a run whose lease was taken over leaves the store to the run that took it
         sink.output.finalize(sink.store_axes, run.output_meta, name=_result_name(run, out))
     except OSError as err:
         raise mio.OutputError(
-            f"writing {sink.output.path} failed ({err}); the store is left incomplete. Fix the cause (free disk "
+            f"writing {display(sink.output.path)} failed ({err}); the store is left incomplete. Fix the cause (free disk "
             "space, permissions) and re-run the same command to resume."
         ) from err
     return sink

@@ -82,12 +82,14 @@ class ZarrSink:
         """The written store as a dask array in the input's axis order."""
         import dask.array as da
 
-        arr = da.from_zarr(str(self.output.path), component="0")
+        # a URL is read with the options it was written with (zarr's fsspec store, lazily)
+        options = {"storage_options": self.output.storage_options} if self.output.storage_options else {}
+        arr = da.from_zarr(str(self.output.path), component="0", **options)
         return arr.transpose([self.store_axes.index(a) for a in axes]) if self.store_axes != axes else arr
 
 
-def open_zarr_sink(run, out, overwrite: bool) -> ZarrSink:
-    """Create the run's store at ``out`` or reopen an unfinished one with the same fingerprint."""
+def open_zarr_sink(run, out, overwrite: bool, storage_options: dict | None = None) -> ZarrSink:
+    """Create the run's store at ``out`` (a path or URL) or reopen an unfinished one with the same fingerprint."""
     axes, has_c = run.axes, "C" in run.axes
     # canonical order is (lead..., C, Y, X); the store is in OME order (T, C, Z, Y, X)
     canon_axes = "".join(a for a in axes if a not in "CYX") + ("CYX" if has_c else "YX")
@@ -97,7 +99,9 @@ def open_zarr_sink(run, out, overwrite: bool) -> ZarrSink:
     out_perm = tuple(canon_axes.index(a) for a in store_axes)
     shape = tuple(canon_shape[i] for i in out_perm)
     chunk_shape = tuple(max(canon_chunks[i]) for i in out_perm)
-    output = mio.open_output(out, run.fingerprint, shape, chunk_shape, run.imap.dtype, store_axes, overwrite)
+    output = mio.open_output(
+        out, run.fingerprint, shape, chunk_shape, run.imap.dtype, store_axes, overwrite, storage_options=storage_options
+    )
     return ZarrSink(output, store_axes, out_perm, has_c)
 
 

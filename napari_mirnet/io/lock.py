@@ -1,4 +1,4 @@
-"""One writer per output store (a lock file beside it), and never an output over an input."""
+"""One writer per output store (a lock file beside it; a lease object at a URL), and never an output over an input."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 
 from .errors import OutputError, StoreLocked
+from .lease import Lease, NoLease
+from .location import is_url, same_or_within
+from .urls import redact
 
 __all__ = ["check_distinct", "file_identity", "same_file", "store_lock"]
 
@@ -36,16 +39,38 @@ def _within(inner: Path, outer: Path) -> bool:
     return any(p == outer or (outer_id[0] == "inode" and file_identity(p) == outer_id) for p in inner.parents)
 
 
-def check_distinct(inputs, out) -> None:
+def _url_overlap(raw: str, out: str) -> str | None:
+    """How the URLs of an input and the output overlap (compared as written: no request is made)."""
+    if same_or_within(raw, out) == "same":
+        return f"is the input {raw}"
+    if same_or_within(raw, out) == "inside":
+        return f"holds the input {raw}"
+    if same_or_within(out, raw) == "inside":
+        return f"lies inside the input {raw}"
+    return None
+
+
+def check_distinct(inputs, out, storage_options: dict | None = None) -> None:
     """Refuse an output that is an input, lies inside one, or holds one (paths resolved first;
-    one file under two names counts as one, see :func:`file_identity`).
+    one file under two names counts as one, see :func:`file_identity`; URLs compared by service,
+    bucket and key, without credentials or query, and without any request).
 
     Replacing the output deletes it before the input is read: writing a store into itself would
-    leave a store of zeros marked complete.
+    leave a store of zeros marked complete. ``storage_options`` is accepted for the one signature
+    of the chain and not needed.
     """
+    if is_url(out):
+        for raw in inputs:
+            why = _url_overlap(raw, out) if is_url(raw) else None  # a local input is never a URL's object
+            if why:
+                raise OutputError(
+                    f"output {redact(out)} {why.replace(raw, redact(raw))}: writing it would destroy the input "
+                    "before it is read; choose another output URL"
+                )
+        return
     o = Path(out).expanduser().resolve()
     for raw in inputs:
-        if raw is None:
+        if raw is None or is_url(raw):
             continue
         i = Path(raw).expanduser().resolve()
         if i == o or same_file(i, o):
@@ -146,6 +171,9 @@ class _StoreLock:
         os.close(self.fd)
         self.fd = None
 
+    def check(self) -> None:
+        """Nothing to check: the kernel keeps the lock as long as the process lives."""
+
     def __enter__(self):
         self.acquire()
         return self
@@ -154,6 +182,11 @@ class _StoreLock:
         self.release()
 
 
-def store_lock(path) -> _StoreLock:
-    """``with store_lock(out): ...`` holds the output store for one run; see :class:`_StoreLock`."""
+def store_lock(path, storage_options: dict | None = None, lease: bool = True) -> _StoreLock | Lease | NoLease:
+    """``with store_lock(out): ...`` holds the output store for one run: a lock file beside a local store
+    (:class:`_StoreLock`), a lease object beside a store at a URL (:class:`.lease.Lease`; ``lease=False``
+    writes without one, where the caller makes sure no other run writes the store). The held object's
+    ``check()`` refuses to complete a store whose lease another run took over."""
+    if is_url(path):
+        return Lease(path, storage_options) if lease else NoLease()
     return _StoreLock(path)

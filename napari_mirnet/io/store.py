@@ -13,10 +13,16 @@ level-k chunks and the task that writes a level-0 chunk writes its blocks of tho
 (no two tasks share a zarr chunk). Levels where that stops (an odd chunk edge, or chunks under
 ``MIN_CHUNK`` pixels) are built when the run finishes, from the last chunk-written level, with
 dask in bounded memory.
+
+At a URL (``s3://bucket/out.zarr``; gs://, az:// alike) the same store is written through zarr's
+fsspec store: chunks, bookkeeping (``s3://bucket/.out.zarr.mirnet/...``) and the completion marker are
+objects, and an error while writing ends with an :class:`OutputError` that names the redacted URL and
+says that the store is left resumable.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -30,6 +36,7 @@ import numpy as np
 from ..metadata import ImageMeta
 from .bookkeeping import DIGEST, DONE, bookkeeping_path, new_book, open_book, written_cells
 from .errors import FingerprintMismatch, OutputError, OutputExistsError
+from .location import display, found_at, fs_and_root, has_entries, is_url, remove_tree, writing, zarr_options
 from .ngff import channel_windows, geo_attrs, multiscales_attrs
 from .omezarr import downsample2, level_shape, pyramid_levels
 from .record import ATTR
@@ -65,25 +72,25 @@ def _diff(a: dict, b: dict) -> str:
     return "; ".join(parts[:4])
 
 
-def _stored_meta(path) -> dict | None:
+def _stored_meta(path, storage_options: dict | None = None) -> dict | None:
     """Our metadata in the zarr store at ``path``; None if it is not a napari-mirnet store."""
     import zarr
 
     try:
-        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+        attrs = dict(zarr.open_group(str(path), mode="r", **zarr_options(path, storage_options)).attrs)
     except Exception:
         return None
     return attrs.get(ATTR)
 
 
-def stored_fingerprint(path) -> dict | None:
-    """The fingerprint of a napari-mirnet store at ``path``, or None."""
-    return (_stored_meta(path) or {}).get("fingerprint")
+def stored_fingerprint(path, storage_options: dict | None = None) -> dict | None:
+    """The fingerprint of a napari-mirnet store at ``path`` (a path or URL), or None."""
+    return (_stored_meta(path, storage_options) or {}).get("fingerprint")
 
 
-def is_complete(path) -> bool:
-    """Whether ``path`` is a napari-mirnet store whose run finished (metadata and pyramid written)."""
-    return bool((_stored_meta(path) or {}).get("complete", False))
+def is_complete(path, storage_options: dict | None = None) -> bool:
+    """Whether ``path`` is a napari-mirnet store whose run finished (its zarr.json says so)."""
+    return bool((_stored_meta(path, storage_options) or {}).get("complete", False))
 
 
 def store_name(path) -> str:
@@ -92,21 +99,28 @@ def store_name(path) -> str:
     return name[: -len(".zarr")] if name.lower().endswith(".zarr") and len(name) > 5 else name
 
 
-def done_markers(path) -> np.ndarray:
+def done_markers(path, storage_options: dict | None = None) -> np.ndarray:
     """The done markers (one per level-0 chunk, store axis order) of an unfinished store; all set once complete."""
     import zarr
 
-    if is_complete(path):
-        g = zarr.open_group(str(path), mode="r")
+    kw = zarr_options(path, storage_options)
+    if is_complete(path, storage_options):
+        g = zarr.open_group(str(path), mode="r", **kw)
         grid = tuple(-(-n // c) for n, c in zip(g["0"].shape, g["0"].chunks))
         return np.ones(grid, np.uint8)
-    arr = zarr.open_group(str(bookkeeping_path(path)), mode="r")[DONE]
-    found = written_cells(arr, bookkeeping_path(path) / DONE, read=False)
+    arr = zarr.open_group(str(bookkeeping_path(path)), mode="r", **kw)[DONE]
+    found = written_cells(arr, _book_part(path, DONE), read=False, storage_options=storage_options)
     if found is None:
         return np.asarray(arr[...])
     marks = np.zeros(arr.shape, np.uint8)
     marks[found[0]] = 1
     return marks
+
+
+def _book_part(path, name: str):
+    """One array of the bookkeeping of the store at ``path`` (a Path, or a URL for a URL)."""
+    book = bookkeeping_path(path)
+    return f"{book}/{name}" if is_url(path) else book / name
 
 
 def _chunk_plan(shape, chunks, axes: str) -> tuple[int, list[tuple[int, ...]]]:
@@ -137,18 +151,21 @@ def _chunk_plan(shape, chunks, axes: str) -> tuple[int, list[tuple[int, ...]]]:
 class ZarrOutput:
     """A napari-mirnet store being written: the image pyramid at '0', '1', ...; done markers beside it."""
 
-    def __init__(self, path: Path, group: zarr.Group, book: zarr.Group, axes: str):
-        self.path = path
+    def __init__(
+        self, path: Path | str, group: zarr.Group, book: zarr.Group, axes: str, storage_options: dict | None = None
+    ):
+        self.path = path  # a Path, or the URL as given (str)
         self.group = group
         self.book = book
         self.axes = axes
+        self.storage_options = storage_options if is_url(path) else None
         ours = dict(group.attrs)[ATTR]
         self.levels = int(ours.get("levels", 1))
         self.per_chunk = int(ours.get("per_chunk_levels", 0))
 
     def done_mask(self) -> np.ndarray:
         """Per level-0 chunk, whether it is written (one directory listing, however many chunks)."""
-        found = written_cells(self.book[DONE], bookkeeping_path(self.path) / DONE, read=False)
+        found = written_cells(self.book[DONE], _book_part(self.path, DONE), False, self.storage_options)
         if found is None:
             return np.asarray(self.book[DONE][...]).astype(bool)
         mask = np.zeros(self.book[DONE].shape, bool)
@@ -158,7 +175,7 @@ class ZarrOutput:
     def input_digests(self) -> np.ndarray:
         """Per output chunk, the digest of the input it was computed from (0: none recorded)."""
         arr = self.book[DIGEST]
-        found = written_cells(arr, bookkeeping_path(self.path) / DIGEST, read=True)
+        found = written_cells(arr, _book_part(self.path, DIGEST), True, self.storage_options)
         if found is None:
             return np.asarray(arr[...])
         out = np.zeros(arr.shape, arr.dtype)
@@ -167,6 +184,10 @@ class ZarrOutput:
 
     def finalize(self, axes: str, meta: ImageMeta, name: str | None = None) -> None:
         """Build the remaining levels, write the OME-NGFF metadata and mark the store complete (one write)."""
+        with writing(self.path, self.storage_options):
+            self._finalize(axes, meta, name)
+
+    def _finalize(self, axes: str, meta: ImageMeta, name: str | None) -> None:
         for k in range(self.per_chunk + 1, self.levels):
             _build_level(self.group, axes, k)
         attrs = dict(self.group.attrs)
@@ -188,7 +209,12 @@ class ZarrOutput:
             level.attrs.update(geo_attrs(meta, level.shape, k, order=axes, group=False))
         # one write of zarr.json (atomic in LocalStore): metadata and the completion marker together
         self.group.attrs.update({"ome": ome, ATTR: ours, **geo_attrs(meta, self.group["0"].shape, 0, order=axes)})
-        shutil.rmtree(bookkeeping_path(self.path), ignore_errors=True)  # a complete store needs none
+        if is_url(self.path):  # a complete store needs none
+            fs, root = fs_and_root(str(bookkeeping_path(self.path)), self.storage_options)
+            with contextlib.suppress(Exception):  # the store is complete already: a leftover is harmless
+                remove_tree(fs, root, missing_ok=True)
+        else:
+            shutil.rmtree(bookkeeping_path(self.path), ignore_errors=True)
 
 
 def _build_level(group: zarr.Group, axes: str, k: int) -> None:
@@ -217,21 +243,39 @@ def _build_level(group: zarr.Group, axes: str, k: int) -> None:
             pass
 
 
-def open_output(path, fingerprint: dict, shape, chunks, dtype, axes: str, overwrite: bool = False) -> ZarrOutput:
-    """Create the store, or reopen an unfinished one with the same fingerprint (resume)."""
-    p = Path(path)
+def open_output(
+    path,
+    fingerprint: dict,
+    shape,
+    chunks,
+    dtype,
+    axes: str,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+) -> ZarrOutput:
+    """Create the store at ``path`` (a local path, or a URL with ``storage_options`` for fsspec), or
+    reopen an unfinished one with the same fingerprint (resume)."""
+    remote = is_url(path)
+    p = path.rstrip("/") if remote else Path(path)
+    opts = storage_options if remote else None
     fingerprint = _norm(fingerprint)
     grid = tuple(-(-n // c) for n, c in zip(shape, chunks))
-    if p.exists() and not p.is_dir():
-        raise OutputError(f"output {p} is an existing file, not a zarr store; choose another path")
-    if p.exists():
-        resumed = _reopen(p, fingerprint, shape, grid, axes, overwrite)
+    with writing(p, opts, opening=True):
+        found = found_at(p, opts)
+    if found == "file":
+        what = "object" if remote else "file"
+        raise OutputError(f"output {display(p)} is an existing {what}, not a zarr store; choose another path")
+    if found:
+        with writing(p, opts, opening=True):
+            resumed = _reopen(p, fingerprint, shape, grid, axes, overwrite, opts)
         if resumed is not None:
             return resumed
-    return _create(p, fingerprint, shape, chunks, dtype, axes, grid)
+    return _create(p, fingerprint, shape, chunks, dtype, axes, grid, opts)
 
 
-def _reopen(p: Path, fingerprint: dict, shape, grid: tuple, axes: str, overwrite: bool) -> ZarrOutput | None:
+def _reopen(
+    p, fingerprint: dict, shape, grid: tuple, axes: str, overwrite: bool, opts: dict | None
+) -> ZarrOutput | None:
     """The unfinished store at ``p`` to resume; None where a new one is to be created (ours removed).
 
     Refuses what must not be touched or resumed: a folder not ours, a complete result without
@@ -239,17 +283,18 @@ def _reopen(p: Path, fingerprint: dict, shape, grid: tuple, axes: str, overwrite
     """
     import zarr
 
-    meta = _stored_meta(p)
+    name = display(p)
+    meta = _stored_meta(p, opts)
     if meta is None:
-        if any(p.iterdir()):
+        if has_entries(p, opts):
             raise OutputError(
-                f"output {p} exists and is not a napari-mirnet result; it is left alone: choose another path"
+                f"output {name} exists and is not a napari-mirnet result; it is left alone: choose another path"
             )
         return None
     same = meta.get("fingerprint") == fingerprint
     if meta.get("complete") and not overwrite:
         raise OutputExistsError(
-            f"output {p} is already complete"
+            f"output {name} is already complete"
             + ("" if same else " (from other settings)")
             + "; pass --overwrite (overwrite=True) to replace it",
             same,
@@ -257,70 +302,77 @@ def _reopen(p: Path, fingerprint: dict, shape, grid: tuple, axes: str, overwrite
     if not meta.get("complete") and not overwrite:
         if not same:
             raise FingerprintMismatch(
-                f"output {p} holds an unfinished run with other settings ({_diff(meta.get('fingerprint', {}), fingerprint)}); "
+                f"output {name} holds an unfinished run with other settings ({_diff(meta.get('fingerprint', {}), fingerprint)}); "
                 "re-run with the original settings to resume it, or pass --overwrite to start again"
             )
         if meta.get("layout") != LAYOUT:
             raise FingerprintMismatch(
-                f"output {p} holds an unfinished run written by an older napari-mirnet (another store "
+                f"output {name} holds an unfinished run written by an older napari-mirnet (another store "
                 "layout); pass --overwrite to start again"
             )
-        g = zarr.open_group(str(p), mode="r+")
+        g = zarr.open_group(str(p), mode="r+", **zarr_options(p, opts))
         if tuple(g["0"].shape) != tuple(shape):
-            raise FingerprintMismatch(f"output {p} has shape {g['0'].shape}, expected {tuple(shape)}")
-        return ZarrOutput(p, g, open_book(p, g, grid), axes)
-    shutil.rmtree(p)  # overwrite a store we wrote ourselves
+            raise FingerprintMismatch(f"output {name} has shape {g['0'].shape}, expected {tuple(shape)}")
+        return ZarrOutput(p, g, open_book(p, g, grid, opts), axes, opts)
+    if is_url(p):  # overwrite a store we wrote ourselves
+        remove_tree(*fs_and_root(p, opts))
+    else:
+        shutil.rmtree(p)
     return None
 
 
-def _create(p: Path, fingerprint: dict, shape, chunks, dtype, axes: str, grid: tuple) -> ZarrOutput:
+def _create(p, fingerprint: dict, shape, chunks, dtype, axes: str, grid: tuple, opts: dict | None) -> ZarrOutput:
     """A new, empty store at ``p``: its bookkeeping, our record (not complete) and every level's array."""
     import zarr
 
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        per_chunk, level_chunks = _chunk_plan(shape, chunks, axes)
-        token = uuid.uuid4().hex
-        # the bookkeeping first: a stale one beside a deleted store must never vouch for this one
-        book = new_book(p, grid, token)
-        g = zarr.create_group(str(p), zarr_format=3, overwrite=False)
-        g.attrs.update(
-            {
-                ATTR: {
-                    "fingerprint": fingerprint,
-                    "complete": False,
-                    "layout": LAYOUT,
-                    "levels": len(level_chunks),
-                    "per_chunk_levels": per_chunk,
-                    "token": token,
+        with writing(p, opts):
+            if not is_url(p):  # object stores have no folders to make
+                p.parent.mkdir(parents=True, exist_ok=True)
+            per_chunk, level_chunks = _chunk_plan(shape, chunks, axes)
+            token = uuid.uuid4().hex
+            # the bookkeeping first: a stale one beside a deleted store must never vouch for this one
+            book = new_book(p, grid, token, opts)
+            g = zarr.create_group(str(p), zarr_format=3, overwrite=False, **zarr_options(p, opts))
+            g.attrs.update(
+                {
+                    ATTR: {
+                        "fingerprint": fingerprint,
+                        "complete": False,
+                        "layout": LAYOUT,
+                        "levels": len(level_chunks),
+                        "per_chunk_levels": per_chunk,
+                        "token": token,
+                    }
                 }
-            }
-        )
-        for k, ck in enumerate(level_chunks):
-            g.create_array(
-                str(k),
-                shape=level_shape(shape, axes, k),
-                chunks=ck,
-                dtype=np.dtype(dtype),
-                fill_value=0,
-                dimension_names=[a.lower() for a in axes],
             )
+            for k, ck in enumerate(level_chunks):
+                g.create_array(
+                    str(k),
+                    shape=level_shape(shape, axes, k),
+                    chunks=ck,
+                    dtype=np.dtype(dtype),
+                    fill_value=0,
+                    dimension_names=[a.lower() for a in axes],
+                )
     except OSError as err:
         raise OutputError(f"cannot create output {p}: {err.strerror or err} (is the location writable?)") from err
-    return ZarrOutput(p, g, book, axes)
+    return ZarrOutput(p, g, book, axes, opts)
 
 
 def write_digest(output: ZarrOutput, chunk_index: tuple[int, ...], digest: int) -> None:
     """Record the input digest of a chunk (before its data and done marker are written)."""
-    output.book[DIGEST][tuple(chunk_index)] = np.uint64(digest)
+    with writing(output.path, output.storage_options):
+        output.book[DIGEST][tuple(chunk_index)] = np.uint64(digest)
 
 
 def write_chunk(output: ZarrOutput, block: np.ndarray, chunk_index: tuple[int, ...]) -> None:
     """Write one chunk-aligned block and its pyramid blocks, then its done marker (never the other way round)."""
-    for k in range(output.per_chunk + 1):
-        if k:
-            block = downsample2(block, output.axes)
-        data = output.group[str(k)]
-        region = tuple(slice(i * c, i * c + n) for i, c, n in zip(chunk_index, data.chunks, block.shape))
-        data[region] = block
-    output.book[DONE][tuple(chunk_index)] = 1
+    with writing(output.path, output.storage_options):
+        for k in range(output.per_chunk + 1):
+            if k:
+                block = downsample2(block, output.axes)
+            data = output.group[str(k)]
+            region = tuple(slice(i * c, i * c + n) for i, c, n in zip(chunk_index, data.chunks, block.shape))
+            data[region] = block
+        output.book[DONE][tuple(chunk_index)] = 1
