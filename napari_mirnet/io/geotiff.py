@@ -182,8 +182,27 @@ def _gdal_env(env: dict | None):
 
         return contextlib.nullcontext()
     import rasterio
+    from rasterio.session import Session
 
-    return rasterio.Env(**env)
+    class _Given(Session):
+        """Credentials from storage_options (rasterio refuses AWS keys as plain config options)."""
+
+        def __init__(self, creds: dict):
+            self._creds = creds
+
+        @property
+        def credentials(self) -> dict:
+            return dict(self._creds)
+
+        def get_credential_options(self) -> dict:
+            return dict(self._creds)
+
+    creds = {k: v for k, v in env.items() if k in _CREDENTIALS}
+    rest = {k: v for k, v in env.items() if k not in _CREDENTIALS}
+    return rasterio.Env(session=_Given(creds), **rest) if creds else rasterio.Env(**rest)
+
+
+_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 def _overview(level) -> dict:

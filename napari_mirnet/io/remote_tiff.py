@@ -30,11 +30,31 @@ class RemoteTiff:
         # name: the redacted URL for messages; secrets: strings no message may show
         self.url, self.options, self.name, self.secrets = url, dict(options), name, tuple(secrets)
 
-    def handle(self):
-        """A new fsspec file on the URL, read ``BLOCK`` bytes at a time."""
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_fh"}  # an open handle stays in its process
+
+    def open(self):
+        """A new fsspec file on the URL, read in blocks of ``BLOCK`` bytes that are kept (LRU): tifffile
+        seeks back and forth through the header and the IFDs."""
         import fsspec
 
-        return fsspec.open(self.url, "rb", block_size=BLOCK, cache_type="readahead", **self.options).open()
+        fs, path = fsspec.core.url_to_fs(self.url, **self.options)
+        return fs.open(path, "rb", block_size=BLOCK, cache_type="blockcache")
+
+    def handle(self):
+        """The handle of the planning thread (header, layout, first reads share its cached blocks)."""
+        if getattr(self, "_fh", None) is None:
+            self._fh = self.open()
+        self._fh.seek(0)
+        return self._fh
+
+    def claim(self):
+        """The planning handle for the first array view that asks (once), then new handles."""
+        fh, self._fh = getattr(self, "_fh", None), None
+        if fh is None:
+            return self.open()
+        fh.seek(0)  # tifffile takes the position of a file object as the start of the TIFF
+        return fh
 
     def array(self, series: int):
         """The full-resolution array of ``series``, lazily; every read retried (io.retry)."""
@@ -63,7 +83,7 @@ class RemoteTiffArray:
         cache = _local.__dict__.setdefault("open", {})
         key = self._key()
         if key not in cache:
-            fh = self.remote.handle()
+            fh = self.remote.claim()
             z = zarr.open(tifffile.imread(fh, aszarr=True, series=self.series), mode="r")
             if isinstance(z, zarr.Group):  # a pyramid: full resolution is level 0
                 z = z["0"]
@@ -99,6 +119,6 @@ def is_geotiff_url(remote: RemoteTiff) -> bool:
 
     from .geotiff import GEO_TAGS
 
-    with remote.handle() as fh, tifffile.TiffFile(fh) as tif:
+    with tifffile.TiffFile(remote.handle()) as tif:
         tags = tif.pages[0].tags
         return any(t in tags for t in GEO_TAGS)
