@@ -52,8 +52,7 @@ def check_writable(url: str, what: str = "out") -> None:
     if urlsplit(url).scheme.lower() in ("http", "https"):
         name = f"{what}{redact(url)!r}" if what.endswith("=") else f"{what} {redact(url)}"
         raise OutputError(
-            f"{name}: an http(s):// URL cannot be written; write to s3:// (or gs://, az://) "
-            "or to a local path"
+            f"{name}: an http(s):// URL cannot be written; write to s3:// (or gs://, az://) or to a local path"
         )
 
 
