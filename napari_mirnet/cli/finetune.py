@@ -85,7 +85,9 @@ def _in_flags(msg: str) -> str:
     return re.sub(rf"(?<![-\w])({names})(?!\w)", lambda m: _FINETUNE_FLAGS[m.group(1)], msg)
 
 
-def _cmd_finetune(args) -> int:
+def _checked_args(args) -> tuple[Path, dict | None]:
+    """The model file and the storage options, or a UsageError (said before torch is imported)."""
+    from ..io.urls import is_url, redact
     from ..training.config import MIN_EDGE
     from ..training.output import state_path
 
@@ -98,8 +100,6 @@ def _cmd_finetune(args) -> int:
     if args.batch < 1:
         raise UsageError("--batch must be at least 1")
     storage_options = parse_storage_options(args.storage_option)
-    from ..io.urls import is_url, redact
-
     if is_url(args.output):
         raise UsageError(
             f"-o {redact(args.output)}: the fine-tuned model is written to a local file; give a local path "
@@ -110,6 +110,13 @@ def _cmd_finetune(args) -> int:
         raise UsageError(
             f"{out} or its saved run exists; pass --resume to continue that run, or choose another --output"
         )
+    return out, storage_options
+
+
+def _cmd_finetune(args) -> int:
+    from ..training.output import state_path
+
+    out, storage_options = _checked_args(args)
     # torch only now: a usage error above is said at once
     from .. import io as mio
     from ..training import finetune
