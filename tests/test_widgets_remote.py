@@ -164,7 +164,44 @@ def test_remote_layer_restores_into_s3_store(
     _no_credentials(out, w, secret)
     s3fs = pytest.importorskip("s3fs")
     fs = s3fs.S3FileSystem(**options, skip_instance_cache=True)
-    assert fs.exists(f"{s3_bucket.bucket}/restored/out.zarr/zarr.json")
+    written = fs.cat(f"{s3_bucket.bucket}/restored/out.zarr/zarr.json").decode()
+    assert SECRET not in written and secret not in written and "cells" in written
+
+
+@pytest.mark.gui
+@pytest.mark.slow
+def test_refused_s3_output_is_a_message_without_the_secret(make_napari_viewer, qtbot, tiny_weights, s3_server, caplog):
+    """moto with signatures checked refuses a wrong secret: the status line, its tooltip and the log
+    say so without the secret."""
+    import logging
+
+    import boto3
+
+    endpoint, key, right = s3_server
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=key, aws_secret_access_key=right
+    )
+    if "refused" not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
+        client.create_bucket(Bucket="refused")  # the bucket exists: what is refused is the secret
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.zeros((64, 64), np.uint16), name="img")
+    w = _widget(viewer, tiny_weights, layer, "s3://refused/out.zarr")
+    secret = "wrong-secret-4711"
+    w.storage_options.value = (
+        f'{{"key": "{key}", "secret": "{secret}", "skip_instance_cache": true, '
+        f'"client_kwargs": {{"endpoint_url": "{endpoint}", "region_name": "us-east-1"}}}}'
+    )
+    caplog.set_level(logging.INFO, logger="napari_mirnet")  # the widget logs the error's detail
+    worker = w()
+    assert worker is not None, w.last_status
+    from conftest import SAFETY_MS
+
+    qtbot.waitUntil(lambda: w.worker is None, timeout=SAFETY_MS)
+    assert w.result_layer is None
+    assert "s3://refused/out.zarr" in w.last_status and "credentials" in w.last_status
+    assert "PermissionError" in w.last_status and "PermissionError" in caplog.text
+    for text in (w.last_status, w.status.tooltip, caplog.text):
+        assert secret not in text
 
 
 @pytest.mark.gui
