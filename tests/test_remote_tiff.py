@@ -289,3 +289,20 @@ def test_wrong_secret_for_a_tiff_is_refused_without_showing_it(s3, monkeypatch):
     with pytest.raises(PermissionError) as err:
         open_image("s3://tiffs/RGB.tif", storage_options=wrong)
     assert "wrong-0815x" not in str(err.value) and "s3://tiffs/RGB.tif" in str(err.value)
+
+
+def test_restore_of_a_remote_geotiff_keeps_its_georeferencing(http_folder, tmp_path, identity_weights):
+    from napari_mirnet import restore
+
+    folder, base, _ = http_folder
+    shutil.copy(DATA / "RGB.byte.crop.tif", folder / "rgb.tif")
+    url = base.replace("http://", "http://alice:hunter22@") + "/rgb.tif"
+    kw = {"weights": identity_weights, "tile": 128, "halo": 16, "device": "cpu"}
+    remote, local = tmp_path / "remote.tif", tmp_path / "local.tif"
+    restore(url, out=remote, **kw)
+    restore(DATA / "RGB.byte.crop.tif", out=local, **kw)
+    got, ref = open_image(remote), open_image(local)
+    np.testing.assert_array_equal(np.asarray(got.array[:]), np.asarray(ref.array[:]))
+    assert got.meta.geo == ref.meta.geo and got.meta.nodata == ref.meta.nodata == 0.0
+    with rasterio.open(remote) as ds:
+        assert "hunter22" not in str(ds.tags()) and "alice" not in str(ds.tags())  # the redacted URL only

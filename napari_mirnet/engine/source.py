@@ -271,9 +271,16 @@ def read_window(arrays, axes: str, plan, key: tuple, name: str | None = None) ->
         return read_region(arrays, axes, lead, slice(wy0, wy1), slice(wx0, wx1))
     except Exception as err:
         where = f"plane {lead}, " if lead else ""
+        # a remote read that failed after its retries (io.retry) is the server's or the network's doing
+        remote = type(err).__name__ == "RemoteReadError"
+        hint = (
+            "the server or the connection failed there: run again (a resumable output continues where it stopped)"
+            if remote
+            else "the file may be damaged or incomplete there: check or re-create it"
+        )
         raise InputError(
             f"reading the input {name or '(array)'} failed at {where}rows {wy0}-{wy1}, columns {wx0}-{wx1} "
-            f"({type(err).__name__}: {err}); the file may be damaged or incomplete there: check or re-create it"
+            f"({type(err).__name__}: {err}); {hint}"
         ) from err
 
 
