@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 
 import napari_mirnet as nm
 from napari_mirnet import io as mio
@@ -192,3 +193,32 @@ def test_finetune_reads_an_http_ome_zarr(http_folder, gray_identity, tmp_path, c
     assert served["/ft-noisy.zarr/zarr.json"] > 0  # read over HTTP, not from a local copy
     meta = json.dumps(__import__("torch").load(out, weights_only=False)["meta"])
     assert base not in meta  # the model records the data's shape, not where it was read from
+
+
+def test_an_interrupted_tiff_upload_resumes_from_its_local_work_store(s3w, local_zarr, tiny_weights, tmp_path):
+    import threading
+
+    from napari_mirnet.outputs import tiff_work_store
+    from napari_mirnet.progress import Cancelled
+
+    endpoint, options = s3w
+    url, cancel, seen = "s3://bucket/resume/out.tif", threading.Event(), []
+
+    def stop_after_two(p):
+        seen.append(p)
+        if len(seen) >= 2:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        nm.restore(local_zarr, weights=tiny_weights, out=url, storage_options=options, progress=stop_after_two,
+                   cancel=cancel, **TILED)  # fmt: skip
+    assert _objects(endpoint, "resume/") == {}  # nothing at the URL until the file is complete
+    work = tiff_work_store(url)
+    assert work.is_dir() and "s3:" not in str(work)  # local, in the cache, keyed by the URL
+    done = []
+    got = nm.restore(local_zarr, weights=tiny_weights, out=url, storage_options=options, progress=done.append, **TILED)
+    ref = nm.restore(local_zarr, weights=tiny_weights, out=tmp_path / "ref.tif", **TILED)
+    assert 0 < len(done) < len(seen) + len(done) and not work.parent.exists()
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
+    (tmp_path / "dl.tif").write_bytes(_objects(endpoint, "resume/")["resume/out.tif"])
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "dl.tif"), tifffile.imread(tmp_path / "ref.tif"))
