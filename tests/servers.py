@@ -6,6 +6,7 @@ import collections
 import functools
 import http.server
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -28,7 +29,9 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
         if rng is None or os.path.isdir(path) or not os.path.isfile(path):
             return super().send_head()
         size = os.path.getsize(path)
-        start, _, end = rng.removeprefix("bytes=").partition("-")
+        if not re.fullmatch(r"bytes=(\d+-\d*|-\d+)", rng.strip()):  # several ranges, or none we read:
+            return super().send_head()  # the whole file, as RFC 9110 allows (never a dropped connection)
+        start, _, end = rng.strip().removeprefix("bytes=").partition("-")
         if start == "":  # a suffix range: the last N bytes
             first, last = max(0, size - int(end)), size - 1
         else:

@@ -47,7 +47,16 @@ def fsspec_options(url: str, storage_options: dict | None) -> dict:
             f"reading {redact(url)} needs the {package} package: pip install {package} "
             "(or pip install 'napari-mirnet[remote]')"
         )
-    return dict(storage_options or {})
+    options = dict(storage_options or {})
+    if scheme == "http":
+        # aiohttp waits 5 minutes for a stalled server by default: a read that stalls fails sooner and
+        # is retried (io.retry) instead; the caller's own timeout wins
+        import aiohttp
+
+        client = dict(options.get("client_kwargs") or {})
+        client.setdefault("timeout", aiohttp.ClientTimeout(total=None, sock_connect=20, sock_read=60))
+        options["client_kwargs"] = client
+    return options
 
 
 # GDAL's virtual file system per scheme (https://gdal.org/user/virtual_file_systems.html)
