@@ -222,3 +222,18 @@ def test_an_interrupted_tiff_upload_resumes_from_its_local_work_store(s3w, local
     np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
     (tmp_path / "dl.tif").write_bytes(_objects(endpoint, "resume/")["resume/out.tif"])
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "dl.tif"), tifffile.imread(tmp_path / "ref.tif"))
+
+
+def test_a_wrong_secret_fails_without_showing_it(s3_server, local_zarr, tiny_weights, capfd):
+    import boto3
+
+    endpoint, key, secret = s3_server
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=key,
+                 aws_secret_access_key=secret).create_bucket(Bucket="locked")  # fmt: skip
+    wrong = "WrongSecret-" + secret[::-1]
+    args = ["restore", str(local_zarr), "-o", "s3://locked/out.zarr", "--weights", tiny_weights, "--device", "cpu",
+            "--storage-option", f"client_kwargs.endpoint_url={endpoint}", "--storage-option", "max_concurrency=1",
+            "--storage-option", f"key={key}", "--storage-option", f"secret={wrong}", "-q"]  # fmt: skip
+    assert main(args) == 1
+    out = capfd.readouterr()
+    assert "s3://locked/out.zarr" in out.err and wrong not in out.out + out.err and secret not in out.err

@@ -72,6 +72,11 @@ def exists(url: str, storage_options: dict | None) -> bool:
         return bool(fs.exists(path.rstrip("/")))
     except FileNotFoundError:
         return False
+    except PermissionError:
+        raise OutputError(
+            f"cannot check the output {redact(url)}: access denied; check the credentials (storage_options=, "
+            "or the environment and profiles the store's library reads)"
+        ) from None
     except Exception as err:  # a refused listing: say which URL, never the options
         raise OutputError(f"cannot check the output {redact(url)}: {type(err).__name__}") from None
 
