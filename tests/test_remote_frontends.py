@@ -237,3 +237,22 @@ def test_a_wrong_secret_fails_without_showing_it(s3_server, local_zarr, tiny_wei
     assert main(args) == 1
     out = capfd.readouterr()
     assert "s3://locked/out.zarr" in out.err and wrong not in out.out + out.err and secret not in out.err
+
+
+def test_outputs_are_planned_for_url_inputs_and_url_folders(tmp_path):
+    from napari_mirnet.outputs import plan_outputs
+
+    urls = ["s3://bucket/in/a.ome.zarr", "https://h/data/b.png", "s3://bucket/in/c"]
+    pairs = plan_outputs(urls, tmp_path / "res", task="denoise")
+    assert [d.name for _, d in pairs] == ["a.ome.zarr", "b.png", "c.zarr"]  # as for local inputs
+    pairs = plan_outputs(urls, "s3://bucket/res/", task="denoise", format="tif")
+    assert [d for _, d in pairs] == ["s3://bucket/res/a.ome.tif", "s3://bucket/res/b.tif", "s3://bucket/res/c.tif"]
+    assert plan_outputs(urls[:1], "gs://b/one.tif", task="denoise") == [(urls[0], "gs://b/one.tif")]
+    with pytest.raises(ValueError, match="need an output folder"):
+        plan_outputs(urls, "s3://bucket/one.tif", task="denoise")
+    with pytest.raises(ValueError, match="is, holds or lies inside the input s3://bucket/in/a.ome.zarr"):
+        plan_outputs(urls[:1], "s3://bucket/in/a.ome.zarr", task="denoise")
+    with pytest.raises(ValueError, match="lies inside the input"):
+        plan_outputs(urls[:1], "s3://bucket/in/a.ome.zarr/", task="denoise", format="zarr")
+    with pytest.raises(ValueError, match="cannot be written"):
+        plan_outputs(urls, "https://h/res/", task="denoise")

@@ -75,6 +75,11 @@ def plan_outputs(inputs, out, *, task: str, format: str = "same", storage_option
         except mio.OutputError as err:
             raise ValueError(str(err)) from None
         pairs = _url_pairs(items, out, single, format)
+        try:  # an output inside an input store (or holding one) would destroy it
+            for _, dst in pairs:
+                check_distinct_url([p for s, _ in pairs for p in (s if isinstance(s, tuple) else (s,))], dst)
+        except mio.OutputError as err:
+            raise ValueError(str(err)) from None
     else:
         pairs = _local_pairs(items, Path(out), single, format)
     return _check_not_inputs(pairs, storage_options)
