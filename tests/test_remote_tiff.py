@@ -165,6 +165,8 @@ def test_geotiff_from_s3_equals_local(s3_bucket):
         same_meta(src, ref)
         np.testing.assert_array_equal(np.asarray(src.array[:]), np.asarray(ref.array[:]))
         assert src.meta.name == s3_bucket.url(f"scenes/{name}")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        open_image(s3_bucket.url("scenes/none.tif"), storage_options=options)
 
 
 # ------------------------------------------------------------------------------------- failures
