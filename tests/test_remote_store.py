@@ -140,6 +140,8 @@ def test_s3_store_equals_the_local_one_and_every_reader_takes_it(tiny_weights, t
     # only the image is left: no bookkeeping, no lease
     keys = _keys(c, name)
     assert all(k.startswith("r.zarr/") for k in keys), keys
+    for k in (k for k in keys if k.endswith("zarr.json")):  # no credential in the metadata
+        assert SECRET.encode() not in c.get_object(Bucket=name, Key=k)["Body"].read()
 
     from ome_zarr.io import ZarrLocation
     from ome_zarr.reader import Reader
@@ -297,3 +299,17 @@ def test_a_lost_connection_mid_run_names_the_url_and_leaves_it_resumable(tiny_we
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_wrong_secret_is_refused_before_any_work_without_showing_it(tiny_weights, s3_server):
+    import boto3
+
+    endpoint, key, secret = s3_server
+    boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=key, aws_secret_access_key=secret
+    ).create_bucket(Bucket="locked")
+    opts = {"key": key, "secret": SECRET, "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
+    img = RNG.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    with pytest.raises(mio.OutputError, match=r"s3://locked/w\.zarr.*credentials") as info:
+        engine.execute(_run(img, tiny_weights), out="s3://locked/w.zarr", storage_options=opts)
+    assert SECRET not in str(info.value)

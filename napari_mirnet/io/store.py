@@ -326,7 +326,7 @@ def _create(p, fingerprint: dict, shape, chunks, dtype, axes: str, grid: tuple, 
     import zarr
 
     try:
-        with writing(p, opts):
+        with writing(p, opts, opening=True):  # nothing to resume yet
             if not is_url(p):  # object stores have no folders to make
                 p.parent.mkdir(parents=True, exist_ok=True)
             per_chunk, level_chunks = _chunk_plan(shape, chunks, axes)
