@@ -261,6 +261,7 @@ def test_s3_to_s3_on_a_cluster_without_shared_disk(
     assert chunk_bytes(worker_counts, f"/{bucket}/in.ome.zarr/") > 0
     assert chunk_bytes(client_env, f"/{bucket}/in.ome.zarr/") == 0, "the client read input chunks"
     assert sum(n for (m, p), n in client_env.items() if m == "PUT" and CHUNK.search(p)) == 0
+    assert chunk_bytes(client_env, f"/{bucket}/out.ome.zarr/") == 0, "the client read output chunks"
 
     # each worker downloaded the weights once into its own cache, in its own folder
     seen = worker_files(address)
@@ -322,3 +323,20 @@ def test_weights_only_the_client_has_are_refused(cluster, tiny_weights, tmp_path
         img = np.random.default_rng(1).integers(0, 255, (60, 70), dtype=np.uint8)
         with pytest.raises(WeightsError, match=r"mine\.pth does not exist on .*put the weights at a URL"):
             nm.restore(img, weights="mine.pth", client=client, **TILED)
+
+
+def test_ome_zarr_v04_over_http(http_folder, tiny_weights, tmp_path):
+    """An OME-Zarr v0.4 in zarr v2 (as IDR publishes over HTTPS) restores from its URL like its local copy."""
+    import zarr
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import write_image
+
+    folder, base, served = http_folder
+    img = np.random.default_rng(3).integers(0, 255, (2, 3, 64, 80), dtype=np.uint8)
+    group = zarr.open_group(str(folder / "v04.zarr"), mode="w", zarr_format=2)
+    write_image(img, group, axes="czyx", fmt=FormatV04(), scaler=None)
+    opts = dict(tile=48, halo=8, blend=4, device="cpu")
+    nm.restore(f"{base}/v04.zarr", weights=tiny_weights, out=str(tmp_path / "url.ome.zarr"), **opts)
+    nm.restore(str(folder / "v04.zarr"), weights=tiny_weights, out=str(tmp_path / "local.ome.zarr"), **opts)
+    assert_same_levels(str(tmp_path / "url.ome.zarr"), str(tmp_path / "local.ome.zarr"))
+    assert served["/v04.zarr/s0/0/0/0/0"] > 0
