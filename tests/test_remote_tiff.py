@@ -308,3 +308,31 @@ def test_restore_of_a_remote_geotiff_keeps_its_georeferencing(http_folder, tmp_p
     assert got.meta.geo == ref.meta.geo and got.meta.nodata == ref.meta.nodata == 0.0
     with rasterio.open(remote) as ds:
         assert "hunter22" not in str(ds.tags()) and "alice" not in str(ds.tags())  # the redacted URL only
+
+
+def _read_region(arr):
+    return np.asarray(arr[10:200, 20:150])
+
+
+def test_remote_arrays_are_read_in_another_process(cog, http_folder, s3_bucket):
+    """What a dask.distributed worker does: unpickle the array and read, with nothing open beforehand."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import tifffile
+
+    folder, base, _ = http_folder
+    tifffile.imwrite(folder / "plain2.tif", rng_image((300, 260)), tile=(128, 128))
+    s3_bucket.client().put_object(
+        Bucket=s3_bucket.bucket, Key="rgb.tif", Body=(DATA / "RGB.byte.crop.tif").read_bytes()
+    )
+    cases = [
+        (cog[1], None, cog[0]),
+        (f"{base}/plain2.tif", None, folder / "plain2.tif"),
+        (s3_bucket.url("rgb.tif"), s3_bucket.storage_options, DATA / "RGB.byte.crop.tif"),
+    ]
+    arrays = [open_image(url, storage_options=opts).array for url, opts, _ in cases]
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        got = list(pool.map(_read_region, arrays))
+    for out, (_, _, local) in zip(got, cases):
+        np.testing.assert_array_equal(out, _read_region(open_image(local).array))
