@@ -176,3 +176,34 @@ def serve_flaky(folder):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}", counter, rules
+
+
+class BasicAuthHandler(RangeHandler):
+    """A Range server that answers 401 unless the request carries HTTP basic auth ``credentials``."""
+
+    credentials: str  # "user:password", set per server class (see serve_basic_auth)
+
+    def _allowed(self) -> bool:
+        import base64
+
+        if self.headers.get("Authorization") == "Basic " + base64.b64encode(self.credentials.encode()).decode():
+            return True
+        self.send_error(401)
+        return False
+
+    def do_GET(self):
+        if self._allowed():
+            super().do_GET()
+
+    def do_HEAD(self):
+        if self._allowed():
+            super().do_HEAD()
+
+
+def serve_basic_auth(folder, credentials: str):
+    """Start a :class:`BasicAuthHandler` server; returns (server, base URL, bytes served per path)."""
+    counter = collections.Counter()
+    handler = type("Handler", (BasicAuthHandler,), {"served": counter, "credentials": credentials})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}", counter

@@ -336,3 +336,23 @@ def test_remote_arrays_are_read_in_another_process(cog, http_folder, s3_bucket):
         got = list(pool.map(_read_region, arrays))
     for out, (_, _, local) in zip(got, cases):
         np.testing.assert_array_equal(out, _read_region(open_image(local).array))
+
+
+def test_basic_auth_in_the_url_reaches_gdal_and_tifffile_but_no_message(tmp_path):
+    import tifffile
+    from servers import serve_basic_auth
+
+    shutil.copy(DATA / "RGB.byte.crop.tif", tmp_path / "geo.tif")
+    tifffile.imwrite(tmp_path / "plain.tif", rng_image((64, 48)))
+    server, base, _ = serve_basic_auth(tmp_path, "alice:hunter22")
+    try:
+        for name in ("geo.tif", "plain.tif"):
+            src = open_image(base.replace("http://", "http://alice:hunter22@") + f"/{name}")
+            np.testing.assert_array_equal(np.asarray(src.array[:]), np.asarray(open_image(tmp_path / name).array[:]))
+            assert src.meta.name == f"{base}/{name}"
+        with pytest.raises(PermissionError, match="access denied") as err:
+            open_image(base.replace("http://", "http://alice:wrong-pw-99@") + "/geo.tif")
+        assert "wrong-pw-99" not in str(err.value)
+    finally:
+        server.shutdown()
+        server.server_close()

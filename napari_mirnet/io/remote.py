@@ -10,6 +10,7 @@ message naming the redacted URL: credentials never appear in an error.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qsl, urlsplit
 
 from .image import ImageSource
@@ -21,6 +22,15 @@ from .urls import _SECRET_QUERY, fsspec_options, redact
 __all__ = ["open_remote"]
 
 _KINDS = "an OME-Zarr store, a TIFF/OME-TIFF/GeoTIFF/COG, a PNG or a JPEG"
+
+
+# what servers and clients say for a refused or a missing object (status codes as aiohttp, botocore and
+# GDAL print them: never a bare number, which a port or a size could hold)
+_DENIED = re.compile(
+    r"\(HTTP 40[13]\)|\b40[13], message|\(40[13]\)|response code: 40[13]|Forbidden|Unauthorized|AccessDenied|"
+    r"SignatureDoesNotMatch|InvalidAccessKeyId|AuthorizationHeaderMalformed"
+)
+_MISSING = re.compile(r"\(HTTP 404\)|\b404, message|\(404\)|response code: 404|NoSuchKey|NoSuchBucket")
 
 
 class _Passing(ConnectionError):
@@ -62,14 +72,12 @@ def _fail(url: str, storage_options: dict, err: Exception, what: str) -> Excepti
     detail = _scrub(error_text(err), url, storage_options)
     if is_transient(err):
         return _Passing(f"{name}: the server or the connection failed while {what} ({detail})")
-    if any(w in detail for w in ("403", "AccessDenied", "Forbidden", "Signature", "InvalidAccessKeyId")) or (
-        isinstance(err, PermissionError)
-    ):
+    if isinstance(err, PermissionError) or _DENIED.search(detail):
         return PermissionError(
             f"input {name} cannot be read: access denied ({what}; {detail}); check the credentials "
             "(storage_options= / --storage-option, or the AWS_*/GOOGLE_*/AZURE_* environment) and the URL"
         )
-    if isinstance(err, FileNotFoundError) or any(w in detail for w in ("404", "NoSuchKey", "NoSuchBucket")):
+    if isinstance(err, FileNotFoundError) or _MISSING.search(detail):
         return FileNotFoundError(f"input {name} does not exist ({what}; {detail}); check the URL")
     if "TiffFileError" in detail or "not recognized as being in a supported file format" in detail:
         return ValueError(f"input {name} is not a TIFF image ({detail}); point at {_KINDS}")
@@ -183,6 +191,8 @@ def open_remote(url: str, level=None, storage_options: dict | None = None) -> Im
     if suffix in ("tif", "tiff"):
         opener = _open_tiff_url
     elif suffix in ("png", "jpg", "jpeg"):
+        if level is not None:
+            raise ValueError(f"level={level!r} applies to OME-Zarr pyramids and GeoTIFF overviews; {name} is a picture")
         opener = lambda u, lv, o: _open_picture_url(u, suffix, o)  # noqa: E731
     else:
         opener = _open_zarr_url

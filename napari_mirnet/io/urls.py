@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 __all__ = ["SCHEMES", "fsspec_options", "gdal_config", "gdal_path", "is_url", "redact"]
 
@@ -78,7 +78,11 @@ def gdal_path(url: str) -> str:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme in ("http", "https"):
-        return "/vsicurl/" + url
+        # user:password goes to GDAL's config (gdal_config), not into a path GDAL may print or log
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        return "/vsicurl/" + urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
     return _VSI[scheme] + parts.netloc + parts.path
 
 
@@ -118,6 +122,11 @@ def gdal_config(url: str, storage_options: dict | None) -> dict:
         cfg.update({gdal: str(opts[k]) for k, gdal in pairs.items() if opts.get(k)})
     elif scheme in ("gs", "gcs") and isinstance(opts.get("token"), str) and os.path.isfile(opts["token"]):
         cfg["GOOGLE_APPLICATION_CREDENTIALS"] = opts["token"]
+    parts = urlsplit(url)
+    if scheme in ("http", "https") and parts.username is not None:
+        cfg.update(
+            GDAL_HTTP_USERPWD=f"{unquote(parts.username)}:{unquote(parts.password or '')}", GDAL_HTTP_AUTH="BASIC"
+        )
     headers = client.get("headers") or opts.get("headers")
     if headers and scheme in ("http", "https"):
         cfg["GDAL_HTTP_HEADERS"] = "\r\n".join(f"{k}: {v}" for k, v in dict(headers).items())
