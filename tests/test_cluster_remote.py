@@ -305,6 +305,55 @@ def test_s3_to_s3_on_a_cluster_without_shared_disk(
         pytest.xfail(f"resuming, the client read {resumed_reads} bytes of input chunks (verify_done)")
 
 
+#: The client of the killed run: a short lease (so that the rerun need not wait 2 minutes for it to
+#: go stale), progress printed as it comes, killed by the test with SIGKILL (no clean-up runs).
+KILLED_CLIENT = """
+import sys
+import napari_mirnet.io.lease as lease
+lease.TTL_S = 3.0
+import napari_mirnet as nm
+src, weights, out, address = sys.argv[1:5]
+nm.restore(src, weights=weights, out=out, client=address, tile=48, halo=8, blend=4, device="cpu",
+           progress=lambda p: print("done", p.done, flush=True))
+"""
+
+
+@pytest.mark.slow
+def test_killed_client_resumes_bit_identical(
+    cluster, s3_open, s3_bucket, tiny_weights, tmp_path, one_thread, monkeypatch
+):
+    address = cluster[0]
+    s3c, bucket = s3_bucket.client(), s3_bucket.bucket
+    img = np.random.default_rng(8).integers(0, 255, (130, 200, 3), dtype=np.uint8)
+    local_in = mio.write_image(tmp_path / "in.ome.zarr", img, "YXC")
+    upload_folder(s3c, bucket, Path(local_in), "in.ome.zarr")
+    s3c.put_object(Bucket=bucket, Key="models/tiny.pth", Body=Path(tiny_weights).read_bytes())
+    local_out = str(tmp_path / "local.ome.zarr")
+    nm.restore(str(local_in), weights=tiny_weights, out=local_out, **TILED)
+
+    env = {**os.environ, **_aws_env(s3_open), "PYTHONPATH": str(ROOT), "NAPARI_MIRNET_CACHE": str(tmp_path / "cache")}
+    src, out, weights = s3_bucket.url("in.ome.zarr"), s3_bucket.url("out.ome.zarr"), f"s3://{bucket}/models/tiny.pth"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CLIENT, src, weights, out, address], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        for line in proc.stdout:  # killed once some chunks are written, many before the last
+            if line.startswith("done") and int(line.split()[1]) >= 3:
+                break
+    finally:
+        proc.kill()
+        proc.wait(timeout=SAFETY_S)
+    for k, v in _aws_env(s3_open).items():
+        monkeypatch.setenv(k, v)
+    time.sleep(4)  # the killed run's lease (3 s) has expired: the rerun takes it over
+    done = mio.done_markers(out)
+    assert not mio.is_complete(out) and 0 < done.sum() < done.size
+    nm.restore(src, weights=weights, out=out, client=address, **TILED)
+    assert mio.is_complete(out)
+    assert_same_levels(out, local_out)
+    validate_ome(out)
+
+
 def test_weights_only_the_client_has_are_refused(cluster, tiny_weights, tmp_path, monkeypatch):
     """A relative weights path that exists in the client's folder only: refused with the URL advice."""
     import shutil
