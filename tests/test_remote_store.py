@@ -313,3 +313,19 @@ def test_a_wrong_secret_is_refused_before_any_work_without_showing_it(tiny_weigh
     with pytest.raises(mio.OutputError, match=r"s3://locked/w\.zarr.*credentials") as info:
         engine.execute(_run(img, tiny_weights), out="s3://locked/w.zarr", storage_options=opts)
     assert SECRET not in str(info.value)
+
+
+def test_a_run_whose_lease_was_taken_over_does_not_complete_the_store(bucket, monkeypatch):
+    name, opts, c = bucket
+    monkeypatch.setattr(lease_mod, "TTL_S", 0.8)
+    held = mio.store_lock(f"s3://{name}/over.zarr", opts)
+    with held:
+        # another run took the lease over (this one had stalled past its expiry)
+        record = {"holder": "pid 7 on other-host, since now", "expires": time.time() + 60, "token": "y"}
+        c.put_object(Bucket=name, Key=".over.zarr.lock", Body=json.dumps(record).encode())
+        deadline = time.monotonic() + 30
+        while not held.lost and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with pytest.raises(mio.StoreLocked, match="took the store over.*resumable"):
+            held.check()
+    assert b"other-host" in c.get_object(Bucket=name, Key=".over.zarr.lock")["Body"].read()  # theirs, kept

@@ -35,6 +35,7 @@ from .location import display, fs_and_root, scrub, sibling
 __all__ = ["TTL_S", "Lease", "NoLease"]
 
 TTL_S = 120.0
+RELEASE_WAIT_S = 15.0  # at most this long for the last renewal and the delete when a run ends
 CONDITIONAL_SCHEMES = ("s3", "s3a")
 
 
@@ -198,24 +199,34 @@ class Lease:
             )
 
     def release(self) -> None:
-        """Stop renewing and delete the lease, if it is still ours (best effort: it expires anyway)."""
+        """Stop renewing and delete the lease, if it is still ours (best effort: it expires anyway).
+
+        Bounded in time: after a lost connection the error that ended the run is not held back for
+        the client's retries (a daemon thread finishes or gives up on its own)."""
         if self._thread is not None:
             self._stop.set()
-            self._thread.join()
+            self._thread.join(timeout=RELEASE_WAIT_S)
             self._thread = None
         if self.etag is None or self.lost:
             return
-        fs, bucket, key = self._where()
-        try:
-            fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=self.etag)
-        except Exception as err:
-            if not _precondition_failed(err):  # a server without conditional deletes: ours by its ETag?
-                try:
-                    if fs.call_s3("head_object", Bucket=bucket, Key=key)["ETag"] == self.etag:
-                        fs.call_s3("delete_object", Bucket=bucket, Key=key)
-                except Exception:
-                    pass
+        done = threading.Thread(target=self._delete, args=(self.etag,), name="napari-mirnet lease release", daemon=True)
+        done.start()
+        done.join(timeout=RELEASE_WAIT_S)
         self.etag = None
+
+    def _delete(self, etag: str) -> None:
+        try:
+            fs, bucket, key = self._where()
+            try:
+                fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
+            except Exception as err:
+                if _precondition_failed(err):  # not ours any more
+                    return
+                # a server without conditional deletes: delete it if its ETag says it is ours
+                if fs.call_s3("head_object", Bucket=bucket, Key=key)["ETag"] == etag:
+                    fs.call_s3("delete_object", Bucket=bucket, Key=key)
+        except Exception:
+            pass  # unreachable: the lease expires by itself
 
     def __enter__(self):
         self.acquire()
