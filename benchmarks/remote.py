@@ -24,6 +24,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,7 @@ def throughput(tmp: Path, endpoint: str, size: int, repeats: int) -> None:
     print(f"stand-in model: identity MIRNet-v2 (n_feat 4, n_mrb 1); tile {TILE['tile']}, halo {TILE['halo']}, CPU")
 
     nm.restore(img[:256, :256], weights=weights, **TILE)  # warm-up: imports, model load, first forward
-    t_mem = min(timed(lambda: nm.restore(img, weights=weights, **TILE)) for _ in range(repeats))
+    mem_t = [timed(lambda: nm.restore(img, weights=weights, **TILE)) for _ in range(repeats)]
     local_t, s3_t = [], []
     for r in range(repeats):  # alternately, so that a busy moment of the machine hits both
         out = str(tmp / f"out{r}.ome.zarr")
@@ -108,8 +109,9 @@ def throughput(tmp: Path, endpoint: str, size: int, repeats: int) -> None:
     chunks = zarr.open_group(str(tmp / "out0.ome.zarr"), mode="r")["0"].nchunks
     print(f"output: OME-Zarr with its pyramid, {chunks} level-0 chunks; s3 output == local output: {same}")
     print(f"{'run':<28}{'best s':>9}{'MB/s':>9}{'chunks/s':>10}{'storage s':>11}   all runs (s)")
+    t_mem = min(mem_t)
     for name, ts in (
-        ("in memory (numpy->numpy)", [t_mem]),
+        ("in memory (numpy->numpy)", mem_t),
         ("local disk -> local disk", local_t),
         ("s3 -> s3 (moto)", s3_t),
     ):
@@ -119,6 +121,29 @@ def throughput(tmp: Path, endpoint: str, size: int, repeats: int) -> None:
         print(f"{name:<28}{t:>9.1f}{img.nbytes / MB / t:>9.2f}{chunks / t:>10.2f}{extra:>11}   {runs}")
     ratio = min(local_t) / min(s3_t)
     print(f"throughput ratio s3/local (best runs, same process): {ratio:.2f}")
+    counted(src_url, options, weights, stored, zarr.open_group(str(local_in), mode="r")["0"].chunks)
+
+
+def counted(src_url: str, options: dict, weights: str, stored: int, chunks: tuple) -> None:
+    """One more s3 -> s3 run through the tests' counting proxy: bytes fetched and sent, against the stored input."""
+    from test_cluster_remote import _proxy
+
+    endpoint = options["client_kwargs"]["endpoint_url"]
+    server, url, counts = _proxy(endpoint)
+    proxied = {**options, "client_kwargs": {**options["client_kwargs"], "endpoint_url": url}}
+    try:
+        nm.restore(src_url, weights=weights, out="s3://bench/counted.ome.zarr", storage_options=proxied, **TILE)
+    finally:
+        server.shutdown()
+        server.server_close()
+    got = sum(n for (m, p), n in counts.items() if m == "GET" and p.startswith("/bench/in.ome.zarr/"))
+    sent = sum(n for (m, p), n in counts.items() if m == "PUT")
+    calls = Counter(m for m, _ in counts)
+    print(
+        f"s3 traffic of one run (counting proxy): input read {got / MB:.1f} MB = {got / stored:.1f}x the stored "
+        f"input (chunks {'x'.join(map(str, chunks))}: a tile window reads every chunk it touches, whole); "
+        f"written {sent / MB:.1f} MB; requests {dict(calls)}"
+    )
 
 
 def _tile_bytes(path: Path, window: tuple, level: int) -> tuple[int, int]:

@@ -41,7 +41,7 @@ CHUNK = re.compile(r"/(c(/\d+)+|\d+(\.\d+)+)$")
 
 # ----------------------------------------------------------------------------- counting proxy
 class _Proxy(http.server.BaseHTTPRequestHandler):
-    """Forwards every request to moto and counts the response bytes per (method, path)."""
+    """Forwards every request to moto; counts per (method, path) the bytes sent (GET) or received (PUT, POST)."""
 
     target: tuple[str, int]
     counts: Counter
@@ -61,7 +61,8 @@ class _Proxy(http.server.BaseHTTPRequestHandler):
             data = resp.read()
         finally:
             conn.close()
-        self.counts[(self.command, self.path.split("?")[0])] += len(data)
+        # bytes that went the way of the request: a GET's answer, a PUT's or POST's body
+        self.counts[(self.command, self.path.split("?")[0])] += len(data) if self.command == "GET" else len(body or b"")
         self.send_response_only(resp.status, resp.reason)
         for k, v in resp.getheaders():
             if k.lower() not in ("connection", "transfer-encoding", "content-length", "keep-alive"):
