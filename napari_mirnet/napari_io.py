@@ -98,7 +98,8 @@ def read_ome_zarr(path: str) -> list[tuple]:
             levels.append(open_image(path, level=len(levels)).array)
         except ValueError:  # no such level: that was the last
             break
-    levels = [da.from_zarr(a) if not isinstance(a, da.Array) else a for a in levels]
+    # a zarr array, or (from a URL) one wrapped to retry failed reads: read chunk by chunk either way
+    levels = [a if isinstance(a, da.Array) else da.from_array(a, chunks=a.chunks) for a in levels]
     chans = list(meta.channels)
     rgb = "C" in axes and [c.color for c in chans[:3]] == list(RGB_COLOURS) and len(chans) in (3, 4)
     # a store without an image name is named by its folder, never by its whole path or URL (the

@@ -318,3 +318,4 @@ def test_finetune_on_a_remote_layer_reads_patches_not_the_image(
     setup = at_first_step[0] if at_first_step else level0_read()  # no step: all was set-up
     print(f"fine-tune: {setup} bytes of level 0 served by set-up, {level0_read()} in all; level 0 holds {level0}")
     assert 0 < setup < level0 / 4
+    qtbot.waitUntil(lambda: w.start.enabled, timeout=10_000)  # the run's end reached the widget
