@@ -24,7 +24,7 @@ TILED = dict(tile=48, halo=8, blend=4, device="cpu")
 SECRET = "s3cr3t-Value-That-Must-Not-Show"
 
 
-def _image(seed=0, shape=(96, 80, 3)):
+def _image(seed=0, shape=(64, 56, 3)):
     return np.random.default_rng(seed).integers(0, 65535, size=shape, dtype=np.uint16)
 
 
