@@ -390,3 +390,19 @@ def test_ome_zarr_v04_over_http(http_folder, tiny_weights, tmp_path):
     nm.restore(str(folder / "v04.zarr"), weights=tiny_weights, out=str(tmp_path / "local.ome.zarr"), **opts)
     assert_same_levels(str(tmp_path / "url.ome.zarr"), str(tmp_path / "local.ome.zarr"))
     assert served["/v04.zarr/s0/0/0/0/0"] > 0
+
+
+def test_tasks_refuse_weights_other_than_the_runs(tiny_weights):
+    """A task carries the SHA-256 the run was prepared with: weights a worker got otherwise (a URL whose
+    object changed since, another file at the same path) are refused, not mixed into the output."""
+    from napari_mirnet.engine import prepare, steps
+    from napari_mirnet.weights import WeightsError
+
+    img = np.random.default_rng(2).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    run = prepare(img, weights=tiny_weights, options=nm.engine.RestoreOptions(**TILED))
+    ctx = run.context()
+    ctx.weights_sha256 = run.weights_sha256
+    assert steps.restore_tiles(ctx, run.keys[:1], [])
+    ctx.weights_sha256 = "0" * 64
+    with pytest.raises(WeightsError, match="SHA-256"):
+        steps.restore_tiles(ctx, run.keys[:1], [])

@@ -80,6 +80,9 @@ class TileContext:
     control: RunControl = field(default_factory=RunControl)
     source_name: str | None = None  # the input's path, for error messages
     accelerate: str = "auto"  # the forward's optimisations (accelerate.py): channels_last on CPU by default
+    # the SHA-256 of the weights the run was prepared with: a worker that downloads a URL itself (no
+    # shared disk) refuses other bytes instead of mixing two models into one output
+    weights_sha256: str | None = None
 
 
 def restore_tiles(ctx: TileContext, tiles: list, after: list, *blocks) -> dict:
@@ -97,7 +100,7 @@ def restore_tiles(ctx: TileContext, tiles: list, after: list, *blocks) -> dict:
 
     ctx.control.check()
     plan, s = ctx.plan, ctx.plan.factor
-    model = cached_model(ctx.weights, ctx.device)
+    model = cached_model(ctx.weights, ctx.device, sha256=ctx.weights_sha256)
     device = next(model.parameters()).device
     if ctx.threads and torch.get_num_threads() != ctx.threads:
         # torch's thread setting is per thread: dask's pool threads would keep an older one, and
