@@ -134,7 +134,7 @@ def open_book(p: Path | str, g: zarr.Group, grid: tuple[int, ...], storage_optio
     import zarr
 
     token = dict(g.attrs)[ATTR].get("token")
-    options = {"storage_options": storage_options} if is_url(p) else {}
+    options = {"storage_options": storage_options, "zarr_format": 3} if is_url(p) else {}
     try:
         book = zarr.open_group(str(bookkeeping_path(p)), mode="r+", **options)
         if dict(book.attrs).get("store") == token and tuple(book[DONE].shape) == tuple(grid):

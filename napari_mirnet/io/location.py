@@ -128,8 +128,9 @@ def scrub(text: str, url: str, storage_options: dict | None) -> str:
 
 
 def zarr_options(path, storage_options: dict | None) -> dict:
-    """zarr's keywords for the store at ``path``: the fsspec options for a URL, none for a local path."""
-    return {"storage_options": storage_options} if is_url(path) else {}
+    """zarr's keywords for the store at ``path``: for a URL the fsspec options, and zarr v3 (ours always is:
+    no requests for v2 metadata), none for a local path."""
+    return {"storage_options": storage_options, "zarr_format": 3} if is_url(path) else {}
 
 
 @contextlib.contextmanager

@@ -333,7 +333,7 @@ def _create(p, fingerprint: dict, shape, chunks, dtype, axes: str, grid: tuple, 
             token = uuid.uuid4().hex
             # the bookkeeping first: a stale one beside a deleted store must never vouch for this one
             book = new_book(p, grid, token, opts)
-            g = zarr.create_group(str(p), zarr_format=3, overwrite=False, **zarr_options(p, opts))
+            g = zarr.create_group(str(p), overwrite=False, **{"zarr_format": 3, **zarr_options(p, opts)})
             g.attrs.update(
                 {
                     ATTR: {
