@@ -319,3 +319,27 @@ def test_finetune_on_a_remote_layer_reads_patches_not_the_image(
     print(f"fine-tune: {setup} bytes of level 0 served by set-up, {level0_read()} in all; level 0 holds {level0}")
     assert 0 < setup < level0 / 4
     qtbot.waitUntil(lambda: w.start.enabled, timeout=10_000)  # the run's end reached the widget
+
+
+@pytest.mark.gui
+def test_our_reader_opens_an_s3_store_lazily_with_credentials_from_the_environment(
+    make_napari_viewer, remote_zarr, s3_bucket, monkeypatch
+):
+    """napari passes our reader the URL alone: the credentials and endpoint come from the environment."""
+    _, local, _, _ = remote_zarr
+    client = s3_bucket.client()
+    for f in sorted(p for p in local.rglob("*") if p.is_file()):
+        client.put_object(
+            Bucket=s3_bucket.bucket, Key=f"cells.zarr/{f.relative_to(local).as_posix()}", Body=f.read_bytes()
+        )
+    key, secret = s3_bucket[1]["key"], s3_bucket[1]["secret"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_bucket.endpoint)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(s3_bucket.url("cells.zarr"), plugin="napari-mirnet")
+    assert layer.name == "cells" and layer.multiscale and all(hasattr(lv, "dask") for lv in layer.data)
+    assert [lv.shape for lv in layer.data] == [(512, 512), (256, 256)]
+    np.testing.assert_allclose(layer.scale, (0.5, 0.5))
+    assert secret not in repr(dict(layer.metadata))
