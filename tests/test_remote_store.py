@@ -1,18 +1,16 @@
 """OME-Zarr outputs on object storage (issue 32, build point 2): written, resumed and leased at s3:// URLs.
 
-Against moto's S3 server on 127.0.0.1 started WITHOUT signature checks: moto 5.2.1 miscomputes the
-signature of every listing whose prefix holds "/", and writing, resuming and removing a store list.
+Against moto's S3 server on 127.0.0.1 started WITHOUT signature checks (``s3_open``): moto 5.2.1
+miscomputes the signature of every listing whose prefix holds "/", and writing, resuming and removing
+a store list; only the wrong-secret test uses the server that checks signatures (``s3_server``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -32,39 +30,6 @@ OPTS = engine.RestoreOptions(tile=80, halo=8, blend=4, device="cpu")
 SECRET = "s3cr3t-never-shown"
 
 
-def _start_moto(log_dir):
-    from servers import free_port
-
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "INITIAL_NO_AUTH_ACTION_COUNT"}  # no signature checks
-    log = open(os.path.join(log_dir, "moto.log"), "wb")  # noqa: SIM115 (kept open for the server's life)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env, stdout=log, stderr=log
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).read()
-            return proc, endpoint
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError(f"moto_server did not start (see {log.name})") from None
-            time.sleep(0.2)
-
-
-@pytest.fixture(scope="module")
-def moto_open(tmp_path_factory):
-    """moto's S3 server without signature checks: its endpoint."""
-    proc, endpoint = _start_moto(tmp_path_factory.mktemp("moto"))
-    try:
-        yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
 def _options(endpoint: str) -> dict:
     return {
         "key": "tester",
@@ -77,16 +42,16 @@ _BUCKETS = iter(range(10**6))
 
 
 @pytest.fixture
-def bucket(moto_open):
+def bucket(s3_open):
     """A new bucket for this test: (bucket name, storage options, boto3 client)."""
     import boto3
 
     c = boto3.client(
-        "s3", endpoint_url=moto_open, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+        "s3", endpoint_url=s3_open, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
     )
     name = f"out{next(_BUCKETS)}-{os.getpid()}"
     c.create_bucket(Bucket=name)
-    return name, _options(moto_open), c
+    return name, _options(s3_open), c
 
 
 @pytest.fixture
@@ -278,7 +243,9 @@ def test_outputs_over_inputs_are_refused_by_url_without_requests():
 
 
 def test_a_lost_connection_mid_run_names_the_url_and_leaves_it_resumable(tiny_weights, tmp_path):
-    proc, endpoint = _start_moto(tmp_path)
+    from servers import start_moto_open
+
+    proc, endpoint = start_moto_open(tmp_path)
     try:
         import boto3
 
