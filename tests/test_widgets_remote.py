@@ -343,3 +343,31 @@ def test_our_reader_opens_an_s3_store_lazily_with_credentials_from_the_environme
     assert [lv.shape for lv in layer.data] == [(512, 512), (256, 256)]
     np.testing.assert_allclose(layer.scale, (0.5, 0.5))
     assert secret not in repr(dict(layer.metadata))
+
+
+@pytest.mark.gui
+@pytest.mark.slow
+def test_output_onto_the_layers_own_s3_store_is_refused(
+    make_napari_viewer, qtbot, tiny_weights, remote_zarr, s3_bucket, monkeypatch
+):
+    """A layer read from an earlier result on s3 is never overwritten by its own restore, overwrite ticked."""
+    _, local, _, _ = remote_zarr
+    endpoint, options = s3_bucket
+    url = s3_bucket.url("earlier.zarr")
+    nm.restore(str(local), weights=tiny_weights, device="cpu", out=url, storage_options=options, **TILE)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", options["key"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", options["secret"])
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(url, plugin="napari-mirnet")
+    before = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+    w = _widget(viewer, tiny_weights, layer, url)
+    w.overwrite.value = True
+    assert w() is None  # refused before any work
+    assert "would write into the store the input layer reads from" in w.last_status
+    w.zarr_path.value = url + "/inside.zarr"
+    assert w() is None and "input layer reads from" in w.last_status
+    from napari_mirnet.io import open_image
+
+    np.testing.assert_array_equal(np.asarray(open_image(url, storage_options=options).array), before)

@@ -22,6 +22,7 @@ __all__ = [
     "OUTPUT_ZARR",
     "Job",
     "check_fits_in_memory",
+    "check_not_input",
     "job_urls",
     "lazy_pyramid",
     "parse_storage_options",
@@ -135,6 +136,31 @@ def zarr_output(value) -> str:
     if not is_store(text):  # restore(out=...) would write that format instead of the store chosen
         raise InputError(f"the OME-Zarr output's path must end in .zarr (got {redact(text) if url else text!r})")
     return text if url else str(value)
+
+
+def check_not_input(out: str | None, layers) -> None:
+    """Refuse an output URL that is, holds or lies in the store an input layer was opened from.
+
+    The layer's dask data reads that store chunk by chunk while the run replaces it; the engine
+    tells local stores apart by their folder, but not a store at a URL behind a dask array.
+    """
+    from ..io.urls import is_url, redact
+    from .layers import source_url
+
+    if not out or not is_url(out):
+        return
+
+    def key(url: str) -> str:
+        scheme, _, rest = redact(url).partition("://")
+        return f"{scheme.lower()}://{rest.split('?', 1)[0].rstrip('/')}"
+
+    for src in filter(None, (source_url(layer) for layer in layers)):
+        a, b = key(out), key(src)
+        if a == b or a.startswith(b + "/") or b.startswith(a + "/"):
+            raise InputError(
+                f"the output {redact(out)} would write into the store the input layer reads from "
+                f"({redact(src)}); choose another output"
+            )
 
 
 def job_urls(layers, out: str | None) -> tuple:

@@ -21,6 +21,7 @@ from .job import (
     PYRAMID_ABOVE,
     Job,
     check_fits_in_memory,
+    check_not_input,
     job_urls,
     lazy_pyramid,
     parse_storage_options,
@@ -122,6 +123,7 @@ class TaskWidget(TaskForm):
         scale = self._scale_value()
         output = self.output.value
         zarr_path = self._zarr_out()
+        check_not_input(zarr_path, layers)
         storage_options = parse_storage_options(self.storage_options.value)
         preview = bool(self.preview.value)
         qc = bool(self.qc.value) and self.task == "denoise"
