@@ -58,28 +58,27 @@ def chunk_digest(tile_digests: list[int]) -> int:
     return int.from_bytes(h.digest(), "little") or 1
 
 
-def verify_done(run, sink) -> None:
-    """Raise FingerprintMismatch when a finished chunk of ``sink`` came from other input than ``run``'s."""
+def verify_done(run, sink, client=None) -> None:
+    """Raise FingerprintMismatch when a finished chunk of ``sink`` came from other input than ``run``'s.
+
+    With a dask.distributed ``client`` the windows are read and hashed on the workers (a cluster
+    with no shared disk: the client may not be able to read the input at all, and should not).
+    """
     done = sink.output.done_mask()
     if not done.any():
         return
     stored = sink.output.input_digests()
     keys = [k for k in run.keys if done[sink.chunk_index(k)]]
     needed = sorted({t for k in keys for t in contributors(run.plan, k)})
-    if run.source.kind == "dask":
+    if client is not None:
+        digests = _cluster_digests(run, needed, client)
+    elif run.source.kind == "dask":
         import dask
 
-        from .source import canonical_dask
-
-        src = canonical_dask(run.source)
-        tasks = []
-        for lead, ty, tx in needed:
-            (wy0, wy1), (wx0, wx1) = run.plan.window_range(0, ty), run.plan.window_range(1, tx)
-            tasks.append(dask.delayed(tile_digest)(src[tuple(lead) + (slice(None), slice(wy0, wy1), slice(wx0, wx1))]))
         from .options import scheduler_config
 
         with dask.config.set(scheduler_config(run.device)):
-            digests = dict(zip(needed, dask.compute(*tasks)))
+            digests = dict(zip(needed, dask.compute(*_dask_digest_tasks(run, needed))))
     else:
         digests = _read_digests(run, needed)
     for k in keys:
@@ -92,6 +91,40 @@ def verify_done(run, sink) -> None:
                 "image of the same shape and dtype, or the file changed). Resume only with the original input, or "
                 "pass --overwrite (overwrite=True) to start again"
             )
+
+
+def _dask_digest_tasks(run, needed: list) -> list:
+    """One delayed digest per window of ``needed`` for a dask input (its graph reads the windows)."""
+    import dask
+
+    from .source import canonical_dask
+
+    src = canonical_dask(run.source)
+    tasks = []
+    for lead, ty, tx in needed:
+        (wy0, wy1), (wx0, wx1) = run.plan.window_range(0, ty), run.plan.window_range(1, tx)
+        tasks.append(dask.delayed(tile_digest)(src[tuple(lead) + (slice(None), slice(wy0, wy1), slice(wx0, wx1))]))
+    return tasks
+
+
+def _cluster_digests(run, needed: list, client) -> dict:
+    """The digests of ``needed`` computed on the cluster's workers; only digests come back."""
+    if run.source.kind == "dask":
+        return dict(zip(needed, client.compute(_dask_digest_tasks(run, needed), sync=True)))
+    from types import SimpleNamespace
+
+    import dask
+
+    # what _read_digests reads, not the whole run; rows of windows as it reads them locally, a task each
+    part = SimpleNamespace(
+        source=SimpleNamespace(arrays=run.source.arrays, name=run.source.name), plan=run.plan, axes=run.axes
+    )
+    groups = [needed[i : i + ROW_READ] for i in range(0, len(needed), ROW_READ)]
+    tasks = [dask.delayed(_read_digests, pure=True)(part, group) for group in groups]
+    out: dict = {}
+    for part in client.compute(tasks, sync=True):
+        out.update(part)
+    return out
 
 
 #: Most windows of one tile row read at once when checking a resumed store (bounds the memory).

@@ -103,7 +103,7 @@ def _to_zarr(run: RestorationRun, out, overwrite: bool, client, progress, cancel
 
 def _to_zarr_locked(run: RestorationRun, out, overwrite: bool, client, progress, cancel, storage_options, held):
     sink = open_zarr_sink(run, out, overwrite, storage_options)
-    verify_done(run, sink)
+    verify_done(run, sink, client)
     todo = sink.todo(run.keys)
     control = RunControl(progress, cancel, len(todo))
     # on a cluster the tasks' copies of the control report nothing: here the client counts the writes

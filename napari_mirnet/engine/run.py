@@ -142,6 +142,7 @@ class RestorationRun:
         """The small picklable part of the run that the graph's tasks carry."""
         return TileContext(
             weights=self.weights,
+            weights_sha256=self.weights_sha256,
             device=self.device,
             precision=self.precision,
             imap=self.imap,
