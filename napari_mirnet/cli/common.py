@@ -78,7 +78,6 @@ def add_storage_option(parser, what: str = "input and output") -> None:
     parser.add_argument(
         "--storage-option",
         action="append",
-        default=[],
         metavar="KEY=VALUE",
         help=f"an fsspec option for the {what} URLs (s3://, gs://, az://, https://), repeatable: dotted "
         "keys nest (client_kwargs.endpoint_url=http://host:9000), values are JSON where they parse "
