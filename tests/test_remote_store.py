@@ -296,3 +296,22 @@ def test_a_run_whose_lease_was_taken_over_does_not_complete_the_store(bucket, mo
         with pytest.raises(mio.StoreLocked, match="took the store over.*resumable"):
             held.check()
     assert b"other-host" in c.get_object(Bucket=name, Key=".over.zarr.lock")["Body"].read()  # theirs, kept
+
+
+def test_a_dask_array_read_from_an_s3_store_is_not_overwritten_by_its_own_output(s3_bucket, tiny_weights):
+    """A lazy array over s3://b/x.zarr written back to s3://b/x.zarr with overwrite would delete its own pixels."""
+    import dask.array as da
+
+    import napari_mirnet as nm
+
+    _, opts = s3_bucket
+    url = s3_bucket.url("x.zarr")
+    img = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    nm.restore(img, weights=tiny_weights, out=url, storage_options=opts, device="cpu")
+    src = mio.open_image(url, storage_options=opts).array
+    with pytest.raises(mio.OutputError, match="input") as err:
+        nm.restore(
+            da.from_array(src, chunks=src.chunks), weights=tiny_weights, out=url, storage_options=opts, overwrite=True
+        )
+    assert opts["secret"] not in str(err.value)
+    assert mio.is_complete(url, storage_options=opts)

@@ -187,7 +187,8 @@ def _store_paths(image) -> tuple:
 
 
 def _local_store_root(store) -> str | None:
-    """The folder of a store on the local disk (zarr's LocalStore, or an FsspecStore on 'file'), else None."""
+    """The folder of a store on the local disk (zarr's LocalStore, or an FsspecStore on 'file'), the
+    URL of one on object storage, else None."""
     if store is None:
         return None
     root = getattr(store, "root", None)
@@ -197,7 +198,12 @@ def _local_store_root(store) -> str | None:
     protocol = getattr(getattr(store, "fs", None), "protocol", None)
     protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol or ())
     path = getattr(store, "path", None)
-    return str(path) if path and {"file", "local"} & set(protocols) else None
+    if not path or not protocols:
+        return None
+    if {"file", "local"} & set(protocols):
+        return str(path)
+    # a store at a URL (s3://bucket/x.zarr): compared with URL outputs by io.check_distinct
+    return f"{protocols[0]}://{str(path).lstrip('/')}" if protocols[0] not in ("http", "https") else str(path)
 
 
 #: A dask layer of more tasks than this holds chunk tasks, not the arrays they read.
