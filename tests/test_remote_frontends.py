@@ -124,6 +124,14 @@ def test_api_restores_s3_zarr_into_s3_zarr_as_locally(s3w, local_zarr, tiny_weig
     with pytest.raises(mio.OutputExistsError) as e:
         nm.restore(url, weights=tiny_weights, out="s3://bucket/api/out.zarr", storage_options=options, **TILED)
     assert e.value.matches and SECRET not in str(e.value)
+    # restore_lazy reads the URL with the same options
+    lazy = nm.restore_lazy(url, weights=tiny_weights, storage_options=options, **TILED)
+    np.testing.assert_array_equal(np.asarray(lazy), np.asarray(ref))
+    # a prefix holding objects we did not write is left alone
+    _s3(endpoint).put_object(Bucket="bucket", Key="api/foreign.zarr/data.bin", Body=b"theirs")
+    with pytest.raises(mio.OutputError, match="not a napari-mirnet result"):
+        nm.restore(url, weights=tiny_weights, out="s3://bucket/api/foreign.zarr", storage_options=options, **TILED)
+    assert list(_objects(endpoint, "api/foreign.zarr/")) == ["api/foreign.zarr/data.bin"]
 
 
 def test_cli_restores_s3_inputs_into_an_s3_folder(s3w, local_zarr, tiny_weights, tmp_path, capfd):
