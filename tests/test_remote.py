@@ -127,3 +127,17 @@ def test_open_moto_bucket_lists_and_removes(s3_bucket):
     assert fs.ls(f"{s3_bucket.bucket}/a/") and fs.find(s3_bucket.bucket)
     fs.rm(f"{s3_bucket.bucket}/a", recursive=True)
     assert not fs.exists(f"{s3_bucket.bucket}/a/b/c.txt")
+
+
+def test_a_url_input_is_the_same_input_wherever_the_run_starts(http_zarr, tiny_weights, tmp_path, monkeypatch):
+    """The fingerprint names a URL input by its redacted URL, not by a path below the current folder
+    (a rerun from another folder or machine must resume, not be refused as other settings)."""
+    from napari_mirnet import engine
+
+    url = http_zarr.replace("http://", "http://alice:hunter22@")
+    prints = []
+    for cwd in (tmp_path, tmp_path.parent):
+        monkeypatch.chdir(cwd)
+        prints.append(engine.prepare(url, weights=tiny_weights).fingerprint["input"])
+    assert prints[0] == prints[1] == redact(url)
+    assert "hunter22" not in prints[0]

@@ -15,6 +15,7 @@ from functools import cached_property
 import numpy as np
 
 from ..devices import resolve_device, resolve_precision
+from ..io.urls import is_url
 from ..metadata import ImageMeta
 from ..model_config import MIRNetConfig
 from ..processing import ChannelAdapter, IntensityMap, channel_layout, channel_order
@@ -128,7 +129,8 @@ class RestorationRun:
             "tta": bool(self.options.tta),
             "normalisation": self.imap.to_dict(),
             # a path identifies the input of a re-run command; arrays are known by shape and dtype only
-            "input": os.path.abspath(src.name) if src.name else None,
+            # a URL is the same wherever the run starts (abspath would make it a path below the cwd)
+            "input": (src.name if is_url(src.name) else os.path.abspath(src.name)) if src.name else None,
             # the content behind each finished chunk is checked on resume (see digest.py)
             "input_check": SCHEME,
             "input_shape": list(src.shape),

@@ -127,8 +127,9 @@ class Lease:
             raise OutputError(
                 f"output {display(self.url)}: one writer per store is kept by a lease object made with a "
                 f"conditional put, which napari-mirnet does on s3:// only, not on {scheme}://. Write to s3:// or a "
-                "local path, or pass lease=False to write without a lease if you make sure that no other run "
-                "writes this store"
+                "local path; or, where you make sure that no other run writes this store, write without a lease "
+                "from Python: run = napari_mirnet.engine.prepare(...); napari_mirnet.engine.execute(run, out=url, "
+                "storage_options=..., lease=False)"
             )
         try:
             self._acquire()
