@@ -141,3 +141,49 @@ def test_a_url_input_is_the_same_input_wherever_the_run_starts(http_zarr, tiny_w
         prints.append(engine.prepare(url, weights=tiny_weights).fingerprint["input"])
     assert prints[0] == prints[1] == redact(url)
     assert "hunter22" not in prints[0]
+
+
+def test_each_input_chunk_at_a_url_is_fetched_about_once(http_folder, tiny_weights, monkeypatch):
+    """Tiles smaller than the input's chunks share them: each chunk is fetched once and kept a short
+    while (io.chunk_cache), not once per tile window that touches it."""
+    import zarr
+
+    import napari_mirnet as nm
+    from napari_mirnet.io import chunk_cache
+
+    folder, base, served = http_folder
+    data = np.random.default_rng(3).integers(0, 4000, (384, 384)).astype(np.uint16)
+    arr = zarr.create_array(str(folder / "big_chunks.zarr"), shape=data.shape, chunks=(192, 192), dtype="u2")
+    arr[:] = data
+    stored = sum(f.stat().st_size for f in (folder / "big_chunks.zarr").rglob("*") if f.is_file())
+
+    def fetched(budget) -> float:
+        monkeypatch.setattr(chunk_cache, "BUDGET", budget)
+        chunk_cache.clear()
+        before = sum(v for k, v in served.items() if k.startswith("/big_chunks.zarr/"))
+        np.asarray(nm.restore(f"{base}/big_chunks.zarr", weights=tiny_weights, tile=64, halo=8, blend=4))
+        return (sum(v for k, v in served.items() if k.startswith("/big_chunks.zarr/")) - before) / stored
+
+    without, cached = fetched(0), fetched(64 * 2**20)
+    assert without > 3  # every 64-pixel tile window fetched the 192-pixel chunks it touches, whole
+    assert cached <= 1.05, cached
+
+
+def test_reads_through_the_chunk_cache_equal_direct_reads(tmp_path, monkeypatch):
+    import zarr
+
+    from napari_mirnet.io import chunk_cache
+    from napari_mirnet.io.retry import RetryArray
+
+    data = np.random.default_rng(0).integers(0, 9999, (3, 100, 90)).astype(np.uint16)
+    z = zarr.create_array(str(tmp_path / "a.zarr"), shape=data.shape, chunks=(1, 32, 32), dtype="u2")
+    z[:] = data
+    chunk_cache.clear()
+    arr = RetryArray(z, "http://h/a.zarr")
+    keys = [np.s_[1, 5:70, 10:89], np.s_[:, :, 31:33], np.s_[..., 3:4], np.s_[2], np.s_[0:3:2], np.s_[-1, 99, :]]
+    for key in keys:
+        assert np.array_equal(arr[key], data[key]), key
+    assert chunk_cache._size <= data.nbytes  # each chunk kept once
+    z[1, 5:70, 10:89] = 0  # the input changed: a chunk older than MAX_AGE is fetched again
+    monkeypatch.setattr(chunk_cache, "MAX_AGE", 0.0)
+    assert not arr[1, 5:70, 10:89].any()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import napari_mirnet as nm
+from napari_mirnet.io import chunk_cache
 from napari_mirnet.widgets.job import Job, parse_storage_options, scrub, zarr_output
 from napari_mirnet.widgets.layers import InputError
 
@@ -121,6 +122,7 @@ def test_remote_layer_restores_into_local_store_region_by_region(
     layer = _open_remote(viewer, qtbot, url, plugin)
     w = _widget(viewer, tiny_weights, layer, tmp_path / "out.zarr")
     served.clear()
+    chunk_cache.clear()  # chunks napari fetched to show the layer are not the run's reads
     out = _run(qtbot, w)
     # level 0 (the level a store output restores) read once, chunk by chunk as the tiles need it;
     # the coarser level not at all

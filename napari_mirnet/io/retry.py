@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+from . import chunk_cache
+
 __all__ = [
     "FIRST_DELAY",
     "MAX_DELAY",
@@ -168,6 +170,14 @@ class RetryArray:
         return text
 
     def __getitem__(self, key):
+        if type(self.inner).__module__.startswith("zarr"):
+            # whole chunks, kept a short while: neighbouring tiles' windows share input chunks
+            out = chunk_cache.cached_region(self.name, self.inner, key, self._read)
+            if out is not None:
+                return out
+        return self._read(key)
+
+    def _read(self, key):
         def read():
             try:
                 return np.asarray(self.inner[key])
