@@ -69,8 +69,6 @@ def _err(msg: str) -> None:
 # ------------------------------------------------------------------------ --storage-option
 #: values given with --storage-option that no message may show (set by parse_storage_options)
 _SECRETS: set[str] = set()
-# option values that name where, not who: shown in messages as given
-_PLAIN_KEYS = re.compile(r"(endpoint|region|url|anon|timeout|retries|concurrency|block_size)", re.IGNORECASE)
 
 
 def add_storage_option(parser, what: str = "input and output") -> None:
@@ -87,52 +85,26 @@ def add_storage_option(parser, what: str = "input and output") -> None:
 
 
 def parse_storage_options(items: list[str] | None) -> dict | None:
-    """``["a.b=1", "anon=true"]`` -> ``{"a": {"b": 1}, "anon": True}`` (None for no items).
+    """``["a.b=1", "anon=true"]`` -> ``{"a": {"b": 1}, "anon": True}`` (None for no items), by
+    :func:`napari_mirnet.io.secrets.parse_items`; its secret values are hidden from every message.
 
     Raises
     ------
     UsageError
         An item without ``=``, an empty key or key part, or a key both a value and a group.
     """
-    import json
+    from ..io.secrets import parse_items, secrets
 
     if not items:
         return None
-    options: dict = {}
-    for item in items:
-        key, eq, text = item.partition("=")
-        parts = key.strip().split(".")
-        if not eq or not all(p.strip() for p in parts):
-            raise UsageError(
-                f"--storage-option {item!r} is not KEY=VALUE; e.g. --storage-option anon=true or "
-                "--storage-option client_kwargs.endpoint_url=http://127.0.0.1:9000"
-            )
-        try:
-            value = json.loads(text)
-        except ValueError:
-            value = text
-        node = options
-        for p in parts[:-1]:
-            node = node.setdefault(p.strip(), {})
-            if not isinstance(node, dict):
-                raise UsageError(f"--storage-option {key}: {p} is given both a value and nested keys")
-        if isinstance(node.get(parts[-1].strip()), dict):
-            raise UsageError(f"--storage-option {key}: {parts[-1]} is given both nested keys and a value")
-        node[parts[-1].strip()] = value
-        if not _PLAIN_KEYS.search(parts[-1]):
-            _SECRETS.update(s for s in (*_strings(value), text.strip()) if len(s) >= 4)
+    try:
+        options = parse_items(
+            items, "--storage-option", [f"number {i}" if len(items) > 1 else "" for i in range(1, len(items) + 1)]
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    _SECRETS.update(secrets((), options))
     return options
-
-
-def _strings(value):
-    if isinstance(value, dict):
-        for v in value.values():
-            yield from _strings(v)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _strings(v)
-    elif isinstance(value, str):
-        yield value
 
 
 def hide_secrets(text: str) -> str:

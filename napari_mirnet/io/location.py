@@ -13,6 +13,7 @@ import re
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import OutputError
+from .secrets import scrub as scrub_secrets
 from .urls import fsspec_options, is_url, redact
 
 __all__ = [
@@ -115,16 +116,8 @@ def same_or_within(a: str, b: str) -> str | None:
 
 
 def scrub(text: str, url: str, storage_options: dict | None) -> str:
-    """``text`` with the URL redacted and without any secret-looking value of the options."""
-    text = text.replace(url, redact(url))
-    stack = [storage_options or {}]
-    while stack:
-        obj = stack.pop()
-        if isinstance(obj, dict):
-            stack.extend(obj.values())
-        elif isinstance(obj, str) and len(obj) >= 4 and not obj.startswith(("http://", "https://")):
-            text = text.replace(obj, "***")
-    return text
+    """``text`` with the URL redacted and without any secret value of the options (:mod:`.secrets`)."""
+    return scrub_secrets(text, [url], storage_options)
 
 
 def zarr_options(path, storage_options: dict | None) -> dict:

@@ -11,13 +11,15 @@ message naming the redacted URL: credentials never appear in an error.
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 from .image import ImageSource
 from .omezarr import _multiscales, _pick_level, level_meta
 from .record import ATTR
 from .retry import RetryArray, error_text, is_transient, with_retries
-from .urls import _SECRET_QUERY, fsspec_options, redact
+from .secrets import scrub as scrub_secrets
+from .secrets import secrets as find_secrets
+from .urls import fsspec_options, redact
 
 __all__ = ["open_remote"]
 
@@ -38,32 +40,13 @@ class _Passing(ConnectionError):
 
 
 def _secrets(url: str, storage_options: dict) -> tuple:
-    """Strings no message may show: option values, the URL's password, secret query values."""
-    parts = urlsplit(url)
-    found = [v for v in _strings(storage_options) if len(v) >= 4]
-    found += [v for k, v in parse_qsl(parts.query) if _SECRET_QUERY.search(k) and v]
-    if parts.password:
-        found.append(parts.password)
-    return tuple(sorted(set(found), key=len, reverse=True))
+    """Strings no message may show (option values, the URL's password, secret query values)."""
+    return find_secrets([url], storage_options)
 
 
 def _scrub(text: str, url: str, storage_options: dict) -> str:
-    """``text`` without the URL's credentials and without any secret-looking option value."""
-    text = text.replace(url, redact(url))
-    for value in _secrets(url, storage_options):
-        text = text.replace(value, "***")
-    return text
-
-
-def _strings(obj):
-    if isinstance(obj, dict):
-        for v in obj.values():
-            yield from _strings(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _strings(v)
-    elif isinstance(obj, str):
-        yield obj
+    """``text`` without the URL's credentials and without any secret option value."""
+    return scrub_secrets(text, [url], storage_options)
 
 
 def _fail(url: str, storage_options: dict, err: Exception, what: str) -> Exception:

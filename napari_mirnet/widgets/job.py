@@ -8,7 +8,6 @@ the worker's body, which turns every failure into a message. Imports no Qt.
 from __future__ import annotations
 
 import json
-import re
 import threading
 from dataclasses import dataclass, field
 
@@ -241,40 +240,18 @@ def _error_detail(err: BaseException) -> str | None:
 
 
 def scrub(text: str | None, job: Job) -> str | None:
-    """``text`` with the job's URLs redacted and no storage option value in it (messages, logs)."""
-    if text is None:
-        return None
-    from ..io.urls import redact
+    """``text`` with the job's URLs redacted and no secret of its storage options (messages, logs)."""
+    from ..io.secrets import scrub as scrub_secrets
 
-    for url in job.urls:
-        text = text.replace(url, redact(url))
-    for value in _option_strings(job.storage_options):
-        if len(value) >= 4:  # shorter ones (e.g. "1") would blank out unrelated text
-            text = text.replace(value, "***")
-    return text
-
-
-def _option_strings(obj):
-    if isinstance(obj, dict):
-        for value in obj.values():
-            yield from _option_strings(value)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            yield from _option_strings(value)
-    elif isinstance(obj, str):
-        yield obj
-
-
-# keys whose values stay text (a numeric-looking secret must not become an int)
-_SECRET_KEY = re.compile(r"(key|secret|token|password|credential|sas|sig)", re.IGNORECASE)
+    return scrub_secrets(text, job.urls, job.storage_options)
 
 
 def parse_storage_options(text: str | None) -> dict | None:
     """The widget's storage options: a JSON object, or ``KEY=VALUE`` lines; None when empty.
 
-    A dotted key nests (``client_kwargs.endpoint_url=http://127.0.0.1:9000``); ``true``/``false``
-    and whole numbers become bool and int unless the key names a secret. Empty: fsspec reads the
-    environment (``AWS_*``, profiles). Errors name the line and key, never a value.
+    A dotted key nests (``client_kwargs.endpoint_url=http://127.0.0.1:9000``); values are JSON
+    where they parse, text under a key that names a secret (:func:`napari_mirnet.io.secrets.parse_items`).
+    Empty: fsspec reads the environment (``AWS_*``, profiles). Errors name the key, never a value.
     """
     text = (text or "").strip()
     if not text:
@@ -290,25 +267,11 @@ def parse_storage_options(text: str | None) -> dict | None:
         if not isinstance(value, dict):
             raise InputError("storage options must be a JSON object ({...}) or KEY=VALUE lines")
         return value
-    options: dict = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = (part.strip() for part in line.partition("="))
-        if not sep or not key or any(not part for part in key.split(".")):
-            raise InputError(f"storage options: line {n} is not KEY=VALUE; write KEY=VALUE lines or a JSON object")
-        *groups, last = key.split(".")
-        node = options
-        for group in groups:
-            node = node.setdefault(group, {})
-            if not isinstance(node, dict):
-                raise InputError(f"storage options: line {n}: {group!r} is given both a value and sub-keys")
-        node[last] = value if _SECRET_KEY.search(last) else _option_value(value)
-    return options
+    from ..io.secrets import parse_items
 
-
-def _option_value(text: str):
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    return int(text) if re.fullmatch(r"-?\d+", text) else text
+    lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)]
+    lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
+    try:
+        return parse_items([line for _, line in lines], "storage options:", [f"line {n}" for n, _ in lines])
+    except ValueError as err:
+        raise InputError(f"{err}; write KEY=VALUE lines or a JSON object") from None
