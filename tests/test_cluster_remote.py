@@ -375,8 +375,10 @@ def test_weights_only_the_client_has_are_refused(cluster, tiny_weights, tmp_path
         check_workers_see("small-denoise-gray", client)  # shipped: inside each worker's package
         check_workers_see(tiny_weights, client)  # an absolute path every worker sees (one machine here)
         img = np.random.default_rng(1).integers(0, 255, (60, 70), dtype=np.uint8)
-        with pytest.raises(WeightsError, match=r"mine\.pth does not exist on .*put the weights at a URL"):
-            nm.restore(img, weights="mine.pth", client=client, **TILED)
+        # restore checks the workers when it plans the run: refused before the output exists
+        with pytest.raises(WeightsError, match=r"mine\.pth is not on worker\(s\) .*put the weights at a URL"):
+            nm.restore(img, weights="mine.pth", client=client, out=str(tmp_path / "o.zarr"), **TILED)
+        assert not (tmp_path / "o.zarr").exists()
 
 
 def test_ome_zarr_v04_over_http(http_folder, tiny_weights, tmp_path):

@@ -193,6 +193,11 @@ def prepare(
         choose_weights(task, factor, n_c, weights, colour=None if layout is None else layout in ("rgb", "rgba"))
     )
     model = cached_model(weights, "cpu" if client is not None else options.device)
+    if client is not None and not isinstance(client, str):
+        from ..weights.download import check_workers_see
+
+        # a local weights file the workers lack (no shared disk) is refused before an output exists
+        check_workers_see(weights, client)
     device, prec = _device_and_precision(options, client)
     cfg = model.config
     _check_model_fits_task(task, weights, cfg)
