@@ -412,3 +412,31 @@ def test_tasks_refuse_weights_other_than_the_runs(tiny_weights):
     ctx.weights_sha256 = "0" * 64
     with pytest.raises(WeightsError, match="SHA-256"):
         steps.restore_tiles(ctx, run.keys[:1], [])
+
+
+@pytest.mark.slow
+def test_cli_scheduler_s3_to_s3(cluster, client_env, s3_bucket, tmp_path, one_thread, monkeypatch):
+    """``napari-mirnet restore s3://... -o s3://... --scheduler ADDRESS``: the same run as the API's,
+    through the command, reading no input chunk in the client."""
+    from napari_mirnet.cli import main
+
+    address = cluster[0]
+    s3c, bucket = s3_bucket.client(), s3_bucket.bucket
+    weights = make_checkpoint(tmp_path / "small.pth", n_feat=4, chan_factor=2.0)
+    img = np.random.default_rng(11).integers(0, 255, (120, 100), dtype=np.uint8)
+    local_in = mio.write_image(tmp_path / "in.ome.zarr", img, "YX")
+    upload_folder(s3c, bucket, Path(local_in), "in.ome.zarr")
+    s3c.put_object(Bucket=bucket, Key="tiny.pth", Body=Path(weights).read_bytes())
+    monkeypatch.chdir(tmp_path)
+    local_out = str(tmp_path / "local.ome.zarr")
+    nm.restore(str(local_in), weights=weights, out=local_out, **TILED)
+
+    before = client_env.copy()
+    out = s3_bucket.url("cli.ome.zarr")
+    flags = ["--tile", "48", "--halo", "8", "--blend", "4", "--device", "cpu", "-q"]
+    args = ["restore", s3_bucket.url("in.ome.zarr"), "-o", out, "--weights", f"s3://{bucket}/tiny.pth", *flags]
+    assert main([*args, "--scheduler", address]) == 0
+    assert mio.is_complete(out)
+    assert_same_levels(out, local_out)
+    assert chunk_bytes(client_env - before, f"/{bucket}/in.ome.zarr/") == 0
+    assert main([*args, "--scheduler", address]) == 0  # a rerun finds it complete: skipped
