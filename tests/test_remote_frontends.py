@@ -158,6 +158,34 @@ def test_cli_restores_s3_inputs_into_an_s3_folder(s3w, local_zarr, tiny_weights,
     assert "s3://bucket/cli/missing.zarr" in out.err and SECRET not in out.out + out.err
 
 
+def test_cli_restores_every_image_of_an_s3_folder(s3w, local_zarr, tiny_weights, tmp_path):
+    """An input URL ending in / is a folder, as a local one: its images (zarr stores and files), not
+    its hidden objects or other files."""
+    import boto3
+
+    endpoint, options = s3w
+    for n in ("a", "b"):
+        _upload(endpoint, local_zarr, f"folder/{n}.zarr")
+    c = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="k", aws_secret_access_key="s")
+    for key in ("folder/notes.txt", "folder/.hidden.png"):
+        c.put_object(Bucket="bucket", Key=key, Body=b"not an image")
+    flags = ["--storage-option", f"client_kwargs.endpoint_url={endpoint}", "--storage-option", "key=k",
+             "--storage-option", f"secret={SECRET}", "--tile", "48", "--halo", "8", "--blend", "4",
+             "--device", "cpu", "--weights", tiny_weights, "-q"]  # fmt: skip
+    assert main(["restore", "s3://bucket/folder/", "-o", "s3://bucket/folder-out/", *flags]) == 0
+    want = _store_array(_upload_ref(local_zarr, tiny_weights, tmp_path))
+    assert sorted({k.split("/")[1] for k in _objects(endpoint, "folder-out/")}) == ["a.zarr", "b.zarr"]
+    for n in ("a", "b"):
+        assert np.array_equal(_store_array(f"s3://bucket/folder-out/{n}.zarr", options), want)
+    assert main(["restore", "s3://bucket/none/", "-o", "s3://bucket/x/", *flags]) == 1  # an empty "folder"
+
+
+def _upload_ref(local_zarr, weights, tmp_path):
+    ref = tmp_path / "ref.zarr"
+    nm.restore(str(local_zarr), weights=weights, out=str(ref), tile=48, halo=8, blend=4, device="cpu")
+    return ref
+
+
 # ------------------------------------------------------------------------------ GeoTIFF to s3
 def test_geotiff_output_to_s3_is_uploaded_complete(s3w, tiny_weights, tmp_path):
     rasterio = pytest.importorskip("rasterio")

@@ -16,7 +16,7 @@ from .geotiff_write import write_geotiff, writes_geotiff
 from .image import ImageSource
 from .omezarr import open_zarr, write_omezarr
 from .pictures import check_picture, open_picture, write_picture
-from .remote import open_remote
+from .remote import list_remote_folder, open_remote
 from .tiff import check_tiff, open_tiff, write_tiff
 from .urls import is_url
 
@@ -60,12 +60,16 @@ def open_image(path: str | os.PathLike, level=None, storage_options: dict | None
     return src
 
 
-def list_inputs(paths) -> list[Path | str]:
-    """Expand folders into the images they hold (zarr stores count as one image; URLs are kept as given)."""
+def list_inputs(paths, storage_options: dict | None = None) -> list[Path | str]:
+    """Expand folders into the images they hold (zarr stores count as one image).
+
+    A URL ending in ``/`` is a folder too (listed with ``storage_options``, fsspec's); any other URL
+    is one image, whose existence is checked when it is opened.
+    """
     out = []
     for raw in paths:
-        if is_url(raw):  # a URL is one image; whether it exists is checked when it is opened
-            out.append(raw)
+        if is_url(raw):
+            out.extend(list_remote_folder(raw, IMAGE_SUFFIXES, storage_options) if raw.endswith("/") else [raw])
             continue
         p = Path(raw)
         if (

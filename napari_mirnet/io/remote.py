@@ -21,7 +21,7 @@ from .secrets import scrub as scrub_secrets
 from .secrets import secrets as find_secrets
 from .urls import fsspec_options, redact
 
-__all__ = ["open_remote"]
+__all__ = ["list_remote_folder", "open_remote"]
 
 _KINDS = "an OME-Zarr store, a TIFF/OME-TIFF/GeoTIFF/COG, a PNG or a JPEG"
 
@@ -185,3 +185,28 @@ def open_remote(url: str, level=None, storage_options: dict | None = None) -> Im
         src.array = RetryArray(src.array, name, secrets)
     src.meta = src.meta.replace(name=src.meta.name or name)
     return src
+
+
+def list_remote_folder(url: str, suffixes: tuple, storage_options: dict | None = None) -> list[str]:
+    """The images in the "folder" ``url`` (a prefix ending in ``/``): objects and zarr stores whose
+    names end in one of ``suffixes``, hidden ones left out, sorted; one listing, no recursion."""
+    import fsspec
+
+    options = fsspec_options(url, storage_options)
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **options)
+        entries = with_retries(
+            lambda: fs.ls(path, detail=True), redact(url), "listing it", scrub=lambda t: _scrub(t, url, options)
+        )
+    except Exception as err:
+        raise _fail(url, options, err, "listing the folder") from None
+    base = url.rstrip("/")
+    found = []
+    for entry in entries:
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        if name.startswith(".") or not name.lower().endswith(suffixes):
+            continue
+        found.append(f"{base}/{name}")
+    if not found:
+        raise FileNotFoundError(f"folder {redact(url)} holds no images ({', '.join(suffixes)})")
+    return sorted(set(found))

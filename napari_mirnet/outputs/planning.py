@@ -62,12 +62,12 @@ def plan_outputs(inputs, out, *, task: str, format: str = "same", storage_option
     if task == "defocus":
         if len(inputs) != 2:
             raise ValueError("the defocus task takes two inputs: LEFT RIGHT (files or folders)")
-        lefts, rights = mio.list_inputs([inputs[0]]), mio.list_inputs([inputs[1]])
+        lefts, rights = (mio.list_inputs([side], storage_options) for side in inputs)
         if len(lefts) != len(rights):
             raise ValueError(f"{len(lefts)} left views but {len(rights)} right views")
         items = list(zip(lefts, rights))
     else:
-        items = mio.list_inputs(inputs)
+        items = mio.list_inputs(inputs, storage_options)
     single = len(items) == 1 and (len(inputs) == 1 or task == "defocus")
     if remote.is_url(out):
         try:

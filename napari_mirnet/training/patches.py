@@ -107,12 +107,18 @@ def _as_sources(data, axes) -> list[tuple[object, str]]:
 def open_urls(data, storage_options: dict | None = None):
     """``data`` with each URL item (``s3://``, ``https://`` ...) opened lazily with ``storage_options``
     (fsspec's) into an :class:`~napari_mirnet.io.ImageSource`; other items as given."""
-    from ..io import open_image
+    from ..io import list_inputs, open_image
     from ..io.urls import is_url
 
+    def opened(item) -> list:  # a URL folder (ending in /) is every image in it
+        if not is_url(item):
+            return [item]
+        return [open_image(u, storage_options=storage_options) for u in list_inputs([item], storage_options)]
+
     if isinstance(data, (list, tuple)):
-        return [open_image(d, storage_options=storage_options) if is_url(d) else d for d in data]
-    return open_image(data, storage_options=storage_options) if is_url(data) else data
+        return [x for d in data for x in opened(d)]
+    items = opened(data)
+    return items[0] if len(items) == 1 and not str(data).endswith("/") else items
 
 
 def _planes(sources, model_channels: int, normalisation: str) -> list[_Plane]:
