@@ -187,3 +187,24 @@ def test_reads_through_the_chunk_cache_equal_direct_reads(tmp_path, monkeypatch)
     z[1, 5:70, 10:89] = 0  # the input changed: a chunk older than MAX_AGE is fetched again
     monkeypatch.setattr(chunk_cache, "MAX_AGE", 0.0)
     assert not arr[1, 5:70, 10:89].any()
+
+
+def test_a_bioformats2raw_root_over_http_reads_as_its_local_copy(http_folder):
+    """IDR and the BioImage Archive publish bioformats2raw roots: the first series (as the OME group
+    lists them) is the image, at a URL as on disk (one reader for both: io.omezarr.image_of_group)."""
+    import zarr
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import write_image
+
+    folder, base, _ = http_folder
+    root = folder / "b2r.zarr"
+    g = zarr.open_group(str(root), mode="w", zarr_format=2)
+    g.attrs["bioformats2raw.layout"] = 3
+    g.require_group("OME").attrs["series"] = ["1", "0"]
+    img = np.random.default_rng(5).integers(0, 255, (40, 36), dtype=np.uint8)
+    for series, data in (("0", img[:20, :18]), ("1", img)):
+        write_image(data, g.require_group(series), axes="yx", fmt=FormatV04(), scale_factors=[2])
+    local, remote = open_image(root), open_image(f"{base}/b2r.zarr")
+    assert remote.axes == local.axes == "YX" and remote.array.shape == (40, 36)
+    np.testing.assert_array_equal(np.asarray(remote.array[...]), img)
+    np.testing.assert_array_equal(np.asarray(local.array[...]), img)

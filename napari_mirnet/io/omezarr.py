@@ -200,13 +200,12 @@ def _find_parent_multiscales(p: Path):
     return None
 
 
-def _bioformats2raw_image(p: Path, node):
-    """Image series 0 of a bioformats2raw root (other series: point at ``root.zarr/<n>``)."""
-    import zarr
-
+def _bioformats2raw_image(name, node):
+    """Image series 0 of a bioformats2raw root (other series: point at ``root.zarr/<n>``); ``name``
+    (a path or a URL's printable form) names it in messages."""
     series = None
     try:
-        series = dict(zarr.open_group(str(p / "OME"), mode="r").attrs).get("series")
+        series = dict(node["OME"].attrs).get("series")
     except Exception:
         pass
     first = str(series[0]) if series else "0"
@@ -214,9 +213,10 @@ def _bioformats2raw_image(p: Path, node):
         image = node[first]
     except KeyError:
         raise ValueError(
-            f"{p} is a bioformats2raw root without image series {first!r}; point at a series folder"
+            f"{name} is a bioformats2raw root without image series {first!r}; point at a series folder"
         ) from None
-    return p / first, image, (len(series) if series else sum(1 for _ in node.group_keys()))
+    joined = name / first if isinstance(name, Path) else f"{str(name).rstrip('/')}/{first}"
+    return joined, image, (len(series) if series else sum(1 for _ in node.group_keys()))
 
 
 def open_zarr(p: Path, level=None) -> ImageSource:
@@ -238,19 +238,26 @@ def open_zarr(p: Path, level=None) -> ImageSource:
             )
         meta = level_meta(attrs, index, node.ndim)
         return ImageSource(node, meta.axes, meta)
+    return image_of_group(p, node, level)
+
+
+def image_of_group(name, node, level=None) -> ImageSource:
+    """The image of an opened zarr group (local or at a URL): an OME-Zarr's level (``level``: index
+    or dataset path; default 0), a bioformats2raw root's first series, or a group's one array.
+    ``name`` (a path, or a redacted URL) names it in messages."""
     attrs = dict(node.attrs)
     if ATTR in attrs and not attrs[ATTR].get("complete", False):
-        raise ValueError(f"{p} is an unfinished napari-mirnet output; finish or remove it before reading it")
+        raise ValueError(f"{name} is an unfinished napari-mirnet output; finish or remove it before reading it")
     if "bioformats2raw.layout" in attrs and not _multiscales(attrs):
-        p, node, _ = _bioformats2raw_image(p, node)
+        name, node, _ = _bioformats2raw_image(name, node)
         attrs = dict(node.attrs)
     ms = _multiscales(attrs)
     if not ms:
         arrays = [k for k, _ in node.arrays()]
         if len(arrays) == 1 and level is None:
             return ImageSource(node[arrays[0]], None)
-        raise ValueError(f"{p} is a zarr group without OME-NGFF multiscales metadata; point at one array")
-    index = _pick_level(p, node, ms[0], level)
+        raise ValueError(f"{name} is a zarr group without OME-NGFF multiscales metadata; point at one array")
+    index = _pick_level(name, node, ms[0], level)
     arr = node[ms[0]["datasets"][index]["path"]]
     meta = level_meta(attrs, index, arr.ndim)
     return ImageSource(arr, meta.axes, meta)

@@ -14,8 +14,7 @@ import re
 from urllib.parse import urlsplit
 
 from .image import ImageSource
-from .omezarr import _multiscales, _pick_level, level_meta
-from .record import ATTR
+from .omezarr import image_of_group
 from .retry import RetryArray, error_text, is_transient, with_retries
 from .secrets import scrub as scrub_secrets
 from .secrets import secrets as find_secrets
@@ -85,16 +84,7 @@ def _open_zarr_url(url: str, level, options: dict) -> ImageSource:
         if level is not None:
             raise ValueError(f"{name} is a single zarr array; leave level= out")
         return ImageSource(node, None)
-    attrs = dict(node.attrs)
-    if ATTR in attrs and not attrs[ATTR].get("complete", False):
-        raise ValueError(f"{name} is an unfinished napari-mirnet output")
-    ms = _multiscales(attrs)
-    if not ms:
-        raise ValueError(f"{name} is a zarr group without OME-NGFF multiscales metadata; point at an image")
-    index = _pick_level(name, node, ms[0], level)
-    arr = node[ms[0]["datasets"][index]["path"]]
-    meta = level_meta(attrs, index, arr.ndim)
-    return ImageSource(arr, meta.axes, meta)
+    return image_of_group(name, node, level)
 
 
 def _is_file(url: str, options: dict) -> bool:
