@@ -71,6 +71,9 @@ def level0(url_or_path: str, storage_options: dict | None = None) -> np.ndarray:
 
 
 def timed(fn) -> float:
+    from napari_mirnet.io import chunk_cache
+
+    chunk_cache.clear()  # every run fetches its input afresh: no run is helped by the one before
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
@@ -99,12 +102,20 @@ def throughput(tmp: Path, endpoint: str, size: int, repeats: int) -> None:
 
     nm.restore(img[:256, :256], weights=weights, **TILE)  # warm-up: imports, model load, first forward
     mem_t = [timed(lambda: nm.restore(img, weights=weights, **TILE)) for _ in range(repeats)]
-    local_t, s3_t = [], []
-    for r in range(repeats):  # alternately, so that a busy moment of the machine hits both
+    from napari_mirnet.io import chunk_cache
+
+    local_t, s3_t, raw_t, budget = [], [], [], chunk_cache.BUDGET
+    for r in range(repeats):  # alternately, so that a busy moment of the machine hits all three
         out = str(tmp / f"out{r}.ome.zarr")
         local_t.append(timed(lambda: nm.restore(str(local_in), weights=weights, out=out, **TILE)))
         url = f"s3://bench/out{r}.ome.zarr"
         s3_t.append(timed(lambda: nm.restore(src_url, weights=weights, out=url, storage_options=options, **TILE)))
+        chunk_cache.BUDGET = 0  # the same run with every tile fetching its chunks itself
+        try:
+            url = f"s3://bench/raw{r}.ome.zarr"
+            raw_t.append(timed(lambda: nm.restore(src_url, weights=weights, out=url, storage_options=options, **TILE)))
+        finally:
+            chunk_cache.BUDGET = budget
     same = np.array_equal(level0(str(tmp / "out0.ome.zarr")), level0("s3://bench/out0.ome.zarr", options))
     chunks = zarr.open_group(str(tmp / "out0.ome.zarr"), mode="r")["0"].nchunks
     print(f"output: OME-Zarr with its pyramid, {chunks} level-0 chunks; s3 output == local output: {same}")
@@ -114,6 +125,7 @@ def throughput(tmp: Path, endpoint: str, size: int, repeats: int) -> None:
         ("in memory (numpy->numpy)", mem_t),
         ("local disk -> local disk", local_t),
         ("s3 -> s3 (moto)", s3_t),
+        ("s3 -> s3, no chunk cache", raw_t),
     ):
         t = min(ts)
         extra = "" if name.startswith("in memory") else f"{t - t_mem:>11.1f}"
@@ -121,6 +133,7 @@ def throughput(tmp: Path, endpoint: str, size: int, repeats: int) -> None:
         print(f"{name:<28}{t:>9.1f}{img.nbytes / MB / t:>9.2f}{chunks / t:>10.2f}{extra:>11}   {runs}")
     ratio = min(local_t) / min(s3_t)
     print(f"throughput ratio s3/local (best runs, same process): {ratio:.2f}")
+    print(f"throughput ratio s3 with / without the chunk cache: {min(raw_t) / min(s3_t):.2f}")
     counted(src_url, options, weights, stored, zarr.open_group(str(local_in), mode="r")["0"].chunks)
 
 
@@ -128,21 +141,35 @@ def counted(src_url: str, options: dict, weights: str, stored: int, chunks: tupl
     """One more s3 -> s3 run through the tests' counting proxy: bytes fetched and sent, against the stored input."""
     from test_cluster_remote import _proxy
 
+    from napari_mirnet.io import chunk_cache
+
     endpoint = options["client_kwargs"]["endpoint_url"]
     server, url, counts = _proxy(endpoint)
     proxied = {**options, "client_kwargs": {**options["client_kwargs"], "endpoint_url": url}}
+    got = {}
     try:
-        nm.restore(src_url, weights=weights, out="s3://bench/counted.ome.zarr", storage_options=proxied, **TILE)
+        for budget in (0, chunk_cache.BUDGET):  # without the cache, then with it
+            before, chunk_cache.BUDGET = chunk_cache.BUDGET, budget
+            chunk_cache.clear()
+            try:
+                out = f"s3://bench/counted{budget}.ome.zarr"
+                nm.restore(src_url, weights=weights, out=out, storage_options=proxied, **TILE)
+            finally:
+                chunk_cache.BUDGET = before
+            got[budget] = sum(n for (m, p), n in counts.items() if m == "GET" and p.startswith("/bench/in.ome.zarr/"))
+            got[budget] -= sum(v for k, v in got.items() if k != budget)
     finally:
         server.shutdown()
         server.server_close()
-    got = sum(n for (m, p), n in counts.items() if m == "GET" and p.startswith("/bench/in.ome.zarr/"))
+    print(f"without the chunk cache the same run read {got[0] / MB:.1f} MB = {got[0] / stored:.1f}x the stored input")
+    got = got[chunk_cache.BUDGET]
     sent = sum(n for (m, p), n in counts.items() if m == "PUT")
     calls = Counter(m for m, _ in counts)
     print(
         f"s3 traffic of one run (counting proxy): input read {got / MB:.1f} MB = {got / stored:.1f}x the stored "
-        f"input (chunks {'x'.join(map(str, chunks))}: a tile window reads every chunk it touches, whole); "
-        f"written {sent / MB:.1f} MB; requests {dict(calls)}"
+        f"input (chunks {'x'.join(map(str, chunks))}, each fetched once by the tiles that share it: io.chunk_cache, "
+        f"{chunk_cache.BUDGET // MB} MB); "
+        f"written {sent / MB / 2:.1f} MB per run; requests of the two runs {dict(calls)}"
     )
 
 

@@ -181,6 +181,7 @@ def test_reads_through_the_chunk_cache_equal_direct_reads(tmp_path, monkeypatch)
     chunk_cache.clear()
     arr = RetryArray(z, "http://h/a.zarr")
     keys = [np.s_[1, 5:70, 10:89], np.s_[:, :, 31:33], np.s_[..., 3:4], np.s_[2], np.s_[0:3:2], np.s_[-1, 99, :]]
+    keys += [np.s_[0, 50:10], np.s_[:, ::7, ::40], np.s_[:, 3::50, 1:90:33]]  # empty; strided (samples)
     for key in keys:
         assert np.array_equal(arr[key], data[key]), key
     assert chunk_cache._size <= data.nbytes  # each chunk kept once

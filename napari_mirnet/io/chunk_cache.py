@@ -92,7 +92,7 @@ def _fetch_once(key, fetch) -> np.ndarray:
 
 
 def _plain_slices(key, shape: tuple) -> tuple[list[slice], list[int]] | None:
-    """``key`` as one step-1 slice per axis and the axes an integer index drops; None for anything else."""
+    """``key`` as one slice (positive step) per axis and the axes an integer index drops; None for anything else."""
     key = key if isinstance(key, tuple) else (key,)
     if any(k is Ellipsis for k in key):
         i = key.index(Ellipsis)
@@ -104,14 +104,14 @@ def _plain_slices(key, shape: tuple) -> tuple[list[slice], list[int]] | None:
     for axis, (k, n) in enumerate(zip(key, shape)):
         if isinstance(k, slice):
             a, b, step = k.indices(n)
-            if step != 1:
+            if step < 1:
                 return None
-            slices.append(slice(a, max(a, b)))
+            slices.append(slice(a, max(a, b), step))
         elif isinstance(k, (int, np.integer)):
             i = int(k) + (n if k < 0 else 0)
             if not 0 <= i < n:
                 return None
-            slices.append(slice(i, i + 1))
+            slices.append(slice(i, i + 1, 1))
             dropped.append(axis)
         else:
             return None
@@ -132,16 +132,19 @@ def cached_region(name: str, array, key, fetch):
     if int(np.prod(chunks)) * dtype.itemsize > BUDGET // 4:
         return None
     slices, dropped = plain
-    out = np.empty(tuple(s.stop - s.start for s in slices), dtype)
-    ranges = [range(s.start // c, -(-s.stop // c)) for s, c in zip(slices, chunks)]
+    picked = [np.arange(sl.start, sl.stop, sl.step) for sl in slices]  # the indices read, per axis
+    out = np.empty(tuple(len(p) for p in picked), dtype)
+    # strided reads (a sample of every k-th pixel) touch only the chunks that hold a picked index
+    ranges = [np.unique(p // c) for p, c in zip(picked, chunks)]
     for index in itertools.product(*ranges):
-        where = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, chunks, shape))
-        block = _fetch_once((name, getattr(array, "path", ""), index), lambda w=where: np.asarray(fetch(w)))
-        src = tuple(
-            slice(max(s.start, w.start) - w.start, min(s.stop, w.stop) - w.start) for s, w in zip(slices, where)
-        )
-        dst = tuple(
-            slice(max(s.start, w.start) - s.start, min(s.stop, w.stop) - s.start) for s, w in zip(slices, where)
-        )
-        out[dst] = block[src]
+        where = tuple(slice(int(i) * c, min((int(i) + 1) * c, n)) for i, c, n in zip(index, chunks, shape))
+        key = (name, getattr(array, "path", ""), tuple(int(i) for i in index))
+        block = _fetch_once(key, lambda w=where: np.asarray(fetch(w)))
+        src, dst = [], []
+        for p, w, sl in zip(picked, where, slices):
+            inside = p[(p >= w.start) & (p < w.stop)]
+            src.append(slice(int(inside[0]) - w.start, int(inside[-1]) - w.start + 1, sl.step))
+            first = (int(inside[0]) - sl.start) // sl.step
+            dst.append(slice(first, first + len(inside)))
+        out[tuple(dst)] = block[tuple(src)]
     return out.squeeze(axis=tuple(dropped)) if dropped else out
