@@ -112,7 +112,7 @@ def check_output(run, dst, *, overwrite: bool, storage_options: dict | None = No
         if not remote.exists(dst, storage_options):
             return "run"
         stored = stored_record(dst, storage_options)
-        complete = bool((remote.stored_meta(dst, storage_options) or {}).get("complete")) if is_store(dst) else True
+        complete = mio.is_complete(dst, storage_options) if is_store(dst) else True
         return _rule(run, dst, stored, complete, overwrite, empty=False)
     dst = Path(dst)
     mio.check_distinct(run.source.paths, dst)  # also an array read lazily from a file or store
@@ -158,14 +158,15 @@ def _rule(run, dst, stored: dict | None, complete: bool, overwrite: bool, empty:
 
 
 def check_distinct_url(inputs, out: str) -> None:
-    """Refuse an output URL that is an input URL, lies inside one or holds one (compared redacted)."""
-    o = redact(out).rstrip("/")
+    """Refuse an output URL that is an input URL, lies inside one or holds one (compared as
+    :func:`napari_mirnet.io.location.same_or_within` compares them: service, bucket, key; no request)."""
+    from ..io.location import same_or_within
+
     for raw in inputs:
         if raw is None or not remote.is_url(str(raw)):
             continue
-        i = redact(str(raw)).rstrip("/")
-        if i == o or i.startswith(o + "/") or o.startswith(i + "/"):
+        if same_or_within(str(raw), out) or same_or_within(out, str(raw)):
             raise mio.OutputError(
-                f"output {o} is, holds or lies inside the input {i}: writing it would destroy the input "
-                "before it is read; choose another output"
+                f"output {redact(out).rstrip('/')} is, holds or lies inside the input {redact(str(raw)).rstrip('/')}: "
+                "writing it would destroy the input before it is read; choose another output"
             )

@@ -13,16 +13,15 @@ import json
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from ..io import OutputError
+from ..io import OutputError, stored_fingerprint
 from ..io.record import ATTR
-from ..io.urls import fsspec_options, is_url, redact
+from ..io.urls import is_url, redact
 
 __all__ = [
     "check_writable",
     "exists",
     "is_url",
     "join",
-    "stored_meta",
     "stored_record",
     "upload",
     "url_name",
@@ -58,11 +57,9 @@ def check_writable(url: str, what: str = "out") -> None:
 
 def _fs(url: str, storage_options: dict | None):
     """The fsspec filesystem of ``url`` and the path inside it (no instance cache: options may differ)."""
-    import fsspec
+    from ..io.location import fs_and_root
 
-    options = {**fsspec_options(url, storage_options), "skip_instance_cache": True}
-    fs, path = fsspec.core.url_to_fs(url, **options)
-    return fs, path
+    return fs_and_root(url, {**(storage_options or {}), "skip_instance_cache": True})
 
 
 def exists(url: str, storage_options: dict | None) -> bool:
@@ -81,20 +78,6 @@ def exists(url: str, storage_options: dict | None) -> bool:
         raise OutputError(f"cannot check the output {redact(url)}: {type(err).__name__}") from None
 
 
-def stored_meta(url: str, storage_options: dict | None) -> dict | None:
-    """Our metadata (``ATTR``) in the zarr store at ``url``; None if none is there or it is not ours."""
-    fs, path = _fs(url, storage_options)
-    for name in ("zarr.json", ".zattrs"):
-        try:
-            with fs.open(f"{path.rstrip('/')}/{name}", "rb") as f:
-                doc = json.loads(f.read())
-        except Exception:  # missing, unreadable or not JSON: not a store of ours under this name
-            continue
-        attrs = doc.get("attributes", {}) if name == "zarr.json" else doc
-        return attrs.get(ATTR) if isinstance(attrs, dict) else None
-    return None
-
-
 def stored_record(url: str, storage_options: dict | None) -> dict | None:
     """The run fingerprint a napari-mirnet output at ``url`` records, read through fsspec, or None.
 
@@ -102,7 +85,7 @@ def stored_record(url: str, storage_options: dict | None) -> dict | None:
     """
     suffix = url_suffix(url)
     if suffix in ("", ".zarr"):
-        return (stored_meta(url, storage_options) or {}).get("fingerprint")
+        return stored_fingerprint(url, storage_options)
     fs, path = _fs(url, storage_options)
     try:
         with fs.open(path, "rb", block_size=1 << 16) as f:

@@ -143,19 +143,14 @@ def check_not_input(out: str | None, layers) -> None:
     The layer's dask data reads that store chunk by chunk while the run replaces it; the engine
     tells local stores apart by their folder, but not a store at a URL behind a dask array.
     """
+    from ..io.location import same_or_within
     from ..io.urls import is_url, redact
     from .layers import source_url
 
     if not out or not is_url(out):
         return
-
-    def key(url: str) -> str:
-        scheme, _, rest = redact(url).partition("://")
-        return f"{scheme.lower()}://{rest.split('?', 1)[0].rstrip('/')}"
-
     for src in filter(None, (source_url(layer) for layer in layers)):
-        a, b = key(out), key(src)
-        if a == b or a.startswith(b + "/") or b.startswith(a + "/"):
+        if is_url(src) and (same_or_within(out, src) or same_or_within(src, out)):
             raise InputError(
                 f"the output {redact(out)} would write into the store the input layer reads from "
                 f"({redact(src)}); choose another output"
