@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .location import fs_and_root, is_url, sibling
+from .location import fs_and_root, is_url, sibling, zarr_options
 from .record import ATTR
 
 if TYPE_CHECKING:  # zarr is imported where a store is opened: numpy runs never load it
@@ -120,8 +120,8 @@ def _listed_cells(arr: zarr.Array, fs, root: str, read: bool) -> tuple[tuple, np
 def new_book(p: Path | str, grid: tuple[int, ...], token: str, storage_options: dict | None = None) -> zarr.Group:
     import zarr
 
-    options = {"storage_options": storage_options} if is_url(p) else {}
-    book = zarr.create_group(str(bookkeeping_path(p)), zarr_format=3, overwrite=True, **options)
+    options = {"zarr_format": 3, **zarr_options(p, storage_options)}
+    book = zarr.create_group(str(bookkeeping_path(p)), overwrite=True, **options)
     book.attrs.update({"store": token})
     # one byte per output chunk, one file each: concurrent writers never share a chunk
     book.create_array(DONE, shape=grid, chunks=(1,) * len(grid), dtype="uint8", fill_value=0, compressors=None)
@@ -134,9 +134,8 @@ def open_book(p: Path | str, g: zarr.Group, grid: tuple[int, ...], storage_optio
     import zarr
 
     token = dict(g.attrs)[ATTR].get("token")
-    options = {"storage_options": storage_options, "zarr_format": 3} if is_url(p) else {}
     try:
-        book = zarr.open_group(str(bookkeeping_path(p)), mode="r+", **options)
+        book = zarr.open_group(str(bookkeeping_path(p)), mode="r+", **zarr_options(p, storage_options))
         if dict(book.attrs).get("store") == token and tuple(book[DONE].shape) == tuple(grid):
             return book
     except Exception:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import posixpath
 import re
+import shutil
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import OutputError
@@ -23,6 +24,7 @@ __all__ = [
     "fs_and_root",
     "has_entries",
     "is_url",
+    "remove",
     "remove_tree",
     "same_or_within",
     "scrub",
@@ -89,6 +91,18 @@ def remove_tree(fs, root: str, missing_ok: bool = False) -> None:
         if not missing_ok:
             raise
     fs.invalidate_cache(root)
+
+
+def remove(place, storage_options: dict | None, missing_ok: bool = False) -> None:
+    """Delete the folder (local path) or every object under the prefix (URL) ``place``."""
+    if is_url(place):
+        remove_tree(*fs_and_root(place, storage_options), missing_ok=missing_ok)
+    else:
+        try:
+            shutil.rmtree(place)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
 
 
 def url_key(url: str) -> tuple[str, str, str]:

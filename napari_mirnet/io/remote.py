@@ -14,6 +14,7 @@ import re
 from urllib.parse import urlsplit
 
 from .image import ImageSource
+from .location import fs_and_root
 from .omezarr import image_of_group
 from .retry import RetryArray, error_text, is_transient, with_retries
 from .secrets import scrub as scrub_secrets
@@ -89,10 +90,8 @@ def _open_zarr_url(url: str, level, options: dict) -> ImageSource:
 
 def _is_file(url: str, options: dict) -> bool:
     """Whether ``url`` is one object or file (so a zarr store was not found because it is something else)."""
-    import fsspec
-
     try:
-        fs, path = fsspec.core.url_to_fs(url, **options)
+        fs, path = fs_and_root(url, options)
         return bool(fs.isfile(path))
     except Exception:
         return False
@@ -184,7 +183,7 @@ def list_remote_folder(url: str, suffixes: tuple, storage_options: dict | None =
 
     options = fsspec_options(url, storage_options)
     try:
-        fs, path = fsspec.core.url_to_fs(url, **options)
+        fs, path = fsspec.core.url_to_fs(url, **options)  # the trailing / kept: an http folder is asked as one
         entries = with_retries(
             lambda: fs.ls(path, detail=True), redact(url), "listing it", scrub=lambda t: _scrub(t, url, options)
         )

@@ -26,7 +26,6 @@ import contextlib
 import itertools
 import json
 import os
-import shutil
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,7 +35,7 @@ import numpy as np
 from ..metadata import ImageMeta
 from .bookkeeping import DIGEST, DONE, bookkeeping_path, new_book, open_book, written_cells
 from .errors import FingerprintMismatch, OutputError, OutputExistsError
-from .location import display, found_at, fs_and_root, has_entries, is_url, remove_tree, writing, zarr_options
+from .location import display, found_at, has_entries, is_url, remove, writing, zarr_options
 from .ngff import channel_windows, geo_attrs, multiscales_attrs
 from .omezarr import downsample2, level_shape, pyramid_levels
 from .record import ATTR
@@ -209,12 +208,9 @@ class ZarrOutput:
             level.attrs.update(geo_attrs(meta, level.shape, k, order=axes, group=False))
         # one write of zarr.json (atomic in LocalStore): metadata and the completion marker together
         self.group.attrs.update({"ome": ome, ATTR: ours, **geo_attrs(meta, self.group["0"].shape, 0, order=axes)})
-        if is_url(self.path):  # a complete store needs none
-            fs, root = fs_and_root(str(bookkeeping_path(self.path)), self.storage_options)
-            with contextlib.suppress(Exception):  # the store is complete already: a leftover is harmless
-                remove_tree(fs, root, missing_ok=True)
-        else:
-            shutil.rmtree(bookkeeping_path(self.path), ignore_errors=True)
+        # a complete store needs none; it is complete already, so a leftover is harmless
+        with contextlib.suppress(Exception):
+            remove(str(bookkeeping_path(self.path)), self.storage_options, missing_ok=True)
 
 
 def _build_level(group: zarr.Group, axes: str, k: int) -> None:
@@ -314,10 +310,7 @@ def _reopen(
         if tuple(g["0"].shape) != tuple(shape):
             raise FingerprintMismatch(f"output {name} has shape {g['0'].shape}, expected {tuple(shape)}")
         return ZarrOutput(p, g, open_book(p, g, grid, opts), axes, opts)
-    if is_url(p):  # overwrite a store we wrote ourselves
-        remove_tree(*fs_and_root(p, opts))
-    else:
-        shutil.rmtree(p)
+    remove(p, opts)  # overwrite a store we wrote ourselves
     return None
 
 
