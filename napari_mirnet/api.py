@@ -225,6 +225,7 @@ def restore(
         rgb=rgb,
     )
     check_level(level)
+    _check_storage_options(storage_options)
     dst = None if out is None else outputs.check_out_path(out, image)  # refused before the model loads
     qc_mode = quality.check_qc(qc, get_task(task), tta)
     if dst is not None:
@@ -235,13 +236,13 @@ def restore(
     try:
         run = prepare(
             image, task, weights, scale=scale, axes=axes, options=options, client=client, level=level,
-            **_so(storage_options),
+            storage_options=storage_options,
         )  # fmt: skip
         options.check_axes(run.axes)  # before anything is written
         if dst is not None:
             result = outputs.write_result(
                 run, dst, overwrite=overwrite, client=client, progress=progress, cancel=cancel,
-                **_so(storage_options),
+                storage_options=storage_options,
             )  # fmt: skip
             report = None if qc_mode is None else outputs.quality_check_beside(run, dst, qc_mode, client)
         else:
@@ -291,11 +292,12 @@ def restore_lazy(
     template = _xarray_template(image, task, scale)
     options = RestoreOptions(tile, halo, blend, device, precision, normalisation, tta, nodata=nodata, rgb=rgb)
     check_level(level)
+    _check_storage_options(storage_options)
     client, own_client = connect(client)
     try:
         run = prepare(
             image, task, weights, scale=scale, axes=axes, options=options, client=client, level=level,
-            **_so(storage_options),
+            storage_options=storage_options,
         )  # fmt: skip
     except BaseException:
         if own_client:
@@ -310,13 +312,9 @@ def restore_lazy(
     return arr if template is None else _xr.to_dataarray(arr, template, run.factor)
 
 
-def _so(storage_options: dict | None) -> dict:
-    """``storage_options=`` for the calls below, only when given (local runs call as before)."""
-    if storage_options is None:
-        return {}
-    if not isinstance(storage_options, dict):
+def _check_storage_options(storage_options) -> None:
+    if storage_options is not None and not isinstance(storage_options, dict):
         raise TypeError(f"storage_options must be a dict of fsspec options, not {type(storage_options).__name__}")
-    return {"storage_options": storage_options}
 
 
 def _check_qc_out(qc_mode, dst) -> None:

@@ -27,29 +27,24 @@ def write_run(
     """
     from .. import engine
 
-    if remote.is_url(dst):
+    url = remote.is_url(dst)
+    if url:
         remote.check_writable(dst)
-        if is_store(dst):
-            engine.execute(
-                run,
-                out=dst,
-                storage_options=storage_options,
-                overwrite=overwrite,
-                client=client,
-                progress=progress,
-                cancel=cancel,
-                read_back=False,
-            )
-        else:
-            _write_then_upload(run, dst, overwrite, client, progress, cancel, storage_options)
-        return
-    dst = Path(dst)
-    if is_store(dst):
+    if is_store(dst):  # local or at a URL: the engine writes it chunk by chunk
         engine.execute(
-            run, out=str(dst), overwrite=overwrite, client=client, progress=progress, cancel=cancel, read_back=False
+            run,
+            out=str(dst),
+            storage_options=storage_options,
+            overwrite=overwrite,
+            client=client,
+            progress=progress,
+            cancel=cancel,
+            read_back=False,
         )
+    elif url:
+        _write_then_upload(run, dst, overwrite, client, progress, cancel, storage_options)
     else:
-        _write_file(run, dst, overwrite, client, progress, cancel)
+        _write_file(run, Path(dst), overwrite, client, progress, cancel)
 
 
 def _write_file(run, dst: Path, overwrite: bool, client, report, cancel) -> None:
