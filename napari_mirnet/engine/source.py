@@ -12,6 +12,7 @@ import numpy as np
 from .. import io as mio
 from .. import xarrays as _xr
 from ..axes import infer_axes, to_cyx_order, validate_axes
+from ..io.retry import RemoteReadError
 from ..io.urls import is_url, redact
 from ..metadata import ImageMeta
 from ..processing import check_dtype
@@ -278,7 +279,7 @@ def read_window(arrays, axes: str, plan, key: tuple, name: str | None = None) ->
     except Exception as err:
         where = f"plane {lead}, " if lead else ""
         # a remote read that failed after its retries (io.retry) is the server's or the network's doing
-        remote = type(err).__name__ == "RemoteReadError"
+        remote = isinstance(err, RemoteReadError)
         hint = (
             "the server or the connection failed there: run again (a resumable output continues where it stopped)"
             if remote
