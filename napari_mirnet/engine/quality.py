@@ -42,7 +42,8 @@ class QualityReport:
     doubt : numpy.ndarray
         ``-log(trust)``: the sum of the signals' doubts (1 each at its threshold).
     signals : dict of numpy.ndarray
-        Each signal's doubt per block (``noise``, ``structure``, and ``disagreement`` with TTA).
+        Each signal's doubt per block (``noise``, ``structure``, ``detail``, ``left``, ``removed``,
+        and ``disagreement`` with TTA).
     noise : napari_mirnet.qc.NoiseModel
         The noise model estimated from the input alone.
     summary : dict
@@ -115,7 +116,10 @@ def run_qc(run, result, block: int = qc.BLOCK, tta: bool = False, out=None, comp
     x = canonical_dask(run.source).astype(np.float32)
     y = _canonical_out(result, run.axes).astype(np.float32)
     y = y.rechunk(x.chunks) if y.chunks != x.chunks else y
-    noise = qc.estimate_noise(_noise_crops(x))
+    crops = _noise_crops(x)
+    noise = qc.estimate_noise(crops)
+    # the residual where the noise was measured: its spectrum against the noise's (summarize)
+    res_var = qc.stride_variances([a - b for a, b in zip(crops, _noise_crops(y))])
     maps = qc.signal_maps(x, y, noise, block)
     level = float(np.mean([c.mean() for c in _noise_crops(x, 64)]))
     residual = _to_input_axes(x - y, run.axes)
@@ -124,7 +128,7 @@ def run_qc(run, result, block: int = qc.BLOCK, tta: bool = False, out=None, comp
     else:
         signals = compute(maps)
     spread = _spread(run, x, noise, block, compute) if tta else None
-    return _report(signals, spread, noise, block, level, residual if out is None else None, run, out)
+    return _report(signals, spread, noise, block, level, residual if out is None else None, run, out, res_var)
 
 
 def _to_input_axes(canon, axes: str):
@@ -133,9 +137,9 @@ def _to_input_axes(canon, axes: str):
     return arr.transpose(inverse_order(perm))
 
 
-def _report(signals, spread, noise, block, level, residual, run, out) -> QualityReport:
+def _report(signals, spread, noise, block, level, residual, run, out, res_var=None) -> QualityReport:
     doubt, trust = qc.combine(signals, spread)
-    summary = qc.summarize(signals, noise, block, spread, level)
+    summary = qc.summarize(signals, noise, block, spread, level, residual=res_var)
     lead = run.source.lead_axes
     report = QualityReport(
         residual=residual,
