@@ -13,7 +13,15 @@ from torch import nn
 
 from .model_config import STRIDE, MIRNetConfig, config_from_state_dict
 
-__all__ = ["MIRNetConfig", "MIRNetV2", "config_from_state_dict", "self_ensemble", "STRIDE"]
+__all__ = [
+    "MIRNetConfig",
+    "MIRNetV2",
+    "STRIDE",
+    "config_from_state_dict",
+    "pixel_shuffle_split",
+    "pixel_shuffle_merge",
+    "self_ensemble",
+]
 
 #: RCB 3x3 conv groups of the four RRGs; fixed in the released architecture.
 RRG_GROUPS = (1, 2, 4, 4)
@@ -179,8 +187,32 @@ class RRG(nn.Module):
         return x + self.body(x)
 
 
+def pixel_shuffle_split(x: torch.Tensor, s: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B * s * s, C, H / s, W / s): the s x s sub-images of pixels ``s`` apart
+    (pixel-shuffle down-sampling); H and W must be multiples of ``s``."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // s, s, w // s, s).permute(0, 3, 5, 1, 2, 4)
+    return x.reshape(b * s * s, c, h // s, w // s)
+
+
+def pixel_shuffle_merge(x: torch.Tensor, s: int) -> torch.Tensor:
+    """The inverse of :func:`pixel_shuffle_split`."""
+    bss, c, hs, ws = x.shape
+    b = bss // (s * s)
+    x = x.reshape(b, s, s, c, hs, ws).permute(0, 3, 4, 1, 5, 2)
+    return x.reshape(b, c, hs * s, ws * s)
+
+
 class MIRNetV2(nn.Module):
-    """MIRNet-v2. Takes (B, C, H, W) in [0, 1]; any H and W (reflection-padded to a multiple of 4)."""
+    """MIRNet-v2. Takes (B, C, H, W) in [0, 1]; any H and W (reflection-padded to a multiple of 4).
+
+    ``pixel_shuffle`` (an attribute, 1 by default; a fine-tuned model's file says its value) > 1
+    restores each of the s x s sub-images of pixels ``s`` apart on its own and puts them back: a
+    denoiser fine-tuned on noise correlated over a few pixels sees, in each sub-image, noise that
+    is nearly independent between neighbours, as in its training.
+    """
+
+    pixel_shuffle: int = 1
 
     def __init__(self, config: MIRNetConfig | None = None, **kwargs):
         super().__init__()
@@ -203,12 +235,17 @@ class MIRNetV2(nn.Module):
         self.conv_out = _conv(cfg.n_feat, cfg.out_channels, 3, cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = int(self.pixel_shuffle)
+        if s <= 1:
+            return self._forward_full(x)
         h, w = x.shape[-2:]
-        pad_h, pad_w = (-h) % STRIDE, (-w) % STRIDE
-        if pad_h or pad_w:
-            # reflection needs pad < size; replicate covers the 1-3 px images reflection cannot
-            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        x = _pad_to(x, s)
+        y = pixel_shuffle_merge(self._forward_full(pixel_shuffle_split(x, s)), s)
+        return y[..., :h, :w]
+
+    def _forward_full(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        x = _pad_to(x, STRIDE)
         if self.config.dual_pixel:
             shallow = self.conv_in(x)
             out = self.conv_out(self.body(shallow) + shallow)
@@ -224,6 +261,17 @@ class MIRNetV2(nn.Module):
         for rrg in self.body:
             y = rrg(y)
         return y
+
+
+def _pad_to(x: torch.Tensor, m: int) -> torch.Tensor:
+    """``x`` padded at the bottom and right to multiples of ``m``: reflection, and replicate for the
+    1-3 px images reflection cannot pad."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = (-h) % m, (-w) % m
+    if not (pad_h or pad_w):
+        return x
+    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
 def self_ensemble(forward, x: torch.Tensor, dual_pixel: bool = False) -> torch.Tensor:

@@ -72,11 +72,14 @@ def test_resume_continues_the_same_run(tmp_path, gray_identity):
 
 def test_time_budget_ends_the_run(tmp_path, gray_identity):
     _, noisy = toy(n=2, size=64)
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # its first use imports torch._dynamo (~4 s)
     t = time.perf_counter()
-    res = finetune(noisy, tmp_path / "ft.pth", gray_identity, minutes=3 / 60, axes="ZYX", **FAST)
+    res = finetune(noisy, tmp_path / "ft.pth", gray_identity, minutes=6 / 60, axes="ZYX", **FAST)
     took = time.perf_counter() - t
-    assert res.steps >= 1 and 3.0 <= res.elapsed < 3.0 + 10.0 and took < 60
-    assert read_checkpoint(tmp_path / "ft.pth")[1]["finetune"]["budget"]["minutes"] == pytest.approx(0.05)
+    # the run keeps back the time its last step, validation and held-out check take: it ends within
+    # the budget (a safety margin for a busy machine), after using most of it
+    assert res.steps >= 1 and 2.0 <= res.elapsed < 6.0 + 10.0 and took < 60
+    assert read_checkpoint(tmp_path / "ft.pth")[1]["finetune"]["budget"]["minutes"] == pytest.approx(0.1)
 
 
 def test_callback_cancel_keeps_the_best_model(tmp_path, gray_identity):
@@ -350,8 +353,9 @@ def test_a_run_that_leaves_the_model_unchanged_says_why(tmp_path, gray_identity,
         axes="ZYX",
         **{**FAST, "lr": 0.0, "lr_min": 0.0},
     )
-    assert res.best_step == 0 and "none of the 2 training steps" in res.unchanged
-    assert "source model, unchanged" in res.unchanged
+    assert res.best_step == 0 and res.kept == "source"
+    assert "after 2 training steps" in res.unchanged and "no better than the source" in res.unchanged
+    assert "source model, unchanged" in res.unchanged and res.selection["delta_percent"] == 0
     # the budget spent on set-up (slow reads) before the first step
     slow = _SlowReads(noisy, 0.3)
     res = finetune(slow, tmp_path / "b.pth", gray_identity, minutes=0.005, axes="ZYX", normalisation="fixed", **FAST)
@@ -359,7 +363,7 @@ def test_a_run_that_leaves_the_model_unchanged_says_why(tmp_path, gray_identity,
     assert res.setup_s > 0.3
     # a run that improved the model has nothing to explain
     res = finetune(noisy, tmp_path / "c.pth", gray_identity, minutes=None, steps=3, axes="ZYX", **FAST)
-    assert res.best_step > 0 and res.unchanged == ""
+    assert res.best_step > 0 and res.unchanged == "" and res.kept == "fine-tuned"
     # the CLI prints the reason
     from napari_mirnet.cli import main
 
@@ -368,7 +372,7 @@ def test_a_run_that_leaves_the_model_unchanged_says_why(tmp_path, gray_identity,
     args = ["finetune", str(src), "-o", str(tmp_path / "d.pth"), "--weights", gray_identity, "--steps", "1"]
     args += ["--patch", "32", "--axes", "ZYX", "--device", "cpu", "--lr", "0", "-q"]
     assert main(args) == 0
-    assert "note: none of the 1 training steps" in capsys.readouterr().out
+    assert "note: after 1 training step (1 in this run) the held-out check" in capsys.readouterr().out
 
 
 def test_resume_state_is_kept_out_of_the_model_folder(tmp_path, gray_identity):

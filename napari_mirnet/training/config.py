@@ -31,7 +31,7 @@ TRAINABLE_TASKS = ("denoise", "super_resolution", "lowlight")
 LOSS_NAMES = ("l1", "l2", "psnr")
 #: The self-supervised objectives and neighbour pairings of fine-tuning.
 OBJECTIVES = ("neighbor2neighbor", "blindspot")
-PAIRS = ("auto", "any", "vertical", "horizontal")
+PAIRS = ("auto", "any", "vertical", "horizontal", "pd2", "pd3", "pd4")
 #: The smallest plane edge we fine-tune on: a patch's half-resolution sub-images must be at least 16 px.
 MIN_EDGE = 32
 
@@ -154,7 +154,9 @@ class FinetuneConfig:
 
     objective: str = "neighbor2neighbor"
     #: which neighbour pairs have independent noise: "auto" measures it, "vertical" pairs pixels of
-    #: adjacent rows (for noise correlated along rows), "horizontal" the converse, "any" both
+    #: adjacent rows (for noise correlated along rows), "horizontal" the converse, "any" both,
+    #: "pd2"/"pd3"/"pd4" pixels 2/3/4 apart (pixel-shuffle sub-images, for noise correlated over a
+    #: few pixels in every direction; the model then restores those sub-images too)
     pairs: str = "auto"
     #: patch edge at full resolution (a multiple of 8) and patches per step
     patch: int = 96

@@ -1,5 +1,6 @@
-"""One fine-tuning run: its model, optimiser, moving average and best model so far, its steps on the
-shared :class:`~.loop.Loop`, what it reports, and the files it writes (the model and the state to resume)."""
+"""One fine-tuning run: its model, optimiser, moving average and best candidate, its steps on the
+shared :class:`~.loop.Loop`, the final choice between the candidate and the source model (the
+held-out check of :mod:`.selection`), and what it reports."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,14 @@ import torch
 from ..devices import resolve_device
 from ..model import MIRNetV2
 from ..weights import load_model
-from .checkpoints import NORMALISATION, code_version, lineage, save_atomic
 from .config import FinetuneConfig
+from .finetune_files import RunFiles
 from .loop import Loop, MovingAverage, budget_fraction, cosine_lr, step_rngs
+from .noise_shape import noise_level, pd_stride
 from .objectives import _augment, objective_loss, validation_loss
 from .output import state_path
 from .patches import _as_sources, _check_not_uniform, _choose_pairs, _Data, _fingerprint, _planes, _SetupClock
+from .selection import HeldOutCheck, compare
 
 __all__ = ["FinetuneProgress", "FinetuneResult", "process_clock"]
 
@@ -62,6 +65,14 @@ class FinetuneResult:
     #: why the saved model is the source model unchanged ("" when a step improved it)
     unchanged: str = ""
     setup_s: float = 0.0  # of ``elapsed``: reading patches, measuring the noise, validating the source
+    #: the mode trained in ("any", "vertical", "horizontal", "pd2"...), and why ("auto" measured it)
+    pairs: str = ""
+    pairs_reason: str = ""
+    #: "fine-tuned" or "source": which model the file holds, and the held-out check that decided
+    kept: str = ""
+    selection: dict = field(default_factory=dict)
+    #: the noise's autocorrelation along rows ("horizontal") and columns ("vertical") at lags 1-4
+    noise_correlation: dict = field(default_factory=dict)
 
 
 def _source_model(weights, source_path: Path, device) -> tuple[MIRNetV2, dict]:
@@ -78,7 +89,7 @@ def _source_model(weights, source_path: Path, device) -> tuple[MIRNetV2, dict]:
 
 
 @dataclass
-class _FinetuneRun(Loop):
+class _FinetuneRun(Loop, RunFiles):
     """One fine-tuning run: the model, optimiser and moving average, the data, and the best model so far."""
 
     cfg: FinetuneConfig
@@ -102,6 +113,15 @@ class _FinetuneRun(Loop):
     ema: MovingAverage | None
     eval_model: MIRNetV2  # the validated model: the moving average, else the raw weights themselves
     best_sd: dict[str, torch.Tensor]
+    source_sd: dict[str, torch.Tensor]
+    source_shuffle: int  # the source model's own pixel-shuffle stride (1 unless it was fine-tuned so)
+    check: HeldOutCheck
+    source_scores: np.ndarray | None = None  # of the held-out check, per unit
+    check_s: float = 0.0  # seconds one model's held-out check takes
+    val_s: float = 0.0  # seconds one validation takes
+    step_s: float = 0.0  # seconds the last training step took
+    kept: str = ""
+    selection: dict = field(default_factory=dict)
     step: int = 0
     elapsed0: float = 0.0  # budget spent before this session (resumed runs)
     t0: float = 0.0
@@ -134,6 +154,8 @@ class _FinetuneRun(Loop):
         fingerprint = _fingerprint(sources, planes, setup)
         pairs, corr_info = _choose_pairs(cfg.pairs, dataset, rng0)
         val = torch.from_numpy(dataset.val).to(device)
+        check = HeldOutCheck.create(corr_info["noise_autocorrelation"], noise_level(dataset.val), cfg.seed)
+        source_shuffle, model.pixel_shuffle = model.pixel_shuffle, 1  # training splits patches itself
 
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         ema = MovingAverage(model, cfg.ema) if cfg.ema else None
@@ -142,12 +164,32 @@ class _FinetuneRun(Loop):
             p.requires_grad_(False)
         # the source model is the best so far until a validation beats it
         best_sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return cls(
-            cfg=cfg, out=out, weights=weights, minutes=minutes, steps=steps, normalisation=normalisation,
-            device=device, model=model, source_path=source_path, source_meta=source_meta,
-            source_sha=model.weights_sha256, sources=sources, dataset=dataset, fingerprint=fingerprint,
-            pairs=pairs, corr_info=corr_info, val=val, opt=opt, ema=ema, eval_model=eval_model, best_sd=best_sd,
-        )  # fmt: skip
+        return cls(  # fmt: skip
+            source_sd=best_sd,
+            source_shuffle=source_shuffle,
+            check=check,
+            cfg=cfg,
+            out=out,
+            weights=weights,
+            minutes=minutes,
+            steps=steps,
+            normalisation=normalisation,
+            device=device,
+            model=model,
+            source_path=source_path,
+            source_meta=source_meta,
+            source_sha=model.weights_sha256,
+            sources=sources,
+            dataset=dataset,
+            fingerprint=fingerprint,
+            pairs=pairs,
+            corr_info=corr_info,
+            val=val,
+            opt=opt,
+            ema=ema,
+            eval_model=eval_model,
+            best_sd=best_sd,
+        )
 
     # -------------------------------------------------------------------------------------- clock
     @property
@@ -155,8 +197,11 @@ class _FinetuneRun(Loop):
         return process_clock(self.cfg.clock)
 
     def fraction(self, it: int, el: float) -> float:
-        """The share of the budget (steps or time, whichever is further) used after ``it`` steps."""
-        return budget_fraction(it, el, self.steps, None if self.minutes is None else 60.0 * float(self.minutes))
+        """The share of the budget (steps or time, whichever is further) used after ``it`` steps; the
+        time for the final held-out check of two candidates is kept back from a ``minutes`` budget."""
+        reserve = 2 * self.check_s + self.val_s + self.step_s  # the last step, validation and check
+        seconds = None if self.minutes is None else max(60.0 * float(self.minutes) - reserve, 1e-3)
+        return budget_fraction(it, el, self.steps, seconds)
 
     # -------------------------------------------------------------------------------------- start
     def resume(self) -> None:
@@ -185,13 +230,34 @@ class _FinetuneRun(Loop):
         self.source_val = float(st["source_val"])
         self.best_sd = {k: v.to(self.device) for k, v in st["best_params"].items()}
         self.pairs = st["pairs"]
+        if "source_scores" in st:
+            self.source_scores, self.check_s = np.asarray(st["source_scores"]), float(st["check_s"])
+        else:  # saved by a version without the held-out check
+            t = self.clock()
+            self.source_scores = self.check_scores(self.source_sd, self.source_shuffle)
+            self.check_s = self.clock() - t
 
     def validate_source(self) -> None:
-        """Measure the source model: the value later validations must beat."""
+        """Measure the source model: its validation loss (the run's first point) and its held-out
+        check through its own inference path (what the fine-tuned model must beat at the end)."""
         self.sync_eval()
+        t = self.clock()
         self.source_val = validation_loss(self.cfg, self.eval_model, self.val, self.pairs, self.cfg.seed)
+        self.val_s = self.clock() - t
         self.best_val, self.best_step = self.source_val, 0
         self.val_losses.append((0, self.source_val))
+        t = self.clock()
+        self.source_scores = self.check_scores(self.source_sd, self.source_shuffle)
+        self.check_s = self.clock() - t
+
+    def check_scores(self, sd: dict[str, torch.Tensor], shuffle: int) -> np.ndarray:
+        """The held-out check of the weights ``sd`` restoring at pixel-shuffle stride ``shuffle``."""
+        self.eval_model.load_state_dict(sd)
+        self.eval_model.pixel_shuffle = shuffle
+        try:
+            return self.check.scores(self.eval_model, self.val)
+        finally:
+            self.eval_model.pixel_shuffle = 1
 
     # -------------------------------------------------------------------------------------- loop
     @contextlib.contextmanager
@@ -202,7 +268,7 @@ class _FinetuneRun(Loop):
 
     def train_step(self, frac: float) -> float:
         """One optimiser step (cosine learning rate at ``frac`` of the budget) on patches seeded by the step."""
-        cfg = self.cfg
+        cfg, t = self.cfg, self.clock()
         lr = cosine_lr(frac, cfg.lr, cfg.lr_min)
         for g in self.opt.param_groups:
             g["lr"] = lr
@@ -215,6 +281,7 @@ class _FinetuneRun(Loop):
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
         self.step += 1
+        self.step_s = self.clock() - t
         return float(loss.detach())
 
     def after_step(self, loss: float, reporter) -> bool:
@@ -242,10 +309,9 @@ class _FinetuneRun(Loop):
         self.sync_eval()
         v = validation_loss(self.cfg, self.eval_model, self.val, self.pairs, self.cfg.seed)
         self.val_losses.append((it, v))
-        if v < self.best_val:
+        if v < self.best_val:  # the best candidate so far; ``out`` keeps the source until the final check
             self.best_val, self.best_step = v, it
             self.best_sd = {k: t.detach().clone() for k, t in self.eval_model.state_dict().items()}
-            self.save_best(it, el)
         self.save_state(it, el)
         return v
 
@@ -254,12 +320,39 @@ class _FinetuneRun(Loop):
         elapsed = self.elapsed()
         if not self.val_losses or self.val_losses[-1][0] != self.step:
             self.validate(self.step, elapsed)
-        self.save_best(self.step, elapsed)  # the final metadata (steps, curves), with the best weights
+        self.select()
+        elapsed = self.elapsed()
+        self.save_best(self.step, elapsed)  # the final metadata (steps, curves), with the kept weights
         self.save_state(self.step, elapsed)
         return FinetuneResult(
             self.out, self.step, self.best_step, self.best_val, self.source_val, self.losses, self.val_losses,
-            stopped, elapsed, self.unchanged_reason(stopped, elapsed), self.setup_s,
+            stopped, elapsed, self.unchanged_reason(stopped, elapsed), self.setup_s, self.pairs,
+            self.corr_info.get("pairs_reason", ""), self.kept, self.selection,
+            self.corr_info.get("noise_autocorrelation", {}),
         )  # fmt: skip
+
+    def select(self) -> None:
+        """Keep the better of the candidates (the best by validation loss, the last weights) only if
+        the held-out check finds it better than the source by the margin; else keep the source."""
+        cands = {}
+        if self.best_step > 0:
+            cands[self.best_step] = self.best_sd
+        if self.step > 0 and self.step != self.best_step:
+            self.sync_eval()
+            cands[self.step] = {k: t.detach().clone() for k, t in self.eval_model.state_dict().items()}
+        if not cands:
+            self.kept, self.selection, self.best_sd, self.best_step = "source", {}, self.source_sd, 0
+            return
+        shuffle = pd_stride(self.pairs)
+        scored = {s: self.check_scores(sd, shuffle) for s, sd in cands.items()}
+        step = min(scored, key=lambda s: float(np.mean(scored[s])))
+        self.selection = {"candidate_step": step, **compare(scored[step], self.source_scores)}
+        self.selection["candidates"] = {str(s): round(float(np.mean(v)), 7) for s, v in scored.items()}
+        self.selection["source"] = round(float(np.mean(self.source_scores)), 7)
+        if self.selection["better"]:
+            self.kept, self.best_sd, self.best_step = "fine-tuned", cands[step], step
+        else:
+            self.kept, self.best_sd, self.best_step = "source", self.source_sd, 0
 
     def unchanged_reason(self, stopped: bool, elapsed: float) -> str:
         """Why the saved model is the source model unchanged, in words; "" when a step improved it."""
@@ -274,98 +367,13 @@ class _FinetuneRun(Loop):
                 f"the noise, took {self.setup_s:.0f} s of {elapsed:.0f} s): {keep}; give more minutes"
             )
         n = self.step - self.start_step
+        per_step = f"one step takes {max(elapsed - self.setup_s, 0.0) / max(n, 1):.1f} s here"
+        sel = self.selection
         return (
-            f"none of the {self.step} training steps ({n} in this run) lowered the validation loss below the "
-            f"source model's ({self.source_val:.4g}; best {min(v for _, v in self.val_losses):.4g}): {keep}. "
-            "Give it more minutes or steps (one step takes "
-            f"{max(elapsed - self.setup_s, 0.0) / max(n, 1):.1f} s here), or it already suits this noise"
+            f"after {self.step} training step{'s' * (self.step != 1)} ({n} in this run) the held-out check found "
+            "the fine-tuned model "
+            f"(step {sel['candidate_step']}) no better than the source: {sel['delta_percent']:+.3g}% "
+            f"+- {sel['se_percent']:.2g}% of its score, and only a gain larger than {sel['margin_se']:g} standard "
+            f"errors counts: {keep}. Give it more minutes or steps ({per_step}), or the source already suits "
+            "this noise"
         )
-
-    # -------------------------------------------------------------------------------------- files
-    def save_best(self, it: int, el: float) -> None:
-        """The best weights so far, in fp16, with the run's metadata, to ``out``."""
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        params = {
-            k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu() for k, v in self.best_sd.items()
-        }
-        save_atomic(self.out, {"params": params, "meta": self.meta(it, el)})
-
-    def save_state(self, it: int, el: float) -> None:
-        """Everything a resume needs, to :func:`state_path` of ``out``."""
-        spath = state_path(self.out)
-        spath.parent.mkdir(parents=True, exist_ok=True)
-        ema = self.ema
-        save_atomic(
-            spath,
-            {
-                "params": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                **({"ema": {k: v.cpu() for k, v in ema.avg.items()}} if ema is not None else {}),
-                "optimizer": self.opt.state_dict(),
-                "best_params": {k: v.detach().cpu() for k, v in self.best_sd.items()},
-                "best_val": self.best_val,
-                "best_step": self.best_step,
-                "source_val": self.source_val,
-                "step": it,
-                "elapsed": el,
-                "losses": [list(v) for v in self.losses],
-                "val_losses": [list(v) for v in self.val_losses],
-                "fingerprint": self.fingerprint,
-                "source_sha256": self.source_sha,
-                "pairs": self.pairs,
-                "config": asdict(self.cfg),
-            },
-        )
-
-    def meta(self, it: int, el: float) -> dict:
-        """The model file's metadata: the official keys plus the data's and the run's record."""
-        return {
-            "task": "denoise",
-            "config": self.model.config.to_dict(),
-            "global_residual": True,
-            "normalisation": {
-                **NORMALISATION,
-                "mode": self.normalisation,
-                "note": f"fine-tuned with normalisation={self.normalisation!r}: restore with the same",
-            },
-            "training_data": self._data_meta(),
-            "degradation": {"kind": "self-supervised", "noise": "the data's own (unknown)"},
-            "code_version": code_version(),
-            "finetune": self._run_meta(it, el),
-            "params_dtype": "float16",
-        }
-
-    def _data_meta(self) -> dict:
-        return {
-            "description": "the user's noisy images (self-supervised: no clean targets)",
-            "fingerprint": self.fingerprint,
-            "sources": [f"{type(a).__name__}{tuple(a.shape)} {np.dtype(a.dtype)} axes {ax}" for a, ax in self.sources],
-            "n_planes": len(self.dataset.planes),
-            "initialised_from": Path(str(self.weights)).name,
-            "earlier_runs": lineage(self.source_path, self.source_meta),
-        }
-
-    def _run_meta(self, it: int, el: float) -> dict:
-        return {
-            "source_model": str(self.weights),
-            "source_sha256": self.source_sha,
-            "objective": self.cfg.objective,
-            "pairs": self.pairs,
-            **self.corr_info,
-            "steps": it,
-            "best_step": self.best_step,
-            "elapsed_s": round(el, 1),
-            "clock": self.cfg.clock,
-            "val_loss": {"source": self.source_val, "best": self.best_val},
-            "loss_curve": [[s, round(v, 7)] for s, v in _thin(self.losses)],
-            "val_curve": [[s, round(v, 7)] for s, v in self.val_losses],
-            "settings": asdict(self.cfg),
-            "budget": {"minutes": self.minutes, "steps": self.steps},
-        }
-
-
-def _thin(curve: list[tuple[int, float]], n: int = 500) -> list[tuple[int, float]]:
-    """At most ``n`` points of a loss curve, each the mean of its stretch (metadata stays small)."""
-    if len(curve) <= n:
-        return curve
-    edges = np.linspace(0, len(curve), n + 1).astype(int)
-    return [(curve[b - 1][0], float(np.mean([v for _, v in curve[a:b]]))) for a, b in zip(edges[:-1], edges[1:])]

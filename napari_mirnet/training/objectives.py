@@ -1,13 +1,16 @@
 """The self-supervised objectives of fine-tuning: Neighbor2Neighbor sub-sampling (the default) and
-blind-spot masking, and the fixed validation loss that selects the saved model."""
+blind-spot masking, on the patches themselves or on their pixel-shuffle sub-images ("pd" modes), and
+the fixed validation loss that tracks the run."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from ..model import pixel_shuffle_split
 from .config import FinetuneConfig
 from .loop import augment
+from .noise_shape import pd_stride
 
 __all__ = ["objective_loss", "validation_loss"]
 
@@ -21,7 +24,7 @@ _LINE_PAIRS = [(0, 1), (1, 0)]
 
 def _augment(x: torch.Tensor, k: int, pairs: str) -> torch.Tensor:
     # with direction-dependent noise only flips keep rows as rows; otherwise all 8 symmetries
-    return augment(x, k, flips_only=pairs != "any")
+    return augment(x, k, flips_only=pairs in ("vertical", "horizontal"))
 
 
 def _cells(x: torch.Tensor, pairs: str) -> torch.Tensor:
@@ -109,8 +112,20 @@ def _blindspot_loss(model, x, gen, pairs: str, spacing: int):
     return (out - x).square()[..., centre].mean()
 
 
+def _subimages(x: torch.Tensor, pairs: str) -> tuple[torch.Tensor, str]:
+    """For a "pd<s>" mode the pixel-shuffle sub-images of ``x`` (cropped to a multiple of 2s, so that
+    each sub-image has 2x2 cells) and the pairs used within them ("any"); else ``x`` and ``pairs``."""
+    s = pd_stride(pairs)
+    if s == 1:
+        return x, pairs
+    h, w = x.shape[-2:]
+    x = x[..., : h - h % (2 * s), : w - w % (2 * s)]
+    return pixel_shuffle_split(x, s), "any"
+
+
 def objective_loss(cfg: FinetuneConfig, model, x, gen, pairs: str):
     """The training loss of ``cfg.objective`` on the noisy batch ``x`` (B, C, H, W)."""
+    x, pairs = _subimages(x, pairs)
     if cfg.objective == "neighbor2neighbor":
         return _n2n_loss(model, x, gen, pairs, cfg.gamma)
     return _blindspot_loss(model, x, gen, pairs, cfg.mask_spacing)
@@ -122,13 +137,14 @@ def validation_loss(cfg: FinetuneConfig, model, val: torch.Tensor, pairs: str, s
     # fixed sub-samplings / masks, so that values compare across the run; the main term only
     gen = torch.Generator(device=val.device)
     gen.manual_seed(seed)
+    n = val.shape[0]
+    val, pairs_in = _subimages(val, pairs)
     total = 0.0
-    for i in range(val.shape[0]):
-        x = val[i : i + 1]
+    for x in val.split(val.shape[0] // n):  # one held-out patch (its sub-images) at a time
         for _ in range(2):
             if cfg.objective == "neighbor2neighbor":
-                g1, g2, _ = _subsample(x, gen, pairs)
+                g1, g2, _ = _subsample(x, gen, pairs_in)
                 total += float(F.mse_loss(model(g1), g2))
             else:
-                total += float(_blindspot_loss(model, x, gen, pairs, cfg.mask_spacing))
-    return total / (2 * val.shape[0])
+                total += float(_blindspot_loss(model, x, gen, pairs_in, cfg.mask_spacing))
+    return total / (2 * n)

@@ -1,5 +1,5 @@
 """Patches of the user's noisy data for fine-tuning: planes read region by region, the held-out
-validation patches, the data's fingerprint and the measured noise correlation."""
+validation patches, the data's fingerprint and the mode the measured noise correlation calls for."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .config import MIN_EDGE
+from .noise_shape import choose_pairs, noise_autocorrelation
 
 __all__ = ["SETUP_SHARE", "noise_correlation"]
 
@@ -253,36 +252,26 @@ def _fingerprint(sources, planes: list[_Plane], setup: _SetupClock | None = None
 
 
 def noise_correlation(patches: np.ndarray) -> tuple[float, float]:
-    """Correlation of the fine-scale residual between horizontal and between vertical neighbours.
-
-    ``patches`` is (N, C, H, W). The residual is the image minus its 3x3 mean without the centre,
-    which keeps mostly noise. Equal values mean isotropic noise (white noise gives -1/6, about
-    -0.17, for both); a clearly higher horizontal value means noise correlated along rows (read-out stripes).
-    """
-    x = torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32)).flatten(0, 1)[:, None]
-    k = torch.ones(1, 1, 3, 3) / 8.0
-    k[0, 0, 1, 1] = 0.0
-    r = x[..., 1:-1, 1:-1] - F.conv2d(x, k)  # the valid region of the 3x3 mean
-
-    def corr(a, b):
-        a, b = a - a.mean(), b - b.mean()
-        return float((a * b).mean() / (a.std() * b.std() + 1e-12))
-
-    return corr(r[..., :, 1:], r[..., :, :-1]), corr(r[..., 1:, :], r[..., :-1, :])
+    """Lag-1 autocorrelation of the noise along rows and along columns of (N, C, H, W) patches
+    (about 0 for independent noise; see :func:`~.noise_shape.noise_autocorrelation`)."""
+    corr = noise_autocorrelation(patches, 1)
+    return corr["horizontal"][0], corr["vertical"][0]
 
 
 def _choose_pairs(pairs: str, data: _Data, rng) -> tuple[str, dict]:
-    sample = data.sample_pixels(rng)
-    ch, cv = noise_correlation(sample)
-    info = {"horizontal_neighbour_correlation": round(ch, 3), "vertical_neighbour_correlation": round(cv, 3)}
-    if pairs != "auto":
-        return pairs, info
-    # white noise gives equal values; a margin of 0.1 keeps anisotropic signal from tipping the choice
-    if ch - cv > 0.1:
-        return "vertical", info
-    if cv - ch > 0.1:
-        return "horizontal", info
-    return "any", info
+    """The mode (``pairs`` itself unless "auto") and what was measured, for the model's metadata."""
+    corr = noise_autocorrelation(data.sample_pixels(rng))
+    mode, why = choose_pairs(corr)
+    info = {
+        "horizontal_neighbour_correlation": corr["horizontal"][0],
+        "vertical_neighbour_correlation": corr["vertical"][0],
+        "noise_autocorrelation": corr,
+        "pairs_measured": mode,
+        "pairs_reason": why
+        if pairs == "auto"
+        else f"pairs={pairs!r} was given; the measurement suggests {mode!r}: {why}",
+    }
+    return (mode if pairs == "auto" else pairs), info
 
 
 def _check_not_uniform(data: _Data, rng) -> None:

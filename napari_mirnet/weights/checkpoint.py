@@ -344,4 +344,16 @@ def checked(data: bytes, path: Path, source: str, official: str | None = None):
     if official:
         check_official(official, model.config, sd, source)
     check_finite(sd, source)
+    model.pixel_shuffle = _pixel_shuffle(meta, source)
     return sd, meta, model
+
+
+def _pixel_shuffle(meta: dict, source: str) -> int:
+    """The stride a fine-tuned model restores at (``meta["pixel_shuffle"]``; 1 when absent)."""
+    s = (meta or {}).get("pixel_shuffle", 1)
+    if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 8:
+        raise WeightsError(
+            f"{source}: its metadata says pixel_shuffle={s!r}, not a stride from 1 to 8; the file is damaged "
+            "or not one of ours: fine-tune again"
+        )
+    return s

@@ -1,0 +1,138 @@
+"""How far the noise of the user's data is correlated, measured on the data alone, and the
+fine-tuning mode that this calls for (``pairs``).
+
+The noise is sampled in the flattest blocks of the sampled patches (where the image is nearly
+constant, what varies is mostly noise), each block minus a smooth (quadratic) surface fitted to it. From these the
+autocorrelation along rows and along columns at lags 1 to :data:`MAX_LAG`; independent noise
+gives about 0 at every lag. The mode:
+
+- ``"any"``: no lag-1 correlation in either direction: Neighbor2Neighbor pairs of adjacent pixels;
+- ``"vertical"`` / ``"horizontal"``: correlated along rows (columns) only: pairs of adjacent rows
+  (columns), which keep the noise along each row as it is;
+- ``"pd2"``, ``"pd3"``, ``"pd4"``: correlated in both directions: the pixel-shuffle sub-images of
+  pixels ``s`` apart, ``s`` one more than the longest correlated lag, in which neighbours' noise is
+  nearly independent (training and restoring both work on these sub-images).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "ANISOTROPY",
+    "MAX_LAG",
+    "THRESHOLD",
+    "choose_pairs",
+    "correlated_lags",
+    "noise_autocorrelation",
+    "noise_level",
+    "pd_stride",
+]
+
+#: the largest lag measured, and so the largest pixel-shuffle stride (``"pd4"``)
+MAX_LAG = 4
+#: an autocorrelation below this is treated as none (white noise measures 0 +- 0.02 on 16 blocks)
+THRESHOLD = 0.1
+#: lag-1 correlations that differ by more than this mean noise correlated along one direction
+ANISOTROPY = 0.2
+_BLOCK = 16
+_KEEP = 0.25  # the flattest quarter of the blocks
+
+
+def pd_stride(pairs: str) -> int:
+    """The pixel-shuffle stride of a mode: ``s`` for ``"pd<s>"``, else 1."""
+    return int(pairs[2:]) if pairs.startswith("pd") else 1
+
+
+def _blocks(patches: np.ndarray, block: int = _BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """(every block (n, block, block) of (N, C, H, W) patches minus its quadratic surface fit, the
+    blocks' means)."""
+    x = np.asarray(patches, np.float64)
+    x = x.reshape(-1, *x.shape[-2:])
+    h, w = (x.shape[-2] // block) * block, (x.shape[-1] // block) * block
+    if h == 0 or w == 0:
+        raise ValueError(f"patches of {x.shape[-2]}x{x.shape[-1]} are smaller than a {block}x{block} block")
+    b = x[:, :h, :w].reshape(x.shape[0], h // block, block, w // block, block).transpose(0, 1, 3, 2, 4)
+    b = b.reshape(-1, block, block)
+    yy, xx = np.mgrid[0:block, 0:block].astype(np.float64)
+    yy, xx = yy.ravel() / block - 0.5, xx.ravel() / block - 0.5
+    design = np.stack([np.ones(block * block), yy, xx, yy * yy, xx * xx, yy * xx], 1)
+    coef, *_ = np.linalg.lstsq(design, b.reshape(len(b), -1).T, rcond=None)
+    return b - (design @ coef).T.reshape(b.shape), b.reshape(len(b), -1).mean(1)
+
+
+def _flat_blocks(patches: np.ndarray, block: int = _BLOCK) -> np.ndarray:
+    """The flattest quarter of the blocks (see :func:`_blocks`), at least 8."""
+    r, _ = _blocks(patches, block)
+    var = r.reshape(len(r), -1).var(1)
+    keep = max(min(8, len(r)), int(len(r) * _KEEP))
+    return r[np.argsort(var)[:keep]]
+
+
+def noise_level(patches: np.ndarray, bins: int = 8) -> tuple[float, float]:
+    """(a, b) of the noise variance ``a * intensity + b`` (Poisson-Gaussian; a = 0 for additive
+    noise), fitted to the lower quartile of the blocks' residual variance in bins of their mean
+    intensity (image detail only adds variance, so the quietest blocks of a bin are mostly noise)."""
+    r, mean = _blocks(patches)
+    var = r.reshape(len(r), -1).var(1) * r[0].size / (r[0].size - 6)  # 6 fitted coefficients
+    edges = np.quantile(mean, np.linspace(0, 1, bins + 1))
+    pts = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (mean >= lo) & (mean <= hi)
+        if sel.sum() >= 4:
+            pts.append((float(np.median(mean[sel])), float(np.quantile(var[sel], 0.25))))
+    m, v = np.array(pts).T if len(pts) >= 2 else (np.array([mean.mean()]), np.array([np.quantile(var, 0.25)]))
+    if len(m) < 2 or np.ptp(m) <= 1e-6:
+        return 0.0, float(v.mean())
+    a, b = np.polyfit(m, v, 1)
+    if a <= 0:  # no gain: additive noise
+        return 0.0, float(np.median(v))
+    return float(a), float(max(b, 0.0))
+
+
+def noise_autocorrelation(patches: np.ndarray, max_lag: int = MAX_LAG) -> dict[str, list[float]]:
+    """Autocorrelation of the noise along rows (``"horizontal"``: lags in x) and along columns
+    (``"vertical"``: lags in y) at lags 1..``max_lag``, from (N, C, H, W) patches of the data."""
+    r = _flat_blocks(patches)
+    var = float(np.mean(r * r))
+    if var <= 0:
+        return {"horizontal": [0.0] * max_lag, "vertical": [0.0] * max_lag}
+
+    def rho(d: int, axis: int) -> float:
+        a = r[:, :, d:] * r[:, :, :-d] if axis == 1 else r[:, d:, :] * r[:, :-d, :]
+        return round(float(np.mean(a)) / var, 3)
+
+    return {
+        "horizontal": [rho(d, 1) for d in range(1, max_lag + 1)],
+        "vertical": [rho(d, 0) for d in range(1, max_lag + 1)],
+    }
+
+
+def correlated_lags(rhos: list[float]) -> int:
+    """How many lags from 1 on are correlated (|rho| >= THRESHOLD before the first that is not)."""
+    n = 0
+    for v in rhos:
+        if abs(v) < THRESHOLD:
+            break
+        n += 1
+    return n
+
+
+def choose_pairs(corr: dict[str, list[float]]) -> tuple[str, str]:
+    """(mode, why in words) for measured autocorrelations (see the module's description)."""
+    h, v = correlated_lags(corr["horizontal"]), correlated_lags(corr["vertical"])
+    shown = f"along rows {corr['horizontal'][:3]}, along columns {corr['vertical'][:3]} at lags 1-3"
+    if h == 0 and v == 0:
+        return "any", f"the noise looks independent between neighbours ({shown})"
+    # much more along one direction: the other's correlation is taken for image detail (texture that
+    # no flat block escapes), which is alike in both directions, unlike read-out stripes
+    skew = corr["horizontal"][0] - corr["vertical"][0]
+    if v == 0 or skew > ANISOTROPY:
+        return "vertical", f"the noise is correlated along rows ({shown})"
+    if h == 0 or -skew > ANISOTROPY:
+        return "horizontal", f"the noise is correlated along columns ({shown})"
+    s = min(max(h, v) + 1, MAX_LAG)
+    why = f"the noise is correlated over {max(h, v)} pixel(s) in both directions ({shown})"
+    if max(h, v) >= MAX_LAG:
+        why += f"; it reaches further than {MAX_LAG - 1} pixels, stride {MAX_LAG} is the largest used"
+    return f"pd{s}", why
