@@ -77,3 +77,22 @@ def test_budget_table_merges_rows_and_tells_a_loss(results):
     finetune_budgets.save(path, dict(base, budget_min=3.0, finetuned=29.9, delta=-0.1))
     assert len(json.loads(path.read_text())) == 2
     assert "MISSED (1/2 rows; worst -0.100 dB" in path.with_suffix(".txt").read_text()
+
+
+def test_budget_run_keeps_the_source_or_beats_it(results):
+    finetune_budgets.run("0.1", ["gaussian"], ["shipped", "finetuned_auto"], quick=True)
+    (row,) = json.loads((results / "finetune_budgets_quick.json").read_text())
+    assert row["kept"] in ("fine-tuned", "source") and row["pairs"] in (
+        "any",
+        "vertical",
+        "horizontal",
+        "pd2",
+        "pd3",
+        "pd4",
+    )
+    assert row["delta"] == pytest.approx(row["finetuned"] - row["shipped"], abs=2e-3)
+    if row["kept"] == "source":  # the source model comes back unchanged: the same restoration
+        assert row["delta"] == 0.0
+    if row["steps"]:  # a run with training steps tells the held-out check that chose
+        assert {"delta_percent", "se_percent"} <= set(row["selection"])
+    assert {"horizontal", "vertical"} <= set(row["noise_correlation"])
