@@ -257,6 +257,12 @@ def main(argv=None) -> int:
             lines.append(
                 f"overhead: restore {a:.2f} s, restore + qc {b:.2f} s, ratio {r:.3f} (median of 3, alternating)"
             )
+            big = next(iter(test_images(512).values()))
+            m, c = check_cost(noisy(big, "gaussian", 2))
+            lines.append(
+                f"check alone, {big.shape[0]}x{big.shape[1]}: model run {m:.2f} s, check {c:.3f} s, "
+                f"ratio {c / m:.3f} (median of 3, alternating)"
+            )
         if "memory" not in skip:
             m0, m1 = peak_memory(args.memory_edge, Path(tmp))
             lines.append(

@@ -33,6 +33,10 @@ _MAD = 0.6744897501960817  # median |N(0, 1)|
 #: strides at which the noise variance is measured (correlated noise reaching up to ~4 px)
 STRIDES = 6
 _PLATEAU = 2.0  # a rise of 2x from one stride to the next: noise correlation, not image content
+# the line fit weighs intensity bins by 1 / variance**2, but never as if a bin's variance were under a
+# quarter of the median bin's: the median-based variance of a few photons per pixel is biased low, and
+# such dark bins pulled the gain 30% low (a retina on black, validation strips)
+_WEIGHT_FLOOR = 0.25
 
 
 def _ndimage():
@@ -226,8 +230,7 @@ def _fit_line(mean: np.ndarray, d: np.ndarray, bins: int) -> tuple[float, float]
         return 0.0, _robust_var(d)
     xs, vs, ws = map(np.asarray, (xs, vs, ws))
     # relative errors: the variance of a variance estimate grows with the variance itself
-    # (floored: a bin of exactly-0 dark pixels has variance 0 and must not take all the weight)
-    w = ws / np.maximum(vs, max(float(np.median(vs)) * 1e-2, 1e-30)) ** 2
+    w = ws / np.maximum(vs, max(float(np.median(vs)) * _WEIGHT_FLOOR, 1e-30)) ** 2
     a = np.vstack([xs, np.ones_like(xs)]).T
     coef = np.linalg.lstsq(a * np.sqrt(w)[:, None], vs * np.sqrt(w), rcond=None)[0]
     return float(coef[0]), float(coef[1])

@@ -10,8 +10,8 @@ Pure numpy/scipy (dask only to run the block signals chunk by chunk). Signals pe
   signal removed (a blur) or added (a hallucination) rather than noise;
 - **detail**: the output's mean gradient over the noise sigma: where the image has fine structure
   the model had to tell it from noise, and errors are likelier;
-- **left**: the output's fine content (minus a 4-px smooth background) in noise variances: noise
-  the model left in, and detail it kept;
+- **left**: the output's fine content (minus a 4-px smooth background; median square per block) in
+  noise variances: noise the model left in, and detail it kept;
 - **disagreement** (opt-in, 8 passes): the spread of the 8 flips/rotations' outputs over the noise
   sigma.
 
@@ -115,9 +115,10 @@ def block_signals(x, y, noise: NoiseModel, block: int = BLOCK, halo: int = 0) ->
     var = _edge_blocks(noise.variance(y[core]), block).mean(-1)
     grad = _ndimage().gaussian_gradient_magnitude(y, 1.0, mode="nearest")[core]
     detail = _edge_blocks(grad, block).mean(-1) / np.sqrt(var)
-    # the output's fine content (all but a 4-px smooth background): noise it left and detail it kept
+    # the output's fine content (all but a 4-px smooth background): noise it left and detail it kept;
+    # the median square, so that a few edge pixels do not outweigh the noise spread over the block
     fine = (y - _ndimage().gaussian_filter(y, _LEFT_SIGMA, mode="nearest"))[core]
-    left = (_edge_blocks(fine, block) ** 2).mean(-1) / var
+    left = np.median(_edge_blocks(fine, block) ** 2, axis=-1) / var
     return np.stack([ratio, corr, detail, left]).astype(np.float32)
 
 

@@ -92,11 +92,15 @@ def _canonical_out(result, axes: str):
 
 
 def _noise_crops(x, edge: int = 384) -> list[np.ndarray]:
-    """Up to 12 crops of the canonical input (middle iterated plane, each channel, 4 places)."""
+    """Up to 15 crops of the canonical input (middle iterated plane, each channel, 5 places)."""
     lead = tuple(n // 2 for n in x.shape[:-3])
     h, w = x.shape[-2:]
     ch, cw = min(edge, h), min(edge, w)
-    places = {(0, 0), (h - ch, w - cw), (0, w - cw), (h - ch, 0)}
+    if h * w <= 4 * edge * edge:  # small planes whole: crops of a wide strip would favour its ends
+        ch, cw = h, w
+    # the corners and the centre: a round specimen on a black ground (a retina, a cell) has its
+    # noise in the middle only
+    places = {(0, 0), (h - ch, w - cw), (0, w - cw), (h - ch, 0), ((h - ch) // 2, (w - cw) // 2)}
     crops = [
         x[lead + (c, slice(y0, y0 + ch), slice(x0, x0 + cw))] for c in range(min(x.shape[-3], 3)) for y0, x0 in places
     ]
