@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 import zlib
 from pathlib import Path
 
@@ -73,6 +74,7 @@ def block_error(y, clean, block: int = qc.BLOCK) -> np.ndarray:
 
 
 def correlations(report, err: np.ndarray) -> dict[str, float]:
+    # a signal that is 0 in every block (``removed`` where nothing was taken) has no rank: nan
     out = {k: float(stats.spearmanr(v.ravel(), err.ravel())[0]) for k, v in report.signals.items()}
     out["combined"] = float(stats.spearmanr(report.doubt.ravel(), err.ravel())[0])
     return out
@@ -228,6 +230,7 @@ def main(argv=None) -> int:
     p.add_argument("--skip", default="", help="comma list of parts to skip: finetune,overhead,memory")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/qc.txt"))
     args = p.parse_args(argv)
+    warnings.filterwarnings("ignore", category=stats.ConstantInputWarning)
     torch_threads = os.environ.get("OMP_NUM_THREADS", "default")
     images = test_images(args.crop) if args.split == "test" else validation_images()
     lines = [
@@ -239,6 +242,10 @@ def main(argv=None) -> int:
     for kind in NOISES:
         lines.append(
             f"pooled over images, {kind}: " + json.dumps({k: round(v, 3) for k, v in pooled(cases, kind).items()})
+        )
+        per = [correlations(r, e)["combined"] for (_, k), (_, _, r, e, _) in cases.items() if k == kind]
+        lines.append(
+            f"    combined per image, {kind}: median {np.median(per):+.2f}, range {min(per):+.2f} to {max(per):+.2f}"
         )
     skip = set(args.skip.split(","))
     if args.split == "validation":
