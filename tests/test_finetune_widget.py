@@ -31,7 +31,7 @@ def test_widget_adapts_the_layer_and_the_model_appears_in_denoise(
     w = FinetuneWidget(viewer)
     viewer.window.add_dock_widget(w)
     w.weights.value = str(tmp_path / "models" / "start.pth")
-    w.minutes.value = 0.1  # 6 s
+    w.minutes.value = 0.3  # 18 s: set-up (and the source model's held-out check) first
     seen, on_item = [], w._on_item
     w._on_item = lambda item: (seen.append((item, w.status.value)), on_item(item))  # what the status showed
     w.start.clicked()
@@ -42,8 +42,14 @@ def test_widget_adapts_the_layer_and_the_model_appears_in_denoise(
     setup = [item for item, _ in seen if item[0] == "setup"]
     assert setup and setup[0][1] == 1 and all(d <= n for _, d, n in setup)
     on_item(("setup", 3, 10))
-    assert "3/10 patches read" in w.status.value and "0.1-minute budget" in w.status.value
+    assert "3/10 patches read" in w.status.value and "0.3-minute budget" in w.status.value
     assert w.result.path == tmp_path / "models" / "cells-finetuned.pth" and w.result.path.is_file()
+    # which model the file holds, why, and the mode the noise called for (issue 37)
+    r = w.result
+    on_item(("done", r))
+    assert r.steps >= 1, (r.steps, r.setup_s, r.elapsed)
+    assert r.kept in ("source", "fine-tuned") and f"mode {r.pairs}: " in w.status.value
+    assert ("kept the fine-tuned model" in w.status.value) == (r.kept == "fine-tuned")
     assert "cells (fine-tune preview)" in viewer.layers
     assert viewer.layers["cells (fine-tune preview)"].data.shape == (96, 96)
     assert len(w.plot.train) == w.result.steps

@@ -148,8 +148,7 @@ def _cmd_finetune(args) -> int:
         f"{res.source_val:.4g} -> {res.best_val:.4g}; {res.elapsed:.0f} s, {res.setup_s:.0f} s of it set-up); "
         f"resumable state: {state_path(res.path)}"
     )
-    if res.unchanged:
-        print(f"note: {res.unchanged}")
+    print(f"note: {res.summary()}")
     print(
         f"use it: napari-mirnet restore INPUT -o OUTPUT --weights {res.path}"
         + (f" --normalisation {args.normalisation}" if args.normalisation != "auto" else "")

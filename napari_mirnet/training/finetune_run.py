@@ -20,6 +20,7 @@ from ..model import MIRNetV2
 from ..weights import load_model
 from .config import FinetuneConfig
 from .finetune_files import RunFiles
+from .finetune_result import FinetuneProgress, FinetuneResult
 from .loop import Loop, MovingAverage, budget_fraction, cosine_lr, step_rngs
 from .noise_shape import noise_level, pd_stride
 from .objectives import _augment, objective_loss, validation_loss
@@ -33,46 +34,6 @@ __all__ = ["FinetuneProgress", "FinetuneResult", "process_clock"]
 def process_clock(kind: str) -> Callable[[], float]:
     """The clock a budget counts: "cpu" seconds of this process, else wall seconds."""
     return time.process_time if kind == "cpu" else time.perf_counter
-
-
-@dataclass
-class FinetuneProgress:
-    """What a progress callback receives after each step (and after each validation)."""
-
-    step: int
-    loss: float
-    fraction: float  # of the budget (time or steps) used
-    elapsed: float
-    val_loss: float | None = None  # set on steps that validated
-    best_val: float | None = None
-    best_step: int | None = None
-    model: MIRNetV2 | None = None  # the weights being validated (the moving average); do not train it
-
-
-@dataclass
-class FinetuneResult:
-    """Where the model went and how the run went."""
-
-    path: Path
-    steps: int
-    best_step: int
-    best_val: float
-    source_val: float
-    losses: list[tuple[int, float]] = field(default_factory=list)
-    val_losses: list[tuple[int, float]] = field(default_factory=list)
-    stopped: bool = False
-    elapsed: float = 0.0
-    #: why the saved model is the source model unchanged ("" when a step improved it)
-    unchanged: str = ""
-    setup_s: float = 0.0  # of ``elapsed``: reading patches, measuring the noise, validating the source
-    #: the mode trained in ("any", "vertical", "horizontal", "pd2"...), and why ("auto" measured it)
-    pairs: str = ""
-    pairs_reason: str = ""
-    #: "fine-tuned" or "source": which model the file holds, and the held-out check that decided
-    kept: str = ""
-    selection: dict = field(default_factory=dict)
-    #: the noise's autocorrelation along rows ("horizontal") and columns ("vertical") at lags 1-4
-    noise_correlation: dict = field(default_factory=dict)
 
 
 def _source_model(weights, source_path: Path, device) -> tuple[MIRNetV2, dict]:
@@ -154,7 +115,9 @@ class _FinetuneRun(Loop, RunFiles):
         fingerprint = _fingerprint(sources, planes, setup)
         pairs, corr_info = _choose_pairs(cfg.pairs, dataset, rng0)
         val = torch.from_numpy(dataset.val).to(device)
-        check = HeldOutCheck.create(corr_info["noise_autocorrelation"], noise_level(dataset.val), cfg.seed)
+        check = HeldOutCheck.create(
+            corr_info["noise_autocorrelation"], noise_level(dataset.val, corr_info["noise_autocorrelation"]), cfg.seed
+        )
         source_shuffle, model.pixel_shuffle = model.pixel_shuffle, 1  # training splits patches itself
 
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -198,8 +161,8 @@ class _FinetuneRun(Loop, RunFiles):
 
     def fraction(self, it: int, el: float) -> float:
         """The share of the budget (steps or time, whichever is further) used after ``it`` steps; the
-        time for the final held-out check of two candidates is kept back from a ``minutes`` budget."""
-        reserve = 2 * self.check_s + self.val_s + self.step_s  # the last step, validation and check
+        time for the last step, validation and held-out check is kept back from a ``minutes`` budget."""
+        reserve = self.check_s + self.val_s + self.step_s  # the last step, validation and check
         seconds = None if self.minutes is None else max(60.0 * float(self.minutes) - reserve, 1e-3)
         return budget_fraction(it, el, self.steps, seconds)
 
@@ -332,12 +295,12 @@ class _FinetuneRun(Loop, RunFiles):
         )  # fmt: skip
 
     def select(self) -> None:
-        """Keep the better of the candidates (the best by validation loss, the last weights) only if
-        the held-out check finds it better than the source by the margin; else keep the source."""
+        """Keep the candidate (the best by validation loss, else the last weights) only if the
+        held-out check finds it better than the source by the margin; else keep the source."""
         cands = {}
         if self.best_step > 0:
             cands[self.best_step] = self.best_sd
-        if self.step > 0 and self.step != self.best_step:
+        elif self.step > 0:  # the validation loss never improved: the last weights may still be better
             self.sync_eval()
             cands[self.step] = {k: t.detach().clone() for k, t in self.eval_model.state_dict().items()}
         if not cands:
@@ -345,7 +308,7 @@ class _FinetuneRun(Loop, RunFiles):
             return
         shuffle = pd_stride(self.pairs)
         scored = {s: self.check_scores(sd, shuffle) for s, sd in cands.items()}
-        step = min(scored, key=lambda s: float(np.mean(scored[s])))
+        step = min(scored, key=lambda s: float(np.mean(scored[s])) if np.all(np.isfinite(scored[s])) else np.inf)
         self.selection = {"candidate_step": step, **compare(scored[step], self.source_scores)}
         self.selection["candidates"] = {str(s): round(float(np.mean(v)), 7) for s, v in scored.items()}
         self.selection["source"] = round(float(np.mean(self.source_scores)), 7)
@@ -369,6 +332,11 @@ class _FinetuneRun(Loop, RunFiles):
         n = self.step - self.start_step
         per_step = f"one step takes {max(elapsed - self.setup_s, 0.0) / max(n, 1):.1f} s here"
         sel = self.selection
+        if not sel.get("finite", True):
+            return (
+                f"training diverged (the fine-tuned model's output is not finite after {self.step} steps): {keep}. "
+                "Give a smaller learning rate (lr)"
+            )
         return (
             f"after {self.step} training step{'s' * (self.step != 1)} ({n} in this run) the held-out check found "
             "the fine-tuned model "

@@ -69,25 +69,55 @@ def _flat_blocks(patches: np.ndarray, block: int = _BLOCK) -> np.ndarray:
     return r[np.argsort(var)[:keep]]
 
 
-def noise_level(patches: np.ndarray, bins: int = 8) -> tuple[float, float]:
+def _fit_effect(block: int, corr: dict[str, list[float]] | None) -> tuple[float, float]:
+    """(E[variance estimate] / noise variance, effective degrees of freedom) of a block minus its
+    quadratic fit, for noise with the autocorrelation ``corr`` (None: independent)."""
+    yy, xx = np.mgrid[0:block, 0:block].astype(np.float64)
+    yy, xx = yy.ravel() / block - 0.5, xx.ravel() / block - 0.5
+    design = np.stack([np.ones(block * block), yy, xx, yy * yy, xx * xx, yy * xx], 1)
+    resid = np.eye(block * block) - design @ np.linalg.pinv(design)
+
+    def axis(rhos: list[float]) -> np.ndarray:
+        r = np.eye(block)
+        for d in range(1, correlated_lags(rhos) + 1):
+            r += rhos[d - 1] * (np.eye(block, k=d) + np.eye(block, k=-d))
+        return r
+
+    big_r = np.eye(block * block) if corr is None else np.kron(axis(corr["vertical"]), axis(corr["horizontal"]))
+    m = resid @ big_r @ resid
+    dof = block * block - 6
+    return float(np.trace(m)) / dof, float(np.trace(m) ** 2 / np.sum(m * m))
+
+
+def noise_level(patches: np.ndarray, corr: dict[str, list[float]] | None = None, bins: int = 8) -> tuple[float, float]:
     """(a, b) of the noise variance ``a * intensity + b`` (Poisson-Gaussian; a = 0 for additive
-    noise), fitted to the lower quartile of the blocks' residual variance in bins of their mean
-    intensity (image detail only adds variance, so the quietest blocks of a bin are mostly noise)."""
-    r, mean = _blocks(patches)
+    noise; b may be negative where the camera's offset maps zero photons above 0), fitted to the
+    lower quartile of small blocks' residual variance in bins of their mean intensity: image detail
+    only adds variance, so the quietest blocks of a bin are mostly noise. ``corr`` (the noise's
+    autocorrelation) corrects for the share of correlated noise that each block's fit takes away."""
+    # small blocks hold least detail; correlated noise needs room to show its variance
+    correlated = corr is not None and max(map(correlated_lags, corr.values())) > 0
+    block = 16 if correlated else 8
+    r, mean = _blocks(patches, block)
     var = r.reshape(len(r), -1).var(1) * r[0].size / (r[0].size - 6)  # 6 fitted coefficients
-    edges = np.quantile(mean, np.linspace(0, 1, bins + 1))
+    kept, dof = _fit_effect(block, corr)
+    # and the lower quartile of pure noise's estimates (about chi-square with ``dof``) lies below it
+    scale = kept * (1.0 - 0.6745 * np.sqrt(2.0 / dof))
+    edges = np.linspace(mean.min(), mean.max(), bins + 1)  # across the range, not where most blocks are
     pts = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         sel = (mean >= lo) & (mean <= hi)
-        if sel.sum() >= 4:
-            pts.append((float(np.median(mean[sel])), float(np.quantile(var[sel], 0.25))))
-    m, v = np.array(pts).T if len(pts) >= 2 else (np.array([mean.mean()]), np.array([np.quantile(var, 0.25)]))
-    if len(m) < 2 or np.ptp(m) <= 1e-6:
-        return 0.0, float(v.mean())
-    a, b = np.polyfit(m, v, 1)
+        if sel.sum() >= 8:
+            pts.append((float(np.median(mean[sel])), float(np.quantile(var[sel], 0.25)) / scale, int(sel.sum())))
+    if not pts:
+        return 0.0, float(np.quantile(var, 0.25)) / scale
+    m, v, n = np.array(pts).T
+    # bins of many blocks are the surer: the line is weighted by them (a few edge blocks in a bin
+    # of bright pixels must not make additive noise look signal-dependent)
+    a, b = np.polyfit(m, v, 1, w=np.sqrt(n)) if len(pts) >= 2 else (0.0, 0.0)
     if a <= 0:  # no gain: additive noise
-        return 0.0, float(np.median(v))
-    return float(a), float(max(b, 0.0))
+        return 0.0, float(np.average(v, weights=n))
+    return float(a), float(b)
 
 
 def noise_autocorrelation(patches: np.ndarray, max_lag: int = MAX_LAG) -> dict[str, list[float]]:
@@ -109,10 +139,13 @@ def noise_autocorrelation(patches: np.ndarray, max_lag: int = MAX_LAG) -> dict[s
 
 
 def correlated_lags(rhos: list[float]) -> int:
-    """How many lags from 1 on are correlated (|rho| >= THRESHOLD before the first that is not)."""
+    """How many lags from 1 on are correlated (rho >= THRESHOLD before the first that is not).
+
+    Only positive values count: each block's fit takes the noise's slow part away, which pushes
+    the measured values at the longer lags below 0 (by about 0.1 at lag 3 for a 2-pixel correlation)."""
     n = 0
     for v in rhos:
-        if abs(v) < THRESHOLD:
+        if v < THRESHOLD:
             break
         n += 1
     return n

@@ -78,7 +78,8 @@ class HeldOutCheck:
 
     def variance(self, x: torch.Tensor) -> torch.Tensor:
         """The noise variance the model expects at each pixel of ``x`` (from its local mean)."""
-        return (self.gain * F.avg_pool2d(x, 3, 1, 1, count_include_pad=False) + self.floor).clamp_min(1e-12)
+        v = self.gain * F.avg_pool2d(x, 3, 1, 1, count_include_pad=False) + self.floor
+        return v.clamp_min(max(self.floor, 0.0) + 1e-3 * self.gain)  # a dark pixel still has read noise
 
     @torch.no_grad()
     def scores(self, model, val: torch.Tensor) -> np.ndarray:
@@ -99,6 +100,9 @@ def compare(candidate: np.ndarray, source: np.ndarray) -> dict:
     """The paired comparison of per-unit estimated errors: mean difference (candidate - source) in %
     of the source's, its standard error, the gain in dB it implies, and whether the candidate is
     better by the margin."""
+    if not np.all(np.isfinite(candidate)):  # diverged training: NaN or Inf weights or outputs
+        return {"delta_percent": float("inf"), "se_percent": 0.0, "estimated_gain_db": float("-inf"),
+                "units": len(candidate), "margin_se": MARGIN_SE, "better": False, "finite": False}  # fmt: skip
     d = np.asarray(candidate, np.float64) - np.asarray(source, np.float64)
     src, cand = float(np.mean(source)), float(np.mean(candidate))
     ref = abs(src) or 1.0
@@ -112,4 +116,5 @@ def compare(candidate: np.ndarray, source: np.ndarray) -> dict:
         "units": int(len(d)),
         "margin_se": MARGIN_SE,
         "better": bool(mean < -MARGIN_SE * se),
+        "finite": True,
     }

@@ -204,12 +204,8 @@ class FinetuneWidget(Container):
             r = self.result
             how = "cancelled" if r.stopped else "finished"
             self.status.value = (
-                f"{how} after {r.steps} steps; best at step {r.best_step} (validation loss "
-                f"{r.source_val:.3g} -> {r.best_val:.3g}). Saved {r.path}; pick it in the "
-                "Denoise widget's weights."
+                f"{how} after {r.steps} steps: {r.summary()} Saved {r.path}; pick it in the Denoise widget's weights."
             )
-            if getattr(r, "unchanged", ""):
-                self.status.value = f"{how}: {r.unchanged}. Saved {r.path}."
         elif kind == "error":
             self.error = item[1]
             self.status.value = f"error: {item[1]}"

@@ -1,0 +1,208 @@
+"""Fine-tuning that never makes the model worse and handles noise correlated in every direction:
+the noise's measured shape and the mode it picks, the pixel-shuffle restore, the SURE check that
+decides between the source and the fine-tuned model, and the files and reports that say so."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_checkpoint
+from scipy import ndimage
+
+from napari_mirnet import finetune, restore
+from napari_mirnet.model import MIRNetV2, pixel_shuffle_merge, pixel_shuffle_split
+from napari_mirnet.training import selection
+from napari_mirnet.training.noise_shape import choose_pairs, noise_autocorrelation, noise_level
+from napari_mirnet.training.selection import HeldOutCheck, compare
+from napari_mirnet.weights import WeightsError, load_model, read_checkpoint
+
+FAST = dict(patch=48, batch=2, lr=1e-3, device="cpu", val_patches=2)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def cells(n=4, size=192, seed=0) -> np.ndarray:
+    """(n, size, size) fluorescence-like planes in [0, 1]: dark background, a few blurred bright discs."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    out = np.full((n, size, size), 0.1, np.float32)
+    for k in range(n):
+        for _ in range(6):
+            cy, cx, r = rng.uniform(20, size - 20), rng.uniform(20, size - 20), rng.uniform(6, 14)
+            out[k][(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0.5, 0.9)
+        out[k] = ndimage.gaussian_filter(out[k], 1.5)
+    return out
+
+
+def noise(shape, kind: str, std=0.08, seed=1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=shape)
+    if kind == "blurred":  # correlated in both directions, over about 2-3 pixels
+        w = ndimage.gaussian_filter(w, (0, 1.0, 1.0))
+    elif kind == "rows":  # correlated along rows (read-out stripes)
+        w = ndimage.uniform_filter1d(w, 5, axis=-1)
+    elif kind == "columns":
+        w = ndimage.uniform_filter1d(w, 5, axis=-2)
+    return (std * w / w.std()).astype(np.float32)
+
+
+def patches_of(a: np.ndarray, edge=96) -> np.ndarray:
+    return np.stack([a[k, y : y + edge, x : x + edge] for k in range(len(a)) for y in (0, 96) for x in (0, 96)])[
+        :, None
+    ]
+
+
+def test_pixel_shuffle_split_merge_and_the_model_restores_sub_images():
+    x = torch.rand(2, 3, 12, 18)
+    for s in (2, 3):
+        sub = pixel_shuffle_split(x, s)
+        assert sub.shape == (2 * s * s, 3, 12 // s, 18 // s)
+        assert torch.equal(sub[s * s + 1], x[1, :, 0::s, 1::s])  # image 1, offset (0, 1)
+        assert torch.equal(pixel_shuffle_merge(sub, s), x)
+    model = MIRNetV2(n_feat=16, n_mrb=1).eval()
+    x = torch.rand(1, 3, 37, 41)  # not a multiple of the stride: padded, then cropped back
+    with torch.no_grad():
+        plain = model(x)
+        model.pixel_shuffle = 3
+        shuffled = model(x)
+        padded = F.pad(x, (0, 1, 0, 2), mode="reflect")
+        by_hand = pixel_shuffle_merge(model._forward_full(pixel_shuffle_split(padded, 3)), 3)[..., :37, :41]
+    assert shuffled.shape == plain.shape and torch.equal(shuffled, by_hand)
+    assert not torch.allclose(shuffled, plain)
+
+
+@pytest.mark.parametrize(
+    "kind, mode",
+    [("white", "any"), ("blurred", "pd3"), ("rows", "vertical"), ("columns", "horizontal")],
+)
+def test_the_noise_shape_picks_the_mode(kind, mode):
+    clean = cells()
+    corr = noise_autocorrelation(patches_of(clean + noise(clean.shape, kind)))
+    got, why = choose_pairs(corr)
+    assert got == mode, (corr, why)
+    assert "lags 1-3" in why
+    if kind == "white":
+        assert max(abs(v) for v in corr["horizontal"] + corr["vertical"]) < 0.1
+
+
+def test_noise_level_recovers_variance_and_gain():
+    clean = cells()
+
+    def at(level, m):  # the variance the fitted line predicts at intensity m
+        return level[0] * m + level[1]
+
+    white = noise_level(patches_of(clean + noise(clean.shape, "white", std=0.08)))
+    assert at(white, 0.1) == pytest.approx(0.0064, rel=0.1) and at(white, 0.6) == pytest.approx(0.0064, rel=0.15)
+    # Poisson-Gaussian: variance = gain * intensity + read variance
+    rng = np.random.default_rng(2)
+    gain, read = 0.01, 0.02
+    pg = noise_level(patches_of(rng.poisson(clean / gain) * gain + rng.normal(0, read, clean.shape)))
+    assert pg[0] == pytest.approx(gain, rel=0.15)
+    for m in (0.1, 0.6):
+        assert at(pg, m) == pytest.approx(gain * m + read**2, rel=0.1)
+    # correlated noise: the variance that each block's fit takes away is put back
+    noisy = patches_of(clean + noise(clean.shape, "blurred", std=0.08))
+    blurred = noise_level(noisy, noise_autocorrelation(noisy))
+    assert at(blurred, 0.1) == pytest.approx(0.0064, rel=0.15)
+
+
+class _Blur(torch.nn.Module):
+    def __init__(self, sigma: float):
+        super().__init__()
+        r = np.arange(-4, 5)
+        k = np.exp(-(r**2) / (2 * sigma**2))
+        self.k = torch.tensor(np.outer(k, k) / np.outer(k, k).sum(), dtype=torch.float32)[None, None]
+
+    def forward(self, x):
+        return F.conv2d(F.pad(x, (4, 4, 4, 4), mode="reflect"), self.k)
+
+
+@pytest.mark.parametrize("kind", ["white", "blurred"])
+def test_the_check_estimates_the_true_error_of_any_restoration(kind):
+    """White noise: SURE is the error itself (within 20%). Correlated noise: its spectrum is known
+    only from the measured lags, so the estimate is rougher, but it ranks restorations as the truth does."""
+    clean = cells(n=2)
+    noisy = clean + noise(clean.shape, kind, std=0.08)
+    val = torch.from_numpy(patches_of(noisy))
+    truth = torch.from_numpy(patches_of(clean))
+    corr = noise_autocorrelation(val.numpy())
+    check = HeldOutCheck.create(corr, noise_level(val.numpy(), corr), seed=0)
+    est, true = [], []
+    for model in (torch.nn.Identity(), _Blur(0.8), _Blur(2.0)):
+        est.append(float(np.mean(check.scores(model, val))))
+        with torch.no_grad():
+            true.append(float((model(val) - truth).square().mean()))
+    assert np.argsort(est).tolist() == np.argsort(true).tolist() == [2, 1, 0], (est, true)
+    assert est[0] == pytest.approx(true[0], rel=0.2)  # the identity's error is the noise variance
+    if kind == "white":
+        assert est == pytest.approx(true, rel=0.2, abs=1e-4)
+
+
+def test_compare_keeps_only_a_gain_beyond_two_standard_errors():
+    src = np.array([1.0, 1.1, 0.9, 1.0, 1.05, 0.95])
+    assert compare(src - 0.1, src)["better"]  # the same gain on every unit: no doubt
+    noisy_gain = src - 0.02 + np.array([0.1, -0.1, 0.1, -0.1, 0.1, -0.1])
+    r = compare(noisy_gain, src)
+    assert not r["better"] and r["delta_percent"] == pytest.approx(-2.0) and r["se_percent"] > 1.0
+    assert not compare(src + 0.01, src)["better"]
+
+
+def _sd(path):
+    return {k: v.float() for k, v in read_checkpoint(path)[0].items()}
+
+
+def test_a_fine_tuned_model_that_is_worse_is_not_kept(tmp_path):
+    """A learning rate that wrecks the weights: the check finds the candidate worse and the file
+    holds the source model, and says so."""
+    clean = cells(n=2)
+    noisy = clean + noise(clean.shape, "white", std=0.08)
+    src = make_checkpoint(tmp_path / "src.pth", identity=True, in_channels=1, out_channels=1)
+    res = finetune(noisy, tmp_path / "ft.pth", src, minutes=None, steps=3, axes="ZYX", **{**FAST, "lr": 0.02})
+    assert res.kept == "source" and res.best_step == 0 and not res.selection["better"]
+    assert res.selection["delta_percent"] > 0 and "no better than the source" in res.unchanged
+    meta = read_checkpoint(res.path)[1]
+    assert meta["finetune"]["kept"] == "source" and meta["pixel_shuffle"] == 1
+    source = _sd(src)
+    assert all(torch.allclose(v, source[k].half().float()) for k, v in _sd(res.path).items())
+    # training that diverges (non-finite weights) keeps the source too, and says what to change
+    res = finetune(noisy, tmp_path / "nan.pth", src, minutes=None, steps=2, axes="ZYX", **{**FAST, "lr": 1e6})
+    assert res.kept == "source" and "training diverged" in res.unchanged and "lr" in res.unchanged
+
+
+def test_correlated_noise_trains_and_restores_on_sub_images(tmp_path, monkeypatch):
+    clean = cells(n=2)
+    noisy = clean + noise(clean.shape, "blurred", std=0.08)
+    src = make_checkpoint(tmp_path / "src.pth", identity=True, in_channels=1, out_channels=1)
+    # whatever the check says after 2 steps: here the file's plumbing is under test
+    monkeypatch.setattr(selection, "MARGIN_SE", -1e9)
+    res = finetune(noisy, tmp_path / "ft.pth", src, minutes=None, steps=2, axes="ZYX", **FAST)
+    assert res.pairs == "pd3" and res.kept == "fine-tuned" and "both directions" in res.pairs_reason
+    assert res.noise_correlation["horizontal"][0] > 0.5
+    meta = read_checkpoint(res.path)[1]
+    assert meta["pixel_shuffle"] == 3 and meta["finetune"]["pairs"] == "pd3"
+    assert meta["finetune"]["noise_autocorrelation"] == res.noise_correlation
+    model = load_model(res.path, "cpu")
+    assert model.pixel_shuffle == 3
+    plane = np.clip(noisy[0], 0, 1)
+    out = restore(plane, "denoise", weights=str(res.path), normalisation="fixed", device="cpu")
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(plane))[None, None]
+        by_hand = pixel_shuffle_merge(model._forward_full(pixel_shuffle_split(x, 3)), 3)[0, 0].clamp(0, 1).numpy()
+    np.testing.assert_allclose(out, by_hand, atol=2e-5)
+
+
+def test_a_damaged_pixel_shuffle_in_a_models_file_is_refused(tmp_path):
+    model = MIRNetV2(n_feat=16, n_mrb=1, in_channels=1, out_channels=1)
+    path = tmp_path / "m.pth"
+    for bad in (0, 9, "3", 2.5, True):
+        torch.save({"params": model.state_dict(), "meta": {"pixel_shuffle": bad}}, path)
+        with pytest.raises(WeightsError, match="pixel_shuffle"):
+            load_model(path, "cpu")
+    torch.save({"params": model.state_dict(), "meta": {"pixel_shuffle": 2}}, path)
+    assert load_model(path, "cpu").pixel_shuffle == 2
