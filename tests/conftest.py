@@ -35,6 +35,15 @@ def make_checkpoint(path, *, seed=0, identity=False, key="params", **config) -> 
     return str(path)
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread while the test runs (same reduction order run after run; fair CPU budgets)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> str:
     """A random 3->3 MIRNet-v2 with n_feat=16, one MRB per RRG."""

@@ -24,12 +24,7 @@ def psnr(a, b):
     return 10 * np.log10(1 / np.mean((np.asarray(a, np.float64) - b) ** 2))
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.slow

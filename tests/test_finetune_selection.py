@@ -19,12 +19,7 @@ from napari_mirnet.weights import WeightsError, load_model, read_checkpoint
 FAST = dict(patch=48, batch=2, lr=1e-3, device="cpu", val_patches=2)
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cells(n=4, size=192, seed=0) -> np.ndarray:

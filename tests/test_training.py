@@ -55,13 +55,7 @@ def _cfg(**kw):
     return TrainConfig(**base)
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    # same thread count for both runs: the reduction order of CPU kernels can depend on it
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("ema", [0.0, 0.9])

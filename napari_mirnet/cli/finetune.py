@@ -14,8 +14,9 @@ from .fields import add_field, field_help
 _FINETUNE_HELP = {
     "objective": "self-supervised loss: neighbor2neighbor (pairs of neighbouring pixels; pixel-independent noise) "
     "or blindspot (masked pixels, Noise2Void-style); docs/finetune.md compares them (default: {default})",
-    "pairs": "neighbours whose noise is independent: vertical for noise correlated along rows "
-    "(default: measured on the data)",
+    "pairs": "neighbours whose noise is independent: any (white noise), vertical for noise correlated along rows, "
+    "horizontal along columns, pd2/pd3/pd4 for noise correlated over 1-3 pixels in every direction (pixels 2/3/4 "
+    "apart; the model then restores that way too) (default: measured on the data)",
     "lr": "learning rate (default: {default})",
     "patch": "patch edge, a multiple of 8 (default: {default})",
     "batch": "patches per step (default: {default})",
