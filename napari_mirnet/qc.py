@@ -226,7 +226,7 @@ def summarize(
         reasons.append(f"the residual's lag-1 correlation is {lag1:.2f}, the noise's {noise.correlation:.2f}")
     sigma = noise.sigma_at(level)
     if reasons:
-        text = "flagged: " + "; ".join(reasons) + f"; largest doubt at (y, x) = {at}"
+        text = "flagged: " + "; ".join(reasons) + f"; largest doubt at (y, x) = {at}; noise: {noise.describe(level)}"
     else:
         text = f"cleared: residual consistent with noise of sigma {sigma:.4g} ({noise.describe(level)})"
     return {
