@@ -76,13 +76,19 @@ def one_row(d: dict, idx, kind: str, minutes: float, method: str, shipped: float
 
 
 def save(path: Path, row: dict) -> None:
-    """Merge ``row`` into the rows saved at ``path`` (replacing one with the same key)."""
-    rows = json.loads(path.read_text()) if path.is_file() else []
-    rows = [r for r in rows if tuple(r.get(k) for k in KEY) != tuple(row[k] for k in KEY)] + [row]
-    order = {n: i for i, n in enumerate(fb.NOISES)}
-    rows.sort(key=lambda r: (r["images"], order.get(r["noise"], 99), r["budget_min"], r["method"]))
-    path.write_text(json.dumps(rows, indent=1))
-    write_table(path, echo=False)  # after every row: a slice cut short still leaves its table
+    """Merge ``row`` into the rows saved at ``path`` (replacing one with the same key), under a lock:
+    slices of the table run in parallel processes."""
+    import fcntl
+
+    # the lock file lives outside the repository (no stray untracked file beside the results)
+    with open(Path(tempfile.gettempdir()) / f"napari-mirnet-{path.stem}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = json.loads(path.read_text()) if path.is_file() else []
+        rows = [r for r in rows if tuple(r.get(k) for k in KEY) != tuple(row[k] for k in KEY)] + [row]
+        order = {n: i for i, n in enumerate(fb.NOISES)}
+        rows.sort(key=lambda r: (r["images"], order.get(r["noise"], 99), r["budget_min"], r["method"]))
+        path.write_text(json.dumps(rows, indent=1))
+        write_table(path, echo=False)  # after every row: a slice cut short still leaves its table
 
 
 def write_table(path: Path, echo: bool = True) -> list[str]:
