@@ -344,3 +344,25 @@ def test_restore_whole_refuses_qc_for_other_tasks():
 
     with pytest.raises(ValueError, match="task='denoise'"):
         restore_whole(np.zeros((16, 16), np.float32), task="super_resolution", qc=True)
+
+
+def test_benchmark_chooses_on_validation_strips_never_test_images():
+    """benchmarks/qc.py --split validation (where the thresholds were chosen) uses no test image, and its
+    correlated noise is the one the docs describe (lag-1 0.78, lag-2 0.37), which the noise model reads."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import qc as bench
+
+    from napari_mirnet.training import TEST_IMAGES
+
+    val = bench.validation_images()
+    assert val and not set(val) & set(TEST_IMAGES)
+    flat = np.full((256, 256), 0.5, np.float32)
+    n = bench.noisy(flat, "correlated", seed=1) - flat
+    lag1 = np.corrcoef(n[:, :-1].ravel(), n[:, 1:].ravel())[0, 1]
+    lag2 = np.corrcoef(n[:, :-2].ravel(), n[:, 2:].ravel())[0, 1]
+    assert lag1 == pytest.approx(0.78, abs=0.03) and lag2 == pytest.approx(0.37, abs=0.04)
+    model = qc.estimate_noise(flat + n)
+    assert model.lags[0] == pytest.approx(lag1, abs=0.05) and model.offset == pytest.approx(n.var(), rel=0.1)
