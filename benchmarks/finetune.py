@@ -35,6 +35,7 @@ finetune.txt/.json from the saved results.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -290,8 +291,10 @@ def bench_noise(kind: str, budget_s: float, clean, eval_idx, workdir: Path, meth
     return res
 
 
+@functools.cache
 def git_commit() -> str:
-    """HEAD's short hash, with "+dirty" where the package itself has uncommitted changes."""
+    """HEAD's short hash, with "+dirty" where the package itself has uncommitted changes; read once, at the
+    process's start (``main``), as the package is imported then, however many commits land meanwhile."""
     import subprocess
 
     def git(*a):
@@ -458,6 +461,7 @@ def main(argv=None) -> int:
     ap.add_argument("--compare-objectives", action="store_true")
     ap.add_argument("--figure", action="store_true", help="only draw docs/finetune_crops.png from saved results")
     args = ap.parse_args(argv)
+    git_commit()  # the code this process runs: read before anything is imported or run
     methods = args.methods.split(",")
     if set(methods) - set(METHODS):
         ap.error(f"unknown method(s) {sorted(set(methods) - set(METHODS))}; choose from {METHODS}")

@@ -33,6 +33,7 @@ def run(budgets: str, noises, methods, images: str = "synthetic", quick: bool = 
     import torch
 
     torch.set_num_threads(1)
+    fb.git_commit()  # the code this process runs (read once, before the package is imported)
     minutes = [float(b) for b in budgets.split(",")]
     tuned = [m for m in methods if m in fb.FINETUNED] or ["finetuned"]
     z, size, n_eval = (4, 96, 2) if quick else (16, 256, 6)
