@@ -74,7 +74,7 @@ def test_pixel_shuffle_split_merge_and_the_model_restores_sub_images():
 
 @pytest.mark.parametrize(
     "kind, mode",
-    [("white", "any"), ("blurred", "pd3"), ("rows", "vertical"), ("columns", "horizontal")],
+    [("white", "any"), ("blurred", "pd4"), ("rows", "vertical"), ("columns", "horizontal")],
 )
 def test_the_noise_shape_picks_the_mode(kind, mode):
     clean = cells()
@@ -177,18 +177,18 @@ def test_correlated_noise_trains_and_restores_on_sub_images(tmp_path, monkeypatc
     # whatever the check says after 2 steps: here the file's plumbing is under test
     monkeypatch.setattr(selection, "MARGIN_SE", -1e9)
     res = finetune(noisy, tmp_path / "ft.pth", src, minutes=None, steps=2, axes="ZYX", **FAST)
-    assert res.pairs == "pd3" and res.kept == "fine-tuned" and "both directions" in res.pairs_reason
+    assert res.pairs == "pd4" and res.kept == "fine-tuned" and "both directions" in res.pairs_reason
     assert res.noise_correlation["horizontal"][0] > 0.5
     meta = read_checkpoint(res.path)[1]
-    assert meta["pixel_shuffle"] == 3 and meta["finetune"]["pairs"] == "pd3"
+    assert meta["pixel_shuffle"] == 4 and meta["finetune"]["pairs"] == "pd4"
     assert meta["finetune"]["noise_autocorrelation"] == res.noise_correlation
     model = load_model(res.path, "cpu")
-    assert model.pixel_shuffle == 3
+    assert model.pixel_shuffle == 4
     plane = np.clip(noisy[0], 0, 1)
     out = restore(plane, "denoise", weights=str(res.path), normalisation="fixed", device="cpu")
     with torch.no_grad():
         x = torch.from_numpy(np.ascontiguousarray(plane))[None, None]
-        by_hand = pixel_shuffle_merge(model._forward_full(pixel_shuffle_split(x, 3)), 3)[0, 0].clamp(0, 1).numpy()
+        by_hand = pixel_shuffle_merge(model._forward_full(pixel_shuffle_split(x, 4)), 4)[0, 0].clamp(0, 1).numpy()
     np.testing.assert_allclose(out, by_hand, atol=2e-5)
 
 
