@@ -3,6 +3,7 @@ trained in and which model its file holds, in words for the command line and the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,8 +57,10 @@ class FinetuneResult:
         if self.unchanged:
             return f"{self.unchanged}. {mode}".strip()
         sel = self.selection
+        gain = sel.get("estimated_gain_db", float("nan"))
+        about = f"about {gain:+.2f} dB, " if math.isfinite(gain) else ""
         return (
-            f"kept the fine-tuned model of step {self.best_step}: the held-out check (SURE) estimates "
-            f"{sel.get('estimated_gain_db', float('nan')):+.2f} dB over the source model "
-            f"(error {sel.get('delta_percent', 0):+.3g}% +- {sel.get('se_percent', 0):.2g}%). {mode}"
+            f"kept the fine-tuned model of step {self.best_step}: the held-out check (SURE) finds it better than "
+            f"the source model ({about}error {sel.get('delta_percent', 0):+.3g}% +- {sel.get('se_percent', 0):.2g}%). "
+            f"{mode}"
         ).strip()
