@@ -204,8 +204,8 @@ def _plain(v):
         return {str(k): _plain(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [_plain(x) for x in v]
-    if isinstance(v, (float, np.floating)):
-        return round(float(v), 5)
+    if isinstance(v, (float, np.floating)):  # NaN/inf as null: strict JSON readers refuse NaN
+        return round(float(v), 5) if np.isfinite(v) else None
     if isinstance(v, np.integer):
         return int(v)
     return v if isinstance(v, (str, int, bool)) or v is None else str(v)
