@@ -161,8 +161,8 @@ class _FinetuneRun(Loop, RunFiles):
 
     def fraction(self, it: int, el: float) -> float:
         """The share of the budget (steps or time, whichever is further) used after ``it`` steps; the
-        time for the last step, validation and held-out check is kept back from a ``minutes`` budget."""
-        reserve = self.check_s + self.val_s + self.step_s  # the last step, validation and check
+        time for the last step, a validation and two held-out checks is kept back from a ``minutes`` budget."""
+        reserve = 2 * self.check_s + self.val_s + self.step_s  # the last step, validation, two checks
         seconds = None if self.minutes is None else max(60.0 * float(self.minutes) - reserve, 1e-3)
         return budget_fraction(it, el, self.steps, seconds)
 
@@ -295,12 +295,14 @@ class _FinetuneRun(Loop, RunFiles):
         )  # fmt: skip
 
     def select(self) -> None:
-        """Keep the candidate (the best by validation loss, else the last weights) only if the
-        held-out check finds it better than the source by the margin; else keep the source."""
+        """Keep the better of the candidates (the best by validation loss, the last weights) by the
+        held-out check, and only if it finds it better than the source by the margin; else the source."""
         cands = {}
         if self.best_step > 0:
             cands[self.best_step] = self.best_sd
-        elif self.step > 0:  # the validation loss never improved: the last weights may still be better
+        if self.step > 0 and self.step != self.best_step:
+            # the validation loss tracks the training objective, not restoration: on photographs with
+            # correlated noise it picked step 10-18 of 160-180; the last weights get checked too
             self.sync_eval()
             cands[self.step] = {k: t.detach().clone() for k, t in self.eval_model.state_dict().items()}
         if not cands:
