@@ -127,32 +127,13 @@ class _FinetuneRun(Loop, RunFiles):
             p.requires_grad_(False)
         # the source model is the best so far until a validation beats it
         best_sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return cls(  # fmt: skip
-            source_sd=best_sd,
-            source_shuffle=source_shuffle,
-            check=check,
-            cfg=cfg,
-            out=out,
-            weights=weights,
-            minutes=minutes,
-            steps=steps,
-            normalisation=normalisation,
-            device=device,
-            model=model,
-            source_path=source_path,
-            source_meta=source_meta,
-            source_sha=model.weights_sha256,
-            sources=sources,
-            dataset=dataset,
-            fingerprint=fingerprint,
-            pairs=pairs,
-            corr_info=corr_info,
-            val=val,
-            opt=opt,
-            ema=ema,
-            eval_model=eval_model,
-            best_sd=best_sd,
-        )
+        return cls(
+            cfg=cfg, out=out, weights=weights, minutes=minutes, steps=steps, normalisation=normalisation,
+            device=device, model=model, source_path=source_path, source_meta=source_meta,
+            source_sha=model.weights_sha256, sources=sources, dataset=dataset, fingerprint=fingerprint,
+            pairs=pairs, corr_info=corr_info, val=val, opt=opt, ema=ema, eval_model=eval_model, best_sd=best_sd,
+            source_sd=best_sd, source_shuffle=source_shuffle, check=check,
+        )  # fmt: skip
 
     # -------------------------------------------------------------------------------------- clock
     @property
@@ -196,9 +177,7 @@ class _FinetuneRun(Loop, RunFiles):
         if "source_scores" in st:
             self.source_scores, self.check_s = np.asarray(st["source_scores"]), float(st["check_s"])
         else:  # saved by a version without the held-out check
-            t = self.clock()
-            self.source_scores = self.check_scores(self.source_sd, self.source_shuffle)
-            self.check_s = self.clock() - t
+            self.check_source()
 
     def validate_source(self) -> None:
         """Measure the source model: its validation loss (the run's first point) and its held-out
@@ -209,6 +188,10 @@ class _FinetuneRun(Loop, RunFiles):
         self.val_s = self.clock() - t
         self.best_val, self.best_step = self.source_val, 0
         self.val_losses.append((0, self.source_val))
+        self.check_source()
+
+    def check_source(self) -> None:
+        """The source model's held-out check, and how long one check takes (kept back from the budget)."""
         t = self.clock()
         self.source_scores = self.check_scores(self.source_sd, self.source_shuffle)
         self.check_s = self.clock() - t

@@ -57,12 +57,9 @@ def _blocks(patches: np.ndarray, block: int = _BLOCK) -> tuple[np.ndarray, np.nd
     if h == 0 or w == 0:
         raise ValueError(f"patches of {x.shape[-2]}x{x.shape[-1]} are smaller than a {block}x{block} block")
     b = x[:, :h, :w].reshape(x.shape[0], h // block, block, w // block, block).transpose(0, 1, 3, 2, 4)
-    b = b.reshape(-1, block, block)
-    yy, xx = np.mgrid[0:block, 0:block].astype(np.float64)
-    yy, xx = yy.ravel() / block - 0.5, xx.ravel() / block - 0.5
-    design = np.stack([np.ones(block * block), yy, xx, yy * yy, xx * xx, yy * xx], 1)
-    coef, *_ = np.linalg.lstsq(design, b.reshape(len(b), -1).T, rcond=None)
-    return b - (design @ coef).T.reshape(b.shape), b.reshape(len(b), -1).mean(1)
+    flat = b.reshape(-1, block * block)
+    # the projector is symmetric: each row times it is that block minus its least-squares surface
+    return (flat @ _residual_projector(block)).reshape(-1, block, block), flat.mean(1)
 
 
 def _flat_blocks(patches: np.ndarray, block: int = _BLOCK) -> np.ndarray:
