@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .detail_filter import DetailFilter, return_detail
 from .model_config import STRIDE, MIRNetConfig, config_from_state_dict
 
 __all__ = [
@@ -213,6 +214,9 @@ class MIRNetV2(nn.Module):
     """
 
     pixel_shuffle: int = 1
+    #: the noise for :func:`return_detail` after restoring, or None (the default: the output as
+    #: the network gives it); a fine-tuned model's file says which
+    detail_filter: DetailFilter | None = None
 
     def __init__(self, config: MIRNetConfig | None = None, **kwargs):
         super().__init__()
@@ -237,11 +241,13 @@ class MIRNetV2(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = int(self.pixel_shuffle)
         if s <= 1:
-            return self._forward_full(x)
-        h, w = x.shape[-2:]
-        x = _pad_to(x, s)
-        y = pixel_shuffle_merge(self._forward_full(pixel_shuffle_split(x, s)), s)
-        return y[..., :h, :w]
+            y = self._forward_full(x)
+        else:
+            h, w = x.shape[-2:]
+            y = pixel_shuffle_merge(self._forward_full(pixel_shuffle_split(_pad_to(x, s), s)), s)[..., :h, :w]
+        if self.detail_filter is not None and y.shape == x.shape:
+            y = return_detail(x, y, self.detail_filter)
+        return y
 
     def _forward_full(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]

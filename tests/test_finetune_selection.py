@@ -10,7 +10,8 @@ from conftest import make_checkpoint
 from scipy import ndimage
 
 from napari_mirnet import finetune, restore
-from napari_mirnet.model import MIRNetV2, pixel_shuffle_merge, pixel_shuffle_split
+from napari_mirnet.detail_filter import DetailFilter, return_detail
+from napari_mirnet.model import MIRNetV2, _pad_to, pixel_shuffle_merge, pixel_shuffle_split
 from napari_mirnet.training import selection
 from napari_mirnet.training.noise_shape import choose_pairs, noise_autocorrelation, noise_level
 from napari_mirnet.training.selection import HeldOutCheck, compare
@@ -177,19 +178,60 @@ def test_correlated_noise_trains_and_restores_on_sub_images(tmp_path, monkeypatc
     # whatever the check says after 2 steps: here the file's plumbing is under test
     monkeypatch.setattr(selection, "MARGIN_SE", -1e9)
     res = finetune(noisy, tmp_path / "ft.pth", src, minutes=None, steps=2, axes="ZYX", **FAST)
-    assert res.pairs == "pd4" and res.kept == "fine-tuned" and "both directions" in res.pairs_reason
+    assert res.pairs == "pd4" and res.kept in ("fine-tuned", "source weights") and "both directions" in res.pairs_reason
     assert res.noise_correlation["horizontal"][0] > 0.5
+    # every candidate (the source's weights, the steps) was tried at strides 4 and 3, with and without the filter
+    sel = res.selection
+    steps = {int(k.split(",")[0][5:]) for k in sel["candidates"] if k.startswith("step ")}
+    assert 2 in steps and len(sel["candidates"]) == 4 * (1 + len(steps))
+    assert {"source, stride 3, detail filter", "step 2, stride 4", "step 2, stride 3"} <= set(sel["candidates"])
+    assert sel["candidates"][sel["candidate"]] == min(sel["candidates"].values())
     meta = read_checkpoint(res.path)[1]
-    assert meta["pixel_shuffle"] == 4 and meta["finetune"]["pairs"] == "pd4"
+    assert meta["pixel_shuffle"] == res.pixel_shuffle == sel["pixel_shuffle"] and meta["finetune"]["pairs"] == "pd4"
+    assert ("detail_filter" in meta) == res.detail_filter == sel["detail_filter"]
     assert meta["finetune"]["noise_autocorrelation"] == res.noise_correlation
+    assert f"stride {res.pixel_shuffle}" in res.summary()
     model = load_model(res.path, "cpu")
-    assert model.pixel_shuffle == 4
+    assert model.pixel_shuffle == res.pixel_shuffle and (model.detail_filter is not None) == res.detail_filter
     plane = np.clip(noisy[0], 0, 1)
     out = restore(plane, "denoise", weights=str(res.path), normalisation="fixed", device="cpu")
+    s = res.pixel_shuffle
     with torch.no_grad():
         x = torch.from_numpy(np.ascontiguousarray(plane))[None, None]
-        by_hand = pixel_shuffle_merge(model._forward_full(pixel_shuffle_split(x, 4)), 4)[0, 0].clamp(0, 1).numpy()
-    np.testing.assert_allclose(out, by_hand, atol=2e-5)
+        y = pixel_shuffle_merge(model._forward_full(pixel_shuffle_split(_pad_to(x, s), s)), s)[
+            ..., : x.shape[-2], : x.shape[-1]
+        ]
+        if model.detail_filter is not None:
+            y = return_detail(x, y, model.detail_filter)
+    np.testing.assert_allclose(out, y[0, 0].clamp(0, 1).numpy(), atol=2e-5)
+
+
+def test_the_detail_filter_gives_back_detail_and_keeps_the_noise_out(tmp_path):
+    """Residual = noise of the stated autocorrelation + fine detail: the filter returns most of the
+    detail and little of the noise; a damaged filter in a model's file is refused."""
+    gen = torch.Generator().manual_seed(0)
+    white = torch.randn(1, 1, 128, 128, generator=gen)
+    k = torch.tensor([0.25, 0.5, 0.25])  # noise correlated over 1-2 px: lag-1 autocorrelation 2/3, lag 2 1/6
+    k = k / k.square().sum().sqrt()
+    n = F.conv2d(F.conv2d(F.pad(white, (1, 1, 1, 1), mode="circular"), k.view(1, 1, 3, 1)), k.view(1, 1, 1, 3))
+    n = 0.05 * n
+    yy, xx = torch.meshgrid(torch.arange(128.0), torch.arange(128.0), indexing="ij")
+    detail = 0.05 * torch.cos(torch.pi * 0.9 * xx) * torch.cos(torch.pi * 0.85 * yy)  # near Nyquist
+    y = torch.full((1, 1, 128, 128), 0.5)
+    noise = DetailFilter((2 / 3, 1 / 6), (2 / 3, 1 / 6), 0.0, 0.05**2)
+    out = return_detail(y + n + detail, y, noise)
+    back = out - y
+    assert float((back - detail).square().mean()) < 0.25 * float(detail.square().mean())
+    assert float((return_detail(y + n, y, noise) - y).square().mean()) < 0.1 * float(n.square().mean())
+    model = MIRNetV2(n_feat=16, n_mrb=1, in_channels=1, out_channels=1)
+    path = tmp_path / "m.pth"
+    for bad in ({"vertical": [0.5], "horizontal": [1.5], "gain": 0, "floor": 0.01}, [0.5], {"vertical": [0.5]}):
+        torch.save({"params": model.state_dict(), "meta": {"detail_filter": bad}}, path)
+        with pytest.raises(WeightsError, match="detail_filter"):
+            load_model(path, "cpu")
+    good = {"vertical": [0.5], "horizontal": [0.4, 0.1], "gain": 0.001, "floor": 0.002}
+    torch.save({"params": model.state_dict(), "meta": {"detail_filter": good}}, path)
+    assert load_model(path, "cpu").detail_filter == DetailFilter((0.5,), (0.4, 0.1), 0.001, 0.002)
 
 
 def test_a_damaged_pixel_shuffle_in_a_models_file_is_refused(tmp_path):

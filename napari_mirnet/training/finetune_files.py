@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoints import NORMALISATION, code_version, lineage, save_atomic
-from .noise_shape import pd_stride
 from .output import state_path
 
 __all__ = ["RunFiles"]
@@ -70,8 +69,9 @@ class RunFiles:
             "code_version": code_version(),
             "finetune": self._run_meta(it, el),
             "params_dtype": "float16",
-            # the stride the kept weights restore at (the model's file is all restore reads)
-            "pixel_shuffle": pd_stride(self.pairs) if self.kept == "fine-tuned" else self.source_shuffle,
+            # how the kept weights restore (the model's file is all restore reads)
+            "pixel_shuffle": self.shuffle_now(),
+            **({"detail_filter": asdict(self.filter_now())} if self.filter_now() is not None else {}),
         }
 
     def _data_meta(self) -> dict:

@@ -45,11 +45,16 @@ class FinetuneResult:
     #: the mode trained in ("any", "vertical", "horizontal", "pd2"...), and why ("auto" measured it)
     pairs: str = ""
     pairs_reason: str = ""
-    #: "fine-tuned" or "source": which model the file holds, and the held-out check that decided
+    #: "fine-tuned", "source weights" (restoring another way) or "source": which model the file holds,
+    #: and the held-out check that decided
     kept: str = ""
     selection: dict = field(default_factory=dict)
     #: the noise's autocorrelation along rows ("horizontal") and columns ("vertical") at lags 1-4
     noise_correlation: dict = field(default_factory=dict)
+    #: how the file's model restores: the pixel-shuffle stride, and whether it gives detail back
+    #: after (:func:`napari_mirnet.detail_filter.return_detail`)
+    pixel_shuffle: int = 1
+    detail_filter: bool = False
 
     def summary(self) -> str:
         """What the file holds and why, in one paragraph (the command line and the widget print it)."""
@@ -59,8 +64,12 @@ class FinetuneResult:
         sel = self.selection
         gain = sel.get("estimated_gain_db", float("nan"))
         about = f"about {gain:+.2f} dB, " if math.isfinite(gain) else ""
+        what = f"the fine-tuned model of step {self.best_step}" if self.best_step else "the source model's weights"
+        if self.pixel_shuffle > 1:
+            what += f", restoring pixel-shuffle sub-images of stride {self.pixel_shuffle}"
+        if self.detail_filter:
+            what += " and giving back the detail the residual holds beyond the noise"
         return (
-            f"kept the fine-tuned model of step {self.best_step}: the held-out check (SURE) finds it better than "
-            f"the source model ({about}error {sel.get('delta_percent', 0):+.3g}% +- {sel.get('se_percent', 0):.2g}%). "
-            f"{mode}"
+            f"kept {what}: the held-out check (SURE) finds it better than the source model as it was "
+            f"({about}error {sel.get('delta_percent', 0):+.3g}% +- {sel.get('se_percent', 0):.2g}%). {mode}"
         ).strip()

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..detail_filter import DetailFilter
 from ..devices import resolve_device
 from ..model import MIRNetV2
 from ..weights import load_model
@@ -22,7 +23,7 @@ from .config import FinetuneConfig
 from .finetune_files import RunFiles
 from .finetune_result import FinetuneProgress, FinetuneResult
 from .loop import Loop, MovingAverage, budget_fraction, cosine_lr, step_rngs
-from .noise_shape import noise_level, pd_stride
+from .noise_shape import correlated_lags, noise_level, pd_stride
 from .objectives import _augment, objective_loss, validation_loss
 from .output import state_path
 from .patches import _as_sources, _check_not_uniform, _choose_pairs, _Data, _fingerprint, _planes, _SetupClock
@@ -76,6 +77,7 @@ class _FinetuneRun(Loop, RunFiles):
     best_sd: dict[str, torch.Tensor]
     source_sd: dict[str, torch.Tensor]
     source_shuffle: int  # the source model's own pixel-shuffle stride (1 unless it was fine-tuned so)
+    source_filter: DetailFilter | None  # and its own detail filter (None unless it was fine-tuned so)
     check: HeldOutCheck
     source_scores: np.ndarray | None = None  # of the held-out check, per unit
     check_s: float = 0.0  # seconds one model's held-out check takes
@@ -83,6 +85,9 @@ class _FinetuneRun(Loop, RunFiles):
     step_s: float = 0.0  # seconds the last training step took
     kept: str = ""
     selection: dict = field(default_factory=dict)
+    #: how the kept weights restore: the pixel-shuffle stride and the detail filter (None: the source's)
+    restore_shuffle: int | None = None
+    restore_filter: DetailFilter | None = None
     step: int = 0
     elapsed0: float = 0.0  # budget spent before this session (resumed runs)
     t0: float = 0.0
@@ -119,6 +124,7 @@ class _FinetuneRun(Loop, RunFiles):
             corr_info["noise_autocorrelation"], noise_level(dataset.val, corr_info["noise_autocorrelation"]), cfg.seed
         )
         source_shuffle, model.pixel_shuffle = model.pixel_shuffle, 1  # training splits patches itself
+        source_filter, model.detail_filter = model.detail_filter, None
 
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         ema = MovingAverage(model, cfg.ema) if cfg.ema else None
@@ -132,7 +138,7 @@ class _FinetuneRun(Loop, RunFiles):
             device=device, model=model, source_path=source_path, source_meta=source_meta,
             source_sha=model.weights_sha256, sources=sources, dataset=dataset, fingerprint=fingerprint,
             pairs=pairs, corr_info=corr_info, val=val, opt=opt, ema=ema, eval_model=eval_model, best_sd=best_sd,
-            source_sd=best_sd, source_shuffle=source_shuffle, check=check,
+            source_sd=best_sd, source_shuffle=source_shuffle, source_filter=source_filter, check=check,
         )  # fmt: skip
 
     # -------------------------------------------------------------------------------------- clock
@@ -142,8 +148,9 @@ class _FinetuneRun(Loop, RunFiles):
 
     def fraction(self, it: int, el: float) -> float:
         """The share of the budget (steps or time, whichever is further) used after ``it`` steps; the
-        time for the last step, a validation and two held-out checks is kept back from a ``minutes`` budget."""
-        reserve = 2 * self.check_s + self.val_s + self.step_s  # the last step, validation, two checks
+        time for the last step, a validation and the final held-out checks is kept back from a
+        ``minutes`` budget."""
+        reserve = self.final_checks() * self.check_s + self.val_s + self.step_s
         seconds = None if self.minutes is None else max(60.0 * float(self.minutes) - reserve, 1e-3)
         return budget_fraction(it, el, self.steps, seconds)
 
@@ -193,17 +200,39 @@ class _FinetuneRun(Loop, RunFiles):
     def check_source(self) -> None:
         """The source model's held-out check, and how long one check takes (kept back from the budget)."""
         t = self.clock()
-        self.source_scores = self.check_scores(self.source_sd, self.source_shuffle)
+        self.source_scores = self.check_scores(self.source_sd, self.source_shuffle, self.source_filter)
         self.check_s = self.clock() - t
 
-    def check_scores(self, sd: dict[str, torch.Tensor], shuffle: int) -> np.ndarray:
-        """The held-out check of the weights ``sd`` restoring at pixel-shuffle stride ``shuffle``."""
+    def check_scores(self, sd: dict[str, torch.Tensor], shuffle: int, detail: DetailFilter | None = None) -> np.ndarray:
+        """The held-out check of the weights ``sd`` restoring at pixel-shuffle stride ``shuffle``,
+        with the detail filter ``detail`` (None: none)."""
         self.eval_model.load_state_dict(sd)
-        self.eval_model.pixel_shuffle = shuffle
+        self.eval_model.pixel_shuffle, self.eval_model.detail_filter = shuffle, detail
         try:
             return self.check.scores(self.eval_model, self.val)
         finally:
-            self.eval_model.pixel_shuffle = 1
+            self.eval_model.pixel_shuffle, self.eval_model.detail_filter = 1, None
+
+    def restore_options(self) -> list[tuple[int, DetailFilter | None]]:
+        """The ways the final check tries each candidate: in a pd mode the training stride ``s`` and
+        ``s - 1`` (at least 2), each without and with the detail filter for the measured noise; else
+        as trained."""
+        s = pd_stride(self.pairs)
+        if s == 1:
+            return [(1, None)]
+        # Pixel-shuffle sub-images alias the finest detail: on photographs (validation strips) a model
+        # trained at stride 4 restored better at stride 3 and better still with the detail given back
+        # (benchmarks/finetune_stride.py); on smooth fluorescence the training stride won. The check decides.
+        corr = self.corr_info["noise_autocorrelation"]
+        lags = {k: tuple(corr[k][: correlated_lags(corr[k])]) for k in ("vertical", "horizontal")}
+        detail = DetailFilter(lags["vertical"], lags["horizontal"], self.check.gain, self.check.floor)
+        return [(r, f) for r in sorted({s, max(s - 1, 2)}, reverse=True) for f in (None, detail)]
+
+    def final_checks(self) -> int:
+        """How many held-out checks :meth:`select` runs: two candidates (and the source's weights in a
+        pd mode) times the restore options."""
+        n = len(self.restore_options())
+        return n * (2 + (pd_stride(self.pairs) > 1))
 
     # -------------------------------------------------------------------------------------- loop
     @contextlib.contextmanager
@@ -274,12 +303,14 @@ class _FinetuneRun(Loop, RunFiles):
             self.out, self.step, self.best_step, self.best_val, self.source_val, self.losses, self.val_losses,
             stopped, elapsed, self.unchanged_reason(stopped, elapsed), self.setup_s, self.pairs,
             self.corr_info.get("pairs_reason", ""), self.kept, self.selection,
-            self.corr_info.get("noise_autocorrelation", {}),
+            self.corr_info.get("noise_autocorrelation", {}), self.shuffle_now(), self.filter_now() is not None,
         )  # fmt: skip
 
     def select(self) -> None:
-        """Keep the better of the candidates (the best by validation loss, the last weights) by the
-        held-out check, and only if it finds it better than the source by the margin; else the source."""
+        """Keep the best of the candidates by the held-out check (the best weights by validation loss
+        and the last weights, each restoring in every way of :meth:`restore_options`; in a pd mode the
+        source's weights too), and only if it finds it better than the source by the margin; else the
+        source as it was."""
         cands = {}
         if self.best_step > 0:
             cands[self.best_step] = self.best_sd
@@ -288,23 +319,48 @@ class _FinetuneRun(Loop, RunFiles):
             # correlated noise it picked step 10-18 of 160-180; the last weights get checked too
             self.sync_eval()
             cands[self.step] = {k: t.detach().clone() for k, t in self.eval_model.state_dict().items()}
+        self.restore_shuffle, self.restore_filter = self.source_shuffle, self.source_filter
         if not cands:
             self.kept, self.selection, self.best_sd, self.best_step = "source", {}, self.source_sd, 0
             return
-        shuffle = pd_stride(self.pairs)
-        scored = {s: self.check_scores(sd, shuffle) for s, sd in cands.items()}
-        step = min(scored, key=lambda s: float(np.mean(scored[s])) if np.all(np.isfinite(scored[s])) else np.inf)
-        self.selection = {"candidate_step": step, **compare(scored[step], self.source_scores)}
-        self.selection["candidates"] = {str(s): round(float(np.mean(v)), 7) for s, v in scored.items()}
-        self.selection["source"] = round(float(np.mean(self.source_scores)), 7)
+        if pd_stride(self.pairs) > 1:
+            # the source's own weights restoring sub-images: on photographs the shipped model at stride 3
+            # beat every 3-minute fine-tuned model (benchmarks/finetune_stride.py)
+            cands[0] = self.source_sd
+        scored = {
+            (step, r, f): self.check_scores(sd, r, f) for step, sd in cands.items() for r, f in self.restore_options()
+        }
+        best = min(scored, key=lambda k: float(np.mean(scored[k])) if np.all(np.isfinite(scored[k])) else np.inf)
+        step, shuffle, detail = best
+        self.selection = {
+            "candidate": _label(best), "candidate_step": step, "pixel_shuffle": shuffle,
+            "detail_filter": detail is not None,
+            **compare(scored[best], self.source_scores),
+            "candidates": {_label(k): round(float(np.mean(v)), 7) for k, v in scored.items()},
+            "source": round(float(np.mean(self.source_scores)), 7),
+        }  # fmt: skip
         if self.selection["better"]:
-            self.kept, self.best_sd, self.best_step = "fine-tuned", cands[step], step
+            self.kept = "fine-tuned" if step else "source weights"
+            self.best_sd, self.best_step = cands[step], step
+            self.restore_shuffle, self.restore_filter = shuffle, detail
         else:
             self.kept, self.best_sd, self.best_step = "source", self.source_sd, 0
 
+    def shuffle_now(self) -> int:
+        """The pixel-shuffle stride of the weights in ``out`` (the source's until the final check)."""
+        return self.source_shuffle if self.restore_shuffle is None else self.restore_shuffle
+
+    def filter_now(self) -> DetailFilter | None:
+        """The detail filter of the weights in ``out`` (the source's until the final check)."""
+        return self.source_filter if self.restore_shuffle is None else self.restore_filter
+
+    def changed(self) -> bool:
+        """Whether the file holds anything but the source model as it was."""
+        return self.kept in ("fine-tuned", "source weights")
+
     def unchanged_reason(self, stopped: bool, elapsed: float) -> str:
-        """Why the saved model is the source model unchanged, in words; "" when a step improved it."""
-        if self.best_step > 0:
+        """Why the saved model is the source model unchanged, in words; "" when it is not."""
+        if self.changed():
             return ""
         keep = "the saved model is the source model, unchanged"
         if self.step == 0:
@@ -324,9 +380,15 @@ class _FinetuneRun(Loop, RunFiles):
             )
         return (
             f"after {self.step} training step{'s' * (self.step != 1)} ({n} in this run) the held-out check found "
-            "the fine-tuned model "
-            f"(step {sel['candidate_step']}) no better than the source: {sel['delta_percent']:+.3g}% "
+            f"its best candidate ({sel['candidate']}) no better than the source model as it was: "
+            f"{sel['delta_percent']:+.3g}% "
             f"+- {sel['se_percent']:.2g}% of its score, and only a gain larger than {sel['margin_se']:g} standard "
             f"errors counts: {keep}. Give it more minutes or steps ({per_step}), or the source already suits "
             "this noise"
         )
+
+
+def _label(key: tuple[int, int, DetailFilter | None]) -> str:
+    """A candidate of the final check in words: "step 120, stride 3, detail filter"."""
+    step, shuffle, detail = key
+    return f"{f'step {step}' if step else 'source'}, stride {shuffle}{', detail filter' if detail else ''}"

@@ -345,6 +345,7 @@ def checked(data: bytes, path: Path, source: str, official: str | None = None):
         check_official(official, model.config, sd, source)
     check_finite(sd, source)
     model.pixel_shuffle = _pixel_shuffle(meta, source)
+    model.detail_filter = _detail_filter(meta, source)
     return sd, meta, model
 
 
@@ -357,3 +358,35 @@ def _pixel_shuffle(meta: dict, source: str) -> int:
             "or not one of ours: fine-tune again"
         )
     return s
+
+
+def _detail_filter(meta: dict, source: str):
+    """The noise a fine-tuned model's detail filter assumes (``meta["detail_filter"]``; None when absent)."""
+    import math
+
+    from ..detail_filter import DetailFilter
+
+    d = (meta or {}).get("detail_filter")
+    if d is None:
+        return None
+
+    def lags(v) -> bool:
+        return isinstance(v, list) and len(v) <= 8 and all(_number(r) and -1 < r < 1 for r in v)
+
+    ok = (
+        isinstance(d, dict)
+        and lags(d.get("vertical"))
+        and lags(d.get("horizontal"))
+        and all(_number(d.get(k)) and math.isfinite(d[k]) for k in ("gain", "floor"))
+    )
+    if not ok:
+        raise WeightsError(
+            f"{source}: its metadata's detail_filter is not a noise autocorrelation (up to 8 lags in (-1, 1) "
+            "along 'vertical' and 'horizontal') with a finite 'gain' and 'floor'; the file is damaged or not one "
+            "of ours: fine-tune again"
+        )
+    return DetailFilter(tuple(d["vertical"]), tuple(d["horizontal"]), float(d["gain"]), float(d["floor"]))
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
