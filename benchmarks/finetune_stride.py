@@ -57,7 +57,10 @@ def main(argv=None) -> int:
     ap.add_argument("--noise", choices=("correlated_weak", "correlated_strong"), required=True)
     ap.add_argument("--strides", default="3,4", help="training strides")
     ap.add_argument("--minutes", type=float, default=3.0, help="CPU minutes per training stride")
+    ap.add_argument("--auto", action="store_true", help="one run as the library chooses (pairs='auto', its check)")
     a = ap.parse_args(argv)
+    if a.auto:
+        return auto(a)
 
     import torch
 
@@ -112,6 +115,85 @@ def main(argv=None) -> int:
     old = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     RESULTS.write_text(json.dumps([*old, res], indent=1) + "\n")
     return 0
+
+
+def auto(a) -> int:
+    """One ``pairs="auto"`` run with the library's own final check; the PSNR of what it kept, and of
+    every (weights, stride, detail filter) the check scored for the source and the last weights."""
+    import torch
+
+    from napari_mirnet import finetune
+    from napari_mirnet.training.output import state_path
+    from napari_mirnet.weights import load_model, locate
+
+    torch.set_num_threads(1)
+    clean = validation_stack(a.stack)
+    noisy_raw, truth_raw, _ = add_noise(clean, a.noise, seed=11)
+    lo, hi = np.percentile(noisy_raw, [0.1, 99.9])
+    noisy = ((noisy_raw - lo) / (hi - lo)).astype(np.float32)
+    truth = ((truth_raw - lo) / (hi - lo)).astype(np.float32)
+    rng_scale = float(truth.max() - truth.min())
+    score = lambda x: psnr(x / rng_scale, truth / rng_scale)  # noqa: E731
+    res = {"stack": a.stack, "noise": a.noise, "mode": "auto", "minutes": a.minutes, "commit": git_commit(),
+           "noisy": round(score(noisy), 3)}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "auto.pth"
+        t = time.process_time()
+        r = finetune(noisy, out, "small-denoise-gray", minutes=a.minutes, axes="ZYX", normalisation="fixed",
+                     clock="cpu", device="cpu", pairs="auto")  # fmt: skip
+        res.update(cpu_s=round(time.process_time() - t, 1), pairs=r.pairs, kept=r.kept, steps=r.steps,
+                   summary=r.summary(), selection=r.selection)  # fmt: skip
+        model = load_model(out, "cpu")
+        res["kept_psnr"] = round(score(restore_at_as_saved(model, noisy)), 3)
+        # the PSNR of every option the check scored, for the source's weights and the last weights
+        st = torch.load(state_path(out), map_location="cpu", weights_only=True)
+        weights = {"source": load_model(locate("small-denoise-gray"), "cpu").state_dict(),
+                   f"step {r.steps}": {**st["params"], **st.get("ema", {})}}  # fmt: skip
+        filt = model.detail_filter
+        if filt is None:  # the filter the check tried (the file has one only when it was kept)
+            from napari_mirnet.detail_filter import DetailFilter
+            from napari_mirnet.training.noise_shape import correlated_lags
+
+            corr = r.noise_correlation
+            lags = [tuple(corr[k][: correlated_lags(corr[k])]) for k in ("vertical", "horizontal")]
+            sel = r.selection
+            filt = DetailFilter(*lags, *_check_level(noisy, sel))
+        psnrs = {}
+        for name, sd in weights.items():
+            model.load_state_dict(sd)
+            for label in r.selection.get("candidates", {}):
+                w, stride, *f = (v.strip() for v in label.split(","))
+                if w != name:
+                    continue
+                model.detail_filter = filt if f else None
+                psnrs[label] = round(score(restore_at(model, noisy, int(stride.split()[1]))), 3)
+        res["psnr_of_candidates"] = psnrs
+    print(json.dumps(res, indent=1), flush=True)
+    old = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    RESULTS.write_text(json.dumps([*old, res], indent=1) + "\n")
+    return 0
+
+
+def restore_at_as_saved(model, noisy: np.ndarray) -> np.ndarray:
+    """``model`` restoring every plane whole, as its file says (stride and detail filter)."""
+    import torch
+
+    with torch.no_grad():
+        return np.stack([model(torch.from_numpy(p)[None, None])[0, 0].numpy() for p in noisy])
+
+
+def _check_level(noisy: np.ndarray, sel: dict) -> tuple[float, float]:
+    """The noise variance line (gain, floor) a run measures on this data (as its check does)."""
+    import tempfile as tf
+
+    from napari_mirnet.training.config import FinetuneConfig
+    from napari_mirnet.training.finetune_run import _FinetuneRun
+    from napari_mirnet.weights import locate
+
+    with tf.TemporaryDirectory() as tmp:
+        run = _FinetuneRun.create(noisy, Path(tmp) / "x.pth", "small-denoise-gray", locate("small-denoise-gray"),
+                                  FinetuneConfig(device="cpu", clock="cpu"), 1.0, None, "ZYX", "fixed")  # fmt: skip
+    return run.check.gain, run.check.floor
 
 
 if __name__ == "__main__":

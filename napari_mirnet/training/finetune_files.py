@@ -71,7 +71,7 @@ class RunFiles:
             "params_dtype": "float16",
             # how the kept weights restore (the model's file is all restore reads)
             "pixel_shuffle": self.shuffle_now(),
-            **({"detail_filter": asdict(self.filter_now())} if self.filter_now() is not None else {}),
+            **({"detail_filter": _plain(asdict(self.filter_now()))} if self.filter_now() is not None else {}),
         }
 
     def _data_meta(self) -> dict:
@@ -111,3 +111,8 @@ def _thin(curve: list[tuple[int, float]], n: int = 500) -> list[tuple[int, float
         return curve
     edges = np.linspace(0, len(curve), n + 1).astype(int)
     return [(curve[b - 1][0], float(np.mean([v for _, v in curve[a:b]]))) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def _plain(d: dict) -> dict:
+    """The detail filter's fields as the file stores them (lists of floats, floats)."""
+    return {k: [float(x) for x in v] if isinstance(v, tuple) else float(v) for k, v in d.items()}

@@ -371,7 +371,7 @@ def _detail_filter(meta: dict, source: str):
         return None
 
     def lags(v) -> bool:
-        return isinstance(v, list) and len(v) <= 8 and all(_number(r) and -1 < r < 1 for r in v)
+        return isinstance(v, (list, tuple)) and len(v) <= 8 and all(_number(r) and -1 < r < 1 for r in v)
 
     ok = (
         isinstance(d, dict)
