@@ -48,8 +48,9 @@ def test_widget_adapts_the_layer_and_the_model_appears_in_denoise(
     r = w.result
     on_item(("done", r))
     assert r.steps >= 1, (r.steps, r.setup_s, r.elapsed)
-    assert r.kept in ("source", "fine-tuned") and f"mode {r.pairs}: " in w.status.value
+    assert r.kept in ("source", "fine-tuned", "source weights") and f"mode {r.pairs}: " in w.status.value
     assert ("kept the fine-tuned model" in w.status.value) == (r.kept == "fine-tuned")
+    assert ("kept the source model's weights" in w.status.value) == (r.kept == "source weights")
     assert "cells (fine-tune preview)" in viewer.layers
     assert viewer.layers["cells (fine-tune preview)"].data.shape == (96, 96)
     assert len(w.plot.train) == w.result.steps
