@@ -213,26 +213,28 @@ class _FinetuneRun(Loop, RunFiles):
         finally:
             self.eval_model.pixel_shuffle, self.eval_model.detail_filter = 1, None
 
-    def restore_options(self) -> list[tuple[int, DetailFilter | None]]:
-        """The ways the final check tries each candidate: in a pd mode the training stride ``s`` and
-        ``s - 1`` (at least 2), each without and with the detail filter for the measured noise; else
-        as trained."""
-        s = pd_stride(self.pairs)
-        if s == 1:
-            return [(1, None)]
+    def restore_strides(self) -> list[int]:
+        """The strides the final check tries each candidate at: in a pd mode the training stride ``s``
+        and ``s - 1`` (at least 2); else 1."""
         # Pixel-shuffle sub-images alias the finest detail: on photographs (validation strips) a model
-        # trained at stride 4 restored better at stride 3 and better still with the detail given back
-        # (benchmarks/finetune_stride.py); on smooth fluorescence the training stride won. The check decides.
+        # trained at stride 4 restored better at stride 3 (benchmarks/finetune_stride.py); on smooth
+        # fluorescence it was 0.3-0.7 dB better at 3 too, on other data 4 may win. The check decides.
+        s = pd_stride(self.pairs)
+        return [1] if s == 1 else sorted({s, max(s - 1, 2)}, reverse=True)
+
+    def detail_filter(self) -> DetailFilter | None:
+        """The detail filter for the measured noise, in a pd mode; else None."""
+        if pd_stride(self.pairs) == 1:
+            return None
         corr = self.corr_info["noise_autocorrelation"]
         lags = {k: tuple(corr[k][: correlated_lags(corr[k])]) for k in ("vertical", "horizontal")}
-        detail = DetailFilter(lags["vertical"], lags["horizontal"], self.check.gain, self.check.floor)
-        return [(r, f) for r in sorted({s, max(s - 1, 2)}, reverse=True) for f in (None, detail)]
+        return DetailFilter(lags["vertical"], lags["horizontal"], self.check.gain, self.check.floor)
 
     def final_checks(self) -> int:
-        """How many held-out checks :meth:`select` runs: two candidates (and the source's weights in a
-        pd mode) times the restore options."""
-        n = len(self.restore_options())
-        return n * (2 + (pd_stride(self.pairs) > 1))
+        """How many held-out checks :meth:`select` runs at most: two candidates (and the source's
+        weights in a pd mode) at each stride, and the best of them with the detail filter."""
+        pd = pd_stride(self.pairs) > 1
+        return (2 + pd) * len(self.restore_strides()) + pd
 
     # -------------------------------------------------------------------------------------- loop
     @contextlib.contextmanager
@@ -308,9 +310,9 @@ class _FinetuneRun(Loop, RunFiles):
 
     def select(self) -> None:
         """Keep the best of the candidates by the held-out check (the best weights by validation loss
-        and the last weights, each restoring in every way of :meth:`restore_options`; in a pd mode the
-        source's weights too), and only if it finds it better than the source by the margin; else the
-        source as it was."""
+        and the last weights, and in a pd mode the source's weights, each at every stride of
+        :meth:`restore_strides`, then the best of them with the detail filter too), and only if it is
+        better than the source by the margin; else the source as it was."""
         cands = {}
         if self.best_step > 0:
             cands[self.best_step] = self.best_sd
@@ -327,10 +329,21 @@ class _FinetuneRun(Loop, RunFiles):
             # the source's own weights restoring sub-images: on photographs the shipped model at stride 3
             # beat every 3-minute fine-tuned model (benchmarks/finetune_stride.py)
             cands[0] = self.source_sd
+
+        def mean(k) -> float:
+            return float(np.mean(scored[k])) if np.all(np.isfinite(scored[k])) else np.inf
+
         scored = {
-            (step, r, f): self.check_scores(sd, r, f) for step, sd in cands.items() for r, f in self.restore_options()
+            (step, r, None): self.check_scores(sd, r) for step, sd in cands.items() for r in self.restore_strides()
         }
-        best = min(scored, key=lambda k: float(np.mean(scored[k])) if np.all(np.isfinite(scored[k])) else np.inf)
+        best = min(scored, key=mean)
+        detail = self.detail_filter()
+        if detail is not None and np.isfinite(mean(best)):
+            # the filter only for the best so far: on the validation stacks it helped (or not) every
+            # candidate alike, and the search over all of them chose the same (half the checks)
+            with_filter = (best[0], best[1], detail)
+            scored[with_filter] = self.check_scores(cands[best[0]], best[1], detail)
+            best = min(best, with_filter, key=mean)
         step, shuffle, detail = best
         self.selection = {
             "candidate": _label(best), "candidate_step": step, "pixel_shuffle": shuffle,
