@@ -42,6 +42,16 @@ def validation_stack(name: str) -> np.ndarray:
     return clean_stack(16, 256, seed=5)
 
 
+def noisy_stack(stack: str, noise: str):
+    """(the noisy validation stack after the benchmark's intensity map, a PSNR function against its truth)."""
+    noisy_raw, truth_raw, _ = add_noise(validation_stack(stack), noise, seed=11)
+    lo, hi = np.percentile(noisy_raw, [0.1, 99.9])
+    noisy = ((noisy_raw - lo) / (hi - lo)).astype(np.float32)
+    truth = ((truth_raw - lo) / (hi - lo)).astype(np.float32)
+    rng_scale = float(truth.max() - truth.min())
+    return noisy, lambda x: psnr(x / rng_scale, truth / rng_scale)
+
+
 def restore_at(model, noisy: np.ndarray, stride: int) -> np.ndarray:
     """``model`` restoring every plane whole at pixel-shuffle stride ``stride``."""
     import torch
@@ -73,13 +83,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     selection.MARGIN_SE = -1e9  # keep the candidate whatever the check says: this script compares them all
-    clean = validation_stack(a.stack)
-    noisy_raw, truth_raw, _ = add_noise(clean, a.noise, seed=11)
-    lo, hi = np.percentile(noisy_raw, [0.1, 99.9])
-    noisy = ((noisy_raw - lo) / (hi - lo)).astype(np.float32)
-    truth = ((truth_raw - lo) / (hi - lo)).astype(np.float32)
-    rng_scale = float(truth.max() - truth.min())
-    score = lambda x: psnr(x / rng_scale, truth / rng_scale)  # noqa: E731
+    noisy, score = noisy_stack(a.stack, a.noise)
     res = {"stack": a.stack, "noise": a.noise, "planes": list(noisy.shape), "minutes": a.minutes,
            "commit": git_commit(), "noisy": round(score(noisy), 3), "runs": {}}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,13 +131,7 @@ def auto(a) -> int:
     from napari_mirnet.weights import load_model, locate
 
     torch.set_num_threads(1)
-    clean = validation_stack(a.stack)
-    noisy_raw, truth_raw, _ = add_noise(clean, a.noise, seed=11)
-    lo, hi = np.percentile(noisy_raw, [0.1, 99.9])
-    noisy = ((noisy_raw - lo) / (hi - lo)).astype(np.float32)
-    truth = ((truth_raw - lo) / (hi - lo)).astype(np.float32)
-    rng_scale = float(truth.max() - truth.min())
-    score = lambda x: psnr(x / rng_scale, truth / rng_scale)  # noqa: E731
+    noisy, score = noisy_stack(a.stack, a.noise)
     res = {"stack": a.stack, "noise": a.noise, "mode": "auto", "minutes": a.minutes, "commit": git_commit(),
            "noisy": round(score(noisy), 3)}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
