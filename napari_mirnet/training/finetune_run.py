@@ -1,6 +1,6 @@
 """One fine-tuning run: its model, optimiser, moving average and best candidate, its steps on the
-shared :class:`~.loop.Loop`, the final choice between the candidate and the source model (the
-held-out check of :mod:`.selection`), and what it reports."""
+shared :class:`~.loop.Loop`, the held-out checks of :mod:`.selection` that the final choice
+(:mod:`.finetune_choice`) compares, and what it reports."""
 
 from __future__ import annotations
 
@@ -20,14 +20,15 @@ from ..devices import resolve_device
 from ..model import MIRNetV2
 from ..weights import load_model
 from .config import FinetuneConfig
+from .finetune_choice import FinalChoice
 from .finetune_files import RunFiles
 from .finetune_result import FinetuneProgress, FinetuneResult
 from .loop import Loop, MovingAverage, budget_fraction, cosine_lr, step_rngs
-from .noise_shape import correlated_lags, noise_level, pd_stride
+from .noise_shape import noise_level
 from .objectives import _augment, objective_loss, validation_loss
 from .output import state_path
 from .patches import _as_sources, _check_not_uniform, _choose_pairs, _Data, _fingerprint, _planes, _SetupClock
-from .selection import HeldOutCheck, compare
+from .selection import HeldOutCheck
 
 __all__ = ["FinetuneProgress", "FinetuneResult", "process_clock"]
 
@@ -51,7 +52,7 @@ def _source_model(weights, source_path: Path, device) -> tuple[MIRNetV2, dict]:
 
 
 @dataclass
-class _FinetuneRun(Loop, RunFiles):
+class _FinetuneRun(Loop, RunFiles, FinalChoice):
     """One fine-tuning run: the model, optimiser and moving average, the data, and the best model so far."""
 
     cfg: FinetuneConfig
@@ -213,29 +214,6 @@ class _FinetuneRun(Loop, RunFiles):
         finally:
             self.eval_model.pixel_shuffle, self.eval_model.detail_filter = 1, None
 
-    def restore_strides(self) -> list[int]:
-        """The strides the final check tries each candidate at: in a pd mode the training stride ``s``
-        and ``s - 1`` (at least 2); else 1."""
-        # Pixel-shuffle sub-images alias the finest detail: on photographs (validation strips) a model
-        # trained at stride 4 restored better at stride 3 (benchmarks/finetune_stride.py); on smooth
-        # fluorescence it was 0.3-0.7 dB better at 3 too, on other data 4 may win. The check decides.
-        s = pd_stride(self.pairs)
-        return [1] if s == 1 else sorted({s, max(s - 1, 2)}, reverse=True)
-
-    def detail_filter(self) -> DetailFilter | None:
-        """The detail filter for the measured noise, in a pd mode; else None."""
-        if pd_stride(self.pairs) == 1:
-            return None
-        corr = self.corr_info["noise_autocorrelation"]
-        lags = {k: tuple(corr[k][: correlated_lags(corr[k])]) for k in ("vertical", "horizontal")}
-        return DetailFilter(lags["vertical"], lags["horizontal"], self.check.gain, self.check.floor)
-
-    def final_checks(self) -> int:
-        """How many held-out checks :meth:`select` runs at most: two candidates (and the source's
-        weights in a pd mode) at each stride, and the best of them with the detail filter."""
-        pd = pd_stride(self.pairs) > 1
-        return (2 + pd) * len(self.restore_strides()) + pd
-
     # -------------------------------------------------------------------------------------- loop
     @contextlib.contextmanager
     def session(self):
@@ -307,101 +285,3 @@ class _FinetuneRun(Loop, RunFiles):
             self.corr_info.get("pairs_reason", ""), self.kept, self.selection,
             self.corr_info.get("noise_autocorrelation", {}), self.shuffle_now(), self.filter_now() is not None,
         )  # fmt: skip
-
-    def select(self) -> None:
-        """Keep the best of the candidates by the held-out check (the best weights by validation loss
-        and the last weights, and in a pd mode the source's weights, each at every stride of
-        :meth:`restore_strides`, then the best of them with the detail filter too), and only if it is
-        better than the source by the margin; else the source as it was."""
-        cands = {}
-        if self.best_step > 0:
-            cands[self.best_step] = self.best_sd
-        if self.step > 0 and self.step != self.best_step:
-            # the validation loss tracks the training objective, not restoration: on photographs with
-            # correlated noise it picked step 10-18 of 160-180; the last weights get checked too
-            self.sync_eval()
-            cands[self.step] = {k: t.detach().clone() for k, t in self.eval_model.state_dict().items()}
-        self.restore_shuffle, self.restore_filter = self.source_shuffle, self.source_filter
-        if not cands:
-            self.kept, self.selection, self.best_sd, self.best_step = "source", {}, self.source_sd, 0
-            return
-        if pd_stride(self.pairs) > 1:
-            # the source's own weights restoring sub-images: on photographs the shipped model at stride 3
-            # beat every 3-minute fine-tuned model (benchmarks/finetune_stride.py)
-            cands[0] = self.source_sd
-
-        def mean(k) -> float:
-            return float(np.mean(scored[k])) if np.all(np.isfinite(scored[k])) else np.inf
-
-        scored = {
-            (step, r, None): self.check_scores(sd, r) for step, sd in cands.items() for r in self.restore_strides()
-        }
-        best = min(scored, key=mean)
-        detail = self.detail_filter()
-        if detail is not None and np.isfinite(mean(best)):
-            # the filter only for the best so far: on the validation stacks it helped (or not) every
-            # candidate alike, and the search over all of them chose the same (7 checks instead of 12)
-            with_filter = (best[0], best[1], detail)
-            scored[with_filter] = self.check_scores(cands[best[0]], best[1], detail)
-            best = min(best, with_filter, key=mean)
-        step, shuffle, detail = best
-        self.selection = {
-            "candidate": _label(best), "candidate_step": step, "pixel_shuffle": shuffle,
-            "detail_filter": detail is not None,
-            **compare(scored[best], self.source_scores),
-            "candidates": {_label(k): round(float(np.mean(v)), 7) for k, v in scored.items()},
-            "source": round(float(np.mean(self.source_scores)), 7),
-        }  # fmt: skip
-        if self.selection["better"]:
-            self.kept = "fine-tuned" if step else "source weights"
-            self.best_sd, self.best_step = cands[step], step
-            self.restore_shuffle, self.restore_filter = shuffle, detail
-        else:
-            self.kept, self.best_sd, self.best_step = "source", self.source_sd, 0
-
-    def shuffle_now(self) -> int:
-        """The pixel-shuffle stride of the weights in ``out`` (the source's until the final check)."""
-        return self.source_shuffle if self.restore_shuffle is None else self.restore_shuffle
-
-    def filter_now(self) -> DetailFilter | None:
-        """The detail filter of the weights in ``out`` (the source's until the final check)."""
-        return self.source_filter if self.restore_shuffle is None else self.restore_filter
-
-    def changed(self) -> bool:
-        """Whether the file holds anything but the source model as it was."""
-        return self.kept in ("fine-tuned", "source weights")
-
-    def unchanged_reason(self, stopped: bool, elapsed: float) -> str:
-        """Why the saved model is the source model unchanged, in words; "" when it is not."""
-        if self.changed():
-            return ""
-        keep = "the saved model is the source model, unchanged"
-        if self.step == 0:
-            if stopped:
-                return f"cancelled before the first training step: {keep}"
-            return (
-                f"the budget ran out before the first training step (set-up, reading patches and measuring "
-                f"the noise, took {self.setup_s:.0f} s of {elapsed:.0f} s): {keep}; give more minutes"
-            )
-        n = self.step - self.start_step
-        per_step = f"one step takes {max(elapsed - self.setup_s, 0.0) / max(n, 1):.1f} s here"
-        sel = self.selection
-        if not sel.get("finite", True):
-            return (
-                f"training diverged (the fine-tuned model's output is not finite after {self.step} steps): {keep}. "
-                "Give a smaller learning rate (lr)"
-            )
-        return (
-            f"after {self.step} training step{'s' * (self.step != 1)} ({n} in this run) the held-out check found "
-            f"its best candidate ({sel['candidate']}) no better than the source model as it was: "
-            f"{sel['delta_percent']:+.3g}% "
-            f"+- {sel['se_percent']:.2g}% of its score, and only a gain larger than {sel['margin_se']:g} standard "
-            f"errors counts: {keep}. Give it more minutes or steps ({per_step}), or the source already suits "
-            "this noise"
-        )
-
-
-def _label(key: tuple[int, int, DetailFilter | None]) -> str:
-    """A candidate of the final check in words: "step 120, stride 3, detail filter"."""
-    step, shuffle, detail = key
-    return f"{f'step {step}' if step else 'source'}, stride {shuffle}{', detail filter' if detail else ''}"
