@@ -8,21 +8,23 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DetailFilter", "noise_spectrum", "return_detail"]
+__all__ = ["DetailFilter", "line_spectrum", "noise_spectrum", "return_detail"]
+
+
+def line_spectrum(acf, n: int, device=None) -> torch.Tensor:
+    """(n,) float64 power spectrum (``fft`` frequency order, negative parts clipped to 0) of a line of
+    pixels whose autocorrelation is ``1, acf[0], acf[1] ...`` and 0 beyond."""
+    f = torch.fft.fftfreq(n, device=device, dtype=torch.float64)
+    p = torch.ones(n, device=device, dtype=torch.float64)
+    for d, rho in enumerate(acf, 1):
+        p = p + 2 * float(rho) * torch.cos(2 * torch.pi * f * d)
+    return p.clamp_min(0)
 
 
 def noise_spectrum(acf_y, acf_x, h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """(h, w) power spectrum (mean 1, ``fft2`` frequency order) of noise whose autocorrelation along
     columns and rows is ``1, acf[0], acf[1] ...`` (separable: the product of the two axes' spectra)."""
-
-    def axis(acf, n: int) -> torch.Tensor:
-        f = torch.fft.fftfreq(n, device=device, dtype=torch.float64)
-        p = torch.ones(n, device=device, dtype=torch.float64)
-        for d, rho in enumerate(acf, 1):
-            p = p + 2 * float(rho) * torch.cos(2 * torch.pi * f * d)
-        return p.clamp_min(0)
-
-    p = axis(acf_y, h)[:, None] * axis(acf_x, w)[None, :]
+    p = line_spectrum(acf_y, h, device)[:, None] * line_spectrum(acf_x, w, device)[None, :]
     return (p / p.mean().clamp_min(1e-12)).to(dtype)
 
 

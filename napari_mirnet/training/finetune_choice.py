@@ -54,7 +54,6 @@ class FinalChoice:
             # correlated noise it picked step 10-18 of 160-180; the last weights get checked too
             self.sync_eval()
             cands[self.step] = {k: t.detach().clone() for k, t in self.eval_model.state_dict().items()}
-        self.restore_shuffle, self.restore_filter = self.source_shuffle, self.source_filter
         if not cands:
             self.kept, self.selection, self.best_sd, self.best_step = "source", {}, self.source_sd, 0
             return
@@ -91,14 +90,6 @@ class FinalChoice:
             self.restore_shuffle, self.restore_filter = shuffle, detail
         else:
             self.kept, self.best_sd, self.best_step = "source", self.source_sd, 0
-
-    def shuffle_now(self) -> int:
-        """The pixel-shuffle stride of the weights in ``out`` (the source's until the final check)."""
-        return self.source_shuffle if self.restore_shuffle is None else self.restore_shuffle
-
-    def filter_now(self) -> DetailFilter | None:
-        """The detail filter of the weights in ``out`` (the source's until the final check)."""
-        return self.source_filter if self.restore_shuffle is None else self.restore_filter
 
     def changed(self) -> bool:
         """Whether the file holds anything but the source model as it was."""

@@ -70,8 +70,8 @@ class RunFiles:
             "finetune": self._run_meta(it, el),
             "params_dtype": "float16",
             # how the kept weights restore (the model's file is all restore reads)
-            "pixel_shuffle": self.shuffle_now(),
-            **({"detail_filter": _plain(asdict(self.filter_now()))} if self.filter_now() is not None else {}),
+            "pixel_shuffle": self.restore_shuffle,
+            **({"detail_filter": _plain(asdict(self.restore_filter))} if self.restore_filter is not None else {}),
         }
 
     def _data_meta(self) -> dict:

@@ -86,8 +86,9 @@ class _FinetuneRun(Loop, RunFiles, FinalChoice):
     step_s: float = 0.0  # seconds the last training step took
     kept: str = ""
     selection: dict = field(default_factory=dict)
-    #: how the kept weights restore: the pixel-shuffle stride and the detail filter (None: the source's)
-    restore_shuffle: int | None = None
+    #: how the weights in ``out`` restore: the pixel-shuffle stride and the detail filter (the source's
+    #: until the final choice keeps another)
+    restore_shuffle: int = 1
     restore_filter: DetailFilter | None = None
     step: int = 0
     elapsed0: float = 0.0  # budget spent before this session (resumed runs)
@@ -140,6 +141,7 @@ class _FinetuneRun(Loop, RunFiles, FinalChoice):
             source_sha=model.weights_sha256, sources=sources, dataset=dataset, fingerprint=fingerprint,
             pairs=pairs, corr_info=corr_info, val=val, opt=opt, ema=ema, eval_model=eval_model, best_sd=best_sd,
             source_sd=best_sd, source_shuffle=source_shuffle, source_filter=source_filter, check=check,
+            restore_shuffle=source_shuffle, restore_filter=source_filter,
         )  # fmt: skip
 
     # -------------------------------------------------------------------------------------- clock
@@ -283,5 +285,5 @@ class _FinetuneRun(Loop, RunFiles, FinalChoice):
             self.out, self.step, self.best_step, self.best_val, self.source_val, self.losses, self.val_losses,
             stopped, elapsed, self.unchanged_reason(stopped, elapsed), self.setup_s, self.pairs,
             self.corr_info.get("pairs_reason", ""), self.kept, self.selection,
-            self.corr_info.get("noise_autocorrelation", {}), self.shuffle_now(), self.filter_now() is not None,
+            self.corr_info.get("noise_autocorrelation", {}), self.restore_shuffle, self.restore_filter is not None,
         )  # fmt: skip

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..detail_filter import line_spectrum
 from .noise_shape import correlated_lags
 
 __all__ = ["MARGIN_SE", "HeldOutCheck", "compare"]
@@ -39,11 +40,7 @@ def _kernel_1d(rhos: list[float], n: int = 64) -> np.ndarray:
     """A symmetric kernel whose autocorrelation is ``1, rhos[0], rhos[1] ...`` (the correlated lags
     only), unit energy: the square root of the power spectrum that autocorrelation implies."""
     k = correlated_lags(rhos)
-    acf = np.zeros(n)
-    acf[0] = 1.0
-    for d in range(1, k + 1):
-        acf[d] = acf[-d] = rhos[d - 1]
-    kern = np.real(np.fft.ifft(np.sqrt(np.clip(np.real(np.fft.fft(acf)), 0, None))))
+    kern = np.real(np.fft.ifft(np.sqrt(line_spectrum(rhos[:k], n).numpy())))
     kern = np.fft.fftshift(kern)[n // 2 - k - 1 : n // 2 + k + 2]
     return kern / np.sqrt(np.sum(kern**2))
 
