@@ -114,5 +114,8 @@ def _thin(curve: list[tuple[int, float]], n: int = 500) -> list[tuple[int, float
 
 
 def _plain(d: dict) -> dict:
-    """The detail filter's fields as the file stores them (lists of floats, floats)."""
-    return {k: [float(x) for x in v] if isinstance(v, tuple) else float(v) for k, v in d.items()}
+    """The detail filter's fields as the file stores them (lists of floats, floats, the window an int)."""
+    return {
+        k: [float(x) for x in v] if isinstance(v, tuple) else v if isinstance(v, int) else float(v)
+        for k, v in d.items()
+    }

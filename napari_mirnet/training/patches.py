@@ -258,9 +258,11 @@ def noise_correlation(patches: np.ndarray) -> tuple[float, float]:
     return corr["horizontal"][0], corr["vertical"][0]
 
 
-def _choose_pairs(pairs: str, data: _Data, rng) -> tuple[str, dict]:
-    """The mode (``pairs`` itself unless "auto") and what was measured, for the model's metadata."""
-    corr = noise_autocorrelation(data.sample_pixels(rng))
+def _choose_pairs(pairs: str, data: _Data, rng) -> tuple[str, dict, np.ndarray]:
+    """The mode (``pairs`` itself unless "auto"), what was measured (for the model's metadata) and
+    the patches it was measured on."""
+    sample = data.sample_pixels(rng)
+    corr = noise_autocorrelation(sample)
     mode, why = choose_pairs(corr)
     info = {
         "horizontal_neighbour_correlation": corr["horizontal"][0],
@@ -271,7 +273,7 @@ def _choose_pairs(pairs: str, data: _Data, rng) -> tuple[str, dict]:
         if pairs == "auto"
         else f"pairs={pairs!r} was given; the measurement suggests {mode!r}: {why}",
     }
-    return (mode if pairs == "auto" else pairs), info
+    return (mode if pairs == "auto" else pairs), info, sample
 
 
 def _check_not_uniform(data: _Data, rng) -> None:

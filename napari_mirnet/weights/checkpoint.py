@@ -378,14 +378,21 @@ def _detail_filter(meta: dict, source: str):
         and lags(d.get("vertical"))
         and lags(d.get("horizontal"))
         and all(_number(d.get(k)) and math.isfinite(d[k]) for k in ("gain", "floor"))
+        and _window(d.get("window", 0))
     )
     if not ok:
         raise WeightsError(
             f"{source}: its metadata's detail_filter is not a noise autocorrelation (up to 8 lags in (-1, 1) "
-            "along 'vertical' and 'horizontal') with a finite 'gain' and 'floor'; the file is damaged or not one "
-            "of ours: fine-tune again"
+            "along 'vertical' and 'horizontal') with a finite 'gain' and 'floor' (and a 'window' of 0 or an even "
+            "8 to 512 px); the file is damaged or not one of ours: fine-tune again"
         )
-    return DetailFilter(tuple(d["vertical"]), tuple(d["horizontal"]), float(d["gain"]), float(d["floor"]))
+    lags = (tuple(d["vertical"]), tuple(d["horizontal"]))
+    return DetailFilter(*lags, float(d["gain"]), float(d["floor"]), int(d.get("window", 0)))
+
+
+def _window(v) -> bool:
+    """A detail filter's window: 0 (the whole image) or an even side of 8 to 512 px."""
+    return isinstance(v, int) and not isinstance(v, bool) and (v == 0 or (8 <= v <= 512 and v % 2 == 0))
 
 
 def _number(v) -> bool:
