@@ -108,16 +108,17 @@ def band_noise_level(patches: np.ndarray, corr: dict[str, list[float]], bins: in
 
     The patches are filtered by the noise's power spectrum times the squared frequency (natural
     images' power falls about as its inverse: this weighs each frequency by how much more noise
-    than detail it holds), and the lower tenth of 16x16 blocks' variance in bins of intensity is
-    scaled by that of simulated noise of the same spectrum through the same steps. On texture that
-    fills every block (photographs), :func:`noise_level` read noise blurred over 1-2 px at 1.2-1.8x its
-    variance, this at 1.1-1.25x (validation strips; fluorescence 1.02-1.08x)."""
+    than detail it holds); the line below which a tenth of the 16x16 blocks' variance lies against
+    their intensity (a quantile regression) is scaled by the lower tenth of simulated noise's
+    block variance, that noise of the same spectrum and sent through the same steps. On photographs,
+    where texture fills every block, :func:`noise_level` read noise blurred over 1-2 px at 1.2-2.4x its
+    variance, this at 1.1-1.4x (validation strips; fluorescence 1.0-1.16x; docs/finetune.md)."""
     x = np.asarray(patches, np.float64)
     x = x.reshape(-1, *x.shape[-2:])
     h, w = x.shape[-2:]
     if min(h, w) < 48:
         return noise_level(patches, corr, bins)
-    from ..detail_filter import noise_spectrum
+    from ..detail_filter import noise_spectrum  # torch: imported when a measurement needs it
 
     lags = [tuple(corr[k][: correlated_lags(corr[k])]) for k in ("vertical", "horizontal")]
     spectrum = noise_spectrum(*lags, h, w).double().numpy()
@@ -147,13 +148,15 @@ def _block_var_mean(planes: np.ndarray, block: int = 16) -> tuple[np.ndarray, np
 def _quantile_line(mean: np.ndarray, var: np.ndarray, q: float) -> tuple[float, float]:
     """(a >= 0, b) of the line ``a * mean + b`` below which a share ``q`` of the blocks' (scaled)
     variance ``var`` lies (quantile regression: detail only adds variance, so the lower quantile follows the noise)."""
+    from scipy import sparse
     from scipy.optimize import linprog
 
     n = len(mean)
     m = (mean - mean.mean()) / max(float(mean.std()), 1e-12)
     # min sum(q * u + (1 - q) * v) with var - (a * m + b) = u - v, u, v >= 0
     cost = np.concatenate([[0.0, 0.0], np.full(n, q), np.full(n, 1 - q)])
-    eq = np.hstack([m[:, None], np.ones((n, 1)), np.eye(n), -np.eye(n)])
+    eye = sparse.identity(n, format="csr")
+    eq = sparse.hstack([sparse.csr_matrix(np.stack([m, np.ones(n)], 1)), eye, -eye], format="csr")
     bounds = [(None, None), (None, None)] + [(0, None)] * (2 * n)
     res = linprog(cost, A_eq=eq, b_eq=var, bounds=bounds, method="highs")
     if not res.success:
