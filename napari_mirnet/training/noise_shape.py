@@ -112,7 +112,8 @@ def band_noise_level(patches: np.ndarray, corr: dict[str, list[float]], bins: in
     their intensity (a quantile regression) is scaled by the lower tenth of simulated noise's
     block variance, that noise of the same spectrum and sent through the same steps. On photographs,
     where texture fills every block, :func:`noise_level` read noise blurred over 1-2 px at 1.2-2.4x its
-    variance, this at 1.1-1.4x (validation strips; fluorescence 1.0-1.16x; docs/finetune.md)."""
+    variance, this at 1.1-1.4x (validation strips; fluorescence 1.0-1.16x; docs/finetune.md).
+    Patches under 48 px leave no room for the filter: :func:`noise_level` (with ``bins``) reads them."""
     x = np.asarray(patches, np.float64)
     x = x.reshape(-1, *x.shape[-2:])
     h, w = x.shape[-2:]

@@ -386,8 +386,8 @@ def _detail_filter(meta: dict, source: str):
             "along 'vertical' and 'horizontal') with a finite 'gain' and 'floor' (and a 'window' of 0 or an even "
             "8 to 512 px); the file is damaged or not one of ours: fine-tune again"
         )
-    lags = (tuple(d["vertical"]), tuple(d["horizontal"]))
-    return DetailFilter(*lags, float(d["gain"]), float(d["floor"]), int(d.get("window", 0)))
+    along = (tuple(d["vertical"]), tuple(d["horizontal"]))
+    return DetailFilter(*along, float(d["gain"]), float(d["floor"]), int(d.get("window", 0)))
 
 
 def _window(v) -> bool:
