@@ -151,12 +151,9 @@ def auto(a) -> int:
         if filt is None:  # the filter the check tried (the file has one only when it was kept)
             from napari_mirnet.detail_filter import DetailFilter
             from napari_mirnet.training.finetune_choice import WINDOW
-            from napari_mirnet.training.noise_shape import correlated_lags
+            from napari_mirnet.training.noise_shape import correlated_part
 
-            corr = r.noise_correlation
-            lags = [tuple(corr[k][: correlated_lags(corr[k])]) for k in ("vertical", "horizontal")]
-            sel = r.selection
-            filt = DetailFilter(*lags, *_check_level(noisy, sel), WINDOW)
+            filt = DetailFilter(*correlated_part(r.noise_correlation), *_check_level(noisy, r.selection), WINDOW)
         psnrs = {}
         for name, sd in weights.items():
             model.load_state_dict(sd)

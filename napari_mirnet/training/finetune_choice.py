@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..detail_filter import DetailFilter
-from .noise_shape import correlated_lags, pd_stride
+from .noise_shape import correlated_part, pd_stride
 from .selection import compare
 
 __all__ = ["WINDOW", "FinalChoice"]
@@ -37,9 +37,8 @@ class FinalChoice:
         """The detail filter for the measured noise, in a pd mode; else None."""
         if pd_stride(self.pairs) == 1:
             return None
-        corr = self.corr_info["noise_autocorrelation"]
-        lags = {k: tuple(corr[k][: correlated_lags(corr[k])]) for k in ("vertical", "horizontal")}
-        return DetailFilter(lags["vertical"], lags["horizontal"], self.check.gain, self.check.floor, WINDOW)
+        lags = correlated_part(self.corr_info["noise_autocorrelation"])
+        return DetailFilter(*lags, self.check.gain, self.check.floor, WINDOW)
 
     def final_checks(self) -> int:
         """How many held-out checks :meth:`select` runs at most: two candidates (and the source's

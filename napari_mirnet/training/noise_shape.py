@@ -25,6 +25,7 @@ __all__ = [
     "MAX_LAG",
     "THRESHOLD",
     "choose_pairs",
+    "correlated_part",
     "correlated_lags",
     "noise_autocorrelation",
     "noise_level",
@@ -54,11 +55,9 @@ def _blocks(patches: np.ndarray, block: int = _BLOCK) -> tuple[np.ndarray, np.nd
     blocks' means)."""
     x = np.asarray(patches, np.float64)
     x = x.reshape(-1, *x.shape[-2:])
-    h, w = (x.shape[-2] // block) * block, (x.shape[-1] // block) * block
-    if h == 0 or w == 0:
+    if x.shape[-2] < block or x.shape[-1] < block:
         raise ValueError(f"patches of {x.shape[-2]}x{x.shape[-1]} are smaller than a {block}x{block} block")
-    b = x[:, :h, :w].reshape(x.shape[0], h // block, block, w // block, block).transpose(0, 1, 3, 2, 4)
-    flat = b.reshape(-1, block * block)
+    flat = _tiles(x, block)
     # the projector is symmetric: each row times it is that block minus its least-squares surface
     return (flat @ _residual_projector(block)).reshape(-1, block, block), flat.mean(1)
 
@@ -121,8 +120,7 @@ def band_noise_level(patches: np.ndarray, corr: dict[str, list[float]], bins: in
         return noise_level(patches, corr, bins)
     from ..detail_filter import noise_spectrum  # torch: imported when a measurement needs it
 
-    lags = [tuple(corr[k][: correlated_lags(corr[k])]) for k in ("vertical", "horizontal")]
-    spectrum = noise_spectrum(*lags, h, w).double().numpy()
+    spectrum = noise_spectrum(*correlated_part(corr), h, w).double().numpy()
     f2 = np.fft.fftfreq(h)[:, None] ** 2 + np.fft.fftfreq(w)[None, :] ** 2
     band = spectrum * f2
 
@@ -137,12 +135,17 @@ def band_noise_level(patches: np.ndarray, corr: dict[str, list[float]], bins: in
     return _quantile_line(mean, var / scale, 0.1)
 
 
-def _block_var_mean(planes: np.ndarray, block: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """(variance, mean) of every ``block`` x ``block`` block of (n, h, w) planes."""
+def _tiles(planes: np.ndarray, block: int) -> np.ndarray:
+    """(blocks, block * block): every whole ``block`` x ``block`` block of (n, h, w) planes, row-major."""
     n, h, w = planes.shape
     h, w = h // block * block, w // block * block
     b = planes[:, :h, :w].reshape(n, h // block, block, w // block, block).transpose(0, 1, 3, 2, 4)
-    b = b.reshape(-1, block * block)
+    return b.reshape(-1, block * block)
+
+
+def _block_var_mean(planes: np.ndarray, block: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """(variance, mean) of every ``block`` x ``block`` block of (n, h, w) planes."""
+    b = _tiles(planes, block)
     return b.var(1), b.mean(1)
 
 
@@ -265,6 +268,14 @@ def correlated_lags(rhos: list[float]) -> int:
             break
         n += 1
     return n
+
+
+def correlated_part(corr: dict[str, list[float]]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(vertical, horizontal): the lags of a measured autocorrelation that :func:`correlated_lags`
+    counts as correlated, along columns and along rows (what the detail filter and the band noise
+    level model the noise by)."""
+    v, h = corr["vertical"], corr["horizontal"]
+    return tuple(v[: correlated_lags(v)]), tuple(h[: correlated_lags(h)])
 
 
 def choose_pairs(corr: dict[str, list[float]]) -> tuple[str, str]:
