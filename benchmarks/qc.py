@@ -73,9 +73,17 @@ def block_error(y, clean, block: int = qc.BLOCK) -> np.ndarray:
     return qc._edge_blocks(np.abs(np.asarray(y, np.float64) - clean), block).mean(-1)
 
 
+def cheap_doubt(report) -> np.ndarray:
+    """The map that ``qc=True`` draws: the doubt without the opt-in passes' signals."""
+    passes = ("disagreement", "second")
+    return sum(v * qc._MAP_WEIGHT.get(k, 1.0) for k, v in report.signals.items() if k not in passes)
+
+
 def correlations(report, err: np.ndarray) -> dict[str, float]:
     # a signal that is 0 in every block (``removed`` where nothing was taken) has no rank: nan
     out = {k: float(stats.spearmanr(v.ravel(), err.ravel())[0]) for k, v in report.signals.items()}
+    if "disagreement" in report.signals:  # qc="tta": also the map of qc=True, from the same run
+        out["combined_on"] = float(stats.spearmanr(cheap_doubt(report).ravel(), err.ravel())[0])
     out["combined"] = float(stats.spearmanr(report.doubt.ravel(), err.ravel())[0])
     return out
 
@@ -104,6 +112,9 @@ def pooled(cases: dict, kind: str) -> dict[str, float]:
     out = {}
     for key in reps[0][0].signals:
         out[key] = float(stats.spearmanr(np.concatenate([r.signals[key].ravel() for r, _ in reps]), err)[0])
+    if "disagreement" in reps[0][0].signals:
+        on = np.concatenate([cheap_doubt(r).ravel() for r, _ in reps])
+        out["combined_on"] = float(stats.spearmanr(on, err)[0])
     out["combined"] = float(stats.spearmanr(np.concatenate([r.doubt.ravel() for r, _ in reps]), err)[0])
     return out
 
@@ -223,7 +234,7 @@ def figure(cases: dict, path: Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--crop", type=int, default=256)
-    p.add_argument("--tta", action="store_true", help="also the 8-pass disagreement (8x the compute)")
+    p.add_argument("--tta", action="store_true", help="qc='tta': also the 8 flips' disagreement and the second opinion")
     p.add_argument("--split", choices=("test", "validation"), default="test")
     p.add_argument("--finetune-minutes", type=float, default=2.5, help="CPU minutes, one thread")
     p.add_argument("--memory-edge", type=int, default=1024)
@@ -251,7 +262,7 @@ def main(argv=None) -> int:
     if args.split == "validation":
         skip |= {"finetune", "overhead", "memory"}
     else:
-        figure(cases, ROOT / "docs/qc_crops.png")
+        figure(cases, ROOT / ("docs/qc_crops_tta.png" if args.tta else "docs/qc_crops.png"))
     with tempfile.TemporaryDirectory() as tmp:
         if "finetune" not in skip:
             name = next(iter(images))

@@ -18,6 +18,7 @@ __all__ = [
     "MIRNetConfig",
     "MIRNetV2",
     "STRIDE",
+    "at_stride",
     "config_from_state_dict",
     "pixel_shuffle_split",
     "pixel_shuffle_merge",
@@ -204,6 +205,15 @@ def pixel_shuffle_merge(x: torch.Tensor, s: int) -> torch.Tensor:
     return x.reshape(b, c, hs * s, ws * s)
 
 
+def at_stride(forward, x: torch.Tensor, s: int) -> torch.Tensor:
+    """``forward`` (a same-size restoration) applied to each pixel-shuffle sub-image of stride ``s``
+    of ``x`` (B, C, H, W), put back together; ``s`` <= 1: ``forward(x)``."""
+    if s <= 1:
+        return forward(x)
+    h, w = x.shape[-2:]
+    return pixel_shuffle_merge(forward(pixel_shuffle_split(_pad_to(x, s), s)), s)[..., :h, :w]
+
+
 class MIRNetV2(nn.Module):
     """MIRNet-v2. Takes (B, C, H, W) in [0, 1]; any H and W (reflection-padded to a multiple of 4).
 
@@ -239,12 +249,7 @@ class MIRNetV2(nn.Module):
         self.conv_out = _conv(cfg.n_feat, cfg.out_channels, 3, cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = int(self.pixel_shuffle)
-        if s <= 1:
-            y = self._forward_full(x)
-        else:
-            h, w = x.shape[-2:]
-            y = pixel_shuffle_merge(self._forward_full(pixel_shuffle_split(_pad_to(x, s), s)), s)[..., :h, :w]
+        y = at_stride(self._forward_full, x, int(self.pixel_shuffle))
         if self.detail_filter is not None and y.shape == x.shape:
             y = return_detail(x, y, self.detail_filter)
         return y

@@ -8,7 +8,7 @@ import warnings
 
 import torch
 
-from ..model import STRIDE, self_ensemble
+from ..model import STRIDE, at_stride, self_ensemble
 from .plan import round_to_stride
 
 __all__ = ["copies_overlap", "forward_plain", "forward_with_retry", "run_batch"]
@@ -88,11 +88,12 @@ def copies_overlap(model) -> bool:
     return bool(getattr(switches, "overlap", False)) and next(model.parameters()).is_cuda
 
 
-def run_batch(model, x: torch.Tensor, precision: str, tta: bool = False, dual_pixel: bool = False):
+def run_batch(model, x: torch.Tensor, precision: str, tta: bool = False, dual_pixel: bool = False, stride: int = 1):
     """Run a (B, C, H, W) batch on the model's device; returns float32 numpy on the CPU.
 
     ``x`` may be on the CPU: it is copied to the model's device here. ``tta`` averages over
-    flips/rotations (:func:`~napari_mirnet.model.self_ensemble`). With the ``overlap`` switch
+    flips/rotations (:func:`~napari_mirnet.model.self_ensemble`); ``stride`` > 1 restores the
+    pixel-shuffle sub-images of that stride (:func:`~napari_mirnet.model.at_stride`). With the ``overlap`` switch
     (CUDA, :mod:`.accelerate`) host work overlaps the device's: the upload from pinned memory and
     the copy of the result back into pinned memory are queued on the compute stream without
     blocking, and only the wait for that copy happens after the device lock is released, so
@@ -111,7 +112,7 @@ def run_batch(model, x: torch.Tensor, precision: str, tta: bool = False, dual_pi
         if tta:
             y = self_ensemble(lambda v: forward_with_retry(model, v, precision), x, dual_pixel)
         else:
-            y = forward_with_retry(model, x, precision)
+            y = at_stride(lambda v: forward_with_retry(model, v, precision), x, stride)
         if not overlap:
             return y.cpu().numpy()
         host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,7 +133,8 @@ def run_qc(run, result, block: int = qc.BLOCK, tta: bool = False, out=None, comp
     else:
         signals = compute(maps)
     spread = _spread(run, x, noise, block, compute) if tta else None
-    return _report(signals, spread, noise, block, level, residual if out is None else None, run, out, res_var)
+    second = _second_opinion(run, y, noise, signals, block, compute) if tta else None
+    return _report(signals, spread, noise, block, level, residual if out is None else None, run, out, res_var, second)
 
 
 def _to_input_axes(canon, axes: str):
@@ -141,15 +143,15 @@ def _to_input_axes(canon, axes: str):
     return arr.transpose(inverse_order(perm))
 
 
-def _report(signals, spread, noise, block, level, residual, run, out, res_var=None) -> QualityReport:
-    doubt, trust = qc.combine(signals, spread)
-    summary = qc.summarize(signals, noise, block, spread, level, residual=res_var)
+def _report(signals, spread, noise, block, level, residual, run, out, res_var=None, second=None) -> QualityReport:
+    doubt, trust = qc.combine(signals, spread, second)
+    summary = qc.summarize(signals, noise, block, spread, level, residual=res_var, second=second)
     lead = run.source.lead_axes
     report = QualityReport(
         residual=residual,
         trust=trust.min(axis=-3),  # channels merged: a place is as trustworthy as its worst channel
         doubt=doubt.max(axis=-3),
-        signals={k: v.max(axis=-3) for k, v in qc.doubts(signals, spread).items()},
+        signals={k: v.max(axis=-3) for k, v in qc.doubts(signals, spread, second).items()},
         noise=noise,
         summary=summary,
         block=block,
@@ -180,18 +182,50 @@ def _spread(run, x, noise, block, compute):
         r = prepare(xt, run.task, run.weights, axes=canon_axes, options=options)
         passes.append(_d4_inverse(da.asarray(execute(r)).astype(np.float32), k))
     stack = da.stack(passes)
-    sd, mean = stack.std(axis=0), stack.mean(axis=0)
+    return compute(_in_sigmas(stack.std(axis=0), stack.mean(axis=0), noise, block))
 
-    def blocks(s, m):
-        flat_s, flat_m = s.reshape((-1,) + s.shape[-2:]), m.reshape((-1,) + m.shape[-2:])
-        out = [qc.spread_blocks(a, b, noise, block) for a, b in zip(flat_s, flat_m)]
-        return np.stack(out).reshape(s.shape[:-2] + out[0].shape)
+
+def _second_opinion(run, y, noise, signals, block, compute):
+    """The output's distance per block (noise sigmas) from the same model restoring the noise's
+    pixel-shuffle sub-images, or None where that says nothing new.
+
+    Run only where the noise is correlated in both directions (its stride > 1) and the model,
+    restoring whole images, left it in (median residual below :data:`qc.LEFT_IN` of the noise
+    variance): a white-noise denoiser takes such noise for texture, but in sub-images of pixels
+    ``stride`` apart neighbours' noise is nearly independent, as in its training. Where the two
+    disagree, the output kept noise or lost detail (benchmarks/qc.py --tta, docs/qc.md).
+    """
+    import dask.array as da
+
+    from ..weights import cached_model
+    from .execution import execute
+
+    if noise.stride <= 1 or float(np.median(np.asarray(signals)[..., 0, :, :])) >= qc.LEFT_IN:
+        return None
+    model = cached_model(run.weights, "cpu", sha256=run.weights_sha256)
+    if int(getattr(model, "pixel_shuffle", 1)) > 1 or getattr(model, "detail_filter", None) is not None:
+        return None  # it already restores sub-images (a model fine-tuned on such noise)
+    second = dataclasses.replace(
+        run, subimage_stride=noise.stride, options=dataclasses.replace(run.options, tta=False), run_id=uuid.uuid4().hex
+    )
+    ref = _canonical_out(execute(second), run.axes).astype(np.float32).rechunk(y.chunks)
+    return compute(_in_sigmas(da.absolute(y - ref), ref, noise, block))
+
+
+def _in_sigmas(values, at, noise, block):
+    """:func:`qc.in_sigmas` over lazy (lead..., C, Y, X) arrays, chunk by chunk: (lead..., C, rows, cols)."""
+    import dask.array as da
+
+    def blocks(v, a):
+        flat_v, flat_a = v.reshape((-1,) + v.shape[-2:]), a.reshape((-1,) + a.shape[-2:])
+        out = [qc.in_sigmas(p, q, noise, block) for p, q in zip(flat_v, flat_a)]
+        return np.stack(out).reshape(v.shape[:-2] + out[0].shape)
 
     step = max(block, (1024 // block) * block)
-    chunks = (1,) * (x.ndim - 2) + (step, step)
-    sd, mean = sd.rechunk(chunks), mean.rechunk(chunks)
-    out_chunks = sd.chunks[:-2] + tuple(tuple(-(-c // block) for c in cs) for cs in sd.chunks[-2:])
-    return compute(da.map_blocks(blocks, sd, mean, chunks=out_chunks, dtype=np.float32))
+    chunks = (1,) * (values.ndim - 2) + (step, step)
+    values, at = values.rechunk(chunks), at.rechunk(chunks)
+    out_chunks = values.chunks[:-2] + tuple(tuple(-(-c // block) for c in cs) for cs in values.chunks[-2:])
+    return da.map_blocks(blocks, values, at, chunks=out_chunks, dtype=np.float32)
 
 
 def _d4(a, k: int):

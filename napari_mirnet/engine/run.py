@@ -48,6 +48,9 @@ class RestorationRun:
     options: RestoreOptions
     batch: int  # tiles per forward pass
     threads: int | None  # torch threads of the caller, for the same last bit in every worker
+    # > 1: the model (one that restores whole images) restores the pixel-shuffle sub-images of this
+    # stride instead: the check's second opinion on noise correlated over a few pixels (quality.py)
+    subimage_stride: int = 1
 
     @property
     def axes(self) -> str:
@@ -138,6 +141,7 @@ class RestorationRun:
             "axes": self.axes,
             # only when given, so that stores written before the option existed still resume
             **({} if self.options.rgb is None else {"rgb": self.options.rgb}),
+            **({} if self.subimage_stride == 1 else {"subimage_stride": self.subimage_stride}),
         }
 
     def context(self, control: RunControl | None = None, sink=None) -> TileContext:
@@ -159,6 +163,7 @@ class RestorationRun:
             control=control or RunControl(),
             source_name=self.source.name,
             accelerate=self.options.accelerate,
+            subimage_stride=self.subimage_stride,
         )
 
 

@@ -83,6 +83,7 @@ class TileContext:
     # the SHA-256 of the weights the run was prepared with: a worker that downloads a URL itself (no
     # shared disk) refuses other bytes instead of mixing two models into one output
     weights_sha256: str | None = None
+    subimage_stride: int = 1  # > 1: the model restores the pixel-shuffle sub-images of this stride
 
 
 def restore_tiles(ctx: TileContext, tiles: list, after: list, *blocks) -> dict:
@@ -112,7 +113,7 @@ def restore_tiles(ctx: TileContext, tiles: list, after: list, *blocks) -> dict:
     # "auto" reaches here only on dask.distributed workers, where the device is known at last
     precision = resolve_precision(ctx.precision, device) if ctx.precision == "auto" else ctx.precision
     model = accelerated(model, precision, ctx.accelerate, x)  # the model itself when off
-    y = forward.run_batch(model, x, precision, ctx.tta, ctx.channels.dual_pixel)
+    y = forward.run_batch(model, x, precision, ctx.tta, ctx.channels.dual_pixel, ctx.subimage_stride)
     preds, start = {}, 0
     for (lead, ty, tx), item, up, clipped, digest, hole in zip(tiles, items, ups, seen, digests, holes):
         out = ctx.channels.finish(y[start : start + item.shape[0]], clipped)
