@@ -187,7 +187,9 @@ def restore(
         Denoising only: also check the output against the input (see docs/qc.md) and return
         ``(result, report)``, a :class:`~napari_mirnet.engine.quality.QualityReport` with the
         residual (input minus output), a trust map per 32 x 32 block and a verdict. ``'tta'`` adds
-        the 8 flips/rotations' disagreement (8 more runs). With ``out``, written beside the result: into a
+        the 8 flips/rotations' disagreement (8 more runs) and, where the noise is correlated in both
+        directions and the model left it in, a second opinion (one more run, restoring the noise's
+        pixel-shuffle sub-images). With ``out``, written beside the result: into a
         store (``qc/residual``, ``qc/trust``, summary in ``qc``'s attributes), or beside a file
         (``NAME.qc-residual.tif``, ``NAME.qc-trust.tif``, ``NAME.qc.json``). A lazy result is
         computed once for the check (and again when you compute it): use ``out`` for large images.

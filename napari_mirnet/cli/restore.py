@@ -81,7 +81,8 @@ def _add_qc_option(r) -> None:
         choices=["on", "tta"],
         help="denoise only: also write the residual (input - output) and a trust map beside each output "
         "(zarr: qc/ groups; files: NAME.qc-residual.tif, NAME.qc-trust.tif, NAME.qc.json) and print a "
-        "verdict; '--qc tta' adds the 8 flips' disagreement (8x slower). See docs/qc.md",
+        "verdict; '--qc tta' adds the 8 flips' disagreement and, on noise correlated in both directions that "
+        "the model left in, a second opinion from the noise's pixel-shuffle sub-images (8-9x slower). See docs/qc.md",
     )
 
 

@@ -43,8 +43,8 @@ class QualityReport:
     doubt : numpy.ndarray
         ``-log(trust)``: the sum of the signals' doubts (1 each at its threshold).
     signals : dict of numpy.ndarray
-        Each signal's doubt per block (``noise``, ``structure``, ``detail``, ``left``, ``removed``,
-        and ``disagreement`` with TTA).
+        Each signal's doubt per block (``noise``, ``structure``, ``detail``, ``left``, ``removed``;
+        with ``qc='tta'`` ``disagreement``, and ``second`` where the second opinion ran).
     noise : napari_mirnet.qc.NoiseModel
         The noise model estimated from the input alone.
     summary : dict
@@ -73,7 +73,8 @@ def check_qc(qc_value, task_spec, tta: bool) -> str | None:
         return None
     if qc_value not in (True, "tta"):
         raise ValueError(
-            f"qc={qc_value!r}: give qc=True (residual and trust map) or qc='tta' (also 8-pass disagreement)"
+            f"qc={qc_value!r}: give qc=True (residual and trust map) or qc='tta' (also the 8 flips' disagreement "
+            "and a second opinion on correlated noise)"
         )
     if task_spec.name != "denoise":
         raise ValueError(
