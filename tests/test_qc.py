@@ -323,6 +323,33 @@ def test_widget_checkbox_adds_residual_and_trust_layers(make_napari_viewer, qtbo
     assert "qc " in w.last_status
 
 
+@pytest.mark.gui
+@pytest.mark.slow
+def test_widget_more_passes_checkbox_runs_the_check_with_the_flips(make_napari_viewer, qtbot):
+    """The widget's second qc checkbox is qc='tta': the 8 flips' disagreement reaches the layers'
+    summary (white noise: no second opinion), and it implies the check itself."""
+    from conftest import SAFETY_MS
+
+    from napari_mirnet.widgets import LOCAL_FILE, DenoiseWidget
+
+    _, x = _crop(64)
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(x, name="noisy")
+    w = DenoiseWidget(viewer)
+    w.image.value = layer
+    w.weights.value = LOCAL_FILE
+    w.weights_file.value = _gray_weights(None)
+    w.device.value = "cpu"
+    assert not w.qc.value
+    w.qc_passes.value = True
+    w()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=SAFETY_MS)
+    names = [lyr.name for lyr in viewer.layers]
+    assert names[-2:] == ["noisy denoised residual", "noisy denoised trust"], (names, w.last_status)
+    summary = viewer.layers[-1].metadata["mirnet"]["qc"]
+    assert "disagreement" in summary["suspect_fraction"] and "second" not in summary["suspect_fraction"]
+
+
 @pytest.mark.slow
 def test_tta_disagreement_and_lazy_input():
     import dask.array as da

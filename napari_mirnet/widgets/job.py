@@ -56,7 +56,8 @@ class Job:
     overwrite: bool = False
     pixel_size: tuple | None = None
     pyramid: bool = False
-    qc: bool = False  # also the residual and trust map (denoise): run_job returns (data, QualityReport)
+    # also the residual and trust map (denoise; "tta": with more model passes): run_job returns (data, QualityReport)
+    qc: bool | str = False
     # fsspec options for a URL output (None: from the environment); kept out of repr, which logs may show
     storage_options: dict | None = field(default=None, repr=False)
     urls: tuple = ()  # the job's URLs (input layer's source, output), as messages must redact them
@@ -111,7 +112,7 @@ def run_job(job: Job, progress=None, cancel: threading.Event | None = None):
         from ..engine import quality
 
         out = np.asarray(out)
-        return out, quality.run_qc(run, out, compute=lambda c: eng.compute(c, run))
+        return out, quality.run_qc(run, out, tta=job.qc == "tta", compute=lambda c: eng.compute(c, run))
     return np.asarray(out)
 
 

@@ -126,7 +126,8 @@ class TaskWidget(TaskForm):
         check_not_input(zarr_path, layers)
         storage_options = parse_storage_options(self.storage_options.value)
         preview = bool(self.preview.value)
-        qc = bool(self.qc.value) and self.task == "denoise"
+        # as restore(qc=...) takes it: False, True, or "tta" (the check with more model passes)
+        qc = ("tta" if self.qc_passes.value else bool(self.qc.value)) if self.task == "denoise" else False
         if qc and output == OUTPUT_LAZY:
             raise InputError("the residual and trust map need the whole result: choose 'new layer' or OME-Zarr output")
         axes = layer_axes(ref)

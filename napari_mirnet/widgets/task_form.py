@@ -145,8 +145,14 @@ class TaskForm(Container):
             "looks like noise; red: structure removed or noise left); the verdict goes to the status line. "
             "See docs/qc.md."
         )
-        self.qc.visible = self.task == "denoise"
-        return [self.overwrite, self.background, self.preview, self.qc]
+        self.qc_passes = CheckBox(text="... with more model passes (8-9x slower)", value=False)
+        self.qc_passes.tooltip = (
+            "The check also runs the model on the 8 flips/rotations (their disagreement) and, where the "
+            "noise is correlated over a few pixels and the model left it in, once more on the noise's "
+            "pixel-shuffle sub-images (a second opinion). Implies the check. See docs/qc.md."
+        )
+        self.qc.visible = self.qc_passes.visible = self.task == "denoise"
+        return [self.overwrite, self.background, self.preview, self.qc, self.qc_passes]
 
     def _build_advanced(self) -> list:
         """Tile, halo, blend, precision, intensity mapping and TTA, collapsed under a check box."""
