@@ -75,8 +75,7 @@ def block_error(y, clean, block: int = qc.BLOCK) -> np.ndarray:
 
 def cheap_doubt(report) -> np.ndarray:
     """The map that ``qc=True`` draws: the doubt without the opt-in passes' signals."""
-    passes = ("disagreement", "second")
-    return sum(v * qc._MAP_WEIGHT.get(k, 1.0) for k, v in report.signals.items() if k not in passes)
+    return qc.map_doubt({k: v for k, v in report.signals.items() if k not in ("disagreement", "second")})
 
 
 def correlations(report, err: np.ndarray) -> dict[str, float]:

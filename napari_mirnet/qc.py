@@ -58,6 +58,7 @@ __all__ = [
     "estimate_noise",
     "estimate_sigma",
     "in_sigmas",
+    "map_doubt",
     "noise_samples",
     "signal_maps",
     "stride_variances",
@@ -202,9 +203,13 @@ def combine(
     signals: np.ndarray, spread: np.ndarray | None = None, second: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(doubt, trust) per block: doubt the weighted sum of the signals' doubts; trust ``exp(-doubt)`` in (0, 1]."""
-    per = doubts(signals, spread, second)
-    doubt = sum(v * _MAP_WEIGHT.get(k, 1.0) for k, v in per.items())
+    doubt = map_doubt(doubts(signals, spread, second))
     return doubt.astype(np.float32), np.exp(-doubt).astype(np.float32)
+
+
+def map_doubt(per: dict[str, np.ndarray]) -> np.ndarray:
+    """The map's doubt per block: the signals' doubts (:func:`doubts`) weighted and summed."""
+    return sum(v * _MAP_WEIGHT.get(k, 1.0) for k, v in per.items())
 
 
 def summarize(
