@@ -64,6 +64,7 @@ def restore_whole(
         rgb=rgb,
     )
     run = prepare(image, task, weights, scale=scale, axes=axes, options=options)
+    quality.check_qc_run(run, qc_mode)
     result = execute(run)
     report = None if qc_mode is None else quality.run_qc(run, result, tta=qc_mode == "tta")
     result = result if template is None else _xr.to_dataarray(result, template, run.factor)
@@ -241,6 +242,7 @@ def restore(
             storage_options=storage_options,
         )  # fmt: skip
         options.check_axes(run.axes)  # before anything is written
+        quality.check_qc_run(run, qc_mode)
         if dst is not None:
             result = outputs.write_result(
                 run, dst, overwrite=overwrite, client=client, progress=progress, cancel=cancel,

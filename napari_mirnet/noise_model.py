@@ -22,6 +22,7 @@ __all__ = [
     "correlation_profile",
     "estimate_noise",
     "estimate_sigma",
+    "fill_gaps",
     "noise_samples",
     "stride_variances",
 ]
@@ -34,6 +35,8 @@ _PLATEAU = 2.0  # a rise of 2x from one stride to the next: noise correlation, n
 # quarter of the median bin's: the median-based variance of a few photons per pixel is biased low, and
 # such dark bins pulled the gain 30% low (a retina on black, validation strips)
 _WEIGHT_FLOOR = 0.25
+# fewer samples than this measure no variance worth the name (an image almost without data)
+_MIN_SAMPLES = 16
 
 
 def _ndimage():
@@ -94,17 +97,47 @@ def _highpass(x: np.ndarray, k: int = 1) -> np.ndarray:
     return (rows[:, : -2 * k] - 2 * rows[:, k:-k] + rows[:, 2 * k :]) / 6.0
 
 
+def fill_gaps(x: np.ndarray, sigma: float = 2.0) -> np.ndarray:
+    """A 2-D plane with its NaN (nodata) pixels filled, so that filters can run over it (the caller
+    leaves the filled pixels out of its statistics): near data by a normalised Gaussian average of
+    the pixels with data (sigma, then 4 sigma), further away by their mean (filters reaching a few
+    sigma see no difference). A plane without data is all zeros."""
+    x = np.asarray(x, np.float64)
+    valid = np.isfinite(x)
+    if valid.all():
+        return x
+    if not valid.any():
+        return np.zeros_like(x)
+    data = np.where(valid, x, 0.0)
+    out = np.where(valid, x, float(data.sum() / valid.sum()))
+    todo = ~valid
+    for s in (sigma, 4 * sigma):
+        num = _ndimage().gaussian_filter(data, s, mode="nearest")
+        den = _ndimage().gaussian_filter(valid.astype(np.float64), s, mode="nearest")
+        reach = todo & (den > 1e-3)
+        out[reach] = num[reach] / den[reach]
+        todo &= ~reach
+    return out
+
+
 def _gradient(x: np.ndarray) -> np.ndarray:
-    return _ndimage().gaussian_gradient_magnitude(np.asarray(x, np.float64), 2.0)
+    """Smoothed gradient magnitude; NaN where the plane has no data."""
+    g = _ndimage().gaussian_gradient_magnitude(fill_gaps(x), 2.0)
+    return np.where(np.isfinite(x), g, np.nan)
 
 
 def _flat(x: np.ndarray, keep: float = 0.8, k: int = 1, grad: np.ndarray | None = None) -> np.ndarray:
     """Mask (valid pixels at stride ``k``) of the ``keep`` fraction with the weakest smoothed gradient.
 
     Edges leak into the high-pass; leaving out the strongest fifth keeps them from the estimate.
+    Pixels without data (NaN) are never flat.
     """
     g = _gradient(x) if grad is None else grad
-    return g[k:-k, k:-k] <= np.quantile(g, keep)
+    known = np.isfinite(g)
+    if not known.any():
+        return np.zeros((g.shape[0] - 2 * k, g.shape[1] - 2 * k), bool)
+    with np.errstate(invalid="ignore"):
+        return g[k:-k, k:-k] <= np.quantile(g[known], keep)
 
 
 def estimate_sigma(image) -> float:
@@ -136,9 +169,12 @@ def _plane(image) -> np.ndarray:
 def noise_samples(image, k: int = 1, grad: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(local mean, stride-``k`` high-pass value) of the smooth pixels of a 2-D image."""
     x = _plane(image)
-    mean = _ndimage().uniform_filter(x, 2 * k + 3, mode="nearest")[k:-k, k:-k]
-    flat = _flat(x, k=k, grad=grad)
-    return mean[flat], _highpass(x, k)[flat]
+    # the local mean over a fill of any nodata (NaN would spread along whole rows in the running
+    # sums); the high-pass only where its taps all have data
+    mean = _ndimage().uniform_filter(fill_gaps(x), 2 * k + 3, mode="nearest")[k:-k, k:-k]
+    high = _highpass(x, k)
+    flat = _flat(x, k=k, grad=grad) & np.isfinite(high)
+    return mean[flat], high[flat]
 
 
 def stride_variances(planes, strides: int = STRIDES, grads=None) -> np.ndarray:
@@ -152,7 +188,8 @@ def stride_variances(planes, strides: int = STRIDES, grads=None) -> np.ndarray:
     out = []
     for k in range(1, strides + 1):
         parts = [_highpass(p, k)[_flat(p, k=k, grad=g)] for p, g in zip(planes, grads) if min(p.shape) > 4 * k + 4]
-        out.append(_robust_var(np.concatenate(parts)) if parts else np.nan)
+        samples = np.concatenate([q[np.isfinite(q)] for q in parts]) if parts else np.zeros(0)
+        out.append(_robust_var(samples) if samples.size else np.nan)
     return np.asarray(out)
 
 
@@ -200,8 +237,13 @@ def estimate_noise(images, poisson: bool | None = None, bins: int = 16) -> Noise
     grads = [_gradient(p) for p in planes]
     stride, lags = correlation_profile(stride_variances(planes, grads=grads))
     parts = [noise_samples(p, stride, g) for p, g in zip(planes, grads) if min(p.shape) > 4 * stride + 4]
-    mean = np.concatenate([p[0] for p in parts])
-    d = np.concatenate([p[1] for p in parts])
+    mean = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0)
+    d = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0)
+    if d.size < _MIN_SAMPLES:
+        raise ValueError(
+            f"the noise estimate found {d.size} pixels with data and smooth surroundings, too few to measure "
+            f"the noise (at least {_MIN_SAMPLES} needed): the image is too small or mostly without data (NaN)"
+        )
     const = _robust_var(d)
     if poisson is False or mean.size < bins * 50:
         return NoiseModel(0.0, const, lags, stride)

@@ -27,6 +27,7 @@ the residual's spectrum against the noise's). See docs/qc.md for how to read the
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -36,6 +37,7 @@ from .noise_model import (
     correlation_profile,
     estimate_noise,
     estimate_sigma,
+    fill_gaps,
     noise_samples,
     stride_variances,
 )
@@ -113,6 +115,9 @@ def block_signals(x, y, noise: NoiseModel, block: int = BLOCK, halo: int = 0) ->
     """
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
+    known = np.isfinite(x) & np.isfinite(y)
+    if not known.all():  # nodata (NaN): filters run over a fill, the blocks' figures use data only
+        return _with_gaps(x, y, known, noise, block, halo)
     r = x - y
     lap = -_ndimage().gaussian_laplace(y, 1.0, mode="nearest")
     core = (slice(halo, x.shape[0] - halo), slice(halo, x.shape[1] - halo))
@@ -133,13 +138,42 @@ def block_signals(x, y, noise: NoiseModel, block: int = BLOCK, halo: int = 0) ->
     return np.stack([ratio, corr, detail, left]).astype(np.float32)
 
 
+def _with_gaps(x, y, known, noise: NoiseModel, block: int, halo: int) -> np.ndarray:
+    """:func:`block_signals` of planes with nodata: the same figures over each block's pixels with
+    data; NaN for a block without any."""
+    xf, yf = fill_gaps(np.where(known, x, np.nan)), fill_gaps(np.where(known, y, np.nan))
+    core = (slice(halo, x.shape[0] - halo), slice(halo, x.shape[1] - halo))
+    gap = ~_edge_blocks(known[core].astype(np.float64), block).astype(bool)
+
+    def blocks(a):  # (rows, cols, block * block), NaN where no data
+        b = _edge_blocks(np.asarray(a, np.float64)[core], block)
+        return np.where(gap, np.nan, b)
+
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # blocks without data: NaN, said in the map
+        var = np.nanmean(blocks(noise.variance(yf)), -1)
+        rb = blocks(xf - yf)
+        ratio = np.nanmean(rb**2, -1) / var
+        lb = blocks(-_ndimage().gaussian_laplace(yf, 1.0, mode="nearest"))
+        rc = rb - np.nanmean(rb, -1, keepdims=True)
+        lc = lb - np.nanmean(lb, -1, keepdims=True)
+        den = np.sqrt(np.nansum(rc**2, -1) * np.nansum(lc**2, -1))
+        corr = np.where(den > 0, np.nansum(rc * lc, -1) / np.where(den > 0, den, 1.0), 0.0)
+        detail = np.nanmean(blocks(_ndimage().gaussian_gradient_magnitude(yf, 1.0, mode="nearest")), -1) / np.sqrt(var)
+        left = np.nanmedian(blocks(yf - _ndimage().gaussian_filter(yf, _LEFT_SIGMA, mode="nearest")) ** 2, -1) / var
+    out = np.stack([ratio, corr, detail, left])
+    out[:, np.all(gap, -1)] = np.nan
+    return out.astype(np.float32)
+
+
 def in_sigmas(values, at, noise: NoiseModel, block: int = BLOCK) -> np.ndarray:
     """Per block, the mean of ``values`` (a 2-D plane: the passes' standard deviation, or a
     distance between two outputs) over the noise sigma at the intensity ``at``."""
     sigma = np.sqrt(noise.variance(np.asarray(at, np.float64)))
-    return (_edge_blocks(np.asarray(values, np.float64), block).mean(-1) / _edge_blocks(sigma, block).mean(-1)).astype(
-        np.float32
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a block without data (NaN) stays NaN
+        v = np.nanmean(_edge_blocks(np.asarray(values, np.float64), block), -1)
+        return (v / np.nanmean(_edge_blocks(sigma, block), -1)).astype(np.float32)
 
 
 def signal_maps(x, y, noise: NoiseModel, block: int = BLOCK, chunk: int = 1024):
@@ -235,19 +269,32 @@ def summarize(
     """
     per = doubts(signals, spread, second)
     ratio = np.asarray(signals, np.float64)[..., 0, :, :]
-    median_ratio = float(np.median(ratio))
+    have = np.isfinite(ratio)  # blocks with data (the rest are nodata, NaN in the map)
+    if not have.any():
+        raise ValueError("the check found no block with data (the input is all NaN): nothing to check")
+
+    def share(flags) -> float:
+        return float((flags & have).sum() / have.sum())
+
+    median_ratio = float(np.median(ratio[have]))
     # detail and left are where errors are likely, not evidence of one: they shape the map only
-    suspect = {k: float((v >= 1).mean()) for k, v in per.items() if k not in ("detail", "left")}
-    suspect["removed"] = float(((ratio > _REMOVED_AT) | (per["structure"] >= 1)).mean())
+    suspect = {k: share(v >= 1) for k, v in per.items() if k not in ("detail", "left")}
+    suspect["removed"] = share((ratio > _REMOVED_AT) | (per["structure"] >= 1))
     doubt, _ = combine(signals, spread, second)
-    worst = np.unravel_index(int(np.argmax(doubt)), doubt.shape)
+    worst = np.unravel_index(int(np.argmax(np.where(np.isfinite(doubt), doubt, -np.inf))), doubt.shape)
     at = (int(worst[-2]) * block + block // 2, int(worst[-1]) * block + block // 2)
     reasons = []
-    if median_ratio < LEFT_IN:
+    quiet = noise.gain <= 0 and noise.offset <= 0  # the input shows no noise at all (a render, a constant)
+    rms = math.sqrt(median_ratio * float(noise.variance(level)))
+    if quiet:
+        # no noise to compare with: the residual itself says whether the model changed anything
+        if rms > 1e-6 * max(abs(level), 1.0):
+            reasons.append(f"the input shows no noise, yet the output differs from it (median residual rms {rms:.3g})")
+    elif median_ratio < LEFT_IN:
         reasons.append(f"the residual is {math.sqrt(median_ratio):.2f}x the noise sigma the input shows: noise left in")
     elif median_ratio > 1.5:
         reasons.append(f"the residual is {math.sqrt(median_ratio):.2f}x the noise sigma the input shows")
-    if suspect["removed"] > 0.1:
+    if suspect["removed"] > 0.1 and not quiet:
         reasons.append(f"structure removed in {100 * suspect['removed']:.0f}% of the image")
     if suspect.get("disagreement", 0.0) > 0.1:
         reasons.append(f"the 8 passes disagree in {100 * suspect['disagreement']:.0f}% of the image")
@@ -262,6 +309,8 @@ def summarize(
     sigma = noise.sigma_at(level)
     if reasons:
         text = "flagged: " + "; ".join(reasons) + f"; largest doubt at (y, x) = {at}; noise: {noise.describe(level)}"
+    elif quiet:
+        text = "cleared: the input shows no noise and the output keeps it as it was"
     else:
         text = f"cleared: residual consistent with noise of sigma {sigma:.4g} ({noise.describe(level)})"
     return {

@@ -447,3 +447,80 @@ def test_benchmark_chooses_on_validation_strips_never_test_images():
     assert lag1 == pytest.approx(0.78, abs=0.03) and lag2 == pytest.approx(0.37, abs=0.04)
     model = qc.estimate_noise(flat + n)
     assert model.lags[0] == pytest.approx(lag1, abs=0.05) and model.offset == pytest.approx(n.var(), rel=0.1)
+
+
+# ------------------------------------------------------------------------- nodata, no noise, too small
+def _camera_with_noise(sigma=0.08, blur=0.0, seed=1):
+    from skimage import data
+
+    clean = (data.camera()[:256, :256] / 255.0).astype(np.float32)
+    n = np.random.default_rng(seed).standard_normal(clean.shape)
+    if blur:
+        n = ndimage.gaussian_filter(n, blur)
+        n /= n.std()
+    return clean, (clean + sigma * n).astype(np.float32)
+
+
+def test_noise_estimate_reads_the_pixels_with_data_only():
+    _, x = _camera_with_noise()
+    holes = x.copy()
+    holes[:, :100] = np.nan
+    holes[np.random.default_rng(2).random(x.shape) < 0.02] = np.nan
+    assert np.sqrt(qc.estimate_noise(holes).offset) == pytest.approx(0.08, rel=0.05)
+    assert qc.estimate_noise(holes).stride == 1
+    _, xc = _camera_with_noise(blur=1.0)
+    xc[:, :100] = np.nan
+    model = qc.estimate_noise(xc)
+    assert model.stride == 4 and model.correlation == pytest.approx(0.77, abs=0.1)
+    with pytest.raises(ValueError, match="mostly without data"):
+        qc.estimate_noise(np.full((64, 64), np.nan))
+
+
+@pytest.mark.slow
+def test_nodata_blocks_are_nan_and_the_rest_is_checked_as_without_them():
+    """Nodata (NaN, as restore keeps it) once gave a NaN trust map and 'cleared ... sigma nan'."""
+    from napari_mirnet import restore
+
+    _, x = _camera_with_noise()
+    holes = x.copy()
+    holes[:, :100] = np.nan  # blocks 0-2 of each row have no data; block 3 has some
+    holes[np.random.default_rng(2).random(x.shape) < 0.02] = np.nan
+    _, whole = restore(x, qc=True, device="cpu")
+    y, part = restore(holes, qc=True, device="cpu")
+    assert np.array_equal(np.isnan(y), np.isnan(holes))
+    assert np.isnan(part.trust[:, :3]).all() and np.isfinite(part.trust[:, 3:]).all()
+    assert whole.summary["verdict"] == part.summary["verdict"] == "cleared", part.text
+    assert "nan" not in part.text
+    assert part.noise.sigma_at(0.5) == pytest.approx(whole.noise.sigma_at(0.5), rel=0.05)
+    assert np.abs(part.trust[:, 4:] - whole.trust[:, 4:]).mean() < 0.05  # measured 0.006
+
+
+def test_a_noiseless_input_is_cleared_and_a_change_to_it_is_flagged():
+    from napari_mirnet import restore
+
+    flat = np.full((64, 64), 0.3, np.float32)
+    y, report = restore(flat, qc=True, device="cpu")
+    assert report.summary["verdict"] == "cleared" and "shows no noise" in report.text
+    noise = qc.estimate_noise(flat)
+    summary = qc.summarize(qc.block_signals(flat, flat - 0.01, noise), noise, level=0.3)
+    assert summary["verdict"] == "flagged" and "shows no noise, yet the output differs" in summary["text"]
+
+
+def test_qc_refuses_planes_too_small_before_anything_runs(tmp_path, capsys):
+    import tifffile
+
+    from napari_mirnet import restore
+    from napari_mirnet.cli import main
+
+    small = np.random.default_rng(0).random((5, 40)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"qc=True .* at least 8 x 8 pixels; this image's are 5 x 40: drop qc=True"):
+        restore(small, qc=True, device="cpu")
+    with pytest.raises(ValueError, match=r"at least 8 x 8"):
+        restore(small, qc="tta", device="cpu", out=tmp_path / "o.zarr")
+    assert not (tmp_path / "o.zarr").exists()
+    src = tmp_path / "small.tif"
+    tifffile.imwrite(src, small)
+    assert main(["restore", str(src), "-o", str(tmp_path / "o.tif"), "--qc", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "--qc measures the noise" in err and "drop --qc" in err and "qc=True" not in err
+    assert not (tmp_path / "o.tif").exists()

@@ -45,6 +45,7 @@ _FLAGS = {
     "out": "-o",
     "client": "--scheduler",
     "storage_options": "--storage-option",
+    "qc": "--qc",
 }
 _FLAG_RE = re.compile(r"(?<![-\w./])(" + "|".join(_FLAGS) + r")=(True\b)?(?=(.?))")
 

@@ -167,6 +167,7 @@ def _prepare(args, src, dst: Path, client):
 
 def _preflight(args, pairs, client) -> tuple[list, list[str]]:
     """Prepare every run (no tile runs) and check its output; (jobs, problems)."""
+    from ..engine.quality import check_qc_run
     from ..io import OutputError
     from ..outputs import check_output, input_name
 
@@ -174,6 +175,7 @@ def _preflight(args, pairs, client) -> tuple[list, list[str]]:
     for src, dst in pairs:
         try:
             run = _prepare(args, src, dst, client)
+            check_qc_run(run, args.qc or None)
             action = check_output(run, dst, overwrite=args.overwrite, storage_options=args.storage_options)
         except OutputError as err:
             problems.append(str(err))

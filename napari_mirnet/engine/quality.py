@@ -24,7 +24,7 @@ from ..io.omezarr import multiscales_attrs
 from ..metadata import ImageMeta
 from .source import canonical_dask
 
-__all__ = ["QualityReport", "check_qc", "run_qc", "write_qc_tiffs"]
+__all__ = ["QualityReport", "check_qc", "check_qc_run", "run_qc", "write_qc_tiffs"]
 
 ATTR = "napari_mirnet_qc"
 
@@ -84,6 +84,18 @@ def check_qc(qc_value, task_spec, tta: bool) -> str | None:
     return "tta" if qc_value == "tta" else "on"
 
 
+def check_qc_run(run, qc_mode) -> None:
+    """Refuse, before any tile runs, a check that cannot measure the noise: planes under 8 x 8 px."""
+    if qc_mode is None:
+        return
+    h, w = canonical_dask(run.source).shape[-2:]
+    if min(h, w) < 8:
+        raise ValueError(
+            f"qc=True measures the noise from the image itself and needs planes of at least 8 x 8 pixels; "
+            f"this image's are {h} x {w}: drop qc=True for it"
+        )
+
+
 def _canonical_out(result, axes: str):
     """The output (input axes) as a dask array (lead..., C, Y, X), like ``canonical_dask``."""
     import dask.array as da
@@ -123,11 +135,14 @@ def run_qc(run, result, block: int = qc.BLOCK, tta: bool = False, out=None, comp
     y = _canonical_out(result, run.axes).astype(np.float32)
     y = y.rechunk(x.chunks) if y.chunks != x.chunks else y
     crops = _noise_crops(x)
-    noise = qc.estimate_noise(crops)
+    try:
+        noise = qc.estimate_noise(crops)
+    except ValueError as err:
+        raise ValueError(f"qc=True cannot measure the input's noise: {err}; drop qc=True for this image") from None
     # the residual where the noise was measured: its spectrum against the noise's (summarize)
     res_var = qc.stride_variances([a - b for a, b in zip(crops, _noise_crops(y))])
     maps = qc.signal_maps(x, y, noise, block)
-    level = float(np.mean([c.mean() for c in _noise_crops(x, 64)]))
+    level = _mean_level(_noise_crops(x, 64)) or _mean_level(crops)
     residual = _to_input_axes(x - y, run.axes)
     if out is not None:
         signals = _write_and_measure(out, residual, maps, run, compute)
@@ -136,6 +151,12 @@ def run_qc(run, result, block: int = qc.BLOCK, tta: bool = False, out=None, comp
     spread = _spread(run, x, noise, block, compute) if tta else None
     second = _second_opinion(run, y, noise, signals, block, compute) if tta else None
     return _report(signals, spread, noise, block, level, residual if out is None else None, run, out, res_var, second)
+
+
+def _mean_level(crops) -> float:
+    """The crops' mean intensity over their pixels with data (0.0 where they have none)."""
+    data = np.concatenate([c[np.isfinite(c)] for c in crops])
+    return float(data.mean()) if data.size else 0.0
 
 
 def _to_input_axes(canon, axes: str):
@@ -201,7 +222,7 @@ def _second_opinion(run, y, noise, signals, block, compute):
     from ..weights import cached_model
     from .execution import execute
 
-    if noise.stride <= 1 or float(np.median(np.asarray(signals)[..., 0, :, :])) >= qc.LEFT_IN:
+    if noise.stride <= 1 or float(np.nanmedian(np.asarray(signals)[..., 0, :, :])) >= qc.LEFT_IN:
         return None
     model = cached_model(run.weights, "cpu", sha256=run.weights_sha256)
     if int(getattr(model, "pixel_shuffle", 1)) > 1 or getattr(model, "detail_filter", None) is not None:

@@ -103,6 +103,10 @@ def run_job(job: Job, progress=None, cancel: threading.Event | None = None):
         axes=job.axes,
         options=eng.RestoreOptions.from_mapping(job.options),
     )
+    if job.qc:
+        from ..engine import quality
+
+        quality.check_qc_run(run, job.qc)
     out = eng.execute(run, progress=progress, cancel=cancel)
     if hasattr(out, "dask") and hasattr(out, "compute"):
         # a lazy input gives a lazy result; "computed now" means the tiles run here, in the worker,
