@@ -325,6 +325,40 @@ def test_widget_checkbox_adds_residual_and_trust_layers(make_napari_viewer, qtbo
 
 @pytest.mark.gui
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["noisy", "noiseless"])
+def test_widget_check_of_a_layer_with_nodata(make_napari_viewer, qtbot, kind):
+    """NaN pixels (nodata) in the layer: the layers come with finite contrast limits, the trust map
+    NaN only in blocks without data, also where the input shows no noise (sigma 0)."""
+    from conftest import SAFETY_MS
+
+    from napari_mirnet.widgets import LOCAL_FILE, DenoiseWidget
+
+    x = _crop(64)[1] if kind == "noisy" else np.full((64, 64), 0.4, np.float32)
+    x = x.copy()
+    x[:, :32] = np.nan
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(x, name="holes")
+    w = DenoiseWidget(viewer)
+    w.image.value = layer
+    w.weights.value = LOCAL_FILE
+    w.weights_file.value = _gray_weights(None)
+    w.device.value = "cpu"
+    w.qc.value = True
+    w()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=SAFETY_MS)
+    names = [lyr.name for lyr in viewer.layers]
+    assert names[-2:] == ["holes denoised residual", "holes denoised trust"], (names, w.last_status)
+    res, trust = viewer.layers[-2], viewer.layers[-1]
+    assert np.all(np.isfinite(res.contrast_limits)) and res.contrast_limits[1] > 0
+    if kind == "noiseless":  # no noise sigma to scale by: the residual's own range
+        size = np.nanmax(np.abs(res.data))
+        assert res.contrast_limits[1] == pytest.approx(size if size > 0 else 1.0, rel=1e-4)
+    assert np.isnan(trust.data[:, 0]).all() and np.isfinite(trust.data[:, 1]).all()
+    assert "nan" not in w.last_status
+
+
+@pytest.mark.gui
+@pytest.mark.slow
 def test_widget_more_passes_checkbox_runs_the_check_with_the_flips(make_napari_viewer, qtbot):
     """The widget's second qc checkbox is qc='tta': the 8 flips' disagreement reaches the layers'
     summary (white noise: no second opinion), and it implies the check itself."""

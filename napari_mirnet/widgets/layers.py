@@ -262,7 +262,11 @@ def add_qc_layers(viewer, report, out_kwargs: dict) -> list:
         residual = residual.mean(axis=-1)
     scale = np.array(out_kwargs["scale"], float)
     translate = np.array(out_kwargs["translate"], float)
-    lim = 3 * float(report.summary["noise"]["sigma"]) or float(np.abs(residual).max()) or 1.0
+    noise = report.summary["noise"]
+    size = np.abs(residual[np.isfinite(residual)])  # nodata pixels are NaN in the residual too
+    # 3 noise sigmas; where the input shows no noise, the residual's own range
+    lim = 3 * float(noise["sigma"]) if noise["gain"] > 0 or noise["offset"] > 0 else 0.0
+    lim = lim or (float(size.max()) if size.size else 0.0) or 1.0
     common = dict(metadata={"mirnet": {"qc": report.summary}}, blending="translucent")
     res = viewer.add_image(
         residual,
