@@ -106,6 +106,29 @@ def test_errors_for_tiny_uniform_or_unbudgeted_data(tmp_path, gray_identity):
         finetune(toy()[1], tmp_path / "d.pth", gray_identity, steps=1, objective="noise2clean")
 
 
+def test_nodata_is_left_out_of_fine_tuning(tmp_path, gray_identity):
+    """NaN pixels (nodata, which restore keeps): every patch fine-tuning reads comes from where the
+    data is (it once refused such data outright), and a mostly empty image is a clear error."""
+    from napari_mirnet.training.patches import _as_sources, _Data, _planes
+
+    _, noisy = toy(n=2, size=128)
+    noisy[:, :, :70] = np.nan
+    noisy[:, 100:104, 100:104] = np.nan  # a small hole inside the data too
+    data = _Data(_planes(_as_sources(noisy, "ZYX"), 1, "auto"), 32, 2, 0)
+    rng = np.random.default_rng(0)
+    patches = [data.val, data.sample_pixels(rng), np.stack([p for p, _ in data.batch(rng, 16)])]
+    assert all(np.isfinite(p).all() for p in patches)
+    res = finetune(noisy, tmp_path / "n.pth", gray_identity, steps=2, axes="ZYX", **FAST)
+    meta = read_checkpoint(res.path)[1]
+    assert abs(meta["finetune"]["horizontal_neighbour_correlation"]) < 0.2
+    out = restore(noisy, weights=str(res.path), axes="ZYX", device="cpu")
+    assert np.array_equal(np.isnan(out), np.isnan(noisy))
+    mostly_empty = np.full((2, 128, 128), np.nan, np.float32)
+    mostly_empty[:, :40, :40] = noisy[:, :40, 80:120]
+    with pytest.raises(ValueError, match=r"no patch of 32x32 pixels without nodata \(NaN\)"):
+        finetune(mostly_empty, tmp_path / "e.pth", gray_identity, steps=2, axes="ZYX", **FAST)
+
+
 def test_lazy_zarr_and_dask_inputs(tmp_path, gray_identity):
     _, noisy = toy(n=4, size=128)
     z = zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=noisy.shape, chunks=(1, 64, 64), dtype="f4")

@@ -19,6 +19,8 @@ __all__ = ["SETUP_SHARE", "noise_correlation"]
 #: set-up keeps the few patches it has (at least ``_MIN_SAMPLES``) and training starts.
 SETUP_SHARE = 0.3
 _MIN_SAMPLES = 4
+# draws for a patch without nodata before giving up: data that is mostly nodata fails in seconds
+_NODATA_TRIES = 200
 
 
 class _SetupClock:
@@ -194,16 +196,38 @@ class _Data:
             self.val_boxes.append(box)
         self.setup = setup or _SetupClock(time.perf_counter, 0.0, None)
         self.setup.total += self.n_val
-        self.val = np.stack(self._read_some(self.val_boxes, 1))
+        self.val = np.stack(self._read_some(self.val_boxes, 1, rng, apart=True))
 
-    def _read_some(self, boxes, at_least: int) -> list[np.ndarray]:
-        """Read ``boxes`` in order, stopping early (after ``at_least``) once set-up's time is used."""
+    def _read_some(self, boxes, at_least: int, rng, apart: bool = False) -> list[np.ndarray]:
+        """Read ``boxes`` in order, stopping early (after ``at_least``) once set-up's time is used;
+        a box holding nodata is replaced (in ``boxes`` too) by one drawn from ``rng`` that holds
+        none (``apart``: preferably one that overlaps none of the other boxes)."""
         out = []
-        for b in boxes:
+        for k, b in enumerate(boxes):
             if len(out) >= at_least and self.setup.over():
                 break
-            out.append(self.setup.read(self._read, b))
+            others = [o for j, o in enumerate(boxes) if j != k] if apart else ()
+            boxes[k], patch = self._with_data(b, rng, lambda box: self.setup.read(self._read, box), others)
+            out.append(patch)
         return out
+
+    def _with_data(self, box, rng, read, avoid=()) -> tuple[tuple[int, int, int], np.ndarray]:
+        """(box, patch) for ``box``, or where its patch holds nodata (NaN: restore's nodata, which
+        fine-tuning learns nothing from) for another box that holds none, preferably one that
+        overlaps none of ``avoid`` (the first half of the draws insist on it)."""
+        for k in range(_NODATA_TRIES):
+            if k:
+                box = self._draw(rng)
+                if k < _NODATA_TRIES // 2 and any(self._overlap(box, b) for b in avoid):
+                    continue
+            patch = read(box)
+            if not np.isnan(patch).any():
+                return box, patch
+        raise ValueError(
+            f"no patch of {self.patch}x{self.patch} pixels without nodata (NaN) found in {_NODATA_TRIES} draws: "
+            "fine-tuning needs parts of the image with data throughout; give the images (or crops of them) "
+            "where the data is"
+        )
 
     def _draw(self, rng) -> tuple[int, int, int]:
         i = int(rng.choice(len(self.planes), p=self.weights))
@@ -224,13 +248,14 @@ class _Data:
                 box = self._draw(rng)
                 if not any(self._overlap(box, b) for b in self.val_boxes):
                     break
-            out.append((self._read(box), int(rng.integers(0, 8))))  # crop, symmetry (see _augment)
+            _, patch = self._with_data(box, rng, self._read, self.val_boxes)
+            out.append((patch, int(rng.integers(0, 8))))  # crop, symmetry (see _augment)
         return out
 
     def sample_pixels(self, rng, n_boxes: int = 16) -> np.ndarray:
         # all boxes are drawn first, so a sample cut short by the clock leaves ``rng`` where a full one would
         boxes = [self._draw(rng) for _ in range(n_boxes)]
-        return np.stack(self._read_some(boxes, _MIN_SAMPLES))
+        return np.stack(self._read_some(boxes, _MIN_SAMPLES, rng))
 
 
 def _fingerprint(sources, planes: list[_Plane], setup: _SetupClock | None = None) -> str:
@@ -280,7 +305,7 @@ def _check_not_uniform(data: _Data, rng) -> None:
     sample = data.sample_pixels(rng, 32)
     spread = float(np.std(sample))
     if not np.isfinite(spread):
-        raise ValueError("the data contains NaN or Inf pixels; replace them (e.g. np.nan_to_num) first")
+        raise ValueError("the data contains Inf pixels; replace them (e.g. np.nan_to_num) first")
     if spread < 1e-3 or np.unique(sample).size < 4:
         raise ValueError(
             f"the data is too uniform to learn from (intensity spread {spread:.2g} of the normalised range, "
