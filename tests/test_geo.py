@@ -313,3 +313,22 @@ def test_a_large_nodata_part_leaves_the_rest_restored_as_without_it(blur):
 
     assert psnr(part) > psnr(whole) - 0.5, (psnr(part), psnr(whole))
     assert np.abs(part - whole)[:, 154:].mean() < 0.05 * 0.08  # measured 0.003-0.02 of the noise sigma
+
+
+def test_finetune_reads_the_files_nodata_as_restore_does(tmp_path, gray_identity):
+    """A GeoTIFF's nodata value (0 here) is nodata to fine-tuning as to restore: out of the
+    intensity map and out of every patch (it was read as data: flat zero patches)."""
+    from napari_mirnet import finetune
+    from napari_mirnet.training.patches import _as_sources, _Data, _planes
+
+    rng = np.random.default_rng(0)
+    band = (20000 + 3000 * rng.standard_normal((128, 128))).clip(1, 65535).astype(np.uint16)
+    band[:, :70] = 0
+    src = _write(tmp_path / "nd.tif", band[None], nodata=0)
+    sources = _as_sources(str(src), None)
+    assert sources[0][2] == 0
+    data = _Data(_planes(sources, 1, "auto"), 32, 2, 0)
+    patches = np.concatenate([data.val, data.sample_pixels(np.random.default_rng(0))])
+    assert np.isfinite(patches).all() and patches.min() > 0.1  # data: about 0.3 +- 0.05 of uint16's range
+    res = finetune(str(src), tmp_path / "g.pth", gray_identity, steps=2, patch=32, batch=2, device="cpu", val_patches=2)
+    assert res.path.exists() and res.steps == 2

@@ -78,7 +78,9 @@ class RunFiles:
         return {
             "description": "the user's noisy images (self-supervised: no clean targets)",
             "fingerprint": self.fingerprint,
-            "sources": [f"{type(a).__name__}{tuple(a.shape)} {np.dtype(a.dtype)} axes {ax}" for a, ax in self.sources],
+            "sources": [
+                f"{type(a).__name__}{tuple(a.shape)} {np.dtype(a.dtype)} axes {ax}" for a, ax, _ in self.sources
+            ],
             "n_planes": len(self.dataset.planes),
             "initialised_from": Path(str(self.weights)).name,
             "earlier_runs": lineage(self.source_path, self.source_meta),

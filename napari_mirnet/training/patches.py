@@ -78,12 +78,13 @@ class _Plane:
         return chw
 
 
-def _as_sources(data, axes) -> list[tuple[object, str]]:
-    """(array, axes) pairs from an array, a path (file, zarr, folder) or a list of these.
+def _as_sources(data, axes) -> list[tuple[object, str, float | None]]:
+    """(array, axes, nodata) from an array, a path (file, zarr, folder) or a list of these.
 
     Axes are read by restore's rule: the caller's, else the file's, else :func:`~napari_mirnet.axes.infer_axes`,
     which refuses a shape with more than one plausible reading (a model fine-tuned on data that
-    restore then refuses would help nobody).
+    restore then refuses would help nobody). ``nodata``: the file's nodata value, as restore reads
+    it (None for arrays, whose NaN pixels are nodata in any case).
     """
     from ..axes import infer_axes, validate_axes
     from ..io import ImageSource, list_inputs, open_image
@@ -92,17 +93,20 @@ def _as_sources(data, axes) -> list[tuple[object, str]]:
     out = []
     for item in items:
         if isinstance(item, ImageSource):  # an image opened already (a URL, see open_urls): its own axes
-            out.append((item.array, axes or item.axes))
+            out.append((item.array, axes or item.axes, item.meta.nodata))
         elif isinstance(item, (str, os.PathLike)):
             for path in list_inputs([item]):
                 src = open_image(path)
-                out.append((src.array, axes or src.axes))
+                out.append((src.array, axes or src.axes, src.meta.nodata))
         else:
             arr = item
             if not hasattr(arr, "shape") or not hasattr(arr, "dtype"):
                 arr = np.asarray(arr)
-            out.append((arr, axes))
-    return [(arr, validate_axes(ax, tuple(arr.shape)) if ax else infer_axes(tuple(arr.shape))) for arr, ax in out]
+            out.append((arr, axes, None))
+    return [
+        (arr, validate_axes(ax, tuple(arr.shape)) if ax else infer_axes(tuple(arr.shape)), nodata)
+        for arr, ax, nodata in out
+    ]
 
 
 def open_urls(data, storage_options: dict | None = None):
@@ -128,15 +132,16 @@ def _planes(sources, model_channels: int, normalisation: str) -> list[_Plane]:
     from ..processing import IntensityMap
 
     planes = []
-    for arr, axes in sources:
+    for arr, axes, nodata in sources:
         dtype = np.dtype(arr.dtype)
         if dtype.kind not in "uif" or dtype.itemsize > 8:
             raise TypeError(f"cannot fine-tune on data of dtype {dtype}; convert it to uint8, uint16 or float32")
         if normalisation == "fixed" and dtype.kind == "f":
             # training patches may stray a little outside [0, 1] (noise); restoring refuses that, training need not
-            imap = IntensityMap(0.0, 1.0, dtype, "fixed")
+            imap = IntensityMap(0.0, 1.0, dtype, "fixed", nodata)
         else:
-            imap = IntensityMap.for_image(arr, normalisation)
+            # the file's nodata as restore reads it: out of the percentiles, NaN in the patches (drawn again)
+            imap = IntensityMap.for_image(arr, normalisation, nodata=nodata)
         yx = (axes.index("Y"), axes.index("X"))
         c_ax = axes.index("C") if "C" in axes else None
         lead = [i for i, a in enumerate(axes) if a not in "CYX"]
@@ -264,8 +269,9 @@ def _fingerprint(sources, planes: list[_Plane], setup: _SetupClock | None = None
     Never cut short by the clock: a resumed run must find the same fingerprint."""
     setup = setup or _SetupClock(time.perf_counter, 0.0, None)
     h = hashlib.sha256()
-    for arr, axes in sources:
-        h.update(f"{tuple(arr.shape)}{np.dtype(arr.dtype).str}{axes}".encode())
+    for arr, axes, nodata in sources:
+        # the nodata value only where there is one: fingerprints of runs without stay as they were (resume)
+        h.update(f"{tuple(arr.shape)}{np.dtype(arr.dtype).str}{axes}{'' if nodata is None else nodata}".encode())
     rng = np.random.default_rng(12345)
     for _ in range(min(16, len(planes) * 4)):
         p = planes[int(rng.integers(len(planes)))]
