@@ -129,6 +129,28 @@ def test_nodata_is_left_out_of_fine_tuning(tmp_path, gray_identity):
         finetune(mostly_empty, tmp_path / "e.pth", gray_identity, steps=2, axes="ZYX", **FAST)
 
 
+def test_nodata_value_given_as_to_restore(tmp_path, gray_identity, capsys):
+    """``nodata=`` / ``--nodata`` as restore takes it: a value that marks missing pixels in data
+    whose file does not say so; refused in the words of each interface where it cannot occur."""
+    from napari_mirnet.cli import main
+    from napari_mirnet.training.patches import _as_sources, _Data, _planes
+
+    _, noisy = toy(n=2, size=128)
+    noisy[:, :, :70] = -9999.0
+    data = _Data(_planes(_as_sources(noisy, "ZYX", -9999.0), 1, "auto"), 32, 2, 0)
+    assert data.val.min() > -1 and data.planes[0].imap.low > -1  # -9999 out of the map and the patches
+    res = finetune(noisy, tmp_path / "v.pth", gray_identity, steps=2, axes="ZYX", nodata=-9999.0, **FAST)
+    assert res.steps == 2
+    src = tmp_path / "u8.tif"
+    tifffile.imwrite(src, (np.random.default_rng(0).random((96, 96)) * 200).astype(np.uint8))
+    with pytest.raises(ValueError, match="nodata=300 cannot occur in a uint8 image"):
+        finetune(str(src), tmp_path / "w.pth", gray_identity, steps=2, nodata=300, **FAST)
+    rc = main(["finetune", str(src), "-o", str(tmp_path / "c.pth"), "--weights", gray_identity, "--steps", "2",
+               "--nodata", "300", "--device", "cpu", "-q"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "--nodata 300 cannot occur in a uint8 image" in err and "nodata=" not in err
+
+
 def test_lazy_zarr_and_dask_inputs(tmp_path, gray_identity):
     _, noisy = toy(n=4, size=128)
     z = zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=noisy.shape, chunks=(1, 64, 64), dtype="f4")

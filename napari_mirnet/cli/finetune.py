@@ -56,6 +56,13 @@ def _add_finetune_command(sub) -> None:
     add_field(
         ft, RestoreOptions, "normalisation", help="intensity mapping; restore with the same one (default: {default})"
     )
+    add_field(
+        ft,
+        RestoreOptions,
+        "nodata",
+        help="value that marks missing pixels (nan allowed): left out of the intensity mapping and of every "
+        "patch learnt from (default: the file's nodata; NaN in float images always)",
+    )
     for name in _FINETUNE_HELP:
         _finetune_field(ft, name)
     ft.add_argument("--resume", action="store_true", help="continue the run saved next to OUTPUT")
@@ -76,6 +83,7 @@ _FINETUNE_FLAGS = {
     "batch": "--batch",
     "objective": "--objective",
     "pairs": "--pairs",
+    "nodata=": "--nodata ",
 }
 
 
@@ -133,6 +141,7 @@ def _cmd_finetune(args) -> int:
             steps=args.steps,
             axes=args.axes,
             normalisation=args.normalisation,
+            nodata=args.nodata,
             resume=args.resume,
             progress=not args.quiet,
             storage_options=storage_options,

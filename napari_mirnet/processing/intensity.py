@@ -273,7 +273,7 @@ def check_nodata(nodata, dtype: np.dtype) -> float | None:
         info = np.iinfo(dtype)
         if np.isnan(value) or value != int(value) or not info.min <= value <= info.max:
             raise ValueError(
-                f"nodata={nodata!r} cannot occur in a {dtype} image (whole numbers {info.min}..{info.max}); "
+                f"nodata={value:g} cannot occur in a {dtype} image (whole numbers {info.min}..{info.max}); "
                 "pass a value of that range, or none (NaN marks missing pixels in float images)"
             )
     elif np.isinf(value):

@@ -106,12 +106,12 @@ class _FinetuneRun(Loop, RunFiles, FinalChoice):
     @classmethod
     def create(
         cls, data, out: Path, weights, source_path: Path, cfg: FinetuneConfig, minutes, steps, axes, normalisation,
-        setup: _SetupClock | None = None,
+        setup: _SetupClock | None = None, nodata: float | None = None,
     ) -> _FinetuneRun:  # fmt: skip
         """Load the source model, index the data's planes, hold out validation patches, measure the noise."""
         device = resolve_device(cfg.device)
         model, source_meta = _source_model(weights, source_path, device)
-        sources = _as_sources(data, axes)
+        sources = _as_sources(data, axes, nodata)
         planes = _planes(sources, model.config.in_channels, normalisation)
         if setup is not None:
             # the uniformity, fingerprint and noise samples, after the validation patches

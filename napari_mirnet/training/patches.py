@@ -78,13 +78,13 @@ class _Plane:
         return chw
 
 
-def _as_sources(data, axes) -> list[tuple[object, str, float | None]]:
+def _as_sources(data, axes, nodata: float | None = None) -> list[tuple[object, str, float | None]]:
     """(array, axes, nodata) from an array, a path (file, zarr, folder) or a list of these.
 
     Axes are read by restore's rule: the caller's, else the file's, else :func:`~napari_mirnet.axes.infer_axes`,
     which refuses a shape with more than one plausible reading (a model fine-tuned on data that
-    restore then refuses would help nobody). ``nodata``: the file's nodata value, as restore reads
-    it (None for arrays, whose NaN pixels are nodata in any case).
+    restore then refuses would help nobody). The nodata value is the caller's ``nodata``, else the
+    file's, as restore reads it (None for arrays, whose NaN pixels are nodata in any case).
     """
     from ..axes import infer_axes, validate_axes
     from ..io import ImageSource, list_inputs, open_image
@@ -104,8 +104,12 @@ def _as_sources(data, axes) -> list[tuple[object, str, float | None]]:
                 arr = np.asarray(arr)
             out.append((arr, axes, None))
     return [
-        (arr, validate_axes(ax, tuple(arr.shape)) if ax else infer_axes(tuple(arr.shape)), nodata)
-        for arr, ax, nodata in out
+        (
+            arr,
+            validate_axes(ax, tuple(arr.shape)) if ax else infer_axes(tuple(arr.shape)),
+            nd if nodata is None else nodata,
+        )
+        for arr, ax, nd in out
     ]
 
 

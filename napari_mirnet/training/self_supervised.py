@@ -57,6 +57,7 @@ def finetune(
     steps: int | None = None,
     axes: str | None = None,
     normalisation: str = "auto",
+    nodata: float | None = None,
     resume: bool = False,
     overwrite: bool = False,
     config: FinetuneConfig | None = None,
@@ -89,6 +90,10 @@ def finetune(
         Axes of array inputs, e.g. ``"ZYX"``, ``"TYX"``, ``"YXC"`` (default: from the file or shape).
     normalisation : {"auto", "fixed", "percentile"}
         Intensity mapping, as in :func:`napari_mirnet.restore`; restore with the same setting.
+    nodata : float, optional
+        The value that marks missing pixels (default: each file's nodata; NaN in float images
+        always), as in :func:`napari_mirnet.restore`: left out of the intensity mapping, and no
+        patch with any is learnt from.
     resume : bool
         Continue the run saved for ``out`` (same data and settings; a cancelled, interrupted or
         finished run); ``minutes``/``steps`` are the whole run's budget.
@@ -149,7 +154,9 @@ def finetune(
         check_output(out, data, source_path, overwrite=overwrite, resume=resume)
         setup = _SetupClock(clock, t_call, minutes, setup_report)
         data = open_urls(data, storage_options)  # URL inputs read lazily, chunk by chunk
-        run = _FinetuneRun.create(data, out, weights, source_path, cfg, minutes, steps, axes, normalisation, setup)
+        run = _FinetuneRun.create(
+            data, out, weights, source_path, cfg, minutes, steps, axes, normalisation, setup, nodata
+        )
         run.t0, run.callback = t_call, callback
         if resume:
             run.resume()
