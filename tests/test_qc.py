@@ -294,26 +294,35 @@ def test_cli_qc_refused_in_cli_words(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------- the widget
-@pytest.mark.gui
-@pytest.mark.slow
-def test_widget_checkbox_adds_residual_and_trust_layers(make_napari_viewer, qtbot):
+def _check_in_widget(viewer, qtbot, layer, box: str = "qc"):
+    """The denoise widget run on ``layer`` (the tiny gray model, CPU) with its ``box`` checkbox
+    ticked; returns the widget once its worker is done and asserts the two qc layers came."""
     from conftest import SAFETY_MS
 
     from napari_mirnet.widgets import LOCAL_FILE, DenoiseWidget
 
-    _, x = _crop(64)
-    viewer = make_napari_viewer()
-    layer = viewer.add_image(x, name="noisy", scale=(0.5, 0.5), translate=(10.0, 20.0))
     w = DenoiseWidget(viewer)
     w.image.value = layer
     w.weights.value = LOCAL_FILE
     w.weights_file.value = _gray_weights(None)
     w.device.value = "cpu"
-    w.qc.value = True
+    assert not w.qc.value and not w.qc_passes.value
+    getattr(w, box).value = True
     w()
     qtbot.waitUntil(lambda: w.worker is None, timeout=SAFETY_MS)
     names = [lyr.name for lyr in viewer.layers]
-    assert names[-2:] == ["noisy denoised residual", "noisy denoised trust"], (names, w.last_status)
+    want = [f"{layer.name} denoised residual", f"{layer.name} denoised trust"]
+    assert names[-2:] == want, (names, w.last_status)
+    return w
+
+
+@pytest.mark.gui
+@pytest.mark.slow
+def test_widget_checkbox_adds_residual_and_trust_layers(make_napari_viewer, qtbot):
+    _, x = _crop(64)
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(x, name="noisy", scale=(0.5, 0.5), translate=(10.0, 20.0))
+    w = _check_in_widget(viewer, qtbot, layer)
     res, trust = viewer.layers[-2], viewer.layers[-1]
     out = viewer.layers["noisy denoised"]
     np.testing.assert_allclose(res.data, x - out.data, atol=1e-6)
@@ -329,25 +338,11 @@ def test_widget_checkbox_adds_residual_and_trust_layers(make_napari_viewer, qtbo
 def test_widget_check_of_a_layer_with_nodata(make_napari_viewer, qtbot, kind):
     """NaN pixels (nodata) in the layer: the layers come with finite contrast limits, the trust map
     NaN only in blocks without data, also where the input shows no noise (sigma 0)."""
-    from conftest import SAFETY_MS
-
-    from napari_mirnet.widgets import LOCAL_FILE, DenoiseWidget
-
     x = _crop(64)[1] if kind == "noisy" else np.full((64, 64), 0.4, np.float32)
     x = x.copy()
     x[:, :32] = np.nan
     viewer = make_napari_viewer()
-    layer = viewer.add_image(x, name="holes")
-    w = DenoiseWidget(viewer)
-    w.image.value = layer
-    w.weights.value = LOCAL_FILE
-    w.weights_file.value = _gray_weights(None)
-    w.device.value = "cpu"
-    w.qc.value = True
-    w()
-    qtbot.waitUntil(lambda: w.worker is None, timeout=SAFETY_MS)
-    names = [lyr.name for lyr in viewer.layers]
-    assert names[-2:] == ["holes denoised residual", "holes denoised trust"], (names, w.last_status)
+    w = _check_in_widget(viewer, qtbot, viewer.add_image(x, name="holes"))
     res, trust = viewer.layers[-2], viewer.layers[-1]
     assert np.all(np.isfinite(res.contrast_limits)) and res.contrast_limits[1] > 0
     if kind == "noiseless":  # no noise sigma to scale by: the residual's own range
@@ -362,24 +357,9 @@ def test_widget_check_of_a_layer_with_nodata(make_napari_viewer, qtbot, kind):
 def test_widget_more_passes_checkbox_runs_the_check_with_the_flips(make_napari_viewer, qtbot):
     """The widget's second qc checkbox is qc='tta': the 8 flips' disagreement reaches the layers'
     summary (white noise: no second opinion), and it implies the check itself."""
-    from conftest import SAFETY_MS
-
-    from napari_mirnet.widgets import LOCAL_FILE, DenoiseWidget
-
     _, x = _crop(64)
     viewer = make_napari_viewer()
-    layer = viewer.add_image(x, name="noisy")
-    w = DenoiseWidget(viewer)
-    w.image.value = layer
-    w.weights.value = LOCAL_FILE
-    w.weights_file.value = _gray_weights(None)
-    w.device.value = "cpu"
-    assert not w.qc.value
-    w.qc_passes.value = True
-    w()
-    qtbot.waitUntil(lambda: w.worker is None, timeout=SAFETY_MS)
-    names = [lyr.name for lyr in viewer.layers]
-    assert names[-2:] == ["noisy denoised residual", "noisy denoised trust"], (names, w.last_status)
+    _check_in_widget(viewer, qtbot, viewer.add_image(x, name="noisy"), box="qc_passes")
     summary = viewer.layers[-1].metadata["mirnet"]["qc"]
     assert "disagreement" in summary["suspect_fraction"] and "second" not in summary["suspect_fraction"]
 
