@@ -332,3 +332,29 @@ def test_finetune_reads_the_files_nodata_as_restore_does(tmp_path, gray_identity
     assert np.isfinite(patches).all() and patches.min() > 0.1  # data: about 0.3 +- 0.05 of uint16's range
     res = finetune(str(src), tmp_path / "g.pth", gray_identity, steps=2, patch=32, batch=2, device="cpu", val_patches=2)
     assert res.path.exists() and res.steps == 2
+
+
+@pytest.mark.slow
+def test_qc_beside_a_geotiff_is_georeferenced(tmp_path):
+    """--qc beside a GeoTIFF output: the residual and the trust map are GeoTIFFs on the output's CRS
+    (the trust map's cells ``block`` pixels wide, from the same corner), read back by rasterio; nodata
+    blocks are NaN."""
+    clean, noisy, hole = _terrain(128, 128)
+    dem = noisy.copy()
+    dem[hole] = -9999.0
+    src = _write(tmp_path / "dem.tif", dem[None], nodata=-9999.0)
+    out = tmp_path / "out.tif"
+    args = ["--weights", "small-denoise-gray", "--device", "cpu", "-q", "--qc"]
+    assert main(["restore", str(src), "-o", str(out), *args]) == 0
+    with rasterio.open(out) as o, rasterio.open(tmp_path / "out.qc-residual.tif") as r:
+        assert r.crs == o.crs and r.transform == o.transform and (r.height, r.width) == (o.height, o.width)
+        res = r.read(1)
+        np.testing.assert_allclose(res[~hole], dem[~hole] - o.read(1)[~hole], atol=1e-3)
+        assert np.isnan(res[hole]).all()
+    with rasterio.open(tmp_path / "out.qc-trust.tif") as t:
+        assert t.crs.to_epsg() == 32633 and (t.height, t.width) == (4, 4)
+        assert t.transform.a == TRANSFORM.a * 32 and t.transform.e == TRANSFORM.e * 32
+        assert (t.transform.c, t.transform.f) == (TRANSFORM.c, TRANSFORM.f)
+        trust = t.read(1)
+    # the hole (rows 40-109, columns 60-127) covers two blocks whole: row 2, columns 2 and 3
+    assert np.isnan(trust[2, 2:]).all() and np.isfinite(trust).sum() == 14

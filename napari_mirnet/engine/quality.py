@@ -131,8 +131,8 @@ def run_qc(run, result, block: int = qc.BLOCK, tta: bool = False, out=None, comp
     import dask
 
     compute = compute or (lambda c: dask.compute(c)[0])
-    x = canonical_dask(run.source).astype(np.float32)
-    y = _canonical_out(result, run.axes).astype(np.float32)
+    x = _no_data_as_nan(canonical_dask(run.source).astype(np.float32), run)
+    y = _no_data_as_nan(_canonical_out(result, run.axes).astype(np.float32), run)
     y = y.rechunk(x.chunks) if y.chunks != x.chunks else y
     crops = _noise_crops(x)
     try:
@@ -151,6 +151,17 @@ def run_qc(run, result, block: int = qc.BLOCK, tta: bool = False, out=None, comp
     spread = _spread(run, x, noise, block, compute) if tta else None
     second = _second_opinion(run, y, noise, signals, block, compute) if tta else None
     return _report(signals, spread, noise, block, level, residual if out is None else None, run, out, res_var, second)
+
+
+def _no_data_as_nan(arr, run):
+    """``arr`` with the run's nodata value (a file's -9999, a uint16 0) as NaN: the check reads
+    only the pixels with data, whatever marks the others."""
+    nodata = run.imap.nodata
+    if nodata is None or np.isnan(nodata):
+        return arr
+    import dask.array as da
+
+    return da.where(arr == np.float32(nodata), np.float32(np.nan), arr)
 
 
 def _mean_level(crops) -> float:
@@ -328,9 +339,16 @@ def _json(report: QualityReport) -> dict:
     return {**report.summary, "trust_axes": report.trust_axes, "signals": sorted(report.signals)}
 
 
-def write_qc_tiffs(path, report: QualityReport, axes: str) -> list[Path]:
-    """``NAME.qc-residual.tif``, ``NAME.qc-trust.tif`` and ``NAME.qc.json`` beside a TIFF output."""
+def write_qc_tiffs(path, report: QualityReport, axes: str, meta: ImageMeta | None = None) -> list[Path]:
+    """``NAME.qc-residual.tif``, ``NAME.qc-trust.tif`` and ``NAME.qc.json`` beside a TIFF output.
+
+    Beside a GeoTIFF (``meta`` georeferenced) the two images are GeoTIFFs on the output's CRS: the
+    residual on its grid, the trust map on a grid of ``block``-pixel cells from the same corner
+    (NaN: no data), so that a GIS lays them over the output.
+    """
     import tifffile
+
+    from ..io.geotiff_write import write_geotiff, writes_geotiff
 
     p = Path(path)
     stem = p.name[: -len("".join(p.suffixes))] if p.suffixes else p.name
@@ -340,9 +358,28 @@ def write_qc_tiffs(path, report: QualityReport, axes: str) -> list[Path]:
         p.with_name(f"{stem}.qc.json"),
     ]
     residual = np.asarray(report.residual, np.float32)
-    for f, data, ax in ((files[0], residual, axes), (files[1], report.trust.astype(np.float32), report.trust_axes)):
+    # NaN marks no data in both (the output's own mask band, where it has one, is the output's)
+    geo = dataclasses.replace(meta.geo, mask=False) if meta is not None and writes_geotiff(".tif", axes, meta) else None
+    images = (
+        (files[0], residual, axes, geo),
+        (files[1], report.trust.astype(np.float32), report.trust_axes, _in_blocks(geo, report.block)),
+    )
+    for f, data, ax, grid in images:
         tmp = f.with_name(f.name + ".partial")
-        tifffile.imwrite(tmp, data, metadata={"axes": ax}, compression="zlib")
+        where = ImageMeta(geo=grid, nodata=float("nan")) if grid is not None else None
+        if where is not None and writes_geotiff(".tif", ax, where):
+            write_geotiff(tmp, data, ax, where, note=None)
+        else:
+            tifffile.imwrite(tmp, data, metadata={"axes": ax}, compression="zlib")
         tmp.replace(f)  # complete or absent, never half-written under its final name
     files[2].write_text(json.dumps(_json(report), indent=2))
     return files
+
+
+def _in_blocks(geo, block: int):
+    """The georeferencing of a grid of ``block`` x ``block``-pixel cells from the same corner (None
+    where the output is placed by ground control points, which name pixels of the full grid)."""
+    if geo is None or geo.gcps:
+        return None
+    a, b, c, d, e, f = geo.transform[:6]
+    return dataclasses.replace(geo, transform=(a * block, b * block, c, d * block, e * block, f))

@@ -158,5 +158,5 @@ def quality_check_beside(run, dst, mode: str, client=None):
     out = dst if is_store(dst) else None
     report = quality.run_qc(run, output, tta=mode == "tta", out=out, compute=lambda c: compute(c, run, client))
     if out is None:
-        quality.write_qc_tiffs(dst, report, run.axes)
+        quality.write_qc_tiffs(dst, report, run.axes, run.output_meta)
     return report
