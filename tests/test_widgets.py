@@ -158,6 +158,32 @@ def test_tta_option_reaches_the_engine(make_napari_viewer, qtbot, tiny_dual_weig
 
 
 @pytest.mark.slow
+def test_nodata_option_reaches_the_engine(make_napari_viewer, qtbot, tiny_weights, errors):
+    """The advanced 'nodata' field is restore's nodata=: a uint16 layer's 0 stays 0 and stays out
+    of the model; a value the layer's dtype cannot hold, or no number, is refused before any run."""
+    viewer = make_napari_viewer()
+    img = (np.random.default_rng(0).random((64, 64)) * 40000 + 1000).astype(np.uint16)
+    img[:, :20] = 0
+    w = _widget(DenoiseWidget, viewer, tiny_weights)
+    w.image.value = viewer.add_image(img, name="dem")
+    assert not _shown(w, w.nodata)  # an advanced option
+    w.advanced.value = True
+    assert _shown(w, w.nodata)
+    w.nodata.value = "300000"
+    assert w() is None and "nodata 300000 cannot occur in a uint16 image" in w.last_status
+    w.nodata.value = "abc"
+    assert w() is None and "a number or 'nan'" in w.last_status
+    w.nodata.value = " 0 "
+    out = _run(qtbot, w)
+    assert out is not None, w.last_status
+    want = nm.restore(img, weights=tiny_weights, device="cpu", nodata=0)
+    np.testing.assert_array_equal(out.data, want)
+    assert (out.data[:, :20] == 0).all() and not np.array_equal(
+        want, nm.restore(img, weights=tiny_weights, device="cpu")
+    )
+
+
+@pytest.mark.slow
 def test_3d_stack_whole_and_preview(make_napari_viewer, qtbot, tiny_weights):
     viewer = make_napari_viewer()
     data, kwargs = sample_data.noisy_stack()[0]

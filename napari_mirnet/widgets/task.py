@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..processing.intensity import check_nodata
 from .choices import AUTO_WEIGHTS, LOCAL_FILE, auto_weights, official_to_download
 from .job import (
     OUTPUT_LAZY,
@@ -103,7 +104,19 @@ class TaskWidget(TaskForm):
             precision=self.precision.value,
             normalisation=self.normalisation.value,
             tta=self.tta.value,
+            nodata=self._nodata_value(),
         )
+
+    def _nodata_value(self) -> float | None:
+        text = str(self.nodata.value or "").strip()
+        if not text:
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            raise InputError(
+                f"nodata: give the value that marks missing pixels, a number or 'nan' (got {text!r})"
+            ) from None
 
     def _input_layers(self) -> list:
         layers = [getattr(self, attr).value for attr, _ in self.inputs]
@@ -130,6 +143,11 @@ class TaskWidget(TaskForm):
         qc = ("tta" if self.qc_passes.value else bool(self.qc.value)) if self.task == "denoise" else False
         if qc and output == OUTPUT_LAZY:
             raise InputError("the residual and trust map need the whole result: choose 'new layer' or OME-Zarr output")
+        options = self._options()
+        try:  # said now, in the field's words, not from the worker after the model loaded
+            check_nodata(options["nodata"], np.dtype(ref.dtype))
+        except ValueError as err:
+            raise InputError(str(err).replace("nodata=", "nodata ")) from None
         axes = layer_axes(ref)
         arrays, offset = [], None
         for layer in layers:
@@ -164,7 +182,7 @@ class TaskWidget(TaskForm):
             weights=weights,
             scale=scale,
             layer_kwargs=kwargs,
-            options=self._options(),
+            options=options,
             zarr_path=zarr_path,
             overwrite=bool(self.overwrite.value),
             # the zarr's pixel size: the layer's scale, 1 for the RGB channel axis

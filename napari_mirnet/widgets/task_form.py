@@ -15,6 +15,7 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     Label,
+    LineEdit,
     ProgressBar,
     PushButton,
     SpinBox,
@@ -155,7 +156,7 @@ class TaskForm(Container):
         return [self.overwrite, self.background, self.preview, self.qc, self.qc_passes]
 
     def _build_advanced(self) -> list:
-        """Tile, halo, blend, precision, intensity mapping and TTA, collapsed under a check box."""
+        """Tile, halo, blend, precision, intensity mapping, TTA and nodata, collapsed under a check box."""
         self.advanced = CheckBox(text="advanced options", value=False)
         self.tile = SpinBox(label="tile", min=0, max=16384, step=32, value=0)
         self.halo = SpinBox(label="halo", min=-1, max=1024, step=8, value=-1)
@@ -176,6 +177,11 @@ class TaskForm(Container):
             "Average the model over the 8 flipped and rotated images: slightly better results (about "
             "+0.1 dB for the shipped denoisers) for 8x the compute."
         )
+        self.nodata = LineEdit(label="nodata", value="")
+        self.nodata.tooltip = (
+            "The value that marks missing pixels (e.g. 0 or -9999; 'nan'): left out of the intensity mapping, "
+            "filled for the model and written back. Empty: none (NaN in float images is always nodata)."
+        )
         self.storage_options = TextEdit(label="storage options", value="")
         self.storage_options.tooltip = (
             "fsspec options for a URL output (s3://, gs://, az://): a JSON object, or KEY=VALUE lines "
@@ -183,7 +189,7 @@ class TaskForm(Container):
             "environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, profiles...). Never shown in messages."
         )
         self.storage_options.native.setMaximumHeight(64)  # a few lines; the form stays compact
-        fields = [self.tile, self.halo, self.blend, self.precision, self.normalisation, self.tta]
+        fields = [self.tile, self.halo, self.blend, self.precision, self.normalisation, self.tta, self.nodata]
         fields.append(self.storage_options)
         self._advanced_box = box(fields, labels=True, margins=(12, 0, 0, 0))
         return [self.advanced, self._advanced_box]
