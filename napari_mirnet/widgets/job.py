@@ -24,6 +24,7 @@ __all__ = [
     "check_not_input",
     "job_urls",
     "lazy_pyramid",
+    "parse_nodata",
     "parse_storage_options",
     "run_job",
     "scrub",
@@ -275,3 +276,23 @@ def parse_storage_options(text: str | None) -> dict | None:
         return parse_items([line for _, line in lines], "storage options:", [f"line {n}" for n, _ in lines])
     except ValueError as err:
         raise InputError(f"{err}; write KEY=VALUE lines or a JSON object") from None
+
+
+def parse_nodata(text: str | None, dtype) -> float | None:
+    """The 'nodata' field as restore's ``nodata=`` (None when empty), checked against the layer's
+    ``dtype`` now, in the field's words, not from the worker after the model loaded."""
+    from ..processing.intensity import check_nodata
+
+    text = str(text or "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(
+            f"nodata: give the value that marks missing pixels, a number or 'nan' (got {text!r})"
+        ) from None
+    try:
+        return check_nodata(value, np.dtype(dtype))
+    except ValueError as err:
+        raise InputError(str(err).replace("nodata=", "nodata ")) from None

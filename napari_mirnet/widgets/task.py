@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..processing.intensity import check_nodata
 from .choices import AUTO_WEIGHTS, LOCAL_FILE, auto_weights, official_to_download
 from .job import (
     OUTPUT_LAZY,
@@ -25,6 +24,7 @@ from .job import (
     check_not_input,
     job_urls,
     lazy_pyramid,
+    parse_nodata,
     parse_storage_options,
     work,
     zarr_output,
@@ -95,7 +95,7 @@ class TaskWidget(TaskForm):
             return str(path)
         return value
 
-    def _options(self) -> dict:
+    def _options(self, dtype) -> dict:
         return dict(
             tile=self.tile.value or None,
             halo=None if self.halo.value < 0 else self.halo.value,
@@ -104,19 +104,8 @@ class TaskWidget(TaskForm):
             precision=self.precision.value,
             normalisation=self.normalisation.value,
             tta=self.tta.value,
-            nodata=self._nodata_value(),
+            nodata=parse_nodata(self.nodata.value, dtype),
         )
-
-    def _nodata_value(self) -> float | None:
-        text = str(self.nodata.value or "").strip()
-        if not text:
-            return None
-        try:
-            return float(text)
-        except ValueError:
-            raise InputError(
-                f"nodata: give the value that marks missing pixels, a number or 'nan' (got {text!r})"
-            ) from None
 
     def _input_layers(self) -> list:
         layers = [getattr(self, attr).value for attr, _ in self.inputs]
@@ -143,11 +132,7 @@ class TaskWidget(TaskForm):
         qc = ("tta" if self.qc_passes.value else bool(self.qc.value)) if self.task == "denoise" else False
         if qc and output == OUTPUT_LAZY:
             raise InputError("the residual and trust map need the whole result: choose 'new layer' or OME-Zarr output")
-        options = self._options()
-        try:  # said now, in the field's words, not from the worker after the model loaded
-            check_nodata(options["nodata"], np.dtype(ref.dtype))
-        except ValueError as err:
-            raise InputError(str(err).replace("nodata=", "nodata ")) from None
+        options = self._options(np.dtype(ref.dtype))
         axes = layer_axes(ref)
         arrays, offset = [], None
         for layer in layers:
