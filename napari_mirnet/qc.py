@@ -116,53 +116,35 @@ def block_signals(x, y, noise: NoiseModel, block: int = BLOCK, halo: int = 0) ->
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
     known = np.isfinite(x) & np.isfinite(y)
+    core = (slice(halo, x.shape[0] - halo), slice(halo, x.shape[1] - halo))
+    hole = None  # per block pixel: no data
+    mean, total, median = np.mean, np.sum, np.median
     if not known.all():  # nodata (NaN): filters run over a fill, the blocks' figures use data only
-        return _with_gaps(x, y, known, noise, block, halo)
-    r = x - y
-    lap = -_ndimage().gaussian_laplace(y, 1.0, mode="nearest")
-    core = (slice(halo, x.shape[0] - halo), slice(halo, x.shape[1] - halo))
-    rb = _edge_blocks(r[core], block)
-    ratio = (rb**2).mean(-1) / _edge_blocks(noise.variance(y[core]), block).mean(-1)
-    lb = _edge_blocks(lap[core], block)
-    rc = rb - rb.mean(-1, keepdims=True)
-    lc = lb - lb.mean(-1, keepdims=True)
-    den = np.sqrt((rc**2).sum(-1) * (lc**2).sum(-1))
-    corr = np.where(den > 0, (rc * lc).sum(-1) / np.where(den > 0, den, 1.0), 0.0)
-    var = _edge_blocks(noise.variance(y[core]), block).mean(-1)
-    grad = _ndimage().gaussian_gradient_magnitude(y, 1.0, mode="nearest")[core]
-    detail = _edge_blocks(grad, block).mean(-1) / np.sqrt(var)
-    # the output's fine content (all but a 4-px smooth background): noise it left and detail it kept;
-    # the median square, so that a few edge pixels do not outweigh the noise spread over the block
-    fine = (y - _ndimage().gaussian_filter(y, _LEFT_SIGMA, mode="nearest"))[core]
-    left = np.median(_edge_blocks(fine, block) ** 2, axis=-1) / var
-    return np.stack([ratio, corr, detail, left]).astype(np.float32)
+        x, y = fill_gaps(np.where(known, x, np.nan)), fill_gaps(np.where(known, y, np.nan))
+        hole = ~_edge_blocks(known[core].astype(np.float64), block).astype(bool)
+        mean, total, median = np.nanmean, np.nansum, np.nanmedian
 
-
-def _with_gaps(x, y, known, noise: NoiseModel, block: int, halo: int) -> np.ndarray:
-    """:func:`block_signals` of planes with nodata: the same figures over each block's pixels with
-    data; NaN for a block without any."""
-    xf, yf = fill_gaps(np.where(known, x, np.nan)), fill_gaps(np.where(known, y, np.nan))
-    core = (slice(halo, x.shape[0] - halo), slice(halo, x.shape[1] - halo))
-    gap = ~_edge_blocks(known[core].astype(np.float64), block).astype(bool)
-
-    def blocks(a):  # (rows, cols, block * block), NaN where no data
+    def blocks(a):  # (rows, cols, block * block) of the core, NaN where no data
         b = _edge_blocks(np.asarray(a, np.float64)[core], block)
-        return np.where(gap, np.nan, b)
+        return b if hole is None else np.where(hole, np.nan, b)
 
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # blocks without data: NaN, said in the map
-        var = np.nanmean(blocks(noise.variance(yf)), -1)
-        rb = blocks(xf - yf)
-        ratio = np.nanmean(rb**2, -1) / var
-        lb = blocks(-_ndimage().gaussian_laplace(yf, 1.0, mode="nearest"))
-        rc = rb - np.nanmean(rb, -1, keepdims=True)
-        lc = lb - np.nanmean(lb, -1, keepdims=True)
-        den = np.sqrt(np.nansum(rc**2, -1) * np.nansum(lc**2, -1))
-        corr = np.where(den > 0, np.nansum(rc * lc, -1) / np.where(den > 0, den, 1.0), 0.0)
-        detail = np.nanmean(blocks(_ndimage().gaussian_gradient_magnitude(yf, 1.0, mode="nearest")), -1) / np.sqrt(var)
-        left = np.nanmedian(blocks(yf - _ndimage().gaussian_filter(yf, _LEFT_SIGMA, mode="nearest")) ** 2, -1) / var
+        var = mean(blocks(noise.variance(y)), -1)
+        rb = blocks(x - y)
+        ratio = mean(rb**2, -1) / var
+        lb = blocks(-_ndimage().gaussian_laplace(y, 1.0, mode="nearest"))
+        rc = rb - mean(rb, -1, keepdims=True)
+        lc = lb - mean(lb, -1, keepdims=True)
+        den = np.sqrt(total(rc**2, -1) * total(lc**2, -1))
+        corr = np.where(den > 0, total(rc * lc, -1) / np.where(den > 0, den, 1.0), 0.0)
+        detail = mean(blocks(_ndimage().gaussian_gradient_magnitude(y, 1.0, mode="nearest")), -1) / np.sqrt(var)
+        # the output's fine content (all but a 4-px smooth background): noise it left and detail it
+        # kept; the median square, so that a few edge pixels do not outweigh the noise spread over the block
+        left = median(blocks(y - _ndimage().gaussian_filter(y, _LEFT_SIGMA, mode="nearest")) ** 2, -1) / var
     out = np.stack([ratio, corr, detail, left])
-    out[:, np.all(gap, -1)] = np.nan
+    if hole is not None:
+        out[:, np.all(hole, -1)] = np.nan  # a block without data has no figures (corr would read 0)
     return out.astype(np.float32)
 
 
