@@ -162,7 +162,8 @@ def auto(a) -> int:
                 if w != name:
                     continue
                 model.detail_filter = filt if f else None
-                psnrs[label] = round(score(restore_at(model, noisy, int(stride.split()[1]))), 3)
+                at = tuple(int(v) for v in stride.split()[1].split("+"))  # "stride 4" or "strides 3+4 averaged"
+                psnrs[label] = round(score(restore_at(model, noisy, at if len(at) > 1 else at[0])), 3)
         res["psnr_of_candidates"] = psnrs
     print(json.dumps(res, indent=1), flush=True)
     old = json.loads(RESULTS.read_text()) if RESULTS.exists() else []

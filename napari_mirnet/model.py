@@ -22,6 +22,7 @@ __all__ = [
     "config_from_state_dict",
     "pixel_shuffle_split",
     "pixel_shuffle_merge",
+    "shuffle_strides",
     "self_ensemble",
 ]
 
@@ -214,16 +215,22 @@ def at_stride(forward, x: torch.Tensor, s: int) -> torch.Tensor:
     return pixel_shuffle_merge(forward(pixel_shuffle_split(_pad_to(x, s), s)), s)[..., :h, :w]
 
 
+def shuffle_strides(pixel_shuffle: int | tuple[int, ...]) -> tuple[int, ...]:
+    """A model's ``pixel_shuffle`` as a tuple of strides: ``3`` -> ``(3,)``, ``(3, 4)`` -> ``(3, 4)``."""
+    return tuple(int(k) for k in pixel_shuffle) if isinstance(pixel_shuffle, (tuple, list)) else (int(pixel_shuffle),)
+
+
 class MIRNetV2(nn.Module):
     """MIRNet-v2. Takes (B, C, H, W) in [0, 1]; any H and W (reflection-padded to a multiple of 4).
 
     ``pixel_shuffle`` (an attribute, 1 by default; a fine-tuned model's file says its value) > 1
     restores each of the s x s sub-images of pixels ``s`` apart on its own and puts them back: a
     denoiser fine-tuned on noise correlated over a few pixels sees, in each sub-image, noise that
-    is nearly independent between neighbours, as in its training.
+    is nearly independent between neighbours, as in its training. A tuple of strides averages the
+    restorations at each (each stride aliases different detail; one pass per stride).
     """
 
-    pixel_shuffle: int = 1
+    pixel_shuffle: int | tuple[int, ...] = 1
     #: the noise for :func:`return_detail` after restoring, or None (the default: the output as
     #: the network gives it); a fine-tuned model's file says which
     detail_filter: DetailFilter | None = None
@@ -249,7 +256,12 @@ class MIRNetV2(nn.Module):
         self.conv_out = _conv(cfg.n_feat, cfg.out_channels, 3, cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = at_stride(self._forward_full, x, int(self.pixel_shuffle))
+        strides = shuffle_strides(self.pixel_shuffle)
+        y = at_stride(self._forward_full, x, strides[0])
+        for k in strides[1:]:
+            y = y + at_stride(self._forward_full, x, k)
+        if len(strides) > 1:
+            y = y / len(strides)
         if self.detail_filter is not None and y.shape == x.shape:
             y = return_detail(x, y, self.detail_filter)
         return y

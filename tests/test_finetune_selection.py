@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from napari_mirnet import finetune, restore
 from napari_mirnet.detail_filter import DetailFilter, return_detail
-from napari_mirnet.model import MIRNetV2, _pad_to, pixel_shuffle_merge, pixel_shuffle_split
+from napari_mirnet.model import MIRNetV2, _pad_to, pixel_shuffle_merge, pixel_shuffle_split, shuffle_strides
 from napari_mirnet.training import selection
 from napari_mirnet.training.finetune_run import _FinetuneRun
 from napari_mirnet.training.noise_shape import band_noise_level, choose_pairs, noise_autocorrelation, noise_level
@@ -72,6 +72,13 @@ def test_pixel_shuffle_split_merge_and_the_model_restores_sub_images():
         by_hand = pixel_shuffle_merge(model._forward_full(pixel_shuffle_split(padded, 3)), 3)[..., :37, :41]
     assert shuffled.shape == plain.shape and torch.equal(shuffled, by_hand)
     assert not torch.allclose(shuffled, plain)
+    with torch.no_grad():  # several strides: the mean of the restorations at each
+        model.pixel_shuffle = (2, 3)
+        averaged = model(x)
+        model.pixel_shuffle = 2
+        at_2 = model(x)
+    torch.testing.assert_close(averaged, (at_2 + shuffled) / 2)
+    assert not torch.allclose(averaged, shuffled) and not torch.allclose(averaged, at_2)
 
 
 @pytest.mark.parametrize(
@@ -197,19 +204,20 @@ def test_a_fine_tuned_model_that_is_worse_is_not_kept(tmp_path):
     assert res.kept == "source" and "training diverged" in res.unchanged and "lr" in res.unchanged
 
 
-@pytest.mark.parametrize("filter_wins", [False, True])
-def test_correlated_noise_trains_and_restores_on_sub_images(tmp_path, monkeypatch, filter_wins):
+@pytest.mark.parametrize("wins", ["any", "filter", "average"])
+def test_correlated_noise_trains_and_restores_on_sub_images(tmp_path, monkeypatch, wins):
     clean = cells(n=2)
     noisy = clean + noise(clean.shape, "blurred", std=0.08)
     src = make_checkpoint(tmp_path / "src.pth", identity=True, in_channels=1, out_channels=1)
     # whatever the check says after 2 steps: here the file's plumbing is under test
     monkeypatch.setattr(selection, "MARGIN_SE", -1e9)
-    if filter_wins:  # the check scores the filtered candidate best, so the file must carry the filter
-        scores = _FinetuneRun.check_scores
+    scores = _FinetuneRun.check_scores
+    if wins != "any":  # the check scores the filtered (or averaged) candidate best: the file must say so
+        bonus = {"filter": lambda r, detail: detail is not None, "average": lambda r, detail: isinstance(r, tuple)}
         monkeypatch.setattr(
             _FinetuneRun,
             "check_scores",
-            lambda self, sd, r, detail=None: scores(self, sd, r, detail) - (1e3 if detail else 0),
+            lambda self, sd, r, detail=None: scores(self, sd, r, detail) - 1e3 * bonus[wins](r, detail),
         )
     res = finetune(noisy, tmp_path / "ft.pth", src, minutes=None, steps=2, axes="ZYX", **FAST)
     assert res.pairs == "pd4" and res.kept in ("fine-tuned", "source weights") and "both directions" in res.pairs_reason
@@ -217,30 +225,44 @@ def test_correlated_noise_trains_and_restores_on_sub_images(tmp_path, monkeypatc
     # every candidate (the source's weights, the steps) was tried at strides 4 and 3, with and without the filter
     sel = res.selection
     steps = {int(k.split(",")[0][5:]) for k in sel["candidates"] if k.startswith("step ")}
-    plain = {k: v for k, v in sel["candidates"].items() if "filter" not in k}
+    plain = {k: v for k, v in sel["candidates"].items() if "filter" not in k and "averaged" not in k}
     assert 2 in steps and len(plain) == 2 * (1 + len(steps))
     assert {"source, stride 3", "source, stride 4", "step 2, stride 4", "step 2, stride 3"} <= set(plain)
     # the detail filter, tried on the best of the others at each stride
     best_at = {r: min((k for k in plain if k.endswith(f"stride {r}")), key=plain.get) for r in (3, 4)}
-    assert set(sel["candidates"]) - set(plain) == {k + ", detail filter" for k in best_at.values()}
+    filtered = {k + ", detail filter" for k in best_at.values()}
+    assert filtered <= set(sel["candidates"])
+    # then the best of those, averaged over both strides
+    top = min((k for k in sel["candidates"] if "averaged" not in k), key=sel["candidates"].get)
+    averaged = top.replace("stride 4", "strides 3+4 averaged").replace("stride 3", "strides 3+4 averaged")
+    assert set(sel["candidates"]) - set(plain) - filtered == {averaged}
     assert sel["candidates"][sel["candidate"]] == min(sel["candidates"].values())
     meta = read_checkpoint(res.path)[1]
-    assert meta["pixel_shuffle"] == res.pixel_shuffle == sel["pixel_shuffle"] and meta["finetune"]["pairs"] == "pd4"
+    assert meta["pixel_shuffle"] == sel["pixel_shuffle"] and meta["finetune"]["pairs"] == "pd4"
+    assert shuffle_strides(meta["pixel_shuffle"]) == shuffle_strides(res.pixel_shuffle)
     assert ("detail_filter" in meta) == res.detail_filter == sel["detail_filter"]
-    if filter_wins:
+    if wins == "filter":
         assert res.detail_filter and meta["detail_filter"]["window"] == 32 and meta["detail_filter"]["floor"] > 0
     assert meta["finetune"]["noise_autocorrelation"] == res.noise_correlation
-    assert f"stride {res.pixel_shuffle}" in res.summary()
+    strides = shuffle_strides(res.pixel_shuffle)
+    if wins == "average":
+        assert strides == (3, 4)
+    if len(strides) > 1:
+        assert meta["pixel_shuffle"] == [3, 4] and "strides 3 and 4 and averaging them" in res.summary()
+    else:
+        assert f"stride {res.pixel_shuffle}" in res.summary()
     model = load_model(res.path, "cpu")
-    assert model.pixel_shuffle == res.pixel_shuffle and (model.detail_filter is not None) == res.detail_filter
+    assert shuffle_strides(model.pixel_shuffle) == strides and (model.detail_filter is not None) == res.detail_filter
     plane = np.clip(noisy[0], 0, 1)
     out = restore(plane, "denoise", weights=str(res.path), normalisation="fixed", device="cpu")
-    s = res.pixel_shuffle
     with torch.no_grad():
         x = torch.from_numpy(np.ascontiguousarray(plane))[None, None]
-        y = pixel_shuffle_merge(model._forward_full(pixel_shuffle_split(_pad_to(x, s), s)), s)[
-            ..., : x.shape[-2], : x.shape[-1]
-        ]
+        y = sum(
+            pixel_shuffle_merge(model._forward_full(pixel_shuffle_split(_pad_to(x, s), s)), s)[
+                ..., : x.shape[-2], : x.shape[-1]
+            ]
+            for s in strides
+        ) / len(strides)
         if model.detail_filter is not None:
             y = return_detail(x, y, model.detail_filter)
     np.testing.assert_allclose(out, y[0, 0].clamp(0, 1).numpy(), atol=2e-5)
@@ -314,9 +336,11 @@ def test_the_windowed_detail_filter_puts_windows_back_together_and_keeps_the_noi
 def test_a_damaged_pixel_shuffle_in_a_models_file_is_refused(tmp_path):
     model = MIRNetV2(n_feat=16, n_mrb=1, in_channels=1, out_channels=1)
     path = tmp_path / "m.pth"
-    for bad in (0, 9, "3", 2.5, True):
+    for bad in (0, 9, "3", 2.5, True, [3], [3, 3], [1, 3], [3, 9], [2, 3, 4, 5, 6], [3, True], [3, 4.0], {"3": 4}):
         torch.save({"params": model.state_dict(), "meta": {"pixel_shuffle": bad}}, path)
         with pytest.raises(WeightsError, match="pixel_shuffle"):
             load_model(path, "cpu")
     torch.save({"params": model.state_dict(), "meta": {"pixel_shuffle": 2}}, path)
     assert load_model(path, "cpu").pixel_shuffle == 2
+    torch.save({"params": model.state_dict(), "meta": {"pixel_shuffle": [3, 4]}}, path)
+    assert load_model(path, "cpu").pixel_shuffle == (3, 4)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoints import NORMALISATION, code_version, lineage, save_atomic
+from .finetune_choice import stride_meta
 from .output import state_path
 
 __all__ = ["RunFiles"]
@@ -70,7 +71,7 @@ class RunFiles:
             "finetune": self._run_meta(it, el),
             "params_dtype": "float16",
             # how the kept weights restore (the model's file is all restore reads)
-            "pixel_shuffle": self.restore_shuffle,
+            "pixel_shuffle": stride_meta(self.restore_shuffle),
             **({"detail_filter": _plain(asdict(self.restore_filter))} if self.restore_filter is not None else {}),
         }
 

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..model import MIRNetV2
+from ..model import MIRNetV2, shuffle_strides
 
 __all__ = ["FinetuneProgress", "FinetuneResult"]
 
@@ -51,9 +51,10 @@ class FinetuneResult:
     selection: dict = field(default_factory=dict)
     #: the noise's autocorrelation along rows ("horizontal") and columns ("vertical") at lags 1-4
     noise_correlation: dict = field(default_factory=dict)
-    #: how the file's model restores: the pixel-shuffle stride, and whether it gives detail back
-    #: after (:func:`napari_mirnet.detail_filter.return_detail`)
-    pixel_shuffle: int = 1
+    #: how the file's model restores: the pixel-shuffle stride (a tuple: the strides whose
+    #: restorations it averages), and whether it gives detail back after
+    #: (:func:`napari_mirnet.detail_filter.return_detail`)
+    pixel_shuffle: int | tuple[int, ...] = 1
     detail_filter: bool = False
 
     def summary(self) -> str:
@@ -65,8 +66,14 @@ class FinetuneResult:
         gain = sel.get("estimated_gain_db", float("nan"))
         about = f"about {gain:+.2f} dB, " if math.isfinite(gain) else ""
         what = f"the fine-tuned model of step {self.best_step}" if self.best_step else "the source model's weights"
-        if self.pixel_shuffle > 1:
-            what += f", restoring pixel-shuffle sub-images of stride {self.pixel_shuffle}"
+        strides = shuffle_strides(self.pixel_shuffle)
+        if len(strides) > 1:
+            what += (
+                f", restoring pixel-shuffle sub-images of strides {', '.join(map(str, strides[:-1]))} and "
+                f"{strides[-1]} and averaging them (one pass each)"
+            )
+        elif strides[0] > 1:
+            what += f", restoring pixel-shuffle sub-images of stride {strides[0]}"
         if self.detail_filter:
             what += " and giving back the detail the residual holds beyond the noise"
         return (

@@ -77,7 +77,7 @@ class _FinetuneRun(Loop, RunFiles, FinalChoice):
     eval_model: MIRNetV2  # the validated model: the moving average, else the raw weights themselves
     best_sd: dict[str, torch.Tensor]
     source_sd: dict[str, torch.Tensor]
-    source_shuffle: int  # the source model's own pixel-shuffle stride (1 unless it was fine-tuned so)
+    source_shuffle: int | tuple[int, ...]  # the source model's own pixel-shuffle stride(s) (1 unless fine-tuned so)
     source_filter: DetailFilter | None  # and its own detail filter (None unless it was fine-tuned so)
     check: HeldOutCheck
     source_scores: np.ndarray | None = None  # of the held-out check, per unit
@@ -88,7 +88,7 @@ class _FinetuneRun(Loop, RunFiles, FinalChoice):
     selection: dict = field(default_factory=dict)
     #: how the weights in ``out`` restore: the pixel-shuffle stride and the detail filter (the source's
     #: until the final choice keeps another)
-    restore_shuffle: int = 1
+    restore_shuffle: int | tuple[int, ...] = 1
     restore_filter: DetailFilter | None = None
     step: int = 0
     elapsed0: float = 0.0  # budget spent before this session (resumed runs)
@@ -208,9 +208,11 @@ class _FinetuneRun(Loop, RunFiles, FinalChoice):
         self.source_scores = self.check_scores(self.source_sd, self.source_shuffle, self.source_filter)
         self.check_s = self.clock() - t
 
-    def check_scores(self, sd: dict[str, torch.Tensor], shuffle: int, detail: DetailFilter | None = None) -> np.ndarray:
-        """The held-out check of the weights ``sd`` restoring at pixel-shuffle stride ``shuffle``,
-        with the detail filter ``detail`` (None: none)."""
+    def check_scores(
+        self, sd: dict[str, torch.Tensor], shuffle: int | tuple[int, ...], detail: DetailFilter | None = None
+    ) -> np.ndarray:
+        """The held-out check of the weights ``sd`` restoring at pixel-shuffle stride ``shuffle`` (a
+        tuple: averaged over those strides), with the detail filter ``detail`` (None: none)."""
         self.eval_model.load_state_dict(sd)
         self.eval_model.pixel_shuffle, self.eval_model.detail_filter = shuffle, detail
         try:

@@ -349,13 +349,20 @@ def checked(data: bytes, path: Path, source: str, official: str | None = None):
     return sd, meta, model
 
 
-def _pixel_shuffle(meta: dict, source: str) -> int:
-    """The stride a fine-tuned model restores at (``meta["pixel_shuffle"]``; 1 when absent)."""
+def _pixel_shuffle(meta: dict, source: str) -> int | tuple[int, ...]:
+    """The stride a fine-tuned model restores at (``meta["pixel_shuffle"]``; 1 when absent), or the
+    strides whose restorations it averages (a list of 2 to 4 different strides from 2 to 8)."""
     s = (meta or {}).get("pixel_shuffle", 1)
-    if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 8:
+
+    def stride(v, low: int) -> bool:
+        return not isinstance(v, bool) and isinstance(v, int) and low <= v <= 8
+
+    if isinstance(s, (list, tuple)) and 2 <= len(s) <= 4 and len(set(s)) == len(s) and all(stride(v, 2) for v in s):
+        return tuple(s)
+    if not stride(s, 1):
         raise WeightsError(
-            f"{source}: its metadata says pixel_shuffle={s!r}, not a stride from 1 to 8; the file is damaged "
-            "or not one of ours: fine-tune again"
+            f"{source}: its metadata says pixel_shuffle={s!r}, neither a stride from 1 to 8 nor a list of 2 to 4 "
+            "different strides from 2 to 8; the file is damaged or not one of ours: fine-tune again"
         )
     return s
 
