@@ -1,5 +1,6 @@
 """What the detail filter adds to a restore's time: a model restoring pixel-shuffle sub-images with
-no filter, with one filter for the whole image (files of session 20) and with 32 px windows (session 21).
+no filter, with one filter for the whole image (files of session 20) and with 32 px windows (session 21),
+and what averaging the restorations at strides 3 and 4 costs (session 24).
 
 The shipped gray denoiser at stride 4 restores one noisy plane through :func:`napari_mirnet.restore`
 (tiles as the engine plans them), each variant three times in turn; the median times and their
@@ -38,6 +39,7 @@ def main(argv=None) -> int:
         "no filter": {},
         "whole image": {"detail_filter": lags},
         "32 px windows": {"detail_filter": {**lags, "window": 32}},
+        "strides 3+4, 32 px windows": {"pixel_shuffle": [3, 4], "detail_filter": {**lags, "window": 32}},
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,10 +53,10 @@ def main(argv=None) -> int:
                 restore(plane, "denoise", weights=str(path), normalisation="fixed", device="cpu")
                 times[name].append(time.perf_counter() - t)
     base = statistics.median(times["no filter"])
-    print(f"restore of a {a.size}x{a.size} plane, shipped gray denoiser at stride 4, 1 torch thread")
+    print(f"restore of a {a.size}x{a.size} plane, shipped gray denoiser at stride 4 (or 3 and 4), 1 torch thread")
     for name, ts in times.items():
         m = statistics.median(ts)
-        print(f"  {name:14s} {m:7.2f} s  ratio {m / base:.3f}  (median of {len(ts)}, alternating)")
+        print(f"  {name:26s} {m:7.2f} s  ratio {m / base:.3f}  (median of {len(ts)}, alternating)")
     return 0
 
 

@@ -405,6 +405,35 @@ def test_second_opinion_finds_where_a_white_noise_denoiser_left_correlated_noise
     assert with_second > spearmanr(cheap.doubt.ravel(), err.ravel())[0] + 0.15
 
 
+@pytest.mark.slow
+def test_no_second_opinion_for_a_model_that_restores_otherwise(tmp_path):
+    """The second opinion (the model at the noise's stride) is for models that restore whole images:
+    a file that restores sub-images (one stride, or several averaged) or gives detail back after is
+    marked so when the run is prepared, and qc='tta' leaves the signal out for it."""
+    import torch
+    from skimage import data
+
+    from napari_mirnet import restore
+    from napari_mirnet.engine import prepare
+    from napari_mirnet.weights import locate, read_checkpoint
+
+    sd, meta = read_checkpoint(locate("small-denoise-gray"))[:2]
+    filt = {"vertical": [0.78, 0.37], "horizontal": [0.78, 0.37], "gain": 0.0, "floor": 0.01, "window": 32}
+    clean = (data.camera()[:256, :256] / 255.0).astype(np.float32)
+    x = np.clip(clean + _correlated(clean.shape, 25 / 255, 0), 0, 1).astype(np.float32)
+    files = {}
+    for name, extra in {"plain": {}, "stride": {"pixel_shuffle": 4}, "averaged": {"pixel_shuffle": [3, 4]},
+                        "filter": {"detail_filter": filt}}.items():  # fmt: skip
+        files[name] = str(tmp_path / f"{name}.pth")
+        torch.save({"params": sd, "meta": {**meta, **extra}}, files[name])
+        run = prepare(x, "denoise", files[name], options=qc_options(device="cpu"))
+        assert run.restores_whole is (name == "plain"), name
+    # restoring whole images, the filter changes little: noise is left in, yet no second opinion
+    _, report = restore(x, weights=files["filter"], qc="tta", device="cpu")
+    assert report.noise.stride == 4 and "noise left in" in report.text
+    assert "disagreement" in report.signals and "second" not in report.signals
+
+
 def test_a_run_restoring_sub_images_is_the_model_at_that_stride():
     """RestorationRun.subimage_stride (the second opinion's run) restores what the model restoring
     pixel-shuffle sub-images of that stride gives, and is known apart from the plain run on resume."""

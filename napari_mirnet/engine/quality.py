@@ -230,14 +230,11 @@ def _second_opinion(run, y, noise, signals, block, compute):
     """
     import dask.array as da
 
-    from ..model import shuffle_strides
-    from ..weights import cached_model
     from .execution import execute
 
     if noise.stride <= 1 or float(np.nanmedian(np.asarray(signals)[..., 0, :, :])) >= qc.LEFT_IN:
         return None
-    model = cached_model(run.weights, "cpu", sha256=run.weights_sha256)
-    if shuffle_strides(getattr(model, "pixel_shuffle", 1)) != (1,) or getattr(model, "detail_filter", None) is not None:
+    if not run.restores_whole:
         return None  # it already restores sub-images (a model fine-tuned on such noise)
     second = dataclasses.replace(
         run, subimage_stride=noise.stride, options=dataclasses.replace(run.options, tta=False), run_id=uuid.uuid4().hex

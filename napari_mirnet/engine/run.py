@@ -51,6 +51,9 @@ class RestorationRun:
     # > 1: the model (one that restores whole images) restores the pixel-shuffle sub-images of this
     # stride instead: the check's second opinion on noise correlated over a few pixels (quality.py)
     subimage_stride: int = 1
+    # False where the model's file restores otherwise (pixel-shuffle sub-images, a detail filter):
+    # the check's second opinion is for models that restore whole images
+    restores_whole: bool = True
 
     @property
     def axes(self) -> str:
@@ -235,6 +238,7 @@ def prepare(
         options=options,
         batch=batch,
         threads=_torch_threads() if client is None else None,
+        restores_whole=model.pixel_shuffle == 1 and model.detail_filter is None,
     )
 
 
