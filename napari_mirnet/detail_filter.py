@@ -8,17 +8,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import noise_model
+
 __all__ = ["DetailFilter", "line_spectrum", "noise_spectrum", "return_detail"]
 
 
 def line_spectrum(acf, n: int, device=None) -> torch.Tensor:
-    """(n,) float64 power spectrum (``fft`` frequency order, negative parts clipped to 0) of a line of
-    pixels whose autocorrelation is ``1, acf[0], acf[1] ...`` and 0 beyond."""
-    f = torch.fft.fftfreq(n, device=device, dtype=torch.float64)
-    p = torch.ones(n, device=device, dtype=torch.float64)
-    for d, rho in enumerate(acf, 1):
-        p = p + 2 * float(rho) * torch.cos(2 * torch.pi * f * d)
-    return p.clamp_min(0)
+    """:func:`napari_mirnet.noise_model.line_spectrum` as a float64 tensor on ``device``."""
+    return torch.from_numpy(noise_model.line_spectrum(acf, n)).to(device)
 
 
 def noise_spectrum(acf_y, acf_x, h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:

@@ -23,6 +23,7 @@ __all__ = [
     "estimate_noise",
     "estimate_sigma",
     "fill_gaps",
+    "line_spectrum",
     "noise_samples",
     "stride_variances",
 ]
@@ -95,6 +96,16 @@ def _highpass(x: np.ndarray, k: int = 1) -> np.ndarray:
     x = np.asarray(x, np.float64)
     rows = x[: -2 * k] - 2 * x[k:-k] + x[2 * k :]
     return (rows[:, : -2 * k] - 2 * rows[:, k:-k] + rows[:, 2 * k :]) / 6.0
+
+
+def line_spectrum(acf, n: int) -> np.ndarray:
+    """(n,) float64 power spectrum (``fft`` frequency order, negative parts clipped to 0) of a line of
+    pixels whose autocorrelation is ``1, acf[0], acf[1] ...`` and 0 beyond."""
+    f = np.fft.fftfreq(n)
+    p = np.ones(n)
+    for d, rho in enumerate(acf, 1):
+        p = p + 2 * float(rho) * np.cos(2 * np.pi * f * d)
+    return np.clip(p, 0, None)
 
 
 def fill_gaps(x: np.ndarray, sigma: float = 2.0) -> np.ndarray:

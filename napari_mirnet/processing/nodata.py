@@ -54,15 +54,13 @@ def _with_noise(v: np.ndarray, filled: np.ndarray, holes: np.ndarray, seed: int)
 def _unit_noise(shape: tuple, lags, seed: int) -> np.ndarray:
     """Unit-variance Gaussian noise with the autocorrelation ``1, lags[0], lags[1] ...`` along
     both axes (white where the lags are 0): white noise shaped by the square root of that spectrum."""
+    from ..noise_model import line_spectrum
+
     white = np.random.default_rng(seed).standard_normal(shape)
     if not any(lags):
         return white
 
-    def line(n: int) -> np.ndarray:
-        f = np.fft.fftfreq(n)
-        return np.clip(1 + sum(2 * r * np.cos(2 * np.pi * f * d) for d, r in enumerate(lags, 1)), 0, None)
-
-    amp = np.sqrt(line(shape[0])[:, None] * line(shape[1])[None, :])
+    amp = np.sqrt(line_spectrum(lags, shape[0])[:, None] * line_spectrum(lags, shape[1])[None, :])
     shaped = np.fft.ifft2(np.fft.fft2(white) * amp).real
     return shaped / max(float(shaped.std()), 1e-12)
 
