@@ -344,3 +344,29 @@ def test_a_damaged_pixel_shuffle_in_a_models_file_is_refused(tmp_path):
     assert load_model(path, "cpu").pixel_shuffle == 2
     torch.save({"params": model.state_dict(), "meta": {"pixel_shuffle": [3, 4]}}, path)
     assert load_model(path, "cpu").pixel_shuffle == (3, 4)
+
+
+def test_with_no_training_step_the_source_weights_on_sub_images_are_still_checked(tmp_path, monkeypatch):
+    """A budget that set-up and the checks' reserve use up (no training step: a busy machine at one
+    CPU minute) still checks the source's weights restoring sub-images, which the reserve is for; a
+    run cancelled before its first step checks nothing."""
+    import threading
+
+    clean = cells(n=2)
+    noisy = clean + noise(clean.shape, "blurred", std=0.08)
+    src = make_checkpoint(tmp_path / "src.pth", identity=True, in_channels=1, out_channels=1)
+    # the identity source restores alike at every stride: the check is told to prefer sub-images
+    scores = _FinetuneRun.check_scores
+    monkeypatch.setattr(
+        _FinetuneRun, "check_scores", lambda self, sd, r, detail=None: scores(self, sd, r, detail) - 1e3 * (r != 1)
+    )
+    res = finetune(noisy, tmp_path / "ft.pth", src, minutes=0.001, axes="ZYX", **FAST)
+    assert res.steps == 0 and res.pairs == "pd4"
+    assert {"source, stride 3", "source, stride 4"} <= set(res.selection["candidates"])
+    assert res.kept == "source weights" and res.unchanged == "" and "source model's weights" in res.summary()
+    assert shuffle_strides(read_checkpoint(res.path)[1]["pixel_shuffle"]) != (1,)
+    cancel = threading.Event()
+    cancel.set()
+    res = finetune(noisy, tmp_path / "e.pth", src, minutes=None, steps=5, axes="ZYX", cancel=cancel, **FAST)
+    assert res.stopped and res.steps == 0 and res.kept == "source" and not res.selection
+    assert "cancelled before the first training step" in res.unchanged

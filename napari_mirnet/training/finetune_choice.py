@@ -43,17 +43,17 @@ class FinalChoice:
     def final_checks(self) -> int:
         """How many held-out checks :meth:`select` runs at most: two candidates (and the source's
         weights in a pd mode) at each stride, and in a pd mode the best of them at each stride with
-        the detail filter, and the best of all averaged over the strides."""
+        the detail filter, and the best of all averaged over the strides (one pass per stride)."""
         pd = pd_stride(self.pairs) > 1
         n = len(self.restore_strides())
-        return (2 + 2 * pd) * n + (n > 1)
+        return (2 + 2 * pd) * n + n * (n > 1)
 
-    def select(self) -> None:
+    def select(self, stopped: bool = False) -> None:
         """Keep the best of the candidates by the held-out check (the best weights by validation loss
         and the last weights, and in a pd mode the source's weights, each at every stride of
         :meth:`restore_strides`, then the best of them at each stride with the detail filter too,
         then the best of all averaged over the strides), and only if it is better than the source by
-        the margin; else the source as it was."""
+        the margin; else the source as it was. A run ``stopped`` before its first step checks nothing."""
         cands = {}
         if self.best_step > 0:
             cands[self.best_step] = self.best_sd
@@ -62,13 +62,14 @@ class FinalChoice:
             # correlated noise it picked step 10-18 of 160-180; the last weights get checked too
             self.sync_eval()
             cands[self.step] = {k: t.detach().clone() for k, t in self.eval_model.state_dict().items()}
+        if pd_stride(self.pairs) > 1 and (cands or not stopped):
+            # the source's own weights restoring sub-images: on photographs the shipped model at stride 3
+            # beat every 3-minute fine-tuned model (benchmarks/finetune_stride.py). Checked even when no
+            # training step fitted the budget (set-up and the checks' reserve took it: the reserve is for these)
+            cands[0] = self.source_sd
         if not cands:
             self.kept, self.selection, self.best_sd, self.best_step = "source", {}, self.source_sd, 0
             return
-        if pd_stride(self.pairs) > 1:
-            # the source's own weights restoring sub-images: on photographs the shipped model at stride 3
-            # beat every 3-minute fine-tuned model (benchmarks/finetune_stride.py)
-            cands[0] = self.source_sd
 
         def mean(k) -> float:
             return float(np.mean(scored[k])) if np.all(np.isfinite(scored[k])) else np.inf
@@ -120,9 +121,15 @@ class FinalChoice:
         if self.step == 0:
             if stopped:
                 return f"cancelled before the first training step: {keep}"
+            checked = (
+                f" (the held-out check found the source's weights restoring sub-images no better: "
+                f"{self.selection['delta_percent']:+.3g}% of its score)"
+                if self.selection.get("finite")
+                else ""
+            )
             return (
                 f"the budget ran out before the first training step (set-up, reading patches and measuring "
-                f"the noise, took {self.setup_s:.0f} s of {elapsed:.0f} s): {keep}; give more minutes"
+                f"the noise, took {self.setup_s:.0f} s of {elapsed:.0f} s){checked}: {keep}; give more minutes"
             )
         n = self.step - self.start_step
         per_step = f"one step takes {max(elapsed - self.setup_s, 0.0) / max(n, 1):.1f} s here"

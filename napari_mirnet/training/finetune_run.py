@@ -281,7 +281,7 @@ class _FinetuneRun(Loop, RunFiles, FinalChoice):
         elapsed = self.elapsed()
         if not self.val_losses or self.val_losses[-1][0] != self.step:
             self.validate(self.step, elapsed)
-        self.select()
+        self.select(stopped)
         elapsed = self.elapsed()
         self.save_best(self.step, elapsed)  # the final metadata (steps, curves), with the kept weights
         self.save_state(self.step, elapsed)
