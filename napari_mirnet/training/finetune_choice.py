@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..detail_filter import DetailFilter
+from ..model import shuffle_strides
 from .noise_shape import correlated_part, pd_stride
 from .selection import compare
 
@@ -153,10 +154,12 @@ def _label(key: tuple[int, int | tuple[int, ...], DetailFilter | None]) -> str:
     """A candidate of the final check in words: "step 120, stride 3, detail filter" or "source,
     strides 3+4 averaged"."""
     step, shuffle, detail = key
-    at = f"stride {shuffle}" if isinstance(shuffle, int) else f"strides {'+'.join(map(str, shuffle))} averaged"
+    strides = shuffle_strides(shuffle)
+    at = f"stride {strides[0]}" if len(strides) == 1 else f"strides {'+'.join(map(str, strides))} averaged"
     return f"{f'step {step}' if step else 'source'}, {at}{', detail filter' if detail else ''}"
 
 
 def stride_meta(shuffle: int | tuple[int, ...]) -> int | list[int]:
     """A restore stride as a model file's metadata holds it (several strides: a list)."""
-    return list(shuffle) if isinstance(shuffle, tuple) else shuffle
+    strides = shuffle_strides(shuffle)
+    return strides[0] if len(strides) == 1 else list(strides)
