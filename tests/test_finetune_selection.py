@@ -219,9 +219,11 @@ def test_correlated_noise_trains_and_restores_on_sub_images(tmp_path, monkeypatc
             "check_scores",
             lambda self, sd, r, detail=None: scores(self, sd, r, detail) - 1e3 * bonus[wins](r, detail),
         )
-    res = finetune(noisy, tmp_path / "ft.pth", src, minutes=None, steps=2, axes="ZYX", **FAST)
+    res = finetune(
+        noisy, tmp_path / "ft.pth", src, minutes=None, steps=2, axes="ZYX", objective="neighbor2neighbor", **FAST
+    )
     assert res.pairs == "pd4" and res.kept in ("fine-tuned", "source weights") and "both directions" in res.pairs_reason
-    assert res.noise_correlation["horizontal"][0] > 0.5
+    assert res.noise_correlation["horizontal"][0] > 0.5 and res.objective == "neighbor2neighbor"
     # every candidate (the source's weights, the steps) was tried at strides 4 and 3, with and without the filter
     sel = res.selection
     steps = {int(k.split(",")[0][5:]) for k in sel["candidates"] if k.startswith("step ")}
@@ -266,6 +268,61 @@ def test_correlated_noise_trains_and_restores_on_sub_images(tmp_path, monkeypatc
         if model.detail_filter is not None:
             y = return_detail(x, y, model.detail_filter)
     np.testing.assert_allclose(out, y[0, 0].clamp(0, 1).numpy(), atol=2e-5)
+
+
+def test_recorrupted_pairs_have_uncorrelated_noise_only_when_drawn_as_the_noise_is():
+    """The input's noise ``n + a z`` and the target's ``n - z / a`` are uncorrelated (so the loss is
+    the error against the clean image plus a constant) when ``z`` is drawn with the noise's measured
+    level and correlation; drawn white, or too strong, they are not."""
+    from napari_mirnet.training.objectives import ALPHA
+
+    n = torch.from_numpy(noise((4, 192, 192), "blurred", std=0.08))[:, None].double()
+    corr = noise_autocorrelation(patches_of(n[:, 0].numpy() + 0.5))
+    assert corr["horizontal"][0] > 0.6
+    check = HeldOutCheck.create(corr, (0.0, 0.08**2), seed=0)
+
+    def correlation(z, lag=0):  # between input and target noise, at a horizontal lag
+        a, b = n + ALPHA * z, n - z / ALPHA
+        a, b = a[..., lag:], b[..., : b.shape[-1] - lag]
+        return float(((a - a.mean()) * (b - b.mean())).mean() / (a.std() * b.std()))
+
+    z = check.draw(torch.full_like(n, 0.5), torch.Generator().manual_seed(0))
+    assert float(z.std()) == pytest.approx(0.08, rel=0.05)
+    assert all(abs(correlation(z, lag)) < 0.03 for lag in (0, 1, 2))
+    white = torch.randn(n.shape, generator=torch.Generator().manual_seed(0), dtype=n.dtype) * 0.08
+    assert correlation(white, 1) > 0.2  # the target then shares the input's noise at neighbouring pixels
+    assert correlation(z * 1.3, 0) < -0.15  # a level read too high: the target's noise opposes the input's
+
+
+def test_correlated_noise_trains_recorrupted_pairs_at_full_resolution(tmp_path, monkeypatch):
+    """``objective="auto"`` on noise correlated in both directions trains recorrupted pairs: the
+    fine-tuned weights are checked at stride 1, the source's at the pd strides; a file that keeps the
+    fine-tuned weights restores whole, as the plain model does."""
+    clean = cells(n=2)
+    noisy = clean + noise(clean.shape, "blurred", std=0.08)
+    src = make_checkpoint(tmp_path / "src.pth", identity=True, in_channels=1, out_channels=1)
+    monkeypatch.setattr(selection, "MARGIN_SE", -1e9)
+    scores = _FinetuneRun.check_scores
+    # the check is told to prefer the fine-tuned weights: the file's plumbing is under test
+    monkeypatch.setattr(
+        _FinetuneRun, "check_scores", lambda self, sd, r, detail=None: scores(self, sd, r, detail) - 1e3 * (r == 1)
+    )
+    res = finetune(noisy, tmp_path / "ft.pth", src, minutes=None, steps=2, axes="ZYX", **FAST)
+    assert res.pairs == "pd4" and res.objective == "recorrupted" and "recorrupted pairs" in res.summary()
+    cands = set(res.selection["candidates"])
+    assert {"step 2, stride 1", "source, stride 3", "source, stride 4"} <= cands
+    assert not any(k.startswith("step") and "stride 1" not in k for k in cands)
+    assert sum("averaged" in k for k in cands) == 1 and not any("step" in k and "averaged" in k for k in cands)
+    assert res.kept == "fine-tuned" and res.pixel_shuffle == 1
+    meta = read_checkpoint(res.path)[1]
+    assert meta["finetune"]["objective"] == "recorrupted" and meta["pixel_shuffle"] == 1
+    assert "both directions" in meta["finetune"]["objective_reason"]
+    model = load_model(res.path, "cpu")
+    assert model.pixel_shuffle == 1 and (model.detail_filter is not None) == res.detail_filter
+    # objective="auto" on white noise stays with neighbour pairs
+    white = clean + noise(clean.shape, "white", std=0.08)
+    res = finetune(white, tmp_path / "w.pth", src, minutes=None, steps=1, axes="ZYX", **FAST)
+    assert res.pairs == "any" and res.objective == "neighbor2neighbor"
 
 
 def test_the_detail_filter_gives_back_detail_and_keeps_the_noise_out(tmp_path):

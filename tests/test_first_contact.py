@@ -74,7 +74,7 @@ def test_finetune_help_says_what_objective_and_seed_do(capsys):
     with pytest.raises(SystemExit):
         main(["finetune", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--objective {neighbor2neighbor,blindspot} self-supervised loss: neighbor2neighbor" in text
+    assert "--objective {auto,neighbor2neighbor,blindspot,recorrupted} self-supervised loss: auto (recorrupted" in text
     assert "--seed SEED random seed of the patches drawn and held out" in text
 
 

@@ -12,12 +12,14 @@ from .fields import add_field, field_help
 #: help of the flags made from FinetuneConfig's fields (their defaults and types come from the fields),
 #: in the order --help lists them
 _FINETUNE_HELP = {
-    "objective": "self-supervised loss: neighbor2neighbor (pairs of neighbouring pixels; pixel-independent noise) "
-    "or blindspot (masked pixels, Noise2Void-style); docs/finetune.md compares them (default: {default})",
+    "objective": "self-supervised loss: auto (recorrupted for noise correlated in both directions, else "
+    "neighbor2neighbor), neighbor2neighbor (pairs of neighbouring pixels), blindspot (masked pixels, "
+    "Noise2Void-style) or recorrupted (the image plus and minus noise drawn as the measured noise is); "
+    "docs/finetune.md compares them (default: {default})",
     "pairs": "neighbours whose noise is independent: any (white noise), vertical for noise correlated along rows, "
     "horizontal along columns, pd2/pd3/pd4 for noise correlated over 1-3 pixels in every direction (pixels 2/3/4 "
     "apart; the model then restores that way too) (default: measured on the data)",
-    "lr": "learning rate (default: {default})",
+    "lr": "learning rate (default: 1e-4; 3e-4 for recorrupted pairs)",
     "patch": "patch edge, a multiple of 8 (default: {default})",
     "batch": "patches per step (default: {default})",
     "device": field_help(RestoreOptions, "device"),

@@ -30,7 +30,7 @@ TRAINABLE_TASKS = ("denoise", "super_resolution", "lowlight")
 #: The supervised losses (``napari_mirnet.training.supervised.LOSSES`` holds their functions).
 LOSS_NAMES = ("l1", "l2", "psnr")
 #: The self-supervised objectives and neighbour pairings of fine-tuning.
-OBJECTIVES = ("neighbor2neighbor", "blindspot")
+OBJECTIVES = ("auto", "neighbor2neighbor", "blindspot", "recorrupted")
 PAIRS = ("auto", "any", "vertical", "horizontal", "pd2", "pd3", "pd4")
 #: The smallest plane edge we fine-tune on: a patch's half-resolution sub-images must be at least 16 px.
 MIN_EDGE = 32
@@ -152,7 +152,9 @@ class TrainConfig:
 class FinetuneConfig:
     """Settings of one fine-tuning run. Defaults suit 2 CPU cores and 10 minutes."""
 
-    objective: str = "neighbor2neighbor"
+    #: "neighbor2neighbor", "blindspot", "recorrupted" (pairs drawn from the measured noise model), or
+    #: "auto": recorrupted for noise correlated in both directions, else neighbor2neighbor
+    objective: str = "auto"
     #: which neighbour pairs have independent noise: "auto" measures it, "vertical" pairs pixels of
     #: adjacent rows (for noise correlated along rows), "horizontal" the converse, "any" both,
     #: "pd2"/"pd3"/"pd4" pixels 2/3/4 apart (pixel-shuffle sub-images, for noise correlated over a
@@ -161,7 +163,8 @@ class FinetuneConfig:
     #: patch edge at full resolution (a multiple of 8) and patches per step
     patch: int = 96
     batch: int = 2
-    lr: float = 1e-4
+    #: None: the objective's own (1e-4; 3e-4 for recorrupted pairs)
+    lr: float | None = None
     lr_min: float = 1e-6
     #: weight of Neighbor2Neighbor's consistency term (ties the half- to the full-resolution output)
     gamma: float = 1.0

@@ -26,13 +26,18 @@ class FinalChoice:
     and calls its ``check_scores`` and ``sync_eval``)."""
 
     def restore_strides(self) -> list[int]:
-        """The strides the final check tries each candidate at: in a pd mode the training stride ``s``
-        and ``s - 1`` (at least 2); else 1."""
+        """The strides the final check tries the source's weights (and weights trained on sub-images)
+        at: in a pd mode the training stride ``s`` and ``s - 1`` (at least 2); else 1."""
         # Pixel-shuffle sub-images alias the finest detail: on photographs (validation strips) a model
         # trained at stride 4 restored better at stride 3 (benchmarks/finetune_stride.py); on smooth
         # fluorescence it was 0.3-0.7 dB better at 3 too, on other data 4 may win. The check decides.
         s = pd_stride(self.pairs)
         return [1] if s == 1 else sorted({s, max(s - 1, 2)}, reverse=True)
+
+    def strides_for(self, step: int) -> list[int]:
+        """The strides the check tries the weights of ``step`` at (0: the source's): weights trained on
+        recorrupted pairs learnt the noise at full resolution and restore there."""
+        return [1] if step and self.cfg.objective == "recorrupted" else self.restore_strides()
 
     def detail_filter(self) -> DetailFilter | None:
         """The detail filter for the measured noise, in a pd mode; else None."""
@@ -43,17 +48,20 @@ class FinalChoice:
 
     def final_checks(self) -> int:
         """How many held-out checks :meth:`select` runs at most: two candidates (and the source's
-        weights in a pd mode) at each stride, and in a pd mode the best of them at each stride with
-        the detail filter, and the best of all averaged over the strides (one pass per stride)."""
-        pd = pd_stride(self.pairs) > 1
+        weights in a pd mode) at each of their strides, in a pd mode the best at each stride with the
+        detail filter, and the best at the pd strides averaged over them (one pass per stride)."""
         n = len(self.restore_strides())
-        return (2 + 2 * pd) * n + n * (n > 1)
+        if pd_stride(self.pairs) == 1:
+            return 2
+        trained = 2 * len(self.strides_for(1))
+        strides = len({1, *self.restore_strides()}) if self.strides_for(1) == [1] else n
+        return trained + n + strides + n * (n > 1)
 
     def select(self, stopped: bool = False) -> None:
         """Keep the best of the candidates by the held-out check (the best weights by validation loss
         and the last weights, and in a pd mode the source's weights, each at every stride of
         :meth:`restore_strides`, then the best of them at each stride with the detail filter too,
-        then the best of all averaged over the strides), and only if it is better than the source by
+        then the best at the pd strides averaged over them), and only if it is better than the source by
         the margin; else the source as it was. A run ``stopped`` before its first step checks nothing."""
         cands = {}
         if self.best_step > 0:
@@ -76,20 +84,20 @@ class FinalChoice:
             return float(np.mean(scored[k])) if np.all(np.isfinite(scored[k])) else np.inf
 
         scored = {
-            (step, r, None): self.check_scores(sd, r) for step, sd in cands.items() for r in self.restore_strides()
+            (step, r, None): self.check_scores(sd, r) for step, sd in cands.items() for r in self.strides_for(step)
         }
         detail = self.detail_filter()
         if detail is not None:
             # the filter for the best candidate at each stride: on the validation stacks it helped (or not)
             # every candidate at a stride alike, but the strides differently (photographs, noise std 0.1:
             # +0.3 dB at stride 3, +1.4 at stride 4, which then won)
-            for r in self.restore_strides():
+            for r in sorted({k[1] for k in scored}, reverse=True):
                 at_r = min((k for k in scored if k[1] == r), key=mean)
                 if np.isfinite(mean(at_r)):
                     scored[(at_r[0], r, detail)] = self.check_scores(cands[at_r[0]], r, detail)
         strides = tuple(sorted(self.restore_strides()))
-        top = min(scored, key=mean)
-        if len(strides) > 1 and np.isfinite(mean(top)):
+        top = min((k for k in scored if k[1] in strides), key=mean, default=None)
+        if len(strides) > 1 and top is not None and np.isfinite(mean(top)):
             # each stride aliases different detail: the best candidate's restorations at both strides,
             # averaged (validation stacks, source weights: +0.10 to +0.24 dB over the best single stride
             # on three of four, and where it lost 0.29 dB the check ranked it below; one pass per stride)

@@ -56,10 +56,15 @@ class FinetuneResult:
     #: (:func:`napari_mirnet.detail_filter.return_detail`)
     pixel_shuffle: int | tuple[int, ...] = 1
     detail_filter: bool = False
+    #: the objective trained with ("neighbor2neighbor", "blindspot", "recorrupted"), and why
+    objective: str = ""
+    objective_reason: str = ""
 
     def summary(self) -> str:
         """What the file holds and why, in one paragraph (the command line and the widget print it)."""
         mode = f"mode {self.pairs}: {self.pairs_reason}" if self.pairs else ""
+        if self.objective == "recorrupted":
+            mode += f"; trained on recorrupted pairs ({self.objective_reason})"
         if self.unchanged:
             return f"{self.unchanged}. {mode}".strip()
         sel = self.selection

@@ -5,6 +5,7 @@ shared :class:`~.loop.Loop`, the held-out checks of :mod:`.selection` that the f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import time
@@ -25,7 +26,7 @@ from .finetune_files import RunFiles
 from .finetune_result import FinetuneProgress, FinetuneResult
 from .loop import Loop, MovingAverage, budget_fraction, cosine_lr, step_rngs
 from .noise_shape import band_noise_level, noise_level, pd_stride
-from .objectives import _augment, objective_loss, validation_loss
+from .objectives import LR, _augment, objective_loss, resolve_objective, validation_loss
 from .output import state_path
 from .patches import _as_sources, _check_not_uniform, _choose_pairs, _Data, _fingerprint, _planes, _SetupClock
 from .selection import HeldOutCheck
@@ -127,6 +128,9 @@ class _FinetuneRun(Loop, RunFiles, FinalChoice):
         # quietest blocks of photographs read it at 1.2-2.4x its variance, this at 1.1-1.4x
         level = band_noise_level(sample, corr) if pd_stride(pairs) > 1 else noise_level(dataset.val, corr)
         check = HeldOutCheck.create(corr, level, cfg.seed)
+        objective, corr_info["objective_reason"] = resolve_objective(cfg.objective, pairs)
+        # the run and its files hold the resolved settings
+        cfg = dataclasses.replace(cfg, objective=objective, lr=LR[objective] if cfg.lr is None else cfg.lr)
         source_shuffle, model.pixel_shuffle = model.pixel_shuffle, 1  # training splits patches itself
         source_filter, model.detail_filter = model.detail_filter, None
 
@@ -186,6 +190,11 @@ class _FinetuneRun(Loop, RunFiles, FinalChoice):
         self.source_val = float(st["source_val"])
         self.best_sd = {k: v.to(self.device) for k, v in st["best_params"].items()}
         self.pairs = st["pairs"]
+        saved = st.get("config", {}).get("objective", self.cfg.objective)
+        if saved != self.cfg.objective:  # a resume continues the saved run as it trained
+            lr = st["config"].get("lr") or LR[saved]
+            self.cfg = dataclasses.replace(self.cfg, objective=saved, lr=lr)
+            self.corr_info["objective_reason"] = f"as the resumed run trained ({saved})"
         if "source_scores" in st:
             self.source_scores, self.check_s = np.asarray(st["source_scores"]), float(st["check_s"])
         else:  # saved by a version without the held-out check
@@ -196,7 +205,7 @@ class _FinetuneRun(Loop, RunFiles, FinalChoice):
         check through its own inference path (what the fine-tuned model must beat at the end)."""
         self.sync_eval()
         t = self.clock()
-        self.source_val = validation_loss(self.cfg, self.eval_model, self.val, self.pairs, self.cfg.seed)
+        self.source_val = validation_loss(self.cfg, self.eval_model, self.val, self.pairs, self.cfg.seed, self.check)
         self.val_s = self.clock() - t
         self.best_val, self.best_step = self.source_val, 0
         self.val_losses.append((0, self.source_val))
@@ -236,7 +245,7 @@ class _FinetuneRun(Loop, RunFiles, FinalChoice):
         rng, gen = step_rngs(cfg.seed, self.step, "cpu", 2)
         x = torch.stack([_augment(torch.from_numpy(c), k, self.pairs) for c, k in self.dataset.batch(rng, cfg.batch)])
         x = x.to(self.device)
-        loss = objective_loss(cfg, self.model, x, gen, self.pairs)
+        loss = objective_loss(cfg, self.model, x, gen, self.pairs, self.check)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -268,7 +277,7 @@ class _FinetuneRun(Loop, RunFiles, FinalChoice):
     def validate(self, it: int, el: float) -> float:
         """Validate the current model; keep (and save) it when it is the best so far; save the state."""
         self.sync_eval()
-        v = validation_loss(self.cfg, self.eval_model, self.val, self.pairs, self.cfg.seed)
+        v = validation_loss(self.cfg, self.eval_model, self.val, self.pairs, self.cfg.seed, self.check)
         self.val_losses.append((it, v))
         if v < self.best_val:  # the best candidate so far; ``out`` keeps the source until the final check
             self.best_val, self.best_step = v, it
@@ -290,4 +299,5 @@ class _FinetuneRun(Loop, RunFiles, FinalChoice):
             stopped, elapsed, self.unchanged_reason(stopped, elapsed), self.setup_s, self.pairs,
             self.corr_info.get("pairs_reason", ""), self.kept, self.selection,
             self.corr_info.get("noise_autocorrelation", {}), self.restore_shuffle, self.restore_filter is not None,
+            self.cfg.objective, self.corr_info.get("objective_reason", ""),
         )  # fmt: skip

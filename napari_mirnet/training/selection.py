@@ -65,13 +65,18 @@ class HeldOutCheck:
     def _probe(self, x: torch.Tensor, unit: int) -> torch.Tensor:
         """A draw of the noise model for the patch ``x`` (1, C, H, W), fixed by ``unit``."""
         gen = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, 5167, unit]).integers(2**62)))
+        return self.draw(x, gen)
+
+    def draw(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Noise as the model says it is in the patches ``x`` (B, C, H, W): correlated by the measured
+        kernels, of the variance each pixel's local mean implies; random numbers from ``gen`` (CPU)."""
         ky = torch.tensor(self.kernel_y, dtype=x.dtype)
         kx = torch.tensor(self.kernel_x, dtype=x.dtype)
         py, px = len(ky) // 2, len(kx) // 2
-        c, h, w = x.shape[1:]
-        white = torch.randn(c, 1, h + 2 * py, w + 2 * px, generator=gen, dtype=x.dtype)
+        b, c, h, w = x.shape
+        white = torch.randn(b * c, 1, h + 2 * py, w + 2 * px, generator=gen, dtype=x.dtype)
         colour = F.conv2d(F.conv2d(white, ky.view(1, 1, -1, 1)), kx.view(1, 1, 1, -1))
-        return colour.view(1, c, h, w).to(x.device) * self.variance(x).sqrt()
+        return colour.view(b, c, h, w).to(x.device) * self.variance(x).sqrt()
 
     def variance(self, x: torch.Tensor) -> torch.Tensor:
         """The noise variance the model expects at each pixel of ``x`` (from its local mean)."""
