@@ -83,6 +83,7 @@ _FINETUNE_FLAGS = {
     "steps": "--steps",
     "patch": "--patch",
     "batch": "--batch",
+    "lr": "--lr",
     "objective": "--objective",
     "pairs": "--pairs",
     "nodata=": "--nodata ",

@@ -6,8 +6,11 @@ of its direct neighbours. Their noise is independent where the noise is independ
 pixel, so the model learns to map one to the other and can only predict the shared signal. A
 consistency term ties the half-resolution outputs to the model's full-resolution output. Where the
 noise is correlated along rows (or columns), only pixel pairs across the other direction are used
-(``pairs='auto'`` measures this on the data). ``objective='blindspot'`` is the alternative
-(Noise2Void / Noise2Self-style input masking); ``docs/finetune.md`` says why it is not the default.
+(``pairs='auto'`` measures this on the data). Where it is correlated in both directions,
+``objective='auto'`` (the default) trains on recorrupted pairs instead (Pang et al., CVPR 2021): the
+patch plus and minus a draw of the measured noise (level and correlation), whose two noises are
+uncorrelated, at full resolution. ``objective='blindspot'`` is the alternative (Noise2Void /
+Noise2Self-style input masking); ``docs/finetune.md`` says why it is not the default.
 
 Patches are read region by region from numpy, dask or zarr arrays and tif/zarr/png files, so inputs of
 any size are never loaded whole. The run ends after ``minutes`` or ``steps``; the best model so far
