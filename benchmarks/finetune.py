@@ -161,9 +161,7 @@ def run_shipped(noisy_eval: np.ndarray, weights="small-denoise-gray") -> np.ndar
     return restore(x, "denoise", weights=str(weights), axes="ZYX", normalisation="fixed", device="cpu")
 
 
-def run_finetune(
-    noisy: np.ndarray, budget_s: float, workdir: Path, objective="neighbor2neighbor", **kw
-) -> tuple[Path, dict]:
+def run_finetune(noisy: np.ndarray, budget_s: float, workdir: Path, objective="auto", **kw) -> tuple[Path, dict]:
     """Fine-tune the shipped gray model for ``budget_s`` CPU seconds; (model path, what the run reported)."""
     from napari_mirnet import finetune
 
@@ -183,6 +181,7 @@ def run_finetune(
         **kw,
     )
     info = {
+        "objective": r.objective,
         "steps": r.steps,
         "best_step": r.best_step,
         "source_val": r.source_val,

@@ -101,7 +101,8 @@ def main(argv=None) -> int:
         for s in (int(v) for v in a.strides.split(",")):
             t = time.process_time()
             r = finetune(noisy, Path(tmp) / f"pd{s}.pth", "small-denoise-gray", minutes=a.minutes, axes="ZYX",
-                         normalisation="fixed", clock="cpu", device="cpu", pairs=f"pd{s}", overwrite=True)  # fmt: skip
+                         normalisation="fixed", clock="cpu", device="cpu", pairs=f"pd{s}", overwrite=True,
+                         objective="neighbor2neighbor")  # fmt: skip
             model = load_model(Path(tmp) / f"pd{s}.pth", "cpu")
             row = {"steps": r.steps, "kept_step": r.best_step, "cpu_s": round(time.process_time() - t, 1)}
             # the last weights (the moving average, as validated) from the run's saved state
