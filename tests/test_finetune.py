@@ -104,8 +104,8 @@ def test_errors_for_tiny_uniform_or_unbudgeted_data(tmp_path, gray_identity):
         finetune(toy()[1], tmp_path / "c.pth", gray_identity, minutes=None, axes="ZYX", **FAST)
     with pytest.raises(ValueError, match="objective"):
         finetune(toy()[1], tmp_path / "d.pth", gray_identity, steps=1, objective="noise2clean")
-    for lr in (0.0, -1e-4, float("nan")):
-        with pytest.raises(ValueError, match="lr must be a positive"):
+    for lr in (-1e-4, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="lr must be a finite learning rate >= 0"):
             finetune(toy()[1], tmp_path / "e.pth", gray_identity, steps=1, axes="ZYX", **{**FAST, "lr": lr})
 
 
@@ -284,8 +284,8 @@ def test_cli_finetune(tmp_path, gray_identity, capsys):
     assert "too small" in capsys.readouterr().err
     assert main(["finetune", str(src), "-o", str(tmp_path / "u.pth"), "--minutes", "0"]) == 2
     assert "--minutes must be positive" in capsys.readouterr().err
-    assert main(["finetune", str(src), "-o", str(tmp_path / "v.pth"), "--lr", "0"]) in (1, 2)
-    assert "--lr must be a positive learning rate, got 0.0" in capsys.readouterr().err
+    assert main(["finetune", str(src), "-o", str(tmp_path / "v.pth"), "--lr", "-0.5"]) in (1, 2)
+    assert "--lr must be a finite learning rate >= 0, got -0.5" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ output safety

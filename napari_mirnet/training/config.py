@@ -189,8 +189,8 @@ class FinetuneConfig:
             raise ValueError(f"patch must be a multiple of 8 and at least {MIN_EDGE}, got {self.patch}")
         if self.batch < 1:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
-        if self.lr is not None and not self.lr > 0:  # also NaN
-            raise ValueError(f"lr must be a positive learning rate, got {self.lr}")
+        if self.lr is not None and not 0 <= self.lr < float("inf"):  # NaN too; 0 trains nothing, as asked
+            raise ValueError(f"lr must be a finite learning rate >= 0, got {self.lr}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if self.clock not in ("wall", "cpu"):
