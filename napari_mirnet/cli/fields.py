@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, fields
 
-__all__ = ["add_field", "field_argument", "field_help"]
+__all__ = ["add_field", "field_argument", "field_help", "shown_value"]
 
 _TYPES = {"int": int, "float": float, "str": str}
 
@@ -38,7 +38,7 @@ def field_argument(cls, name: str, *, help: str | None = None, **overrides) -> d
     default = f.default_factory() if f.default is MISSING and f.default_factory is not MISSING else f.default
     kwargs = {"dest": name, "default": None if default is MISSING else default}
     text = help if help is not None else f.metadata.get("help")
-    kwargs["help"] = None if text is None else text.replace("{default}", _shown(default))
+    kwargs["help"] = None if text is None else text.replace("{default}", shown_value(default))
     if "choices" in f.metadata:
         kwargs["choices"] = list(f.metadata["choices"])
     kind = _kind(f.type)
@@ -77,7 +77,7 @@ def _kind(annotation) -> type | None:
     return bool if names[0] == "bool" else _TYPES.get(names[0])
 
 
-def _shown(value) -> str:
+def shown_value(value) -> str:
     """A default as a person writes it: ``1e-4``, ``96``, ``auto``."""
     if isinstance(value, float) and value and abs(value) < 1e-3:
         mantissa, exponent = f"{value:e}".split("e")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..engine.options import RestoreOptions
 from .common import UsageError, _err, add_storage_option, parse_storage_options
-from .fields import add_field, field_help
+from .fields import add_field, field_help, shown_value
 
 #: help of the flags made from FinetuneConfig's fields (their defaults and types come from the fields),
 #: in the order --help lists them
@@ -19,7 +19,7 @@ _FINETUNE_HELP = {
     "pairs": "neighbours whose noise is independent: any (white noise), vertical for noise correlated along rows, "
     "horizontal along columns, pd2/pd3/pd4 for noise correlated over 1-3 pixels in every direction (pixels 2/3/4 "
     "apart; the model then restores that way too) (default: measured on the data)",
-    "lr": "learning rate (default: 1e-4; 3e-4 for recorrupted pairs)",
+    "lr": "learning rate (default: {neighbor2neighbor}; {recorrupted} for recorrupted pairs)",
     "patch": "patch edge, a multiple of 8 (default: {default})",
     "batch": "patches per step (default: {default})",
     "device": field_help(RestoreOptions, "device"),
@@ -28,11 +28,13 @@ _FINETUNE_HELP = {
 
 
 def _finetune_field(parser, name: str) -> None:
-    from ..training.config import OBJECTIVES, PAIRS, FinetuneConfig
+    from ..training.config import LR, OBJECTIVES, PAIRS, FinetuneConfig
 
     choices = {"objective": OBJECTIVES, "pairs": PAIRS}
     extra = {"choices": list(choices[name])} if name in choices else {}
-    add_field(parser, FinetuneConfig, name, help=_FINETUNE_HELP[name], **extra)
+    shown = {k: shown_value(v) for k, v in LR.items()}
+    text = _FINETUNE_HELP[name].format(**shown) if name == "lr" else _FINETUNE_HELP[name]
+    add_field(parser, FinetuneConfig, name, help=text, **extra)
 
 
 def _add_finetune_command(sub) -> None:

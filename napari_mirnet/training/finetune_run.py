@@ -20,13 +20,13 @@ from ..detail_filter import DetailFilter
 from ..devices import resolve_device
 from ..model import MIRNetV2
 from ..weights import load_model
-from .config import FinetuneConfig
+from .config import LR, FinetuneConfig
 from .finetune_choice import FinalChoice
 from .finetune_files import RunFiles
 from .finetune_result import FinetuneProgress, FinetuneResult
 from .loop import Loop, MovingAverage, budget_fraction, cosine_lr, step_rngs
 from .noise_shape import band_noise_level, noise_level, pd_stride
-from .objectives import LR, _augment, objective_loss, resolve_objective, validation_loss
+from .objectives import _augment, objective_loss, resolve_objective, validation_loss
 from .output import state_path
 from .patches import _as_sources, _check_not_uniform, _choose_pairs, _Data, _fingerprint, _planes, _SetupClock
 from .selection import HeldOutCheck

@@ -13,7 +13,7 @@ from .config import FinetuneConfig
 from .loop import augment
 from .noise_shape import pd_stride
 
-__all__ = ["ALPHA", "LR", "VARIANCE", "objective_loss", "resolve_objective", "validation_loss"]
+__all__ = ["ALPHA", "VARIANCE", "objective_loss", "resolve_objective", "validation_loss"]
 
 #: recorrupted pairs: the input gets ``ALPHA`` times a noise draw added, the target the same draw
 #: divided by ``ALPHA`` taken away (Pang et al., Recorrupted-to-Recorrupted, CVPR 2021, use 0.5)
@@ -24,10 +24,6 @@ ALPHA = 0.5
 #: where weaker it keeps a little noise; the measured level is 1.02-1.11x the truth on the validation
 #: stacks (docs/finetune.md)
 VARIANCE = 0.8
-#: the learning rate of each objective unless ``lr`` is given: recorrupted pairs learn the correlated
-#: noise the source model never saw (validation photographs, 3 CPU minutes: 1e-4 29.2 dB, 3e-4 30.0,
-#: 6e-4 29.7); the others adjust a model that already denoises
-LR = {"neighbor2neighbor": 1e-4, "blindspot": 1e-4, "recorrupted": 3e-4}
 
 
 def resolve_objective(objective: str, pairs: str) -> tuple[str, str]:
