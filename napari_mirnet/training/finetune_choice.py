@@ -50,12 +50,11 @@ class FinalChoice:
         """How many held-out checks :meth:`select` runs at most: two candidates (and the source's
         weights in a pd mode) at each of their strides, in a pd mode the best at each stride with the
         detail filter, and the best at the pd strides averaged over them (one pass per stride)."""
-        n = len(self.restore_strides())
         if pd_stride(self.pairs) == 1:
             return 2
-        trained = 2 * len(self.strides_for(1))
-        strides = len({1, *self.restore_strides()}) if self.strides_for(1) == [1] else n
-        return trained + n + strides + n * (n > 1)
+        trained, source = self.strides_for(1), self.restore_strides()
+        n = len(source)
+        return 2 * len(trained) + n + len({*trained, *source}) + n * (n > 1)
 
     def select(self, stopped: bool = False) -> None:
         """Keep the best of the candidates by the held-out check (the best weights by validation loss

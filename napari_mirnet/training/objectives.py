@@ -176,12 +176,12 @@ def objective_loss(cfg: FinetuneConfig, model, x, gen, pairs: str, noise=None):
 def validation_loss(cfg: FinetuneConfig, model, val: torch.Tensor, pairs: str, seed: int, noise=None) -> float:
     """The objective's main term on the held-out patches, with fixed draws (lower is better)."""
     # fixed sub-samplings / masks / noise draws, so that values compare across the run; the main term only
-    gen = torch.Generator(device=val.device)
-    gen.manual_seed(seed)
     n = val.shape[0]
     if cfg.objective == "recorrupted":
         cpu = torch.Generator().manual_seed(seed)  # the noise model draws on the CPU
         return sum(float(_recorrupted_loss(model, x[None], cpu, noise)) for x in val for _ in range(2)) / (2 * n)
+    gen = torch.Generator(device=val.device)
+    gen.manual_seed(seed)
     val, pairs_in = _subimages(val, pairs)
     total = 0.0
     for x in val.split(val.shape[0] // n):  # one held-out patch (its sub-images) at a time
