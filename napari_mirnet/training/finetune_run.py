@@ -192,8 +192,8 @@ class _FinetuneRun(Loop, RunFiles, FinalChoice):
         self.pairs = st["pairs"]
         saved = st.get("config", {}).get("objective", self.cfg.objective)
         if saved != self.cfg.objective:  # a resume continues the saved run as it trained
-            lr = st["config"].get("lr") or LR[saved]
-            self.cfg = dataclasses.replace(self.cfg, objective=saved, lr=lr)
+            lr = st["config"].get("lr")  # 0 is a rate the run was given, not an absent one
+            self.cfg = dataclasses.replace(self.cfg, objective=saved, lr=LR[saved] if lr is None else lr)
             self.corr_info["objective_reason"] = f"as the resumed run trained ({saved})"
         if "source_scores" in st:
             self.source_scores, self.check_s = np.asarray(st["source_scores"]), float(st["check_s"])
