@@ -202,6 +202,10 @@ class FinetuneConfig:
         if self.mask_spacing < 3:
             raise ValueError(f"mask_spacing must be >= 3, got {self.mask_spacing}")
 
+    def with_objective(self, objective: str) -> FinetuneConfig:
+        """These settings for the resolved ``objective``; an ``lr`` of None becomes that objective's own."""
+        return dataclasses.replace(self, objective=objective, lr=LR[objective] if self.lr is None else self.lr)
+
 
 def parse_stages(text: str) -> tuple[tuple[int, int], ...]:
     """``"64:8,96:4"`` -> ((64, 8), (96, 4)): (patch, batch) stages, as the command line gives them."""

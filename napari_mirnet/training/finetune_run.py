@@ -20,7 +20,7 @@ from ..detail_filter import DetailFilter
 from ..devices import resolve_device
 from ..model import MIRNetV2
 from ..weights import load_model
-from .config import LR, FinetuneConfig
+from .config import FinetuneConfig
 from .finetune_choice import FinalChoice
 from .finetune_files import RunFiles
 from .finetune_result import FinetuneProgress, FinetuneResult
@@ -130,7 +130,7 @@ class _FinetuneRun(Loop, RunFiles, FinalChoice):
         check = HeldOutCheck.create(corr, level, cfg.seed)
         objective, corr_info["objective_reason"] = resolve_objective(cfg.objective, pairs)
         # the run and its files hold the resolved settings
-        cfg = dataclasses.replace(cfg, objective=objective, lr=LR[objective] if cfg.lr is None else cfg.lr)
+        cfg = cfg.with_objective(objective)
         source_shuffle, model.pixel_shuffle = model.pixel_shuffle, 1  # training splits patches itself
         source_filter, model.detail_filter = model.detail_filter, None
 
@@ -192,8 +192,7 @@ class _FinetuneRun(Loop, RunFiles, FinalChoice):
         self.pairs = st["pairs"]
         saved = st.get("config", {}).get("objective", self.cfg.objective)
         if saved != self.cfg.objective:  # a resume continues the saved run as it trained
-            lr = st["config"].get("lr")  # 0 is a rate the run was given, not an absent one
-            self.cfg = dataclasses.replace(self.cfg, objective=saved, lr=LR[saved] if lr is None else lr)
+            self.cfg = dataclasses.replace(self.cfg, lr=st["config"].get("lr")).with_objective(saved)
             self.corr_info["objective_reason"] = f"as the resumed run trained ({saved})"
         if "source_scores" in st:
             self.source_scores, self.check_s = np.asarray(st["source_scores"]), float(st["check_s"])
